@@ -1,0 +1,143 @@
+"""The engine host every pool uses: one vLLM `AsyncLLM` inside one Ray Serve replica.
+
+It sets the replica's engine environment (NIXL side channel, CPU binding) before the engine
+starts, exports vLLM's own `vllm:*` metrics through Ray, and streams `RequestOutput`s. A decode
+that is still pulling KV when its caller goes away is aborted only once the pull finished:
+aborting a request mid-transfer can crash vLLM's engine core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pdserve.deployments.config import AppConfig, ModelConfig
+from pdserve.deployments.messages import DecodeRequest
+from pdserve.kv_transfer.nixl import EngineSlot, Role, apply_engine_env, kv_transfer_config
+from pdserve.kv_transfer.params import KV_PARAMS_KEY
+from prometheus_client import REGISTRY, generate_latest
+from ray import serve
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.outputs import RequestOutput
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import PrometheusStatLogger
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+class EngineHost:
+    """Base class of the prefill, decode and colocated deployments."""
+
+    role: Role
+
+    def __init__(self, app_config: dict[str, Any], model_id: str, pool_index: int) -> None:
+        config = AppConfig.model_validate(app_config)
+        self.model: ModelConfig = next(m for m in config.models if m.model_id == model_id)
+        self.fault_injection = config.testing.fault_injection
+        context = serve.get_replica_context()
+        slot = EngineSlot(pool_index=pool_index, local_rank=context.rank.local_rank)
+        self.engine_id = f"{model_id}-{self.role}-{context.replica_id.unique_id}"
+        env = apply_engine_env(
+            slot=slot,
+            num_pools=len(config.pool_slots()),
+            base_port=self.model.kv_transfer.side_channel_base_port,
+            host="127.0.0.1",
+            bind_cpus=config.cpu_binding == "auto",
+        )
+        logger.info("engine %s starting with %s", self.engine_id, env)
+        self.engine = AsyncLLM.from_engine_args(
+            self._engine_args(), stat_loggers=[RayPrometheusStatLogger, PrometheusStatLogger]
+        )
+        self._pending_aborts: set[asyncio.Task] = set()
+
+    def _engine_args(self) -> AsyncEngineArgs:
+        transfer = kv_transfer_config(
+            self.role, self.engine_id, self.model.kv_transfer.kv_buffer_device
+        )
+        return AsyncEngineArgs(
+            model=self.model.model,
+            served_model_name=self.model.model_id,
+            kv_transfer_config=transfer,
+            **self.model.engine_kwargs,
+        )
+
+    async def check_health(self) -> None:
+        """Ray Serve calls this periodically; raising makes Serve replace the replica."""
+        await self.engine.check_health()
+
+    async def health(self) -> bool:
+        await self.engine.check_health()
+        return True
+
+    async def vllm_metrics(self) -> str:
+        """vLLM's own Prometheus metrics of this replica's engine, as exposition text."""
+        await self.engine.do_log_stats()
+        return generate_latest(REGISTRY).decode()
+
+    async def stream(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        """Generate, pulling the prompt's KV first when the request carries transfer params."""
+        params = request.sampling_params
+        pulling = request.kv_transfer_params is not None
+        if pulling:
+            params = params.clone()
+            extra = params.extra_args or {}
+            params.extra_args = {**extra, KV_PARAMS_KEY: request.kv_transfer_params}
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        first_output = asyncio.Event()
+        pump = asyncio.create_task(
+            self._pump(request, params, queue, first_output), name=f"pump-{request.request_id}"
+        )
+        finished = False
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            finished = True
+        finally:
+            if not finished:
+                self._stop_pump(request.request_id, pump, first_output, pulling)
+
+    async def _pump(
+        self, request: DecodeRequest, params: Any, queue: asyncio.Queue, first: asyncio.Event
+    ) -> None:
+        try:
+            async for output in self.engine.generate(
+                request.engine_input, params, request.request_id
+            ):
+                first.set()
+                queue.put_nowait(output)
+            queue.put_nowait(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced to the consumer, which re-raises it
+            queue.put_nowait(exc)
+
+    def _stop_pump(
+        self, request_id: str, pump: asyncio.Task, first: asyncio.Event, pulling: bool
+    ) -> None:
+        """Abort a request whose caller left; if its KV pull may be in flight, wait for it."""
+        if not pulling or first.is_set():
+            pump.cancel()  # vLLM aborts the request when its generator is cancelled
+            return
+        logger.info("request %s: caller left during KV pull; abort deferred", request_id)
+
+        async def abort_after_pull() -> None:
+            waiter = asyncio.ensure_future(first.wait())
+            await asyncio.wait({waiter, pump}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            pump.cancel()
+
+        task = asyncio.create_task(abort_after_pull())
+        self._pending_aborts.add(task)
+        task.add_done_callback(self._pending_aborts.discard)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,125 @@
+"""A vLLM `EngineClient` whose engine is a graph of Ray Serve pools.
+
+vLLM's own OpenAI layer (`OpenAIServingCompletion`, `OpenAIServingChat`) runs in the ingress
+on top of this client: it parses requests, renders chat templates, tokenizes, builds
+`SamplingParams` and formats responses exactly as `vllm serve` does. Only `generate` differs:
+it goes through the `Orchestrator` (prefill pool, then decode pool). The config, renderer and
+input processor are built from the same engine arguments the pools use, without an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any
+
+from pdserve.deployments.config import ModelConfig
+from pdserve.deployments.metrics import RequestMetrics
+from pdserve.deployments.orchestrator import Orchestrator
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.engine.protocol import EngineClient
+from vllm.outputs import RequestOutput
+from vllm.renderers import renderer_from_config
+from vllm.sampling_params import SamplingParams
+from vllm.usage.usage_lib import UsageContext
+from vllm.v1.engine.input_processor import InputProcessor
+
+
+class _Unsupported(RuntimeError):
+    """An engine-admin operation that a remote pool graph does not offer through the ingress."""
+
+
+class PoolGraphClient(EngineClient):
+    """`EngineClient` for one model served by remote pools."""
+
+    def __init__(
+        self, model: ModelConfig, orchestrator: Orchestrator, metrics: RequestMetrics
+    ) -> None:
+        args = AsyncEngineArgs(model=model.model, served_model_name=model.model_id,
+                               **model.engine_kwargs)
+        self.vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+        self.model_config = self.vllm_config.model_config
+        self.renderer = renderer_from_config(self.vllm_config)
+        self.input_processor = InputProcessor(self.vllm_config, self.renderer)
+        self.orchestrator = orchestrator
+        self.metrics = metrics
+        self.healthy = True
+
+    # -- the one real operation -------------------------------------------------------------
+    async def generate(  # type: ignore[override]
+        self, prompt: Any, sampling_params: SamplingParams, request_id: str, **_: Any
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Run the request through the pools, timing TTFT/ITL/e2e as the client sees them."""
+        timer = self.metrics.start()
+        outcome = "error"
+        try:
+            async for output in self.orchestrator.generate(prompt, sampling_params, request_id):
+                timer.on_tokens(sum(len(c.token_ids) for c in output.outputs))
+                yield output
+            outcome = "ok"
+        except GeneratorExit:
+            outcome = "cancelled"
+            raise
+        except BaseException as exc:
+            outcome = "cancelled" if type(exc).__name__ == "CancelledError" else "error"
+            raise
+        finally:
+            timer.finish(outcome)
+
+    # -- state the OpenAI layer reads ---------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return True
+
+    @property
+    def is_stopped(self) -> bool:
+        return False
+
+    @property
+    def errored(self) -> bool:
+        return False
+
+    @property
+    def dead_error(self) -> BaseException:
+        return RuntimeError("engine pools are unavailable")
+
+    async def get_supported_tasks(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("generate",)
+
+    async def is_tracing_enabled(self) -> bool:
+        return False
+
+    async def do_log_stats(self) -> None:
+        return None
+
+    async def check_health(self) -> None:
+        return None
+
+    async def abort(self, request_id: str | Iterable[str]) -> None:
+        """Aborts follow cancellation: closing a stream aborts it on the engines."""
+        return None
+
+    async def notify_kv_transfer_request_rejected(
+        self, request_id: str, kv_transfer_params: dict[str, Any], *,
+        data_parallel_rank: int | None = None,
+    ) -> None:
+        return None
+
+    # -- engine administration: not offered through the ingress -------------------------------
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Unsupported("this model serves generation, not pooling")
+
+    async def _unsupported(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Unsupported("engine administration is not exposed by the pdserve ingress")
+
+    start_profile = stop_profile = reset_mm_cache = reset_encoder_cache = _unsupported
+    reset_prefix_cache = sleep = release_kv_cache_memory = wake_up = _unsupported
+    add_lora = pause_generation = resume_generation = _unsupported
+
+    async def is_sleeping(self) -> bool:
+        return False
+
+    async def is_paused(self) -> bool:
+        return False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.renderer.shutdown()

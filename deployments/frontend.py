@@ -1,0 +1,89 @@
+"""One model's OpenAI front: vLLM's serving classes over the model's pool graph.
+
+Everything request-shaped (parsing, chat templates, tokenization, sampling params, streaming
+chunks, usage, logprobs, errors) is vLLM's own code; pdserve supplies the engine client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from pdserve.deployments.config import ModelConfig
+from pdserve.deployments.engine_client import PoolGraphClient
+from pdserve.deployments.messages import DecodeRequest, PrefillRequest, PrefillResult
+from pdserve.deployments.metrics import RequestMetrics
+from pdserve.deployments.orchestrator import Orchestrator, PoolCalls
+from ray.serve.handle import DeploymentHandle
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.openai.models.protocol import BaseModelPath
+from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+from vllm.outputs import RequestOutput
+from vllm.renderers.online_renderer import OnlineRenderer
+
+logger = logging.getLogger(__name__)
+
+
+def pool_calls(handles: dict[str, DeploymentHandle]) -> PoolCalls:
+    """Wrap a model's Serve handles as the plain calls the orchestrator expects."""
+    generate_pool = handles["decode"] if "decode" in handles else handles["colocated"]
+
+    async def generate(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        responses = generate_pool.options(stream=True).generate.remote(request)
+        done = False
+        try:
+            async for output in responses:
+                yield output
+            done = True
+        finally:
+            if not done:
+                responses.cancel()
+
+    if "prefill" not in handles:
+        return PoolCalls(generate=generate)
+
+    async def prefill(request: PrefillRequest) -> PrefillResult:
+        return await handles["prefill"].prefill.remote(request)
+
+    return PoolCalls(generate=generate, prefill=prefill)
+
+
+class ModelFrontend:
+    """The OpenAI completion and chat handlers of one served model."""
+
+    def __init__(self, model: ModelConfig, handles: dict[str, DeploymentHandle]) -> None:
+        self.model = model
+        self.handles = handles
+        self.metrics = RequestMetrics(model.model_id, model.mode)
+        orchestrator = Orchestrator(
+            pool_calls(handles),
+            disaggregated=model.mode == "pd",
+            prefill_timeout_s=model.kv_transfer.prefill_timeout_s,
+            on_fallback=self.metrics.record_fallback,
+        )
+        client = PoolGraphClient(model, orchestrator, self.metrics)
+        self.registry = OpenAIModelRegistry(
+            model_config=client.model_config,
+            base_model_paths=[BaseModelPath(name=model.model_id, model_path=model.model)],
+        )
+        renderer = OnlineRenderer(
+            client.model_config,
+            client.renderer,
+            request_logger=None,
+            chat_template=None,
+            chat_template_content_format="auto",
+        )
+        renderer.warmup()
+        self.completions = OpenAIServingCompletion(
+            client, self.registry, online_renderer=renderer, request_logger=None
+        )
+        self.chat = OpenAIServingChat(
+            client,
+            self.registry,
+            "assistant",
+            online_renderer=renderer,
+            request_logger=None,
+            chat_template=None,
+            chat_template_content_format="auto",
+        )

@@ -1,0 +1,82 @@
+"""pdserve's request metrics, exported through Ray Serve's metrics (`pdserve_*` names)."""
+
+from __future__ import annotations
+
+import time
+
+from ray.serve.metrics import Counter, Histogram
+
+_LATENCY_BOUNDARIES = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+]
+
+
+class RequestMetrics:
+    """Per-model request metrics; one instance per model in the ingress replica."""
+
+    def __init__(self, model_id: str, mode: str) -> None:
+        tags = {"model": model_id, "mode": mode}
+        self.requests = Counter(
+            "pdserve_requests_total",
+            description="Requests finished, by outcome (ok, error, cancelled).",
+            tag_keys=("model", "mode", "outcome"),
+        )
+        self.requests.set_default_tags(dict(tags))
+        self.fallbacks = Counter(
+            "pdserve_prefill_fallbacks_total",
+            description="PD requests whose remote prefill failed or timed out and were "
+            "prefilled on the decode engine instead.",
+            tag_keys=("model", "mode", "reason"),
+        )
+        self.fallbacks.set_default_tags(dict(tags))
+        self.ttft, self.itl, self.e2e = (
+            self._histogram(name, text, tags)
+            for name, text in (
+                ("pdserve_ttft_seconds", "Time to first token, as the ingress sees it."),
+                ("pdserve_itl_seconds", "Time between output tokens."),
+                ("pdserve_e2e_seconds", "Request latency from arrival to last token."),
+            )
+        )
+
+    @staticmethod
+    def _histogram(name: str, description: str, tags: dict[str, str]) -> Histogram:
+        histogram = Histogram(
+            name, description=description, boundaries=_LATENCY_BOUNDARIES,
+            tag_keys=("model", "mode"),
+        )
+        histogram.set_default_tags(dict(tags))
+        return histogram
+
+    def record_fallback(self, reason: str) -> None:
+        self.fallbacks.inc(1, tags={"reason": reason})
+
+    def start(self) -> RequestTimer:
+        return RequestTimer(self)
+
+
+class RequestTimer:
+    """Times one request: first token, gaps between tokens, the end."""
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
+        self.started = self.last = time.perf_counter()
+        self.tokens = 0
+
+    def on_tokens(self, total_tokens: int) -> None:
+        """`total_tokens`: tokens in this output (a delta when streaming)."""
+        if total_tokens <= 0:
+            return
+        now = time.perf_counter()
+        if self.tokens == 0:
+            self.metrics.ttft.observe(now - self.started)
+        else:
+            gap = (now - self.last) / total_tokens
+            for _ in range(total_tokens):
+                self.metrics.itl.observe(gap)
+        self.tokens += total_tokens
+        self.last = now
+
+    def finish(self, outcome: str) -> None:
+        self.metrics.requests.inc(1, tags={"outcome": outcome})
+        if outcome == "ok":
+            self.metrics.e2e.observe(time.perf_counter() - self.started)

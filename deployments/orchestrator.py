@@ -1,0 +1,95 @@
+"""One request's path through the pools, as plain asyncio over injected calls (no Serve import).
+
+PD: prefill remotely (max_tokens=1, KV kept), then decode with the returned transfer params.
+A prefill that fails or misses its deadline falls back to a local prefill on the decode engine,
+so the request still succeeds; each fallback is reported through `on_fallback`.
+Colocated: one call to the single pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pdserve.deployments.messages import DecodeRequest, PrefillRequest, PrefillResult
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+PrefillCall = Callable[[PrefillRequest], Awaitable[PrefillResult]]
+GenerateCall = Callable[[DecodeRequest], AsyncIterator[RequestOutput]]
+
+
+@dataclass(frozen=True)
+class PoolCalls:
+    """The remote calls a model's orchestrator may make (Serve handles in production)."""
+
+    generate: GenerateCall
+    prefill: PrefillCall | None = None
+
+
+def local_prefill_reason(params: SamplingParams) -> str | None:
+    """Why a request must prefill on the decode engine, or None if remote prefill works.
+
+    Parallel samples (n > 1) would make several decoders pull one transfer, and prompt
+    logprobs need the prompt computed where they are reported.
+    """
+    if params.n > 1:
+        return "n>1"
+    if params.prompt_logprobs is not None:
+        return "prompt_logprobs"
+    return None
+
+
+class Orchestrator:
+    """Runs one model's requests through its pools."""
+
+    def __init__(
+        self,
+        calls: PoolCalls,
+        *,
+        disaggregated: bool,
+        prefill_timeout_s: float,
+        on_fallback: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        if disaggregated and calls.prefill is None:
+            raise ValueError("PD mode needs a prefill call")
+        self.calls = calls
+        self.disaggregated = disaggregated
+        self.prefill_timeout_s = prefill_timeout_s
+        self.on_fallback = on_fallback
+
+    async def generate(
+        self, engine_input: Any, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        kv_params: dict[str, Any] | None = None
+        if self.disaggregated and local_prefill_reason(params) is None:
+            kv_params = await self._remote_prefill(engine_input, params, request_id)
+        decode = DecodeRequest(request_id, engine_input, params, kv_params)
+        stream = self.calls.generate(decode)
+        async for output in stream:
+            yield output
+
+    async def _remote_prefill(
+        self, engine_input: Any, params: SamplingParams, request_id: str
+    ) -> dict[str, Any] | None:
+        """KV-transfer params from a prefill replica, or None (then decode prefills locally)."""
+        assert self.calls.prefill is not None
+        request = PrefillRequest(f"{request_id}-prefill", engine_input, params)
+        try:
+            result = await asyncio.wait_for(self.calls.prefill(request), self.prefill_timeout_s)
+        except TimeoutError:
+            logger.warning("request %s: prefill timed out; decoding locally", request_id)
+            self.on_fallback("timeout")
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("request %s: prefill failed (%s); decoding locally", request_id, exc)
+            self.on_fallback("error")
+            return None
+        return result.kv_transfer_params

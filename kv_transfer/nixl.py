@@ -1,0 +1,95 @@
+"""NIXL KV transfer: connector config per role, and each engine's host-unique settings.
+
+vLLM reads the NIXL side channel from `VLLM_NIXL_SIDE_CHANNEL_HOST/PORT` and the CPU thread
+binding from `VLLM_CPU_OMP_THREADS_BIND`; the engine-core subprocess inherits them. This module
+is the one place that writes them (`apply_engine_env`), before the engine starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["prefill", "decode", "colocated"]
+
+#: Ports reserved per pool: replica `local_rank` r of pool p gets base + p * stride + r.
+PORTS_PER_POOL = 64
+
+
+@dataclass(frozen=True)
+class EngineSlot:
+    """Where one engine replica sits: its pool's index in the app and its rank on the host."""
+
+    pool_index: int
+    local_rank: int
+
+
+def kv_transfer_config(role: Role, engine_id: str, kv_buffer_device: str) -> dict | None:
+    """vLLM `kv_transfer_config` for an engine of this role (None: no connector).
+
+    Decode engines recompute locally when a KV load fails instead of failing the request.
+    """
+    if role == "colocated":
+        return None
+    return {
+        "kv_connector": "NixlConnector",
+        "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
+        "kv_buffer_device": kv_buffer_device,
+        "engine_id": engine_id,
+        "kv_load_failure_policy": "recompute",
+    }
+
+
+def side_channel_port(base: int, slot: EngineSlot) -> int:
+    """Deterministic, host-unique NIXL side-channel port for an engine slot."""
+    if not 0 <= slot.local_rank < PORTS_PER_POOL:
+        raise ValueError(f"local_rank {slot.local_rank} outside 0..{PORTS_PER_POOL - 1}")
+    return base + slot.pool_index * PORTS_PER_POOL + slot.local_rank
+
+
+def first_free_port(preferred: int, limit: int, host: str = "127.0.0.1") -> int:
+    """`preferred` if it can be bound, else the next free port below `limit`.
+
+    Guards against a rank being reused while an old engine still holds its port.
+    """
+    for port in range(preferred, limit):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{preferred}, {limit})")
+
+
+def omp_threads_bind(slot: EngineSlot, num_pools: int, cpus: list[int]) -> str:
+    """Cores for this engine's OpenMP threads: spread engines round-robin over the host's cores.
+
+    Engines of different pools and ranks get different cores while there are cores left;
+    beyond that they share, which is still better than every engine binding all cores.
+    """
+    if not cpus:
+        raise ValueError("no CPUs available to bind")
+    engine_number = slot.local_rank * num_pools + slot.pool_index
+    return str(sorted(cpus)[engine_number % len(cpus)])
+
+
+def apply_engine_env(
+    *, slot: EngineSlot, num_pools: int, base_port: int, host: str, bind_cpus: bool
+) -> dict[str, str]:
+    """Set this replica's engine environment; return what was set (for logs and tests)."""
+    preferred = side_channel_port(base_port, slot)
+    pool_end = base_port + (slot.pool_index + 1) * PORTS_PER_POOL
+    env = {
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(first_free_port(preferred, pool_end)),
+    }
+    if bind_cpus:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(
+            slot, num_pools, sorted(os.sched_getaffinity(0))
+        )
+    os.environ.update(env)
+    return env

@@ -1,0 +1,30 @@
+"""The `kv_transfer_params` shapes that travel between prefill and decode.
+
+Ray Serve LLM, Dynamo and llm-d share this shape; vLLM's NixlConnector reads it from
+`SamplingParams.extra_args["kv_transfer_params"]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KV_PARAMS_KEY = "kv_transfer_params"
+
+
+def remote_decode_request() -> dict[str, Any]:
+    """What a prefill request carries: compute the prompt, keep its KV for a remote decoder."""
+    return {
+        "do_remote_decode": True,
+        "do_remote_prefill": False,
+        "remote_engine_id": None,
+        "remote_block_ids": None,
+        "remote_host": None,
+        "remote_port": None,
+    }
+
+
+def is_pull_ready(params: dict[str, Any] | None) -> bool:
+    """True when prefill returned params a decode engine can pull KV with."""
+    return bool(params) and bool(params.get("do_remote_prefill")) and bool(
+        params.get("remote_engine_id")
+    )
