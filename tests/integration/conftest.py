@@ -1,0 +1,146 @@
+"""Session fixtures: the tiny model, bare-engine references, and one running Serve app.
+
+Engines start once per session (minutes on 2 cores); every test shares them, and after each
+test every engine must hold no request and no KV block.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cases import Case, build_cases
+from prometheus_client.parser import text_string_to_metric_families
+from shapes import APP_NAME, COLOCATED_MODEL, ENGINE_KWARGS, HTTP_PORT, PD_MODEL, app_args
+
+from pdserve.tiny_model import resolve_model
+
+MAX_TOKENS = 16
+ENGINE_DEPLOYMENTS = [f"{PD_MODEL}-prefill", f"{PD_MODEL}-decode", f"{COLOCATED_MODEL}-colocated"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    return resolve_model("pdserve://tiny")
+
+
+@pytest.fixture(scope="session")
+def cases(model_dir: str) -> list[Case]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    (word_id,) = tokenizer.encode(" the", add_special_tokens=False)[:1]
+    return build_cases(word_id)
+
+
+def run_bare_engine(model_dir: str, specs: list[dict[str, Any]], tmp: Path) -> list[list[int]]:
+    """Greedy token ids from a bare vLLM engine in its own process (freed before Serve starts)."""
+    spec = {"model": model_dir, "engine_kwargs": ENGINE_KWARGS, "max_tokens": MAX_TOKENS,
+            "cases": specs}
+    (tmp / "in.json").write_text(json.dumps(spec))
+    script = Path(__file__).parent / "bare_engine.py"
+    subprocess.run([sys.executable, str(script), str(tmp / "in.json"), str(tmp / "out.json")],
+                   check=True, timeout=900)
+    return json.loads((tmp / "out.json").read_text())["token_ids"]
+
+
+@pytest.fixture(scope="session")
+def bare_reference(
+    model_dir: str, cases: list[Case], tmp_path_factory: pytest.TempPathFactory
+) -> list[list[int]]:
+    return run_bare_engine(
+        model_dir, [c.reference_spec() for c in cases], tmp_path_factory.mktemp("bare")
+    )
+
+
+@pytest.fixture(scope="session")
+def serve_app(model_dir: str, bare_reference: list[list[int]]) -> Iterator[str]:
+    import ray
+    from pdserve.deployments.app import build_app
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
+    serve.run(build_app(app_args(model_dir)), name=APP_NAME, route_prefix="/")
+    yield f"http://127.0.0.1:{HTTP_PORT}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(serve_app: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_app, timeout=300) as http:
+        yield http
+
+
+def deployment(name: str) -> Any:
+    from ray import serve
+
+    return serve.get_deployment_handle(name, APP_NAME)
+
+
+def engine_metrics(name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """vLLM's own metrics of the (single) replica of a pool: {(sample, labels): value}."""
+    text = deployment(name).vllm_metrics.remote().result()
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def metric_sum(name: str, sample: str, **labels: str) -> float:
+    """Sum of a vLLM metric's samples on one pool's engine, filtered by labels."""
+    return sum(
+        value
+        for (sample_name, sample_labels), value in engine_metrics(name).items()
+        if sample_name == sample and labels.items() <= dict(sample_labels).items()
+    )
+
+
+def ingress_stats() -> dict[str, dict[str, int]]:
+    from ray import serve
+
+    return serve.get_app_handle(APP_NAME).stats.remote().result()
+
+
+def wait_drained(timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
+    """Poll every engine until none holds a request or a KV block; return the last state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {name: deployment(name).drained.remote().result() for name in ENGINE_DEPLOYMENTS}
+        clean = all(
+            s["unfinished_requests"] == 0 and not s["engine_core_has_work"]
+            and s["all_kv_blocks_free"]
+            for s in states.values()
+        )
+        if clean or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+@pytest.fixture(autouse=True)
+def nothing_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the app: no running request and no held KV on any engine."""
+    yield
+    if "serve_app" not in request.fixturenames:
+        return
+    states = wait_drained()
+    for name, state in states.items():
+        assert state == {
+            "unfinished_requests": 0, "engine_core_has_work": False, "all_kv_blocks_free": True
+        }, f"{name} leaked work: {state}"

@@ -1,0 +1,71 @@
+"""Many concurrent streams, and clients that leave mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import httpx
+from client import post
+from conftest import wait_drained
+from shapes import COLOCATED_MODEL, PD_MODEL
+
+from pdserve.tiny_model import recall_prompt_text
+
+
+def prompts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [recall_prompt_text(rng, rng.randint(10, 120), 5) for _ in range(count)]
+
+
+async def stream_ids(http: httpx.AsyncClient, model: str, prompt: str) -> list[int]:
+    body = {"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0.0,
+            "stream": True, "return_token_ids": True}
+    ids: list[int] = []
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line[6:]).get("choices", []):
+                    ids.extend(choice.get("token_ids") or [])
+    return ids
+
+
+def test_32_concurrent_streams_complete_with_correct_output(
+    client: httpx.Client, serve_app: str
+) -> None:
+    texts = prompts(32, seed=5)
+    expected = []
+    for text in texts:
+        reply = post(client, "/v1/completions", {"model": COLOCATED_MODEL, "prompt": text,
+                                                "max_tokens": 24, "temperature": 0.0,
+                                                "return_token_ids": True})
+        expected.append(reply.token_ids)
+
+    async def run_all() -> list[list[int]]:
+        async with httpx.AsyncClient(base_url=serve_app, timeout=600) as http:
+            return await asyncio.gather(*(stream_ids(http, PD_MODEL, t) for t in texts))
+
+    results = asyncio.run(run_all())
+    assert all(len(ids) == 24 for ids in results)
+    assert results == expected
+
+
+def test_client_that_disconnects_mid_stream_frees_both_engines(serve_app: str) -> None:
+    body = {"model": PD_MODEL, "prompt": prompts(1, seed=6)[0], "max_tokens": 600,
+            "temperature": 0.0, "stream": True, "ignore_eos": True}
+    chunks = 0
+    with (
+        httpx.Client(base_url=serve_app, timeout=120) as http,
+        http.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                chunks += 1
+            if chunks >= 5:
+                break  # leave mid-stream: the connection closes here
+    assert chunks == 5
+    states = wait_drained(timeout_s=30)
+    for state in states.values():
+        assert state["unfinished_requests"] == 0 and state["all_kv_blocks_free"], states

@@ -1,0 +1,78 @@
+"""The OpenAI surface: models, health, SDK use, and bad input → 4xx with the server healthy."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from client import post
+from shapes import COLOCATED_MODEL, HTTP_PORT, PD_MODEL
+
+
+def test_models_lists_every_served_model(client: httpx.Client) -> None:
+    ids = {card["id"] for card in client.get("/v1/models").json()["data"]}
+    assert ids == {PD_MODEL, COLOCATED_MODEL}
+
+
+def test_health_reflects_every_pool(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert set(response.json()["pools"]) == {
+        f"{PD_MODEL}/prefill", f"{PD_MODEL}/decode", f"{COLOCATED_MODEL}/colocated"
+    }
+
+
+def test_unmodified_openai_sdk_streams_chat_and_completions(serve_app: str) -> None:
+    sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{HTTP_PORT}/v1", api_key="unused")
+    text = sdk.completions.create(model=PD_MODEL, prompt="the river and the stone",
+                                  max_tokens=8, temperature=0).choices[0].text
+    stream = sdk.chat.completions.create(
+        model=PD_MODEL, messages=[{"role": "user", "content": "the river and the stone"}],
+        max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() and streamed.strip()
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+
+BAD_REQUESTS = [
+    ("unknown model", {"model": "nope", "prompt": "x"}, 404),
+    ("negative temperature", {"model": PD_MODEL, "prompt": "x", "temperature": -1}, 400),
+    ("zero max_tokens", {"model": PD_MODEL, "prompt": "x", "max_tokens": 0}, 400),
+    ("bad top_p", {"model": PD_MODEL, "prompt": "x", "top_p": 7}, 400),
+    ("prompt longer than context", {"model": PD_MODEL, "prompt": "the " * 1500}, 400),
+    ("token prompt longer than context", {"model": PD_MODEL, "prompt": [5] * 1100}, 400),
+    ("missing prompt", {"model": PD_MODEL}, 400),
+    ("wrong type", {"model": PD_MODEL, "prompt": "x", "max_tokens": "many"}, 400),
+    ("token id out of vocabulary", {"model": PD_MODEL, "prompt": [10**9]}, 400),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "body", "status"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_completion_requests_get_openai_errors(
+    client: httpx.Client, label: str, body: dict, status: int
+) -> None:
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and error["message"]
+
+
+def test_malformed_json_and_bad_chat_get_4xx_and_the_server_stays_healthy(
+    client: httpx.Client,
+) -> None:
+    malformed = client.post("/v1/completions", content=b"{not json",
+                            headers={"content-type": "application/json"})
+    assert malformed.status_code in (400, 422) and "error" in malformed.json()
+    no_messages = client.post("/v1/chat/completions", json={"model": PD_MODEL})
+    assert no_messages.status_code == 400
+    bad_role = client.post("/v1/chat/completions", json={
+        "model": PD_MODEL, "messages": [{"role": "wizard", "content": "x"}]})
+    assert 400 <= bad_role.status_code < 500
+    assert client.get("/health").status_code == 200
+    ok = post(client, "/v1/completions", {"model": PD_MODEL, "prompt": "the river",
+                                          "max_tokens": 4, "temperature": 0})
+    assert ok.status == 200 and ok.text.strip()
