@@ -18,7 +18,15 @@ import httpx
 import pytest
 from cases import Case, build_cases
 from prometheus_client.parser import text_string_to_metric_families
-from shapes import APP_NAME, COLOCATED_MODEL, ENGINE_KWARGS, HTTP_PORT, PD_MODEL, app_args
+from shapes import (
+    APP_NAME,
+    COLOCATED_MODEL,
+    ENGINE_KWARGS,
+    HTTP_PORT,
+    METRICS_PORT,
+    PD_MODEL,
+    app_args,
+)
 
 from pdserve.tiny_model import resolve_model
 
@@ -73,7 +81,7 @@ def serve_app(model_dir: str, bare_reference: list[list[int]]) -> Iterator[str]:
     from pdserve.deployments.app import build_app
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     serve.run(build_app(app_args(model_dir)), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{HTTP_PORT}"

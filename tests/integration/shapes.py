@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 HTTP_PORT = 8123
+METRICS_PORT = 8124
 APP_NAME = "pdserve"
 PD_MODEL = "tiny-pd"
 COLOCATED_MODEL = "tiny-colo"
