@@ -79,6 +79,19 @@ class EngineHost:
         await self.engine.do_log_stats()
         return generate_latest(REGISTRY).decode()
 
+    async def drained(self) -> dict[str, Any]:
+        """Whether this engine holds no request and no KV block (used after cancellations).
+
+        vLLM's prefix-cache reset succeeds only when every KV block is free, so it doubles as
+        an exact "no KV held" check; it also drops cached prefixes, so call it only to verify.
+        """
+        core_busy = await self.engine.engine_core.call_utility_async("has_work")
+        return {
+            "unfinished_requests": self.engine.output_processor.get_num_unfinished_requests(),
+            "engine_core_has_work": bool(core_busy),
+            "all_kv_blocks_free": bool(await self.engine.reset_prefix_cache()),
+        }
+
     async def stream(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
         """Generate, pulling the prompt's KV first when the request carries transfer params."""
         params = request.sampling_params

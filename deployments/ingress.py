@@ -103,6 +103,10 @@ class OpenAIIngress:
             return _to_response(frontend)
         return _to_response(await frontend.chat.create_chat_completion(request, raw_request))
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Request and fallback counts per model in this replica (for handles and tests)."""
+        return {model_id: dict(f.metrics.tally) for model_id, f in self.frontends.items()}
+
     @app.get("/health")
     async def health(self) -> JSONResponse:
         """200 when one replica of every pool of every model answers its engine health check."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
 
 from ray.serve.metrics import Counter, Histogram
 
@@ -37,6 +38,7 @@ class RequestMetrics:
                 ("pdserve_e2e_seconds", "Request latency from arrival to last token."),
             )
         )
+        self.tally: Tally[str] = Tally()  # the same events, readable in-process (stats())
 
     @staticmethod
     def _histogram(name: str, description: str, tags: dict[str, str]) -> Histogram:
@@ -49,6 +51,7 @@ class RequestMetrics:
 
     def record_fallback(self, reason: str) -> None:
         self.fallbacks.inc(1, tags={"reason": reason})
+        self.tally[f"fallback:{reason}"] += 1
 
     def start(self) -> RequestTimer:
         return RequestTimer(self)
@@ -78,5 +81,6 @@ class RequestTimer:
 
     def finish(self, outcome: str) -> None:
         self.metrics.requests.inc(1, tags={"outcome": outcome})
+        self.metrics.tally[f"requests:{outcome}"] += 1
         if outcome == "ok":
             self.metrics.e2e.observe(time.perf_counter() - self.started)
