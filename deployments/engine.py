@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, generate_latest
 from ray import serve
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -28,6 +29,25 @@ from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 logger = logging.getLogger(__name__)
 
 _END = object()
+
+
+def _coalesce(
+    output: RequestOutput, queue: asyncio.Queue, aggregate: bool
+) -> tuple[RequestOutput, Any]:
+    """Merge outputs that are already waiting into one message, as vLLM's own output
+    collector does for a slow reader; return it and the first non-output item, if any.
+
+    Under load this sends one Ray stream message per burst instead of one per engine step.
+    """
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is _END or isinstance(item, BaseException):
+            return output, item
+        if aggregate:
+            output.add(item, aggregate=True)
+        else:
+            output = item  # cumulative outputs: the newest one holds everything
+    return output, None
 
 
 class EngineHost:
@@ -105,13 +125,19 @@ class EngineHost:
         pump = asyncio.create_task(
             self._pump(request, params, queue, first_output), name=f"pump-{request.request_id}"
         )
+        aggregate = params.output_kind == RequestOutputKind.DELTA
         finished = False
+        pending: Any = None
         try:
-            while (item := await queue.get()) is not _END:
+            while True:
+                item = pending if pending is not None else await queue.get()
+                if item is _END:
+                    finished = True
+                    return
                 if isinstance(item, BaseException):
                     raise item
+                item, pending = _coalesce(item, queue, aggregate)
                 yield item
-            finished = True
         finally:
             if not finished:
                 self._stop_pump(request.request_id, pump, first_output, pulling)

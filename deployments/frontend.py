@@ -6,6 +6,7 @@ chunks, usage, logprobs, errors) is vLLM's own code; pdserve supplies the engine
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -44,7 +45,12 @@ def pool_calls(handles: dict[str, DeploymentHandle]) -> PoolCalls:
         return PoolCalls(generate=generate)
 
     async def prefill(request: PrefillRequest) -> PrefillResult:
-        return await handles["prefill"].prefill.remote(request)
+        response = handles["prefill"].prefill.remote(request)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # deadline passed or client left: stop the prefill engine too
+            raise
 
     return PoolCalls(generate=generate, prefill=prefill)
 
