@@ -13,7 +13,7 @@ from typing import Any
 from pdserve.tiny_model import recall_prompt_text
 
 #: (label, words in the span, words repeated as the recall cue)
-SIZES = [("under-one-block", 6, 2), ("few-blocks", 40, 10), ("chunked-prefill", 220, 20)]
+SIZES = [("under-one-block", 6, 2), ("few-blocks", 70, 10), ("chunked-prefill", 220, 20)]
 
 
 @dataclass(frozen=True)
