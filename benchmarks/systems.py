@@ -1,0 +1,314 @@
+"""Serving systems under test: how to start each one, wait for it, and stop it cleanly.
+
+Every system is driven only through its OpenAI HTTP API, so the harness treats them as
+black boxes: a command, a base URL and the served model name. The machine cannot host
+two systems at once, so a system is started, used, and fully stopped (including its Ray
+cluster) before the next one starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PDSERVE_URL = "http://127.0.0.1:8000"
+VLLM_PORT = 8100
+
+# Engine settings that only make sense inside the PD deployment; the plain vLLM
+# baseline has no KV connector, so these are not passed to it.
+PD_ONLY_ENGINE_KWARGS = frozenset({"kv_transfer_config", "kv_events_config"})
+
+
+@dataclass
+class ModelSpec:
+    """The first model of a pdserve Serve config: served name, weights, engine settings."""
+
+    model_id: str
+    model: str
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class System:
+    """One server to benchmark: `ray_cluster` says whether stopping needs `ray stop`."""
+
+    name: str
+    command: list[str]
+    base_url: str
+    model_name: str
+    model_dir: str
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    config_path: str | None = None
+    ray_cluster: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def load_model_spec(config_path: str | Path) -> ModelSpec:
+    """Read `applications[0].args.models[0]` from a pdserve Serve YAML."""
+    with open(config_path) as f:
+        cfg = yaml.safe_load(f)
+    try:
+        model = cfg["applications"][0]["args"]["models"][0]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"{config_path}: no applications[0].args.models[0]") from e
+    return ModelSpec(
+        model_id=str(model["model_id"]),
+        model=str(model["model"]),
+        engine_kwargs=dict(model.get("engine_kwargs") or {}),
+    )
+
+
+def resolve_model_dir(model: str) -> str:
+    """Turn a config's `model` (pdserve://..., a path, or an HF id) into what vLLM loads."""
+    if model.startswith("pdserve://"):
+        from pdserve.tiny_model import resolve_model  # written in parallel; import late
+
+        return str(resolve_model(model))
+    return model
+
+
+def engine_kwargs_to_cli(kwargs: dict[str, Any]) -> list[str]:
+    """Convert vLLM engine-argument names/values to `vllm serve` CLI flags.
+
+    Booleans become `--flag` / `--no-flag` (vLLM uses BooleanOptionalAction), dicts
+    become JSON, lists become repeated values after one flag, None is left out.
+    """
+    args: list[str] = []
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value, sort_keys=True)]
+        elif isinstance(value, list | tuple):
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def baseline_engine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The PD engine settings minus those that only exist for PD (KV connector etc.)."""
+    return {k: v for k, v in kwargs.items() if k not in PD_ONLY_ENGINE_KWARGS}
+
+
+def pdserve_system(name: str, config_path: str | Path, model_dir: str | None = None) -> System:
+    """A pdserve app started with `serve run <config>` from the repo root."""
+    spec = load_model_spec(config_path)
+    return System(
+        name=name,
+        command=[str(VENV_BIN / "serve"), "run", str(config_path)],
+        base_url=PDSERVE_URL,
+        model_name=spec.model_id,
+        model_dir=model_dir or resolve_model_dir(spec.model),
+        engine_kwargs=spec.engine_kwargs,
+        config_path=str(config_path),
+        ray_cluster=True,
+    )
+
+
+def vllm_system(
+    model_dir: str, model_name: str, engine_kwargs: dict[str, Any], port: int = VLLM_PORT
+) -> System:
+    """Plain vLLM OpenAI server with every engine argument pinned explicitly."""
+    kwargs = baseline_engine_kwargs(engine_kwargs)
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_dir, "--served-model-name", model_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        *engine_kwargs_to_cli(kwargs),
+    ]  # fmt: skip
+    return System(
+        name="vllm",
+        command=command,
+        base_url=f"http://127.0.0.1:{port}",
+        model_name=model_name,
+        model_dir=model_dir,
+        engine_kwargs=kwargs,
+    )
+
+
+def find_preload_libs(venv_root: Path | None = None) -> list[str]:
+    """tcmalloc and Intel OpenMP from the venv, which vLLM's CPU worker asks for."""
+    root = venv_root or Path(sys.prefix)
+    found: list[str] = []
+    for group in (("libtcmalloc_minimal.so*", "libtcmalloc.so*"), ("libiomp5.so",)):
+        for pattern in group:
+            hits = sorted(glob.glob(str(root / "**" / pattern), recursive=True))
+            if hits:
+                found.append(hits[0])
+                break
+    return found
+
+
+def system_env(system: System, preload: list[str]) -> dict[str, str]:
+    """Environment for a started system: ours, plus LD_PRELOAD and per-system extras."""
+    env = dict(os.environ)
+    if preload:
+        env["LD_PRELOAD"] = ":".join([*preload, *filter(None, [env.get("LD_PRELOAD")])])
+    env.update(system.env)
+    return env
+
+
+def models_ready(base_url: str, timeout: float = 5.0) -> list[str] | None:
+    """Served model ids if `GET {base}/v1/models` answers 200 with models, else None."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/v1/models", timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+            data = json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+    return ids or None
+
+
+def port_in_use(base_url: str) -> bool:
+    """True if something already answers on the system's port (not ours: refuse to start)."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(base_url)
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((u.hostname or "127.0.0.1", u.port or 80)) == 0
+
+
+def foreign_ray_processes() -> list[str]:
+    """Running `serve run` drivers or Ray daemons (someone else's cluster we must not kill)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if p.info.get("name") in ("raylet", "gcs_server") or " serve run " in f" {cmd} ":
+            found.append(f"{p.info['pid']}: {cmd[:120]}")
+    return found
+
+
+def wait_for_no_ray(timeout_s: float, poll_s: float = 30.0) -> None:
+    """Wait for a colleague's Ray cluster to finish; raise if it is still there after timeout."""
+    deadline = time.monotonic() + timeout_s
+    while procs := foreign_ray_processes():
+        if time.monotonic() > deadline:
+            running_now = "\n".join(procs)
+            raise RuntimeError(f"another Ray cluster / serve run is still running:\n{running_now}")
+        print(f"waiting for another Ray cluster to finish ({len(procs)} processes)", flush=True)
+        time.sleep(poll_s)
+
+
+def completion_ok(base_url: str, model: str, timeout: float) -> bool:
+    """One 1-token completion succeeds: the engines behind the HTTP front are up."""
+    body = json.dumps({"model": model, "prompt": "hello", "max_tokens": 1}).encode()
+    req = urllib.request.Request(
+        f"{base_url}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def wait_ready(system: System, proc: subprocess.Popen, timeout_s: float) -> float:
+    """Wait until `/v1/models` lists the model AND a 1-token completion succeeds.
+
+    `/v1/models` alone is not enough for Ray Serve: its ingress answers while the engine
+    replicas are still starting. Returns seconds waited; fails fast if the process exits.
+    """
+    start = time.monotonic()
+    while (left := timeout_s - (time.monotonic() - start)) > 0:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system.name} exited with code {proc.returncode} before ready")
+        ids = models_ready(system.base_url)
+        if ids and system.model_name not in ids:
+            raise RuntimeError(f"{system.name} serves {ids}, not {system.model_name!r}")
+        if ids and completion_ok(system.base_url, system.model_name, timeout=min(left, 60.0)):
+            return time.monotonic() - start
+        time.sleep(2.0)
+    raise TimeoutError(f"{system.name} not ready after {timeout_s:.0f} s")
+
+
+def start(system: System, log: TextIO, preload: list[str]) -> subprocess.Popen:
+    """Start the system in its own process group (so stopping reaches all its children)."""
+    if port_in_use(system.base_url):
+        raise RuntimeError(f"{system.base_url} is already in use; not starting {system.name}")
+    log.write(f"$ {' '.join(system.command)}\n")
+    log.flush()
+    return subprocess.Popen(
+        system.command,
+        cwd=REPO_ROOT,
+        env=system_env(system, preload),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def stop(system: System, proc: subprocess.Popen, log: TextIO, grace_s: float = 30.0) -> None:
+    """SIGINT (graceful), then SIGTERM, then SIGKILL the group; `ray stop --force` for Ray."""
+    for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        _signal_group(proc, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+    _signal_group(proc, signal.SIGKILL)  # children that outlived the leader
+    if system.ray_cluster:
+        subprocess.run(
+            [str(VENV_BIN / "ray"), "stop", "--force"],
+            stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def running(
+    system: System, log_path: Path, preload: list[str], ready_timeout_s: float = 600.0
+) -> Iterator[float]:
+    """Start `system`, yield its start-up seconds once ready, and always stop it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        proc = start(system, log, preload)
+        try:
+            try:
+                startup_s = wait_ready(system, proc, ready_timeout_s)
+            except (RuntimeError, TimeoutError) as e:
+                raise RuntimeError(f"{e}; last errors in {log_path}: {error_hint(log_path)}") from e
+            yield startup_s
+        finally:
+            stop(system, proc, log)
+
+
+def error_hint(log_path: Path, n: int = 3) -> list[str]:
+    """The last distinct `SomeError: message` lines of a server log: why it did not come up."""
+    pattern = re.compile(r"^\w+(Error|Exception): .+")
+    lines = (
+        ln.split("] ", 1)[-1].strip() for ln in log_path.read_text(errors="replace").splitlines()
+    )
+    hits = [ln for ln in lines if pattern.match(ln)]
+    return list(dict.fromkeys(reversed(hits)))[:n]

@@ -1,0 +1,143 @@
+"""Pure parts of pdserve.benchmarks.systems: config reading and engine-args -> CLI flags."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pdserve.benchmarks import systems
+
+ENGINE_KWARGS = {
+    "dtype": "float32",
+    "max_model_len": 1024,
+    "max_num_batched_tokens": 2048,
+    "block_size": 32,
+    "kv_cache_memory_bytes": 268435456,
+    "enforce_eager": True,
+    "enable_prefix_caching": False,
+}
+
+
+def write_config(path: Path, engine_kwargs: dict) -> Path:
+    cfg = {
+        "applications": [
+            {
+                "name": "pdserve",
+                "import_path": "pdserve.deployments.app:build_app",
+                "args": {
+                    "models": [
+                        {
+                            "model_id": "tiny",
+                            "model": "/models/tiny",
+                            "engine_kwargs": engine_kwargs,
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_engine_kwargs_to_cli_scalars_and_booleans() -> None:
+    flags = systems.engine_kwargs_to_cli(ENGINE_KWARGS)
+    assert flags == [
+        "--dtype", "float32",
+        "--max-model-len", "1024",
+        "--max-num-batched-tokens", "2048",
+        "--block-size", "32",
+        "--kv-cache-memory-bytes", "268435456",
+        "--enforce-eager",
+        "--no-enable-prefix-caching",
+    ]  # fmt: skip
+
+
+def test_engine_kwargs_to_cli_dict_list_none() -> None:
+    flags = systems.engine_kwargs_to_cli(
+        {"compilation_config": {"mode": 0}, "served_model_name": ["a", "b"], "seed": None}
+    )
+    assert flags == ["--compilation-config", '{"mode": 0}', "--served-model-name", "a", "b"]
+
+
+def test_engine_flags_parse_back_with_vllm_server_parser() -> None:
+    """The flags mean to vLLM's own server parser exactly what the YAML says."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    ns = parser.parse_args(["--model", "x", *systems.engine_kwargs_to_cli(ENGINE_KWARGS)])
+    for key, value in ENGINE_KWARGS.items():
+        assert getattr(ns, key) == value, key
+
+
+def test_baseline_drops_pd_only_kwargs() -> None:
+    kwargs = {**ENGINE_KWARGS, "kv_transfer_config": {"kv_connector": "NixlConnector"}}
+    assert systems.baseline_engine_kwargs(kwargs) == ENGINE_KWARGS
+
+
+def test_load_model_spec(tmp_path: Path) -> None:
+    spec = systems.load_model_spec(write_config(tmp_path / "c.yaml", ENGINE_KWARGS))
+    assert (spec.model_id, spec.model, spec.engine_kwargs) == (
+        "tiny",
+        "/models/tiny",
+        ENGINE_KWARGS,
+    )
+
+
+def test_load_model_spec_rejects_other_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"applications": []}))
+    with pytest.raises(ValueError, match="models"):
+        systems.load_model_spec(path)
+
+
+def test_resolve_model_dir_passes_paths_and_hf_ids() -> None:
+    assert systems.resolve_model_dir("/models/tiny") == "/models/tiny"
+    assert systems.resolve_model_dir("org/name") == "org/name"
+
+
+def test_vllm_system_command_pins_engine_args() -> None:
+    s = systems.vllm_system("/models/tiny", "tiny", ENGINE_KWARGS, port=8123)
+    cmd = s.command
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--served-model-name") + 1] == "tiny"
+    assert cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[-len(systems.engine_kwargs_to_cli(ENGINE_KWARGS)) :] == (
+        systems.engine_kwargs_to_cli(ENGINE_KWARGS)
+    )
+    assert s.base_url == "http://127.0.0.1:8123" and not s.ray_cluster
+
+
+def test_pdserve_system_uses_serve_run(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "default.yaml", ENGINE_KWARGS)
+    s = systems.pdserve_system("pd", config)
+    assert s.command[1:] == ["run", str(config)] and s.command[0].endswith("serve")
+    assert (s.model_name, s.model_dir, s.ray_cluster) == ("tiny", "/models/tiny", True)
+
+
+def test_find_preload_libs(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libiomp5.so").touch()
+    (tmp_path / "lib" / "libtcmalloc_minimal.so.4").touch()
+    found = systems.find_preload_libs(tmp_path)
+    assert [Path(f).name for f in found] == ["libtcmalloc_minimal.so.4", "libiomp5.so"]
+    assert systems.find_preload_libs(tmp_path / "lib" / "none") == []
+
+
+def test_system_env_prepends_preload(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LD_PRELOAD", "/x.so")
+    s = systems.vllm_system("/m", "m", {})
+    assert systems.system_env(s, ["/a.so", "/b.so"])["LD_PRELOAD"] == "/a.so:/b.so:/x.so"
+
+
+def test_error_hint(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        "(Worker pid=1) ERROR 11-23 [utils.py:1] ValueError: No common block size for 16\n"
+        "    raise RuntimeError(\n"
+        "RuntimeError: Engine core initialization failed.\n"
+    )
+    assert systems.error_hint(log) == [
+        "RuntimeError: Engine core initialization failed.",
+        "ValueError: No common block size for 16",
+    ]
