@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 URI_PREFIX = "pdserve://"
 TINY_MODEL_URI = URI_PREFIX + "tiny"
 MARKER_FILE = ".pdserve-complete"

@@ -13,7 +13,7 @@ from typing import Any
 from pdserve.tiny_model import recall_prompt_text
 
 #: (label, words in the span, words repeated as the recall cue)
-SIZES = [("under-one-block", 6, 2), ("few-blocks", 70, 10), ("chunked-prefill", 220, 20)]
+SIZES = [("under-one-block", 6, 2), ("few-blocks", 70, 10), ("chunked-prefill", 130, 20)]
 
 
 @dataclass(frozen=True)
@@ -24,19 +24,20 @@ class Case:
     prompt: str | list[int] | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
 
-    def body(self, model: str, max_tokens: int) -> dict[str, Any]:
+    def body(self, model: str, max_tokens: int, stream: bool | None = None) -> dict[str, Any]:
+        stream = self.stream if stream is None else stream
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": max_tokens,
             "temperature": 0.0,
-            "stream": self.stream,
+            "stream": stream,
             "return_token_ids": True,
         }
         if self.kind == "completion":
             body["prompt"] = self.prompt
         else:
             body["messages"] = self.messages
-        if self.stream:
+        if stream:
             body["stream_options"] = {"include_usage": True}
         return body
 

@@ -7,7 +7,7 @@ import random
 import httpx
 from client import post
 from conftest import ingress_stats, metric_sum
-from shapes import COLOCATED_MODEL, PD_MODEL, PREFILL_TIMEOUT_S
+from shapes import COLOCATED_MODEL, MAX_NUM_BATCHED_TOKENS, PD_MODEL, PREFILL_TIMEOUT_S
 
 from pdserve.tiny_model import WORDS, random_words, recall_prompt_from_words
 
@@ -49,19 +49,24 @@ def test_pd_request_pulls_kv_from_the_prefill_engine_instead_of_recomputing(
 
 
 def test_changing_one_early_token_changes_the_greedy_continuation(client: httpx.Client) -> None:
-    """Negative control: the output depends on KV far back in the prompt, so equality tests
-    above would catch a transfer that moved garbage."""
-    words = random_words(random.Random(77), 200)
-    changed = list(words)
+    """Negative control: the output depends on KV far back in the prompt, so the equality
+    tests would catch a transfer that moved garbage. The prompt (~330 tokens) is longer than
+    one prefill batch, so it is also chunked."""
+    words = random_words(random.Random(77), 130)
     cue = 20
-    changed[cue] = next(w for w in WORDS if w != words[cue])
+    changed = list(words)
+    changed[cue] = next(w for w in WORDS if w not in words)
     original = post(client, "/v1/completions",
                     completion(PD_MODEL, recall_prompt_from_words(words, cue), 8))
     edited = post(client, "/v1/completions",
                   completion(PD_MODEL, recall_prompt_from_words(changed, cue), 8))
     assert original.status == edited.status == 200
-    assert original.token_ids != edited.token_ids
-    assert original.token_ids[0] != edited.token_ids[0], "the first copied token must change"
+    assert original.usage["prompt_tokens"] > MAX_NUM_BATCHED_TOKENS
+    # The model copies the span from its first occurrence, 110 words back ...
+    assert original.text.startswith(" " + words[cue]), (original.text, words[cue:cue + 3])
+    assert edited.text.startswith(" " + changed[cue]), (edited.text, changed[cue:cue + 3])
+    # ... so one edited word there changes the continuation.
+    assert original.token_ids[0] != edited.token_ids[0]
 
 
 def test_failed_prefill_is_recomputed_on_the_decode_engine(client: httpx.Client) -> None:

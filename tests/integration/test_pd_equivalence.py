@@ -11,7 +11,7 @@ from shapes import BLOCK_SIZE, COLOCATED_MODEL, MAX_NUM_BATCHED_TOKENS, PD_MODEL
 
 
 def prompt_tokens(client: httpx.Client, case: Case) -> int:
-    reply = post(client, case.path(), {**case.body(COLOCATED_MODEL, 1), "stream": False})
+    reply = post(client, case.path(), case.body(COLOCATED_MODEL, 1, stream=False))
     assert reply.status == 200, reply.body
     return reply.usage["prompt_tokens"]
 
@@ -50,7 +50,7 @@ def test_parallel_samples_and_sampling_parameters_pass_through(
 ) -> None:
     """n, seed, top_p, stop and logprobs reach the engine (vLLM's own request conversion)."""
     case = cases[4]
-    body = {**case.body(model, 8), "stream": False, "n": 2, "temperature": 0.9, "top_p": 0.95,
+    body = {**case.body(model, 8, stream=False), "n": 2, "temperature": 0.9, "top_p": 0.95,
             "seed": 7, "logprobs": 2}
     first, second = post(client, case.path(), body), post(client, case.path(), body)
     assert first.status == 200, first.body
