@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from pdserve.deployments.engine import EngineHost
-from pdserve.deployments.messages import DecodeRequest
 from ray import serve
-from vllm.outputs import RequestOutput
 
 
 @serve.deployment
@@ -16,17 +12,9 @@ class DecodeServer(EngineHost):
 
     role = "decode"
 
-    async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
-        async for output in self.stream(request):
-            yield output
-
 
 @serve.deployment
 class ColocatedServer(EngineHost):
     """Colocated pool: one engine prefills and decodes."""
 
     role = "colocated"
-
-    async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
-        async for output in self.stream(request):
-            yield output

@@ -112,7 +112,7 @@ class EngineHost:
             "all_kv_blocks_free": bool(await self.engine.reset_prefix_cache()),
         }
 
-    async def stream(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
         """Generate, pulling the prompt's KV first when the request carries transfer params."""
         params = request.sampling_params
         pulling = request.kv_transfer_params is not None
