@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from pdserve.deployments.config import AppConfig, ModelConfig
 from pdserve.deployments.messages import DecodeRequest
 from pdserve.kv_transfer.nixl import EngineSlot, Role, apply_engine_env, kv_transfer_config
@@ -66,7 +67,7 @@ class EngineHost:
             slot=slot,
             num_pools=len(config.pool_slots()),
             base_port=self.model.kv_transfer.side_channel_base_port,
-            host="127.0.0.1",
+            host=ray.util.get_node_ip_address(),  # reachable from decoders on other nodes
             bind_cpus=config.cpu_binding == "auto",
         )
         logger.info("engine %s starting with %s", self.engine_id, env)

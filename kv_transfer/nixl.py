@@ -85,7 +85,7 @@ def apply_engine_env(
     pool_end = base_port + (slot.pool_index + 1) * PORTS_PER_POOL
     env = {
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
-        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(first_free_port(preferred, pool_end)),
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(first_free_port(preferred, pool_end, host)),
     }
     if bind_cpus:
         env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(
