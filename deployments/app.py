@@ -12,17 +12,9 @@ from pdserve.deployments.ingress import OpenAIIngress
 from pdserve.prefill.server import PrefillServer
 from ray.serve.deployment import Application
 
-from pdserve.tiny_model import resolve_model
-
 logger = logging.getLogger(__name__)
 
 POOL_CLASSES = {"prefill": PrefillServer, "decode": DecodeServer, "colocated": ColocatedServer}
-
-
-def resolve_models(config: AppConfig) -> AppConfig:
-    """Turn `pdserve://` model URIs into directories once, in the driver, before replicas start."""
-    models = [m.model_copy(update={"model": resolve_model(m.model)}) for m in config.models]
-    return config.model_copy(update={"models": models})
 
 
 def _pool_options(name: str, pool: PoolConfig) -> dict[str, Any]:
@@ -48,8 +40,7 @@ def _check_cluster_cpus(config: AppConfig) -> None:
 
 def build_pd_app(config: AppConfig) -> Application:
     """Ingress + one Serve deployment per pool of every model (PD or colocated)."""
-    config = resolve_models(config)
-    _check_cluster_cpus(config)
+    _check_cluster_cpus(config)  # pdserve:// models are resolved on each replica's node
     config_dict = config.model_dump(mode="json")
     slots = config.pool_slots()
     pools: dict[str, dict[str, Application]] = {}

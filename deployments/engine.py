@@ -27,6 +27,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
+from pdserve.tiny_model import resolve_model
+
 logger = logging.getLogger(__name__)
 
 _END = object()
@@ -81,7 +83,7 @@ class EngineHost:
             self.role, self.engine_id, self.model.kv_transfer.kv_buffer_device
         )
         return AsyncEngineArgs(
-            model=self.model.model,
+            model=resolve_model(self.model.model),  # built on this node if it is pdserve://
             served_model_name=self.model.model_id,
             kv_transfer_config=transfer,
             **self.model.engine_kwargs,
@@ -115,12 +117,12 @@ class EngineHost:
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
         """Generate, pulling the prompt's KV first when the request carries transfer params."""
-        params = request.sampling_params
+        params = request.sampling_params.clone()
         pulling = request.kv_transfer_params is not None
+        extra = {k: v for k, v in (params.extra_args or {}).items() if k != KV_PARAMS_KEY}
         if pulling:
-            params = params.clone()
-            extra = params.extra_args or {}
-            params.extra_args = {**extra, KV_PARAMS_KEY: request.kv_transfer_params}
+            extra[KV_PARAMS_KEY] = request.kv_transfer_params
+        params.extra_args = extra or None
         queue: asyncio.Queue[Any] = asyncio.Queue()
         first_output = asyncio.Event()
         pump = asyncio.create_task(

@@ -10,18 +10,32 @@ input processor are built from the same engine arguments the pools use, without 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
+from contextlib import aclosing
 from typing import Any
 
 from pdserve.deployments.config import ModelConfig
 from pdserve.deployments.metrics import RequestMetrics
 from pdserve.deployments.orchestrator import Orchestrator
+from pdserve.kv_transfer.params import KV_PARAMS_KEY
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
 from vllm.outputs import RequestOutput
 from vllm.renderers import renderer_from_config
-from vllm.sampling_params import SamplingParams
+from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.input_processor import InputProcessor
+
+from pdserve.tiny_model import resolve_model
+
+
+def _without_client_transfer_params(params: SamplingParams) -> SamplingParams:
+    """Drop `kv_transfer_params` a client put in its request: only the orchestrator may set
+    them (client-made params can make an engine pull from anywhere or fail an assertion)."""
+    if not params.extra_args or KV_PARAMS_KEY not in params.extra_args:
+        return params
+    params = params.clone()
+    params.extra_args = {k: v for k, v in params.extra_args.items() if k != KV_PARAMS_KEY}
+    return params
 
 
 class _Unsupported(RuntimeError):
@@ -34,7 +48,7 @@ class PoolGraphClient(EngineClient):
     def __init__(
         self, model: ModelConfig, orchestrator: Orchestrator, metrics: RequestMetrics
     ) -> None:
-        args = AsyncEngineArgs(model=model.model, served_model_name=model.model_id,
+        args = AsyncEngineArgs(model=resolve_model(model.model), served_model_name=model.model_id,
                                **model.engine_kwargs)
         self.vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
         self.model_config = self.vllm_config.model_config
@@ -49,12 +63,14 @@ class PoolGraphClient(EngineClient):
         self, prompt: Any, sampling_params: SamplingParams, request_id: str, **_: Any
     ) -> AsyncGenerator[RequestOutput, None]:
         """Run the request through the pools, timing TTFT/ITL/e2e as the client sees them."""
-        timer = self.metrics.start()
+        params = _without_client_transfer_params(sampling_params)
+        timer = self.metrics.start(streaming=params.output_kind == RequestOutputKind.DELTA)
         outcome = "error"
         try:
-            async for output in self.orchestrator.generate(prompt, sampling_params, request_id):
-                timer.on_tokens(sum(len(c.token_ids) for c in output.outputs))
-                yield output
+            async with aclosing(self.orchestrator.generate(prompt, params, request_id)) as outputs:
+                async for output in outputs:
+                    timer.on_tokens(sum(len(c.token_ids) for c in output.outputs))
+                    yield output
             outcome = "ok"
         except GeneratorExit:
             outcome = "cancelled"

@@ -53,21 +53,22 @@ class RequestMetrics:
         self.fallbacks.inc(1, tags={"reason": reason})
         self.tally[f"fallback:{reason}"] += 1
 
-    def start(self) -> RequestTimer:
-        return RequestTimer(self)
+    def start(self, streaming: bool) -> RequestTimer:
+        return RequestTimer(self, streaming)
 
 
 class RequestTimer:
     """Times one request: first token, gaps between tokens, the end."""
 
-    def __init__(self, metrics: RequestMetrics) -> None:
+    def __init__(self, metrics: RequestMetrics, streaming: bool) -> None:
         self.metrics = metrics
+        self.streaming = streaming  # a full (non-streamed) response has no first-token time
         self.started = self.last = time.perf_counter()
         self.tokens = 0
 
     def on_tokens(self, total_tokens: int) -> None:
         """`total_tokens`: tokens in this output (a delta when streaming)."""
-        if total_tokens <= 0:
+        if total_tokens <= 0 or not self.streaming:
             return
         now = time.perf_counter()
         if self.tokens == 0:

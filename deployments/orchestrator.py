@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +71,9 @@ class Orchestrator:
         if self.disaggregated and local_prefill_reason(params) is None:
             kv_params = await self._remote_prefill(engine_input, params, request_id)
         decode = DecodeRequest(request_id, engine_input, params, kv_params)
-        stream = self.calls.generate(decode)
-        async for output in stream:
-            yield output
+        async with aclosing(self.calls.generate(decode)) as stream:
+            async for output in stream:
+                yield output
 
     async def _remote_prefill(
         self, engine_input: Any, params: SamplingParams, request_id: str
