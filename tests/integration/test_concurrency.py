@@ -8,7 +8,7 @@ import random
 
 import httpx
 from client import post
-from conftest import wait_drained
+from conftest import metric_sum, wait_drained
 from shapes import COLOCATED_MODEL, PD_MODEL
 
 from pdserve.tiny_model import recall_prompt_text
@@ -52,9 +52,14 @@ def test_32_concurrent_streams_complete_with_correct_output(
     assert results == expected
 
 
+def decoded_tokens() -> float:
+    return metric_sum(f"{PD_MODEL}-decode", "vllm:generation_tokens_total")
+
+
 def test_client_that_disconnects_mid_stream_frees_both_engines(serve_app: str) -> None:
-    body = {"model": PD_MODEL, "prompt": prompts(1, seed=6)[0], "max_tokens": 600,
+    body = {"model": PD_MODEL, "prompt": prompts(1, seed=6)[0], "max_tokens": 900,
             "temperature": 0.0, "stream": True, "ignore_eos": True}
+    decoded_before = decoded_tokens()
     chunks = 0
     with (
         httpx.Client(base_url=serve_app, timeout=120) as http,
@@ -67,5 +72,8 @@ def test_client_that_disconnects_mid_stream_frees_both_engines(serve_app: str) -
                 break  # leave mid-stream: the connection closes here
     assert chunks == 5
     states = wait_drained(timeout_s=30)
+    decoded = decoded_tokens() - decoded_before
+    # vLLM does not count client aborts in request_success_total; the tokens show it stopped.
+    assert 5 <= decoded < 450, f"decode engine generated {decoded} of 900 tokens: not aborted"
     for state in states.values():
         assert state["unfinished_requests"] == 0 and state["all_kv_blocks_free"], states

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from cases import Case
 from client import post
-from conftest import MAX_TOKENS
+from conftest import MAX_TOKENS, ingress_stats, metric_sum
 from shapes import BLOCK_SIZE, COLOCATED_MODEL, MAX_NUM_BATCHED_TOKENS, PD_MODEL
 
 
@@ -31,6 +31,9 @@ def test_prompt_set_covers_the_engine_shapes(client: httpx.Client, cases: list[C
 def test_pd_output_matches_colocated_and_bare_engine_token_for_token(
     client: httpx.Client, cases: list[Case], bare_reference: list[list[int]]
 ) -> None:
+    pulled_before = metric_sum(f"{PD_MODEL}-decode", "vllm:prompt_tokens_by_source_total",
+                               source="external_kv_transfer")
+    fallbacks_before = ingress_stats()[PD_MODEL]
     mismatches = []
     for case, bare_ids in zip(cases, bare_reference, strict=True):
         pd = post(client, case.path(), case.body(PD_MODEL, MAX_TOKENS))
@@ -42,6 +45,12 @@ def test_pd_output_matches_colocated_and_bare_engine_token_for_token(
         if not pd.token_ids == colocated.token_ids == bare_ids or pd.text != colocated.text:
             mismatches.append((case.label, pd.token_ids, colocated.token_ids, bare_ids))
     assert not mismatches, "\n".join(map(str, mismatches))
+    # Equal tokens prove nothing if PD silently prefilled locally: require real KV pulls.
+    fallbacks = {k: v for k, v in ingress_stats()[PD_MODEL].items() if k.startswith("fallback")}
+    assert fallbacks == {k: v for k, v in fallbacks_before.items() if k.startswith("fallback")}
+    pulled = metric_sum(f"{PD_MODEL}-decode", "vllm:prompt_tokens_by_source_total",
+                        source="external_kv_transfer") - pulled_before
+    assert pulled >= 10 * BLOCK_SIZE, pulled
 
 
 @pytest.mark.parametrize("model", [PD_MODEL, COLOCATED_MODEL])
