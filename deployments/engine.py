@@ -17,7 +17,7 @@ import ray
 from pdserve.deployments.config import AppConfig, ModelConfig
 from pdserve.deployments.messages import DecodeRequest
 from pdserve.kv_transfer.nixl import EngineSlot, Role, apply_engine_env, kv_transfer_config
-from pdserve.kv_transfer.params import KV_PARAMS_KEY
+from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
 from prometheus_client import REGISTRY, generate_latest
 from ray import serve
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -119,7 +119,7 @@ class EngineHost:
         """Generate, pulling the prompt's KV first when the request carries transfer params."""
         params = request.sampling_params.clone()
         pulling = request.kv_transfer_params is not None
-        extra = {k: v for k, v in (params.extra_args or {}).items() if k != KV_PARAMS_KEY}
+        extra = without_transfer_params(params.extra_args)
         if pulling:
             extra[KV_PARAMS_KEY] = request.kv_transfer_params
         params.extra_args = extra or None

@@ -16,7 +16,7 @@ from typing import Any
 from pdserve.deployments.config import ModelConfig
 from pdserve.deployments.metrics import RequestMetrics
 from pdserve.deployments.orchestrator import Orchestrator
-from pdserve.kv_transfer.params import KV_PARAMS_KEY
+from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
 from vllm.outputs import RequestOutput
@@ -34,7 +34,7 @@ def _without_client_transfer_params(params: SamplingParams) -> SamplingParams:
     if not params.extra_args or KV_PARAMS_KEY not in params.extra_args:
         return params
     params = params.clone()
-    params.extra_args = {k: v for k, v in params.extra_args.items() if k != KV_PARAMS_KEY}
+    params.extra_args = without_transfer_params(params.extra_args)
     return params
 
 

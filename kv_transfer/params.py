@@ -28,3 +28,8 @@ def is_pull_ready(params: dict[str, Any] | None) -> bool:
     return bool(params) and bool(params.get("do_remote_prefill")) and bool(
         params.get("remote_engine_id")
     )
+
+
+def without_transfer_params(extra_args: dict[str, Any] | None) -> dict[str, Any]:
+    """`extra_args` minus any `kv_transfer_params`: only pdserve's orchestrator sets them."""
+    return {k: v for k, v in (extra_args or {}).items() if k != KV_PARAMS_KEY}

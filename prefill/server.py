@@ -7,7 +7,12 @@ import logging
 
 from pdserve.deployments.engine import EngineHost
 from pdserve.deployments.messages import PrefillRequest, PrefillResult
-from pdserve.kv_transfer.params import KV_PARAMS_KEY, is_pull_ready, remote_decode_request
+from pdserve.kv_transfer.params import (
+    KV_PARAMS_KEY,
+    is_pull_ready,
+    remote_decode_request,
+    without_transfer_params,
+)
 from ray import serve
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -20,7 +25,7 @@ class PrefillFailed(RuntimeError):
 
 def prefill_params(request_params: SamplingParams) -> SamplingParams:
     """One token, KV kept for a remote decoder; no sampling work the decoder would redo."""
-    extra = {k: v for k, v in (request_params.extra_args or {}).items() if k != KV_PARAMS_KEY}
+    extra = without_transfer_params(request_params.extra_args)
     return SamplingParams(
         max_tokens=1,
         output_kind=RequestOutputKind.FINAL_ONLY,
