@@ -10,19 +10,45 @@ from pdserve.decode.server import ColocatedServer, DecodeServer
 from pdserve.deployments.config import AppConfig, PoolConfig, check_cpu_budget
 from pdserve.deployments.ingress import OpenAIIngress
 from pdserve.prefill.server import PrefillServer
+from pdserve.routing.scorers import RouterSettings
 from ray.serve.deployment import Application
 
 logger = logging.getLogger(__name__)
 
 POOL_CLASSES = {"prefill": PrefillServer, "decode": DecodeServer, "colocated": ColocatedServer}
 
+#: Router per role unless the pool's `request_router_config` names another.
+DEFAULT_ROUTERS = {
+    "prefill": "pdserve.routing.router:PrefixAwareRouter",
+    "colocated": "pdserve.routing.router:PrefixAwareRouter",
+    "decode": "pdserve.routing.router:DecodeRouter",
+}
+#: Engines report their KV-event endpoint and load this often (Ray's default is 10 s).
+ROUTING_STATS_PERIOD_S = 2.0
 
-def _pool_options(name: str, pool: PoolConfig) -> dict[str, Any]:
+
+def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any]:
+    """Ray's `request_router_config` for a pool: ours by default, validated if it is ours."""
+    config = {"request_router_class": DEFAULT_ROUTERS[role],
+              "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
+              **(pool.request_router_config or {})}
+    if str(config["request_router_class"]).startswith("pdserve.routing."):
+        try:
+            RouterSettings.model_validate(config.get("request_router_kwargs") or {})
+        except ValueError as exc:
+            raise ValueError(
+                f"{pool_name}.request_router_config.request_router_kwargs: {exc}"
+            ) from exc
+    return config
+
+
+def _pool_options(name: str, role: str, pool: PoolConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
         "ray_actor_options": pool.ray_actor_options,
         "max_ongoing_requests": pool.max_ongoing_requests,
         "health_check_timeout_s": 120,
+        "request_router_config": router_config(role, pool, name),
     }
     if pool.autoscaling_config:
         options["autoscaling_config"] = pool.autoscaling_config
@@ -48,7 +74,7 @@ def build_pd_app(config: AppConfig) -> Application:
         pools[model.model_id] = {}
         for role, pool in model.pools().items():
             deployment = POOL_CLASSES[role].options(
-                **_pool_options(f"{model.model_id}-{role}", pool)
+                **_pool_options(f"{model.model_id}-{role}", role, pool)
             )
             pool_index = slots.index((model.model_id, role))
             pools[model.model_id][role] = deployment.bind(config_dict, model.model_id, pool_index)

@@ -30,6 +30,11 @@ class PoolConfig(_Strict):
     max_ongoing_requests: int = Field(
         64, ge=1, description="Ray Serve max in-flight requests per replica."
     )
+    request_router_config: dict[str, Any] | None = Field(
+        None,
+        description="Ray Serve `request_router_config` (its own keys). Default: pdserve's "
+        "`PrefixAwareRouter` for prefill/colocated pools, `DecodeRouter` for decode pools.",
+    )
 
     def max_replicas(self) -> int:
         """Upper bound of replicas this pool can reach (for the CPU budget check)."""
@@ -56,8 +61,26 @@ class KVTransferSettings(_Strict):
     side_channel_base_port: int = Field(
         20000, ge=1024, le=60000, description="First NIXL side-channel port on each host."
     )
-    kv_events_base_port: int = Field(
-        25000, ge=1024, le=60000, description="First port reserved for engines' KV-event streams."
+
+
+class RoutingConfig(_Strict):
+    """Prefix-aware routing inputs and the PD plan (remote vs local prefill) of one model."""
+
+    kv_events: bool = Field(
+        True, description="Engines publish KV events so routers know which blocks they hold."
+    )
+    local_prefill_below_tokens: int = Field(
+        128, ge=0,
+        description="PD: prefill on the decode replica when fewer prompt tokens than this are "
+        "uncached there (0: always remote).",
+    )
+    max_prefill_queue_per_replica: float = Field(
+        8.0, gt=0,
+        description="PD: prefill locally when more prefills than this per prefill replica are "
+        "in flight.",
+    )
+    session_header: str = Field(
+        "x-session-id", description="Request header whose value pins a session's turns."
     )
 
 
@@ -78,6 +101,7 @@ class ModelConfig(_Strict):
     decode: PoolConfig | None = Field(None, description="Decode pool (mode `pd`).")
     colocated: PoolConfig | None = Field(None, description="The single pool (mode `colocated`).")
     kv_transfer: KVTransferSettings = Field(default_factory=KVTransferSettings)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")
     def _pools_match_mode(self) -> ModelConfig:

@@ -20,11 +20,12 @@ from pdserve.kv_transfer.nixl import EngineSlot, Role, apply_engine_env, kv_tran
 from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
 from prometheus_client import REGISTRY, generate_latest
 from ray import serve
+from vllm.config.kv_events import KVEventsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.metrics.loggers import PrometheusStatLogger
+from vllm.v1.metrics.loggers import PrometheusStatLogger, StatLoggerBase
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from pdserve.tiny_model import resolve_model
@@ -53,6 +54,43 @@ def _coalesce(
     return output, None
 
 
+class LoadReport:
+    """The engine's latest scheduler numbers, captured by a vLLM stat logger (no polling)."""
+
+    def __init__(self) -> None:
+        self.kv_cache_usage = 0.0
+        self.num_running = 0
+        self.num_waiting = 0
+
+    def logger_factory(self) -> type[StatLoggerBase]:
+        report = self
+
+        class _Recorder(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, *_: Any,
+                       **__: Any) -> None:
+                if scheduler_stats is not None:
+                    report.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
+                    report.num_running = int(scheduler_stats.num_running_reqs)
+                    report.num_waiting = int(scheduler_stats.num_waiting_reqs)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _Recorder
+
+
+def kv_events_config(enabled: bool) -> KVEventsConfig | None:
+    """Publish KV events on OS-chosen ports of this node's IP (no per-host port planning);
+    the bound endpoints are read back from the engine and reported to routers."""
+    if not enabled:
+        return None
+    return KVEventsConfig(enable_kv_cache_events=True, publisher="zmq",
+                          endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
+
+
 class EngineHost:
     """Base class of the prefill, decode and colocated deployments."""
 
@@ -64,7 +102,8 @@ class EngineHost:
         self.fault_injection = config.testing.fault_injection
         context = serve.get_replica_context()
         slot = EngineSlot(pool_index=pool_index, local_rank=context.rank.local_rank)
-        self.engine_id = f"{model_id}-{self.role}-{context.replica_id.unique_id}"
+        self.replica_id = context.replica_id.unique_id
+        self.engine_id = f"{model_id}-{self.role}-{self.replica_id}"
         env = apply_engine_env(
             slot=slot,
             num_pools=len(config.pool_slots()),
@@ -73,10 +112,14 @@ class EngineHost:
             bind_cpus=config.cpu_binding == "auto",
         )
         logger.info("engine %s starting with %s", self.engine_id, env)
+        self.load = LoadReport()
         self.engine = AsyncLLM.from_engine_args(
-            self._engine_args(), stat_loggers=[RayPrometheusStatLogger, PrometheusStatLogger]
+            self._engine_args(),
+            stat_loggers=[RayPrometheusStatLogger, PrometheusStatLogger,
+                          self.load.logger_factory()],
         )
         self._pending_aborts: set[asyncio.Task] = set()
+        self._routing_stats = self._static_routing_stats()
 
     def _engine_args(self) -> AsyncEngineArgs:
         transfer = kv_transfer_config(
@@ -86,23 +129,46 @@ class EngineHost:
             model=resolve_model(self.model.model),  # built on this node if it is pdserve://
             served_model_name=self.model.model_id,
             kv_transfer_config=transfer,
+            kv_events_config=kv_events_config(self.model.routing.kv_events),
             **self.model.engine_kwargs,
         )
+
+    def _static_routing_stats(self) -> dict[str, Any]:
+        """What routers need once: where this engine publishes KV events, its block size."""
+        stats: dict[str, Any] = {
+            "replica": self.replica_id,
+            "block_size": self.engine.vllm_config.cache_config.block_size,
+            "num_gpu_blocks": self.engine.vllm_config.cache_config.num_gpu_blocks or 0,
+        }
+        sources = self.engine.get_kv_event_sources()
+        if sources:
+            events = sources[min(sources)]
+            stats["kv_events_endpoint"] = events.endpoint
+            stats["kv_events_replay_endpoint"] = events.replay_endpoint
+        return stats
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""
+        return {**self._routing_stats, "kv_cache_usage": self.load.kv_cache_usage,
+                "num_running": self.load.num_running, "num_waiting": self.load.num_waiting}
+
+    async def routing_stats_now(self, replica: str | None = None) -> dict[str, Any]:
+        return self.record_routing_stats()
 
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising makes Serve replace the replica."""
         await self.engine.check_health()
 
-    async def health(self) -> bool:
+    async def health(self, replica: str | None = None) -> bool:
         await self.engine.check_health()
         return True
 
-    async def vllm_metrics(self) -> str:
+    async def vllm_metrics(self, replica: str | None = None) -> str:
         """vLLM's own Prometheus metrics of this replica's engine, as exposition text."""
         await self.engine.do_log_stats()
         return generate_latest(REGISTRY).decode()
 
-    async def drained(self) -> dict[str, Any]:
+    async def drained(self, replica: str | None = None) -> dict[str, Any]:
         """Whether this engine holds no request and no KV block (used after cancellations).
 
         vLLM's prefix-cache reset succeeds only when every KV block is free, so it doubles as

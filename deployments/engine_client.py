@@ -14,9 +14,11 @@ from contextlib import aclosing
 from typing import Any
 
 from pdserve.deployments.config import ModelConfig
+from pdserve.deployments.messages import RoutingInfo
 from pdserve.deployments.metrics import RequestMetrics
 from pdserve.deployments.orchestrator import Orchestrator
 from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
+from pdserve.routing.block_hashes import BlockHasher
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
 from vllm.outputs import RequestOutput
@@ -27,15 +29,22 @@ from vllm.v1.engine.input_processor import InputProcessor
 
 from pdserve.tiny_model import resolve_model
 
+#: `vllm_xargs` key the ingress fills from the session header (see `RoutingConfig`).
+SESSION_KEY = "pdserve_session_id"
 
-def _without_client_transfer_params(params: SamplingParams) -> SamplingParams:
-    """Drop `kv_transfer_params` a client put in its request: only the orchestrator may set
-    them (client-made params can make an engine pull from anywhere or fail an assertion)."""
-    if not params.extra_args or KV_PARAMS_KEY not in params.extra_args:
-        return params
+
+def _split_client_extras(params: SamplingParams) -> tuple[SamplingParams, str | None]:
+    """Drop `kv_transfer_params` a client put in its request (only the orchestrator may set
+    them: client-made params can make an engine pull from anywhere or fail an assertion) and
+    take out the session id, which is routing data, not a sampling parameter."""
+    extra = params.extra_args or {}
+    if KV_PARAMS_KEY not in extra and SESSION_KEY not in extra:
+        return params, None
+    session = extra.get(SESSION_KEY)
     params = params.clone()
-    params.extra_args = without_transfer_params(params.extra_args)
-    return params
+    remaining = {k: v for k, v in without_transfer_params(extra).items() if k != SESSION_KEY}
+    params.extra_args = remaining or None
+    return params, None if session is None else str(session)
 
 
 class _Unsupported(RuntimeError):
@@ -54,6 +63,8 @@ class PoolGraphClient(EngineClient):
         self.model_config = self.vllm_config.model_config
         self.renderer = renderer_from_config(self.vllm_config)
         self.input_processor = InputProcessor(self.vllm_config, self.renderer)
+        cache = self.vllm_config.cache_config
+        self.hasher = BlockHasher(cache.block_size, cache.prefix_caching_hash_algo)
         self.orchestrator = orchestrator
         self.metrics = metrics
         self.healthy = True
@@ -63,11 +74,19 @@ class PoolGraphClient(EngineClient):
         self, prompt: Any, sampling_params: SamplingParams, request_id: str, **_: Any
     ) -> AsyncGenerator[RequestOutput, None]:
         """Run the request through the pools, timing TTFT/ITL/e2e as the client sees them."""
-        params = _without_client_transfer_params(sampling_params)
+        params, session_id = _split_client_extras(sampling_params)
         timer = self.metrics.start(streaming=params.output_kind == RequestOutputKind.DELTA)
+        token_ids = list(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else []
+        routing = RoutingInfo(
+            block_hashes=self.hasher(token_ids), prompt_tokens=len(token_ids),
+            session_id=session_id,
+        )
+        text = prompt.get("prompt") if isinstance(prompt, dict) else None
         outcome = "error"
         try:
-            async with aclosing(self.orchestrator.generate(prompt, params, request_id)) as outputs:
+            async with aclosing(
+                self.orchestrator.generate(prompt, params, request_id, routing, text or "")
+            ) as outputs:
                 async for output in outputs:
                     timer.on_tokens(sum(len(c.token_ids) for c in output.outputs))
                     yield output

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 
 from pdserve.deployments.config import ModelConfig
 from pdserve.deployments.engine_client import PoolGraphClient
-from pdserve.deployments.messages import DecodeRequest, PrefillRequest, PrefillResult
+from pdserve.deployments.messages import DecodeRequest, PrefillRequest, PrefillResult, RoutingInfo
 from pdserve.deployments.metrics import RequestMetrics
-from pdserve.deployments.orchestrator import Orchestrator, PoolCalls
+from pdserve.deployments.orchestrator import Orchestrator, Planner, PoolCalls
+from pdserve.routing.plan import Plan, PlanInputs, PlanThresholds, decide
+from pdserve.routing.pool_state import PoolState, pool_state
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
@@ -55,6 +57,32 @@ def pool_calls(handles: dict[str, DeploymentHandle]) -> PoolCalls:
     return PoolCalls(generate=generate, prefill=prefill)
 
 
+def pool_states(handles: dict[str, DeploymentHandle]) -> dict[str, PoolState]:
+    """This process's view of each pool (shared with the pools' routers)."""
+    return {role: pool_state(h.app_name, h.deployment_name) for role, h in handles.items()}
+
+
+def make_planner(model: ModelConfig, pools: dict[str, PoolState], block_size: int) -> Planner:
+    """The PD plan over live pool data: decode-side cached prefix, prefill calls in flight."""
+    thresholds = PlanThresholds(
+        local_prefill_below_tokens=model.routing.local_prefill_below_tokens,
+        max_prefill_queue_per_replica=model.routing.max_prefill_queue_per_replica,
+    )
+    prefill, decode = pools["prefill"], pools["decode"]
+
+    def planner(info: RoutingInfo, forced_local: str | None) -> Plan:
+        inputs = PlanInputs(
+            prompt_tokens=info.prompt_tokens,
+            block_size=block_size,
+            decode_hit_blocks=decode.best_hit(info.block_hashes) if info.block_hashes else 0,
+            prefill_in_flight=prefill.in_flight_total(),
+            prefill_replicas=max(1, prefill.num_replicas()),
+        )
+        return decide(inputs, thresholds, forced_local)
+
+    return planner
+
+
 class ModelFrontend:
     """The OpenAI completion and chat handlers of one served model."""
 
@@ -69,6 +97,11 @@ class ModelFrontend:
             on_fallback=self.metrics.record_fallback,
         )
         client = PoolGraphClient(model, orchestrator, self.metrics)
+        self.client = client
+        self.pools = pool_states(handles)
+        if model.mode == "pd":
+            orchestrator.planner = make_planner(model, self.pools, client.hasher.block_size)
+            orchestrator.on_plan = self.metrics.record_plan
         self.registry = OpenAIModelRegistry(
             model_config=client.model_config,
             base_model_paths=[BaseModelPath(name=model.model_id, model_path=model.model)],

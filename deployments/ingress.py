@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pdserve.deployments.config import AppConfig
+from pdserve.deployments.engine_client import SESSION_KEY
 from pdserve.deployments.frontend import ModelFrontend
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -68,6 +69,12 @@ class OpenAIIngress:
         self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in config.models}
         self.default_model = config.models[0].model_id
 
+    def _tag_session(self, frontend: ModelFrontend, request: Any, raw_request: Request) -> None:
+        """Carry the session header to the router as routing data (via `vllm_xargs`)."""
+        session = raw_request.headers.get(frontend.model.routing.session_header)
+        if session:
+            request.vllm_xargs = {**(request.vllm_xargs or {}), SESSION_KEY: session}
+
     def _frontend(self, model: str | None) -> ModelFrontend | ErrorResponse:
         frontend = self.frontends.get(model or self.default_model)
         if frontend is not None:
@@ -93,6 +100,7 @@ class OpenAIIngress:
         frontend = self._frontend(request.model)
         if isinstance(frontend, ErrorResponse):
             return _to_response(frontend)
+        self._tag_session(frontend, request, raw_request)
         return _to_response(await frontend.completions.create_completion(request, raw_request))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
@@ -101,11 +109,22 @@ class OpenAIIngress:
         frontend = self._frontend(request.model)
         if isinstance(frontend, ErrorResponse):
             return _to_response(frontend)
+        self._tag_session(frontend, request, raw_request)
         return _to_response(await frontend.chat.create_chat_completion(request, raw_request))
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Request and fallback counts per model in this replica (for handles and tests)."""
+        """Request, plan and fallback counts per model in this replica (for handles, tests)."""
         return {model_id: dict(f.metrics.tally) for model_id, f in self.frontends.items()}
+
+    def routing(self) -> dict[str, dict[str, Any]]:
+        """Each pool's prefix index and event streams as this replica sees them."""
+        return {f"{model_id}/{role}": state.snapshot()
+                for model_id, f in self.frontends.items() for role, state in f.pools.items()}
+
+    def prefix_hits(self, model_id: str, role: str, token_ids: list[int]) -> dict[str, int]:
+        """Leading blocks of `token_ids` each replica of a pool holds, per the index."""
+        frontend = self.frontends[model_id]
+        return frontend.pools[role].match(frontend.client.hasher(token_ids))
 
     @app.get("/health")
     async def health(self) -> JSONResponse:

@@ -7,10 +7,20 @@ back as vLLM's `RequestOutput`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from vllm.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class RoutingInfo:
+    """What the routers read: the prompt's block hashes (computed once, at the ingress)."""
+
+    block_hashes: tuple[int, ...] = ()
+    prompt_tokens: int = 0
+    session_id: str | None = None
+    plan: Literal["remote", "local", "colocated"] = "colocated"
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,8 @@ class PrefillRequest:
     request_id: str
     engine_input: Any  # vllm.inputs.EngineInput (a TypedDict: prompt_token_ids, ...)
     sampling_params: SamplingParams
+    routing: RoutingInfo = field(default_factory=RoutingInfo)
+    prompt: str = ""  # prompt text, for text-based routers (Ray's PrefixCacheAffinityRouter)
 
 
 @dataclass(frozen=True)
@@ -42,3 +54,5 @@ class DecodeRequest:
     engine_input: Any
     sampling_params: SamplingParams
     kv_transfer_params: dict[str, Any] | None = None
+    routing: RoutingInfo = field(default_factory=RoutingInfo)
+    prompt: str = ""

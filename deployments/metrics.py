@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
+from typing import Any
 
 from ray.serve.metrics import Counter, Histogram
 
@@ -30,6 +31,13 @@ class RequestMetrics:
             tag_keys=("model", "mode", "reason"),
         )
         self.fallbacks.set_default_tags(dict(tags))
+        self.plans = Counter(
+            "pdserve_prefill_plan_total",
+            description="PD plan per request: prefill `remote` (prefill pool) or `local` "
+            "(on the decode replica), with the rule that decided it.",
+            tag_keys=("model", "mode", "plan", "reason"),
+        )
+        self.plans.set_default_tags(dict(tags))
         self.ttft, self.itl, self.e2e = (
             self._histogram(name, text, tags)
             for name, text in (
@@ -52,6 +60,11 @@ class RequestMetrics:
     def record_fallback(self, reason: str) -> None:
         self.fallbacks.inc(1, tags={"reason": reason})
         self.tally[f"fallback:{reason}"] += 1
+
+    def record_plan(self, plan: Any) -> None:
+        """`plan`: a `pdserve.routing.plan.Plan` (kind, reason)."""
+        self.plans.inc(1, tags={"plan": plan.kind, "reason": plan.reason})
+        self.tally[f"plan:{plan.kind}:{plan.reason}"] += 1
 
     def start(self, streaming: bool) -> RequestTimer:
         return RequestTimer(self, streaming)

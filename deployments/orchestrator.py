@@ -12,10 +12,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pdserve.deployments.messages import DecodeRequest, PrefillRequest, PrefillResult
+from pdserve.deployments.messages import (
+    DecodeRequest,
+    PrefillRequest,
+    PrefillResult,
+    RoutingInfo,
+)
+from pdserve.routing.plan import Plan
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
@@ -23,6 +29,12 @@ logger = logging.getLogger(__name__)
 
 PrefillCall = Callable[[PrefillRequest], Awaitable[PrefillResult]]
 GenerateCall = Callable[[DecodeRequest], AsyncIterator[RequestOutput]]
+Planner = Callable[[RoutingInfo, str | None], Plan]
+
+
+def always_remote(info: RoutingInfo, forced_local: str | None) -> Plan:
+    """The plan without pool data: remote unless the request itself needs a local prefill."""
+    return Plan("local", forced_local) if forced_local else Plan("remote", "disaggregated")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class Orchestrator:
         disaggregated: bool,
         prefill_timeout_s: float,
         on_fallback: Callable[[str], None] = lambda reason: None,
+        planner: Planner = always_remote,
+        on_plan: Callable[[Plan], None] = lambda plan: None,
     ) -> None:
         if disaggregated and calls.prefill is None:
             raise ValueError("PD mode needs a prefill call")
@@ -63,24 +77,36 @@ class Orchestrator:
         self.disaggregated = disaggregated
         self.prefill_timeout_s = prefill_timeout_s
         self.on_fallback = on_fallback
+        self.planner = planner
+        self.on_plan = on_plan
 
     async def generate(
-        self, engine_input: Any, params: SamplingParams, request_id: str
+        self,
+        engine_input: Any,
+        params: SamplingParams,
+        request_id: str,
+        routing: RoutingInfo | None = None,
+        prompt: str = "",
     ) -> AsyncIterator[RequestOutput]:
+        routing = routing or RoutingInfo()
         kv_params: dict[str, Any] | None = None
-        if self.disaggregated and local_prefill_reason(params) is None:
-            kv_params = await self._remote_prefill(engine_input, params, request_id)
-        decode = DecodeRequest(request_id, engine_input, params, kv_params)
+        if self.disaggregated:
+            plan = self.planner(routing, local_prefill_reason(params))
+            self.on_plan(plan)
+            routing = replace(routing, plan=plan.kind)
+            if plan.kind == "remote":
+                kv_params = await self._remote_prefill(
+                    PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt)
+                )
+        decode = DecodeRequest(request_id, engine_input, params, kv_params, routing, prompt)
         async with aclosing(self.calls.generate(decode)) as stream:
             async for output in stream:
                 yield output
 
-    async def _remote_prefill(
-        self, engine_input: Any, params: SamplingParams, request_id: str
-    ) -> dict[str, Any] | None:
+    async def _remote_prefill(self, request: PrefillRequest) -> dict[str, Any] | None:
         """KV-transfer params from a prefill replica, or None (then decode prefills locally)."""
         assert self.calls.prefill is not None
-        request = PrefillRequest(f"{request_id}-prefill", engine_input, params)
+        request_id = request.request_id.removesuffix("-prefill")
         try:
             result = await asyncio.wait_for(self.calls.prefill(request), self.prefill_timeout_s)
         except TimeoutError:

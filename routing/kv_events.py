@@ -1,0 +1,210 @@
+"""Keeps a `PrefixIndex` exact by listening to every engine's KV events (vLLM's ZMQ publisher).
+
+One background thread per index owns all sockets; the router only calls `watch`/`unwatch`
+(non-blocking: they enqueue) and reads the index under the shared lock. A router hook never
+waits on the network.
+
+Per engine: a SUB socket on its event endpoint. A new subscription first asks the engine's
+replay endpoint for everything it still buffers (so blocks stored before we connected are
+known), then applies live batches in sequence order. A gap in sequence numbers is repaired
+from the replay buffer; when that is impossible the replica's entries are cleared (the index
+then under-reports, never over-reports, until new events arrive).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import zmq
+from pdserve.routing.block_hashes import external_hash
+from pdserve.routing.prefix_index import PrefixIndex
+from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
+
+logger = logging.getLogger(__name__)
+
+END_SEQ = -1
+REPLAY_TIMEOUT_MS = 2000
+POLL_MS = 20
+
+
+@dataclass
+class StreamState:
+    """One engine's event stream as seen by the subscriber."""
+
+    endpoint: str
+    replay_endpoint: str | None
+    socket: Any = None
+    next_seq: int | None = None  # None until the first batch (or replay) is applied
+    events: int = 0
+    gaps: int = 0
+    replays: int = 0
+    resyncs: int = 0
+    block_size_mismatch: bool = False
+    counts: dict[str, int] = field(default_factory=lambda: {"stored": 0, "removed": 0,
+                                                             "cleared": 0})
+
+
+class KVEventSubscriber:
+    """Feeds one `PrefixIndex` from the KV-event streams of a pool's engines."""
+
+    def __init__(self, index: PrefixIndex, lock: threading.Lock, block_size: int) -> None:
+        self.index = index
+        self.lock = lock
+        self.block_size = block_size
+        self._commands: queue.SimpleQueue[tuple[str, Hashable, Any]] = queue.SimpleQueue()
+        self._streams: dict[Hashable, StreamState] = {}
+        self._decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+        self._ctx = zmq.Context.instance()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pdserve-kv-events", daemon=True)
+        self._thread.start()
+
+    # -- called from the router (any thread) -------------------------------------------------
+    def watch(self, replica: Hashable, endpoint: str, replay_endpoint: str | None) -> None:
+        self._commands.put(("watch", replica, (endpoint, replay_endpoint)))
+
+    def unwatch(self, replica: Hashable) -> None:
+        self._commands.put(("unwatch", replica, None))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per-replica stream counters (for stats and tests)."""
+        with self.lock:
+            return {
+                str(r): {"endpoint": s.endpoint, "events": s.events, "gaps": s.gaps,
+                         "replays": s.replays, "resyncs": s.resyncs, **s.counts,
+                         "blocks": self.index.num_blocks(r),
+                         "block_size_mismatch": s.block_size_mismatch}
+                for r, s in list(self._streams.items())
+            }
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    # -- the subscriber thread -------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        while not self._stop.is_set():
+            self._apply_commands(poller)
+            try:
+                ready = dict(poller.poll(POLL_MS))
+            except zmq.ZMQError:
+                continue
+            for replica, stream in list(self._streams.items()):
+                if stream.socket in ready:
+                    self._drain(replica, stream)
+        for stream in self._streams.values():
+            stream.socket.close(linger=0)
+
+    def _apply_commands(self, poller: zmq.Poller) -> None:
+        while True:
+            try:
+                command, replica, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            current = self._streams.get(replica)
+            if command == "watch" and current is not None and current.endpoint == arg[0]:
+                continue
+            if current is not None:  # gone, or the same replica with a new engine
+                poller.unregister(current.socket)
+                current.socket.close(linger=0)
+                with self.lock:
+                    del self._streams[replica]
+                    self.index.remove_replica(replica)
+            if command == "watch":
+                self._subscribe(replica, *arg, poller)
+
+    def _subscribe(
+        self, replica: Hashable, endpoint: str, replay_endpoint: str | None, poller: zmq.Poller
+    ) -> None:
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(endpoint)
+        stream = StreamState(endpoint=endpoint, replay_endpoint=replay_endpoint, socket=sock)
+        with self.lock:
+            self._streams[replica] = stream
+            self.index.add_replica(replica)
+        poller.register(sock, zmq.POLLIN)
+        logger.info("kv events: watching %s at %s (replay %s)", replica, endpoint,
+                    replay_endpoint)
+        self._replay(replica, stream, start=0)
+
+    def _drain(self, replica: Hashable, stream: StreamState) -> None:
+        while True:
+            try:
+                _topic, seq_bytes, payload = stream.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            seq = int.from_bytes(seq_bytes, "big", signed=True)
+            if stream.next_seq is not None and seq < stream.next_seq:
+                continue  # already applied from a replay
+            if stream.next_seq is not None and seq > stream.next_seq:
+                stream.gaps += 1
+                logger.warning("kv events: %s missed batches %d..%d; replaying", replica,
+                               stream.next_seq, seq - 1)
+                if not self._replay(replica, stream, start=stream.next_seq):
+                    self._resync(replica, stream)
+                if stream.next_seq is not None and seq < stream.next_seq:
+                    continue
+            self._apply(replica, stream, seq, payload)
+
+    def _replay(self, replica: Hashable, stream: StreamState, start: int) -> bool:
+        """Apply buffered batches from `start` on; False if the buffer no longer has `start`."""
+        if stream.replay_endpoint is None:
+            return start == 0  # nothing published before we connected is knowable
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.connect(stream.replay_endpoint)
+        stream.replays += 1
+        complete = True
+        try:
+            sock.send_multipart((b"", start.to_bytes(8, "big")))
+            first = True
+            while sock.poll(REPLAY_TIMEOUT_MS):
+                _empty, _topic, seq_bytes, payload = sock.recv_multipart()
+                seq = int.from_bytes(seq_bytes, "big", signed=True)
+                if seq == END_SEQ:
+                    return complete
+                if first and seq > start:
+                    complete = False  # the buffer rolled past what we missed
+                first = False
+                if stream.next_seq is None or seq >= stream.next_seq:
+                    self._apply(replica, stream, seq, payload)
+            logger.warning("kv events: replay from %s timed out", replica)
+            return False
+        finally:
+            sock.close(linger=0)
+
+    def _resync(self, replica: Hashable, stream: StreamState) -> None:
+        """Events were lost for good: forget this replica's blocks rather than guess."""
+        stream.resyncs += 1
+        with self.lock:
+            self.index.clear(replica)
+
+    def _apply(self, replica: Hashable, stream: StreamState, seq: int, payload: bytes) -> None:
+        batch = self._decoder.decode(payload)
+        with self.lock:
+            for event in batch.events:
+                self._apply_event(replica, stream, event)
+            stream.events += len(batch.events)
+            stream.next_seq = seq + 1
+
+    def _apply_event(self, replica: Hashable, stream: StreamState, event: Any) -> None:
+        if isinstance(event, BlockStored):
+            if event.block_size != self.block_size and not stream.block_size_mismatch:
+                stream.block_size_mismatch = True
+                logger.error("kv events: %s stores %d-token blocks but the router hashes %d",
+                             replica, event.block_size, self.block_size)
+            self.index.store(replica, [external_hash(h) for h in event.block_hashes])
+            stream.counts["stored"] += len(event.block_hashes)
+        elif isinstance(event, BlockRemoved):
+            self.index.remove(replica, [external_hash(h) for h in event.block_hashes])
+            stream.counts["removed"] += len(event.block_hashes)
+        elif isinstance(event, AllBlocksCleared):
+            self.index.clear(replica)
+            stream.counts["cleared"] += 1

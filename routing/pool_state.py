@@ -1,0 +1,150 @@
+"""What this process knows about one engine pool: its prefix index (kept exact by the engines'
+KV events), the requests it routed there and the engines' last load reports.
+
+A Ray Serve router lives in the process that holds the handle (the ingress), next to the
+orchestrator that plans PD requests, so both read one `PoolState` per pool from a registry
+keyed by (app, deployment). Reads are lock-protected and never touch the network.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pdserve.routing.kv_events import KVEventSubscriber
+from pdserve.routing.prefix_index import PrefixIndex
+
+#: Keys a pool replica puts in `record_routing_stats()` (see `EngineHost`).
+STAT_EVENTS = "kv_events_endpoint"
+STAT_REPLAY = "kv_events_replay_endpoint"
+STAT_BLOCK_SIZE = "block_size"
+STAT_KV_USAGE = "kv_cache_usage"
+
+
+class PoolState:
+    """Prefix index + in-flight work of one pool, as seen from this process."""
+
+    def __init__(self, name: str, max_blocks_per_replica: int = 1 << 20) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.index = PrefixIndex(max_blocks_per_replica)
+        self.block_size: int | None = None
+        self.subscriber: KVEventSubscriber | None = None
+        self._watched: dict[str, str] = {}
+        self._kv_usage: dict[str, float] = {}
+        self._in_flight: dict[str, dict[str, int]] = {}  # replica -> {request key: tokens}
+        self._sessions: OrderedDict[str, str] = OrderedDict()
+
+    # -- replicas and their event streams -------------------------------------------------
+    def sync_replicas(self, replicas: Mapping[str, Mapping[str, Any]]) -> None:
+        """Follow the pool's current replicas ({replica: routing stats}); cheap when unchanged.
+
+        A replica that left is dropped from the index; one whose engine endpoint changed is a
+        restart and starts empty.
+        """
+        for replica, stats in replicas.items():
+            self._kv_usage[replica] = float(stats.get(STAT_KV_USAGE, 0.0) or 0.0)
+            endpoint = stats.get(STAT_EVENTS)
+            if not endpoint or self._watched.get(replica) == endpoint:
+                continue
+            subscriber = self._ensure_subscriber(int(stats.get(STAT_BLOCK_SIZE) or 0))
+            if subscriber is None:
+                continue
+            self._watched[replica] = endpoint
+            subscriber.watch(replica, endpoint, stats.get(STAT_REPLAY))
+        for replica in [r for r in self._watched if r not in replicas]:
+            self.forget(replica)
+
+    def forget(self, replica: str) -> None:
+        self._watched.pop(replica, None)
+        self._kv_usage.pop(replica, None)
+        if self.subscriber is not None:
+            self.subscriber.unwatch(replica)
+        with self.lock:
+            self._in_flight.pop(replica, None)
+            self.index.remove_replica(replica)
+
+    def _ensure_subscriber(self, block_size: int) -> KVEventSubscriber | None:
+        if self.subscriber is None and block_size > 0:
+            self.block_size = block_size
+            self.subscriber = KVEventSubscriber(self.index, self.lock, block_size)
+        return self.subscriber
+
+    # -- reads for routing and planning ---------------------------------------------------
+    def match(self, block_hashes: Sequence[int]) -> dict[str, int]:
+        with self.lock:
+            return self.index.match(block_hashes)  # type: ignore[return-value]
+
+    def best_hit(self, block_hashes: Sequence[int]) -> int:
+        return max(self.match(block_hashes).values(), default=0)
+
+    def kv_usage(self, replica: str) -> float:
+        return self._kv_usage.get(replica, 0.0)
+
+    def queue(self, replica: str) -> int:
+        with self.lock:
+            return len(self._in_flight.get(replica, ()))
+
+    def pending_tokens(self, replica: str) -> int:
+        with self.lock:
+            return sum(self._in_flight.get(replica, {}).values())
+
+    def in_flight_total(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self._in_flight.values())
+
+    def num_replicas(self) -> int:
+        return len(self._watched)
+
+    # -- request lifecycle (router hooks) -------------------------------------------------
+    def begin(self, replica: str, request_key: str, uncached_tokens: int) -> None:
+        with self.lock:
+            self._in_flight.setdefault(replica, {})[request_key] = uncached_tokens
+
+    def end(self, replica: str, request_key: str) -> None:
+        with self.lock:
+            self._in_flight.get(replica, {}).pop(request_key, None)
+
+    def session_replica(self, session_id: str | None) -> str | None:
+        return self._sessions.get(session_id) if session_id else None
+
+    def remember_session(self, session_id: str | None, replica: str, limit: int) -> None:
+        if not session_id:
+            return
+        self._sessions[session_id] = replica
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > limit:
+            self._sessions.popitem(last=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per-replica index size and stream counters (for stats and tests)."""
+        streams = self.subscriber.snapshot() if self.subscriber else {}
+        with self.lock:
+            blocks = {str(r): self.index.num_blocks(r) for r in self.index.replicas()}
+            in_flight = {r: len(v) for r, v in self._in_flight.items()}
+        return {"block_size": self.block_size, "replicas": sorted(self._watched),
+                "blocks": blocks, "streams": streams, "in_flight": in_flight}
+
+
+_REGISTRY: dict[tuple[str, str], PoolState] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def pool_state(app: str, deployment: str, max_blocks_per_replica: int = 1 << 20) -> PoolState:
+    """The one `PoolState` of (app, deployment) in this process."""
+    with _REGISTRY_LOCK:
+        state = _REGISTRY.get((app, deployment))
+        if state is None:
+            state = PoolState(f"{app}/{deployment}", max_blocks_per_replica)
+            _REGISTRY[(app, deployment)] = state
+        return state
+
+
+def registered(app: str, deployment: str) -> PoolState | None:
+    return _REGISTRY.get((app, deployment))
+
+
+def known_pools() -> Iterable[tuple[str, str]]:
+    return list(_REGISTRY)

@@ -1,0 +1,193 @@
+"""Ray Serve request routers for engine pools, on Ray's public `RequestRouter` API.
+
+`PrefixAwareRouter` (prefill and colocated pools) ranks replicas by the weighted scorers of
+`routing/scorers.py`: cached-prefix blocks from the index the engines' KV events keep exact,
+against queue, pending uncached tokens and KV usage, with optional session affinity.
+`DecodeRouter` (decode pools) weighs load and KV headroom, and prefix overlap only for requests
+planned to prefill locally. Select them per pool with Ray's `request_router_config`.
+
+Admin calls (`drained`, `vllm_metrics`, `routing_stats_now`) may name a replica with the
+`replica=<unique id>` keyword; the router sends them there, so each engine can be inspected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from pdserve.routing.pool_state import PoolState, pool_state
+from pdserve.routing.scorers import ReplicaView, RequestView, RouterSettings, rank
+from ray.serve.metrics import Counter, Histogram
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    ReplicaResult,
+    RequestRouter,
+    RunningReplica,
+)
+
+logger = logging.getLogger(__name__)
+
+ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "routing_stats_now", "health"})
+_ROUTE_BOUNDARIES = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2e-2]
+
+
+class _RouteMetrics:
+    """`pdserve_prefix_*` and `pdserve_route_seconds` for one pool."""
+
+    def __init__(self, pool: str) -> None:
+        tags = {"pool": pool}
+        self.hit = Counter("pdserve_prefix_hit_blocks_total", tag_keys=("pool",),
+                           description="Prompt blocks found cached on the chosen replica.")
+        self.lookup = Counter("pdserve_prefix_lookup_blocks_total", tag_keys=("pool",),
+                              description="Prompt blocks looked up (hit rate = hit / lookup).")
+        self.seconds = Histogram("pdserve_route_seconds", boundaries=_ROUTE_BOUNDARIES,
+                                 tag_keys=("pool",), description="Routing decision latency.")
+        for metric in (self.hit, self.lookup, self.seconds):
+            metric.set_default_tags(dict(tags))
+
+    def record(self, lookup: int, hit: int, seconds: float) -> None:
+        if lookup:
+            self.lookup.inc(lookup)
+            if hit:
+                self.hit.inc(hit)
+        self.seconds.observe(seconds)
+
+
+def routing_info(pending_request: PendingRequest | None) -> Any:
+    """The `RoutingInfo` our messages carry (None for admin calls and foreign requests)."""
+    if pending_request is None or not pending_request.args:
+        return None
+    return getattr(pending_request.args[0], "routing", None)
+
+
+class ScoredRouter(RequestRouter):
+    """Shared machinery: pinning, snapshot building, ranking, in-flight bookkeeping."""
+
+    default_weights: dict[str, float] = {}
+    #: Does a request planned for remote prefill still care about cached prefixes here?
+    prefix_only_when_local: bool = False
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        if "weights" not in kwargs and self.default_weights:
+            kwargs = {**kwargs, "weights": self.default_weights}
+        self.settings = RouterSettings.model_validate(kwargs)
+        self.pool: PoolState = pool_state(
+            self._deployment_id.app_name, self._deployment_id.name,
+            self.settings.max_blocks_per_replica,
+        )
+        self.rng = random.Random()
+        self.metrics = _RouteMetrics(self._deployment_id.name)
+        self._routed: dict[str, tuple[str, int]] = {}
+
+    # -- replica set ----------------------------------------------------------------------
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self._sync()
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.pool.forget(replica_id.unique_id)
+
+    def _sync(self) -> None:
+        self.pool.sync_replicas(
+            {rid.unique_id: (r.routing_stats or {}) for rid, r in self._replicas.items()}
+        )
+
+    # -- the decision -----------------------------------------------------------------------
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        pinned = self._pinned(candidate_replicas, pending_request)
+        if pinned is not None:
+            return pinned
+        started = time.perf_counter()
+        self._sync()
+        info = routing_info(pending_request)
+        ranked = self.rank(candidate_replicas, info)
+        best = ranked[0]
+        if info is not None:
+            hits = self._last_hits.get(best.replica_id.unique_id, 0)
+            lookup = len(info.block_hashes) if self._uses_prefix(info) else 0
+            self.metrics.record(lookup, min(hits, lookup), time.perf_counter() - started)
+        return [[best], ranked[1:]] if len(ranked) > 1 else [[best]]
+
+    def rank(self, candidates: list[RunningReplica], info: Any) -> list[RunningReplica]:
+        """Candidates best first (pure scoring over a snapshot of this pool)."""
+        use_prefix = info is not None and self._uses_prefix(info)
+        hashes = info.block_hashes if info is not None else ()
+        self._last_hits = self.pool.match(hashes) if use_prefix and hashes else {}
+        by_id = {r.replica_id.unique_id: r for r in candidates}
+        views = [
+            ReplicaView(
+                replica=rid,
+                hit_blocks=self._last_hits.get(rid, 0),
+                queue=self.pool.queue(rid),
+                pending_tokens=self.pool.pending_tokens(rid),
+                kv_usage=self.pool.kv_usage(rid),
+            )
+            for rid in by_id
+        ]
+        block_size = self.pool.block_size or 1
+        request = RequestView(
+            num_blocks=len(hashes),
+            prompt_tokens=info.prompt_tokens if info is not None else 0,
+            block_size=block_size,
+            use_prefix=use_prefix,
+            session_replica=self.pool.session_replica(info.session_id) if info else None,
+        )
+        return [by_id[v.replica] for v in rank(request, views, self.settings, self.rng)]
+
+    def _uses_prefix(self, info: Any) -> bool:
+        return not self.prefix_only_when_local or info.plan != "remote"
+
+    def _pinned(
+        self, candidates: list[RunningReplica], pending_request: PendingRequest | None
+    ) -> list[list[RunningReplica]] | None:
+        if pending_request is None:
+            return None
+        target = pending_request.kwargs.get("replica")
+        if target is None or pending_request.metadata.call_method not in ADMIN_METHODS:
+            return None
+        chosen = [r for r in candidates if r.replica_id.unique_id == target]
+        return [chosen] if chosen else []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
+    ) -> None:
+        info = routing_info(pending_request)
+        if info is None:
+            return
+        rid = replica_id.unique_id
+        hits = self.pool.match(info.block_hashes).get(rid, 0) if info.block_hashes else 0
+        uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
+        key = pending_request.metadata.internal_request_id
+        self.pool.begin(rid, key, uncached)
+        self._routed[key] = (rid, uncached)
+        self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        if self._routed.pop(internal_request_id, None) is not None:
+            self.pool.end(replica_id.unique_id, internal_request_id)
+
+
+class PrefixAwareRouter(ScoredRouter):
+    """Prefill and colocated pools: go where the prompt's prefix is cached, unless loaded."""
+
+    default_weights = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
+                       "session": 1.0}
+
+
+class DecodeRouter(ScoredRouter):
+    """Decode pools: load and KV headroom first; prefix overlap only for local prefills."""
+
+    default_weights = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5, "kv_headroom": 2.0,
+                       "session": 0.0}
+    prefix_only_when_local = True

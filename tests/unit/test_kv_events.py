@@ -1,0 +1,132 @@
+"""The KV-event subscriber against vLLM's own ZMQ publisher (real sockets, no engine)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import msgspec
+import pytest
+import zmq
+from pdserve.routing.kv_events import KVEventSubscriber
+from pdserve.routing.prefix_index import PrefixIndex
+from vllm.distributed.kv_events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KVEventBatch,
+    ZmqEventPublisher,
+)
+
+BLOCK = 16
+
+
+def stored(*hashes: int) -> BlockStored:
+    return BlockStored(block_hashes=list(hashes), parent_block_hash=None,
+                       token_ids=[0] * BLOCK * len(hashes), block_size=BLOCK, lora_id=None,
+                       medium="GPU", lora_name=None)
+
+
+def batch(*events: object) -> KVEventBatch:
+    return KVEventBatch(ts=time.time(), events=list(events))
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def index_and_subscriber() -> Iterator[tuple[PrefixIndex, KVEventSubscriber]]:
+    index = PrefixIndex()
+    subscriber = KVEventSubscriber(index, threading.Lock(), BLOCK)
+    yield index, subscriber
+    subscriber.close()
+
+
+@pytest.fixture
+def publisher() -> Iterator[ZmqEventPublisher]:
+    pub = ZmqEventPublisher(0, endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
+    yield pub
+    pub.shutdown()
+
+
+def test_blocks_stored_before_subscribing_are_recovered_from_the_replay_buffer(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber], publisher: ZmqEventPublisher
+) -> None:
+    index, subscriber = index_and_subscriber
+    publisher.publish(batch(stored(1, 2, 3)))
+    time.sleep(0.3)  # published before anyone listens: only the replay buffer has it
+    config = publisher.get_publisher_config()
+    subscriber.watch("r1", config.endpoint, config.replay_endpoint)
+    eventually(lambda: index.match([1, 2, 3]) == {"r1": 3})
+    assert subscriber.snapshot()["r1"]["replays"] == 1
+
+
+def test_live_stored_removed_and_cleared_events_keep_the_index_exact(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber], publisher: ZmqEventPublisher
+) -> None:
+    index, subscriber = index_and_subscriber
+    config = publisher.get_publisher_config()
+    subscriber.watch("r1", config.endpoint, config.replay_endpoint)
+    eventually(lambda: "r1" in subscriber.snapshot())
+    time.sleep(0.3)  # let the SUB connection settle
+    publisher.publish(batch(stored(1, 2, 3, 4)))
+    eventually(lambda: index.match([1, 2, 3, 4]) == {"r1": 4})
+    publisher.publish(batch(BlockRemoved(block_hashes=[3], medium="GPU")))
+    eventually(lambda: index.match([1, 2, 3, 4]) == {"r1": 2})
+    publisher.publish(batch(AllBlocksCleared()))
+    eventually(lambda: index.match([1, 2]) == {})
+    counts = subscriber.snapshot()["r1"]
+    assert (counts["stored"], counts["removed"], counts["cleared"]) == (4, 1, 1)
+
+
+def test_a_replica_that_leaves_or_restarts_on_a_new_endpoint_loses_its_blocks(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber], publisher: ZmqEventPublisher
+) -> None:
+    index, subscriber = index_and_subscriber
+    publisher.publish(batch(stored(7, 8)))
+    config = publisher.get_publisher_config()
+    subscriber.watch("r1", config.endpoint, config.replay_endpoint)
+    eventually(lambda: index.match([7, 8]) == {"r1": 2})
+    restarted = ZmqEventPublisher(0, endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
+    try:
+        new = restarted.get_publisher_config()
+        subscriber.watch("r1", new.endpoint, new.replay_endpoint)  # same replica, new engine
+        eventually(lambda: subscriber.snapshot().get("r1", {}).get("endpoint") == new.endpoint)
+        assert index.match([7, 8]) == {}
+        subscriber.unwatch("r1")
+        eventually(lambda: "r1" not in subscriber.snapshot())
+        assert index.replicas() == []
+    finally:
+        restarted.shutdown()
+
+
+def test_missed_batches_without_a_replay_buffer_forget_the_replica_rather_than_guess(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber]
+) -> None:
+    index, subscriber = index_and_subscriber
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    encode = msgspec.msgpack.Encoder().encode
+
+    def send(seq: int, *events: object) -> None:
+        pub.send_multipart((b"", seq.to_bytes(8, "big"), encode(batch(*events))))
+
+    try:
+        subscriber.watch("r1", f"tcp://127.0.0.1:{port}", None)
+        eventually(lambda: "r1" in subscriber.snapshot())
+        time.sleep(0.3)
+        send(0, stored(1, 2))
+        eventually(lambda: index.match([1, 2]) == {"r1": 2})
+        send(2, stored(5))  # batch 1 (say, removing block 2) was lost
+        eventually(lambda: subscriber.snapshot()["r1"]["resyncs"] == 1)
+        assert index.match([1, 2]) == {}  # forgotten, not trusted
+        assert index.match([5]) == {"r1": 1}  # what arrived after the gap is kept
+        assert subscriber.snapshot()["r1"]["gaps"] == 1
+    finally:
+        pub.close(linger=0)

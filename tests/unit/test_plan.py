@@ -1,0 +1,45 @@
+"""The PD plan at its thresholds."""
+
+from __future__ import annotations
+
+import pytest
+from pdserve.routing.plan import PlanInputs, PlanThresholds, decide
+
+THRESHOLDS = PlanThresholds(local_prefill_below_tokens=64, max_prefill_queue_per_replica=4)
+
+
+def inputs(prompt: int = 512, hits: int = 0, in_flight: int = 0, replicas: int = 2) -> PlanInputs:
+    return PlanInputs(prompt_tokens=prompt, block_size=32, decode_hit_blocks=hits,
+                      prefill_in_flight=in_flight, prefill_replicas=replicas)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "hits", "kind"),
+    [
+        (63, 0, "local"),  # 63 uncached < 64
+        (64, 0, "remote"),  # exactly at the threshold
+        (512, 14, "remote"),  # 512 - 14 * 32 = 64 uncached on the best decode replica
+        (512, 15, "local"),  # 32 uncached
+        (512, 16, "local"),  # everything cached there
+    ],
+)
+def test_uncached_tokens_below_threshold_prefill_locally(prompt: int, hits: int, kind: str) -> None:
+    plan = decide(inputs(prompt=prompt, hits=hits), THRESHOLDS, None)
+    assert plan.kind == kind
+    assert plan.reason == ("short_uncached" if kind == "local" else "disaggregated")
+
+
+def test_a_backed_up_prefill_pool_sends_prefills_local() -> None:
+    assert decide(inputs(in_flight=8), THRESHOLDS, None).kind == "remote"  # 4 per replica
+    plan = decide(inputs(in_flight=9), THRESHOLDS, None)
+    assert (plan.kind, plan.reason) == ("local", "prefill_queue")
+
+
+def test_requests_that_need_a_local_prefill_keep_their_reason() -> None:
+    plan = decide(inputs(), THRESHOLDS, "n>1")
+    assert (plan.kind, plan.reason) == ("local", "n>1")
+
+
+def test_threshold_zero_always_disaggregates_when_the_pool_has_room() -> None:
+    always = PlanThresholds(local_prefill_below_tokens=0, max_prefill_queue_per_replica=4)
+    assert decide(inputs(prompt=1), always, None).kind == "remote"

@@ -1,0 +1,88 @@
+"""Router scoring: each scorer, the weighted ranking, tie-breaking and the pow-2 fallback."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pdserve.routing.scorers import (
+    SCORERS,
+    ReplicaView,
+    RequestView,
+    RouterSettings,
+    is_imbalanced,
+    rank,
+)
+
+SETTINGS = RouterSettings()
+REQUEST = RequestView(num_blocks=10, prompt_tokens=320, block_size=32)
+
+
+@pytest.mark.parametrize(
+    ("scorer", "request_view", "replica", "expected"),
+    [
+        ("prefix", REQUEST, ReplicaView("a", hit_blocks=5), 0.5),
+        ("prefix", RequestView(0, 0, 32), ReplicaView("a"), 0.0),
+        ("prefix", RequestView(10, 320, 32, use_prefix=False), ReplicaView("a", hit_blocks=10),
+         0.0),
+        ("queue", REQUEST, ReplicaView("a", queue=2), 1 - 2 / 8),
+        ("tokens", REQUEST, ReplicaView("a", pending_tokens=1024), 1 - 1024 / 4096),
+        ("kv_headroom", REQUEST, ReplicaView("a", kv_usage=0.25), 0.75),
+        ("session", RequestView(1, 32, 32, session_replica="a"), ReplicaView("a"), 1.0),
+        ("session", RequestView(1, 32, 32, session_replica="b"), ReplicaView("a"), 0.0),
+    ],
+)
+def test_each_scorer(
+    scorer: str, request_view: RequestView, replica: ReplicaView, expected: float
+) -> None:
+    assert SCORERS[scorer](request_view, replica, SETTINGS) == pytest.approx(expected)
+
+
+def test_cached_prefix_beats_a_modestly_busier_replica() -> None:
+    holder = ReplicaView("holder", hit_blocks=10, queue=1, pending_tokens=300)
+    idle = ReplicaView("idle")
+    assert [r.replica for r in rank(REQUEST, [idle, holder], SETTINGS, random.Random(0))] == [
+        "holder", "idle"]
+
+
+def test_without_cached_prefix_the_less_loaded_replica_wins() -> None:
+    busy = ReplicaView("busy", queue=2, pending_tokens=600)
+    idle = ReplicaView("idle")
+    assert rank(REQUEST, [busy, idle], SETTINGS, random.Random(0))[0].replica == "idle"
+
+
+def test_equal_scores_break_on_queue_then_tokens_then_chance() -> None:
+    only_prefix = RouterSettings(weights={"prefix": 1.0})
+    a = ReplicaView("a", queue=1)
+    b = ReplicaView("b", queue=0, pending_tokens=100)
+    c = ReplicaView("c", queue=0, pending_tokens=0)
+    assert [r.replica for r in rank(REQUEST, [a, b, c], only_prefix, random.Random(0))] == [
+        "c", "b", "a"]
+    winners = {rank(REQUEST, [ReplicaView("x"), ReplicaView("y")], only_prefix,
+                    random.Random(seed))[0].replica for seed in range(20)}
+    assert winners == {"x", "y"}  # identical replicas share the load
+
+
+def test_imbalanced_pool_falls_back_to_power_of_two_on_queue() -> None:
+    settings = RouterSettings(imbalance_threshold=2)
+    hot = ReplicaView("hot", hit_blocks=10, queue=5)  # best prefix, but swamped
+    cold = ReplicaView("cold", queue=0)
+    assert is_imbalanced([hot, cold], 2)
+    assert rank(REQUEST, [hot, cold], settings, random.Random(0))[0].replica == "cold"
+
+
+def test_weights_name_known_scorers_only() -> None:
+    with pytest.raises(ValueError, match="unknown scorer.*'prefx'.*known"):
+        RouterSettings(weights={"prefx": 1.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        RouterSettings(weights={"queue": -1.0})
+    with pytest.raises(ValueError, match="extra"):
+        RouterSettings.model_validate({"wieghts": {}})
+
+
+def test_scores_are_clamped_to_unit_range() -> None:
+    overloaded = ReplicaView("a", queue=100, pending_tokens=10**6)
+    settings = RouterSettings(weights={"queue": 1.0, "tokens": 1.0})
+    from pdserve.routing.scorers import total_score
+
+    assert total_score(REQUEST, overloaded, settings) == 0.0
