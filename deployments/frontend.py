@@ -114,8 +114,11 @@ class ModelFrontend:
             chat_template_content_format="auto",
         )
         renderer.warmup()
+        # `usage.prompt_tokens_details.cached_tokens`: the engine's prefix-cache hit, per
+        # request (what OpenAI reports too; the routing benchmark reads it).
         self.completions = OpenAIServingCompletion(
-            client, self.registry, online_renderer=renderer, request_logger=None
+            client, self.registry, online_renderer=renderer, request_logger=None,
+            enable_prompt_tokens_details=True,
         )
         self.chat = OpenAIServingChat(
             client,
@@ -125,4 +128,5 @@ class ModelFrontend:
             request_logger=None,
             chat_template=None,
             chat_template_content_format="auto",
+            enable_prompt_tokens_details=True,
         )

@@ -1,0 +1,236 @@
+"""Routing benchmark: the same traces through one colocated pool under different routers.
+
+For each router the harness writes a Serve config (only `request_router_config` differs),
+starts it with `serve run` (fresh engines, empty caches), drives every trace over HTTP
+(streamed `/v1/completions`, greedy), and stops it. Per request it records TTFT, latency, the
+prompt/output token ids and the engine's own prefix-cache hit
+(`usage.prompt_tokens_details.cached_tokens`); the oracle bound is computed from the trace.
+
+    python -m pdserve.benchmarks.routing_bench --out benchmarks/results/routing-cpu-v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pdserve.benchmarks import report, systems
+from pdserve.benchmarks.routing_workloads import (
+    TRACES,
+    Observed,
+    Session,
+    TraceSettings,
+    oracle_hit_tokens,
+)
+from pdserve.routing.block_hashes import BlockHasher
+from tqdm import tqdm
+
+ROUTERS: dict[str, dict[str, Any]] = {
+    "pdserve": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter"},
+    # Ray Serve's default (what a deployment gets when it names no router).
+    "pow2": {"request_router_class":
+             "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"},
+    # Ray Serve LLM's stable prefix-aware router (text prefix tree; needs pyarrow).
+    "prefix_cache_affinity": {"request_router_class":
+                              "ray.serve.llm.request_router:PrefixCacheAffinityRouter"},
+}
+BLOCK_SIZE = 32
+MODEL_ID = "bench"
+
+
+def serve_config(model: str, replicas: int, gpu_blocks: int, router: dict[str, Any],
+                 max_model_len: int) -> dict[str, Any]:
+    """One colocated pool; the router is the only thing that changes between runs."""
+    engine = {"dtype": "float32", "max_model_len": max_model_len,
+              "max_num_batched_tokens": max_model_len, "block_size": BLOCK_SIZE,
+              "num_gpu_blocks_override": gpu_blocks, "kv_cache_memory_bytes": 512 * 2**20,
+              "enforce_eager": True, "seed": 0}
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [{
+            "name": "pdserve", "route_prefix": "/",
+            "import_path": "pdserve.deployments.app:build_app",
+            "args": {"models": [{
+                "model_id": MODEL_ID, "model": model, "mode": "colocated",
+                "engine_kwargs": engine,
+                "colocated": {"num_replicas": replicas,
+                              "ray_actor_options": {"num_cpus": 2 / (replicas + 1)},
+                              "request_router_config": router},
+            }]},
+        }],
+    }
+
+
+async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int,
+                      session_id: str | None) -> tuple[Observed, float, float, str]:
+    body = {"model": MODEL_ID, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+            "stream": True, "stream_options": {"include_usage": True},
+            "return_token_ids": True, "ignore_eos": True}
+    headers = {"x-session-id": session_id} if session_id else {}
+    start = time.perf_counter()
+    obs = Observed(start=start, prompt_ids=[])
+    ttft, text = float("nan"), ""
+    async with http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices", []):
+                if choice.get("prompt_token_ids"):
+                    obs.prompt_ids = list(choice["prompt_token_ids"])
+                if choice.get("token_ids"):
+                    if not obs.output_ids:
+                        ttft = time.perf_counter() - start
+                    obs.output_ids.extend(choice["token_ids"])
+                text += choice.get("text") or ""
+            usage = chunk.get("usage") or {}
+            details = usage.get("prompt_tokens_details") or {}
+            obs.cached_tokens = int(details.get("cached_tokens") or obs.cached_tokens)
+    return obs, ttft, time.perf_counter() - start, text
+
+
+async def drive(base_url: str, trace: list[Session], concurrency: int, max_tokens: int,
+                progress: tqdm) -> list[dict[str, Any]]:
+    """Sessions run concurrently (at most `concurrency`), each session's turns in order."""
+    limit = asyncio.Semaphore(concurrency)
+    records: list[dict[str, Any]] = []
+
+    async def run_session(session: Session, http: httpx.AsyncClient) -> None:
+        async with limit:
+            prompt = ""
+            for turn in session.turns:
+                prompt += turn
+                obs, ttft, e2e, answer = await one_request(http, prompt, max_tokens,
+                                                           session.session_id)
+                records.append({"obs": obs, "ttft": ttft, "e2e": e2e, "group": session.group})
+                prompt += answer
+                progress.update(1)
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(run_session(s, http) for s in trace))
+        for r in records:
+            r["duration"] = time.perf_counter() - started
+    return records
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summarize(router: str, workload: str, records: list[dict[str, Any]],
+              hasher: BlockHasher) -> dict[str, Any]:
+    observed = [r["obs"] for r in records]
+    prompt_tokens = sum(len(o.prompt_ids) for o in observed)
+    cached = sum(o.cached_tokens for o in observed)
+    oracle = sum(oracle_hit_tokens(observed, BLOCK_SIZE, hasher))
+    ttfts = [r["ttft"] * 1000 for r in records]
+    duration = max(r["duration"] for r in records)
+    return {
+        "router": router, "workload": workload, "requests": len(records),
+        "prompt_tokens": prompt_tokens, "cached_tokens": cached,
+        "hit_rate": cached / prompt_tokens, "oracle_hit_rate": oracle / prompt_tokens,
+        "hit_vs_oracle": cached / oracle if oracle else None,
+        "ttft_p50_ms": statistics.median(ttfts), "ttft_p99_ms": percentile(ttfts, 99),
+        "e2e_p50_ms": statistics.median(r["e2e"] * 1000 for r in records),
+        "duration_s": duration, "req_per_s": len(records) / duration,
+        "output_tok_per_s": sum(len(o.output_ids) for o in observed) / duration,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| workload | router | hit rate | oracle | hit/oracle | TTFT p50 ms | TTFT p99 ms "
+            "| req/s | TTFT p50 vs pow2 | req/s vs pow2 |")
+    lines = [head, "|" + "---|" * 10]
+    base = {r["workload"]: r for r in rows if r["router"] == "pow2"}
+    for r in rows:
+        b = base.get(r["workload"])
+        speedup = b["ttft_p50_ms"] / r["ttft_p50_ms"] if b else None
+        tput = r["req_per_s"] / b["req_per_s"] if b else None
+        lines.append(
+            f"| {r['workload']} | {r['router']} | {r['hit_rate']:.1%} | "
+            f"{r['oracle_hit_rate']:.1%} | {_pct(r['hit_vs_oracle'])} | {r['ttft_p50_ms']:.0f} | "
+            f"{r['ttft_p99_ms']:.0f} | {r['req_per_s']:.2f} | {_x(speedup)} | {_x(tput)} |")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", default="pdserve://bench")
+    p.add_argument("--routers", default=",".join(ROUTERS))
+    p.add_argument("--workloads", default=",".join(TRACES))
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--gpu-blocks", type=int, default=192,
+                   help="KV blocks per engine: smaller than the trace's working set, as on a "
+                        "busy GPU, so where a prefix lives matters")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-preload", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = TraceSettings(seed=args.seed)
+    traces = {w: TRACES[w](settings) for w in args.workloads.split(",")}
+    hasher = BlockHasher(BLOCK_SIZE)
+    preload = [] if args.no_preload else systems.find_preload_libs()
+    rows: list[dict[str, Any]] = []
+    command = " ".join(["python -m pdserve.benchmarks.routing_bench", *sys.argv[1:]])
+    meta = report.run_metadata(command, systems.REPO_ROOT)
+    meta.update(trace_settings=asdict(settings), args={k: str(v) for k, v in vars(args).items()},
+                preload=preload, startup_s={})
+    for router in args.routers.split(","):
+        config = serve_config(args.model, args.replicas, args.gpu_blocks, ROUTERS[router],
+                              args.max_model_len)
+        config_path = args.out / f"serve-{router}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        system = systems.pdserve_system(router, config_path)
+        with systems.running(system, args.out / f"{router}.log", preload) as startup_s:
+            meta["startup_s"][router] = startup_s
+            for workload, trace in traces.items():
+                total = sum(len(s.turns) for s in trace)
+                with tqdm(total=total, desc=f"{router}/{workload}") as bar:
+                    records = asyncio.run(drive(system.base_url, trace, args.concurrency,
+                                                args.max_tokens, bar))
+                rows.append(summarize(router, workload, records, hasher))
+                print(json.dumps(rows[-1]), flush=True)
+                (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                                  indent=2, default=str))
+    rows.sort(key=lambda r: (list(traces).index(r["workload"]), r["router"]))
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
+                                                      default=str))
+    (args.out / "report.md").write_text(f"# Routing benchmark\n\n- command: `{meta['command']}`\n"
+                                        f"- date: {meta['date']}\n\n{table(rows)}\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
