@@ -190,14 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trace", action="append", default=[], metavar="FIELD=INT",
+                   help="override a TraceSettings field, e.g. --trace groups=4 (repeatable)")
     p.add_argument("--no-preload", action="store_true")
     return p
+
+
+def trace_settings(args: argparse.Namespace) -> TraceSettings:
+    overrides = {}
+    for item in args.trace:
+        key, _, value = item.partition("=")
+        if key not in TraceSettings.__dataclass_fields__:
+            raise SystemExit(f"--trace {item}: unknown field; known: "
+                             f"{', '.join(TraceSettings.__dataclass_fields__)}")
+        overrides[key] = int(value)
+    return TraceSettings(**{"seed": args.seed, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = TraceSettings(seed=args.seed)
+    settings = trace_settings(args)
     traces = {w: TRACES[w](settings) for w in args.workloads.split(",")}
     hasher = BlockHasher(BLOCK_SIZE)
     preload = [] if args.no_preload else systems.find_preload_libs()

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shapes import (
     APP_NAME,
     COLOCATED_MODEL,
+    COLOCATED_REPLICAS,
     ENGINE_KWARGS,
     HTTP_PORT,
     METRICS_PORT,
@@ -39,6 +40,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+    # Tests that restart replicas run last, so the others never wait for a cold engine.
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +87,9 @@ def serve_app(model_dir: str, bare_reference: list[list[int]]) -> Iterator[str]:
     ray.init(num_cpus=2, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     serve.run(build_app(app_args(model_dir)), name=APP_NAME, route_prefix="/")
-    yield f"http://127.0.0.1:{HTTP_PORT}"
+    url = f"http://127.0.0.1:{HTTP_PORT}"
+    wait_for_routers(url)
+    yield url
     serve.shutdown()
     ray.shutdown()
 
@@ -95,15 +100,50 @@ def client(serve_app: str) -> Iterator[httpx.Client]:
         yield http
 
 
+def wait_for_routers(url: str, timeout_s: float = 120.0) -> None:
+    """Route one request per model, then wait until the ingress's routers follow every
+    replica's KV-event stream (engines report their endpoints every couple of seconds)."""
+    with httpx.Client(base_url=url, timeout=300) as http:
+        for model in (PD_MODEL, COLOCATED_MODEL):
+            body = {"model": model, "prompt": "warm up", "max_tokens": 1}
+            assert http.post("/v1/completions", json=body).status_code == 200
+    want = {f"{PD_MODEL}/prefill": 1, f"{PD_MODEL}/decode": 1,
+            f"{COLOCATED_MODEL}/colocated": COLOCATED_REPLICAS}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pools = routing_state()
+        if all(len(pools[name]["streams"]) == n for name, n in want.items()):
+            return
+        assert time.monotonic() < deadline, f"routers never saw every engine: {pools}"
+        time.sleep(0.5)
+
+
 def deployment(name: str) -> Any:
     from ray import serve
 
     return serve.get_deployment_handle(name, APP_NAME)
 
 
-def engine_metrics(name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """vLLM's own metrics of the (single) replica of a pool: {(sample, labels): value}."""
-    text = deployment(name).vllm_metrics.remote().result()
+def routing_state() -> dict[str, dict[str, Any]]:
+    """The ingress's view of every pool: replicas, index sizes, event-stream counters."""
+    from ray import serve
+
+    return serve.get_app_handle(APP_NAME).routing.remote().result()
+
+
+def replicas_of(name: str) -> list[str]:
+    """Replica ids of a pool deployment (`{model}-{role}`), as the ingress routes to them."""
+    model, role = name.rsplit("-", 1)
+    return list(routing_state()[f"{model}/{role}"]["replicas"])
+
+
+def engine_metrics(
+    name: str, replica: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """vLLM's own metrics of one replica of a pool (the only one if `replica` is None)."""
+    if replica is None:
+        (replica,) = replicas_of(name)
+    text = deployment(name).vllm_metrics.remote(replica=replica).result()
     values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -111,11 +151,11 @@ def engine_metrics(name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     return values
 
 
-def metric_sum(name: str, sample: str, **labels: str) -> float:
-    """Sum of a vLLM metric's samples on one pool's engine, filtered by labels."""
+def metric_sum(name: str, sample: str, replica: str | None = None, **labels: str) -> float:
+    """Sum of a vLLM metric's samples on one engine of a pool, filtered by labels."""
     return sum(
         value
-        for (sample_name, sample_labels), value in engine_metrics(name).items()
+        for (sample_name, sample_labels), value in engine_metrics(name, replica).items()
         if sample_name == sample and labels.items() <= dict(sample_labels).items()
     )
 
@@ -130,7 +170,10 @@ def wait_drained(timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
     """Poll every engine until none holds a request or a KV block; return the last state."""
     deadline = time.monotonic() + timeout_s
     while True:
-        states = {name: deployment(name).drained.remote().result() for name in ENGINE_DEPLOYMENTS}
+        states = {
+            f"{name}/{replica}": deployment(name).drained.remote(replica=replica).result()
+            for name in ENGINE_DEPLOYMENTS for replica in replicas_of(name)
+        }
         clean = all(
             s["unfinished_requests"] == 0 and not s["engine_core_has_work"]
             and s["all_kv_blocks_free"]

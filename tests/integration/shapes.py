@@ -16,6 +16,10 @@ COLOCATED_MODEL = "tiny-colo"
 BLOCK_SIZE = 32
 MAX_NUM_BATCHED_TOKENS = 256
 PREFILL_TIMEOUT_S = 6.0
+COLOCATED_REPLICAS = 2
+#: KV blocks per colocated engine: enough for one max-length request (1024 / 32 = 32 blocks),
+#: small enough that a few long prompts force evictions (vLLM's `BlockRemoved`).
+COLOCATED_GPU_BLOCKS = 48
 
 ENGINE_KWARGS: dict[str, Any] = {
     "dtype": "float32",
@@ -29,17 +33,31 @@ ENGINE_KWARGS: dict[str, Any] = {
 
 
 def app_args(model_dir: str) -> dict[str, Any]:
-    """PD model (1 prefill + 1 decode) and colocated model (1 engine): 3 x 0.5 CPU."""
-    common = {"model": model_dir, "engine_kwargs": ENGINE_KWARGS}
+    """PD model (1 prefill + 1 decode) and a colocated pool of 2 engines: 4 x 0.5 CPU.
+
+    The PD model always disaggregates (plan thresholds off), so every PD request transfers KV.
+    The colocated pool is the prefix-aware router's test bed; its cache size only changes
+    capacity, not numerics, so its output still equals the other paths token for token.
+    """
     return {
         "models": [
             {
                 "model_id": PD_MODEL,
+                "model": model_dir,
+                "engine_kwargs": ENGINE_KWARGS,
                 "mode": "pd",
                 "kv_transfer": {"prefill_timeout_s": PREFILL_TIMEOUT_S},
-                **common,
+                "routing": {"local_prefill_below_tokens": 0,
+                            "max_prefill_queue_per_replica": 10_000},
             },
-            {"model_id": COLOCATED_MODEL, "mode": "colocated", **common},
+            {
+                "model_id": COLOCATED_MODEL,
+                "model": model_dir,
+                "engine_kwargs": {**ENGINE_KWARGS,
+                                  "num_gpu_blocks_override": COLOCATED_GPU_BLOCKS},
+                "mode": "colocated",
+                "colocated": {"num_replicas": COLOCATED_REPLICAS},
+            },
         ],
         "testing": {"fault_injection": True},
     }
