@@ -30,6 +30,11 @@ class PoolState:
         self.name = name
         self.lock = threading.Lock()
         self.index = PrefixIndex(max_blocks_per_replica)
+        # Blocks of requests routed but not finished: an engine publishes `BlockStored` only
+        # after it computed them, so without this, concurrent requests sharing a new prefix
+        # would all look uncached and be spread across replicas.
+        self.pending = PrefixIndex(max_blocks_per_replica)
+        self._pending_refs: dict[tuple[str, int], int] = {}
         self.block_size: int | None = None
         self.subscriber: KVEventSubscriber | None = None
         self._watched: dict[str, str] = {}
@@ -65,6 +70,9 @@ class PoolState:
         with self.lock:
             self._in_flight.pop(replica, None)
             self.index.remove_replica(replica)
+            self.pending.remove_replica(replica)
+            for key in [k for k in self._pending_refs if k[0] == replica]:
+                del self._pending_refs[key]
 
     def _ensure_subscriber(self, block_size: int) -> KVEventSubscriber | None:
         if self.subscriber is None and block_size > 0:
@@ -74,6 +82,16 @@ class PoolState:
 
     # -- reads for routing and planning ---------------------------------------------------
     def match(self, block_hashes: Sequence[int]) -> dict[str, int]:
+        """Leading blocks each replica holds, or will hold once its in-flight requests ran."""
+        with self.lock:
+            held = self.index.match(block_hashes)
+            for replica, blocks in self.pending.match(block_hashes).items():
+                if blocks > held.get(replica, 0):
+                    held[replica] = blocks
+            return held  # type: ignore[return-value]
+
+    def cached(self, block_hashes: Sequence[int]) -> dict[str, int]:
+        """Leading blocks each replica reported as stored (engine events only)."""
         with self.lock:
             return self.index.match(block_hashes)  # type: ignore[return-value]
 
@@ -99,13 +117,29 @@ class PoolState:
         return len(self._watched)
 
     # -- request lifecycle (router hooks) -------------------------------------------------
-    def begin(self, replica: str, request_key: str, uncached_tokens: int) -> None:
+    def begin(self, replica: str, request_key: str, uncached_tokens: int,
+              block_hashes: Sequence[int] = ()) -> None:
         with self.lock:
             self._in_flight.setdefault(replica, {})[request_key] = uncached_tokens
+            new = []
+            for h in block_hashes:
+                refs = self._pending_refs.get((replica, h), 0)
+                self._pending_refs[(replica, h)] = refs + 1
+                if refs == 0:
+                    new.append(h)
+            self.pending.store(replica, new)
 
-    def end(self, replica: str, request_key: str) -> None:
+    def end(self, replica: str, request_key: str, block_hashes: Sequence[int] = ()) -> None:
         with self.lock:
             self._in_flight.get(replica, {}).pop(request_key, None)
+            done = []
+            for h in block_hashes:
+                refs = self._pending_refs.pop((replica, h), 0) - 1
+                if refs > 0:
+                    self._pending_refs[(replica, h)] = refs
+                elif refs == 0:
+                    done.append(h)
+            self.pending.remove(replica, done)
 
     def session_replica(self, session_id: str | None) -> str | None:
         return self._sessions.get(session_id) if session_id else None

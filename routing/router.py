@@ -80,7 +80,7 @@ class ScoredRouter(RequestRouter):
         )
         self.rng = random.Random()
         self.metrics = _RouteMetrics(self._deployment_id.name)
-        self._routed: dict[str, tuple[str, int]] = {}
+        self._routed: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     # -- replica set ----------------------------------------------------------------------
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
@@ -169,13 +169,14 @@ class ScoredRouter(RequestRouter):
         hits = self.pool.match(info.block_hashes).get(rid, 0) if info.block_hashes else 0
         uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
         key = pending_request.metadata.internal_request_id
-        self.pool.begin(rid, key, uncached)
-        self._routed[key] = (rid, uncached)
+        self.pool.begin(rid, key, uncached, info.block_hashes)
+        self._routed[key] = (rid, info.block_hashes)
         self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        if self._routed.pop(internal_request_id, None) is not None:
-            self.pool.end(replica_id.unique_id, internal_request_id)
+        routed = self._routed.pop(internal_request_id, None)
+        if routed is not None:
+            self.pool.end(replica_id.unique_id, internal_request_id, routed[1])
 
 
 class PrefixAwareRouter(ScoredRouter):

@@ -93,6 +93,13 @@ def test_router_hashes_equal_the_hashes_in_the_engines_block_stored_events(
     (holder,) = hits
     assert streams[holder]["stored"] >= full_blocks
     assert not streams[holder]["block_size_mismatch"]
+    assert_no_work_in_flight()
+
+
+def assert_no_work_in_flight() -> None:
+    """The router's in-flight bookkeeping (queue, pending blocks) empties when requests end."""
+    wait_for(lambda: not any(routing_state()[f"{COLOCATED_MODEL}/colocated"]["in_flight"]
+                             .values()), what="router in-flight count back to 0")
 
 
 def test_groups_with_different_prefixes_land_on_the_replicas_that_hold_them(
@@ -125,6 +132,7 @@ def test_groups_with_different_prefixes_land_on_the_replicas_that_hold_them(
     assert after[replica_b] - before[replica_b] >= n * b.shared_blocks * BLOCK_SIZE, (
         before, after)
 
+    assert_no_work_in_flight()
     # Where a request ran (and what it found cached) does not change greedy output.
     for (group, i), reply in zip(jobs, replies, strict=True):
         reference = complete(client, PD_MODEL, group.request(i))

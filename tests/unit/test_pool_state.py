@@ -1,0 +1,45 @@
+"""A pool's routing state: in-flight requests count as holding their prefix until they end."""
+
+from __future__ import annotations
+
+from pdserve.routing.pool_state import PoolState
+
+
+def test_in_flight_requests_make_their_prefix_visible_before_the_engine_reports_it() -> None:
+    pool = PoolState("app/pool")
+    pool.begin("r1", "req-a", 320, (1, 2, 3))
+    pool.begin("r1", "req-b", 320, (1, 2, 9))
+    assert pool.match([1, 2, 3, 4]) == {"r1": 3}
+    assert pool.cached([1, 2, 3]) == {}  # nothing reported by the engine yet
+    assert (pool.queue("r1"), pool.pending_tokens("r1"), pool.in_flight_total()) == (2, 640, 2)
+    pool.end("r1", "req-a", (1, 2, 3))
+    assert pool.match([1, 2, 3]) == {"r1": 2}  # req-b still holds blocks 1, 2
+    pool.end("r1", "req-b", (1, 2, 9))
+    assert pool.match([1, 2]) == {} and pool.in_flight_total() == 0
+
+
+def test_engine_reported_blocks_and_in_flight_blocks_combine_per_replica() -> None:
+    pool = PoolState("app/pool")
+    with pool.lock:
+        pool.index.store("r1", [1, 2])
+    pool.begin("r2", "req", 96, (1, 2, 3))
+    assert pool.match([1, 2, 3]) == {"r1": 2, "r2": 3}
+    assert pool.best_hit([1, 2, 3]) == 3
+
+
+def test_forgetting_a_replica_drops_its_blocks_work_and_sessions_load() -> None:
+    pool = PoolState("app/pool")
+    pool.begin("r1", "req", 10, (5,))
+    with pool.lock:
+        pool.index.store("r1", [5])
+    pool.forget("r1")
+    assert pool.match([5]) == {} and pool.in_flight_total() == 0
+
+
+def test_sessions_are_remembered_with_a_bound() -> None:
+    pool = PoolState("app/pool")
+    for i in range(5):
+        pool.remember_session(f"s{i}", f"r{i}", limit=3)
+    assert pool.session_replica("s0") is None
+    assert pool.session_replica("s4") == "r4"
+    assert pool.session_replica(None) is None
