@@ -40,6 +40,7 @@ class PoolState:
         self._watched: dict[str, str] = {}
         self._kv_usage: dict[str, float] = {}
         self._in_flight: dict[str, dict[str, int]] = {}  # replica -> {request key: tokens}
+        self._loads: dict[str, tuple[int, int]] = {}  # replica -> (requests, tokens) in flight
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     # -- replicas and their event streams -------------------------------------------------
@@ -69,6 +70,7 @@ class PoolState:
             self.subscriber.unwatch(replica)
         with self.lock:
             self._in_flight.pop(replica, None)
+            self._loads.pop(replica, None)
             self.index.remove_replica(replica)
             self.pending.remove_replica(replica)
             for key in [k for k in self._pending_refs if k[0] == replica]:
@@ -101,6 +103,9 @@ class PoolState:
     def kv_usage(self, replica: str) -> float:
         return self._kv_usage.get(replica, 0.0)
 
+    def kv_usage_all(self) -> dict[str, float]:
+        return self._kv_usage
+
     def queue(self, replica: str) -> int:
         with self.lock:
             return len(self._in_flight.get(replica, ()))
@@ -108,6 +113,18 @@ class PoolState:
     def pending_tokens(self, replica: str) -> int:
         with self.lock:
             return sum(self._in_flight.get(replica, {}).values())
+
+    def loads(self) -> dict[str, tuple[int, int]]:
+        """(requests, uncached tokens) in flight per replica; entries are replaced whole, so
+        the live dict is safe to read without copying."""
+        return self._loads
+
+    def _update_load(self, replica: str) -> None:
+        work = self._in_flight.get(replica)
+        if work:
+            self._loads[replica] = (len(work), sum(work.values()))
+        else:
+            self._loads.pop(replica, None)
 
     def in_flight_total(self) -> int:
         with self.lock:
@@ -121,6 +138,7 @@ class PoolState:
               block_hashes: Sequence[int] = ()) -> None:
         with self.lock:
             self._in_flight.setdefault(replica, {})[request_key] = uncached_tokens
+            self._update_load(replica)
             new = []
             for h in block_hashes:
                 refs = self._pending_refs.get((replica, h), 0)
@@ -132,6 +150,7 @@ class PoolState:
     def end(self, replica: str, request_key: str, block_hashes: Sequence[int] = ()) -> None:
         with self.lock:
             self._in_flight.get(replica, {}).pop(request_key, None)
+            self._update_load(replica)
             done = []
             for h in block_hashes:
                 refs = self._pending_refs.pop((replica, h), 0) - 1

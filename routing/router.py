@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from pdserve.routing.pool_state import PoolState, pool_state
-from pdserve.routing.scorers import ReplicaView, RequestView, RouterSettings, rank
+from pdserve.routing.scorers import ReplicaView, RequestView, RouterSettings, choose
 from ray.serve.metrics import Counter, Histogram
 from ray.serve.request_router import (
     PendingRequest,
@@ -110,28 +110,25 @@ class ScoredRouter(RequestRouter):
         started = time.perf_counter()
         self._sync()
         info = routing_info(pending_request)
-        ranked = self.rank(candidate_replicas, info)
-        best = ranked[0]
+        best, others = self.choose(candidate_replicas, info)
         if info is not None:
             hits = self._last_hits.get(best.replica_id.unique_id, 0)
             lookup = len(info.block_hashes) if self._uses_prefix(info) else 0
             self.metrics.record(lookup, min(hits, lookup), time.perf_counter() - started)
-        return [[best], ranked[1:]] if len(ranked) > 1 else [[best]]
+        return [[best], others] if others else [[best]]
 
-    def rank(self, candidates: list[RunningReplica], info: Any) -> list[RunningReplica]:
-        """Candidates best first (pure scoring over a snapshot of this pool)."""
+    def choose(
+        self, candidates: list[RunningReplica], info: Any
+    ) -> tuple[RunningReplica, list[RunningReplica]]:
+        """The best candidate and the rest (pure scoring over a snapshot of this pool)."""
         use_prefix = info is not None and self._uses_prefix(info)
         hashes = info.block_hashes if info is not None else ()
         self._last_hits = self.pool.match(hashes) if use_prefix and hashes else {}
         by_id = {r.replica_id.unique_id: r for r in candidates}
-        views = [
-            ReplicaView(
-                replica=rid,
-                hit_blocks=self._last_hits.get(rid, 0),
-                queue=self.pool.queue(rid),
-                pending_tokens=self.pool.pending_tokens(rid),
-                kv_usage=self.pool.kv_usage(rid),
-            )
+        hits, loads, usage = self._last_hits, self.pool.loads(), self.pool.kv_usage_all()
+        idle = (0, 0)
+        views: list[ReplicaView] = [
+            (rid, hits.get(rid, 0), *loads.get(rid, idle), usage.get(rid, 0.0))  # type: ignore[misc]
             for rid in by_id
         ]
         block_size = self.pool.block_size or 1
@@ -142,7 +139,8 @@ class ScoredRouter(RequestRouter):
             use_prefix=use_prefix,
             session_replica=self.pool.session_replica(info.session_id) if info else None,
         )
-        return [by_id[v.replica] for v in rank(request, views, self.settings, self.rng)]
+        best, others = choose(request, views, self.settings, self.rng)
+        return by_id[best[0]], [by_id[v[0]] for v in others]
 
     def _uses_prefix(self, info: Any) -> bool:
         return not self.prefix_only_when_local or info.plan != "remote"

@@ -9,8 +9,9 @@ prefix cannot pile every request onto one replica.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,9 +27,9 @@ class RequestView:
     session_replica: Hashable | None = None  # where this session's last turn went
 
 
-@dataclass(frozen=True)
-class ReplicaView:
-    """One candidate replica at decision time."""
+class ReplicaView(NamedTuple):
+    """One candidate replica at decision time. Scoring reads it by position, so the router
+    may pass plain tuples in this order (it builds one per candidate per decision)."""
 
     replica: Hashable
     hit_blocks: int = 0  # leading request blocks this replica holds (from the index)
@@ -71,60 +72,70 @@ class RouterSettings(BaseModel):
         return weights
 
 
-Scorer = Callable[[RequestView, ReplicaView, RouterSettings], float]
-
-
-def prefix_score(request: RequestView, replica: ReplicaView, _: RouterSettings) -> float:
-    """Share of the request's blocks this replica can reuse."""
-    if not request.use_prefix or request.num_blocks == 0:
-        return 0.0
-    return replica.hit_blocks / request.num_blocks
-
-
-def queue_score(_: RequestView, replica: ReplicaView, settings: RouterSettings) -> float:
-    return 1.0 - replica.queue / settings.queue_scale
-
-
-def tokens_score(_: RequestView, replica: ReplicaView, settings: RouterSettings) -> float:
-    return 1.0 - replica.pending_tokens / settings.token_scale
-
-
-def kv_headroom_score(_: RequestView, replica: ReplicaView, __: RouterSettings) -> float:
-    return 1.0 - replica.kv_usage
-
-
-def session_score(request: RequestView, replica: ReplicaView, _: RouterSettings) -> float:
-    return 1.0 if request.session_replica == replica.replica else 0.0
-
-
-SCORERS: dict[str, Scorer] = {
-    "prefix": prefix_score,
-    "queue": queue_score,
-    "tokens": tokens_score,
-    "kv_headroom": kv_headroom_score,
-    "session": session_score,
+#: The scorers, each mapping (request, replica) to [0, 1]; `total_scores` evaluates them in
+#: one fused pass (a decision over 64 replicas must stay around 100 us in Python).
+SCORERS: dict[str, str] = {
+    "prefix": "share of the request's blocks the replica holds (0 when prefixes do not matter)",
+    "queue": "1 - requests in flight / queue_scale",
+    "tokens": "1 - uncached prompt tokens in flight / token_scale",
+    "kv_headroom": "1 - the engine's KV-cache usage",
+    "session": "1 on the replica that served this session last",
 }
 
 
-def total_score(request: RequestView, replica: ReplicaView, settings: RouterSettings) -> float:
-    return sum(
-        weight * min(1.0, max(0.0, SCORERS[name](request, replica, settings)))
-        for name, weight in settings.weights.items()
-        if weight
-    )
+def total_scores(
+    request: RequestView, replicas: Sequence[ReplicaView], settings: RouterSettings
+) -> list[float]:
+    """Σ weight × clamp(score) per replica, in the order of `replicas`."""
+    w = settings.weights
+    w_prefix = w.get("prefix", 0.0) if request.use_prefix and request.num_blocks else 0.0
+    w_queue, w_tokens = w.get("queue", 0.0), w.get("tokens", 0.0)
+    w_kv, w_session = w.get("kv_headroom", 0.0), w.get("session", 0.0)
+    per_block = 1.0 / request.num_blocks if request.num_blocks else 0.0
+    per_request, per_token = 1.0 / settings.queue_scale, 1.0 / settings.token_scale
+    session = request.session_replica
+    totals = []
+    for replica, hits, queue, tokens, kv_usage in replicas:
+        prefix = hits * per_block
+        load = 1.0 - queue * per_request
+        pending = 1.0 - tokens * per_token
+        headroom = 1.0 - kv_usage
+        totals.append(
+            w_prefix * (prefix if prefix < 1.0 else 1.0)
+            + w_queue * (load if load > 0.0 else 0.0)
+            + w_tokens * (pending if pending > 0.0 else 0.0)
+            + w_kv * (0.0 if headroom < 0.0 else 1.0 if headroom > 1.0 else headroom)
+            + (w_session if session is not None and replica == session else 0.0)
+        )
+    return totals
 
 
 def is_imbalanced(replicas: Sequence[ReplicaView], threshold: int) -> bool:
-    queues = [r.queue for r in replicas]
-    return bool(queues) and max(queues) - min(queues) > threshold
+    if not replicas:
+        return False
+    queues = [r[2] for r in replicas]
+    return max(queues) - min(queues) > threshold
 
 
 def power_of_two(replicas: Sequence[ReplicaView], rng: random.Random) -> list[ReplicaView]:
     """Two random candidates, shorter queue first (Ray's default policy, on our snapshot)."""
     if len(replicas) <= 2:
-        return sorted(replicas, key=lambda r: r.queue)
+        return sorted(replicas, key=lambda r: r[2])
     pair = rng.sample(list(replicas), 2)
-    return sorted(pair, key=lambda r: r.queue)
+    return sorted(pair, key=lambda r: r[2])
+
+
+def _best_index(
+    totals: list[float], replicas: Sequence[ReplicaView], rng: random.Random
+) -> int:
+    """Highest score; ties go to the shorter queue, then fewer pending tokens, then chance
+    (so equal replicas share load instead of the first one taking everything)."""
+    top = max(totals) - 1e-9
+    tied = [i for i, t in enumerate(totals) if t >= top]
+    if len(tied) > 1:
+        least = min((replicas[i][2], replicas[i][3]) for i in tied)
+        tied = [i for i in tied if (replicas[i][2], replicas[i][3]) == least]
+    return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
 def rank(
@@ -133,13 +144,27 @@ def rank(
     settings: RouterSettings,
     rng: random.Random,
 ) -> list[ReplicaView]:
-    """Replicas best first. Ties go to the shorter queue, then fewer pending tokens, then
-    chance (so equal replicas share load instead of the first one taking everything)."""
+    """Replicas best first (power-of-two choices when the pool is imbalanced)."""
+    remaining = list(replicas)
+    if is_imbalanced(remaining, settings.imbalance_threshold):
+        return power_of_two(remaining, rng)
+    ordered = []
+    while remaining:
+        best = _best_index(total_scores(request, remaining, settings), remaining, rng)
+        ordered.append(remaining.pop(best))
+    return ordered
+
+
+def choose(
+    request: RequestView,
+    replicas: Sequence[ReplicaView],
+    settings: RouterSettings,
+    rng: random.Random,
+) -> tuple[ReplicaView, list[ReplicaView]]:
+    """The best replica and the others as one fallback tier (unordered: Ray picks the
+    shortest queue within a tier). Same choice as `rank(...)[0]`, without the full sort."""
     if is_imbalanced(replicas, settings.imbalance_threshold):
-        return power_of_two(replicas, rng)
-    keyed = [
-        (-round(total_score(request, r, settings), 9), r.queue, r.pending_tokens, rng.random(), r)
-        for r in replicas
-    ]
-    keyed.sort(key=lambda k: k[:4])
-    return [k[-1] for k in keyed]
+        ranked = power_of_two(replicas, rng)
+        return ranked[0], ranked[1:]
+    best = _best_index(total_scores(request, replicas, settings), replicas, rng)
+    return replicas[best], [r for i, r in enumerate(replicas) if i != best]

@@ -6,12 +6,13 @@ import random
 
 import pytest
 from pdserve.routing.scorers import (
-    SCORERS,
     ReplicaView,
     RequestView,
     RouterSettings,
+    choose,
     is_imbalanced,
     rank,
+    total_scores,
 )
 
 SETTINGS = RouterSettings()
@@ -35,7 +36,19 @@ REQUEST = RequestView(num_blocks=10, prompt_tokens=320, block_size=32)
 def test_each_scorer(
     scorer: str, request_view: RequestView, replica: ReplicaView, expected: float
 ) -> None:
-    assert SCORERS[scorer](request_view, replica, SETTINGS) == pytest.approx(expected)
+    alone = RouterSettings(weights={scorer: 1.0})
+    assert total_scores(request_view, [replica], alone) == [pytest.approx(expected)]
+    doubled = RouterSettings(weights={scorer: 2.0})
+    assert total_scores(request_view, [replica], doubled) == [pytest.approx(2 * expected)]
+
+
+def test_choose_picks_what_rank_puts_first() -> None:
+    replicas = [ReplicaView(f"r{i}", hit_blocks=i % 4, queue=i % 3, pending_tokens=7 * i)
+                for i in range(16)]
+    for seed in range(10):
+        best, rest = choose(REQUEST, replicas, SETTINGS, random.Random(seed))
+        assert best == rank(REQUEST, replicas, SETTINGS, random.Random(seed))[0]
+        assert sorted(rest + [best]) == sorted(replicas)
 
 
 def test_cached_prefix_beats_a_modestly_busier_replica() -> None:
@@ -81,8 +94,7 @@ def test_weights_name_known_scorers_only() -> None:
 
 
 def test_scores_are_clamped_to_unit_range() -> None:
-    overloaded = ReplicaView("a", queue=100, pending_tokens=10**6)
-    settings = RouterSettings(weights={"queue": 1.0, "tokens": 1.0})
-    from pdserve.routing.scorers import total_score
-
-    assert total_score(REQUEST, overloaded, settings) == 0.0
+    overloaded = ReplicaView("a", hit_blocks=50, queue=100, pending_tokens=10**6, kv_usage=1.5)
+    settings = RouterSettings(weights={"queue": 1.0, "tokens": 1.0, "kv_headroom": 1.0})
+    assert total_scores(REQUEST, [overloaded], settings) == [0.0]
+    assert total_scores(REQUEST, [overloaded], RouterSettings(weights={"prefix": 3.0})) == [3.0]
