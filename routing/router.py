@@ -111,7 +111,8 @@ class ScoredRouter(RequestRouter):
         self._sync()
         info = routing_info(pending_request)
         best, others = self.choose(candidate_replicas, info)
-        if info is not None:
+        if info is not None and pending_request is not None:
+            self._book(pending_request, best.replica_id.unique_id, info)
             hits = self._last_hits.get(best.replica_id.unique_id, 0)
             lookup = len(info.block_hashes) if self._uses_prefix(info) else 0
             self.metrics.record(lookup, min(hits, lookup), time.perf_counter() - started)
@@ -157,6 +158,27 @@ class ScoredRouter(RequestRouter):
         return [chosen] if chosen else []
 
     # -- lifecycle -------------------------------------------------------------------------
+    # A request counts as in flight on its replica from the moment it is chosen, not when Ray
+    # has sent it (after an async queue-length probe): otherwise requests arriving together
+    # all see the same idle pool and pile onto one replica.
+    def _book(self, pending_request: PendingRequest, replica: str, info: Any) -> None:
+        key = pending_request.metadata.internal_request_id
+        previous = self._routed.pop(key, None)
+        if previous is not None:
+            self.pool.end(previous[0], key, previous[1])
+        else:  # first choice for this request: release it if it is never routed
+            pending_request.future.add_done_callback(lambda f: self._release_unrouted(key, f))
+        hits = self.pool.match(info.block_hashes).get(replica, 0) if info.block_hashes else 0
+        uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
+        self.pool.begin(replica, key, uncached, info.block_hashes)
+        self._routed[key] = (replica, info.block_hashes)
+
+    def _release_unrouted(self, key: str, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            routed = self._routed.pop(key, None)
+            if routed is not None:
+                self.pool.end(routed[0], key, routed[1])
+
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
     ) -> None:
@@ -164,17 +186,15 @@ class ScoredRouter(RequestRouter):
         if info is None:
             return
         rid = replica_id.unique_id
-        hits = self.pool.match(info.block_hashes).get(rid, 0) if info.block_hashes else 0
-        uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
-        key = pending_request.metadata.internal_request_id
-        self.pool.begin(rid, key, uncached, info.block_hashes)
-        self._routed[key] = (rid, info.block_hashes)
+        booked = self._routed.get(pending_request.metadata.internal_request_id)
+        if booked is None or booked[0] != rid:  # Ray fell back to another tier
+            self._book(pending_request, rid, info)
         self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         routed = self._routed.pop(internal_request_id, None)
         if routed is not None:
-            self.pool.end(replica_id.unique_id, internal_request_id, routed[1])
+            self.pool.end(routed[0], internal_request_id, routed[1])
 
 
 class PrefixAwareRouter(ScoredRouter):
