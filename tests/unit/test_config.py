@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pdserve.deployments.config import AppConfig, check_cpu_budget
+from pdserve.deployments.config import AppConfig, ModelConfig, PoolConfig, check_cpu_budget
 from pydantic import ValidationError
 
 
@@ -93,3 +93,35 @@ def test_shipped_serve_configs_validate() -> None:
     for path in files:
         for application in yaml.safe_load(path.read_text())["applications"]:
             AppConfig.model_validate(application["args"])
+
+
+def test_pools_get_pdserve_routers_by_role_unless_configured() -> None:
+    from pdserve.deployments.app import router_config
+
+    assert router_config("prefill", PoolConfig(), "m-prefill")["request_router_class"].endswith(
+        "PrefixAwareRouter")
+    assert router_config("decode", PoolConfig(), "m-decode")["request_router_class"].endswith(
+        "DecodeRouter")
+    ray_default = "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"
+    custom = PoolConfig(request_router_config={"request_router_class": ray_default})
+    config = router_config("colocated", custom, "m-colocated")
+    assert config["request_router_class"] == ray_default
+    assert config["request_routing_stats_period_s"] == 2.0
+
+
+def test_bad_router_kwargs_fail_at_start_up_naming_the_pool_and_field() -> None:
+    from pdserve.deployments.app import router_config
+
+    pool = PoolConfig(request_router_config={
+        "request_router_class": "pdserve.routing.router:PrefixAwareRouter",
+        "request_router_kwargs": {"weights": {"prefx": 1.0}}})
+    field = r"(?s)m-prefill\.request_router_config\.request_router_kwargs.*prefx"
+    with pytest.raises(ValueError, match=field):
+        router_config("prefill", pool, "m-prefill")
+
+
+def test_routing_thresholds_are_validated() -> None:
+    with pytest.raises(ValueError, match="local_prefill_below_tokens"):
+        ModelConfig(model_id="m", model="x", routing={"local_prefill_below_tokens": -1})
+    with pytest.raises(ValueError, match="max_prefill_queue_per_replica"):
+        ModelConfig(model_id="m", model="x", routing={"max_prefill_queue_per_replica": 0})
