@@ -102,10 +102,12 @@ def client(serve_app: str) -> Iterator[httpx.Client]:
 
 def wait_for_routers(url: str, timeout_s: float = 120.0) -> None:
     """Route one request per model, then wait until the ingress's routers follow every
-    replica's KV-event stream (engines report their endpoints every couple of seconds)."""
+    replica's KV-event stream (engines report their endpoints every couple of seconds).
+    A handle creates its router on its first call, so the warm-up prompt is long enough for
+    the PD plan to use the prefill pool."""
     with httpx.Client(base_url=url, timeout=300) as http:
         for model in (PD_MODEL, COLOCATED_MODEL):
-            body = {"model": model, "prompt": "warm up", "max_tokens": 1}
+            body = {"model": model, "prompt": " ".join(["warm up"] * 40), "max_tokens": 1}
             assert http.post("/v1/completions", json=body).status_code == 200
     want = {f"{PD_MODEL}/prefill": 1, f"{PD_MODEL}/decode": 1,
             f"{COLOCATED_MODEL}/colocated": COLOCATED_REPLICAS}

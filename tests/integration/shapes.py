@@ -17,6 +17,8 @@ BLOCK_SIZE = 32
 MAX_NUM_BATCHED_TOKENS = 256
 PREFILL_TIMEOUT_S = 6.0
 COLOCATED_REPLICAS = 2
+#: PD plan: prompts with fewer uncached tokens than this prefill on the decode replica.
+LOCAL_PREFILL_BELOW_TOKENS = 16
 #: KV blocks per colocated engine: enough for one max-length request (1024 / 32 = 32 blocks),
 #: small enough that a few long prompts force evictions (vLLM's `BlockRemoved`).
 COLOCATED_GPU_BLOCKS = 48
@@ -35,7 +37,8 @@ ENGINE_KWARGS: dict[str, Any] = {
 def app_args(model_dir: str) -> dict[str, Any]:
     """PD model (1 prefill + 1 decode) and a colocated pool of 2 engines: 4 x 0.5 CPU.
 
-    The PD model always disaggregates (plan thresholds off), so every PD request transfers KV.
+    The PD model disaggregates every prompt with at least 16 uncached tokens (so the KV-transfer
+    tests see transfers) and prefills shorter ones, or already-cached ones, on the decode replica.
     The colocated pool is the prefix-aware router's test bed; its cache size only changes
     capacity, not numerics, so its output still equals the other paths token for token.
     """
@@ -47,7 +50,7 @@ def app_args(model_dir: str) -> dict[str, Any]:
                 "engine_kwargs": ENGINE_KWARGS,
                 "mode": "pd",
                 "kv_transfer": {"prefill_timeout_s": PREFILL_TIMEOUT_S},
-                "routing": {"local_prefill_below_tokens": 0,
+                "routing": {"local_prefill_below_tokens": LOCAL_PREFILL_BELOW_TOKENS,
                             "max_prefill_queue_per_replica": 10_000},
             },
             {
