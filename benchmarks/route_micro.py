@@ -36,6 +36,7 @@ def build_router(replicas: int, blocks: int, prompt_blocks: int,
             shared = list(request[: (i % prompt_blocks) + 1]) if i % 4 == 0 else []
             noise = [rng.getrandbits(64) for _ in range(per_replica - len(shared))]
             pool.index.store(rid, shared + noise)
+    pool._capacity = {rid: 4 * per_replica for rid in ids}  # as engines report it
     for i, rid in enumerate(ids):
         for k in range(i % 3):
             pool.begin(rid, f"{rid}-{k}", 200 * k, ())

@@ -21,6 +21,7 @@ STAT_EVENTS = "kv_events_endpoint"
 STAT_REPLAY = "kv_events_replay_endpoint"
 STAT_BLOCK_SIZE = "block_size"
 STAT_KV_USAGE = "kv_cache_usage"
+STAT_NUM_BLOCKS = "num_gpu_blocks"
 
 
 class PoolState:
@@ -39,6 +40,7 @@ class PoolState:
         self.subscriber: KVEventSubscriber | None = None
         self._watched: dict[str, str] = {}
         self._kv_usage: dict[str, float] = {}
+        self._capacity: dict[str, int] = {}  # engine KV blocks per replica
         self._in_flight: dict[str, dict[str, int]] = {}  # replica -> {request key: tokens}
         self._loads: dict[str, tuple[int, int]] = {}  # replica -> (requests, tokens) in flight
         self._sessions: OrderedDict[str, str] = OrderedDict()
@@ -52,6 +54,8 @@ class PoolState:
         """
         for replica, stats in replicas.items():
             self._kv_usage[replica] = float(stats.get(STAT_KV_USAGE, 0.0) or 0.0)
+            if stats.get(STAT_NUM_BLOCKS):
+                self._capacity[replica] = int(stats[STAT_NUM_BLOCKS])
             endpoint = stats.get(STAT_EVENTS)
             if not endpoint or self._watched.get(replica) == endpoint:
                 continue
@@ -66,6 +70,7 @@ class PoolState:
     def forget(self, replica: str) -> None:
         self._watched.pop(replica, None)
         self._kv_usage.pop(replica, None)
+        self._capacity.pop(replica, None)
         if self.subscriber is not None:
             self.subscriber.unwatch(replica)
         with self.lock:
@@ -105,6 +110,13 @@ class PoolState:
 
     def kv_usage_all(self) -> dict[str, float]:
         return self._kv_usage
+
+    def cache_fill(self) -> dict[str, float]:
+        """Share of each engine's KV blocks holding cached content (indexed / capacity)."""
+        capacity = self._capacity
+        with self.lock:
+            sizes = self.index.sizes()
+        return {r: n / capacity[r] for r, n in sizes.items() if capacity.get(r)}
 
     def queue(self, replica: str) -> int:
         with self.lock:

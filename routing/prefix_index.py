@@ -131,6 +131,10 @@ class PrefixIndex:
         blocks = self._blocks.get(replica)
         return 0 if blocks is None else len(blocks)
 
+    def sizes(self) -> dict[ReplicaKey, int]:
+        """Blocks held per replica."""
+        return {r: len(blocks) for r, blocks in self._blocks.items()}
+
     def holds(self, replica: ReplicaKey, block_hash: int) -> bool:
         blocks = self._blocks.get(replica)
         return blocks is not None and block_hash in blocks

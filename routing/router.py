@@ -127,9 +127,11 @@ class ScoredRouter(RequestRouter):
         self._last_hits = self.pool.match(hashes) if use_prefix and hashes else {}
         by_id = {r.replica_id.unique_id: r for r in candidates}
         hits, loads, usage = self._last_hits, self.pool.loads(), self.pool.kv_usage_all()
+        fill = self.pool.cache_fill() if self.settings.weights.get("cache_headroom") else {}
         idle = (0, 0)
         views: list[ReplicaView] = [
-            (rid, hits.get(rid, 0), *loads.get(rid, idle), usage.get(rid, 0.0))  # type: ignore[misc]
+            (rid, hits.get(rid, 0), *loads.get(rid, idle), usage.get(rid, 0.0),  # type: ignore[misc]
+             fill.get(rid, 0.0))
             for rid in by_id
         ]
         block_size = self.pool.block_size or 1
@@ -201,12 +203,12 @@ class PrefixAwareRouter(ScoredRouter):
     """Prefill and colocated pools: go where the prompt's prefix is cached, unless loaded."""
 
     default_weights = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
-                       "session": 1.0}
+                       "cache_headroom": 0.5, "session": 1.0}
 
 
 class DecodeRouter(ScoredRouter):
     """Decode pools: load and KV headroom first; prefix overlap only for local prefills."""
 
     default_weights = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5, "kv_headroom": 2.0,
-                       "session": 0.0}
+                       "cache_headroom": 0.0, "session": 0.0}
     prefix_only_when_local = True

@@ -36,6 +36,7 @@ class ReplicaView(NamedTuple):
     queue: int = 0  # requests in flight to it
     pending_tokens: int = 0  # uncached prompt tokens routed to it and not yet finished
     kv_usage: float = 0.0  # engine's KV-cache usage, 0..1, from its last report
+    cache_fill: float = 0.0  # share of its KV blocks holding cached prefixes (index), 0..1
 
 
 class RouterSettings(BaseModel):
@@ -45,8 +46,9 @@ class RouterSettings(BaseModel):
 
     weights: dict[str, float] = Field(
         default_factory=lambda: {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
-                                 "kv_headroom": 0.5, "session": 1.0},
-        description="Weight per scorer (names: prefix, queue, tokens, kv_headroom, session).",
+                                 "kv_headroom": 0.5, "cache_headroom": 0.5, "session": 1.0},
+        description="Weight per scorer (names: prefix, queue, tokens, kv_headroom, "
+        "cache_headroom, session).",
     )
     queue_scale: float = Field(8.0, gt=0, description="Queue length that scores 0 on `queue`.")
     token_scale: float = Field(
@@ -79,6 +81,8 @@ SCORERS: dict[str, str] = {
     "queue": "1 - requests in flight / queue_scale",
     "tokens": "1 - uncached prompt tokens in flight / token_scale",
     "kv_headroom": "1 - the engine's KV-cache usage",
+    "cache_headroom": "1 - share of the engine's blocks holding cached prefixes: new prefixes "
+    "go where they evict least",
     "session": "1 on the replica that served this session last",
 }
 
@@ -91,20 +95,23 @@ def total_scores(
     w_prefix = w.get("prefix", 0.0) if request.use_prefix and request.num_blocks else 0.0
     w_queue, w_tokens = w.get("queue", 0.0), w.get("tokens", 0.0)
     w_kv, w_session = w.get("kv_headroom", 0.0), w.get("session", 0.0)
+    w_cache = w.get("cache_headroom", 0.0)
     per_block = 1.0 / request.num_blocks if request.num_blocks else 0.0
     per_request, per_token = 1.0 / settings.queue_scale, 1.0 / settings.token_scale
     session = request.session_replica
     totals = []
-    for replica, hits, queue, tokens, kv_usage in replicas:
+    for replica, hits, queue, tokens, kv_usage, cache_fill in replicas:
         prefix = hits * per_block
         load = 1.0 - queue * per_request
         pending = 1.0 - tokens * per_token
         headroom = 1.0 - kv_usage
+        free = 1.0 - cache_fill
         totals.append(
             w_prefix * (prefix if prefix < 1.0 else 1.0)
             + w_queue * (load if load > 0.0 else 0.0)
             + w_tokens * (pending if pending > 0.0 else 0.0)
             + w_kv * (0.0 if headroom < 0.0 else 1.0 if headroom > 1.0 else headroom)
+            + w_cache * (0.0 if free < 0.0 else 1.0 if free > 1.0 else free)
             + (w_session if session is not None and replica == session else 0.0)
         )
     return totals

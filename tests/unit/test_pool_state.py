@@ -43,3 +43,12 @@ def test_sessions_are_remembered_with_a_bound() -> None:
     assert pool.session_replica("s0") is None
     assert pool.session_replica("s4") == "r4"
     assert pool.session_replica(None) is None
+
+
+def test_cache_fill_is_indexed_blocks_over_engine_capacity() -> None:
+    pool = PoolState("app/pool")
+    pool._capacity = {"r1": 10, "r2": 20}  # what replicas report through routing stats
+    with pool.lock:
+        pool.index.store("r1", [1, 2, 3, 4, 5])
+        pool.index.store("r2", [1])
+    assert pool.cache_fill() == {"r1": 0.5, "r2": 0.05}

@@ -29,6 +29,7 @@ REQUEST = RequestView(num_blocks=10, prompt_tokens=320, block_size=32)
         ("queue", REQUEST, ReplicaView("a", queue=2), 1 - 2 / 8),
         ("tokens", REQUEST, ReplicaView("a", pending_tokens=1024), 1 - 1024 / 4096),
         ("kv_headroom", REQUEST, ReplicaView("a", kv_usage=0.25), 0.75),
+        ("cache_headroom", REQUEST, ReplicaView("a", cache_fill=0.6), 0.4),
         ("session", RequestView(1, 32, 32, session_replica="a"), ReplicaView("a"), 1.0),
         ("session", RequestView(1, 32, 32, session_replica="b"), ReplicaView("a"), 0.0),
     ],
@@ -91,6 +92,14 @@ def test_weights_name_known_scorers_only() -> None:
         RouterSettings(weights={"queue": -1.0})
     with pytest.raises(ValueError, match="extra"):
         RouterSettings.model_validate({"wieghts": {}})
+
+
+def test_a_new_prefix_goes_where_caching_it_evicts_least() -> None:
+    full = ReplicaView("full", cache_fill=0.9)
+    empty = ReplicaView("empty", cache_fill=0.1)
+    assert rank(REQUEST, [full, empty], SETTINGS, random.Random(0))[0].replica == "empty"
+    holder = ReplicaView("full", hit_blocks=10, cache_fill=0.9)  # ...unless it is cached there
+    assert rank(REQUEST, [holder, empty], SETTINGS, random.Random(0))[0].replica == "full"
 
 
 def test_scores_are_clamped_to_unit_range() -> None:
