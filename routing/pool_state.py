@@ -9,6 +9,7 @@ keyed by (app, deployment). Reads are lock-protected and never touch the network
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ STAT_REPLAY = "kv_events_replay_endpoint"
 STAT_BLOCK_SIZE = "block_size"
 STAT_KV_USAGE = "kv_cache_usage"
 STAT_NUM_BLOCKS = "num_gpu_blocks"
+FILL_REFRESH_S = 0.05
 
 
 class PoolState:
@@ -41,6 +43,8 @@ class PoolState:
         self._watched: dict[str, str] = {}
         self._kv_usage: dict[str, float] = {}
         self._capacity: dict[str, int] = {}  # engine KV blocks per replica
+        self._fill: dict[str, float] = {}
+        self._fill_at = float("-inf")
         self._in_flight: dict[str, dict[str, int]] = {}  # replica -> {request key: tokens}
         self._loads: dict[str, tuple[int, int]] = {}  # replica -> (requests, tokens) in flight
         self._sessions: OrderedDict[str, str] = OrderedDict()
@@ -112,11 +116,19 @@ class PoolState:
         return self._kv_usage
 
     def cache_fill(self) -> dict[str, float]:
-        """Share of each engine's KV blocks holding cached content (indexed / capacity)."""
-        capacity = self._capacity
-        with self.lock:
-            sizes = self.index.sizes()
-        return {r: n / capacity[r] for r, n in sizes.items() if capacity.get(r)}
+        """Share of each engine's KV blocks holding cached content (indexed / capacity).
+
+        Recomputed at most every `FILL_REFRESH_S`: it moves slowly and only steers new
+        prefixes, and a per-decision pass over every replica would double the decision time.
+        """
+        now = time.monotonic()
+        if now - self._fill_at > FILL_REFRESH_S:
+            capacity = self._capacity
+            with self.lock:
+                sizes = self.index.sizes()
+            self._fill = {r: n / capacity[r] for r, n in sizes.items() if capacity.get(r)}
+            self._fill_at = now
+        return self._fill
 
     def queue(self, replica: str) -> int:
         with self.lock:

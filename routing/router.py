@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from pdserve.routing.pool_state import PoolState, pool_state
-from pdserve.routing.scorers import ReplicaView, RequestView, RouterSettings, choose
+from pdserve.routing.scorers import ReplicaView, RequestView, RouterSettings, choose_index
 from ray.serve.metrics import Counter, Histogram
 from ray.serve.request_router import (
     PendingRequest,
@@ -125,25 +125,24 @@ class ScoredRouter(RequestRouter):
         use_prefix = info is not None and self._uses_prefix(info)
         hashes = info.block_hashes if info is not None else ()
         self._last_hits = self.pool.match(hashes) if use_prefix and hashes else {}
-        by_id = {r.replica_id.unique_id: r for r in candidates}
+        ids = [r.replica_id.unique_id for r in candidates]
         hits, loads, usage = self._last_hits, self.pool.loads(), self.pool.kv_usage_all()
         fill = self.pool.cache_fill() if self.settings.weights.get("cache_headroom") else {}
         idle = (0, 0)
         views: list[ReplicaView] = [
             (rid, hits.get(rid, 0), *loads.get(rid, idle), usage.get(rid, 0.0),  # type: ignore[misc]
              fill.get(rid, 0.0))
-            for rid in by_id
+            for rid in ids
         ]
-        block_size = self.pool.block_size or 1
         request = RequestView(
             num_blocks=len(hashes),
             prompt_tokens=info.prompt_tokens if info is not None else 0,
-            block_size=block_size,
+            block_size=self.pool.block_size or 1,
             use_prefix=use_prefix,
             session_replica=self.pool.session_replica(info.session_id) if info else None,
         )
-        best, others = choose(request, views, self.settings, self.rng)
-        return by_id[best[0]], [by_id[v[0]] for v in others]
+        best = choose_index(request, views, self.settings, self.rng)
+        return candidates[best], candidates[:best] + candidates[best + 1 :]
 
     def _uses_prefix(self, info: Any) -> bool:
         return not self.prefix_only_when_local or info.plan != "remote"

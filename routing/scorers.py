@@ -170,8 +170,18 @@ def choose(
 ) -> tuple[ReplicaView, list[ReplicaView]]:
     """The best replica and the others as one fallback tier (unordered: Ray picks the
     shortest queue within a tier). Same choice as `rank(...)[0]`, without the full sort."""
-    if is_imbalanced(replicas, settings.imbalance_threshold):
-        ranked = power_of_two(replicas, rng)
-        return ranked[0], ranked[1:]
-    best = _best_index(total_scores(request, replicas, settings), replicas, rng)
+    best = choose_index(request, replicas, settings, rng)
     return replicas[best], [r for i, r in enumerate(replicas) if i != best]
+
+
+def choose_index(
+    request: RequestView,
+    replicas: Sequence[ReplicaView],
+    settings: RouterSettings,
+    rng: random.Random,
+) -> int:
+    """Position of the replica `choose` picks."""
+    if is_imbalanced(replicas, settings.imbalance_threshold):
+        first = power_of_two(replicas, rng)[0]
+        return next(i for i, r in enumerate(replicas) if r is first)
+    return _best_index(total_scores(request, replicas, settings), replicas, rng)

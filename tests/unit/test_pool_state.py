@@ -52,3 +52,7 @@ def test_cache_fill_is_indexed_blocks_over_engine_capacity() -> None:
         pool.index.store("r1", [1, 2, 3, 4, 5])
         pool.index.store("r2", [1])
     assert pool.cache_fill() == {"r1": 0.5, "r2": 0.05}
+    pool._fill_at = float("-inf")  # refreshed after FILL_REFRESH_S
+    with pool.lock:
+        pool.index.clear("r1")
+    assert pool.cache_fill() == {"r1": 0.0, "r2": 0.05}
