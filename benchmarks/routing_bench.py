@@ -36,6 +36,11 @@ from tqdm import tqdm
 
 ROUTERS: dict[str, dict[str, Any]] = {
     "pdserve": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter"},
+    # The same router with the opt-in cache-fill term (how `routing-cpu-v5` ran "pdserve").
+    "pdserve_cache": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
+                      "request_router_kwargs": {"weights": {
+                          "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
+                          "cache_headroom": 0.5, "session": 1.0}}},
     # Ray Serve's default (what a deployment gets when it names no router).
     "pow2": {"request_router_class":
              "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"},
@@ -180,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", default="pdserve://bench")
-    p.add_argument("--routers", default=",".join(ROUTERS))
+    p.add_argument("--routers", default="pdserve,pow2,prefix_cache_affinity",
+                   help=f"comma-separated, from: {', '.join(ROUTERS)}")
     p.add_argument("--workloads", default=",".join(TRACES))
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--gpu-blocks", type=int, default=192,

@@ -202,7 +202,7 @@ class PrefixAwareRouter(ScoredRouter):
     """Prefill and colocated pools: go where the prompt's prefix is cached, unless loaded."""
 
     default_weights = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
-                       "cache_headroom": 0.5, "session": 1.0}
+                       "cache_headroom": 0.0, "session": 1.0}
 
 
 class DecodeRouter(ScoredRouter):

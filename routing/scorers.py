@@ -46,7 +46,7 @@ class RouterSettings(BaseModel):
 
     weights: dict[str, float] = Field(
         default_factory=lambda: {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
-                                 "kv_headroom": 0.5, "cache_headroom": 0.5, "session": 1.0},
+                                 "kv_headroom": 0.5, "cache_headroom": 0.0, "session": 1.0},
         description="Weight per scorer (names: prefix, queue, tokens, kv_headroom, "
         "cache_headroom, session).",
     )
@@ -82,7 +82,8 @@ SCORERS: dict[str, str] = {
     "tokens": "1 - uncached prompt tokens in flight / token_scale",
     "kv_headroom": "1 - the engine's KV-cache usage",
     "cache_headroom": "1 - share of the engine's blocks holding cached prefixes: new prefixes "
-    "go where they evict least",
+    "go where they evict least (opt-in: after a prefix-cache reset an idle engine publishes "
+    "its AllBlocksCleared only at its next step, so its fill reads stale until then)",
     "session": "1 on the replica that served this session last",
 }
 

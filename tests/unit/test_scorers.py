@@ -95,11 +95,12 @@ def test_weights_name_known_scorers_only() -> None:
 
 
 def test_a_new_prefix_goes_where_caching_it_evicts_least() -> None:
+    settings = RouterSettings(weights={**SETTINGS.weights, "cache_headroom": 0.5})
     full = ReplicaView("full", cache_fill=0.9)
     empty = ReplicaView("empty", cache_fill=0.1)
-    assert rank(REQUEST, [full, empty], SETTINGS, random.Random(0))[0].replica == "empty"
+    assert rank(REQUEST, [full, empty], settings, random.Random(0))[0].replica == "empty"
     holder = ReplicaView("full", hit_blocks=10, cache_fill=0.9)  # ...unless it is cached there
-    assert rank(REQUEST, [holder, empty], SETTINGS, random.Random(0))[0].replica == "full"
+    assert rank(REQUEST, [holder, empty], settings, random.Random(0))[0].replica == "full"
 
 
 def test_scores_are_clamped_to_unit_range() -> None:
