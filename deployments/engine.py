@@ -152,9 +152,6 @@ class EngineHost:
         return {**self._routing_stats, "kv_cache_usage": self.load.kv_cache_usage,
                 "num_running": self.load.num_running, "num_waiting": self.load.num_waiting}
 
-    async def routing_stats_now(self, replica: str | None = None) -> dict[str, Any]:
-        return self.record_routing_stats()
-
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising makes Serve replace the replica."""
         await self.engine.check_health()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pdserve.routing.kv_events import KVEventSubscriber
@@ -109,9 +109,6 @@ class PoolState:
     def best_hit(self, block_hashes: Sequence[int]) -> int:
         return max(self.match(block_hashes).values(), default=0)
 
-    def kv_usage(self, replica: str) -> float:
-        return self._kv_usage.get(replica, 0.0)
-
     def kv_usage_all(self) -> dict[str, float]:
         return self._kv_usage
 
@@ -129,14 +126,6 @@ class PoolState:
             self._fill = {r: n / capacity[r] for r, n in sizes.items() if capacity.get(r)}
             self._fill_at = now
         return self._fill
-
-    def queue(self, replica: str) -> int:
-        with self.lock:
-            return len(self._in_flight.get(replica, ()))
-
-    def pending_tokens(self, replica: str) -> int:
-        with self.lock:
-            return sum(self._in_flight.get(replica, {}).values())
 
     def loads(self) -> dict[str, tuple[int, int]]:
         """(requests, uncached tokens) in flight per replica; entries are replaced whole, so
@@ -218,10 +207,3 @@ def pool_state(app: str, deployment: str, max_blocks_per_replica: int = 1 << 20)
             _REGISTRY[(app, deployment)] = state
         return state
 
-
-def registered(app: str, deployment: str) -> PoolState | None:
-    return _REGISTRY.get((app, deployment))
-
-
-def known_pools() -> Iterable[tuple[str, str]]:
-    return list(_REGISTRY)

@@ -6,7 +6,7 @@ against queue, pending uncached tokens and KV usage, with optional session affin
 `DecodeRouter` (decode pools) weighs load and KV headroom, and prefix overlap only for requests
 planned to prefill locally. Select them per pool with Ray's `request_router_config`.
 
-Admin calls (`drained`, `vllm_metrics`, `routing_stats_now`) may name a replica with the
+Admin calls (`drained`, `vllm_metrics`, `health`) may name a replica with the
 `replica=<unique id>` keyword; the router sends them there, so each engine can be inspected.
 """
 
@@ -30,7 +30,7 @@ from ray.serve.request_router import (
 
 logger = logging.getLogger(__name__)
 
-ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "routing_stats_now", "health"})
+ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "health"})
 _ROUTE_BOUNDARIES = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2e-2]
 
 
@@ -136,8 +136,6 @@ class ScoredRouter(RequestRouter):
         ]
         request = RequestView(
             num_blocks=len(hashes),
-            prompt_tokens=info.prompt_tokens if info is not None else 0,
-            block_size=self.pool.block_size or 1,
             use_prefix=use_prefix,
             session_replica=self.pool.session_replica(info.session_id) if info else None,
         )

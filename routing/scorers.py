@@ -21,8 +21,6 @@ class RequestView:
     """What scoring knows about a request: its hashed size and whether prefixes matter."""
 
     num_blocks: int
-    prompt_tokens: int
-    block_size: int
     use_prefix: bool = True
     session_replica: Hashable | None = None  # where this session's last turn went
 

@@ -11,7 +11,7 @@ def test_in_flight_requests_make_their_prefix_visible_before_the_engine_reports_
     pool.begin("r1", "req-b", 320, (1, 2, 9))
     assert pool.match([1, 2, 3, 4]) == {"r1": 3}
     assert pool.cached([1, 2, 3]) == {}  # nothing reported by the engine yet
-    assert (pool.queue("r1"), pool.pending_tokens("r1"), pool.in_flight_total()) == (2, 640, 2)
+    assert (pool.loads()["r1"], pool.in_flight_total()) == ((2, 640), 2)
     pool.end("r1", "req-a", (1, 2, 3))
     assert pool.match([1, 2, 3]) == {"r1": 2}  # req-b still holds blocks 1, 2
     pool.end("r1", "req-b", (1, 2, 9))

@@ -16,22 +16,22 @@ from pdserve.routing.scorers import (
 )
 
 SETTINGS = RouterSettings()
-REQUEST = RequestView(num_blocks=10, prompt_tokens=320, block_size=32)
+REQUEST = RequestView(num_blocks=10)
 
 
 @pytest.mark.parametrize(
     ("scorer", "request_view", "replica", "expected"),
     [
         ("prefix", REQUEST, ReplicaView("a", hit_blocks=5), 0.5),
-        ("prefix", RequestView(0, 0, 32), ReplicaView("a"), 0.0),
-        ("prefix", RequestView(10, 320, 32, use_prefix=False), ReplicaView("a", hit_blocks=10),
+        ("prefix", RequestView(0), ReplicaView("a"), 0.0),
+        ("prefix", RequestView(10, use_prefix=False), ReplicaView("a", hit_blocks=10),
          0.0),
         ("queue", REQUEST, ReplicaView("a", queue=2), 1 - 2 / 8),
         ("tokens", REQUEST, ReplicaView("a", pending_tokens=1024), 1 - 1024 / 4096),
         ("kv_headroom", REQUEST, ReplicaView("a", kv_usage=0.25), 0.75),
         ("cache_headroom", REQUEST, ReplicaView("a", cache_fill=0.6), 0.4),
-        ("session", RequestView(1, 32, 32, session_replica="a"), ReplicaView("a"), 1.0),
-        ("session", RequestView(1, 32, 32, session_replica="b"), ReplicaView("a"), 0.0),
+        ("session", RequestView(1, session_replica="a"), ReplicaView("a"), 1.0),
+        ("session", RequestView(1, session_replica="b"), ReplicaView("a"), 0.0),
     ],
 )
 def test_each_scorer(
