@@ -110,23 +110,26 @@ class ScoredRouter(RequestRouter):
         started = time.perf_counter()
         self._sync()
         info = routing_info(pending_request)
-        best, others = self.choose(candidate_replicas, info)
+        best, others, hits = self.choose(candidate_replicas, info)
         if info is not None and pending_request is not None:
-            self._book(pending_request, best.replica_id.unique_id, info)
-            hits = self._last_hits.get(best.replica_id.unique_id, 0)
-            lookup = len(info.block_hashes) if self._uses_prefix(info) else 0
-            self.metrics.record(lookup, min(hits, lookup), time.perf_counter() - started)
+            rid = best.replica_id.unique_id
+            use_prefix = self._uses_prefix(info)
+            self._book(pending_request, rid, info, hits.get(rid, 0) if use_prefix else None)
+            lookup = len(info.block_hashes) if use_prefix else 0
+            self.metrics.record(lookup, min(hits.get(rid, 0), lookup),
+                                time.perf_counter() - started)
         return [[best], others] if others else [[best]]
 
     def choose(
         self, candidates: list[RunningReplica], info: Any
-    ) -> tuple[RunningReplica, list[RunningReplica]]:
-        """The best candidate and the rest (pure scoring over a snapshot of this pool)."""
+    ) -> tuple[RunningReplica, list[RunningReplica], dict[str, int]]:
+        """The best candidate, the rest, and the cached-prefix blocks per replica it scored
+        with (pure scoring over a snapshot of this pool)."""
         use_prefix = info is not None and self._uses_prefix(info)
         hashes = info.block_hashes if info is not None else ()
-        self._last_hits = self.pool.match(hashes) if use_prefix and hashes else {}
+        hits = self.pool.match(hashes) if use_prefix and hashes else {}
         ids = [r.replica_id.unique_id for r in candidates]
-        hits, loads, usage = self._last_hits, self.pool.loads(), self.pool.kv_usage_all()
+        loads, usage = self.pool.loads(), self.pool.kv_usage_all()
         fill = self.pool.cache_fill() if self.settings.weights.get("cache_headroom") else {}
         idle = (0, 0)
         views: list[ReplicaView] = [
@@ -140,7 +143,7 @@ class ScoredRouter(RequestRouter):
             session_replica=self.pool.session_replica(info.session_id) if info else None,
         )
         best = choose_index(request, views, self.settings, self.rng)
-        return candidates[best], candidates[:best] + candidates[best + 1 :]
+        return candidates[best], candidates[:best] + candidates[best + 1 :], hits
 
     def _uses_prefix(self, info: Any) -> bool:
         return not self.prefix_only_when_local or info.plan != "remote"
@@ -160,14 +163,18 @@ class ScoredRouter(RequestRouter):
     # A request counts as in flight on its replica from the moment it is chosen, not when Ray
     # has sent it (after an async queue-length probe): otherwise requests arriving together
     # all see the same idle pool and pile onto one replica.
-    def _book(self, pending_request: PendingRequest, replica: str, info: Any) -> None:
+    def _book(
+        self, pending_request: PendingRequest, replica: str, info: Any, hits: int | None = None
+    ) -> None:
+        """`hits`: the replica's cached-prefix blocks if the caller already looked them up."""
         key = pending_request.metadata.internal_request_id
         previous = self._routed.pop(key, None)
         if previous is not None:
             self.pool.end(previous[0], key, previous[1])
         else:  # first choice for this request: release it if it is never routed
             pending_request.future.add_done_callback(lambda f: self._release_unrouted(key, f))
-        hits = self.pool.match(info.block_hashes).get(replica, 0) if info.block_hashes else 0
+        if hits is None:
+            hits = self.pool.match(info.block_hashes).get(replica, 0) if info.block_hashes else 0
         uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
         self.pool.begin(replica, key, uncached, info.block_hashes)
         self._routed[key] = (replica, info.block_hashes)
