@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 from pdserve.decode.server import ColocatedServer, DecodeServer
-from pdserve.deployments.config import AppConfig, PoolConfig, check_cpu_budget
+from pdserve.deployments.config import AppConfig, ModelConfig, PoolConfig, check_cpu_budget
 from pdserve.deployments.ingress import OpenAIIngress
 from pdserve.prefill.server import PrefillServer
 from pdserve.routing.scorers import RouterSettings
@@ -42,16 +42,39 @@ def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any]
     return config
 
 
-def _pool_options(name: str, role: str, pool: PoolConfig) -> dict[str, Any]:
+#: Per-deployment policy for autoscaled pools of a model with `slo` (the app-level
+#: `SLOAutoscalingPolicy` in the YAML takes precedence over it; Ray logs that it does).
+POOL_POLICY = "pdserve.deployments.autoscaling_policy:pool_policy"
+
+
+def engine_user_config(config: AppConfig, model: ModelConfig) -> dict[str, Any]:
+    """What engine replicas report to the autoscaler next to their signals; a `user_config`
+    override of a pool deployment retunes it without restarting the engine."""
+    return {"slo": model.slo.model_dump(mode="json") if model.slo else None,
+            "replica_budget": config.replica_budget}
+
+
+def _autoscaling_config(pool: PoolConfig, model: ModelConfig) -> dict[str, Any]:
+    autoscaling = dict(pool.autoscaling_config or {})
+    if model.slo is not None:
+        autoscaling.setdefault("policy", {"policy_function": POOL_POLICY})
+    return autoscaling
+
+
+def _pool_options(
+    name: str, role: str, pool: PoolConfig, model: ModelConfig, config: AppConfig
+) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
         "ray_actor_options": pool.ray_actor_options,
         "max_ongoing_requests": pool.max_ongoing_requests,
         "health_check_timeout_s": 120,
+        "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s,
         "request_router_config": router_config(role, pool, name),
+        "user_config": engine_user_config(config, model),
     }
     if pool.autoscaling_config:
-        options["autoscaling_config"] = pool.autoscaling_config
+        options["autoscaling_config"] = _autoscaling_config(pool, model)
     else:
         options["num_replicas"] = pool.num_replicas
     return options
@@ -74,7 +97,7 @@ def build_pd_app(config: AppConfig) -> Application:
         pools[model.model_id] = {}
         for role, pool in model.pools().items():
             deployment = POOL_CLASSES[role].options(
-                **_pool_options(f"{model.model_id}-{role}", role, pool)
+                **_pool_options(f"{model.model_id}-{role}", role, pool, model, config)
             )
             pool_index = slots.index((model.model_id, role))
             pools[model.model_id][role] = deployment.bind(config_dict, model.model_id, pool_index)

@@ -35,6 +35,16 @@ class PoolConfig(_Strict):
         description="Ray Serve `request_router_config` (its own keys). Default: pdserve's "
         "`PrefixAwareRouter` for prefill/colocated pools, `DecodeRouter` for decode pools.",
     )
+    graceful_shutdown_timeout_s: float = Field(
+        600.0, ge=0,
+        description="Ray Serve: how long a replica being removed (scale-down, redeploy) keeps "
+        "serving its in-flight requests and streams before it is stopped.",
+    )
+    cold_start_timeout_s: float = Field(
+        300.0, gt=0,
+        description="How long a request waits for a first replica when the pool is at zero "
+        "(`min_replicas: 0`) before it fails with 503.",
+    )
 
     def max_replicas(self) -> int:
         """Upper bound of replicas this pool can reach (for the CPU budget check)."""
@@ -84,10 +94,61 @@ class RoutingConfig(_Strict):
     )
 
 
+class SLOTargets(_Strict):
+    """A model's latency targets and the pressure limits its pools are scaled to.
+
+    Prefill and colocated pools answer for TTFT and queued prefill tokens, decode and colocated
+    pools for ITL and KV-cache usage. Replicas report these targets with their signals, so an
+    operator retunes them with a Ray Serve `user_config` override (no engine restart).
+    """
+
+    ttft_ms: float = Field(2000.0, gt=0, description="Target time to first token (ms).")
+    itl_ms: float = Field(200.0, gt=0, description="Target inter-token latency (ms).")
+    percentile: float = Field(
+        90.0, gt=0, le=100, description="The latency percentile held to the targets."
+    )
+    max_queued_prefill_tokens: int = Field(
+        4096, ge=1,
+        description="Prompt tokens waiting for their first token, per replica, above which "
+        "the prefill (or colocated) pool grows even before TTFT shows it.",
+    )
+    max_kv_cache_usage: float = Field(
+        0.85, gt=0, le=1, description="KV-cache usage per decode replica above which it grows."
+    )
+    scale_down_below: float = Field(
+        0.6, gt=0, lt=1,
+        description="Hysteresis: a pool shrinks only if, with one replica fewer, its busiest "
+        "signal would still be below this fraction of its target.",
+    )
+    min_prefill_decode_ratio: float | None = Field(
+        None, gt=0, description="PD: lower bound of prefill replicas / decode replicas."
+    )
+    max_prefill_decode_ratio: float | None = Field(
+        None, gt=0, description="PD: upper bound of prefill replicas / decode replicas."
+    )
+    window_s: float = Field(
+        30.0, gt=0, description="Replicas compute latency percentiles over this window."
+    )
+    warmup_requests: int = Field(
+        2, ge=0, description="A new replica's first requests (compile, cold caches) are not "
+        "sampled; until then the policy ignores its latencies.",
+    )
+
+    @model_validator(mode="after")
+    def _ratio_bounds_ordered(self) -> SLOTargets:
+        low, high = self.min_prefill_decode_ratio, self.max_prefill_decode_ratio
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_prefill_decode_ratio must not exceed max_prefill_decode_ratio")
+        return self
+
+
 class ModelConfig(_Strict):
     """One served model: its weights, vLLM engine args, and its pools."""
 
     model_id: str = Field(..., min_length=1, description="Name clients put in `model`.")
+    served_model_name: list[str] = Field(
+        default_factory=list, description="Aliases clients may also put in `model`."
+    )
     model: str = Field(
         ..., min_length=1, description="HF model id, local path, or `pdserve://tiny`."
     )
@@ -102,6 +163,27 @@ class ModelConfig(_Strict):
     colocated: PoolConfig | None = Field(None, description="The single pool (mode `colocated`).")
     kv_transfer: KVTransferSettings = Field(default_factory=KVTransferSettings)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    slo: SLOTargets | None = Field(
+        None,
+        description="Autoscale this model's pools to these targets (each pool then needs "
+        "`autoscaling_config` with `min_replicas`/`max_replicas`).",
+    )
+
+    def names(self) -> list[str]:
+        """Every name clients may use for this model: its id first, then its aliases."""
+        return [self.model_id, *(n for n in self.served_model_name if n != self.model_id)]
+
+    @model_validator(mode="after")
+    def _autoscaled_pools_have_bounds(self) -> ModelConfig:
+        for role, pool in self.pools().items():
+            where = f"model {self.model_id!r}: {role}.autoscaling_config"
+            if self.slo is not None and pool.autoscaling_config is None:
+                raise ValueError(f"{where}: required when `slo` is set (min/max_replicas)")
+            minimum = int((pool.autoscaling_config or {}).get("min_replicas", 1))
+            if role != "colocated" and minimum < 1:
+                raise ValueError(f"{where}.min_replicas: 0 is only allowed for colocated "
+                                 "pools (a PD model needs both pools up)")
+        return self
 
     @model_validator(mode="after")
     def _pools_match_mode(self) -> ModelConfig:
@@ -155,13 +237,32 @@ class AppConfig(_Strict):
         "auto", description="`auto`: pin each engine's OpenMP threads to its own core(s)."
     )
     testing: TestingConfig = Field(default_factory=TestingConfig)
+    replica_budget: int | None = Field(
+        None, ge=1,
+        description="Engine replicas all autoscaled pools may hold together; shared by "
+        "pdserve's app-level policy: each pool's minimum first, then the largest SLO deficit.",
+    )
 
     @model_validator(mode="after")
     def _unique_model_ids(self) -> AppConfig:
-        ids = [m.model_id for m in self.models]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        names = [name for m in self.models for name in m.names()]
+        dupes = sorted({i for i in names if names.count(i) > 1})
         if dupes:
-            raise ValueError(f"models: duplicate model_id {dupes}")
+            raise ValueError(f"models: model_id/served_model_name used twice: {dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_covers_minimums(self) -> AppConfig:
+        if self.replica_budget is None:
+            return self
+        minimum = sum(
+            int(p.autoscaling_config.get("min_replicas", 1)) if p.autoscaling_config
+            else p.num_replicas
+            for m in self.models for p in m.pools().values()
+        )
+        if minimum > self.replica_budget:
+            raise ValueError(f"replica_budget: {self.replica_budget} is less than the pools' "
+                             f"minimum replicas together ({minimum})")
         return self
 
     def pool_slots(self) -> list[tuple[str, str]]:
@@ -170,9 +271,10 @@ class AppConfig(_Strict):
 
     def cpu_demand(self) -> float:
         """CPUs Ray must reserve when every pool is at its maximum size."""
-        engines = sum(
-            p.max_replicas() * p.cpus_per_replica() for m in self.models for p in m.pools().values()
-        )
+        pools = [p for m in self.models for p in m.pools().values()]
+        engines = sum(p.max_replicas() * p.cpus_per_replica() for p in pools)
+        if self.replica_budget is not None:  # the policy never holds more than the budget
+            engines = min(engines, self.replica_budget * max(p.cpus_per_replica() for p in pools))
         ingress_cpus = float(self.ingress.ray_actor_options.get("num_cpus", 0))
         ingress = self.ingress.num_replicas * ingress_cpus
         return engines + ingress

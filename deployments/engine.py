@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
-from pdserve.deployments.config import AppConfig, ModelConfig
+from pdserve.deployments.config import AppConfig, ModelConfig, SLOTargets
 from pdserve.deployments.messages import DecodeRequest
+from pdserve.deployments.slo_signals import ReplicaSLOSignals, RequestSignals
 from pdserve.kv_transfer.nixl import EngineSlot, Role, apply_engine_env, kv_transfer_config
 from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
 from prometheus_client import REGISTRY, generate_latest
@@ -120,6 +121,60 @@ class EngineHost:
         )
         self._pending_aborts: set[asyncio.Task] = set()
         self._routing_stats = self._static_routing_stats()
+        self.slo: SLOTargets | None = self.model.slo
+        self.replica_budget: int | None = config.replica_budget
+        self.slo_signals = ReplicaSLOSignals()
+        self._configure_signals()
+
+    def _configure_signals(self) -> None:
+        if self.slo is not None:
+            self.slo_signals.configure(self.slo.window_s, self.slo.warmup_requests)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve `user_config`: the model's SLO targets and the replica budget.
+
+        Ray applies a `user_config` change without restarting the replica, so targets are
+        retuned live (`deployments: [{name: <model>-<role>, user_config: {...}}]` in the YAML).
+        """
+        slo = user_config.get("slo")
+        self.slo = SLOTargets.model_validate(slo) if slo is not None else None
+        self.replica_budget = user_config.get("replica_budget")
+        self._configure_signals()
+        logger.info("engine %s: SLO targets %s, replica budget %s", self.engine_id,
+                    self.slo, self.replica_budget)
+
+    def track(self, request: Any, computes_prompt: bool = True) -> RequestSignals:
+        """Start timing a request on this replica (TTFT, ITL, queued prefill tokens)."""
+        tokens = request.routing.prompt_tokens if computes_prompt else 0
+        return self.slo_signals.start(tokens)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve pushes these to the autoscaling policy every `metrics_interval_s`.
+
+        Latencies are the configured percentile over the recent window (-1: no sample); the
+        model's targets travel with them so the policy always uses the live ones.
+        """
+        signals = self.slo_signals
+        q = self.slo.percentile if self.slo else 90.0
+        ttft, itl = signals.ttft.percentile(q), signals.itl.percentile(q)
+        stats: dict[str, float] = {
+            "warm": float(signals.warm),
+            "ttft_ms": -1.0 if ttft is None else ttft,
+            "itl_ms": -1.0 if itl is None else itl,
+            "queued_prefill_tokens": float(max(0, signals.queued_prefill_tokens)),
+            "kv_cache_usage": self.load.kv_cache_usage,
+            "num_running": float(self.load.num_running),
+            "num_waiting": float(self.load.num_waiting),
+            "replica_budget": float(self.replica_budget or -1),
+        }
+        if self.slo is not None:
+            for name in ("ttft_ms", "itl_ms", "max_queued_prefill_tokens", "max_kv_cache_usage",
+                         "scale_down_below"):
+                stats[f"slo_{name}"] = float(getattr(self.slo, name))
+            for name in ("min_prefill_decode_ratio", "max_prefill_decode_ratio"):
+                value = getattr(self.slo, name)
+                stats[f"slo_{name}"] = -1.0 if value is None else float(value)
+        return stats
 
     def _engine_args(self) -> AsyncEngineArgs:
         transfer = kv_transfer_config(
@@ -188,10 +243,12 @@ class EngineHost:
         params.extra_args = extra or None
         queue: asyncio.Queue[Any] = asyncio.Queue()
         first_output = asyncio.Event()
-        pump = asyncio.create_task(
-            self._pump(request, params, queue, first_output), name=f"pump-{request.request_id}"
-        )
         aggregate = params.output_kind == RequestOutputKind.DELTA
+        signals = self.track(request, computes_prompt=not pulling)
+        pump = asyncio.create_task(
+            self._pump(request, params, queue, first_output, signals, aggregate),
+            name=f"pump-{request.request_id}",
+        )
         finished = False
         pending: Any = None
         try:
@@ -205,17 +262,23 @@ class EngineHost:
                 item, pending = _coalesce(item, queue, aggregate)
                 yield item
         finally:
+            signals.finish()
             if not finished:
                 self._stop_pump(request.request_id, pump, first_output, pulling)
 
     async def _pump(
-        self, request: DecodeRequest, params: Any, queue: asyncio.Queue, first: asyncio.Event
+        self, request: DecodeRequest, params: Any, queue: asyncio.Queue, first: asyncio.Event,
+        signals: RequestSignals, delta: bool,
     ) -> None:
+        seen = 0
         try:
             async for output in self.engine.generate(
                 request.engine_input, params, request.request_id
             ):
                 first.set()
+                tokens = sum(len(o.token_ids) for o in output.outputs)
+                signals.on_output(tokens if delta else tokens - seen)
+                seen = tokens
                 queue.put_nowait(output)
             queue.put_nowait(_END)
         except asyncio.CancelledError:

@@ -40,10 +40,15 @@ class PrefillServer(EngineHost):
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         await self._maybe_inject_fault(request)
         final = None
-        async for output in self.engine.generate(
-            request.engine_input, prefill_params(request.sampling_params), request.request_id
-        ):
-            final = output
+        signals = self.track(request)  # this call's latency is the prefill pool's TTFT
+        try:
+            async for output in self.engine.generate(
+                request.engine_input, prefill_params(request.sampling_params), request.request_id
+            ):
+                signals.on_output(sum(len(o.token_ids) for o in output.outputs))
+                final = output
+        finally:
+            signals.finish()
         params = final.kv_transfer_params if final is not None else None
         if not is_pull_ready(params):
             raise PrefillFailed(f"request {request.request_id}: no KV-transfer params: {params}")

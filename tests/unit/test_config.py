@@ -55,8 +55,61 @@ def test_engine_kwargs_may_not_override_what_pdserve_sets_per_pool() -> None:
 
 def test_duplicate_model_ids_are_rejected() -> None:
     model = {"model_id": "a", "model": "m"}
-    with pytest.raises(ValidationError, match="duplicate model_id"):
+    with pytest.raises(ValidationError, match="used twice: \\['a'\\]"):
         AppConfig.model_validate({"models": [model, model]})
+    alias_clash = {"model_id": "b", "model": "m", "served_model_name": ["a"]}
+    with pytest.raises(ValidationError, match="used twice"):
+        AppConfig.model_validate({"models": [model, alias_clash]})
+
+
+AUTOSCALED = {"min_replicas": 1, "max_replicas": 2}
+
+
+def test_aliases_follow_the_model_id() -> None:
+    model = ModelConfig(model_id="a", model="m", served_model_name=["x", "a", "y"])
+    assert model.names() == ["a", "x", "y"]
+
+
+def test_slo_needs_bounds_on_every_pool_and_names_the_pool() -> None:
+    with pytest.raises(ValidationError, match="decode.autoscaling_config: required"):
+        ModelConfig.model_validate({"model_id": "a", "model": "m", "slo": {},
+                                    "prefill": {"autoscaling_config": AUTOSCALED}})
+    ok = ModelConfig.model_validate({"model_id": "a", "model": "m", "slo": {"ttft_ms": 300},
+                                     "prefill": {"autoscaling_config": AUTOSCALED},
+                                     "decode": {"autoscaling_config": AUTOSCALED}})
+    assert ok.slo is not None and ok.slo.ttft_ms == 300 and ok.slo.percentile == 90
+
+
+@pytest.mark.parametrize(
+    ("slo", "field"),
+    [({"ttft_ms": 0}, "ttft_ms"), ({"percentile": 101}, "percentile"),
+     ({"scale_down_below": 1.0}, "scale_down_below"), ({"ttft": 5}, "ttft"),
+     ({"min_prefill_decode_ratio": 2, "max_prefill_decode_ratio": 1}, "min_prefill_decode_ratio")],
+)
+def test_bad_slo_targets_name_the_field(slo: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        ModelConfig.model_validate({"model_id": "a", "model": "m", "mode": "colocated",
+                                    "slo": slo, "colocated": {"autoscaling_config": AUTOSCALED}})
+
+
+def test_scale_to_zero_only_for_colocated_pools() -> None:
+    zero = {"min_replicas": 0, "max_replicas": 1}
+    ModelConfig.model_validate({"model_id": "a", "model": "m", "mode": "colocated",
+                                "colocated": {"autoscaling_config": zero}})
+    with pytest.raises(ValidationError, match="prefill.autoscaling_config.min_replicas"):
+        ModelConfig.model_validate({"model_id": "a", "model": "m",
+                                    "prefill": {"autoscaling_config": zero}})
+
+
+def test_replica_budget_must_cover_minimums_and_caps_cpu_demand() -> None:
+    pools = {"prefill": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}},
+             "decode": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}}
+    with pytest.raises(ValidationError, match="replica_budget"):
+        AppConfig.model_validate({"models": [{"model_id": "a", "model": "m", **pools}],
+                                  "replica_budget": 1})
+    config = AppConfig.model_validate({"models": [{"model_id": "a", "model": "m", **pools}],
+                                       "replica_budget": 4})
+    assert config.cpu_demand() == 2.0  # 4 x 0.5, not 6 x 0.5
 
 
 def test_config_is_frozen() -> None:

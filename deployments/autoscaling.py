@@ -1,0 +1,213 @@
+"""The SLO autoscaling decision: a pure function of a snapshot of every pool of every model.
+
+Ray Serve's application-level policy (`autoscaling_policy.py`) builds the snapshot from its
+`AutoscalingContext`s and applies Ray's own delays and bounds to the result; nothing here
+imports Ray, so the rules are unit-tested table-driven.
+
+Rules, per pool:
+- *pressure* is the busiest signal over its target (1.0 = exactly at target): TTFT and queued
+  prefill tokens for prefill/colocated pools, ITL and KV-cache usage for decode/colocated;
+  latencies are averaged over warm replicas only (a warming replica's samples are ignored).
+- grow when pressure > 1, by enough replicas to bring it back to 1 (at most doubling);
+- shrink by one only when, with one replica fewer, the pressure would still be below
+  `scale_down_below` (hysteresis: steady load in between changes nothing); to zero only when
+  idle (colocated pools with `min_replicas: 0`), and from zero as soon as a request waits;
+- hold while replicas are starting or stopping (no decision stacks on one in progress);
+then per model the P:D ratio bounds, then the shared replica budget: each pool's minimum
+first, the rest to the pools with the largest SLO deficit (pressure) first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+UP, DOWN, HOLD = "up", "down", "hold"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A model's targets (`SLOTargets` in the config, as replicas report them)."""
+
+    ttft_ms: float = 2000.0
+    itl_ms: float = 200.0
+    max_queued_prefill_tokens: float = 4096.0
+    max_kv_cache_usage: float = 0.85
+    scale_down_below: float = 0.6
+    min_prefill_decode_ratio: float | None = None
+    max_prefill_decode_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaSignals:
+    """What one replica reported (`EngineHost.record_autoscaling_stats`)."""
+
+    warm: bool = True
+    ttft_ms: float | None = None  # recent percentile; None: no sample in the window
+    itl_ms: float | None = None
+    kv_cache_usage: float = 0.0
+    queued_prefill_tokens: float = 0.0
+    waiting: float = 0.0
+    running: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.waiting > 0 or self.running > 0 or self.queued_prefill_tokens > 0
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    model: str
+    role: str  # prefill | decode | colocated
+    running: int  # replicas serving now
+    target: int  # replicas Ray is currently steering to
+    min_replicas: int
+    max_replicas: int
+    replicas: tuple[ReplicaSignals, ...] = ()
+    requests: float = 0.0  # ongoing + queued at handles (Ray's `total_num_requests`)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model, self.role)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    pools: tuple[PoolSnapshot, ...]
+    targets: dict[str, Targets] = field(default_factory=dict)  # by model
+    replica_budget: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    direction: str  # up | down | hold
+    reason: str
+    pressure: float = 0.0
+    signals: dict[str, float] = field(default_factory=dict)  # signal → value / target
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def pressures(pool: PoolSnapshot, targets: Targets) -> dict[str, float]:
+    """Each signal the pool answers for, as a fraction of its target (warm replicas only)."""
+    warm = [r for r in pool.replicas if r.warm]
+    n = max(1, len(warm))
+    out: dict[str, float] = {}
+    if pool.role in ("prefill", "colocated"):
+        ttft = _mean([r.ttft_ms for r in warm if r.ttft_ms is not None])
+        out["ttft"] = (ttft or 0.0) / targets.ttft_ms
+        queued = sum(r.queued_prefill_tokens for r in warm) / n
+        out["queued_prefill_tokens"] = queued / targets.max_queued_prefill_tokens
+    if pool.role in ("decode", "colocated"):
+        itl = _mean([r.itl_ms for r in warm if r.itl_ms is not None])
+        out["itl"] = (itl or 0.0) / targets.itl_ms
+        kv = _mean([r.kv_cache_usage for r in warm]) or 0.0
+        out["kv_cache_usage"] = kv / targets.max_kv_cache_usage
+    return out
+
+
+def decide_pool(pool: PoolSnapshot, targets: Targets) -> Decision:
+    """One pool on its own (what a per-deployment policy can do)."""
+    if pool.running != pool.target:
+        return Decision(pool.target, HOLD, "starting" if pool.running < pool.target
+                        else "stopping")
+    n = pool.running
+    if n == 0:
+        if pool.requests > 0:
+            return Decision(max(1, pool.min_replicas), UP, "scale_from_zero")
+        return Decision(max(0, pool.min_replicas), HOLD, "idle")
+    if not any(r.warm for r in pool.replicas) and pool.replicas:
+        return Decision(n, HOLD, "warming")
+    signals = pressures(pool, targets)
+    signal, pressure = max(signals.items(), key=lambda kv: kv[1], default=("none", 0.0))
+    if pressure > 1.0:
+        wanted = min(2 * n, max(n + 1, math.ceil(n * pressure)))
+        replicas = min(pool.max_replicas, wanted)
+        if replicas > n:
+            return Decision(replicas, UP, signal, pressure, signals)
+        return Decision(n, HOLD, "max_replicas", pressure, signals)
+    if n > pool.min_replicas:
+        if n == 1:
+            idle = pool.requests == 0 and not any(r.busy for r in pool.replicas)
+            if idle:
+                return Decision(0, DOWN, "idle", pressure, signals)
+        elif pressure * n / (n - 1) < targets.scale_down_below:
+            return Decision(n - 1, DOWN, "headroom", pressure, signals)
+    return Decision(n, HOLD, "steady", pressure, signals)
+
+
+def _apply_ratio(
+    prefill: PoolSnapshot, decode: PoolSnapshot, p: Decision, d: Decision, targets: Targets
+) -> tuple[Decision, Decision]:
+    """Keep prefill/decode replicas within the model's ratio bounds: grow the short side if it
+    can, otherwise trim the long side."""
+    low, high = targets.min_prefill_decode_ratio, targets.max_prefill_decode_ratio
+    if p.replicas == 0 or d.replicas == 0:
+        return p, d
+    if high is not None and p.replicas / d.replicas > high + 1e-9:
+        need = math.ceil(p.replicas / high)
+        if need <= decode.max_replicas:
+            d = replace(d, replicas=need, direction=_direction(need, decode), reason="ratio")
+        else:
+            keep = max(prefill.min_replicas, math.floor(d.replicas * high))
+            p = replace(p, replicas=keep, direction=_direction(keep, prefill), reason="ratio")
+    if low is not None and p.replicas / d.replicas < low - 1e-9:
+        need = math.ceil(d.replicas * low)
+        if need <= prefill.max_replicas:
+            p = replace(p, replicas=need, direction=_direction(need, prefill), reason="ratio")
+        else:
+            keep = max(decode.min_replicas, math.floor(p.replicas / low))
+            d = replace(d, replicas=keep, direction=_direction(keep, decode), reason="ratio")
+    return p, d
+
+
+def _direction(replicas: int, pool: PoolSnapshot) -> str:
+    return UP if replicas > pool.target else DOWN if replicas < pool.target else HOLD
+
+
+def _apply_budget(
+    pools: dict[tuple[str, str], PoolSnapshot],
+    decisions: dict[tuple[str, str], Decision],
+    budget: int,
+) -> dict[tuple[str, str], Decision]:
+    """Each pool's minimum first, then the rest in order of SLO deficit (largest first)."""
+    grant = {key: min(pools[key].min_replicas, d.replicas) for key, d in decisions.items()}
+    left = budget - sum(grant.values())
+    order = sorted(decisions, key=lambda k: (-decisions[k].pressure, k))
+    out = dict(decisions)
+    for key in order:
+        extra = max(0, min(decisions[key].replicas - grant[key], left))
+        grant[key] += extra
+        left -= extra
+        if grant[key] < decisions[key].replicas:
+            out[key] = replace(decisions[key], replicas=grant[key],
+                               direction=_direction(grant[key], pools[key]), reason="budget")
+    return out
+
+
+def decide(snapshot: Snapshot) -> dict[tuple[str, str], Decision]:
+    """Target replicas for every pool, keyed by (model, role)."""
+    pools = {pool.key: pool for pool in snapshot.pools}
+    decisions = {
+        key: decide_pool(pool, snapshot.targets.get(pool.model, Targets()))
+        for key, pool in pools.items()
+    }
+    for (model, role) in list(decisions):
+        if role != "prefill" or (model, "decode") not in decisions:
+            continue
+        targets = snapshot.targets.get(model, Targets())
+        p_key, d_key = (model, "prefill"), (model, "decode")
+        if HOLD in (decisions[p_key].direction, decisions[d_key].direction) and (
+            decisions[p_key].reason in ("starting", "stopping")
+            or decisions[d_key].reason in ("starting", "stopping")
+        ):
+            continue  # one side is moving: re-check the ratio once it settled
+        decisions[p_key], decisions[d_key] = _apply_ratio(
+            pools[p_key], pools[d_key], decisions[p_key], decisions[d_key], targets
+        )
+    if snapshot.replica_budget is not None:
+        decisions = _apply_budget(pools, decisions, snapshot.replica_budget)
+    return decisions

@@ -1,0 +1,208 @@
+"""Ray Serve autoscaling policies that run pdserve's SLO decision (`autoscaling.py`).
+
+`SLOAutoscalingPolicy` is the application-level policy (`applications[].autoscaling_policy`
+in the YAML): one call sees every pool of every model, so a model's prefill and decode pools
+move together and all models share `replica_budget`. `pool_policy` is the same rule for one
+pool alone, the per-deployment default (what `serve.run` in Python can use).
+
+Both run in the Serve controller, many times a second. They read what replicas pushed with
+`record_autoscaling_stats` (the latest value per replica), including the model's live SLO
+targets, so a `user_config` change retunes them without restarting an engine. Ray applies its
+`upscale_delay_s`/`downscale_delay_s`, factors and `min/max_replicas` on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pdserve.deployments.autoscaling import (
+    HOLD,
+    Decision,
+    PoolSnapshot,
+    ReplicaSignals,
+    Snapshot,
+    Targets,
+    decide,
+    decide_pool,
+)
+
+logger = logging.getLogger("ray.serve")
+
+ROLES = ("prefill", "decode", "colocated")
+_TARGET_KEYS = ("ttft_ms", "itl_ms", "max_queued_prefill_tokens", "max_kv_cache_usage",
+                "scale_down_below", "min_prefill_decode_ratio", "max_prefill_decode_ratio")
+
+
+def pool_of(deployment_name: str) -> tuple[str, str] | None:
+    """`{model_id}-{role}` → (model_id, role); None for deployments that are not pools."""
+    model, _, role = deployment_name.rpartition("-")
+    return (model, role) if model and role in ROLES else None
+
+
+def latest_values(ctx: Any) -> dict[Any, dict[str, float]]:
+    """Each running replica's most recent report: {replica_id: {metric: value}}."""
+    per_replica: dict[Any, dict[str, float]] = {r: {} for r in ctx.running_replicas}
+    raw = ctx.raw_metrics or {}
+    if raw:
+        for name, series_by_replica in raw.items():
+            for replica, series in series_by_replica.items():
+                if replica in per_replica and series:
+                    per_replica[replica][name] = max(series, key=lambda s: s.timestamp).value
+        return per_replica
+    for name, by_replica in (ctx.aggregated_metrics or {}).items():
+        for replica, value in by_replica.items():
+            if replica in per_replica:
+                per_replica[replica][name] = value
+    return per_replica
+
+
+def replica_signals(report: dict[str, float]) -> ReplicaSignals:
+    def latency(name: str) -> float | None:
+        value = report.get(name, -1.0)
+        return value if value >= 0 else None
+
+    return ReplicaSignals(
+        warm=report.get("warm", 0.0) >= 1.0,
+        ttft_ms=latency("ttft_ms"),
+        itl_ms=latency("itl_ms"),
+        kv_cache_usage=report.get("kv_cache_usage", 0.0),
+        queued_prefill_tokens=report.get("queued_prefill_tokens", 0.0),
+        waiting=report.get("num_waiting", 0.0),
+        running=report.get("num_running", 0.0),
+    )
+
+
+def reported_targets(report: dict[str, float]) -> Targets | None:
+    if "slo_ttft_ms" not in report:
+        return None
+    values = {k: report[f"slo_{k}"] for k in _TARGET_KEYS if f"slo_{k}" in report}
+    for bound in ("min_prefill_decode_ratio", "max_prefill_decode_ratio"):
+        if values.get(bound, -1.0) < 0:
+            values[bound] = None
+    return Targets(**values)
+
+
+def pool_snapshot(model: str, role: str, ctx: Any,
+                  reports: dict[Any, dict[str, float]]) -> PoolSnapshot:
+    return PoolSnapshot(
+        model=model,
+        role=role,
+        running=int(ctx.current_num_replicas),
+        target=int(ctx.target_num_replicas),
+        min_replicas=int(ctx.capacity_adjusted_min_replicas),
+        max_replicas=int(ctx.capacity_adjusted_max_replicas),
+        replicas=tuple(replica_signals(r) for r in reports.values()),
+        requests=float(ctx.total_num_requests),
+    )
+
+
+class DecisionMetrics:
+    """`pdserve_pool_replicas`, `pdserve_autoscale_decisions_total`, `pdserve_autoscale_pressure`
+    (Ray metrics from the controller process; a decision counts when the policy's wanted
+    replica count for a pool changes, not on every tick)."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        self.replicas = Gauge("pdserve_pool_replicas",
+                              description="Engine replicas per pool: running, target (Ray's), "
+                              "wanted (the SLO policy's).", tag_keys=("model", "pool", "kind"))
+        self.decisions = Counter("pdserve_autoscale_decisions_total",
+                                 description="SLO policy changes of a pool's wanted replicas.",
+                                 tag_keys=("model", "pool", "direction", "reason"))
+        self.pressure = Gauge("pdserve_autoscale_pressure",
+                              description="Each SLO signal the policy used, as a fraction of "
+                              "its target (1 = at target).", tag_keys=("model", "pool", "signal"))
+        self.last: dict[tuple[str, str], int] = {}
+
+    def record(self, pool: PoolSnapshot, decision: Decision) -> None:
+        tags = {"model": pool.model, "pool": pool.role}
+        self.replicas.set(pool.running, tags={**tags, "kind": "running"})
+        self.replicas.set(pool.target, tags={**tags, "kind": "target"})
+        self.replicas.set(decision.replicas, tags={**tags, "kind": "wanted"})
+        for signal, value in decision.signals.items():
+            self.pressure.set(value, tags={**tags, "signal": signal})
+        previous = self.last.get(pool.key)
+        self.last[pool.key] = decision.replicas
+        if decision.direction != HOLD and previous != decision.replicas:
+            self.decisions.inc(1, tags={**tags, "direction": decision.direction,
+                                        "reason": decision.reason})
+            logger.info("pdserve autoscaling %s/%s: %d -> %d (%s, pressure %.2f, %s)",
+                        pool.model, pool.role, pool.target, decision.replicas, decision.reason,
+                        decision.pressure, decision.signals)
+
+
+def _metrics() -> DecisionMetrics | None:
+    try:
+        return DecisionMetrics()
+    except Exception as exc:  # metrics must never stop the controller's policy loop
+        logger.warning("pdserve autoscaling metrics unavailable: %s", exc)
+        return None
+
+
+class SLOAutoscalingPolicy:
+    """Application-level policy: `autoscaling_policy: {policy_function:
+    pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy}`."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, Targets] = {}  # last targets each model's replicas reported
+        self.budget: int | None = None
+        self.metrics = _metrics()
+
+    def snapshot(self, contexts: dict[Any, Any]) -> tuple[Snapshot, dict[tuple[str, str], Any]]:
+        pools: list[PoolSnapshot] = []
+        ids: dict[tuple[str, str], Any] = {}
+        for deployment_id, ctx in contexts.items():
+            names = pool_of(ctx.deployment_name)
+            if names is None:
+                continue
+            reports = latest_values(ctx)
+            for report in reports.values():
+                targets = reported_targets(report)
+                if targets is not None:
+                    self.targets[names[0]] = targets
+                if report.get("replica_budget", -1.0) > 0:
+                    self.budget = int(report["replica_budget"])
+            pools.append(pool_snapshot(*names, ctx, reports))
+            ids[names] = deployment_id
+        return Snapshot(pools=tuple(pools), targets=dict(self.targets),
+                        replica_budget=self.budget), ids
+
+    def __call__(self, contexts: dict[Any, Any]) -> tuple[dict[Any, int], dict[Any, dict]]:
+        snapshot, ids = self.snapshot(contexts)
+        decisions = decide(snapshot)
+        by_key = {pool.key: pool for pool in snapshot.pools}
+        out: dict[Any, int] = {}
+        state: dict[Any, dict] = {}
+        for key, decision in decisions.items():
+            out[ids[key]] = decision.replicas
+            state[ids[key]] = {"pdserve_reason": decision.reason}
+            if self.metrics is not None:
+                self.metrics.record(by_key[key], decision)
+        return out, state
+
+
+_pool_metrics: DecisionMetrics | None = None
+_pool_targets: dict[str, Targets] = {}
+
+
+def pool_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
+    """Per-deployment policy (`autoscaling_config.policy`): the same rule for one pool, without
+    the P:D ratio and the shared budget (those need the application-level policy)."""
+    global _pool_metrics
+    names = pool_of(ctx.deployment_name)
+    if names is None:
+        return ctx.target_num_replicas, {}
+    reports = latest_values(ctx)
+    for report in reports.values():
+        targets = reported_targets(report)
+        if targets is not None:
+            _pool_targets[names[0]] = targets
+    pool = pool_snapshot(*names, ctx, reports)
+    decision = decide_pool(pool, _pool_targets.get(names[0], Targets()))
+    if _pool_metrics is None:
+        _pool_metrics = _metrics()
+    if _pool_metrics is not None:
+        _pool_metrics.record(pool, decision)
+    return decision.replicas, {"pdserve_reason": decision.reason}

@@ -1,0 +1,102 @@
+"""What an engine replica tells the autoscaler: recent latency percentiles and queued work.
+
+Pure bookkeeping (no Ray, no vLLM), fed by the engine host per request: the first requests of
+a new replica (compile, cold caches) are not sampled, so a starting replica never drives a
+decision with cold-start latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class LatencyWindow:
+    """Samples of the last `window_s` seconds; percentiles over them."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.samples: deque[tuple[float, float]] = deque()
+
+    def add(self, value: float, weight: int = 1) -> None:
+        now = self.clock()
+        for _ in range(max(1, weight)):
+            self.samples.append((now, value))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self.samples and self.samples[0][0] < now - self.window_s:
+            self.samples.popleft()
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank `q`-th percentile (0 < q ≤ 100), None without samples in the window."""
+        self._trim(self.clock())
+        if not self.samples:
+            return None
+        values = sorted(v for _, v in self.samples)
+        rank = max(1, math.ceil(q / 100 * len(values)))
+        return values[rank - 1]
+
+
+class ReplicaSLOSignals:
+    """TTFT and ITL samples and prompt tokens still waiting for their first token."""
+
+    def __init__(self, window_s: float = 30.0, warmup_requests: int = 2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.warmup_requests = warmup_requests
+        self.ttft = LatencyWindow(window_s, clock)
+        self.itl = LatencyWindow(window_s, clock)
+        self.first_tokens = 0  # requests that reached their first token on this replica
+        self.queued_prefill_tokens = 0
+
+    def configure(self, window_s: float, warmup_requests: int) -> None:
+        self.ttft.window_s = self.itl.window_s = window_s
+        self.warmup_requests = warmup_requests
+
+    @property
+    def warm(self) -> bool:
+        return self.first_tokens >= self.warmup_requests
+
+    def start(self, prompt_tokens: int) -> RequestSignals:
+        self.queued_prefill_tokens += prompt_tokens
+        return RequestSignals(self, prompt_tokens)
+
+
+class RequestSignals:
+    """One request's timing on this replica: call its methods as outputs arrive."""
+
+    def __init__(self, replica: ReplicaSLOSignals, prompt_tokens: int) -> None:
+        self.replica = replica
+        self.prompt_tokens = prompt_tokens
+        self.started = self.last = replica.clock()
+        self.tokens = 0
+        self.queued = True
+
+    def _dequeue(self) -> None:
+        if self.queued:
+            self.queued = False
+            self.replica.queued_prefill_tokens -= self.prompt_tokens
+
+    def on_output(self, new_tokens: int) -> None:
+        """`new_tokens`: tokens this output added (coalesced outputs carry several)."""
+        if new_tokens <= 0:
+            return
+        now = self.replica.clock()
+        replica = self.replica
+        sampled = replica.warm
+        if self.tokens == 0:
+            self._dequeue()
+            replica.first_tokens += 1
+            if sampled:
+                replica.ttft.add((now - self.started) * 1000)
+        elif sampled:
+            replica.itl.add((now - self.last) * 1000 / new_tokens, weight=new_tokens)
+        self.tokens += new_tokens
+        self.last = now
+
+    def finish(self) -> None:
+        self._dequeue()
