@@ -110,7 +110,9 @@ def build_pd_app(config: AppConfig) -> Application:
     return ingress.bind(config_dict, pools)
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Entry point named in `serve_configs/*.yaml`: validates `args` as an `AppConfig`."""
-    return build_pd_app(AppConfig.model_validate(args))
-
+def build_app(config: AppConfig | dict[str, Any]) -> Application:
+    """Entry point named in `serve_configs/*.yaml` (`args` validated as an `AppConfig`) and
+    pdserve's public builder in Python (`pdserve.build_app(AppConfig(...))`)."""
+    if not isinstance(config, AppConfig):
+        config = AppConfig.model_validate(config)
+    return build_pd_app(config)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from pdserve.deployments.config import ModelConfig
 from pdserve.deployments.engine_client import PoolGraphClient
@@ -22,21 +23,50 @@ from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+from vllm.exceptions import RetryableRequestError
 from vllm.outputs import RequestOutput
 from vllm.renderers.online_renderer import OnlineRenderer
 
 logger = logging.getLogger(__name__)
 
 
-def pool_calls(handles: dict[str, DeploymentHandle]) -> PoolCalls:
-    """Wrap a model's Serve handles as the plain calls the orchestrator expects."""
-    generate_pool = handles["decode"] if "decode" in handles else handles["colocated"]
+def pool_calls(
+    handles: dict[str, DeploymentHandle],
+    states: dict[str, PoolState] | None = None,
+    cold_start_timeout_s: float = 300.0,
+    on_cold_start: Callable[[float, bool], None] | None = None,
+) -> PoolCalls:
+    """Wrap a model's Serve handles as the plain calls the orchestrator expects.
+
+    A request that finds the generating pool at zero replicas waits for Ray to start one (the
+    autoscaler sees it queued at the handle) up to `cold_start_timeout_s`, then fails with a
+    retryable 503; `on_cold_start(wait_s, timed_out)` reports the wait.
+    """
+    role = "decode" if "decode" in handles else "colocated"
+    generate_pool = handles[role]
+    state = (states or {}).get(role)
 
     async def generate(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        cold = state is not None and state.num_replicas() == 0
+        started = time.perf_counter()
         responses = generate_pool.options(stream=True).generate.remote(request)
         done = False
         try:
-            async for output in responses:
+            outputs = aiter(responses)
+            if cold:
+                try:
+                    first = await asyncio.wait_for(anext(outputs), cold_start_timeout_s)
+                except TimeoutError:
+                    if on_cold_start:
+                        on_cold_start(time.perf_counter() - started, True)
+                    raise RetryableRequestError(
+                        f"no replica of {generate_pool.deployment_name} became ready within "
+                        f"{cold_start_timeout_s:g} s (the pool was scaled to zero); retry later"
+                    ) from None
+                if on_cold_start:
+                    on_cold_start(time.perf_counter() - started, False)
+                yield first
+            async for output in outputs:
                 yield output
             done = True
         finally:
@@ -90,21 +120,24 @@ class ModelFrontend:
         self.model = model
         self.handles = handles
         self.metrics = RequestMetrics(model.model_id, model.mode)
+        self.pools = pool_states(handles)
+        generating = model.pools()["decode" if model.mode == "pd" else "colocated"]
         orchestrator = Orchestrator(
-            pool_calls(handles),
+            pool_calls(handles, self.pools, generating.cold_start_timeout_s,
+                       self.metrics.record_cold_start),
             disaggregated=model.mode == "pd",
             prefill_timeout_s=model.kv_transfer.prefill_timeout_s,
             on_fallback=self.metrics.record_fallback,
         )
         client = PoolGraphClient(model, orchestrator, self.metrics)
         self.client = client
-        self.pools = pool_states(handles)
         if model.mode == "pd":
             orchestrator.planner = make_planner(model, self.pools, client.hasher.block_size)
             orchestrator.on_plan = self.metrics.record_plan
         self.registry = OpenAIModelRegistry(
             model_config=client.model_config,
-            base_model_paths=[BaseModelPath(name=model.model_id, model_path=model.model)],
+            base_model_paths=[BaseModelPath(name=name, model_path=model.model)
+                              for name in model.names()],
         )
         renderer = OnlineRenderer(
             client.model_config,

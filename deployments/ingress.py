@@ -67,6 +67,8 @@ class OpenAIIngress:
     ) -> None:
         config = AppConfig.model_validate(app_config)
         self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in config.models}
+        self.by_name = {name: self.frontends[m.model_id] for m in config.models
+                        for name in m.names()}
         self.default_model = config.models[0].model_id
 
     def _tag_session(self, frontend: ModelFrontend, request: Any, raw_request: Request) -> None:
@@ -76,10 +78,10 @@ class OpenAIIngress:
             request.vllm_xargs = {**(request.vllm_xargs or {}), SESSION_KEY: session}
 
     def _frontend(self, model: str | None) -> ModelFrontend | ErrorResponse:
-        frontend = self.frontends.get(model or self.default_model)
+        frontend = self.by_name.get(model or self.default_model)
         if frontend is not None:
             return frontend
-        served = ", ".join(sorted(self.frontends))
+        served = ", ".join(sorted(self.by_name))
         return create_error_response(
             f"The model `{model}` does not exist. Served models: {served}.",
             err_type="NotFoundError",
@@ -112,6 +114,29 @@ class OpenAIIngress:
         self._tag_session(frontend, request, raw_request)
         return _to_response(await frontend.chat.create_chat_completion(request, raw_request))
 
+    # -- the same API for Python callers holding a DeploymentHandle (no HTTP) ----------------
+    async def create_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI completion request body → the response (or error) body, not streamed."""
+        return await self._call(CompletionRequest, body, "completions")
+
+    async def create_chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI chat-completion request body → the response (or error) body, not streamed."""
+        return await self._call(ChatCompletionRequest, body, "chat")
+
+    async def _call(self, kind: Any, body: dict[str, Any], api: str) -> dict[str, Any]:
+        try:
+            request = kind.model_validate({**body, "stream": False})
+        except ValueError as exc:
+            return create_error_response(exc).model_dump()
+        frontend = self._frontend(request.model)
+        if isinstance(frontend, ErrorResponse):
+            return frontend.model_dump()
+        serving = frontend.completions if api == "completions" else frontend.chat
+        create = (serving.create_completion if api == "completions"
+                  else serving.create_chat_completion)
+        result = await create(request, None)
+        return result.model_dump()
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Request, plan and fallback counts per model in this replica (for handles, tests)."""
         return {model_id: dict(f.metrics.tally) for model_id, f in self.frontends.items()}
@@ -125,6 +150,15 @@ class OpenAIIngress:
         """Leading blocks of `token_ids` each replica of a pool holds, per the index."""
         frontend = self.frontends[model_id]
         return frontend.pools[role].match(frontend.client.hasher(token_ids))
+
+    @app.get("/v1/pools")
+    async def pools(self) -> JSONResponse:
+        """Replicas each pool of each model routes to now, as this ingress's routers see them
+        (follows autoscaling within a second or two)."""
+        return JSONResponse({
+            f"{model_id}/{role}": {"replicas": len(state.snapshot()["replicas"])}
+            for model_id, f in self.frontends.items() for role, state in f.pools.items()
+        })
 
     @app.get("/health")
     async def health(self) -> JSONResponse:

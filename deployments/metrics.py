@@ -46,6 +46,12 @@ class RequestMetrics:
                 ("pdserve_e2e_seconds", "Request latency from arrival to last token."),
             )
         )
+        self.cold_start = Histogram(
+            "pdserve_cold_start_wait_seconds",
+            description="How long requests waited for a first replica of a pool at zero.",
+            boundaries=_LATENCY_BOUNDARIES, tag_keys=("model", "mode", "outcome"),
+        )
+        self.cold_start.set_default_tags(dict(tags))
         self.tally: Tally[str] = Tally()  # the same events, readable in-process (stats())
 
     @staticmethod
@@ -65,6 +71,11 @@ class RequestMetrics:
         """`plan`: a `pdserve.routing.plan.Plan` (kind, reason)."""
         self.plans.inc(1, tags={"plan": plan.kind, "reason": plan.reason})
         self.tally[f"plan:{plan.kind}:{plan.reason}"] += 1
+
+    def record_cold_start(self, wait_s: float, timed_out: bool) -> None:
+        outcome = "timeout" if timed_out else "served"
+        self.cold_start.observe(wait_s, tags={"outcome": outcome})
+        self.tally[f"cold_start:{outcome}"] += 1
 
     def start(self, streaming: bool) -> RequestTimer:
         return RequestTimer(self, streaming)

@@ -40,8 +40,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-    # Tests that restart replicas run last, so the others never wait for a cold engine.
-    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+    # Tests that restart replicas run last, so the others never wait for a cold engine; tests
+    # that need their own cluster (they stop the shared app) after those.
+    items.sort(key=lambda item: (item.get_closest_marker("own_cluster") is not None,
+                                 item.get_closest_marker("disruptive") is not None))
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +92,9 @@ def serve_app(model_dir: str, bare_reference: list[list[int]]) -> Iterator[str]:
     url = f"http://127.0.0.1:{HTTP_PORT}"
     wait_for_routers(url)
     yield url
-    serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():  # an own_cluster test may have stopped it already
+        serve.shutdown()
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

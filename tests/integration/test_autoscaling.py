@@ -1,0 +1,233 @@
+"""SLO autoscaling end to end: two models in one app under Ray Serve's application-level
+policy (`serve run` of a YAML config: `serve.run` cannot take one), real engines.
+
+A burst of long prompts on model A makes A's prefill pool grow from 1 to 2 while model B's
+pool stays put; when the burst stops, A shrinks back while requests keep flowing through both
+models, and every request of the run answers 200 with the same greedy tokens as the first
+answer to its prompt (nothing fails or changes because of a scale-down).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from pdserve.benchmarks import systems
+
+from pdserve.tiny_model import recall_prompt_text
+
+pytestmark = pytest.mark.own_cluster
+
+MODEL_A, MODEL_B = "tiny-a", "tiny-b"
+URL = systems.PDSERVE_URL
+ENGINE = {"dtype": "float32", "max_model_len": 1024, "max_num_batched_tokens": 256,
+          "block_size": 32, "kv_cache_memory_bytes": 128 * 2**20, "enforce_eager": True,
+          "seed": 0}
+#: Ray: replicas push signals every second, decisions need 2 s (up) / 5 s (down) of agreement.
+SCALING = {"metrics_interval_s": 1, "look_back_period_s": 2, "upscale_delay_s": 2,
+           "downscale_delay_s": 5}
+
+
+def config(model_dir: str) -> dict[str, Any]:
+    """A: PD, prefill 1..2, scaled on queued prefill tokens (300 per replica: a burst of long
+    prompts is far above, one short request at a time far below). B: colocated, targets it
+    never misses. Budget 4 = every engine at 0.5 CPU on 2 cores."""
+    pd_pool = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, **SCALING},
+               "ray_actor_options": {"num_cpus": 0.5}, "graceful_shutdown_timeout_s": 120}
+    fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, **SCALING},
+             "ray_actor_options": {"num_cpus": 0.5}}
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [{
+            "name": "pdserve", "route_prefix": "/",
+            "import_path": "pdserve.deployments.app:build_app",
+            "autoscaling_policy": {"policy_function":
+                                   "pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy"},
+            "args": {
+                "replica_budget": 4,
+                "models": [
+                    {"model_id": MODEL_A, "model": model_dir, "mode": "pd",
+                     "engine_kwargs": ENGINE,
+                     "slo": {"ttft_ms": 60000, "itl_ms": 60000, "max_queued_prefill_tokens": 300,
+                             "max_kv_cache_usage": 1.0, "warmup_requests": 1},
+                     "routing": {"local_prefill_below_tokens": 16},
+                     "prefill": pd_pool, "decode": fixed},
+                    {"model_id": MODEL_B, "served_model_name": ["tiny-b-alias"],
+                     "model": model_dir, "mode": "colocated", "engine_kwargs": ENGINE,
+                     "slo": {"ttft_ms": 60000, "itl_ms": 60000, "warmup_requests": 1},
+                     "colocated": {**pd_pool, "autoscaling_config": {
+                         "min_replicas": 1, "max_replicas": 2, **SCALING}}},
+                ],
+            },
+        }],
+    }
+
+
+def prompt(words: int, seed: int) -> str:
+    return recall_prompt_text(random.Random(seed), words, max(2, words // 8))
+
+
+LONG = [prompt(110, seed) for seed in range(4)]  # ~700 tokens: prefilled on A's prefill pool
+SHORT = [prompt(12, 100 + seed) for seed in range(2)]
+
+
+@pytest.fixture(scope="module")
+def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Yields the `serve run` log (the controller logs each policy change with its reason)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():  # the session app holds every CPU: this test needs its own cluster
+        serve.shutdown()
+        ray.shutdown()
+    tmp = tmp_path_factory.mktemp("autoscale")
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config(model_dir)))
+    system = systems.System(name="autoscale", command=[str(systems.VENV_BIN / "serve"), "run",
+                            str(path)], base_url=URL, model_name=MODEL_A, model_dir=model_dir,
+                            engine_kwargs=ENGINE, config_path=str(path), ray_cluster=True)
+    with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
+        yield tmp / "serve.log"
+
+
+class Ledger:
+    """Every answer of the run, by prompt: all must be 200 and equal the first one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.answers: dict[tuple[str, str], list[Any]] = {}
+        self.failures: list[str] = []
+
+    def ask(self, http: httpx.Client, model: str, text: str, max_tokens: int,
+            stream: bool = False) -> None:
+        body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
+                "return_token_ids": True, "stream": stream}
+        try:
+            if stream:
+                tokens: list[int] = []
+                with http.stream("POST", "/v1/completions", json=body) as response:
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{response.status_code}: {response.read()!r}")
+                    for line in response.iter_lines():
+                        if line.startswith("data: ") and line != "data: [DONE]":
+                            chunk = json.loads(line[6:])
+                            tokens += chunk["choices"][0].get("token_ids") or []
+                answer: Any = tokens
+            else:
+                response = http.post("/v1/completions", json=body)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.status_code}: {response.text}")
+                answer = response.json()["choices"][0]["token_ids"]
+            assert len(answer) == max_tokens, f"{len(answer)} tokens"
+        except Exception as exc:  # recorded, asserted at the end
+            with self.lock:
+                self.failures.append(f"{model}: {type(exc).__name__}: {exc}")
+            return
+        with self.lock:
+            self.answers.setdefault((model, text[:40]), []).append(answer)
+
+    def check(self) -> int:
+        assert not self.failures, self.failures[:5]
+        for key, answers in self.answers.items():
+            assert all(a == answers[0] for a in answers), f"{key}: answers differ"
+        return sum(len(a) for a in self.answers.values())
+
+
+def pools(http: httpx.Client) -> dict[str, int]:
+    return {name: v["replicas"] for name, v in http.get("/v1/pools").json().items()}
+
+
+def wait_for(http: httpx.Client, name: str, want: int, timeout_s: float,
+             seen: list[dict[str, int]]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = pools(http)
+        seen.append(now)
+        if now[name] == want:
+            return
+        assert time.monotonic() < deadline, f"{name} never reached {want}: {seen[-5:]}"
+        time.sleep(1.0)
+
+
+def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app: Path) -> None:
+    ledger = Ledger()
+    seen: list[dict[str, int]] = []
+    with httpx.Client(base_url=URL, timeout=600) as http:
+        assert {m["id"] for m in http.get("/v1/models").json()["data"]} >= {
+            MODEL_A, MODEL_B, "tiny-b-alias"}
+        missing = http.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+        assert missing.status_code == 404 and MODEL_A in missing.json()["error"]["message"]
+        for text in LONG + SHORT:  # first answers (and warm-up: warmup_requests=1)
+            ledger.ask(http, MODEL_A, text, 8)
+            ledger.ask(http, MODEL_B, text, 8)
+        ledger.ask(http, "tiny-b-alias", SHORT[0], 8)
+        before = pools(http)
+        assert before == {f"{MODEL_A}/prefill": 1, f"{MODEL_A}/decode": 1,
+                          f"{MODEL_B}/colocated": 1}, before
+
+        burst = threading.Event()
+        burst.set()
+
+        def load_a(i: int) -> None:
+            while burst.is_set():
+                ledger.ask(http, MODEL_A, LONG[i % len(LONG)], 4)
+
+        def trickle_b() -> None:
+            while burst.is_set():
+                ledger.ask(http, MODEL_B, SHORT[0], 4)
+                time.sleep(0.5)
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            workers = [pool.submit(load_a, i) for i in range(10)] + [pool.submit(trickle_b)]
+            try:
+                wait_for(http, f"{MODEL_A}/prefill", 2, 420, seen)
+            finally:
+                burst.clear()
+                for worker in workers:
+                    worker.result()
+        during = [s[f"{MODEL_B}/colocated"] for s in seen]
+        assert set(during) == {1}, f"model B's pool moved during A's burst: {during}"
+        assert max(s[f"{MODEL_A}/decode"] for s in seen) == 1
+
+        # Scale-down while streams are open on both models and prefills keep arriving.
+        calm = threading.Event()
+        calm.set()
+
+        def streams(model: str) -> None:
+            while calm.is_set():
+                ledger.ask(http, model, SHORT[1], 200, stream=True)
+
+        def trickle_a() -> None:
+            while calm.is_set():
+                ledger.ask(http, MODEL_A, LONG[0], 4)
+                time.sleep(1.0)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            workers = [pool.submit(streams, MODEL_A), pool.submit(streams, MODEL_B),
+                       pool.submit(trickle_a)]
+            try:
+                wait_for(http, f"{MODEL_A}/prefill", 1, 240, seen)
+                time.sleep(5)  # requests keep flowing past the removal
+            finally:
+                calm.clear()
+                for worker in workers:
+                    worker.result()
+        assert pools(http)[f"{MODEL_B}/colocated"] == 1
+    answered = ledger.check()
+    assert answered > 30, answered
+    log = app.read_text()
+    assert f"pdserve autoscaling {MODEL_A}/prefill: 1 -> 2 (queued_prefill_tokens" in log
+    assert f"pdserve autoscaling {MODEL_A}/prefill: 2 -> 1 (headroom" in log
+    assert f"pdserve autoscaling {MODEL_B}/colocated" not in log
+
+
