@@ -40,19 +40,23 @@ def pool_of(deployment_name: str) -> tuple[str, str] | None:
     return (model, role) if model and role in ROLES else None
 
 
+#: Load signals are averaged over Ray's `look_back_period_s` (one report can catch a quiet
+#: instant); latency percentiles are already windowed on the replica, and targets must be the
+#: live ones, so those take the latest report.
+SMOOTHED = ("queued_prefill_tokens", "kv_cache_usage", "num_running", "num_waiting")
+
+
 def latest_values(ctx: Any) -> dict[Any, dict[str, float]]:
-    """Each running replica's most recent report: {replica_id: {metric: value}}."""
+    """Each running replica's report: {replica_id: {metric: value}} (latest value, or the
+    look-back mean for the load signals in `SMOOTHED`)."""
     per_replica: dict[Any, dict[str, float]] = {r: {} for r in ctx.running_replicas}
-    raw = ctx.raw_metrics or {}
-    if raw:
-        for name, series_by_replica in raw.items():
-            for replica, series in series_by_replica.items():
-                if replica in per_replica and series:
-                    per_replica[replica][name] = max(series, key=lambda s: s.timestamp).value
-        return per_replica
+    for name, series_by_replica in (ctx.raw_metrics or {}).items():
+        for replica, series in series_by_replica.items():
+            if replica in per_replica and series:
+                per_replica[replica][name] = max(series, key=lambda s: s.timestamp).value
     for name, by_replica in (ctx.aggregated_metrics or {}).items():
         for replica, value in by_replica.items():
-            if replica in per_replica:
+            if replica in per_replica and (name in SMOOTHED or name not in per_replica[replica]):
                 per_replica[replica][name] = value
     return per_replica
 

@@ -161,7 +161,7 @@ class EngineHost:
             "warm": float(signals.warm),
             "ttft_ms": -1.0 if ttft is None else ttft,
             "itl_ms": -1.0 if itl is None else itl,
-            "queued_prefill_tokens": float(max(0, signals.queued_prefill_tokens)),
+            "queued_prefill_tokens": float(signals.take_peak_queued_prefill_tokens()),
             "kv_cache_usage": self.load.kv_cache_usage,
             "num_running": float(self.load.num_running),
             "num_waiting": float(self.load.num_waiting),

@@ -52,6 +52,14 @@ class ReplicaSLOSignals:
         self.itl = LatencyWindow(window_s, clock)
         self.first_tokens = 0  # requests that reached their first token on this replica
         self.queued_prefill_tokens = 0
+        self.peak_queued_prefill_tokens = 0  # since the last report
+
+    def take_peak_queued_prefill_tokens(self) -> int:
+        """Most prompt tokens waiting at once since the last call (then restarts from now):
+        a burst between two reports is not missed by sampling a quiet instant."""
+        peak = max(self.peak_queued_prefill_tokens, self.queued_prefill_tokens)
+        self.peak_queued_prefill_tokens = self.queued_prefill_tokens
+        return max(0, peak)
 
     def configure(self, window_s: float, warmup_requests: int) -> None:
         self.ttft.window_s = self.itl.window_s = window_s
@@ -63,6 +71,8 @@ class ReplicaSLOSignals:
 
     def start(self, prompt_tokens: int) -> RequestSignals:
         self.queued_prefill_tokens += prompt_tokens
+        self.peak_queued_prefill_tokens = max(self.peak_queued_prefill_tokens,
+                                              self.queued_prefill_tokens)
         return RequestSignals(self, prompt_tokens)
 
 

@@ -134,3 +134,20 @@ def test_app_policy_moves_the_slow_pool_with_live_targets_and_budget() -> None:
     targets, _ = policy(contexts)
     # budget 4 = three minimums + one: b's ITL deficit (3.0) beats a's TTFT deficit (1.4)
     assert targets == {"id-ap": 1, "id-ad": 1, "id-b": 2}
+
+
+def test_peak_queued_tokens_catches_a_burst_between_reports() -> None:
+    replica = ReplicaSLOSignals()
+    burst = [replica.start(prompt_tokens=300) for _ in range(3)]
+    for request in burst:
+        request.on_output(1)
+    assert replica.queued_prefill_tokens == 0
+    assert replica.take_peak_queued_prefill_tokens() == 900
+    assert replica.take_peak_queued_prefill_tokens() == 0
+
+
+def test_load_signals_use_the_look_back_mean_latencies_the_latest_value() -> None:
+    ctx = context("a-prefill", {"r1": {"ttft_ms": 700.0, "queued_prefill_tokens": 900.0}})
+    ctx.aggregated_metrics = {"queued_prefill_tokens": {"r1": 450.0}, "ttft_ms": {"r1": 1.0}}
+    latest = latest_values(ctx)["r1"]
+    assert latest["queued_prefill_tokens"] == 450.0 and latest["ttft_ms"] == 700.0

@@ -1,0 +1,351 @@
+"""SLO autoscaling benchmark: pdserve's policy vs Ray Serve's default queue-length policy.
+
+The same two-model app (A: PD, B: colocated, the `bench` model) and the same time-varying
+trace (ramp up, plateau, spike, ramp down, open-loop Poisson arrivals per model) run once under
+each policy, one after the other on fresh engines. Only the policy differs: pdserve's
+application-level `SLOAutoscalingPolicy` with per-model `slo` targets, or Ray's default policy
+with `target_ongoing_requests`; pools, bounds and Ray's delays are identical.
+
+    .venv/bin/python -m pdserve.benchmarks.autoscale_bench --out benchmarks/results/autoscale-cpu-v1
+
+Reports SLO attainment (share of requests within both TTFT and ITL targets), TTFT/ITL p50/p99,
+engine replica-seconds, scaling actions, and a PNG of replicas per pool and TTFT over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pdserve.benchmarks import systems
+
+from pdserve.tiny_model import random_words, recall_prompt_from_words
+
+MODEL_A, MODEL_B = "bench-pd", "bench-colo"
+POLICIES = ("pdserve_slo", "ray_default")
+ENGINE = {"dtype": "float32", "max_model_len": 2048, "max_num_batched_tokens": 512,
+          "block_size": 32, "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True,
+          "seed": 0}
+#: Identical under both policies (Ray applies them on top of either).
+RAY_SCALING = {"metrics_interval_s": 2, "look_back_period_s": 10, "upscale_delay_s": 15,
+               "downscale_delay_s": 60}
+BOUNDS = {"prefill": (1, 2), "decode": (1, 1), "colocated": (1, 2)}
+SLO = {MODEL_A: {"ttft_ms": 1500.0, "itl_ms": 150.0}, MODEL_B: {"ttft_ms": 1500.0, "itl_ms": 150.0}}
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+    start_rps: dict[str, float]
+    end_rps: dict[str, float]
+
+
+def default_phases(scale: float = 1.0) -> list[Phase]:
+    """Ramp up, plateau, spike, ramp down (seconds × `scale`): model A carries the swings,
+    model B a steady load with its own smaller spike."""
+    low, mid, high = {MODEL_A: 0.2, MODEL_B: 0.2}, {MODEL_A: 1.0, MODEL_B: 0.4}, \
+        {MODEL_A: 2.0, MODEL_B: 0.6}
+    return [
+        Phase("ramp up", 150 * scale, low, mid),
+        Phase("plateau", 150 * scale, mid, mid),
+        Phase("spike", 90 * scale, high, high),
+        Phase("ramp down", 150 * scale, mid, low),
+    ]
+
+
+def rate_at(phases: list[Phase], t: float, model: str) -> float:
+    start = 0.0
+    for phase in phases:
+        if t < start + phase.seconds:
+            f = (t - start) / phase.seconds
+            a, b = phase.start_rps[model], phase.end_rps[model]
+            return a + (b - a) * f
+        start += phase.seconds
+    return 0.0
+
+
+def arrivals(phases: list[Phase], model: str, seed: int) -> list[float]:
+    """Non-homogeneous Poisson arrival times (thinning), deterministic for a seed."""
+    rng = random.Random(f"{seed}-{model}")
+    total = sum(p.seconds for p in phases)
+    peak = max(max(p.start_rps[model], p.end_rps[model]) for p in phases)
+    out: list[float] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak)
+        if t >= total:
+            return out
+        if rng.random() < rate_at(phases, t, model) / peak:
+            out.append(t)
+
+
+@dataclass(frozen=True)
+class Shape:
+    prompt_words: int
+    max_tokens: int
+
+
+SHAPES = {MODEL_A: Shape(prompt_words=220, max_tokens=32),  # ~500 tokens: prefill-heavy
+          MODEL_B: Shape(prompt_words=60, max_tokens=64)}
+
+
+def prompts(model: str, n: int, seed: int) -> list[str]:
+    rng = random.Random(f"prompts-{seed}-{model}")
+    shape = SHAPES[model]
+    return [recall_prompt_from_words(random_words(rng, shape.prompt_words), 8) for _ in range(n)]
+
+
+def serve_config(policy: str, model_dir: str) -> dict[str, Any]:
+    def pool(role: str) -> dict[str, Any]:
+        lo, hi = BOUNDS[role]
+        scaling: dict[str, Any] = {"min_replicas": lo, "max_replicas": hi, **RAY_SCALING}
+        if policy == "ray_default":
+            scaling["target_ongoing_requests"] = 2  # Ray Serve's own default
+        return {"autoscaling_config": scaling, "ray_actor_options": {"num_cpus": 0.4}}
+
+    def slo(model: str) -> dict[str, Any]:
+        return {"slo": {**SLO[model], "percentile": 90}} if policy == "pdserve_slo" else {}
+
+    app: dict[str, Any] = {
+        "name": "pdserve", "route_prefix": "/",
+        "import_path": "pdserve.deployments.app:build_app",
+        "args": {"models": [
+            {"model_id": MODEL_A, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
+             "prefill": pool("prefill"), "decode": pool("decode"), **slo(MODEL_A)},
+            {"model_id": MODEL_B, "model": model_dir, "mode": "colocated",
+             "engine_kwargs": ENGINE, "colocated": pool("colocated"), **slo(MODEL_B)},
+        ]},
+    }
+    if policy == "pdserve_slo":
+        app["autoscaling_policy"] = {
+            "policy_function": "pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy"}
+    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000},
+            "applications": [app]}
+
+
+async def one_request(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,
+                      sent_at: float, t0: float) -> dict[str, Any]:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "ignore_eos": True}
+    start = time.perf_counter()
+    first = last = None
+    tokens = 0
+    try:
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                text = json.loads(line[6:])["choices"][0].get("text")
+                if text:
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    tokens += 1
+        ok = first is not None
+    except Exception as exc:  # counted as a failed request
+        return {"model": model, "t": sent_at, "ok": False, "error": str(exc)}
+    ttft = (first - start) * 1000 if first else None
+    itl = (last - first) * 1000 / (tokens - 1) if first and last and tokens > 1 else None
+    return {"model": model, "t": sent_at, "ok": ok, "ttft_ms": ttft, "itl_ms": itl,
+            "chunks": tokens, "e2e_ms": (time.perf_counter() - start) * 1000,
+            "late_s": start - (t0 + sent_at)}
+
+
+async def drive(phases: list[Phase], seed: int) -> tuple[list[dict[str, Any]], list[dict]]:
+    """Send the trace open-loop; poll replicas per pool every 2 s meanwhile."""
+    plan = sorted((t, model, i) for model in (MODEL_A, MODEL_B)
+                  for i, t in enumerate(arrivals(phases, model, seed)))
+    texts = {m: prompts(m, 64, seed) for m in (MODEL_A, MODEL_B)}
+    timeline: list[dict[str, Any]] = []
+    total = sum(p.seconds for p in phases)
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=systems.PDSERVE_URL, timeout=600,
+                                 limits=limits) as http:
+        t0 = time.perf_counter()
+
+        async def poll() -> None:
+            while (now := time.perf_counter() - t0) < total + 30:
+                try:
+                    pools = (await http.get("/v1/pools", timeout=10)).json()
+                    timeline.append({"t": now, **{k: v["replicas"] for k, v in pools.items()}})
+                except (httpx.HTTPError, ValueError):
+                    pass
+                await asyncio.sleep(2.0)
+
+        poller = asyncio.create_task(poll())
+        tasks = []
+        for at, model, i in plan:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            shape = SHAPES[model]
+            tasks.append(asyncio.create_task(one_request(
+                http, model, texts[model][i % 64], shape.max_tokens, at, t0)))
+        records = await asyncio.gather(*tasks)
+        poller.cancel()
+    return list(records), timeline
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+def replica_seconds(timeline: list[dict[str, Any]]) -> float:
+    """Engine replicas integrated over the run (each poll holds until the next)."""
+    total = 0.0
+    for a, b in zip(timeline, timeline[1:], strict=False):
+        total += sum(v for k, v in a.items() if k != "t") * (b["t"] - a["t"])
+    return total
+
+
+def scaling_actions(timeline: list[dict[str, Any]]) -> int:
+    """Changes of any pool's replica count between polls."""
+    return sum(1 for a, b in zip(timeline, timeline[1:], strict=False)
+               for k in a if k != "t" and k in b and a[k] != b[k])
+
+
+def summarize(policy: str, records: list[dict[str, Any]],
+              timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"policy": policy, "replica_seconds": replica_seconds(timeline),
+                           "scaling_actions": scaling_actions(timeline)}
+    met_all = 0
+    for model in (MODEL_A, MODEL_B):
+        rows = [r for r in records if r["model"] == model]
+        ok = [r for r in rows if r["ok"]]
+        target = SLO[model]
+        met = [r for r in ok if r["ttft_ms"] is not None and r["ttft_ms"] <= target["ttft_ms"]
+               and (r["itl_ms"] is None or r["itl_ms"] <= target["itl_ms"])]
+        met_all += len(met)
+        ttft = [r["ttft_ms"] for r in ok if r["ttft_ms"] is not None]
+        itl = [r["itl_ms"] for r in ok if r["itl_ms"] is not None]
+        out[model] = {"requests": len(rows), "failed": len(rows) - len(ok),
+                      "slo_attainment": len(met) / len(rows) if rows else None,
+                      "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
+                      "itl_p50_ms": percentile(itl, 50), "itl_p99_ms": percentile(itl, 99)}
+    out["slo_attainment"] = met_all / len(records) if records else None
+    out["failed"] = sum(1 for r in records if not r["ok"])
+    return out
+
+
+def _f(v: float | None, digits: int = 0) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def report(rows: list[dict[str, Any]], command: str, phases: list[Phase]) -> str:
+    lines = ["# SLO autoscaling vs Ray Serve's default policy", "", f"Command: `{command}`", "",
+             "Trace: " + ", ".join(f"{p.name} {p.seconds:.0f} s" for p in phases)
+             + f"; targets {json.dumps(SLO)} (TTFT p90 / ITL per request).", "",
+             "| policy | SLO attainment | model | attainment | TTFT p50 | TTFT p99 | ITL p50 | "
+             "ITL p99 | failed | replica-s | scaling actions |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for model in (MODEL_A, MODEL_B):
+            m = row[model]
+            lines.append(
+                f"| {row['policy']} | {_f(100 * row['slo_attainment'], 1)}% | {model} | "
+                f"{_f(100 * (m['slo_attainment'] or 0), 1)}% | {_f(m['ttft_p50_ms'])} | "
+                f"{_f(m['ttft_p99_ms'])} | {_f(m['itl_p50_ms'], 1)} | {_f(m['itl_p99_ms'], 1)} | "
+                f"{m['failed']} | {_f(row['replica_seconds'])} | {row['scaling_actions']} |")
+    if len(rows) == 2:
+        ours, ray = rows
+        lines += ["", f"Attainment {100 * ours['slo_attainment']:.1f}% vs "
+                  f"{100 * ray['slo_attainment']:.1f}%; replica-seconds "
+                  f"{ours['replica_seconds'] / max(ray['replica_seconds'], 1e-9):.2f}x of Ray's."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(results)
+    fig, axes = plt.subplots(2, len(policies), figsize=(7 * len(policies), 7), sharex=True,
+                             squeeze=False)
+    for col, policy in enumerate(policies):
+        timeline, records = results[policy]["timeline"], results[policy]["records"]
+        ax = axes[0][col]
+        for pool in sorted({k for row in timeline for k in row if k != "t"}):
+            ax.step([r["t"] for r in timeline], [r.get(pool, 0) for r in timeline],
+                    where="post", label=pool)
+        ax.set_title(f"{policy}: replicas per pool")
+        ax.set_ylabel("replicas")
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        for model in (MODEL_A, MODEL_B):
+            pts = [(r["t"], r["ttft_ms"]) for r in records if r["model"] == model and r["ok"]
+                   and r.get("ttft_ms") is not None]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, label=f"{model} TTFT")
+            ax.axhline(SLO[model]["ttft_ms"], linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds into the trace")
+        ax.set_ylabel("TTFT ms")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_policy(policy: str, model_dir: str, phases: list[Phase], seed: int,
+               out: Path) -> dict[str, Any]:
+    config_path = out / f"config-{policy}.yaml"
+    config_path.write_text(yaml.safe_dump(serve_config(policy, model_dir), sort_keys=False))
+    system = systems.System(
+        name=policy, command=[str(systems.VENV_BIN / "serve"), "run", str(config_path)],
+        base_url=systems.PDSERVE_URL, model_name=MODEL_A, model_dir=model_dir,
+        engine_kwargs=ENGINE, config_path=str(config_path), ray_cluster=True)
+    with systems.running(system, out / f"serve-{policy}.log", systems.find_preload_libs(),
+                         ready_timeout_s=900) as startup_s:
+        records, timeline = asyncio.run(drive(phases, seed))
+    return {"startup_s": startup_s, "records": records, "timeline": timeline,
+            "summary": summarize(policy, records, timeline)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="pdserve://bench")
+    parser.add_argument("--phase-scale", type=float, default=1.0,
+                        help="multiply every phase's length (0.2 for a smoke run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_dir = systems.resolve_model_dir(args.model)
+    phases = default_phases(args.phase_scale)
+    results = {}
+    for policy in args.policies:
+        results[policy] = run_policy(policy, model_dir, phases, args.seed, args.out)
+        print(json.dumps(results[policy]["summary"], indent=1), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=systems.REPO_ROOT).stdout.strip()
+    command = ("python -m pdserve.benchmarks.autoscale_bench "
+               + " ".join(argv if argv is not None else __import__("sys").argv[1:]))
+    rows = [results[p]["summary"] for p in args.policies]
+    (args.out / "results.json").write_text(json.dumps(
+        {"commit": commit, "phases": [asdict(p) for p in phases], "slo": SLO,
+         "results": results}, indent=1))
+    (args.out / "report.md").write_text(report(rows, command, phases))
+    plot(results, args.out / "timeline.png")
+    print(report(rows, command, phases))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

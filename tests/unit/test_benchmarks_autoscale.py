@@ -1,0 +1,61 @@
+"""Pure parts of the autoscaling benchmark: the trace, the accounting, the configs."""
+
+from __future__ import annotations
+
+from pdserve.benchmarks.autoscale_bench import (
+    MODEL_A,
+    MODEL_B,
+    Phase,
+    arrivals,
+    default_phases,
+    rate_at,
+    replica_seconds,
+    scaling_actions,
+    serve_config,
+    summarize,
+)
+from pdserve.deployments.config import AppConfig
+
+
+def test_rate_follows_the_phases_and_arrivals_are_deterministic() -> None:
+    phases = [Phase("ramp", 100, {MODEL_A: 0.0}, {MODEL_A: 2.0}),
+              Phase("flat", 100, {MODEL_A: 2.0}, {MODEL_A: 2.0})]
+    assert rate_at(phases, 50, MODEL_A) == 1.0 and rate_at(phases, 150, MODEL_A) == 2.0
+    assert rate_at(phases, 250, MODEL_A) == 0.0
+    times = arrivals(phases, MODEL_A, seed=1)
+    assert times == arrivals(phases, MODEL_A, seed=1) != arrivals(phases, MODEL_A, seed=2)
+    first, second = [t for t in times if t < 100], [t for t in times if t >= 100]
+    assert 60 < len(first) < 140 and 150 < len(second) < 250  # expected 100 and 200
+
+
+def test_replica_seconds_and_actions() -> None:
+    timeline = [{"t": 0.0, "a/prefill": 1, "b/colocated": 1},
+                {"t": 10.0, "a/prefill": 2, "b/colocated": 1},
+                {"t": 20.0, "a/prefill": 1, "b/colocated": 1}]
+    assert replica_seconds(timeline) == 2 * 10 + 3 * 10
+    assert scaling_actions(timeline) == 2
+
+
+def test_attainment_needs_both_targets_and_counts_failures_as_misses() -> None:
+    records = [
+        {"model": MODEL_A, "ok": True, "ttft_ms": 100.0, "itl_ms": 10.0},
+        {"model": MODEL_A, "ok": True, "ttft_ms": 5000.0, "itl_ms": 10.0},
+        {"model": MODEL_A, "ok": True, "ttft_ms": 100.0, "itl_ms": 900.0},
+        {"model": MODEL_B, "ok": False, "error": "HTTP 503"},
+    ]
+    summary = summarize("x", records, [{"t": 0.0, "p": 1}, {"t": 1.0, "p": 1}])
+    assert summary[MODEL_A]["slo_attainment"] == 1 / 3
+    assert summary[MODEL_B]["failed"] == 1 and summary["slo_attainment"] == 1 / 4
+
+
+def test_both_policies_run_the_same_validated_app_but_for_the_policy() -> None:
+    ours, ray = (serve_config(p, "/m") for p in ("pdserve_slo", "ray_default"))
+    for config in (ours, ray):
+        AppConfig.model_validate(config["applications"][0]["args"])
+    assert "autoscaling_policy" in ours["applications"][0]
+    assert "autoscaling_policy" not in ray["applications"][0]
+    for model in (0, 1):
+        mine = ours["applications"][0]["args"]["models"][model]
+        theirs = ray["applications"][0]["args"]["models"][model]
+        assert mine["engine_kwargs"] == theirs["engine_kwargs"]
+    assert sum(p.seconds for p in default_phases()) >= 480
