@@ -53,8 +53,8 @@ class Phase:
 def default_phases(scale: float = 1.0) -> list[Phase]:
     """Ramp up, plateau, spike, ramp down (seconds × `scale`): model A carries the swings,
     model B a steady load with its own smaller spike."""
-    low, mid, high = {MODEL_A: 0.2, MODEL_B: 0.2}, {MODEL_A: 1.0, MODEL_B: 0.4}, \
-        {MODEL_A: 2.0, MODEL_B: 0.6}
+    low, mid, high = {MODEL_A: 0.3, MODEL_B: 0.2}, {MODEL_A: 1.5, MODEL_B: 0.5}, \
+        {MODEL_A: 3.0, MODEL_B: 1.0}
     return [
         Phase("ramp up", 150 * scale, low, mid),
         Phase("plateau", 150 * scale, mid, mid),
@@ -95,8 +95,8 @@ class Shape:
     max_tokens: int
 
 
-SHAPES = {MODEL_A: Shape(prompt_words=220, max_tokens=32),  # ~500 tokens: prefill-heavy
-          MODEL_B: Shape(prompt_words=60, max_tokens=64)}
+SHAPES = {MODEL_A: Shape(prompt_words=380, max_tokens=32),  # ~900 tokens: prefill-heavy
+          MODEL_B: Shape(prompt_words=60, max_tokens=128)}  # ~150 tokens: decode-heavy
 
 
 def prompts(model: str, n: int, seed: int) -> list[str]:
