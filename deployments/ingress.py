@@ -154,9 +154,10 @@ class OpenAIIngress:
     @app.get("/v1/pools")
     async def pools(self) -> JSONResponse:
         """Replicas each pool of each model routes to now, as this ingress's routers see them
-        (follows autoscaling within a second or two)."""
+        (follows autoscaling within a second or two); `null` until the pool's router started
+        (Ray creates it on the pool's first request)."""
         return JSONResponse({
-            f"{model_id}/{role}": {"replicas": len(state.snapshot()["replicas"])}
+            f"{model_id}/{role}": {"replicas": state.num_replicas() if state.synced else None}
             for model_id, f in self.frontends.items() for role, state in f.pools.items()
         })
 

@@ -41,6 +41,7 @@ class PoolState:
         self.block_size: int | None = None
         self.subscriber: KVEventSubscriber | None = None
         self._watched: dict[str, str] = {}
+        self.synced = False  # whether a router has reported this pool's replicas yet
         self._kv_usage: dict[str, float] = {}
         self._capacity: dict[str, int] = {}  # engine KV blocks per replica
         self._fill: dict[str, float] = {}
@@ -56,6 +57,7 @@ class PoolState:
         A replica that left is dropped from the index; one whose engine endpoint changed is a
         restart and starts empty.
         """
+        self.synced = True
         for replica, stats in replicas.items():
             self._kv_usage[replica] = float(stats.get(STAT_KV_USAGE, 0.0) or 0.0)
             if stats.get(STAT_NUM_BLOCKS):
