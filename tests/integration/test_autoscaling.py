@@ -10,6 +10,7 @@ answer to its prompt (nothing fails or changes because of a scale-down).
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -87,7 +88,8 @@ STREAM_TOKENS = 200
 
 @pytest.fixture(scope="module")
 def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Yields the `serve run` log (the controller logs each policy change with its reason)."""
+    """Yields the `serve run` log (the controller logs each policy change with its reason);
+    the config sits next to it."""
     import ray
     from ray import serve
 
@@ -240,3 +242,49 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
     assert f"pdserve autoscaling {MODEL_B}/colocated" not in log
 
 
+
+
+def test_slo_targets_retune_in_place_without_restarting_engines(app: Path) -> None:
+    """`serve deploy` of the same app plus `user_config` overrides: Ray reconfigures the
+    replicas in place (no replica removed or added) and they report the new targets."""
+    import subprocess
+
+    import ray
+    from ray import serve
+
+    config = yaml.safe_load((app.parent / "config.yaml").read_text())
+    application = config["applications"][0]
+    model = application["args"]["models"][0]
+    retuned = {**model["slo"], "ttft_ms": 1234.0}
+    application["deployments"] = [
+        {"name": f"{MODEL_A}-{role}", "user_config": {"slo": retuned, "replica_budget": 4}}
+        for role in ("prefill", "decode")
+    ]
+    path = app.parent / "retuned.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_before = app.read_text()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60: local clusters use token auth
+    subprocess.run([str(systems.VENV_BIN / "serve"), "deploy", str(path)], check=True, env=env,
+                   timeout=120)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    ray.init(address="auto", logging_level="ERROR")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            reported = [serve.get_deployment_handle(f"{MODEL_A}-{role}", "pdserve")
+                        .record_autoscaling_stats.remote().result()["slo_ttft_ms"]
+                        for role in ("prefill", "decode")]
+            if reported == [1234.0, 1234.0]:
+                break
+            assert time.monotonic() < deadline, f"targets not retuned: {reported}"
+            time.sleep(1)
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_AUTH_MODE", None)
+    with httpx.Client(base_url=URL, timeout=120) as http:
+        answer = http.post("/v1/completions", json={"model": MODEL_A, "prompt": LONG[0],
+                                                    "max_tokens": 4})
+        assert answer.status_code == 200
+    after = app.read_text()[len(log_before):]
+    assert f"Updating 1 replicas of Deployment(name='{MODEL_A}-prefill'" in after
+    assert "Removing 1 replica" not in after and "Adding 1 replica" not in after, after[-2000:]

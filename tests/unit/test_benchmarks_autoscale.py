@@ -8,6 +8,7 @@ from pdserve.benchmarks.autoscale_bench import (
     Phase,
     arrivals,
     default_phases,
+    prompts,
     rate_at,
     replica_seconds,
     scaling_actions,
@@ -59,3 +60,9 @@ def test_both_policies_run_the_same_validated_app_but_for_the_policy() -> None:
         theirs = ray["applications"][0]["args"]["models"][model]
         assert mine["engine_kwargs"] == theirs["engine_kwargs"]
     assert sum(p.seconds for p in default_phases()) >= 480
+
+
+def test_prompts_are_long_enough_and_deterministic() -> None:
+    a = prompts(MODEL_A, 2, seed=0)
+    assert a == prompts(MODEL_A, 2, seed=0) and a[0] != a[1]
+    assert len(a[0].split()) > 380 and len(prompts(MODEL_B, 1, seed=0)[0].split()) > 60
