@@ -123,21 +123,14 @@ def serve_config(policy: str, model_dir: str) -> dict[str, Any]:
     def slo(model: str) -> dict[str, Any]:
         return {"slo": {**SLO[model], "percentile": 90}} if policy == "pdserve_slo" else {}
 
-    app: dict[str, Any] = {
-        "name": "pdserve", "route_prefix": "/",
-        "import_path": "pdserve.deployments.app:build_app",
-        "args": {"models": [
-            {"model_id": MODEL_A, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
-             "prefill": pool("prefill"), "decode": pool("decode"), **slo(MODEL_A)},
-            {"model_id": MODEL_B, "model": model_dir, "mode": "colocated",
-             "engine_kwargs": ENGINE, "colocated": pool("colocated"), **slo(MODEL_B)},
-        ]},
-    }
-    if policy == "pdserve_slo":
-        app["autoscaling_policy"] = {
-            "policy_function": "pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy"}
-    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000},
-            "applications": [app]}
+    args = {"models": [
+        {"model_id": MODEL_A, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
+         "prefill": pool("prefill"), "decode": pool("decode"), **slo(MODEL_A)},
+        {"model_id": MODEL_B, "model": model_dir, "mode": "colocated", "engine_kwargs": ENGINE,
+         "colocated": pool("colocated"), **slo(MODEL_B)},
+    ]}
+    return systems.serve_config_doc(
+        args, systems.SLO_POLICY if policy == "pdserve_slo" else None)
 
 
 async def one_request(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,

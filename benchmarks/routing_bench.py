@@ -59,21 +59,12 @@ def serve_config(model: str, replicas: int, gpu_blocks: int, router: dict[str, A
               "max_num_batched_tokens": max_model_len, "block_size": BLOCK_SIZE,
               "num_gpu_blocks_override": gpu_blocks, "kv_cache_memory_bytes": 512 * 2**20,
               "enforce_eager": True, "seed": 0}
-    return {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": 8000},
-        "applications": [{
-            "name": "pdserve", "route_prefix": "/",
-            "import_path": "pdserve.deployments.app:build_app",
-            "args": {"models": [{
-                "model_id": MODEL_ID, "model": model, "mode": "colocated",
-                "engine_kwargs": engine,
-                "colocated": {"num_replicas": replicas,
-                              "ray_actor_options": {"num_cpus": 2 / (replicas + 1)},
-                              "request_router_config": router},
-            }]},
-        }],
-    }
+    return systems.serve_config_doc({"models": [{
+        "model_id": MODEL_ID, "model": model, "mode": "colocated", "engine_kwargs": engine,
+        "colocated": {"num_replicas": replicas,
+                      "ray_actor_options": {"num_cpus": 2 / (replicas + 1)},
+                      "request_router_config": router},
+    }]})
 
 
 async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int,

@@ -111,6 +111,21 @@ def baseline_engine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k not in PD_ONLY_ENGINE_KWARGS}
 
 
+SLO_POLICY = "pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy"
+
+
+def serve_config_doc(args: dict[str, Any], autoscaling_policy: str | None = None
+                     ) -> dict[str, Any]:
+    """A `serve run` config: one pdserve app on `PDSERVE_URL` with these `args` (optionally
+    under an application-level autoscaling policy)."""
+    app: dict[str, Any] = {"name": "pdserve", "route_prefix": "/",
+                           "import_path": "pdserve.deployments.app:build_app", "args": args}
+    if autoscaling_policy:
+        app["autoscaling_policy"] = {"policy_function": autoscaling_policy}
+    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000},
+            "applications": [app]}
+
+
 def pdserve_system(name: str, config_path: str | Path, model_dir: str | None = None) -> System:
     """A pdserve app started with `serve run <config>` from the repo root."""
     spec = load_model_spec(config_path)
