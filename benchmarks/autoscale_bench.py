@@ -155,7 +155,8 @@ async def one_request(http: httpx.AsyncClient, model: str, prompt: str, max_toke
                     tokens += 1
         ok = first is not None
     except Exception as exc:  # counted as a failed request
-        return {"model": model, "t": sent_at, "ok": False, "error": str(exc)}
+        return {"model": model, "t": sent_at, "ok": False,
+                "error": f"{type(exc).__name__}: {exc}"}
     ttft = (first - start) * 1000 if first else None
     itl = (last - first) * 1000 / (tokens - 1) if first and last and tokens > 1 else None
     return {"model": model, "t": sent_at, "ok": ok, "ttft_ms": ttft, "itl_ms": itl,
