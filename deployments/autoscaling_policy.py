@@ -164,7 +164,8 @@ class SLOAutoscalingPolicy:
             reports = latest_values(ctx)
             for report in reports.values():
                 targets = reported_targets(report)
-                if targets is not None:
+                if targets is not None and targets != self.targets.get(names[0]):
+                    logger.info("pdserve autoscaling %s: targets %s", names[0], targets)
                     self.targets[names[0]] = targets
                 if report.get("replica_budget", -1.0) > 0:
                     self.budget = int(report["replica_budget"])

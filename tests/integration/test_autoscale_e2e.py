@@ -10,7 +10,6 @@ answer to its prompt (nothing fails or changes because of a scale-down).
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -197,9 +196,8 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
                 burst.clear()
                 for worker in workers:
                     worker.result()
-        during = [s[f"{MODEL_B}/colocated"] for s in seen]
-        assert set(during) == {1}, f"model B's pool moved during A's burst: {during}"
-        assert max(s[f"{MODEL_A}/decode"] for s in seen) == 1
+        # B's pool and A's decode pool stay put: checked on Ray's side (the controller log)
+        # at the end; the ingress's view can dip while a saturated replica misses a report.
 
         # Scale-down while streams are open on both models and prefills keep arriving.
         calm = threading.Event()
@@ -226,13 +224,15 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
                 calm.clear()
                 for worker in workers:
                     worker.result()
-        assert pools(http)[f"{MODEL_B}/colocated"] == 1
     answered = ledger.check()
     assert answered > 30, answered
     log = app.read_text()
     assert f"pdserve autoscaling {MODEL_A}/prefill: 1 -> 2 (queued_prefill_tokens" in log
     assert f"pdserve autoscaling {MODEL_A}/prefill: 2 -> 1 (headroom" in log
     assert f"pdserve autoscaling {MODEL_B}/colocated" not in log
+    for pool in (f"{MODEL_B}-colocated", f"{MODEL_A}-decode"):  # started once, never changed
+        assert log.count(f"Adding 1 replica to Deployment(name='{pool}'") == 1, pool
+        assert f"Removing 1 replica from Deployment(name='{pool}'" not in log, pool
 
 
 
@@ -240,9 +240,6 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
 def test_slo_targets_retune_in_place_without_restarting_engines(app: Path) -> None:
     """`serve deploy` of the same app plus `user_config` overrides: Ray reconfigures the
     replicas in place (no replica removed or added) and they report the new targets."""
-    import ray
-    from ray import serve
-
     config = yaml.safe_load((app.parent / "config.yaml").read_text())
     application = config["applications"][0]
     model = application["args"]["models"][0]
@@ -259,21 +256,12 @@ def test_slo_targets_retune_in_place_without_restarting_engines(app: Path) -> No
     deploy = httpx.put("http://127.0.0.1:8265/api/serve/applications/", json=config,
                        headers={"authorization": f"Bearer {token}"}, timeout=120)
     assert deploy.status_code == 200, deploy.text
-    os.environ["RAY_AUTH_MODE"] = "token"
-    ray.init(address="auto", logging_level="ERROR")
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            reported = [serve.get_deployment_handle(f"{MODEL_A}-{role}", "pdserve")
-                        .record_autoscaling_stats.remote().result()["slo_ttft_ms"]
-                        for role in ("prefill", "decode")]
-            if reported == [1234.0, 1234.0]:
-                break
-            assert time.monotonic() < deadline, f"targets not retuned: {reported}"
-            time.sleep(1)
-    finally:
-        ray.shutdown()
-        os.environ.pop("RAY_AUTH_MODE", None)
+    # The policy logs a model's targets when its replicas report new ones.
+    want = f"pdserve autoscaling {MODEL_A}: targets Targets(ttft_ms=1234.0"
+    deadline = time.monotonic() + 180
+    while want not in app.read_text()[len(log_before):]:
+        assert time.monotonic() < deadline, "the policy never saw the retuned targets"
+        time.sleep(2)
     with httpx.Client(base_url=URL, timeout=120) as http:
         answer = http.post("/v1/completions", json={"model": MODEL_A, "prompt": LONG[0],
                                                     "max_tokens": 4})
