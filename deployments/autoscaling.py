@@ -200,10 +200,7 @@ def decide(snapshot: Snapshot) -> dict[tuple[str, str], Decision]:
             continue
         targets = snapshot.targets.get(model, Targets())
         p_key, d_key = (model, "prefill"), (model, "decode")
-        if HOLD in (decisions[p_key].direction, decisions[d_key].direction) and (
-            decisions[p_key].reason in ("starting", "stopping")
-            or decisions[d_key].reason in ("starting", "stopping")
-        ):
+        if {decisions[p_key].reason, decisions[d_key].reason} & {"starting", "stopping"}:
             continue  # one side is moving: re-check the ratio once it settled
         decisions[p_key], decisions[d_key] = _apply_ratio(
             pools[p_key], pools[d_key], decisions[p_key], decisions[d_key], targets

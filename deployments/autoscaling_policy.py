@@ -188,26 +188,21 @@ class SLOAutoscalingPolicy:
         return out, state
 
 
-_pool_metrics: DecisionMetrics | None = None
-_pool_targets: dict[str, Targets] = {}
+_pool_policy_state: SLOAutoscalingPolicy | None = None
 
 
 def pool_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
     """Per-deployment policy (`autoscaling_config.policy`): the same rule for one pool, without
     the P:D ratio and the shared budget (those need the application-level policy)."""
-    global _pool_metrics
+    global _pool_policy_state
     names = pool_of(ctx.deployment_name)
     if names is None:
         return ctx.target_num_replicas, {}
-    reports = latest_values(ctx)
-    for report in reports.values():
-        targets = reported_targets(report)
-        if targets is not None:
-            _pool_targets[names[0]] = targets
-    pool = pool_snapshot(*names, ctx, reports)
-    decision = decide_pool(pool, _pool_targets.get(names[0], Targets()))
-    if _pool_metrics is None:
-        _pool_metrics = _metrics()
-    if _pool_metrics is not None:
-        _pool_metrics.record(pool, decision)
+    if _pool_policy_state is None:  # remembers each model's reported targets and metrics
+        _pool_policy_state = SLOAutoscalingPolicy()
+    snapshot, _ = _pool_policy_state.snapshot({names: ctx})
+    (pool,) = snapshot.pools
+    decision = decide_pool(pool, snapshot.targets.get(names[0], Targets()))
+    if _pool_policy_state.metrics is not None:
+        _pool_policy_state.metrics.record(pool, decision)
     return decision.replicas, {"pdserve_reason": decision.reason}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from pdserve.deployments.autoscaling_policy import (
     SLOAutoscalingPolicy,
     latest_values,
@@ -151,3 +152,16 @@ def test_load_signals_use_the_look_back_mean_latencies_the_latest_value() -> Non
     ctx.aggregated_metrics = {"queued_prefill_tokens": {"r1": 450.0}, "ttft_ms": {"r1": 1.0}}
     latest = latest_values(ctx)["r1"]
     assert latest["queued_prefill_tokens"] == 450.0 and latest["ttft_ms"] == 700.0
+
+
+def test_pool_policy_decides_one_pool_with_its_reported_targets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdserve.deployments import autoscaling_policy
+
+    state = SLOAutoscalingPolicy()
+    state.metrics = None
+    monkeypatch.setattr(autoscaling_policy, "_pool_policy_state", state)
+    slow = context("a-colocated", {"c1": {"ttft_ms": 700.0, "warm": 1.0, **SLO}})
+    assert autoscaling_policy.pool_policy(slow) == (2, {"pdserve_reason": "ttft"})
+    user = context("frontend", {"x1": {}})
+    assert autoscaling_policy.pool_policy(user)[0] == user.target_num_replicas
