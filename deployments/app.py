@@ -9,13 +9,17 @@ import ray
 from pdserve.decode.server import ColocatedServer, DecodeServer
 from pdserve.deployments.config import AppConfig, ModelConfig, PoolConfig, check_cpu_budget
 from pdserve.deployments.ingress import OpenAIIngress
+from pdserve.deployments.pipelines.embedding import EmbeddingServer
+from pdserve.deployments.pipelines.retriever import PipelineRetriever
+from pdserve.deployments.pipelines.stores import check_store_kind
 from pdserve.prefill.server import PrefillServer
 from pdserve.routing.scorers import RouterSettings
 from ray.serve.deployment import Application
 
 logger = logging.getLogger(__name__)
 
-POOL_CLASSES = {"prefill": PrefillServer, "decode": DecodeServer, "colocated": ColocatedServer}
+POOL_CLASSES = {"prefill": PrefillServer, "decode": DecodeServer, "colocated": ColocatedServer,
+                "embed": EmbeddingServer}
 
 #: Router per role unless the pool's `request_router_config` names another.
 DEFAULT_ROUTERS = {
@@ -27,12 +31,16 @@ DEFAULT_ROUTERS = {
 ROUTING_STATS_PERIOD_S = 2.0
 
 
-def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any]:
-    """Ray's `request_router_config` for a pool: ours by default, validated if it is ours."""
-    config = {"request_router_class": DEFAULT_ROUTERS[role],
+def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any] | None:
+    """Ray's `request_router_config` for a pool: ours by default, validated if it is ours.
+    Embedding pools keep Ray's default (power of two choices): no prefix to reuse there."""
+    if role not in DEFAULT_ROUTERS and not pool.request_router_config:
+        return None
+    config = {"request_router_class": DEFAULT_ROUTERS.get(role),
               "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
               **(pool.request_router_config or {})}
-    if str(config["request_router_class"]).startswith("pdserve.routing."):
+    config = {key: value for key, value in config.items() if value is not None}
+    if str(config.get("request_router_class", "")).startswith("pdserve.routing."):
         try:
             RouterSettings.model_validate(config.get("request_router_kwargs") or {})
         except ValueError as exc:
@@ -70,9 +78,11 @@ def _pool_options(
         "max_ongoing_requests": pool.max_ongoing_requests,
         "health_check_timeout_s": 120,
         "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s,
-        "request_router_config": router_config(role, pool, name),
         "user_config": engine_user_config(config, model),
     }
+    routing = router_config(role, pool, name)
+    if routing is not None:
+        options["request_router_config"] = routing
     if pool.autoscaling_config:
         options["autoscaling_config"] = _autoscaling_config(pool, model)
     else:
@@ -101,13 +111,26 @@ def build_pd_app(config: AppConfig) -> Application:
             )
             pool_index = slots.index((model.model_id, role))
             pools[model.model_id][role] = deployment.bind(config_dict, model.model_id, pool_index)
+    retrievers = {}
+    for i, pipeline in enumerate(config.pipelines):
+        try:
+            check_store_kind(pipeline.store.kind)
+        except ValueError as exc:
+            raise ValueError(f"pipelines[{i}].store.kind: {exc}") from exc
+        retriever = pipeline.retriever
+        retrievers[pipeline.name] = PipelineRetriever.options(
+            name=f"{pipeline.name}-retriever",
+            num_replicas=retriever.num_replicas,
+            ray_actor_options=retriever.ray_actor_options,
+            max_ongoing_requests=retriever.max_ongoing_requests,
+        ).bind(pipeline.model_dump(mode="json"), pools[pipeline.embedding_model]["embed"])
     ingress = OpenAIIngress.options(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
         ray_actor_options=config.ingress.ray_actor_options,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
-    return ingress.bind(config_dict, pools)
+    return ingress.bind(config_dict, pools, retrievers)
 
 
 def build_app(config: AppConfig | dict[str, Any]) -> Application:

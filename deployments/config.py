@@ -152,8 +152,9 @@ class ModelConfig(_Strict):
     model: str = Field(
         ..., min_length=1, description="HF model id, local path, or `pdserve://tiny`."
     )
-    mode: Literal["pd", "colocated"] = Field(
-        "pd", description="`pd`: separate prefill and decode pools; `colocated`: one pool."
+    mode: Literal["pd", "colocated", "embed"] = Field(
+        "pd", description="`pd`: separate prefill and decode pools; `colocated`: one pool; "
+        "`embed`: one pool of a pooling (embedding) model, served on `/v1/embeddings`."
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments (its own names), passed through."
@@ -161,6 +162,7 @@ class ModelConfig(_Strict):
     prefill: PoolConfig | None = Field(None, description="Prefill pool (mode `pd`).")
     decode: PoolConfig | None = Field(None, description="Decode pool (mode `pd`).")
     colocated: PoolConfig | None = Field(None, description="The single pool (mode `colocated`).")
+    embed: PoolConfig | None = Field(None, description="The embedding pool (mode `embed`).")
     kv_transfer: KVTransferSettings = Field(default_factory=KVTransferSettings)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     slo: SLOTargets | None = Field(
@@ -187,12 +189,14 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _pools_match_mode(self) -> ModelConfig:
-        if self.mode == "pd" and self.colocated is not None:
-            raise ValueError(f"model {self.model_id!r}: `colocated` pool given in mode `pd`")
-        if self.mode == "colocated" and (self.prefill or self.decode):
-            raise ValueError(
-                f"model {self.model_id!r}: `prefill`/`decode` pools given in mode `colocated`"
-            )
+        allowed = {"pd": {"prefill", "decode"}, "colocated": {"colocated"}, "embed": {"embed"}}
+        for role in ("prefill", "decode", "colocated", "embed"):
+            if getattr(self, role) is not None and role not in allowed[self.mode]:
+                raise ValueError(f"model {self.model_id!r}: `{role}` pool given in mode "
+                                 f"`{self.mode}` (it takes {sorted(allowed[self.mode])})")
+        if self.mode == "embed" and self.slo is not None:
+            raise ValueError(f"model {self.model_id!r}.slo: latency targets apply to "
+                             "generating models, not `embed` pools")
         reserved = {"model", "kv_transfer_config", "kv_events_config"}
         clash = reserved & set(self.engine_kwargs)
         if clash:
@@ -206,7 +210,97 @@ class ModelConfig(_Strict):
         """The pools this model runs, with defaults filled in, keyed by role."""
         if self.mode == "pd":
             return {"prefill": self.prefill or PoolConfig(), "decode": self.decode or PoolConfig()}
+        if self.mode == "embed":
+            return {"embed": self.embed or PoolConfig()}
         return {"colocated": self.colocated or PoolConfig()}
+
+    def generates(self) -> bool:
+        """Whether the model answers completions and chat (every mode but `embed`)."""
+        return self.mode != "embed"
+
+
+class ChunkingConfig(_Strict):
+    """How documents become retrievable chunks: paragraphs, packed or split by sentence."""
+
+    max_words: int = Field(
+        200, ge=8, description="Words per chunk at most; longer paragraphs split at sentences."
+    )
+    overlap_words: int = Field(
+        0, ge=0, description="Words a split paragraph's next chunk repeats from the previous."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingConfig:
+        if self.overlap_words >= self.max_words:
+            raise ValueError("overlap_words must be smaller than max_words")
+        return self
+
+
+class VectorStoreConfig(_Strict):
+    """Where a pipeline's chunks and vectors live; `kind` names a registered store."""
+
+    kind: str = Field("lancedb", description="Vector store: `lancedb` (embedded) or `qdrant`.")
+    uri: str | None = Field(
+        None,
+        description="lancedb: a directory or object-store URI (default: "
+        "`~/.cache/pdserve/vectors`); qdrant: a server URL (`http://host:6333`), a local "
+        "directory, or `:memory:`.",
+    )
+    collection: str | None = Field(
+        None, description="Table (lancedb) or collection (qdrant); default: the pipeline name."
+    )
+    index_min_rows: int = Field(
+        50_000, ge=1,
+        description="lancedb: build an ANN index once the table holds this many chunks "
+        "(exact search below it).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the store's client (e.g. qdrant `api_key`, "
+        "lancedb `storage_options`), passed through.",
+    )
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Answer the question using only the context below. If the context does not contain the "
+    "answer, say so."
+)
+
+
+class PipelineConfig(_Strict):
+    """A RAG pipeline served as a model: embed the question, search, generate with an LLM."""
+
+    name: str = Field(..., min_length=1, description="Model id clients use for the pipeline.")
+    embedding_model: str = Field(..., description="`model_id` of a model with mode `embed`.")
+    llm: str = Field(..., description="`model_id` of the generating model (PD or colocated).")
+    store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
+    top_k: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")
+    ordering: Literal["canonical", "score"] = Field(
+        "canonical",
+        description="`canonical`: chunks in (document, position) order, so questions that "
+        "retrieve overlapping chunks share a prompt prefix (prefix cache, prefix routing); "
+        "`score`: best match first.",
+    )
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="Opens the system message.")
+    chunk_template: str = Field(
+        "[{document} #{chunk}]\n{text}",
+        description="How each chunk is written into the system message "
+        "(fields: document, chunk, text, score).",
+    )
+    retriever: PoolConfig = Field(
+        default_factory=lambda: PoolConfig(ray_actor_options={"num_cpus": 0}),
+        description="The pipeline's retriever deployment (embeds via the pool, searches).",
+    )
+
+    @model_validator(mode="after")
+    def _template_fields_known(self) -> PipelineConfig:
+        try:
+            self.chunk_template.format(document="d", chunk=0, text="t", score=1.0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"pipeline {self.name!r}.chunk_template: {exc!r}; fields are "
+                             "document, chunk, text, score") from exc
+        return self
 
 
 class IngressConfig(_Strict):
@@ -232,6 +326,9 @@ class AppConfig(_Strict):
     """The whole application: `args:` of `pdserve.deployments.app:build_app`."""
 
     models: list[ModelConfig] = Field(..., min_length=1, description="Models served.")
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list, description="RAG pipelines, each served as a model of its own."
+    )
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     cpu_binding: Literal["auto", "nobind"] = Field(
         "auto", description="`auto`: pin each engine's OpenMP threads to its own core(s)."
@@ -246,9 +343,27 @@ class AppConfig(_Strict):
     @model_validator(mode="after")
     def _unique_model_ids(self) -> AppConfig:
         names = [name for m in self.models for name in m.names()]
+        names += [p.name for p in self.pipelines]
         dupes = sorted({i for i in names if names.count(i) > 1})
         if dupes:
-            raise ValueError(f"models: model_id/served_model_name used twice: {dupes}")
+            raise ValueError(f"models: model_id/served_model_name/pipeline name used twice: "
+                             f"{dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _pipelines_name_models(self) -> AppConfig:
+        by_id = {m.model_id: m for m in self.models}
+        for i, pipeline in enumerate(self.pipelines):
+            embedder = by_id.get(pipeline.embedding_model)
+            if embedder is None or embedder.mode != "embed":
+                known = sorted(m.model_id for m in self.models if m.mode == "embed")
+                raise ValueError(f"pipelines[{i}].embedding_model: {pipeline.embedding_model!r} "
+                                 f"is not a model with mode `embed` (those are: {known})")
+            llm = by_id.get(pipeline.llm)
+            if llm is None or not llm.generates():
+                known = sorted(m.model_id for m in self.models if m.generates())
+                raise ValueError(f"pipelines[{i}].llm: {pipeline.llm!r} is not a generating "
+                                 f"model (those are: {known})")
         return self
 
     @model_validator(mode="after")

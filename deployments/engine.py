@@ -180,12 +180,16 @@ class EngineHost:
         transfer = kv_transfer_config(
             self.role, self.engine_id, self.model.kv_transfer.kv_buffer_device
         )
+        kwargs = dict(self.model.engine_kwargs)
+        if self.role == "embed":  # a pooling model: no KV to transfer or to route by
+            kwargs.setdefault("runner", "pooling")
+        events = self.model.routing.kv_events and self.role != "embed"
         return AsyncEngineArgs(
             model=resolve_model(self.model.model),  # built on this node if it is pdserve://
             served_model_name=self.model.model_id,
             kv_transfer_config=transfer,
-            kv_events_config=kv_events_config(self.model.routing.kv_events),
-            **self.model.engine_kwargs,
+            kv_events_config=kv_events_config(events),
+            **kwargs,
         )
 
     def _static_routing_stats(self) -> dict[str, Any]:

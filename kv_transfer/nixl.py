@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["prefill", "decode", "colocated"]
+Role = Literal["prefill", "decode", "colocated", "embed"]
 
 #: Ports reserved per pool: replica `local_rank` r of pool p gets base + p * stride + r.
 PORTS_PER_POOL = 64
@@ -31,7 +31,7 @@ def kv_transfer_config(role: Role, engine_id: str, kv_buffer_device: str) -> dic
 
     Decode engines recompute locally when a KV load fails instead of failing the request.
     """
-    if role == "colocated":
+    if role in ("colocated", "embed"):
         return None
     return {
         "kv_connector": "NixlConnector",

@@ -16,6 +16,23 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    """Index files into a running pipeline's vector store (replacing files indexed before)."""
+    from pdserve.ingest import find_files, ingest_local, ingest_ray_data
+
+    files = find_files(args.paths)
+    if not files:
+        raise ValueError(f"no text or Markdown files under {' '.join(args.paths)}")
+    if args.ray_data:
+        totals = ingest_ray_data(args.url, args.pipeline, files, args.batch_docs,
+                                 args.concurrency, args.ray_address)
+    else:
+        totals = ingest_local(args.url, args.pipeline, files, args.batch_docs)
+    print(f"indexed {totals['documents']} documents as {totals['chunks']} chunks "
+          f"into pipeline {args.pipeline!r}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     """Argument parser with one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog="pdserve", description=__doc__)
@@ -25,6 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="construction seed (default: 0)")
     tiny.add_argument("--out", type=Path, default=None, help="output dir (default: cache)")
     tiny.set_defaults(func=_tiny_model)
+    ingest = sub.add_parser("ingest", help="index text/Markdown files into a served pipeline")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
+    ingest.add_argument("--pipeline", required=True, help="pipeline name (its model id)")
+    ingest.add_argument("--url", default="http://127.0.0.1:8000",
+                        help="the pdserve server (default: http://127.0.0.1:8000)")
+    ingest.add_argument("--batch-docs", type=int, default=16,
+                        help="documents per upsert call (default: 16)")
+    ingest.add_argument("--ray-data", action="store_true",
+                        help="read and send on Ray Data (large corpora, Ray clusters)")
+    ingest.add_argument("--ray-address", default=None,
+                        help="with --ray-data: Ray cluster address (default: the running "
+                        "cluster, or a local one)")
+    ingest.add_argument("--concurrency", type=int, default=4,
+                        help="with --ray-data: parallel senders (default: 4)")
+    ingest.set_defaults(func=_ingest)
     return parser
 
 
@@ -33,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"pdserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

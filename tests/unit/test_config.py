@@ -44,8 +44,10 @@ def test_bad_config_names_the_field(args: dict, field: str) -> None:
 def test_pools_must_match_mode() -> None:
     with pytest.raises(ValidationError, match="`colocated` pool given in mode `pd`"):
         AppConfig.model_validate(app_args(colocated={"num_replicas": 1}))
-    with pytest.raises(ValidationError, match="`prefill`/`decode` pools given"):
+    with pytest.raises(ValidationError, match="`prefill` pool given in mode `colocated`"):
         AppConfig.model_validate(app_args(mode="colocated", prefill={"num_replicas": 1}))
+    with pytest.raises(ValidationError, match="`decode` pool given in mode `embed`"):
+        AppConfig.model_validate(app_args(mode="embed", decode={"num_replicas": 1}))
 
 
 def test_engine_kwargs_may_not_override_what_pdserve_sets_per_pool() -> None:
@@ -178,3 +180,53 @@ def test_routing_thresholds_are_validated() -> None:
         ModelConfig(model_id="m", model="x", routing={"local_prefill_below_tokens": -1})
     with pytest.raises(ValueError, match="max_prefill_queue_per_replica"):
         ModelConfig(model_id="m", model="x", routing={"max_prefill_queue_per_replica": 0})
+
+
+def rag_args(**pipeline: object) -> dict:
+    return {"models": [{"model_id": "llm", "model": "pdserve://tiny"},
+                       {"model_id": "emb", "model": "pdserve://all-minilm-l6-v2",
+                        "mode": "embed"}],
+            "pipelines": [{"name": "docs", "embedding_model": "emb", "llm": "llm", **pipeline}]}
+
+
+def test_a_pipeline_gets_stated_defaults_and_an_embedding_pool() -> None:
+    config = AppConfig.model_validate(rag_args())
+    (pipeline,) = config.pipelines
+    assert (pipeline.store.kind, pipeline.top_k, pipeline.ordering) == ("lancedb", 5, "canonical")
+    assert config.pool_slots() == [("llm", "prefill"), ("llm", "decode"), ("emb", "embed")]
+    assert not config.models[1].generates()
+
+
+@pytest.mark.parametrize(("pipeline", "field"), [
+    ({"embedding_model": "llm"}, r"pipelines\[0\]\.embedding_model: 'llm' is not a model with "
+                                 r"mode `embed` \(those are: \['emb'\]\)"),
+    ({"llm": "emb"}, r"pipelines\[0\]\.llm: 'emb' is not a generating model"),
+    ({"ordering": "random"}, r"pipelines\.0\.ordering"),
+    ({"top_k": 0}, r"pipelines\.0\.top_k"),
+    ({"chunking": {"max_words": 50, "overlap_words": 50}}, "overlap_words must be smaller"),
+    ({"chunk_template": "{txt}"}, r"chunk_template: KeyError\('txt'\)"),
+    ({"store": {"kind": "lancedb", "url": "x"}}, r"pipelines\.0\.store\.url"),
+])
+def test_bad_pipeline_config_names_the_field(pipeline: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        AppConfig.model_validate(rag_args(**pipeline))
+
+
+def test_pipeline_names_share_the_model_namespace() -> None:
+    args = rag_args(name="llm")
+    with pytest.raises(ValidationError, match=r"used twice: \['llm'\]"):
+        AppConfig.model_validate(args)
+
+
+def test_unknown_store_kind_fails_the_build_listing_known_stores() -> None:
+    from pdserve.deployments.app import build_app
+
+    with pytest.raises(ValueError, match=r"pipelines\[0\]\.store\.kind: unknown vector store "
+                                         r"'milvus'; known: lancedb, qdrant"):
+        build_app(rag_args(store={"kind": "milvus"}))
+
+
+def test_embedding_pools_keep_rays_default_router() -> None:
+    from pdserve.deployments.app import router_config
+
+    assert router_config("embed", PoolConfig(), "emb-embed") is None

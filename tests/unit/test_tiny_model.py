@@ -152,8 +152,13 @@ def test_resolve_model_passes_through_other_names() -> None:
 
 
 def test_resolve_model_rejects_unknown_size() -> None:
-    with pytest.raises(ValueError, match=r"known sizes: .*tiny"):
+    with pytest.raises(ValueError, match=r"known: all-minilm-l6-v2, .*tiny"):
         resolve_model("pdserve://nope")
+
+
+def test_resolve_model_finds_the_packaged_embedding_model() -> None:
+    path = Path(resolve_model("pdserve://all-minilm-l6-v2"))
+    assert (path / "config.json").is_file()
 
 
 def test_resolve_model_builds_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

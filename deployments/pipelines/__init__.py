@@ -1,0 +1,1 @@
+"""RAG pipelines served as models: chunking, vector stores, retrieval, prompt assembly."""
