@@ -22,6 +22,7 @@ from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend
 from pdserve.deployments.pipelines.stores import StoreUnavailable
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -162,8 +163,11 @@ class OpenAIIngress:
         if not inputs or any(len(i) == 0 for i in inputs):
             return _to_response(create_error_response("input must not be empty", param="input"))
         _, handle = self.embedders[request.model]
-        outputs = await handle.embed.remote(inputs, request.to_pooling_params(),
-                                            request.truncate_prompt_tokens)
+        try:
+            outputs = await handle.embed.remote(inputs, request.to_pooling_params(),
+                                                request.truncate_prompt_tokens)
+        except RayTaskError as exc:  # the engine's own error (e.g. input too long), unwrapped
+            return _to_response(create_error_response(exc.cause))
         encode = get_pooling_output_encoder(request.encoding_format, request.embed_dtype,
                                             request.endianness)
         response = EmbeddingResponse(

@@ -81,14 +81,17 @@ def bare_reference(
 
 
 @pytest.fixture(scope="session")
-def serve_app(model_dir: str, bare_reference: list[list[int]]) -> Iterator[str]:
+def serve_app(
+    model_dir: str, bare_reference: list[list[int]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     import ray
     from pdserve.deployments.app import build_app
     from ray import serve
 
-    ray.init(num_cpus=2, _metrics_export_port=METRICS_PORT)
+    ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
-    serve.run(build_app(app_args(model_dir)), name=APP_NAME, route_prefix="/")
+    stores = tmp_path_factory.mktemp("vector-stores")
+    serve.run(build_app(app_args(model_dir, str(stores))), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{HTTP_PORT}"
     wait_for_routers(url)
     yield url

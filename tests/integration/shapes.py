@@ -19,13 +19,15 @@ PREFILL_TIMEOUT_S = 6.0
 COLOCATED_REPLICAS = 2
 #: PD plan: prompts with fewer uncached tokens than this prefill on the decode replica.
 LOCAL_PREFILL_BELOW_TOKENS = 16
-#: KV blocks per colocated engine: enough for one max-length request (1024 / 32 = 32 blocks),
+#: KV blocks per colocated engine: enough for one max-length request (2048 / 32 = 64 blocks),
 #: small enough that a few long prompts force evictions (vLLM's `BlockRemoved`).
-COLOCATED_GPU_BLOCKS = 48
+COLOCATED_GPU_BLOCKS = 72
 
 ENGINE_KWARGS: dict[str, Any] = {
     "dtype": "float32",
-    "max_model_len": 1024,
+    # RAG prompts hold 5 paragraphs of prose; the tiny model's byte-level tokenizer spends
+    # ~3 tokens per English word, so they reach ~1,500 tokens.
+    "max_model_len": 2048,
     "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
     "block_size": BLOCK_SIZE,
     "kv_cache_memory_bytes": 128 * 2**20,
@@ -34,8 +36,30 @@ ENGINE_KWARGS: dict[str, Any] = {
 }
 
 
-def app_args(model_dir: str) -> dict[str, Any]:
-    """PD model (1 prefill + 1 decode) and a colocated pool of 2 engines: 4 x 0.5 CPU.
+EMBED_MODEL = "minilm"
+#: RAG pipelines over the PD model: one per vector store, and one whose store is down.
+PIPELINE_LANCEDB = "docs"
+PIPELINE_QDRANT = "docs-qdrant"
+PIPELINE_DOWN = "docs-down"
+RAG_TOP_K = 5
+
+
+def rag_pipelines(store_dir: str) -> list[dict[str, Any]]:
+    common = {"embedding_model": EMBED_MODEL, "llm": PD_MODEL, "top_k": RAG_TOP_K,
+              "system_prompt": "Answer from the context."}
+    return [
+        {"name": PIPELINE_LANCEDB, **common,
+         "store": {"kind": "lancedb", "uri": f"{store_dir}/lancedb"}},
+        {"name": PIPELINE_QDRANT, **common,
+         "store": {"kind": "qdrant", "uri": f"{store_dir}/qdrant"}},  # qdrant-client local mode
+        {"name": PIPELINE_DOWN, **common,
+         "store": {"kind": "qdrant", "uri": "http://127.0.0.1:9"}},  # nothing listens there
+    ]
+
+
+def app_args(model_dir: str, store_dir: str) -> dict[str, Any]:
+    """PD model (1 prefill + 1 decode), a colocated pool of 2 engines and an embedding pool:
+    5 x 0.5 CPU; three RAG pipelines over the PD model.
 
     The PD model disaggregates every prompt with at least 16 uncached tokens (so the KV-transfer
     tests see transfers) and prefills shorter ones, or already-cached ones, on the decode replica.
@@ -61,6 +85,14 @@ def app_args(model_dir: str) -> dict[str, Any]:
                 "mode": "colocated",
                 "colocated": {"num_replicas": COLOCATED_REPLICAS},
             },
+            {
+                "model_id": EMBED_MODEL,
+                "model": "pdserve://all-minilm-l6-v2",
+                "mode": "embed",
+                "engine_kwargs": {"dtype": "float32", "enforce_eager": True,
+                                  "gpu_memory_utilization": 0.2},
+            },
         ],
+        "pipelines": rag_pipelines(store_dir),
         "testing": {"fault_injection": True},
     }

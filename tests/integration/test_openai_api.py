@@ -6,19 +6,29 @@ import httpx
 import openai
 import pytest
 from client import post
-from shapes import COLOCATED_MODEL, HTTP_PORT, PD_MODEL
+from shapes import (
+    COLOCATED_MODEL,
+    EMBED_MODEL,
+    HTTP_PORT,
+    PD_MODEL,
+    PIPELINE_DOWN,
+    PIPELINE_LANCEDB,
+    PIPELINE_QDRANT,
+)
 
 
 def test_models_lists_every_served_model(client: httpx.Client) -> None:
     ids = {card["id"] for card in client.get("/v1/models").json()["data"]}
-    assert ids == {PD_MODEL, COLOCATED_MODEL}
+    assert ids == {PD_MODEL, COLOCATED_MODEL, EMBED_MODEL, PIPELINE_LANCEDB, PIPELINE_QDRANT,
+                   PIPELINE_DOWN}
 
 
 def test_health_reflects_every_pool(client: httpx.Client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     assert set(response.json()["pools"]) == {
-        f"{PD_MODEL}/prefill", f"{PD_MODEL}/decode", f"{COLOCATED_MODEL}/colocated"
+        f"{PD_MODEL}/prefill", f"{PD_MODEL}/decode", f"{COLOCATED_MODEL}/colocated",
+        f"{EMBED_MODEL}/embed",
     }
 
 
@@ -41,8 +51,8 @@ BAD_REQUESTS = [
     ("negative temperature", {"model": PD_MODEL, "prompt": "x", "temperature": -1}, 400),
     ("zero max_tokens", {"model": PD_MODEL, "prompt": "x", "max_tokens": 0}, 400),
     ("bad top_p", {"model": PD_MODEL, "prompt": "x", "top_p": 7}, 400),
-    ("prompt longer than context", {"model": PD_MODEL, "prompt": "the " * 1500}, 400),
-    ("token prompt longer than context", {"model": PD_MODEL, "prompt": [5] * 1100}, 400),
+    ("prompt longer than context", {"model": PD_MODEL, "prompt": "the " * 3000}, 400),
+    ("token prompt longer than context", {"model": PD_MODEL, "prompt": [5] * 2100}, 400),
     ("missing prompt", {"model": PD_MODEL}, 400),
     ("wrong type", {"model": PD_MODEL, "prompt": "x", "max_tokens": "many"}, 400),
     ("token id out of vocabulary", {"model": PD_MODEL, "prompt": [10**9]}, 400),

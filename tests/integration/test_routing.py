@@ -149,7 +149,7 @@ def test_forced_eviction_reaches_the_index_through_block_removed(
     removed_before = routing_state()[f"{COLOCATED_MODEL}/colocated"]["streams"][holder]["removed"]
 
     # Same session → same replica; together they need far more blocks than it has.
-    fillers = [Group(tokenizer, seed=100 + k).request(0) for k in range(16)]
+    fillers = [Group(tokenizer, seed=100 + k).request(0) for k in range(24)]
     assert sum(len(f) for f in fillers) // BLOCK_SIZE > 2 * COLOCATED_GPU_BLOCKS
     for ids in fillers:
         complete(client, COLOCATED_MODEL, ids, session="evict")
