@@ -1,0 +1,38 @@
+"""Pure parts of the RAG benchmark: the workload, the served config, the report."""
+
+from __future__ import annotations
+
+from pdserve.benchmarks import rag_bench
+from pdserve.deployments.config import AppConfig
+
+
+def test_workload_asks_each_question_in_several_phrasings_shuffled() -> None:
+    asks = rag_bench.workload(seed=0, n_questions=10, n_phrasings=3)
+    assert len(asks) == 30 and len(set(asks)) == 30
+    assert asks == rag_bench.workload(seed=0, n_questions=10, n_phrasings=3)
+    assert asks != sorted(asks)
+    originals = {q["question"] for q in rag_bench.questions()}
+    assert sum(a in originals for a in asks) == 10
+
+
+def test_both_pipelines_share_one_pool_store_and_router_but_not_cached_prefixes() -> None:
+    doc = rag_bench.serve_config("pdserve://bench", "pow2", 2, 600, "/tmp/store", 5)
+    config = AppConfig.model_validate(doc["applications"][0]["args"])
+    canonical, score = config.pipelines
+    assert (canonical.ordering, score.ordering) == ("canonical", "score")
+    assert canonical.store == score.store and canonical.llm == score.llm
+    assert canonical.system_prompt.split()[0] != score.system_prompt.split()[0]
+    pool = config.models[0].colocated
+    assert pool is not None and pool.request_router_config == rag_bench.ROUTERS["pow2"]
+
+
+def test_table_reports_the_ratio_to_score_ordering_with_power_of_two() -> None:
+    records = [{"ttft": t, "retrieval_ms": 10.0, "prompt_tokens": 100, "cached_tokens": c,
+                "e2e": t + 0.1} for t, c in [(1.0, 0), (2.0, 0)]]
+    base = rag_bench.summarize("pow2", "score", records, duration=3.0)
+    fast = rag_bench.summarize("pdserve", "canonical",
+                               [{**r, "ttft": r["ttft"] / 3, "cached_tokens": 90}
+                                for r in records], duration=1.0)
+    assert fast["hit_rate"] == 0.9 and base["ttft_p50_ms"] == 1500
+    text = rag_bench.table([fast, base])
+    assert "| canonical | pdserve | 90.0% | 500 |" in text and "3.00x |" in text
