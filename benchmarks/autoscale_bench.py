@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import yaml
 from pdserve.benchmarks import systems
+from pdserve.benchmarks.sse import stream_chunks
 
 from pdserve.tiny_model import random_words, recall_prompt_from_words
 
@@ -141,18 +142,12 @@ async def one_request(http: httpx.AsyncClient, model: str, prompt: str, max_toke
     first = last = None
     tokens = 0
     try:
-        async with http.stream("POST", "/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                raise RuntimeError(f"HTTP {response.status_code}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                text = json.loads(line[6:])["choices"][0].get("text")
-                if text:
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    tokens += 1
+        async for chunk in stream_chunks(http, "/v1/completions", body):
+            if chunk["choices"][0].get("text"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
         ok = first is not None
     except Exception as exc:  # counted as a failed request
         return {"model": model, "t": sent_at, "ok": False,

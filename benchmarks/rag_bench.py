@@ -33,6 +33,7 @@ import httpx
 import yaml
 from pdserve.benchmarks import report, systems
 from pdserve.benchmarks.routing_bench import ROUTERS, percentile
+from pdserve.benchmarks.sse import stream_chunks
 from tqdm import tqdm
 
 CORPUS = systems.REPO_ROOT / "tests" / "fixtures" / "rag_corpus"
@@ -92,25 +93,19 @@ async def ask(http: httpx.AsyncClient, pipeline: str, question: str,
             "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     record: dict[str, Any] = {"ttft": None}
-    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "retrieval" in chunk:
-                record["retrieval_ms"] = (chunk["retrieval"]["embed_ms"]
-                                          + chunk["retrieval"]["search_ms"])
-                record["sources"] = [(s["document"], s["chunk"]) for s in chunk["sources"]]
-            if record["ttft"] is None and any(
-                    (c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
-                record["ttft"] = time.perf_counter() - start
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-                record["prompt_tokens"] = usage["prompt_tokens"]
-                record["cached_tokens"] = int(
-                    (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    async for chunk in stream_chunks(http, "/v1/chat/completions", body):
+        if "retrieval" in chunk:
+            record["retrieval_ms"] = (chunk["retrieval"]["embed_ms"]
+                                      + chunk["retrieval"]["search_ms"])
+            record["sources"] = [(s["document"], s["chunk"]) for s in chunk["sources"]]
+        if record["ttft"] is None and any(
+                (c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+            record["ttft"] = time.perf_counter() - start
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+            record["prompt_tokens"] = usage["prompt_tokens"]
+            record["cached_tokens"] = int(
+                (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     record["e2e"] = time.perf_counter() - start
     return record
 

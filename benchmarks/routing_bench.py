@@ -31,6 +31,7 @@ from pdserve.benchmarks.routing_workloads import (
     TraceSettings,
     oracle_hit_tokens,
 )
+from pdserve.benchmarks.sse import stream_chunks
 from pdserve.routing.block_hashes import BlockHasher
 from tqdm import tqdm
 
@@ -76,24 +77,18 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int,
     start = time.perf_counter()
     obs = Observed(start=start, prompt_ids=[])
     ttft, text = float("nan"), ""
-    async with http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            for choice in chunk.get("choices", []):
-                if choice.get("prompt_token_ids"):
-                    obs.prompt_ids = list(choice["prompt_token_ids"])
-                if choice.get("token_ids"):
-                    if not obs.output_ids:
-                        ttft = time.perf_counter() - start
-                    obs.output_ids.extend(choice["token_ids"])
-                text += choice.get("text") or ""
-            usage = chunk.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
-            obs.cached_tokens = int(details.get("cached_tokens") or obs.cached_tokens)
+    async for chunk in stream_chunks(http, "/v1/completions", body, headers):
+        for choice in chunk.get("choices", []):
+            if choice.get("prompt_token_ids"):
+                obs.prompt_ids = list(choice["prompt_token_ids"])
+            if choice.get("token_ids"):
+                if not obs.output_ids:
+                    ttft = time.perf_counter() - start
+                obs.output_ids.extend(choice["token_ids"])
+            text += choice.get("text") or ""
+        usage = chunk.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        obs.cached_tokens = int(details.get("cached_tokens") or obs.cached_tokens)
     return obs, ttft, time.perf_counter() - start, text
 
 

@@ -36,3 +36,26 @@ def test_table_reports_the_ratio_to_score_ordering_with_power_of_two() -> None:
     assert fast["hit_rate"] == 0.9 and base["ttft_p50_ms"] == 1500
     text = rag_bench.table([fast, base])
     assert "| canonical | pdserve | 90.0% | 500 |" in text and "3.00x |" in text
+
+
+def test_stream_chunks_parses_data_lines_and_raises_with_the_error_body() -> None:
+    import asyncio
+
+    import httpx
+    import pytest
+    from pdserve.benchmarks.sse import stream_chunks
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/bad":
+            return httpx.Response(503, json={"error": {"message": "store down"}})
+        return httpx.Response(200, text='data: {"a": 1}\n\n: keep-alive\n\ndata: {"b": 2}\n\n'
+                                        "data: [DONE]\n\n")
+
+    async def collect(path: str) -> list[dict]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer),
+                                     base_url="http://x") as http:
+            return [c async for c in stream_chunks(http, path, {})]
+
+    assert asyncio.run(collect("/ok")) == [{"a": 1}, {"b": 2}]
+    with pytest.raises(RuntimeError, match="HTTP 503: .*store down"):
+        asyncio.run(collect("/bad"))
