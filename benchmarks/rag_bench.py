@@ -5,9 +5,9 @@ with the same engines: a colocated pool of the bench-size model, an embedding po
 lancedb store holding the fixture corpus (ingested once through the first app, then shared).
 Each app serves two pipelines over that pool, `canonical` and `score` ordering; their system
 prompts differ in the first word, so their contexts never share cached blocks and the two
-phases do not help each other. Every question of the corpus is asked in a few phrasings, in
-a shuffled order, by concurrent clients: phrasings of one question (and questions about one
-topic) retrieve the same or overlapping chunks, in score orders that vary.
+phases do not help each other. Questions of the corpus are asked in a few phrasings by
+concurrent clients, topic by topic: phrasings of one question and questions about one
+topic retrieve the same or overlapping chunks, in score orders that vary.
 
 Per request: TTFT (streamed chat), the engine's prefix-cache hit (`usage.prompt_tokens_details
 .cached_tokens`, which vLLM takes from the engine's own per-request count) and the retrieval
@@ -51,12 +51,27 @@ def questions() -> list[dict[str, str]]:
             for line in path.read_text().splitlines() if line.strip()]
 
 
-def workload(seed: int, n_questions: int, n_phrasings: int) -> list[str]:
-    """Questions × phrasings, shuffled: the same topic recurs at random distances."""
+def workload(seed: int, n_questions: int, n_phrasings: int, order: str = "topic") -> list[str]:
+    """Questions × phrasings. `topic`: topics (documents) come one after another, each a
+    burst of its questions in shuffled phrasings, as when many users ask about the same
+    thing at once; `shuffled`: everything in random order."""
     rng = random.Random(seed)
     picked = rng.sample(questions(), min(n_questions, len(questions())))
-    asks = [p.format(q=q["question"]) for q in picked for p in PHRASINGS[:n_phrasings]]
-    rng.shuffle(asks)
+    by_topic: dict[str, list[str]] = {}
+    for q in picked:
+        by_topic.setdefault(q["document"], []).extend(
+            p.format(q=q["question"]) for p in PHRASINGS[:n_phrasings])
+    if order == "shuffled":
+        asks = [a for burst in by_topic.values() for a in burst]
+        rng.shuffle(asks)
+        return asks
+    topics = sorted(by_topic)
+    rng.shuffle(topics)
+    asks = []
+    for topic in topics:
+        burst = by_topic[topic]
+        rng.shuffle(burst)
+        asks += burst
     return asks
 
 
@@ -176,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV blocks per engine (32 tokens each): room for ~12 contexts")
     p.add_argument("--questions", type=int, default=40)
     p.add_argument("--phrasings", type=int, default=3, choices=range(1, len(PHRASINGS) + 1))
+    p.add_argument("--order", choices=("topic", "shuffled"), default="topic",
+                   help="topic: a burst of questions per topic at a time; shuffled: random")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=8)
@@ -188,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     store_dir = args.out / "store"
-    asks = workload(args.seed, args.questions, args.phrasings)
+    asks = workload(args.seed, args.questions, args.phrasings, args.order)
     preload = [] if args.no_preload else systems.find_preload_libs()
     command = " ".join(["python -m pdserve.benchmarks.rag_bench", *sys.argv[1:]])
     meta = report.run_metadata(command, systems.REPO_ROOT)

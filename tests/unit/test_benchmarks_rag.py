@@ -6,13 +6,18 @@ from pdserve.benchmarks import rag_bench
 from pdserve.deployments.config import AppConfig
 
 
-def test_workload_asks_each_question_in_several_phrasings_shuffled() -> None:
-    asks = rag_bench.workload(seed=0, n_questions=10, n_phrasings=3)
-    assert len(asks) == 30 and len(set(asks)) == 30
-    assert asks == rag_bench.workload(seed=0, n_questions=10, n_phrasings=3)
-    assert asks != sorted(asks)
-    originals = {q["question"] for q in rag_bench.questions()}
-    assert sum(a in originals for a in asks) == 10
+def test_workload_asks_each_question_in_several_phrasings_topic_by_topic() -> None:
+    asks = rag_bench.workload(seed=0, n_questions=20, n_phrasings=3)
+    assert len(asks) == 60 and len(set(asks)) == 60
+    assert asks == rag_bench.workload(seed=0, n_questions=20, n_phrasings=3)
+    originals = {q["question"]: q["document"] for q in rag_bench.questions()}
+    assert sum(a in originals for a in asks) == 20
+    topic_of = {p.format(q=q): d for q, d in originals.items() for p in rag_bench.PHRASINGS}
+    topics = [topic_of[a] for a in asks]
+    bursts = [t for i, t in enumerate(topics) if i == 0 or topics[i - 1] != t]
+    assert len(bursts) == len(set(topics))  # each topic comes as one burst
+    shuffled = rag_bench.workload(seed=0, n_questions=20, n_phrasings=3, order="shuffled")
+    assert sorted(shuffled) == sorted(asks) and shuffled != asks
 
 
 def test_both_pipelines_share_one_pool_store_and_router_but_not_cached_prefixes() -> None:
