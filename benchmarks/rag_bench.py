@@ -126,18 +126,35 @@ async def ask(http: httpx.AsyncClient, pipeline: str, question: str,
 
 
 async def drive(base_url: str, pipeline: str, asks: list[str], concurrency: int,
-                max_tokens: int, progress: tqdm) -> tuple[list[dict[str, Any]], float]:
-    queue = list(reversed(asks))
+                max_tokens: int, progress: tqdm, rate: float | None = None,
+                seed: int = 0) -> tuple[list[dict[str, Any]], float]:
+    """Closed loop (`rate` None: `concurrency` clients, each sends when its last answer came)
+    or open loop (Poisson arrivals at `rate` req/s, whatever the server's speed): a closed
+    loop turns a faster server into more requests per second, an open loop into lower
+    latency at the same load."""
     records: list[dict[str, Any]] = []
 
-    async def client(http: httpx.AsyncClient) -> None:
-        while queue:
-            records.append(await ask(http, pipeline, queue.pop(), max_tokens))
-            progress.update(1)
+    async def one(http: httpx.AsyncClient, question: str) -> None:
+        records.append(await ask(http, pipeline, question, max_tokens))
+        progress.update(1)
 
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        if rate is None:
+            queue = list(reversed(asks))
+
+            async def client() -> None:
+                while queue:
+                    await one(http, queue.pop())
+
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+        else:
+            rng = random.Random(seed)
+            tasks = []
+            for question in asks:
+                tasks.append(asyncio.create_task(one(http, question)))
+                await asyncio.sleep(rng.expovariate(rate))
+            await asyncio.gather(*tasks)
     return records, time.perf_counter() - started
 
 
@@ -194,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=("topic", "shuffled"), default="topic",
                    help="topic: a burst of questions per topic at a time; shuffled: random")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="closed loop: clients sending back to back (without --rate)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open loop: Poisson arrivals at this many requests/s")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-preload", action="store_true")
@@ -226,14 +246,17 @@ def main(argv: list[str] | None = None) -> int:
                 with tqdm(total=len(asks), desc=f"{router}/{ordering}") as bar:
                     records, duration = asyncio.run(drive(
                         system.base_url, f"rag-{ordering}", asks, args.concurrency,
-                        args.max_tokens, bar))
+                        args.max_tokens, bar, args.rate, args.seed))
                 rows.append(summarize(router, ordering, records, duration))
                 print(json.dumps(rows[-1]), flush=True)
                 (args.out / "results.json").write_text(json.dumps(
                     {"meta": meta, "rows": rows}, indent=2, default=str))
+    load = (f"open loop, Poisson {args.rate:g} req/s" if args.rate
+            else f"closed loop, {args.concurrency} clients")
     (args.out / "report.md").write_text(
         f"# RAG benchmark: context ordering x router\n\n- command: `{meta['command']}`\n"
-        f"- date: {meta['date']}\n- requests per row: {len(asks)}\n\n{table(rows)}\n")
+        f"- date: {meta['date']}\n- requests per row: {len(asks)}\n- load: {load}\n\n"
+        f"{table(rows)}\n")
     print(table(rows))
     return 0
 

@@ -64,3 +64,38 @@ def test_stream_chunks_parses_data_lines_and_raises_with_the_error_body() -> Non
     assert asyncio.run(collect("/ok")) == [{"a": 1}, {"b": 2}]
     with pytest.raises(RuntimeError, match="HTTP 503: .*store down"):
         asyncio.run(collect("/bad"))
+
+
+def test_open_loop_sends_on_schedule_whatever_the_server_speed() -> None:
+    import asyncio
+
+    import httpx
+    from tqdm import tqdm
+
+    in_flight = [0, 0]  # now, peak
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        await asyncio.sleep(0.3)  # far slower than the arrival gaps (~25 ms)
+        in_flight[0] -= 1
+        body = ('data: {"retrieval": {"embed_ms": 1, "search_ms": 2}, "sources": []}\n\n'
+                'data: {"choices": [{"delta": {"content": "x"}}]}\n\n'
+                'data: {"choices": [], "usage": {"prompt_tokens": 10}}\n\ndata: [DONE]\n\n')
+        return httpx.Response(200, text=body)
+
+    original = httpx.AsyncClient
+
+    def client(**kwargs: object) -> httpx.AsyncClient:
+        return original(transport=httpx.MockTransport(slow), **kwargs)  # type: ignore[arg-type]
+
+    httpx.AsyncClient = client  # type: ignore[assignment,misc]
+    try:
+        records, duration = asyncio.run(rag_bench.drive(
+            "http://x", "rag", ["q"] * 8, concurrency=1, max_tokens=1,
+            progress=tqdm(disable=True), rate=40.0, seed=0))
+    finally:
+        httpx.AsyncClient = original  # type: ignore[misc]
+    assert len(records) == 8 and all(r["retrieval_ms"] == 3 for r in records)
+    # Closed loop with one client would never overlap; open loop keeps sending.
+    assert in_flight[1] >= 4 and duration > 0
