@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         system = systems.pdserve_system(router, config_path)
         with systems.running(system, args.out / f"{router}.log", preload) as startup_s:
             meta["startup_s"][router] = startup_s
-            if not store_dir.exists():
-                ingest(system.base_url, f"rag-{ORDERINGS[0]}", args.out / "ingest.log")
+            # Every app (re)ingests: a replace, so the store always holds the whole corpus.
+            ingest(system.base_url, f"rag-{ORDERINGS[0]}", args.out / "ingest.log")
             for ordering in ORDERINGS:
                 with tqdm(total=len(asks), desc=f"{router}/{ordering}") as bar:
                     records, duration = asyncio.run(drive(

@@ -267,10 +267,32 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+class RetrieverConfig(_Strict):
+    """A pipeline's retriever deployment (it embeds through the pool and owns the store)."""
+
+    num_replicas: int = Field(1, ge=1, description="Retriever replicas.")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0}, description="Ray actor options per replica."
+    )
+    max_ongoing_requests: int = Field(64, ge=1, description="In-flight requests per replica.")
+
+
+def qdrant_local_dir(store: VectorStoreConfig) -> str | None:
+    """The directory of a qdrant-client local-mode store (one process may open it), if any."""
+    uri = store.uri or ":memory:"
+    if store.kind != "qdrant" or uri == ":memory:" or uri.startswith(("http://", "https://")):
+        return None
+    return uri
+
+
 class PipelineConfig(_Strict):
     """A RAG pipeline served as a model: embed the question, search, generate with an LLM."""
 
-    name: str = Field(..., min_length=1, description="Model id clients use for the pipeline.")
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9._-]+$",
+        description="Model id clients use for the pipeline; also its URL path segment and "
+        "default table/collection name (letters, digits, `.`, `_`, `-`).",
+    )
     embedding_model: str = Field(..., description="`model_id` of a model with mode `embed`.")
     llm: str = Field(..., description="`model_id` of the generating model (PD or colocated).")
     store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
@@ -288,10 +310,14 @@ class PipelineConfig(_Strict):
         description="How each chunk is written into the system message "
         "(fields: document, chunk, text, score).",
     )
-    retriever: PoolConfig = Field(
-        default_factory=lambda: PoolConfig(ray_actor_options={"num_cpus": 0}),
-        description="The pipeline's retriever deployment (embeds via the pool, searches).",
-    )
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
+
+    @model_validator(mode="after")
+    def _qdrant_local_mode_has_one_process(self) -> PipelineConfig:
+        if qdrant_local_dir(self.store) and self.retriever.num_replicas > 1:
+            raise ValueError(f"pipeline {self.name!r}.retriever.num_replicas: qdrant's local "
+                             "mode (a directory) allows one process; use 1 or a qdrant server")
+        return self
 
     @model_validator(mode="after")
     def _template_fields_known(self) -> PipelineConfig:
@@ -359,6 +385,10 @@ class AppConfig(_Strict):
                 known = sorted(m.model_id for m in self.models if m.mode == "embed")
                 raise ValueError(f"pipelines[{i}].embedding_model: {pipeline.embedding_model!r} "
                                  f"is not a model with mode `embed` (those are: {known})")
+            local = qdrant_local_dir(pipeline.store)
+            if local and any(qdrant_local_dir(p.store) == local for p in self.pipelines[:i]):
+                raise ValueError(f"pipelines[{i}].store.uri: {local!r} is already another "
+                                 "pipeline's qdrant local-mode directory (one process each)")
             llm = by_id.get(pipeline.llm)
             if llm is None or not llm.generates():
                 known = sorted(m.model_id for m in self.models if m.generates())

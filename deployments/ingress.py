@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pdserve.deployments.config import AppConfig, ModelConfig
 from pdserve.deployments.engine_client import SESSION_KEY
 from pdserve.deployments.frontend import ModelFrontend
-from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend
+from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend, remote_cause
 from pdserve.deployments.pipelines.stores import StoreUnavailable
 from pydantic import BaseModel, Field
 from ray import serve
@@ -214,7 +214,7 @@ class OpenAIIngress:
             result = await call()
         except StoreUnavailable as exc:
             return _to_response(create_error_response(
-                f"pipeline {pipeline.config.name!r}: {exc}",
+                f"pipeline {pipeline.config.name!r}: {remote_cause(exc)}",
                 err_type="ServiceUnavailableError", status_code=HTTPStatus.SERVICE_UNAVAILABLE))
         body = {key: result} if key else dict(result)
         return JSONResponse({"object": "pipeline", "pipeline": pipeline.config.name,

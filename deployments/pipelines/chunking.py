@@ -1,4 +1,4 @@
-"""Documents → chunks: paragraphs packed up to a word budget, long ones split at sentences.
+"""Documents → chunks: one per paragraph; paragraphs over the word budget split at sentences.
 
 Pure and deterministic, so re-ingesting a file yields the same chunk ids (document, position),
 which is what makes an upsert replace a document's chunks instead of adding duplicates.
@@ -50,7 +50,7 @@ def _split_long(paragraph: str, max_words: int, overlap_words: int) -> list[str]
     for sentence in sentences:
         if current and len(current) + len(sentence) > max_words:
             pieces.append(current)
-            current = current[len(current) - overlap_words:] if overlap_words else []
+            current = current[-overlap_words:] if overlap_words else []
             if len(current) + len(sentence) > max_words:
                 current = []
         current = current + sentence

@@ -23,6 +23,12 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
+
+def remote_cause(exc: BaseException) -> BaseException:
+    """The replica's own exception inside Ray's wrapper (whose text is the remote traceback)."""
+    return getattr(exc, "cause", None) or exc
+
+
 #: Request header that asks for the prompt as the LLM saw it (`pdserve_debug` in the response).
 DEBUG_HEADER = "x-pdserve-debug"
 
@@ -43,7 +49,7 @@ class PipelineFrontend:
         except StoreUnavailable as exc:
             return create_error_response(
                 f"pipeline {self.config.name!r}: retrieval failed, the vector store is "
-                f"unavailable ({exc}); retry later",
+                f"unavailable ({remote_cause(exc)}); retry later",
                 err_type="ServiceUnavailableError", status_code=HTTPStatus.SERVICE_UNAVAILABLE)
         retrieval["hits"] = order_hits(retrieval["hits"], self.config.ordering)
         return retrieval

@@ -206,10 +206,24 @@ def test_a_pipeline_gets_stated_defaults_and_an_embedding_pool() -> None:
     ({"chunking": {"max_words": 50, "overlap_words": 50}}, "overlap_words must be smaller"),
     ({"chunk_template": "{txt}"}, r"chunk_template: KeyError\('txt'\)"),
     ({"store": {"kind": "lancedb", "url": "x"}}, r"pipelines\.0\.store\.url"),
+    ({"name": "org/docs"}, r"pipelines\.0\.name"),
+    ({"retriever": {"num_replicas": 0}}, r"pipelines\.0\.retriever\.num_replicas"),
+    ({"retriever": {"autoscaling_config": {}}}, r"pipelines\.0\.retriever\.autoscaling_config"),
+    ({"store": {"kind": "qdrant", "uri": "/tmp/q"}, "retriever": {"num_replicas": 2}},
+     r"retriever\.num_replicas: qdrant's local mode"),
 ])
 def test_bad_pipeline_config_names_the_field(pipeline: dict, field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         AppConfig.model_validate(rag_args(**pipeline))
+
+
+def test_two_pipelines_cannot_share_a_qdrant_local_directory() -> None:
+    args = rag_args(store={"kind": "qdrant", "uri": "/tmp/q"})
+    args["pipelines"].append({**args["pipelines"][0], "name": "docs2"})
+    with pytest.raises(ValidationError, match=r"pipelines\[1\]\.store\.uri: '/tmp/q'"):
+        AppConfig.model_validate(args)
+    args["pipelines"][1]["store"] = {"kind": "qdrant", "uri": "http://qdrant:6333"}
+    AppConfig.model_validate(args)
 
 
 def test_pipeline_names_share_the_model_namespace() -> None:

@@ -78,3 +78,14 @@ def test_an_unreachable_server_raises_store_unavailable_naming_it() -> None:
 def test_an_unknown_store_kind_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown vector store 'milvus'; known: lancedb, qdrant"):
         open_store(VectorStoreConfig(kind="milvus"), "docs")
+
+
+def test_lancedb_builds_its_index_once_past_the_threshold(tmp_path: Path) -> None:
+    store = open_store(VectorStoreConfig(kind="lancedb", uri=str(tmp_path), index_min_rows=40),
+                       "docs")
+    fill(store, documents=4)  # 20 chunks: exact search
+    assert not store._table.list_indices()  # type: ignore[attr-defined]
+    fill(store)  # 60 chunks: indexed
+    (index,) = store._table.list_indices()  # type: ignore[attr-defined]
+    assert index.columns == ["vector"]
+    assert store.search(unit(703), 1)[0].text == "text 7.3"

@@ -8,6 +8,7 @@ by another retriever replica or process are found by the next query.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from pdserve.deployments.config import VectorStoreConfig
 from pdserve.deployments.pipelines.chunking import Chunk
 from pdserve.deployments.pipelines.context import Hit
 from pdserve.deployments.pipelines.stores.base import StoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_URI = Path.home() / ".cache" / "pdserve" / "vectors"
 
@@ -70,22 +73,33 @@ class LanceDBStore:
     def replace_document(
         self, document: str, chunks: list[Chunk], vectors: list[list[float]]
     ) -> None:
-        def write() -> None:
+        """One commit (merge on chunk id, delete the document's other rows), so readers never
+        see the document missing and concurrent writers cannot leave duplicates."""
+        def write() -> Any:
             table = self._open(dim=len(vectors[0]) if vectors else None)
             if table is None:
-                return
-            table.delete(f"document = {_quote(document)}")
-            if chunks:
-                table.add([{"id": f"{c.document}#{c.index}", "document": c.document,
-                            "chunk": c.index, "text": c.text, "vector": v}
-                           for c, v in zip(chunks, vectors, strict=True)])
+                return None
+            if not chunks:
+                table.delete(f"document = {_quote(document)}")
+                return table
+            rows = [{"id": f"{c.document}#{c.index}", "document": c.document, "chunk": c.index,
+                     "text": c.text, "vector": v} for c, v in zip(chunks, vectors, strict=True)]
+            (table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+             .when_not_matched_by_source_delete(f"document = {_quote(document)}").execute(rows))
+            return table
+
+        table = self._guard("write", write)
+        if table is not None:
             self._maybe_index(table)
 
-        self._guard("write", write)
-
     def _maybe_index(self, table: Any) -> None:
-        if table.count_rows() >= self.index_min_rows and not table.list_indices():
-            table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
+        """Build the ANN index once the table is big enough; a failure leaves exact search
+        (and the write that triggered it) in place and is retried on a later write."""
+        try:
+            if table.count_rows() >= self.index_min_rows and not table.list_indices():
+                table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
+        except Exception:  # the data is stored; only the speed-up is missing
+            logger.exception("lancedb %s: building the vector index failed", self.name)
 
     def delete_document(self, document: str) -> int:
         def delete() -> int:

@@ -1,8 +1,8 @@
 """Qdrant: a server or cluster by URL (scale beyond one machine), or qdrant-client's local
 mode (a directory or `:memory:`), which speaks the same API and is what CI tests.
 
-Point ids are UUIDv5 of (document, position), so re-ingesting overwrites; a document's old
-chunks beyond its new length are deleted first by a payload filter.
+Point ids are UUIDv5 of (document, position), so re-ingesting overwrites in place; a
+document's old chunks beyond its new length are deleted afterwards by a payload filter.
 """
 
 from __future__ import annotations
@@ -69,13 +69,16 @@ class QdrantStore:
             if not self._ready(dim=len(vectors[0]) if vectors else None):
                 return
             assert self._client is not None
-            self._client.delete(self.name, points_selector=_by_document(document), wait=True)
-            if chunks:
+            if chunks:  # overwrite in place first: the document never goes missing
                 self._client.upsert(self.name, wait=True, points=[
                     models.PointStruct(
                         id=str(uuid.uuid5(_NAMESPACE, f"{c.document}#{c.index}")), vector=v,
                         payload={"document": c.document, "chunk": c.index, "text": c.text})
                     for c, v in zip(chunks, vectors, strict=True)])
+            stale = _by_document(document)  # then drop chunks past the new length
+            stale.must.append(models.FieldCondition(  # type: ignore[union-attr]
+                key="chunk", range=models.Range(gte=len(chunks))))
+            self._client.delete(self.name, points_selector=stale, wait=True)
 
         self._guard("write", write)
 
