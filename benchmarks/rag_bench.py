@@ -2,7 +2,8 @@
 
 One app per router (pdserve's prefix-aware router, Ray Serve's power of two choices), each
 with the same engines: a colocated pool of the bench-size model, an embedding pool and a
-lancedb store holding the fixture corpus (ingested once through the first app, then shared).
+lancedb store holding the fixture corpus (each app re-ingests it: a replace, so both see the
+same chunks).
 Each app serves two pipelines over that pool, `canonical` and `score` ordering; their system
 prompts differ in the first word, so their contexts never share cached blocks and the two
 phases do not help each other. Questions of the corpus are asked in a few phrasings by
