@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
-from pdserve.deployments.config import PipelineConfig
 from pdserve.deployments.frontend import ModelFrontend
+from pdserve.deployments.pipeline_config import PipelineConfig
 from pdserve.deployments.pipelines.context import build_messages, last_user_text, order_hits
 from pdserve.deployments.pipelines.stores import StoreUnavailable
 from ray.serve.handle import DeploymentHandle

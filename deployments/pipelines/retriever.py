@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pdserve.deployments.config import PipelineConfig
+from pdserve.deployments.pipeline_config import PipelineConfig
 from pdserve.deployments.pipelines.chunking import chunk_document
 from pdserve.deployments.pipelines.context import Hit
 from pdserve.deployments.pipelines.stores import open_store

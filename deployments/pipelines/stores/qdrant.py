@@ -11,7 +11,7 @@ import os
 import uuid
 from typing import Any
 
-from pdserve.deployments.config import VectorStoreConfig
+from pdserve.deployments.pipeline_config import VectorStoreConfig
 from pdserve.deployments.pipelines.chunking import Chunk
 from pdserve.deployments.pipelines.context import Hit
 from pdserve.deployments.pipelines.stores.base import StoreUnavailable
