@@ -6,6 +6,7 @@ test every engine must hold no request and no KV block.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -104,6 +105,30 @@ def serve_app(
 def client(serve_app: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve_app, timeout=300) as http:
         yield http
+
+
+def busiest_processes(top: int = 8, sample_s: float = 1.0) -> str:
+    """Who holds the CPUs now (CPU %, nice, allowed cores, command): attached to a timeout
+    where a new engine is slow to start, because Ray's workers run at nice 15 and a busy
+    process at nice 0 can slow an engine's start by an order of magnitude."""
+    import psutil
+
+    procs = list(psutil.process_iter(["pid", "nice", "cmdline", "name"]))
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.cpu_percent(None)
+    time.sleep(sample_s)
+    rows = []
+    for proc in procs:
+        try:
+            command = " ".join(proc.info["cmdline"] or [proc.info["name"]])
+            rows.append((proc.cpu_percent(None), proc.info["pid"], proc.info["nice"],
+                         proc.cpu_affinity(), command[:100].replace("\n", " ")))
+        except psutil.Error:
+            continue
+    rows.sort(reverse=True)
+    return "\n".join(f"{cpu:5.1f}% pid={pid} nice={nice} cores={cores} {cmd}"
+                     for cpu, pid, nice, cores, cmd in rows[:top])
 
 
 def wait_for_routers(url: str, timeout_s: float = 120.0) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from conftest import busiest_processes
 from pdserve.benchmarks import systems
 
 from pdserve.tiny_model import recall_prompt_text
@@ -167,7 +168,9 @@ def wait_for(http: httpx.Client, name: str, want: int, timeout_s: float,
         seen.append(now)
         if now[name] == want:
             return
-        assert time.monotonic() < deadline, f"{name} never reached {want}: {seen[-5:]}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{name} never reached {want}: {seen[-5:]}\n"
+                                 f"{busiest_processes()}")
         time.sleep(1.0)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from client import Reply, post
-from conftest import deployment, metric_sum, replicas_of, routing_state
+from conftest import busiest_processes, deployment, metric_sum, replicas_of, routing_state
 from shapes import APP_NAME, BLOCK_SIZE, COLOCATED_GPU_BLOCKS, COLOCATED_MODEL, PD_MODEL
 
 from pdserve.tiny_model import random_words
@@ -70,13 +70,16 @@ class Group:
         return len(self.prefix_ids) // BLOCK_SIZE
 
 
-def wait_for(check: Any, timeout_s: float = 15.0, what: str = "condition") -> Any:
+def wait_for(check: Any, timeout_s: float = 15.0, what: str = "condition",
+             diagnose: Any = None) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            detail = f"\n{diagnose()}" if diagnose else ""
+            raise AssertionError(f"timed out waiting for {what}{detail}")
         time.sleep(0.2)
 
 
@@ -186,7 +189,8 @@ def test_a_restarted_replica_starts_with_no_blocks_in_the_index(
     assert prefix_hits(ids) == {}
 
     # Serve starts a replacement; it joins the index empty and then serves correctly.
-    wait_for(lambda: len(replicas_of(POOL)) == 2, timeout_s=600, what="replacement replica")
+    wait_for(lambda: len(replicas_of(POOL)) == 2, timeout_s=600, what="replacement replica",
+             diagnose=busiest_processes)
     (fresh,) = set(replicas_of(POOL)) - survivors
     assert fresh != victim
     assert routing_state()[f"{COLOCATED_MODEL}/colocated"]["blocks"].get(fresh, 0) == 0
