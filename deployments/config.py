@@ -14,16 +14,13 @@ from pdserve.deployments.pipeline_config import (
     PipelineConfig,
     RetrieverConfig,
     VectorStoreConfig,
+    _Strict,
     qdrant_local_dir,
 )
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 __all__ = ["AppConfig", "ChunkingConfig", "ModelConfig", "PipelineConfig", "PoolConfig",
            "RetrieverConfig", "SLOTargets", "VectorStoreConfig", "check_cpu_budget"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class PoolConfig(_Strict):

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
+    """Frozen, and an unknown key is an error that names it (every config model, here and in
+    `config.py`)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
