@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml Makefile
 tiny-model: install
 	$(VENV)/bin/pdserve tiny-model
 
+# RAY_worker_niceness=0: the local cluster `serve run` starts runs Ray's own workers (Serve
+# proxy, controller) at normal priority too; pdserve's deployments set it for themselves.
 serve: tiny-model
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" serve run serve_configs/default.yaml
+	RAY_worker_niceness=0 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" serve run serve_configs/default.yaml
 
 test: install
 	$(VENV)/bin/pytest tests -v

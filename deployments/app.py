@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -29,6 +30,19 @@ DEFAULT_ROUTERS = {
 }
 #: Engines report their KV-event endpoint and load this often (Ray's default is 10 s).
 ROUTING_STATS_PERIOD_S = 2.0
+#: Ray's worker niceness (a RayConfig entry each worker reads from its environment at start).
+NICENESS_ENV = "RAY_worker_niceness"
+
+
+def with_niceness(ray_actor_options: dict[str, Any], niceness: int) -> dict[str, Any]:
+    """`ray_actor_options` whose `runtime_env` starts the replica at `niceness`; the vLLM
+    processes a replica starts inherit it. A value the options already set is kept."""
+    options = copy.deepcopy(ray_actor_options)
+    runtime_env = dict(options.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.setdefault(NICENESS_ENV, str(niceness))
+    options["runtime_env"] = {**runtime_env, "env_vars": env_vars}
+    return options
 
 
 def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any] | None:
@@ -74,7 +88,7 @@ def _pool_options(
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": pool.ray_actor_options,
+        "ray_actor_options": with_niceness(pool.ray_actor_options, config.worker_niceness),
         "max_ongoing_requests": pool.max_ongoing_requests,
         "health_check_timeout_s": 120,
         "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s,
@@ -121,13 +135,14 @@ def build_pd_app(config: AppConfig) -> Application:
         retrievers[pipeline.name] = PipelineRetriever.options(
             name=f"{pipeline.name}-retriever",
             num_replicas=retriever.num_replicas,
-            ray_actor_options=retriever.ray_actor_options,
+            ray_actor_options=with_niceness(retriever.ray_actor_options, config.worker_niceness),
             max_ongoing_requests=retriever.max_ongoing_requests,
         ).bind(pipeline.model_dump(mode="json"), pools[pipeline.embedding_model]["embed"])
     ingress = OpenAIIngress.options(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
-        ray_actor_options=config.ingress.ray_actor_options,
+        ray_actor_options=with_niceness(config.ingress.ray_actor_options,
+                                        config.worker_niceness),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
     return ingress.bind(config_dict, pools, retrievers)

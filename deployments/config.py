@@ -17,6 +17,7 @@ from pdserve.deployments.pipeline_config import (
     _Strict,
     qdrant_local_dir,
 )
+from pdserve.kv_transfer.nixl import DEFAULT_PROGRESS_DELAY_US
 from pydantic import Field, model_validator
 
 __all__ = ["AppConfig", "ChunkingConfig", "ModelConfig", "PipelineConfig", "PoolConfig",
@@ -77,6 +78,12 @@ class KVTransferSettings(_Strict):
     )
     side_channel_base_port: int = Field(
         20000, ge=1024, le=60000, description="First NIXL side-channel port on each host."
+    )
+    progress_thread_delay_us: int = Field(
+        DEFAULT_PROGRESS_DELAY_US, ge=0, le=100_000,
+        description="Microseconds the NIXL agent's progress thread sleeps between polls "
+        "(pdserve's quiet connector). 0 is NIXL's own busy poll, which keeps a whole core busy "
+        "per idle PD engine; transfers still progress when the engine checks them each step.",
     )
 
 
@@ -255,6 +262,14 @@ class AppConfig(_Strict):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     cpu_binding: Literal["auto", "nobind"] = Field(
         "auto", description="`auto`: pin each engine's OpenMP threads to its own core(s)."
+    )
+    worker_niceness: int = Field(
+        0, ge=0, le=19,
+        description="Ray's `worker_niceness` for every process pdserve deploys (ingress, pools "
+        "and their vLLM engines, retrievers), set as `RAY_worker_niceness` in each "
+        "deployment's `runtime_env`. Ray's own default is 15, which puts the serving path "
+        "below any other process on the host. A deployment whose `ray_actor_options` set it "
+        "keeps its own value.",
     )
     testing: TestingConfig = Field(default_factory=TestingConfig)
     replica_budget: int | None = Field(

@@ -13,11 +13,19 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psutil
 import ray
 from pdserve.deployments.config import AppConfig, ModelConfig, SLOTargets
 from pdserve.deployments.messages import DecodeRequest
 from pdserve.deployments.slo_signals import ReplicaSLOSignals, RequestSignals
-from pdserve.kv_transfer.nixl import EngineSlot, Role, apply_engine_env, kv_transfer_config
+from pdserve.kv_transfer.nixl import (
+    NIXL_STATE_EXTENSION,
+    EngineSlot,
+    Role,
+    apply_engine_env,
+    kv_transfer_config,
+    uses_nixl,
+)
 from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
 from prometheus_client import REGISTRY, generate_latest
 from ray import serve
@@ -177,10 +185,12 @@ class EngineHost:
         return stats
 
     def _engine_args(self) -> AsyncEngineArgs:
-        transfer = kv_transfer_config(
-            self.role, self.engine_id, self.model.kv_transfer.kv_buffer_device
-        )
+        settings = self.model.kv_transfer
+        transfer = kv_transfer_config(self.role, self.engine_id, settings.kv_buffer_device,
+                                      settings.progress_thread_delay_us)
         kwargs = dict(self.model.engine_kwargs)
+        if uses_nixl(self.role):  # lets `nixl_state` ask the worker what its agent got
+            kwargs.setdefault("worker_extension_cls", NIXL_STATE_EXTENSION)
         if self.role == "embed":  # a pooling model: no KV to transfer or to route by
             kwargs.setdefault("runner", "pooling")
         events = self.model.routing.kv_events and self.role != "embed"
@@ -223,6 +233,19 @@ class EngineHost:
         """vLLM's own Prometheus metrics of this replica's engine, as exposition text."""
         await self.engine.do_log_stats()
         return generate_latest(REGISTRY).decode()
+
+    async def nixl_state(self, replica: str | None = None) -> list[dict[str, Any]]:
+        """Per engine worker: its KV connector class, the progress-thread delay its NIXL agent
+        was created with, and the cores of its compute and agent threads (empty list for
+        pools without NIXL, or when `engine_kwargs` name another `worker_extension_cls`)."""
+        if self.engine.vllm_config.parallel_config.worker_extension_cls != NIXL_STATE_EXTENSION:
+            return []
+        return await self.engine.collective_rpc("pdserve_nixl_state")
+
+    def engine_processes(self, replica: str | None = None) -> list[int]:
+        """This replica's process and the engine processes it started (core, workers)."""
+        me = psutil.Process()
+        return [me.pid, *(p.pid for p in me.children(recursive=True))]
 
     async def drained(self, replica: str | None = None) -> dict[str, Any]:
         """Whether this engine holds no request and no KV block (used after cancellations).

@@ -17,6 +17,17 @@ Role = Literal["prefill", "decode", "colocated", "embed"]
 #: Ports reserved per pool: replica `local_rank` r of pool p gets base + p * stride + r.
 PORTS_PER_POOL = 64
 
+#: vLLM's NIXL connector with a sleeping progress thread (`kv_transfer/quiet_nixl.py`); named
+#: by module path so that only the engine processes import it.
+QUIET_CONNECTOR_MODULE = "pdserve.kv_transfer.quiet_nixl"
+#: `kv_connector_extra_config` key the quiet connector reads its delay from.
+PROGRESS_DELAY_KEY = "pdserve_progress_thread_delay_us"
+#: The progress thread's sleep between polls unless the config says otherwise, in µs
+#: (`kv_transfer.progress_thread_delay_us`; measured in `benchmarks/kv_transfer_bench.py`).
+DEFAULT_PROGRESS_DELAY_US = 1000
+#: vLLM `worker_extension_cls` that lets the engine host ask the worker about its NIXL agent.
+NIXL_STATE_EXTENSION = f"{QUIET_CONNECTOR_MODULE}.NixlStateExtension"
+
 
 @dataclass(frozen=True)
 class EngineSlot:
@@ -26,15 +37,26 @@ class EngineSlot:
     local_rank: int
 
 
-def kv_transfer_config(role: Role, engine_id: str, kv_buffer_device: str) -> dict | None:
+def uses_nixl(role: Role) -> bool:
+    """Whether engines of this role move KV over NIXL (prefill and decode pools)."""
+    return role in ("prefill", "decode")
+
+
+def kv_transfer_config(
+    role: Role, engine_id: str, kv_buffer_device: str, progress_delay_us: int
+) -> dict | None:
     """vLLM `kv_transfer_config` for an engine of this role (None: no connector).
 
-    Decode engines recompute locally when a KV load fails instead of failing the request.
+    The connector is vLLM's `NixlConnector` loaded from the quiet module, whose NIXL progress
+    thread sleeps `progress_delay_us` between polls (0: NIXL's own busy poll). Decode engines
+    recompute locally when a KV load fails instead of failing the request.
     """
-    if role in ("colocated", "embed"):
+    if not uses_nixl(role):
         return None
     return {
         "kv_connector": "NixlConnector",
+        "kv_connector_module_path": QUIET_CONNECTOR_MODULE,
+        "kv_connector_extra_config": {PROGRESS_DELAY_KEY: progress_delay_us},
         "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
         "kv_buffer_device": kv_buffer_device,
         "engine_id": engine_id,

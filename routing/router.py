@@ -6,8 +6,9 @@ against queue, pending uncached tokens and KV usage, with optional session affin
 `DecodeRouter` (decode pools) weighs load and KV headroom, and prefix overlap only for requests
 planned to prefill locally. Select them per pool with Ray's `request_router_config`.
 
-Admin calls (`drained`, `vllm_metrics`, `health`) may name a replica with the
-`replica=<unique id>` keyword; the router sends them there, so each engine can be inspected.
+Admin calls (`drained`, `vllm_metrics`, `health`, `nixl_state`, `engine_processes`) may name a
+replica with the `replica=<unique id>` keyword; the router sends them there, so each engine can
+be inspected.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ray.serve.request_router import (
 
 logger = logging.getLogger(__name__)
 
-ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "health"})
+ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "health", "nixl_state",
+                           "engine_processes"})
 _ROUTE_BOUNDARIES = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2e-2]
 
 

@@ -19,6 +19,8 @@ def test_minimal_pd_config_gets_stated_defaults() -> None:
     assert pools["prefill"].num_replicas == 1
     assert pools["decode"].ray_actor_options == {"num_cpus": 0.5}
     assert config.models[0].kv_transfer.kv_buffer_device == "cpu"
+    assert config.models[0].kv_transfer.progress_thread_delay_us == 1000
+    assert config.worker_niceness == 0
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,13 @@ def test_minimal_pd_config_gets_stated_defaults() -> None:
         (app_args(prefill={"num_replicas": -1}), "num_replicas"),
         (app_args(kv_transfer={"prefill_timeout_s": 0}), "prefill_timeout_s"),
         (app_args(kv_transfer={"connector": "Carrier"}), "connector"),
+        (app_args(kv_transfer={"progress_thread_delay_us": -1}), "progress_thread_delay_us"),
+        (app_args(kv_transfer={"progress_thread_delay_us": 10**6}),
+         "progress_thread_delay_us"),
+        (app_args(kv_transfer={"progress_thread_delay_us": "soon"}),
+         "progress_thread_delay_us"),
+        (app_args() | {"worker_niceness": -5}, "worker_niceness"),
+        (app_args() | {"worker_niceness": 20}, "worker_niceness"),
         ({"models": []}, "models"),
         ({"models": [{"model": "x"}]}, "model_id"),
         (app_args() | {"ingres": {}}, "ingres"),
@@ -244,3 +253,15 @@ def test_embedding_pools_keep_rays_default_router() -> None:
     from pdserve.deployments.app import router_config
 
     assert router_config("embed", PoolConfig(), "emb-embed") is None
+
+
+def test_every_deployment_runs_at_the_configured_niceness_unless_it_sets_its_own() -> None:
+    from pdserve.deployments.app import NICENESS_ENV, with_niceness
+
+    mine = {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}, "pip": ["x"]}}
+    options = with_niceness(mine, 0)
+    assert options["runtime_env"] == {"env_vars": {"A": "1", NICENESS_ENV: "0"}, "pip": ["x"]}
+    assert mine["runtime_env"]["env_vars"] == {"A": "1"}  # the config's dict is untouched
+    own = {"runtime_env": {"env_vars": {NICENESS_ENV: "10"}}}
+    assert with_niceness(own, 0)["runtime_env"]["env_vars"][NICENESS_ENV] == "10"
+    assert with_niceness({}, 5) == {"runtime_env": {"env_vars": {NICENESS_ENV: "5"}}}

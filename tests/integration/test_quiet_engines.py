@@ -1,0 +1,81 @@
+"""Idle engines cost (almost) nothing and run at normal priority: the PD pools' NIXL agents
+poll with a delay (pdserve's quiet connector), compute and NIXL threads sit on different
+cores, and every engine process runs at the configured niceness, all read from the engine
+processes themselves."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import psutil
+from conftest import ENGINE_DEPLOYMENTS, deployment, replicas_of, wait_drained
+from pdserve.kv_transfer.nixl import DEFAULT_PROGRESS_DELAY_US
+from shapes import EMBED_MODEL, PD_MODEL
+
+NIXL_POOLS = [f"{PD_MODEL}-prefill", f"{PD_MODEL}-decode"]
+EMBED_POOL = f"{EMBED_MODEL}-embed"  # one replica, on Ray's own router (not in routing_state)
+#: Loose on purpose (a noisy 2-core box); `benchmarks/kv_transfer_bench.py` has the tight number.
+IDLE_CORES_PER_ENGINE = 0.2
+IDLE_WINDOW_S = 10.0
+
+
+def engines() -> dict[str, list[int]]:
+    """Each engine replica's processes: the Serve replica and the vLLM processes it started."""
+    found = {f"{name}/{replica}": deployment(name).engine_processes.remote(replica=replica)
+             .result() for name in ENGINE_DEPLOYMENTS for replica in replicas_of(name)}
+    found[EMBED_POOL] = deployment(EMBED_POOL).engine_processes.remote().result()
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds so far, from /proc/<pid>/stat."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_pd_engines_use_the_quiet_connector_with_its_delay(client: httpx.Client) -> None:
+    for name in NIXL_POOLS:
+        (replica,) = replicas_of(name)
+        (worker,) = deployment(name).nixl_state.remote(replica=replica).result()
+        assert worker["connector"] == "pdserve.kv_transfer.quiet_nixl.NixlConnector", worker
+        assert worker["delays_us"] == [DEFAULT_PROGRESS_DELAY_US], worker
+        compute = set(worker["compute_cores"])
+        assert len(compute) == 1, f"{name}: compute thread not bound to one core: {worker}"
+        assert worker["agent_threads"], f"{name}: no NIXL agent threads recorded"
+        for tid, cores in worker["agent_threads"].items():
+            assert not compute & set(cores), f"{name}: NIXL thread {tid} shares {compute}"
+
+
+def test_pd_engines_compute_on_different_cores(client: httpx.Client) -> None:
+    """vLLM's NIXL worker moves the compute thread to the host's last core; pdserve moves it
+    back, so the prefill and decode engines do not share one core."""
+    cores = [deployment(name).nixl_state.remote(replica=replicas_of(name)[0]).result()[0]
+             ["compute_cores"] for name in NIXL_POOLS]
+    assert cores[0] != cores[1], cores
+
+
+def test_every_engine_process_runs_at_normal_priority(client: httpx.Client) -> None:
+    for engine, pids in engines().items():
+        assert len(pids) >= 3, f"{engine}: expected replica, engine core and worker: {pids}"
+        nice = {pid: psutil.Process(pid).nice() for pid in pids}
+        assert set(nice.values()) == {0}, f"{engine}: {nice}"
+
+
+def test_idle_engines_use_almost_no_cpu(client: httpx.Client) -> None:
+    wait_drained()
+    processes = {engine: pids[1:] for engine, pids in engines().items()}  # the vLLM processes
+    time.sleep(2.0)
+    before = {engine: cpu_seconds(pids) for engine, pids in processes.items()}
+    time.sleep(IDLE_WINDOW_S)
+    used = {engine: (cpu_seconds(pids) - before[engine]) / IDLE_WINDOW_S
+            for engine, pids in processes.items()}
+    busy = {engine: round(cores, 3) for engine, cores in used.items()
+            if cores > IDLE_CORES_PER_ENGINE}
+    assert not busy, f"idle engines using more than {IDLE_CORES_PER_ENGINE} core: {busy} " \
+                     f"(all: {used})"
