@@ -312,11 +312,11 @@ def run_policy(policy: str, model_dir: str, phases: list[Phase], seed: int,
         base_url=systems.PDSERVE_URL, model_name=MODEL_A, model_dir=model_dir,
         engine_kwargs=ENGINE, config_path=str(config_path), ray_cluster=True)
     with systems.running(system, out / f"serve-{policy}.log", systems.find_preload_libs(),
-                         ready_timeout_s=900) as startup_s:
+                         ready_timeout_s=900) as started:
         records, timeline = asyncio.run(drive(phases, seed))
     (out / f"raw-{policy}.json").write_text(json.dumps({"records": records,
                                                         "timeline": timeline}))
-    return {"startup_s": startup_s, "records": records, "timeline": timeline,
+    return {"startup_s": started.startup_s, "records": records, "timeline": timeline,
             "summary": summarize(policy, records, timeline)}
 
 

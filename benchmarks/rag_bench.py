@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         config_path = args.out / f"serve-{router}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         system = systems.pdserve_system(router, config_path)
-        with systems.running(system, args.out / f"{router}.log", preload) as startup_s:
-            meta["startup_s"][router] = startup_s
+        with systems.running(system, args.out / f"{router}.log", preload) as started:
+            meta["startup_s"][router] = started.startup_s
             # Every app (re)ingests: a replace, so the store always holds the whole corpus.
             ingest(system.base_url, f"rag-{ORDERINGS[0]}", args.out / "ingest.log")
             for ordering in ORDERINGS:

@@ -194,6 +194,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         parts.append(
             f"- **{name}** (ready after {_fmt(s.get('startup_s'), 0)} s): "
             f"`{s['command']}`; engine args `{json.dumps(s['engine_kwargs'])}`"
+            + (f"; nice values (from /proc) `{json.dumps(s['nice'])}`" if s.get("nice") else "")
         )
     parts += ["", "## Results", "", results_table(rows), "",
               "`other CPU s / step s`: CPU-seconds used by processes outside this harness "

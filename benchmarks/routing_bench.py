@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         config_path = args.out / f"serve-{router}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         system = systems.pdserve_system(router, config_path)
-        with systems.running(system, args.out / f"{router}.log", preload) as startup_s:
-            meta["startup_s"][router] = startup_s
+        with systems.running(system, args.out / f"{router}.log", preload) as started:
+            meta["startup_s"][router] = started.startup_s
             for workload, trace in traces.items():
                 total = sum(len(s.turns) for s in trace)
                 with tqdm(total=total, desc=f"{router}/{workload}") as bar:

@@ -179,8 +179,9 @@ def run_system(system: System, names: list[str], load: LoadSettings, args: argpa
         if system.ray_cluster:
             systems.wait_for_no_ray(args.wait_for_ray)
         with systems.running(system, out / "logs" / f"{system.name}.server.log",
-                             meta["preload"], args.ready_timeout) as startup_s:  # fmt: skip
-            info["startup_s"] = round(startup_s, 1)
+                             meta["preload"], args.ready_timeout) as started:  # fmt: skip
+            info["startup_s"] = round(started.startup_s, 1)
+            info["nice"] = systems.priorities(started.pid)
             for workload in names:
                 bar.set_postfix_str(f"{system.name}/{workload}")
                 rows.append(run_step(system, workload, load, out))

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import yaml
 
@@ -138,6 +138,9 @@ def pdserve_system(name: str, config_path: str | Path, model_dir: str | None = N
         engine_kwargs=spec.engine_kwargs,
         config_path=str(config_path),
         ray_cluster=True,
+        # Ray runs its workers (proxy, controller; pdserve's own deployments set it anyway) at
+        # nice 15 by default; the compared systems must all run at the same priority.
+        env={"RAY_worker_niceness": "0"},
     )
 
 
@@ -301,11 +304,36 @@ def stop(system: System, proc: subprocess.Popen, log: TextIO, grace_s: float = 3
         )  # fmt: skip
 
 
+class Started(NamedTuple):
+    startup_s: float
+    pid: int  # the started command's process: the system's processes are its descendants
+
+
+def priorities(pid: int) -> dict[str, list[int]]:
+    """Distinct nice values (read from /proc) of a process tree, by process name."""
+    import psutil
+
+    found: dict[str, set[int]] = {}
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    for proc in tree:
+        try:
+            with open(f"/proc/{proc.pid}/stat") as stat:
+                name, rest = stat.read().split(" (", 1)[1].rsplit(")", 1)
+            found.setdefault(name, set()).add(int(rest.split()[16]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return {name: sorted(values) for name, values in sorted(found.items())}
+
+
 @contextlib.contextmanager
 def running(
     system: System, log_path: Path, preload: list[str], ready_timeout_s: float = 600.0
-) -> Iterator[float]:
-    """Start `system`, yield its start-up seconds once ready, and always stop it."""
+) -> Iterator[Started]:
+    """Start `system`, yield its start-up seconds and pid once ready, and always stop it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         proc = start(system, log, preload)
@@ -314,7 +342,7 @@ def running(
                 startup_s = wait_ready(system, proc, ready_timeout_s)
             except (RuntimeError, TimeoutError) as e:
                 raise RuntimeError(f"{e}; last errors in {log_path}: {error_hint(log_path)}") from e
-            yield startup_s
+            yield Started(startup_s, proc.pid)
         finally:
             stop(system, proc, log)
 
