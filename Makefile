@@ -30,8 +30,10 @@ serve: tiny-model
 test: install
 	$(VENV)/bin/pytest tests -v
 
+# ruff, and the import rules of DESIGN.md (import-linter over the package laid out as installed).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q tests/unit/test_import_rules.py
 
 bench: tiny-model
 	$(PY) -m pdserve.benchmarks.run --out benchmarks/results/latest

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 import yaml
+
 from pdserve.benchmarks import systems
 from pdserve.benchmarks.sse import stream_chunks
-
 from pdserve.tiny_model import random_words, recall_prompt_from_words
 
 MODEL_A, MODEL_B = "bench-pd", "bench-colo"

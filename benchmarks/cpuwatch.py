@@ -1,4 +1,4 @@
-"""How much CPU *other* processes used during a benchmark step.
+"""How much CPU *other* processes used during a benchmark step, and reading `/proc` stat files.
 
 On a small shared machine the load generator, the system under test and whatever
 colleagues run all compete for the same cores. Counting the CPU-seconds of processes that
@@ -55,3 +55,13 @@ class StepWatch:
         wall = time.monotonic() - self.start
         other = foreign_cpu_seconds(self.snap or {}, foreign_cpu_snapshot())
         return {"step_wall_s": round(wall, 1), "other_cpu_s": round(other, 1)}
+
+
+def proc_stat(path: str) -> tuple[str, list[str]]:
+    """A `/proc/<pid>[/task/<tid>]/stat` file: the command name and the fields after it
+    (`fields[11]`, `[12]`: user and system ticks; `fields[16]`: nice), read as the kernel
+    writes them (the name may hold spaces and parentheses)."""
+    with open(path) as stat:
+        text = stat.read()
+    name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+    return name, rest.split()

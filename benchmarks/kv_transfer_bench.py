@@ -25,7 +25,7 @@ from typing import Any
 
 from pdserve.benchmarks import report, systems
 from pdserve.benchmarks.kv_transfer_summary import markdown, summarize
-from pdserve.kv_transfer.nixl import DEFAULT_PROGRESS_DELAY_US
+from pdserve.deployments.config import KVTransferSettings
 
 #: Engine arguments of the PD probes: the bench model, long enough for 8k-token prompts (its
 #: rope is effectively off, so positions past its trained 2k are harmless here).
@@ -75,7 +75,7 @@ def probes(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     idle = {"settle_s": args.settle, "idle_s": args.idle}
     out = [("memcpy", "memcpy", {"sizes": sizes, "reps": args.reps + 2}),
            ("raw_nixl", "raw_nixl", {"sizes": sizes, "layouts": layouts, "reps": args.reps + 2,
-                                     "delay_us": DEFAULT_PROGRESS_DELAY_US})]
+                                     "delay_us": KVTransferSettings().progress_thread_delay_us})]
     out += [(f"pd:{variant}", "pd_path", {"variant": variant, "model": model, "plan": plan,
                                            "engine_kwargs": PD_ENGINE_KWARGS, **idle})
             for variant in args.variants]

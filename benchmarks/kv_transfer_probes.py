@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from pdserve.benchmarks.cpuwatch import proc_stat
+
 #: Engine processes bound like a PD pair of `serve_configs/default.yaml` on a 2-core host.
 PREFILL_CORE, DECODE_CORE = 0, 1
 #: UCX worker threads vLLM's NIXL connector asks for (`kv_connector_extra_config.num_threads`).
@@ -190,16 +192,15 @@ def start_engine(kind: str, model: str, engine_kwargs: dict[str, Any], core: int
 def connector_config(role: str, variant: str) -> dict[str, Any]:
     """`vllm`: vLLM's own NixlConnector (busy poll, vLLM's CPU binding); `quiet-<us>`:
     pdserve's, as the pools configure it (`quiet-0` busy-polls with pdserve's binding)."""
-    from pdserve.kv_transfer.nixl import kv_transfer_config
+    from pdserve.deployments.engine.args import KV_ROLES
+    from pdserve.kv_transfer.connector import kv_transfer_config
 
     if variant == "vllm":
         return {"kv_connector": "NixlConnector", "kv_buffer_device": "cpu",
                 "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
                 "engine_id": f"bench-{role}", "kv_load_failure_policy": "recompute"}
     delay = int(variant.removeprefix("quiet-"))
-    config = kv_transfer_config(role, f"bench-{role}", "cpu", delay)  # type: ignore[arg-type]
-    assert config is not None
-    return config
+    return kv_transfer_config(KV_ROLES[role], f"bench-{role}", "cpu", delay)  # type: ignore[index]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -217,9 +218,7 @@ def nice_values(pids: list[int]) -> dict[str, int]:
     """Each process's nice value, read from /proc/<pid>/stat (field 19)."""
     out = {}
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        out[str(pid)] = int(fields[16])
+        out[str(pid)] = int(proc_stat(f"/proc/{pid}/stat")[1][16])
     return out
 
 
@@ -234,8 +233,9 @@ def idle_cores(engines: dict[str, list[int]], settle_s: float, window_s: float
 
 async def _one_pull(prefill: Any, decode: Any, tokens: list[int], tag: str) -> float:
     """Prefill remotely, then time the decode engine's first token (KV pull + one step)."""
-    from pdserve.kv_transfer.params import KV_PARAMS_KEY, remote_decode_request
     from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    from pdserve.kv_transfer.params import KV_PARAMS_KEY, remote_decode_request
 
     params = SamplingParams(max_tokens=1, output_kind=RequestOutputKind.FINAL_ONLY,
                             extra_args={KV_PARAMS_KEY: remote_decode_request()})
@@ -305,8 +305,7 @@ def thread_cores(pids: list[int]) -> dict[str, str]:
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
+                fields = proc_stat(f"/proc/{pid}/task/{tid}/stat")[1]
                 with open(f"/proc/{pid}/task/{tid}/status") as status:
                     cores = next(line.split(":", 1)[1].strip() for line in status
                                  if line.startswith("Cpus_allowed_list"))

@@ -14,10 +14,11 @@ import time
 import httpx
 import psutil
 import ray
-from pdserve.deployments.app import build_app
 from ray import serve
 
-from pdserve.tiny_model import recall_prompt_text, resolve_model
+from pdserve.deployments.app import build_app
+from pdserve.models import resolve_model
+from pdserve.tiny_model import recall_prompt_text
 
 PORT = 8125
 ENGINE_KWARGS = {"dtype": "float32", "max_model_len": 1024, "max_num_batched_tokens": 256,

@@ -32,10 +32,11 @@ from typing import Any
 
 import httpx
 import yaml
+from tqdm import tqdm
+
 from pdserve.benchmarks import report, systems
 from pdserve.benchmarks.routing_bench import ROUTERS, percentile
 from pdserve.benchmarks.sse import stream_chunks
-from tqdm import tqdm
 
 CORPUS = systems.REPO_ROOT / "tests" / "fixtures" / "rag_corpus"
 LLM_ID = "bench"

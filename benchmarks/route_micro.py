@@ -15,11 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pdserve.deployments.messages import RoutingInfo
 from pdserve.routing.block_hashes import BlockHasher
 from pdserve.routing.pool_state import PoolState
 from pdserve.routing.router import PrefixAwareRouter
 from pdserve.routing.scorers import RouterSettings
+from pdserve.routing.types import RoutingInfo
 
 
 def build_router(replicas: int, blocks: int, prompt_blocks: int,

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 import yaml
+from tqdm import tqdm
+
 from pdserve.benchmarks import report, systems
 from pdserve.benchmarks.routing_workloads import (
     TRACES,
@@ -33,7 +35,6 @@ from pdserve.benchmarks.routing_workloads import (
 )
 from pdserve.benchmarks.sse import stream_chunks
 from pdserve.routing.block_hashes import BlockHasher
-from tqdm import tqdm
 
 ROUTERS: dict[str, dict[str, Any]] = {
     "pdserve": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter"},

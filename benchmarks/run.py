@@ -21,10 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from pdserve.benchmarks import cpuwatch, report, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
-from tqdm import tqdm
 
 SYSTEM_NAMES = ("pd", "colocated", "vllm")
 

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple, TextIO
 
 import yaml
 
+from pdserve.benchmarks.cpuwatch import proc_stat
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PDSERVE_URL = "http://127.0.0.1:8000"
@@ -78,7 +80,7 @@ def load_model_spec(config_path: str | Path) -> ModelSpec:
 def resolve_model_dir(model: str) -> str:
     """Turn a config's `model` (pdserve://..., a path, or an HF id) into what vLLM loads."""
     if model.startswith("pdserve://"):
-        from pdserve.tiny_model import resolve_model  # written in parallel; import late
+        from pdserve.models import resolve_model
 
         return str(resolve_model(model))
     return model
@@ -111,7 +113,7 @@ def baseline_engine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k not in PD_ONLY_ENGINE_KWARGS}
 
 
-SLO_POLICY = "pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy"
+SLO_POLICY = "pdserve.deployments.autoscaling.policy:SLOAutoscalingPolicy"
 
 
 def serve_config_doc(args: dict[str, Any], autoscaling_policy: str | None = None
@@ -321,9 +323,8 @@ def priorities(pid: int) -> dict[str, list[int]]:
         return {}
     for proc in tree:
         try:
-            with open(f"/proc/{proc.pid}/stat") as stat:
-                name, rest = stat.read().split(" (", 1)[1].rsplit(")", 1)
-            found.setdefault(name, set()).add(int(rest.split()[16]))
+            name, fields = proc_stat(f"/proc/{proc.pid}/stat")
+            found.setdefault(name, set()).add(int(fields[16]))
         except (OSError, IndexError, ValueError):
             continue
     return {name: sorted(values) for name, values in sorted(found.items())}

@@ -7,23 +7,32 @@ import logging
 from typing import Any
 
 import ray
+from ray.serve.deployment import Application, Deployment
+
 from pdserve.decode.server import ColocatedServer, DecodeServer
-from pdserve.deployments.config import AppConfig, ModelConfig, PoolConfig, check_cpu_budget
-from pdserve.deployments.ingress import OpenAIIngress
+from pdserve.deployments.api.ingress import OpenAIIngress
+from pdserve.deployments.config import (
+    AppConfig,
+    ModelConfig,
+    PoolConfig,
+    PoolName,
+    Role,
+    check_cpu_budget,
+    engine_binding,
+)
 from pdserve.deployments.pipelines.embedding import EmbeddingServer
 from pdserve.deployments.pipelines.retriever import PipelineRetriever
 from pdserve.deployments.pipelines.stores import check_store_kind
 from pdserve.prefill.server import PrefillServer
 from pdserve.routing.scorers import RouterSettings
-from ray.serve.deployment import Application
 
 logger = logging.getLogger(__name__)
 
-POOL_CLASSES = {"prefill": PrefillServer, "decode": DecodeServer, "colocated": ColocatedServer,
-                "embed": EmbeddingServer}
+POOL_CLASSES: dict[Role, Deployment] = {"prefill": PrefillServer, "decode": DecodeServer,
+                                        "colocated": ColocatedServer, "embed": EmbeddingServer}
 
 #: Router per role unless the pool's `request_router_config` names another.
-DEFAULT_ROUTERS = {
+DEFAULT_ROUTERS: dict[Role, str] = {
     "prefill": "pdserve.routing.router:PrefixAwareRouter",
     "colocated": "pdserve.routing.router:PrefixAwareRouter",
     "decode": "pdserve.routing.router:DecodeRouter",
@@ -45,7 +54,7 @@ def with_niceness(ray_actor_options: dict[str, Any], niceness: int) -> dict[str,
     return options
 
 
-def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any] | None:
+def router_config(role: Role, pool: PoolConfig, pool_name: str) -> dict[str, Any] | None:
     """Ray's `request_router_config` for a pool: ours by default, validated if it is ours.
     Embedding pools keep Ray's default (power of two choices): no prefix to reuse there."""
     if role not in DEFAULT_ROUTERS and not pool.request_router_config:
@@ -66,7 +75,7 @@ def router_config(role: str, pool: PoolConfig, pool_name: str) -> dict[str, Any]
 
 #: Per-deployment policy for autoscaled pools of a model with `slo` (the app-level
 #: `SLOAutoscalingPolicy` in the YAML takes precedence over it; Ray logs that it does).
-POOL_POLICY = "pdserve.deployments.autoscaling_policy:pool_policy"
+POOL_POLICY = "pdserve.deployments.autoscaling.policy:pool_policy"
 
 
 def engine_user_config(config: AppConfig, model: ModelConfig) -> dict[str, Any]:
@@ -84,7 +93,7 @@ def _autoscaling_config(pool: PoolConfig, model: ModelConfig) -> dict[str, Any]:
 
 
 def _pool_options(
-    name: str, role: str, pool: PoolConfig, model: ModelConfig, config: AppConfig
+    name: str, role: Role, pool: PoolConfig, model: ModelConfig, config: AppConfig
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
@@ -114,17 +123,14 @@ def _check_cluster_cpus(config: AppConfig) -> None:
 def build_pd_app(config: AppConfig) -> Application:
     """Ingress + one Serve deployment per pool of every model (PD or colocated)."""
     _check_cluster_cpus(config)  # pdserve:// models are resolved on each replica's node
-    config_dict = config.model_dump(mode="json")
-    slots = config.pool_slots()
-    pools: dict[str, dict[str, Application]] = {}
+    pools: dict[str, dict[Role, Application]] = {}
     for model in config.models:
         pools[model.model_id] = {}
         for role, pool in model.pools().items():
+            name = PoolName(model.model_id, role).deployment
             deployment = POOL_CLASSES[role].options(
-                **_pool_options(f"{model.model_id}-{role}", role, pool, model, config)
-            )
-            pool_index = slots.index((model.model_id, role))
-            pools[model.model_id][role] = deployment.bind(config_dict, model.model_id, pool_index)
+                **_pool_options(name, role, pool, model, config))
+            pools[model.model_id][role] = deployment.bind(engine_binding(config, model, role))
     retrievers = {}
     for i, pipeline in enumerate(config.pipelines):
         try:
@@ -137,7 +143,7 @@ def build_pd_app(config: AppConfig) -> Application:
             num_replicas=retriever.num_replicas,
             ray_actor_options=with_niceness(retriever.ray_actor_options, config.worker_niceness),
             max_ongoing_requests=retriever.max_ongoing_requests,
-        ).bind(pipeline.model_dump(mode="json"), pools[pipeline.embedding_model]["embed"])
+        ).bind(pipeline, pools[pipeline.embedding_model]["embed"])
     ingress = OpenAIIngress.options(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
@@ -145,7 +151,7 @@ def build_pd_app(config: AppConfig) -> Application:
                                         config.worker_niceness),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
-    return ingress.bind(config_dict, pools, retrievers)
+    return ingress.bind(config, pools, retrievers)
 
 
 def build_app(config: AppConfig | dict[str, Any]) -> Application:

@@ -29,9 +29,10 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from pdserve.kv_transfer.nixl import DEFAULT_PROGRESS_DELAY_US, PROGRESS_DELAY_KEY
 from vllm.distributed.kv_transfer.kv_connector.v1.nixl import NixlPullConnector
 from vllm.distributed.nixl_utils import NixlWrapper
+
+from pdserve.kv_transfer.connector import PROGRESS_DELAY_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class _QuietBindings:
 
     def __init__(self, real: ModuleType) -> None:
         self._real = real
-        self.delay_us = DEFAULT_PROGRESS_DELAY_US
+        self.delay_us = 0  # NIXL's own value until a connector sets its configured one
         self.applied: list[int] = []  # the delay each agent of this process was created with
 
     def __getattr__(self, name: str) -> Any:
@@ -170,8 +171,10 @@ class NixlConnector(NixlPullConnector):
     microseconds, with its threads off the engine's compute core."""
 
     def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Any) -> None:
-        delay = int(vllm_config.kv_transfer_config.get_from_extra_config(PROGRESS_DELAY_KEY,
-                                                                         DEFAULT_PROGRESS_DELAY_US))
+        delay = vllm_config.kv_transfer_config.get_from_extra_config(PROGRESS_DELAY_KEY, None)
+        if not isinstance(delay, int) or delay < 0:
+            raise ValueError(f"{__name__}.NixlConnector needs kv_connector_extra_config."
+                             f"{PROGRESS_DELAY_KEY} (microseconds, >= 0), got {delay!r}")
         compute = os.sched_getaffinity(0)
         before = _thread_ids()
         _BINDINGS.delay_us = delay

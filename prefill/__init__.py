@@ -1,1 +1,1 @@
-"""pdserve.prefill"""
+"""The prefill pool: its deployment (`server`) and the prefill call it answers (`request`)."""

@@ -5,32 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pdserve.deployments.engine import EngineHost
-from pdserve.deployments.messages import PrefillRequest, PrefillResult
-from pdserve.kv_transfer.params import (
-    KV_PARAMS_KEY,
-    is_pull_ready,
-    remote_decode_request,
-    without_transfer_params,
-)
 from ray import serve
-from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+from pdserve.deployments.engine.host import EngineHost
+from pdserve.kv_transfer.params import is_pull_ready
+from pdserve.prefill.request import PrefillFailed, PrefillRequest, PrefillResult, prefill_params
 
 logger = logging.getLogger(__name__)
-
-
-class PrefillFailed(RuntimeError):
-    """The prefill engine did not return usable KV-transfer params."""
-
-
-def prefill_params(request_params: SamplingParams) -> SamplingParams:
-    """One token, KV kept for a remote decoder; no sampling work the decoder would redo."""
-    extra = without_transfer_params(request_params.extra_args)
-    return SamplingParams(
-        max_tokens=1,
-        output_kind=RequestOutputKind.FINAL_ONLY,
-        extra_args={**extra, KV_PARAMS_KEY: remote_decode_request()},
-    )
 
 
 @serve.deployment
@@ -40,7 +21,7 @@ class PrefillServer(EngineHost):
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         await self._maybe_inject_fault(request)
         final = None
-        signals = self.track(request)  # this call's latency is the prefill pool's TTFT
+        signals = self.track(request.routing)  # this call's latency is the prefill pool's TTFT
         try:
             async for output in self.engine.generate(
                 request.engine_input, prefill_params(request.sampling_params), request.request_id
@@ -50,11 +31,11 @@ class PrefillServer(EngineHost):
         finally:
             signals.finish()
         params = final.kv_transfer_params if final is not None else None
-        if not is_pull_ready(params):
+        if final is None or not is_pull_ready(params):
             raise PrefillFailed(f"request {request.request_id}: no KV-transfer params: {params}")
         return PrefillResult(
             request_id=request.request_id,
-            kv_transfer_params=params,
+            kv_transfer_params=params,  # type: ignore[arg-type]
             prompt_tokens=len(final.prompt_token_ids or []),
         )
 

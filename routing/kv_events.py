@@ -22,9 +22,10 @@ from typing import Any
 
 import msgspec
 import zmq
+from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
+
 from pdserve.routing.block_hashes import external_hash
 from pdserve.routing.prefix_index import PrefixIndex
-from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
 
 logger = logging.getLogger(__name__)
 

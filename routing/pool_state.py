@@ -16,13 +16,8 @@ from typing import Any
 
 from pdserve.routing.kv_events import KVEventSubscriber
 from pdserve.routing.prefix_index import PrefixIndex
+from pdserve.routing.types import RoutingStats
 
-#: Keys a pool replica puts in `record_routing_stats()` (see `EngineHost`).
-STAT_EVENTS = "kv_events_endpoint"
-STAT_REPLAY = "kv_events_replay_endpoint"
-STAT_BLOCK_SIZE = "block_size"
-STAT_KV_USAGE = "kv_cache_usage"
-STAT_NUM_BLOCKS = "num_gpu_blocks"
 FILL_REFRESH_S = 0.05
 
 
@@ -51,25 +46,29 @@ class PoolState:
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     # -- replicas and their event streams -------------------------------------------------
-    def sync_replicas(self, replicas: Mapping[str, Mapping[str, Any]]) -> None:
-        """Follow the pool's current replicas ({replica: routing stats}); cheap when unchanged.
+    def sync_replicas(self, replicas: Mapping[str, RoutingStats | None]) -> None:
+        """Follow the pool's current replicas ({replica: its stats, None before its first
+        report}); cheap when unchanged.
 
         A replica that left is dropped from the index; one whose engine endpoint changed is a
         restart and starts empty.
         """
         self.synced = True
         for replica, stats in replicas.items():
-            self._kv_usage[replica] = float(stats.get(STAT_KV_USAGE, 0.0) or 0.0)
-            if stats.get(STAT_NUM_BLOCKS):
-                self._capacity[replica] = int(stats[STAT_NUM_BLOCKS])
-            endpoint = stats.get(STAT_EVENTS)
+            if stats is None:
+                self._kv_usage[replica] = 0.0
+                continue
+            self._kv_usage[replica] = stats.kv_cache_usage
+            if stats.num_gpu_blocks:
+                self._capacity[replica] = stats.num_gpu_blocks
+            endpoint = stats.kv_events_endpoint
             if not endpoint or self._watched.get(replica) == endpoint:
                 continue
-            subscriber = self._ensure_subscriber(int(stats.get(STAT_BLOCK_SIZE) or 0))
+            subscriber = self._ensure_subscriber(stats.block_size)
             if subscriber is None:
                 continue
             self._watched[replica] = endpoint
-            subscriber.watch(replica, endpoint, stats.get(STAT_REPLAY))
+            subscriber.watch(replica, endpoint, stats.kv_events_replay_endpoint)
         for replica in [r for r in self._watched if r not in replicas]:
             self.forget(replica)
 

@@ -18,8 +18,6 @@ import random
 import time
 from typing import Any
 
-from pdserve.routing.pool_state import PoolState, pool_state
-from pdserve.routing.scorers import ReplicaView, RequestView, RouterSettings, choose_index
 from ray.serve.metrics import Counter, Histogram
 from ray.serve.request_router import (
     PendingRequest,
@@ -28,6 +26,17 @@ from ray.serve.request_router import (
     RequestRouter,
     RunningReplica,
 )
+
+from pdserve.routing.pool_state import PoolState, pool_state
+from pdserve.routing.scorers import (
+    DECODE_WEIGHTS,
+    PREFIX_AWARE_WEIGHTS,
+    ReplicaView,
+    RequestView,
+    RouterSettings,
+    choose_index,
+)
+from pdserve.routing.types import RoutingInfo, RoutingStats
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +67,12 @@ class _RouteMetrics:
         self.seconds.observe(seconds)
 
 
-def routing_info(pending_request: PendingRequest | None) -> Any:
+def routing_info(pending_request: PendingRequest | None) -> RoutingInfo | None:
     """The `RoutingInfo` our messages carry (None for admin calls and foreign requests)."""
     if pending_request is None or not pending_request.args:
         return None
-    return getattr(pending_request.args[0], "routing", None)
+    info = getattr(pending_request.args[0], "routing", None)
+    return info if isinstance(info, RoutingInfo) else None
 
 
 class ScoredRouter(RequestRouter):
@@ -94,9 +104,8 @@ class ScoredRouter(RequestRouter):
         self.pool.forget(replica_id.unique_id)
 
     def _sync(self) -> None:
-        self.pool.sync_replicas(
-            {rid.unique_id: (r.routing_stats or {}) for rid, r in self._replicas.items()}
-        )
+        self.pool.sync_replicas({rid.unique_id: RoutingStats.decode(r.routing_stats)
+                                 for rid, r in self._replicas.items()})
 
     # -- the decision -----------------------------------------------------------------------
     async def choose_replicas(
@@ -123,7 +132,7 @@ class ScoredRouter(RequestRouter):
         return [[best], others] if others else [[best]]
 
     def choose(
-        self, candidates: list[RunningReplica], info: Any
+        self, candidates: list[RunningReplica], info: RoutingInfo | None
     ) -> tuple[RunningReplica, list[RunningReplica], dict[str, int]]:
         """The best candidate, the rest, and the cached-prefix blocks per replica it scored
         with (pure scoring over a snapshot of this pool)."""
@@ -147,7 +156,7 @@ class ScoredRouter(RequestRouter):
         best = choose_index(request, views, self.settings, self.rng)
         return candidates[best], candidates[:best] + candidates[best + 1 :], hits
 
-    def _uses_prefix(self, info: Any) -> bool:
+    def _uses_prefix(self, info: RoutingInfo) -> bool:
         return not self.prefix_only_when_local or info.plan != "remote"
 
     def _pinned(
@@ -166,7 +175,8 @@ class ScoredRouter(RequestRouter):
     # has sent it (after an async queue-length probe): otherwise requests arriving together
     # all see the same idle pool and pile onto one replica.
     def _book(
-        self, pending_request: PendingRequest, replica: str, info: Any, hits: int | None = None
+        self, pending_request: PendingRequest, replica: str, info: RoutingInfo,
+        hits: int | None = None,
     ) -> None:
         """`hits`: the replica's cached-prefix blocks if the caller already looked them up."""
         key = pending_request.metadata.internal_request_id
@@ -208,13 +218,11 @@ class ScoredRouter(RequestRouter):
 class PrefixAwareRouter(ScoredRouter):
     """Prefill and colocated pools: go where the prompt's prefix is cached, unless loaded."""
 
-    default_weights = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
-                       "cache_headroom": 0.0, "session": 1.0}
+    default_weights = PREFIX_AWARE_WEIGHTS
 
 
 class DecodeRouter(ScoredRouter):
     """Decode pools: load and KV headroom first; prefix overlap only for local prefills."""
 
-    default_weights = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5, "kv_headroom": 2.0,
-                       "cache_headroom": 0.0, "session": 0.0}
+    default_weights = DECODE_WEIGHTS
     prefix_only_when_local = True

@@ -37,14 +37,23 @@ class ReplicaView(NamedTuple):
     cache_fill: float = 0.0  # share of its KV blocks holding cached prefixes (index), 0..1
 
 
+#: Default weights of the prefix-aware router (prefill and colocated pools): go where the
+#: prompt's prefix is cached, unless that replica is loaded.
+PREFIX_AWARE_WEIGHTS: dict[str, float] = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
+                                          "kv_headroom": 0.5, "cache_headroom": 0.0,
+                                          "session": 1.0}
+#: Default weights of the decode router: load and KV headroom first.
+DECODE_WEIGHTS: dict[str, float] = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5,
+                                    "kv_headroom": 2.0, "cache_headroom": 0.0, "session": 0.0}
+
+
 class RouterSettings(BaseModel):
     """`request_router_kwargs` of our routers (validated; unknown keys are errors)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
-                                 "kv_headroom": 0.5, "cache_headroom": 0.0, "session": 1.0},
+        default_factory=lambda: dict(PREFIX_AWARE_WEIGHTS),
         description="Weight per scorer (names: prefix, queue, tokens, kv_headroom, "
         "cache_headroom, session).",
     )

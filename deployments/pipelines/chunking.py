@@ -14,6 +14,14 @@ _HEADING = re.compile(r"^#{1,6}\s+")
 
 
 @dataclass(frozen=True)
+class Document:
+    """A document to (re)index: its chunks replace any the same `id` had before."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One retrievable piece of a document; `index` is its position in the document."""
 

@@ -26,6 +26,18 @@ class Hit:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """What the retriever returns for a question: hits best first, and what each stage took."""
+
+    hits: list[Hit]
+    embed_ms: float
+    search_ms: float
+
+    def timings(self) -> dict[str, float]:
+        return {"embed_ms": self.embed_ms, "search_ms": self.search_ms}
+
+
 def order_hits(hits: list[Hit], ordering: Ordering) -> list[Hit]:
     if ordering == "canonical":
         return sorted(hits, key=lambda h: (h.document, h.chunk))

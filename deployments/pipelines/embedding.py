@@ -10,10 +10,11 @@ import asyncio
 import uuid
 from typing import Any
 
-from pdserve.deployments.engine import EngineHost
 from ray import serve
 from vllm import PoolingParams
 from vllm.outputs import PoolingRequestOutput
+
+from pdserve.deployments.engine.host import EngineHost
 
 
 @serve.deployment

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
-from pdserve.deployments.frontend import ModelFrontend
-from pdserve.deployments.pipeline_config import PipelineConfig
-from pdserve.deployments.pipelines.context import build_messages, last_user_text, order_hits
-from pdserve.deployments.pipelines.stores import StoreUnavailable
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+from pdserve.deployments.config.pipeline import PipelineConfig
+from pdserve.deployments.frontend.model import ModelFrontend
+from pdserve.deployments.pipelines.context import (
+    Retrieval,
+    build_messages,
+    last_user_text,
+    order_hits,
+)
+from pdserve.deployments.pipelines.stores import StoreUnavailable
 
 
 def remote_cause(exc: BaseException) -> BaseException:
@@ -42,7 +49,7 @@ class PipelineFrontend:
         self.retriever = retriever
         self.tokenizer = llm.client.renderer.get_tokenizer()
 
-    async def retrieve(self, query: str) -> dict[str, Any] | ErrorResponse:
+    async def retrieve(self, query: str) -> Retrieval | ErrorResponse:
         """Hits in the configured order and retrieval timings, or a 503 if the store is down."""
         try:
             retrieval = await self.retriever.retrieve.remote(query)
@@ -51,15 +58,13 @@ class PipelineFrontend:
                 f"pipeline {self.config.name!r}: retrieval failed, the vector store is "
                 f"unavailable ({remote_cause(exc)}); retry later",
                 err_type="ServiceUnavailableError", status_code=HTTPStatus.SERVICE_UNAVAILABLE)
-        retrieval["hits"] = order_hits(retrieval["hits"], self.config.ordering)
-        return retrieval
+        return replace(retrieval, hits=order_hits(retrieval.hits, self.config.ordering))
 
-    def _extras(self, retrieval: dict[str, Any], prompt_ids: list[int] | None,
+    def _extras(self, retrieval: Retrieval, prompt_ids: list[int] | None,
                 debug: bool) -> dict[str, Any]:
         extras: dict[str, Any] = {
-            "sources": [h.source() for h in retrieval["hits"]],
-            "retrieval": {"embed_ms": retrieval["embed_ms"],
-                          "search_ms": retrieval["search_ms"]},
+            "sources": [h.source() for h in retrieval.hits],
+            "retrieval": retrieval.timings(),
         }
         if debug and prompt_ids is not None:
             extras["pdserve_debug"] = {"prompt": self.tokenizer.decode(prompt_ids),
@@ -79,7 +84,7 @@ class PipelineFrontend:
         if isinstance(retrieval, ErrorResponse):
             return retrieval
         messages = build_messages(self.config.system_prompt, self.config.chunk_template,
-                                  retrieval["hits"], list(request.messages))
+                                  retrieval.hits, list(request.messages))
         body = request.model_dump(exclude_unset=True)
         body.update(model=self.llm.model.model_id, messages=messages,
                     return_token_ids=bool(request.return_token_ids or debug))
@@ -94,7 +99,7 @@ class PipelineFrontend:
             return response
         return self._stream(result, retrieval, debug)
 
-    async def _stream(self, lines: AsyncIterator[str], retrieval: dict[str, Any],
+    async def _stream(self, lines: AsyncIterator[str], retrieval: Retrieval,
                       debug: bool) -> AsyncIterator[str]:
         """The LLM's SSE stream under the pipeline's name; the first chunk carries sources."""
         first = True

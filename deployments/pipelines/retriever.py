@@ -14,12 +14,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pdserve.deployments.pipeline_config import PipelineConfig
-from pdserve.deployments.pipelines.chunking import chunk_document
-from pdserve.deployments.pipelines.context import Hit
-from pdserve.deployments.pipelines.stores import open_store
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+
+from pdserve.deployments.config.pipeline import PipelineConfig
+from pdserve.deployments.pipelines.chunking import Document, chunk_document
+from pdserve.deployments.pipelines.context import Hit, Retrieval
+from pdserve.deployments.pipelines.stores import open_store
 
 #: Chunks per call to the embedding pool while ingesting.
 EMBED_BATCH = 64
@@ -27,8 +28,8 @@ EMBED_BATCH = 64
 
 @serve.deployment
 class PipelineRetriever:
-    def __init__(self, pipeline: dict[str, Any], embedder: DeploymentHandle) -> None:
-        self.config = PipelineConfig.model_validate(pipeline)
+    def __init__(self, pipeline: PipelineConfig, embedder: DeploymentHandle) -> None:
+        self.config = pipeline
         self.embedder = embedder
         self.store = open_store(self.config.store, self.config.name)  # connects lazily
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -44,27 +45,27 @@ class PipelineRetriever:
             vectors += [o.outputs.data.tolist() for o in outputs]
         return vectors
 
-    async def retrieve(self, query: str, top_k: int | None = None) -> dict[str, Any]:
+    async def retrieve(self, query: str, top_k: int | None = None) -> Retrieval:
         """The top-k chunks for `query`, best first, with the time each stage took."""
         started = time.perf_counter()
         (vector,) = await self._embed([query])
         embedded = time.perf_counter()
         hits: list[Hit] = await self._in_store(self.store.search, vector,
                                                top_k or self.config.top_k)
-        return {"hits": hits, "embed_ms": (embedded - started) * 1e3,
-                "search_ms": (time.perf_counter() - embedded) * 1e3}
+        return Retrieval(hits, embed_ms=(embedded - started) * 1e3,
+                         search_ms=(time.perf_counter() - embedded) * 1e3)
 
-    async def upsert(self, documents: list[dict[str, str]]) -> dict[str, int]:
+    async def upsert(self, documents: list[Document]) -> dict[str, int]:
         """Chunk, embed and store documents; a document already stored is replaced whole."""
         chunking = self.config.chunking
-        chunked = [chunk_document(d["id"], d["text"], chunking.max_words, chunking.overlap_words)
+        chunked = [chunk_document(d.id, d.text, chunking.max_words, chunking.overlap_words)
                    for d in documents]
         vectors = await self._embed([c.text for chunks in chunked for c in chunks])
         offset = 0
         for document, chunks in zip(documents, chunked, strict=True):
             mine = vectors[offset:offset + len(chunks)]
             offset += len(chunks)
-            await self._in_store(self.store.replace_document, document["id"], chunks, mine)
+            await self._in_store(self.store.replace_document, document.id, chunks, mine)
         return {"documents": len(documents), "chunks": offset}
 
     async def delete(self, document: str) -> int:

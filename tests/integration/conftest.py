@@ -30,7 +30,8 @@ from shapes import (
     app_args,
 )
 
-from pdserve.tiny_model import resolve_model
+from pdserve.deployments.config.pools import PoolName
+from pdserve.models import resolve_model
 
 MAX_TOKENS = 16
 ENGINE_DEPLOYMENTS = [f"{PD_MODEL}-prefill", f"{PD_MODEL}-decode", f"{COLOCATED_MODEL}-colocated"]
@@ -86,8 +87,9 @@ def serve_app(
     model_dir: str, bare_reference: list[list[int]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     import ray
-    from pdserve.deployments.app import build_app
     from ray import serve
+
+    from pdserve.deployments.app import build_app
 
     ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
@@ -166,8 +168,9 @@ def routing_state() -> dict[str, dict[str, Any]]:
 
 def replicas_of(name: str) -> list[str]:
     """Replica ids of a pool deployment (`{model}-{role}`), as the ingress routes to them."""
-    model, role = name.rsplit("-", 1)
-    return list(routing_state()[f"{model}/{role}"]["replicas"])
+    pool = PoolName.parse(name)
+    assert pool is not None, f"{name} is not a pool deployment"
+    return list(routing_state()[pool.label]["replicas"])
 
 
 def engine_metrics(

@@ -22,8 +22,8 @@ import httpx
 import pytest
 import yaml
 from conftest import busiest_processes
-from pdserve.benchmarks import systems
 
+from pdserve.benchmarks import systems
 from pdserve.tiny_model import recall_prompt_text
 
 pytestmark = pytest.mark.own_cluster
@@ -274,7 +274,7 @@ def test_slo_targets_retune_in_place_without_restarting_engines(app: Path) -> No
                        headers={"authorization": f"Bearer {token}"}, timeout=120)
     assert deploy.status_code == 200, deploy.text
     # The policy logs a model's targets when its replicas report new ones.
-    want = f"pdserve autoscaling {MODEL_A}: targets Targets(ttft_ms=1234.0"
+    want = f"pdserve autoscaling {MODEL_A}: targets SLOTargets(ttft_ms=1234.0"
     deadline = time.monotonic() + 180
     while want not in app.read_text()[len(log_before):]:
         assert time.monotonic() < deadline, "the policy never saw the retuned targets"

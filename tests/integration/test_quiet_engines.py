@@ -11,8 +11,9 @@ import time
 import httpx
 import psutil
 from conftest import ENGINE_DEPLOYMENTS, deployment, replicas_of, wait_drained
-from pdserve.kv_transfer.nixl import DEFAULT_PROGRESS_DELAY_US
 from shapes import EMBED_MODEL, PD_MODEL
+
+from pdserve.deployments.config import KVTransferSettings
 
 NIXL_POOLS = [f"{PD_MODEL}-prefill", f"{PD_MODEL}-decode"]
 EMBED_POOL = f"{EMBED_MODEL}-embed"  # one replica, on Ray's own router (not in routing_state)
@@ -44,7 +45,7 @@ def test_pd_engines_use_the_quiet_connector_with_its_delay(client: httpx.Client)
         (replica,) = replicas_of(name)
         (worker,) = deployment(name).nixl_state.remote(replica=replica).result()
         assert worker["connector"] == "pdserve.kv_transfer.quiet_nixl.NixlConnector", worker
-        assert worker["delays_us"] == [DEFAULT_PROGRESS_DELAY_US], worker
+        assert worker["delays_us"] == [KVTransferSettings().progress_thread_delay_us], worker
         compute = set(worker["compute_cores"])
         assert len(compute) == 1, f"{name}: compute thread not bound to one core: {worker}"
         assert worker["agent_threads"], f"{name}: no NIXL agent threads recorded"

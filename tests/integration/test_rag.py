@@ -78,7 +78,7 @@ def ask(client: httpx.Client, pipeline: str, question: str, **body: Any) -> dict
 def test_embeddings_agree_with_sentence_transformers(serve_app: str) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from pdserve.tiny_model import resolve_model
+    from pdserve.models import resolve_model
 
     texts = ["The night ferry leaves at eleven.", "Bins are emptied on Tuesdays.",
              (CORPUS / "b-ferries-and-harbour.md").read_text().split("\n\n")[2]]

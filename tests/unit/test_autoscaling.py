@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from pdserve.deployments.autoscaling import (
+
+from pdserve.deployments.autoscaling.decision import (
     DOWN,
     HOLD,
     UP,
     PoolSnapshot,
-    ReplicaSignals,
     Snapshot,
-    Targets,
     decide,
     decide_pool,
 )
+from pdserve.deployments.autoscaling.report import ReplicaSignals
+from pdserve.deployments.config.slo import SLOTargets
 
-T = Targets(ttft_ms=1000, itl_ms=100, max_queued_prefill_tokens=1000, max_kv_cache_usage=0.8,
+T = SLOTargets(ttft_ms=1000, itl_ms=100, max_queued_prefill_tokens=1000, max_kv_cache_usage=0.8,
             scale_down_below=0.6)
 CALM = ReplicaSignals(ttft_ms=500, itl_ms=50, kv_cache_usage=0.3, queued_prefill_tokens=100,
                       running=2)
@@ -31,7 +32,7 @@ def pool(role: str, n: int, signals: ReplicaSignals = CALM, *, model: str = "a",
                         requests=requests)
 
 
-def pd(prefill: PoolSnapshot, decode: PoolSnapshot, targets: Targets = T,
+def pd(prefill: PoolSnapshot, decode: PoolSnapshot, targets: SLOTargets = T,
        budget: int | None = None, *extra: PoolSnapshot) -> dict:
     return decide(Snapshot(pools=(prefill, decode, *extra),
                            targets={prefill.model: targets, **{p.model: targets for p in extra}},
@@ -158,8 +159,8 @@ def test_budget_takes_back_from_the_smallest_deficit() -> None:
 )
 def test_ratio_bounds(name: str, bounds: tuple, prefill: PoolSnapshot, decode: PoolSnapshot,
                       want: tuple[int, int]) -> None:
-    targets = Targets(**{**T.__dict__, "min_prefill_decode_ratio": bounds[0],
-                         "max_prefill_decode_ratio": bounds[1]})
+    targets = T.model_copy(update={"min_prefill_decode_ratio": bounds[0],
+                                   "max_prefill_decode_ratio": bounds[1]})
     out = pd(prefill, decode, targets)
     assert (out[("a", "prefill")].replicas, out[("a", "decode")].replicas) == want, name
 

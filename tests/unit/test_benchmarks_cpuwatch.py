@@ -22,3 +22,14 @@ def test_step_watch_reports_wall_and_other_cpu() -> None:
     watch.begin()
     out = watch.end()
     assert set(out) == {"step_wall_s", "other_cpu_s"} and out["step_wall_s"] >= 0
+
+
+def test_proc_stat_reads_a_name_with_spaces_and_parentheses(tmp_path) -> None:
+    from pdserve.benchmarks.cpuwatch import proc_stat
+
+    fields = " ".join(str(i) for i in range(3, 40))
+    path = tmp_path / "stat"
+    path.write_text(f"4242 (VLLM::Worker (x) y) {fields}\n")
+    name, rest = proc_stat(str(path))
+    assert name == "VLLM::Worker (x) y"
+    assert rest[0] == "3" and rest[16] == "19"  # field 19 of the file: nice

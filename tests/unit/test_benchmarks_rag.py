@@ -48,6 +48,7 @@ def test_stream_chunks_parses_data_lines_and_raises_with_the_error_body() -> Non
 
     import httpx
     import pytest
+
     from pdserve.benchmarks.sse import stream_chunks
 
     def answer(request: httpx.Request) -> httpx.Response:

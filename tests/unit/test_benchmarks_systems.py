@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pdserve.benchmarks import systems
 
 ENGINE_KWARGS = {

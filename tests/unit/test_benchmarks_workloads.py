@@ -1,6 +1,7 @@
 """Workload -> vllm.benchmarks.serve argument building, checked with vLLM's own parser."""
 
 import pytest
+
 from pdserve.benchmarks import workloads
 from pdserve.benchmarks.workloads import LoadSettings
 

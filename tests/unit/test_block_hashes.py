@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from pdserve.routing.block_hashes import BlockHasher, external_hash
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils
 from vllm.v1.request import Request
+
+from pdserve.routing.block_hashes import BlockHasher, external_hash
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "sha256_cbor"])

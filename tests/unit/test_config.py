@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pdserve.deployments.config import AppConfig, ModelConfig, PoolConfig, check_cpu_budget
 from pydantic import ValidationError
+
+from pdserve.deployments.config import AppConfig, ModelConfig, PoolConfig, check_cpu_budget
 
 
 def app_args(**model_overrides: object) -> dict:
@@ -202,7 +203,8 @@ def test_a_pipeline_gets_stated_defaults_and_an_embedding_pool() -> None:
     config = AppConfig.model_validate(rag_args())
     (pipeline,) = config.pipelines
     assert (pipeline.store.kind, pipeline.top_k, pipeline.ordering) == ("lancedb", 5, "canonical")
-    assert config.pool_slots() == [("llm", "prefill"), ("llm", "decode"), ("emb", "embed")]
+    assert [(p.model, p.role) for p in config.pool_names()] == [
+        ("llm", "prefill"), ("llm", "decode"), ("emb", "embed")]
     assert not config.models[1].generates()
 
 

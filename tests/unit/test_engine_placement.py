@@ -5,12 +5,15 @@ from __future__ import annotations
 import socket
 
 import pytest
-from pdserve.kv_transfer.nixl import (
+
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.engine.args import engine_args
+from pdserve.deployments.engine.placement import omp_threads_bind
+from pdserve.kv_transfer.connector import NIXL_STATE_EXTENSION, QUIET_CONNECTOR_MODULE
+from pdserve.kv_transfer.ports import (
     PORTS_PER_POOL,
     EngineSlot,
     first_free_port,
-    kv_transfer_config,
-    omp_threads_bind,
     side_channel_port,
 )
 
@@ -56,10 +59,17 @@ def test_engines_are_spread_over_cores(
 
 
 def test_connector_roles() -> None:
-    prefill = kv_transfer_config("prefill", "e1", "cpu")
-    decode = kv_transfer_config("decode", "e2", "cpu")
+    model = ModelConfig(model_id="m", model="org/model", kv_transfer={
+        "progress_thread_delay_us": 2000})
+    prefill = engine_args(model, "prefill", "e1").kv_transfer_config
+    decode = engine_args(model, "decode", "e2").kv_transfer_config
     assert prefill is not None and decode is not None
     assert prefill["kv_role"] == "kv_producer"
     assert decode["kv_role"] == "kv_consumer"
     assert decode["kv_load_failure_policy"] == "recompute"
-    assert kv_transfer_config("colocated", "e3", "cpu") is None
+    assert decode["kv_connector_module_path"] == QUIET_CONNECTOR_MODULE
+    assert decode["kv_connector_extra_config"] == {"pdserve_progress_thread_delay_us": 2000}
+    assert engine_args(model, "decode", "e2").worker_extension_cls == NIXL_STATE_EXTENSION
+    for role in ("colocated", "embed"):
+        args = engine_args(model, role, "e3")
+        assert args.kv_transfer_config is None and not args.worker_extension_cls

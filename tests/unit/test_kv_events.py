@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterator
 import msgspec
 import pytest
 import zmq
-from pdserve.routing.kv_events import KVEventSubscriber
-from pdserve.routing.prefix_index import PrefixIndex
 from vllm.distributed.kv_events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -18,6 +16,9 @@ from vllm.distributed.kv_events import (
     KVEventBatch,
     ZmqEventPublisher,
 )
+
+from pdserve.routing.kv_events import KVEventSubscriber
+from pdserve.routing.prefix_index import PrefixIndex
 
 BLOCK = 16
 

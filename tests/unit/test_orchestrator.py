@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from pdserve.deployments.messages import DecodeRequest, PrefillRequest, PrefillResult
-from pdserve.deployments.orchestrator import Orchestrator, PoolCalls, local_prefill_reason
 from vllm.sampling_params import SamplingParams
+
+from pdserve.decode.orchestrator import Orchestrator, PoolCalls, local_prefill_reason
+from pdserve.decode.request import DecodeRequest
+from pdserve.prefill.request import PrefillRequest, PrefillResult
 
 KV = {"do_remote_prefill": True, "remote_engine_id": "p0", "remote_block_ids": [1]}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pdserve.routing.plan import PlanInputs, PlanThresholds, decide
 
 THRESHOLDS = PlanThresholds(local_prefill_below_tokens=64, max_prefill_queue_per_replica=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pdserve.routing.prefix_index import PrefixIndex
 
 

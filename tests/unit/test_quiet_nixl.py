@@ -10,9 +10,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
 from pdserve.kv_transfer import quiet_nixl
-from pdserve.kv_transfer.nixl import (
-    DEFAULT_PROGRESS_DELAY_US,
+from pdserve.kv_transfer.connector import (
     PROGRESS_DELAY_KEY,
     QUIET_CONNECTOR_MODULE,
     kv_transfer_config,
@@ -95,19 +95,13 @@ def test_separating_keeps_the_caller_on_its_compute_cores() -> None:
         os.sched_setaffinity(0, allowed)
 
 
-@pytest.mark.parametrize("role", ["prefill", "decode"])
-def test_nixl_pools_load_the_quiet_connector_with_their_delay(role: str) -> None:
-    config = kv_transfer_config(role, "e", "cpu", 2000)  # type: ignore[arg-type]
-    assert config is not None
+@pytest.mark.parametrize("kv_role", ["kv_producer", "kv_consumer"])
+def test_nixl_engines_load_the_quiet_connector_with_their_delay(kv_role: str) -> None:
+    config = kv_transfer_config(kv_role, "e", "cpu", 2000)  # type: ignore[arg-type]
     assert config["kv_connector"] == "NixlConnector"  # the name vLLM's CPU platform checks
     assert config["kv_connector_module_path"] == QUIET_CONNECTOR_MODULE
     assert config["kv_connector_extra_config"] == {PROGRESS_DELAY_KEY: 2000}
     assert importlib.util.find_spec(QUIET_CONNECTOR_MODULE) is not None
-
-
-@pytest.mark.parametrize("role", ["colocated", "embed"])
-def test_pools_without_transfer_have_no_connector(role: str) -> None:
-    assert kv_transfer_config(role, "e", "cpu", DEFAULT_PROGRESS_DELAY_US) is None  # type: ignore[arg-type]
 
 
 def test_the_connector_keeps_vllms_name_and_pull_behaviour() -> None:

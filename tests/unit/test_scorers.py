@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from pdserve.routing.scorers import (
     ReplicaView,
     RequestView,

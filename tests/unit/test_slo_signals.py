@@ -6,13 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pdserve.deployments.autoscaling_policy import (
-    SLOAutoscalingPolicy,
-    latest_values,
-    pool_of,
-    reported_targets,
-)
-from pdserve.deployments.slo_signals import LatencyWindow, ReplicaSLOSignals
+
+from pdserve.deployments.autoscaling.policy import SLOAutoscalingPolicy, latest_values, pool_of
+from pdserve.deployments.autoscaling.report import TARGET_PREFIX, ReplicaReport
+from pdserve.deployments.autoscaling.signals import LatencyWindow, ReplicaSLOSignals
+from pdserve.deployments.config import PoolName, SLOTargets
 
 
 class Clock:
@@ -65,8 +63,8 @@ def test_request_cancelled_before_first_token_leaves_no_queued_tokens() -> None:
 
 
 def test_pool_names() -> None:
-    assert pool_of("tiny-pd-prefill") == ("tiny-pd", "prefill")
-    assert pool_of("b-colocated") == ("b", "colocated")
+    assert pool_of("tiny-pd-prefill") == PoolName("tiny-pd", "prefill")
+    assert pool_of("b-colocated") == PoolName("b", "colocated")
     assert pool_of("ingress") is None and pool_of("my-app") is None
 
 
@@ -102,16 +100,18 @@ def context(name: str, replicas: dict[str, dict[str, float]], **kw: Any) -> Fake
     return FakeContext(name, n, n, list(replicas), raw, **kw)
 
 
-SLO = {"slo_ttft_ms": 500.0, "slo_itl_ms": 100.0, "slo_max_queued_prefill_tokens": 1000.0,
-       "slo_max_kv_cache_usage": 0.8, "slo_scale_down_below": 0.5,
-       "slo_min_prefill_decode_ratio": -1.0, "slo_max_prefill_decode_ratio": 2.0}
+#: The targets replicas report (as their `record_autoscaling_stats` encodes them).
+SLO = {name: value for name, value in ReplicaReport(targets=SLOTargets(
+    ttft_ms=500.0, itl_ms=100.0, max_queued_prefill_tokens=1000, max_kv_cache_usage=0.8,
+    scale_down_below=0.5, max_prefill_decode_ratio=2.0)).encode().items()
+    if name.startswith(TARGET_PREFIX)}
 
 
 def test_latest_value_per_replica_and_reported_targets() -> None:
     ctx = context("a-prefill", {"r1": {"ttft_ms": 700.0, "warm": 1.0, **SLO}})
     latest = latest_values(ctx)
     assert latest["r1"]["ttft_ms"] == 700.0  # the newest point, not the window's mean
-    targets = reported_targets(latest["r1"])
+    targets = ReplicaReport.decode(latest["r1"]).targets
     assert targets is not None and targets.ttft_ms == 500.0
     assert targets.min_prefill_decode_ratio is None and targets.max_prefill_decode_ratio == 2.0
 
@@ -156,12 +156,12 @@ def test_load_signals_use_the_look_back_mean_latencies_the_latest_value() -> Non
 
 def test_pool_policy_decides_one_pool_with_its_reported_targets(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from pdserve.deployments import autoscaling_policy
+    from pdserve.deployments.autoscaling import policy
 
     state = SLOAutoscalingPolicy()
     state.metrics = None
-    monkeypatch.setattr(autoscaling_policy, "_pool_policy_state", state)
+    monkeypatch.setattr(policy, "_pool_policy_state", state)
     slow = context("a-colocated", {"c1": {"ttft_ms": 700.0, "warm": 1.0, **SLO}})
-    assert autoscaling_policy.pool_policy(slow) == (2, {"pdserve_reason": "ttft"})
+    assert policy.pool_policy(slow) == (2, {"pdserve_reason": "ttft"})
     user = context("frontend", {"x1": {}})
-    assert autoscaling_policy.pool_policy(user)[0] == user.target_num_replicas
+    assert policy.pool_policy(user)[0] == user.target_num_replicas

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pdserve import tiny_model
+from pdserve.models import resolve_model
 from pdserve.tiny_model import (
     SPECIAL_TOKENS,
     TINY_MODEL_URI,
@@ -18,7 +19,6 @@ from pdserve.tiny_model import (
     file_digests,
     random_words,
     recall_prompt_from_words,
-    resolve_model,
 )
 
 FAST_STEPS = 20  # token-code optimization steps: enough for a working model, ~1 s

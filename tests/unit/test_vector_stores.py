@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from pdserve.deployments.config import VectorStoreConfig
 from pdserve.deployments.pipelines.chunking import Chunk
 from pdserve.deployments.pipelines.stores import StoreUnavailable, VectorStore, open_store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pdserve.deployments.pipeline_config import VectorStoreConfig
+from pdserve.deployments.config.pipeline import VectorStoreConfig
 from pdserve.deployments.pipelines.stores.base import StoreUnavailable, VectorStore
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import lancedb
 import pyarrow as pa
 from lancedb.index import IvfHnswSq
-from pdserve.deployments.pipeline_config import VectorStoreConfig
+
+from pdserve.deployments.config.pipeline import VectorStoreConfig
 from pdserve.deployments.pipelines.chunking import Chunk
 from pdserve.deployments.pipelines.context import Hit
 from pdserve.deployments.pipelines.stores.base import StoreUnavailable

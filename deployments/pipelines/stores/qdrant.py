@@ -11,11 +11,12 @@ import os
 import uuid
 from typing import Any
 
-from pdserve.deployments.pipeline_config import VectorStoreConfig
+from qdrant_client import QdrantClient, models
+
+from pdserve.deployments.config.pipeline import VectorStoreConfig
 from pdserve.deployments.pipelines.chunking import Chunk
 from pdserve.deployments.pipelines.context import Hit
 from pdserve.deployments.pipelines.stores.base import StoreUnavailable
-from qdrant_client import QdrantClient, models
 
 _NAMESPACE = uuid.UUID("6f1c2e0a-5b1d-4a59-9c55-2f0d8c7e5a10")
 

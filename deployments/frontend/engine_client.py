@@ -4,7 +4,8 @@ vLLM's own OpenAI layer (`OpenAIServingCompletion`, `OpenAIServingChat`) runs in
 on top of this client: it parses requests, renders chat templates, tokenizes, builds
 `SamplingParams` and formats responses exactly as `vllm serve` does. Only `generate` differs:
 it goes through the `Orchestrator` (prefill pool, then decode pool). The config, renderer and
-input processor are built from the same engine arguments the pools use, without an engine.
+input processor (`ModelView`) are built from the same engine arguments the pools use, without
+an engine.
 """
 
 from __future__ import annotations
@@ -13,12 +14,6 @@ from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from typing import Any
 
-from pdserve.deployments.config import ModelConfig
-from pdserve.deployments.messages import RoutingInfo
-from pdserve.deployments.metrics import RequestMetrics
-from pdserve.deployments.orchestrator import Orchestrator
-from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
-from pdserve.routing.block_hashes import BlockHasher
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
 from vllm.outputs import RequestOutput
@@ -27,7 +22,13 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.input_processor import InputProcessor
 
-from pdserve.tiny_model import resolve_model
+from pdserve.decode.orchestrator import Orchestrator
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.frontend.metrics import RequestMetrics
+from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
+from pdserve.models import resolve_model
+from pdserve.routing.block_hashes import BlockHasher
+from pdserve.routing.types import RoutingInfo
 
 #: `vllm_xargs` key the ingress fills from the session header (see `RoutingConfig`).
 SESSION_KEY = "pdserve_session_id"
@@ -51,12 +52,11 @@ class _Unsupported(RuntimeError):
     """An engine-admin operation that a remote pool graph does not offer through the ingress."""
 
 
-class PoolGraphClient(EngineClient):
-    """`EngineClient` for one model served by remote pools."""
+class ModelView:
+    """What vLLM's OpenAI layer and the router need of a model, built without an engine: its
+    vLLM config, renderer (chat template, tokenizer), input processor and block hasher."""
 
-    def __init__(
-        self, model: ModelConfig, orchestrator: Orchestrator, metrics: RequestMetrics
-    ) -> None:
+    def __init__(self, model: ModelConfig) -> None:
         args = AsyncEngineArgs(model=resolve_model(model.model), served_model_name=model.model_id,
                                **model.engine_kwargs)
         self.vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
@@ -65,9 +65,21 @@ class PoolGraphClient(EngineClient):
         self.input_processor = InputProcessor(self.vllm_config, self.renderer)
         cache = self.vllm_config.cache_config
         self.hasher = BlockHasher(cache.block_size, cache.prefix_caching_hash_algo)
+
+
+class PoolGraphClient(EngineClient):
+    """`EngineClient` for one model served by remote pools."""
+
+    def __init__(
+        self, view: ModelView, orchestrator: Orchestrator, metrics: RequestMetrics
+    ) -> None:
+        self.vllm_config = view.vllm_config
+        self.model_config = view.model_config
+        self.renderer = view.renderer
+        self.input_processor = view.input_processor
+        self.hasher = view.hasher
         self.orchestrator = orchestrator
         self.metrics = metrics
-        self.healthy = True
 
     # -- the one real operation -------------------------------------------------------------
     async def generate(  # type: ignore[override]

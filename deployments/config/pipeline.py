@@ -1,24 +1,15 @@
-"""Validated RAG pipeline config: chunking, vector store, retriever, prompt (a leaf).
-
-Split from `deployments/config.py` (which re-exports it) so each file holds one idea: this one
-what a pipeline may say, that one the models, pools and the app.
-"""
+"""What a RAG pipeline may say: chunking, vector store, retriever, prompt."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from pdserve.deployments.config.base import StrictModel
 
 
-class _Strict(BaseModel):
-    """Frozen, and an unknown key is an error that names it (every config model, here and in
-    `config.py`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ChunkingConfig(_Strict):
+class ChunkingConfig(StrictModel):
     """How documents become retrievable chunks: paragraphs, packed or split by sentence."""
 
     max_words: int = Field(
@@ -35,7 +26,7 @@ class ChunkingConfig(_Strict):
         return self
 
 
-class VectorStoreConfig(_Strict):
+class VectorStoreConfig(StrictModel):
     """Where a pipeline's chunks and vectors live; `kind` names a registered store."""
 
     kind: str = Field("lancedb", description="Vector store: `lancedb` (embedded) or `qdrant`.")
@@ -66,7 +57,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class RetrieverConfig(_Strict):
+class RetrieverConfig(StrictModel):
     """A pipeline's retriever deployment (it embeds through the pool and owns the store)."""
 
     num_replicas: int = Field(1, ge=1, description="Retriever replicas.")
@@ -84,7 +75,7 @@ def qdrant_local_dir(store: VectorStoreConfig) -> str | None:
     return uri
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     """A RAG pipeline served as a model: embed the question, search, generate with an LLM."""
 
     name: str = Field(

@@ -1,6 +1,8 @@
-"""One request's path through the pools, as plain asyncio over injected calls (no Serve import).
+"""One request's path through the pools, ending on the decode pool: plain asyncio over injected
+calls (no Serve import), run by the caller (the ingress), not by a decode replica.
 
-PD: prefill remotely (max_tokens=1, KV kept), then decode with the returned transfer params.
+PD: the plan decides remote or local prefill; remote prefills on the prefill pool (max_tokens=1,
+KV kept), then decodes with the returned transfer params, so the decode engine pulls the KV.
 A prefill that fails or misses its deadline falls back to a local prefill on the decode engine,
 so the request still succeeds; each fallback is reported through `on_fallback`.
 Colocated: one call to the single pool.
@@ -13,17 +15,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Any
 
-from pdserve.deployments.messages import (
-    DecodeRequest,
-    PrefillRequest,
-    PrefillResult,
-    RoutingInfo,
-)
-from pdserve.routing.plan import Plan
+from vllm.inputs import EngineInput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
+
+from pdserve.decode.request import DecodeRequest
+from pdserve.kv_transfer.params import KVTransferParams
+from pdserve.prefill.request import PrefillRequest, PrefillResult
+from pdserve.routing.plan import Plan
+from pdserve.routing.types import RoutingInfo
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +83,14 @@ class Orchestrator:
 
     async def generate(
         self,
-        engine_input: Any,
+        engine_input: EngineInput,
         params: SamplingParams,
         request_id: str,
         routing: RoutingInfo | None = None,
         prompt: str = "",
     ) -> AsyncIterator[RequestOutput]:
         routing = routing or RoutingInfo()
-        kv_params: dict[str, Any] | None = None
+        kv_params: KVTransferParams | None = None
         if self.disaggregated:
             plan = self.planner(routing, local_prefill_reason(params))
             self.on_plan(plan)
@@ -103,7 +104,7 @@ class Orchestrator:
             async for output in stream:
                 yield output
 
-    async def _remote_prefill(self, request: PrefillRequest) -> dict[str, Any] | None:
+    async def _remote_prefill(self, request: PrefillRequest) -> KVTransferParams | None:
         """KV-transfer params from a prefill replica, or None (then decode prefills locally)."""
         assert self.calls.prefill is not None
         request_id = request.request_id.removesuffix("-prefill")

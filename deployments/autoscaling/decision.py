@@ -1,8 +1,8 @@
 """The SLO autoscaling decision: a pure function of a snapshot of every pool of every model.
 
-Ray Serve's application-level policy (`autoscaling_policy.py`) builds the snapshot from its
-`AutoscalingContext`s and applies Ray's own delays and bounds to the result; nothing here
-imports Ray, so the rules are unit-tested table-driven.
+Ray Serve's application-level policy (`policy.py`) builds the snapshot from its
+`AutoscalingContext`s and replicas' reports (`report.py`), and applies Ray's own delays and
+bounds to the result; nothing here imports Ray, so the rules are unit-tested table-driven.
 
 Rules, per pool:
 - *pressure* is the busiest signal over its target (1.0 = exactly at target): TTFT and queued
@@ -22,43 +22,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from pdserve.deployments.autoscaling.report import ReplicaSignals
+from pdserve.deployments.config.pools import Role
+from pdserve.deployments.config.slo import SLOTargets
+
 UP, DOWN, HOLD = "up", "down", "hold"
-
-
-@dataclass(frozen=True)
-class Targets:
-    """A model's targets (`SLOTargets` in the config, as replicas report them)."""
-
-    ttft_ms: float = 2000.0
-    itl_ms: float = 200.0
-    max_queued_prefill_tokens: float = 4096.0
-    max_kv_cache_usage: float = 0.85
-    scale_down_below: float = 0.6
-    min_prefill_decode_ratio: float | None = None
-    max_prefill_decode_ratio: float | None = None
-
-
-@dataclass(frozen=True)
-class ReplicaSignals:
-    """What one replica reported (`EngineHost.record_autoscaling_stats`)."""
-
-    warm: bool = True
-    ttft_ms: float | None = None  # recent percentile; None: no sample in the window
-    itl_ms: float | None = None
-    kv_cache_usage: float = 0.0
-    queued_prefill_tokens: float = 0.0
-    waiting: float = 0.0
-    running: float = 0.0
-
-    @property
-    def busy(self) -> bool:
-        return self.waiting > 0 or self.running > 0 or self.queued_prefill_tokens > 0
 
 
 @dataclass(frozen=True)
 class PoolSnapshot:
     model: str
-    role: str  # prefill | decode | colocated
+    role: Role  # prefill | decode | colocated
     running: int  # replicas serving now
     target: int  # replicas Ray is currently steering to
     min_replicas: int
@@ -67,14 +41,14 @@ class PoolSnapshot:
     requests: float = 0.0  # ongoing + queued at handles (Ray's `total_num_requests`)
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> tuple[str, Role]:
         return (self.model, self.role)
 
 
 @dataclass(frozen=True)
 class Snapshot:
     pools: tuple[PoolSnapshot, ...]
-    targets: dict[str, Targets] = field(default_factory=dict)  # by model
+    targets: dict[str, SLOTargets] = field(default_factory=dict)  # by model
     replica_budget: int | None = None
 
 
@@ -91,7 +65,7 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def pressures(pool: PoolSnapshot, targets: Targets) -> dict[str, float]:
+def pressures(pool: PoolSnapshot, targets: SLOTargets) -> dict[str, float]:
     """Each signal the pool answers for, as a fraction of its target (warm replicas only)."""
     warm = [r for r in pool.replicas if r.warm]
     n = max(1, len(warm))
@@ -109,7 +83,7 @@ def pressures(pool: PoolSnapshot, targets: Targets) -> dict[str, float]:
     return out
 
 
-def decide_pool(pool: PoolSnapshot, targets: Targets) -> Decision:
+def decide_pool(pool: PoolSnapshot, targets: SLOTargets) -> Decision:
     """One pool on its own (what a per-deployment policy can do)."""
     if pool.running != pool.target:
         return Decision(pool.target, HOLD, "starting" if pool.running < pool.target
@@ -140,7 +114,7 @@ def decide_pool(pool: PoolSnapshot, targets: Targets) -> Decision:
 
 
 def _apply_ratio(
-    prefill: PoolSnapshot, decode: PoolSnapshot, p: Decision, d: Decision, targets: Targets
+    prefill: PoolSnapshot, decode: PoolSnapshot, p: Decision, d: Decision, targets: SLOTargets
 ) -> tuple[Decision, Decision]:
     """Keep prefill/decode replicas within the model's ratio bounds: grow the short side if it
     can, otherwise trim the long side."""
@@ -169,10 +143,10 @@ def _direction(replicas: int, pool: PoolSnapshot) -> str:
 
 
 def _apply_budget(
-    pools: dict[tuple[str, str], PoolSnapshot],
-    decisions: dict[tuple[str, str], Decision],
+    pools: dict[tuple[str, Role], PoolSnapshot],
+    decisions: dict[tuple[str, Role], Decision],
     budget: int,
-) -> dict[tuple[str, str], Decision]:
+) -> dict[tuple[str, Role], Decision]:
     """Each pool's minimum first, then the rest in order of SLO deficit (largest first)."""
     grant = {key: min(pools[key].min_replicas, d.replicas) for key, d in decisions.items()}
     left = budget - sum(grant.values())
@@ -188,17 +162,17 @@ def _apply_budget(
     return out
 
 
-def decide(snapshot: Snapshot) -> dict[tuple[str, str], Decision]:
+def decide(snapshot: Snapshot) -> dict[tuple[str, Role], Decision]:
     """Target replicas for every pool, keyed by (model, role)."""
     pools = {pool.key: pool for pool in snapshot.pools}
     decisions = {
-        key: decide_pool(pool, snapshot.targets.get(pool.model, Targets()))
+        key: decide_pool(pool, snapshot.targets.get(pool.model, SLOTargets()))
         for key, pool in pools.items()
     }
     for (model, role) in list(decisions):
         if role != "prefill" or (model, "decode") not in decisions:
             continue
-        targets = snapshot.targets.get(model, Targets())
+        targets = snapshot.targets.get(model, SLOTargets())
         p_key, d_key = (model, "prefill"), (model, "decode")
         if {decisions[p_key].reason, decisions[d_key].reason} & {"starting", "stopping"}:
             continue  # one side is moving: re-check the ratio once it settled

@@ -1,0 +1,56 @@
+"""What one ingress replica serves, by the names clients use: each generating model's vLLM
+front, the embedding pools, and the RAG pipelines (each a model of its own)."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from ray.serve.handle import DeploymentHandle
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+from pdserve.deployments.api.errors import not_found
+from pdserve.deployments.config.app import AppConfig
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.config.pools import Role
+from pdserve.deployments.frontend.model import ModelFrontend
+from pdserve.deployments.pipelines.rag import PipelineFrontend
+
+Served = ModelFrontend | PipelineFrontend
+
+
+class Catalog:
+    def __init__(self, config: AppConfig, pools: dict[str, dict[Role, DeploymentHandle]],
+                 retrievers: dict[str, DeploymentHandle]) -> None:
+        generating = [m for m in config.models if m.generates()]
+        self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in generating}
+        self.by_name: dict[str, Served] = {
+            name: self.frontends[m.model_id] for m in generating for name in m.names()}
+        self.embedders: dict[str, tuple[ModelConfig, DeploymentHandle]] = {
+            name: (m, pools[m.model_id]["embed"])
+            for m in config.models if m.mode == "embed" for name in m.names()}
+        self.pipelines = {
+            p.name: PipelineFrontend(p, self.frontends[p.llm], retrievers[p.name])
+            for p in config.pipelines}
+        self.by_name.update(self.pipelines)
+        self.default_model = (generating or config.models)[0].model_id
+
+    def frontend(self, model: str | None) -> Served | ErrorResponse:
+        """The front serving `model` (the first generating model when none is named)."""
+        frontend = self.by_name.get(model or self.default_model)
+        if frontend is not None:
+            return frontend
+        if model in self.embedders:
+            return create_error_response(
+                f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
+        return not_found("model", model, [*self.by_name, *self.embedders], "model")
+
+    def pipeline(self, name: str) -> PipelineFrontend | ErrorResponse:
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            return not_found("pipeline", name, list(self.pipelines), "name")
+        return pipeline
+
+
+def catalog_of(request: Request) -> Catalog:
+    """The catalog of the ingress replica serving `request` (set when its app was built)."""
+    return request.app.state.catalog

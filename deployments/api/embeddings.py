@@ -1,0 +1,61 @@
+"""`/v1/embeddings`: OpenAI embeddings from a model's embedding pool, with vLLM's own request
+model, pooling encoders (`float`, `base64`) and usage."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from ray.exceptions import RayTaskError
+from vllm.entrypoints.pooling.embed.protocol import (
+    EmbeddingCompletionRequest,
+    EmbeddingResponse,
+    EmbeddingResponseData,
+)
+from vllm.entrypoints.pooling.utils import get_pooling_output_encoder, get_pooling_usage
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request
+
+from pdserve.deployments.api.catalog import catalog_of
+from pdserve.deployments.api.errors import not_found, to_response
+
+router = APIRouter()
+
+
+def embedding_inputs(request: EmbeddingCompletionRequest) -> list[str] | list[list[int]]:
+    """OpenAI's `input`: a string, strings, token ids, or lists of token ids → a list."""
+    items = request.input
+    if isinstance(items, str):
+        return [items]
+    if items and all(isinstance(i, int) for i in items):
+        return [list(items)]  # type: ignore[arg-type]
+    return list(items)  # type: ignore[arg-type]
+
+
+@router.post("/v1/embeddings", dependencies=[Depends(validate_json_request)])
+async def embeddings(request: EmbeddingCompletionRequest, raw_request: Request) -> Response:
+    catalog = catalog_of(raw_request)
+    if request.model not in catalog.embedders:
+        if request.model in catalog.by_name:
+            return to_response(create_error_response(
+                f"The model `{request.model}` does not serve embeddings; embedding models: "
+                f"{', '.join(sorted(catalog.embedders))}.", param="model"))
+        return to_response(not_found("embedding model", request.model,
+                                     list(catalog.embedders), "model"))
+    if request.encoding_format not in ("float", "base64"):
+        return to_response(create_error_response(
+            "encoding_format must be `float` or `base64`", param="encoding_format"))
+    inputs = embedding_inputs(request)
+    if not inputs or any(len(i) == 0 for i in inputs):
+        return to_response(create_error_response("input must not be empty", param="input"))
+    _, handle = catalog.embedders[request.model]
+    try:
+        outputs = await handle.embed.remote(inputs, request.to_pooling_params(),
+                                            request.truncate_prompt_tokens)
+    except RayTaskError as exc:  # the engine's own error (e.g. input too long), unwrapped
+        return to_response(create_error_response(exc.cause))
+    encode = get_pooling_output_encoder(request.encoding_format, request.embed_dtype,
+                                        request.endianness)
+    response = EmbeddingResponse(
+        model=request.model, usage=get_pooling_usage(outputs),
+        data=[EmbeddingResponseData(index=i, embedding=encode(o)) for i, o in enumerate(outputs)])
+    return JSONResponse(response.model_dump())

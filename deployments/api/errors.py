@@ -1,0 +1,50 @@
+"""OpenAI error JSON at the HTTP edge, through vLLM's own exception handlers: bad input is a
+4xx with no traceback, path or address in it, and never takes the server down."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
+from vllm.entrypoints.serve.exception_handling.handlers.validation import (
+    validation_exception_handler,
+)
+
+logger = logging.getLogger(__name__)
+
+
+async def _error_json(request: Request, exc: Exception) -> JSONResponse:
+    """Any other error → OpenAI error JSON with vLLM's status mapping (4xx for client errors)."""
+    logger.warning("request failed: %s: %s", type(exc).__name__, exc)
+    error = create_error_response(exc)
+    return JSONResponse(error.model_dump(), status_code=error.error.code)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, http_exception_handler)
+    app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    app.add_exception_handler(Exception, _error_json)
+
+
+def to_response(result: Any) -> Response:
+    """vLLM serving results → HTTP: error JSON, a full response, or an SSE stream."""
+    if isinstance(result, ErrorResponse):
+        return JSONResponse(result.model_dump(), status_code=result.error.code)
+    if hasattr(result, "model_dump"):
+        return JSONResponse(result.model_dump())
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return StreamingResponse(result, media_type="text/event-stream")
+
+
+def not_found(what: str, name: str | None, served: list[str], param: str) -> ErrorResponse:
+    return create_error_response(
+        f"The {what} `{name}` does not exist. Served: {', '.join(sorted(served))}.",
+        err_type="NotFoundError", status_code=HTTPStatus.NOT_FOUND, param=param)

@@ -1,0 +1,80 @@
+"""`/v1/completions` and `/v1/chat/completions`, routed to the model's vLLM handlers (or to a
+pipeline, which answers chat), and the same API for Python callers holding a handle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_cancellation
+
+from pdserve.deployments.api.catalog import Catalog, catalog_of
+from pdserve.deployments.api.errors import to_response
+from pdserve.deployments.frontend.engine_client import SESSION_KEY
+from pdserve.deployments.frontend.model import ModelFrontend
+from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend
+
+router = APIRouter()
+
+
+def tag_session(frontend: ModelFrontend, request: Any, raw_request: Request) -> None:
+    """Carry the session header to the router as routing data (via `vllm_xargs`)."""
+    session = raw_request.headers.get(frontend.model.routing.session_header)
+    if session:
+        request.vllm_xargs = {**(request.vllm_xargs or {}), SESSION_KEY: session}
+
+
+@router.post("/v1/completions", dependencies=[Depends(validate_json_request)])
+@with_cancellation
+async def completions(request: CompletionRequest, raw_request: Request) -> Response:
+    frontend = catalog_of(raw_request).frontend(request.model)
+    if isinstance(frontend, ErrorResponse):
+        return to_response(frontend)
+    if isinstance(frontend, PipelineFrontend):
+        return to_response(create_error_response(
+            f"pipeline `{request.model}` answers chat completions (/v1/chat/completions)",
+            param="model"))
+    tag_session(frontend, request, raw_request)
+    return to_response(await frontend.completions.create_completion(request, raw_request))
+
+
+@router.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
+@with_cancellation
+async def chat(request: ChatCompletionRequest, raw_request: Request) -> Response:
+    frontend = catalog_of(raw_request).frontend(request.model)
+    if isinstance(frontend, ErrorResponse):
+        return to_response(frontend)
+    if isinstance(frontend, PipelineFrontend):
+        tag_session(frontend.llm, request, raw_request)
+        debug = raw_request.headers.get(DEBUG_HEADER, "").lower() in ("1", "true", "yes")
+        return to_response(await frontend.chat(request, raw_request, debug))
+    tag_session(frontend, request, raw_request)
+    return to_response(await frontend.chat.create_chat_completion(request, raw_request))
+
+
+async def handle_call(catalog: Catalog, body: dict[str, Any], api: str) -> dict[str, Any]:
+    """An OpenAI request body → the response (or error) body, not streamed: `api` is
+    `completions` or `chat` (what a `DeploymentHandle` caller gets instead of HTTP)."""
+    kind = CompletionRequest if api == "completions" else ChatCompletionRequest
+    try:
+        request = kind.model_validate({**body, "stream": False})
+    except ValueError as exc:
+        return create_error_response(exc).model_dump()
+    frontend = catalog.frontend(request.model)
+    if isinstance(frontend, ErrorResponse):
+        return frontend.model_dump()
+    if isinstance(frontend, PipelineFrontend):
+        if api != "chat":
+            return create_error_response("pipelines answer chat completions").model_dump()
+        result = await frontend.chat(request, None)  # type: ignore[arg-type]
+        return result if isinstance(result, dict) else result.model_dump()
+    if api == "completions":
+        result = await frontend.completions.create_completion(request, None)  # type: ignore[arg-type]
+    else:
+        result = await frontend.chat.create_chat_completion(request, None)  # type: ignore[arg-type]
+    return result.model_dump()

@@ -1,0 +1,57 @@
+"""The OpenAI HTTP ingress deployment: builds what it serves (`Catalog`), serves it over its
+FastAPI app (built per replica, `http.py`), and offers the same API to Python callers holding
+a `DeploymentHandle`, plus in-process views for tests and operators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pdserve.deployments.api.catalog import Catalog
+from pdserve.deployments.api.generation import handle_call
+from pdserve.deployments.api.http import create_app
+from pdserve.deployments.config.app import AppConfig
+from pdserve.deployments.config.pools import PoolName, Role
+
+
+@serve.deployment
+@serve.ingress()
+class OpenAIIngress:
+    def __init__(
+        self, config: AppConfig, pools: dict[str, dict[Role, DeploymentHandle]],
+        retrievers: dict[str, DeploymentHandle] | None = None,
+    ) -> None:
+        self.catalog = Catalog(config, pools, retrievers or {})
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Ray Serve calls this after `__init__`: this replica's app, over its catalog."""
+        return create_app(self.catalog)
+
+    # -- the OpenAI API for Python callers holding a DeploymentHandle (no HTTP) -------------
+    async def create_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI completion request body → the response (or error) body, not streamed."""
+        return await handle_call(self.catalog, body, "completions")
+
+    async def create_chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI chat-completion request body → the response (or error) body, not streamed."""
+        return await handle_call(self.catalog, body, "chat")
+
+    # -- in-process views (tests, operators) ------------------------------------------------
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Request, plan and fallback counts per model in this replica."""
+        return {model_id: dict(f.metrics.tally)
+                for model_id, f in self.catalog.frontends.items()}
+
+    def routing(self) -> dict[str, dict[str, Any]]:
+        """Each pool's prefix index and event streams as this replica sees them."""
+        return {PoolName(model_id, role).label: state.snapshot()
+                for model_id, f in self.catalog.frontends.items()
+                for role, state in f.pools.items()}
+
+    def prefix_hits(self, model_id: str, role: Role, token_ids: list[int]) -> dict[str, int]:
+        """Leading blocks of `token_ids` each replica of a pool holds, per the index."""
+        frontend = self.catalog.frontends[model_id]
+        return frontend.pools[role].match(frontend.client.hasher(token_ids))

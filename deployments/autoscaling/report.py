@@ -1,0 +1,76 @@
+"""What an engine replica reports to the autoscaling policy, and how the policy reads it back.
+
+Ray Serve carries `record_autoscaling_stats()` from each replica to the controller as a flat
+`{name: float}`; `ReplicaReport.encode` and `decode` are the one agreement about those names.
+A latency without a sample in the window is left out, the model's SLO targets travel as
+`slo_<field>` (a bound that is not set is left out), so the policy always decides with the
+live targets, which a `user_config` change retunes without restarting an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pdserve.deployments.config.slo import SLOTargets
+
+WARM, TTFT, ITL = "warm", "ttft_ms", "itl_ms"
+QUEUED, KV_USAGE = "queued_prefill_tokens", "kv_cache_usage"
+RUNNING, WAITING, BUDGET = "num_running", "num_waiting", "replica_budget"
+TARGET_PREFIX = "slo_"
+#: Load signals, which the policy averages over Ray's look-back window (one report can catch a
+#: quiet instant); latencies are already windowed on the replica and targets must be the live
+#: ones, so those take the latest report.
+SMOOTHED = (QUEUED, KV_USAGE, RUNNING, WAITING)
+
+
+@dataclass(frozen=True)
+class ReplicaSignals:
+    """One replica's load and latency at report time."""
+
+    warm: bool = True  # past its first requests (compile, cold caches): latencies count
+    ttft_ms: float | None = None  # recent percentile; None: no sample in the window
+    itl_ms: float | None = None
+    kv_cache_usage: float = 0.0
+    queued_prefill_tokens: float = 0.0  # peak since the last report
+    waiting: float = 0.0
+    running: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.waiting > 0 or self.running > 0 or self.queued_prefill_tokens > 0
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    signals: ReplicaSignals = field(default_factory=ReplicaSignals)
+    targets: SLOTargets | None = None
+    replica_budget: int | None = None
+
+    def encode(self) -> dict[str, float]:
+        s = self.signals
+        out = {WARM: float(s.warm), QUEUED: float(s.queued_prefill_tokens),
+               KV_USAGE: float(s.kv_cache_usage), RUNNING: float(s.running),
+               WAITING: float(s.waiting)}
+        for name, value in ((TTFT, s.ttft_ms), (ITL, s.itl_ms), (BUDGET, self.replica_budget)):
+            if value is not None:
+                out[name] = float(value)
+        if self.targets is not None:
+            out.update({f"{TARGET_PREFIX}{name}": float(value)
+                        for name, value in self.targets.model_dump().items()
+                        if value is not None})
+        return out
+
+    @classmethod
+    def decode(cls, values: Mapping[str, float]) -> ReplicaReport:
+        """The report behind `values`; raises `ValueError` for targets that do not validate."""
+        signals = ReplicaSignals(
+            warm=values.get(WARM, 0.0) >= 1.0, ttft_ms=values.get(TTFT),
+            itl_ms=values.get(ITL), kv_cache_usage=values.get(KV_USAGE, 0.0),
+            queued_prefill_tokens=values.get(QUEUED, 0.0), waiting=values.get(WAITING, 0.0),
+            running=values.get(RUNNING, 0.0))
+        targets = {name.removeprefix(TARGET_PREFIX): value for name, value in values.items()
+                   if name.startswith(TARGET_PREFIX)}
+        budget = values.get(BUDGET)
+        return cls(signals, SLOTargets.model_validate(targets) if targets else None,
+                   int(budget) if budget is not None else None)

@@ -1,0 +1,136 @@
+"""The whole application: `args:` of `pdserve.deployments.app:build_app`, validated at start-up.
+
+Every model is frozen and forbids unknown keys, so a typo fails with a message that names the
+field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pdserve.deployments.config.base import StrictModel
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.config.pipeline import PipelineConfig, qdrant_local_dir
+from pdserve.deployments.config.pools import PoolName
+
+
+class IngressConfig(StrictModel):
+    """The OpenAI HTTP front: tokenization, chat templates, orchestration."""
+
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0}, description="Ray actor options per replica."
+    )
+    max_ongoing_requests: int = Field(256, ge=1, description="In-flight requests per replica.")
+
+
+class TestingConfig(StrictModel):
+    """Config-gated fault injection; off unless a test config turns it on."""
+
+    fault_injection: bool = Field(
+        False,
+        description="Honour `vllm_xargs` keys `pdserve_fail_prefill` / `pdserve_prefill_delay_s`.",
+    )
+
+
+class AppConfig(StrictModel):
+    """The whole application: `args:` of `pdserve.deployments.app:build_app`."""
+
+    models: list[ModelConfig] = Field(..., min_length=1, description="Models served.")
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list, description="RAG pipelines, each served as a model of its own."
+    )
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    cpu_binding: Literal["auto", "nobind"] = Field(
+        "auto", description="`auto`: pin each engine's OpenMP threads to its own core(s)."
+    )
+    worker_niceness: int = Field(
+        0, ge=0, le=19,
+        description="Ray's `worker_niceness` for every process pdserve deploys (ingress, pools "
+        "and their vLLM engines, retrievers), set as `RAY_worker_niceness` in each "
+        "deployment's `runtime_env`. Ray's own default is 15, which puts the serving path "
+        "below any other process on the host. A deployment whose `ray_actor_options` set it "
+        "keeps its own value.",
+    )
+    testing: TestingConfig = Field(default_factory=TestingConfig)
+    replica_budget: int | None = Field(
+        None, ge=1,
+        description="Engine replicas all autoscaled pools may hold together; shared by "
+        "pdserve's app-level policy: each pool's minimum first, then the largest SLO deficit.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_model_ids(self) -> AppConfig:
+        names = [name for m in self.models for name in m.names()]
+        names += [p.name for p in self.pipelines]
+        dupes = sorted({i for i in names if names.count(i) > 1})
+        if dupes:
+            raise ValueError(f"models: model_id/served_model_name/pipeline name used twice: "
+                             f"{dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _pipelines_name_models(self) -> AppConfig:
+        by_id = {m.model_id: m for m in self.models}
+        for i, pipeline in enumerate(self.pipelines):
+            embedder = by_id.get(pipeline.embedding_model)
+            if embedder is None or embedder.mode != "embed":
+                known = sorted(m.model_id for m in self.models if m.mode == "embed")
+                raise ValueError(f"pipelines[{i}].embedding_model: {pipeline.embedding_model!r} "
+                                 f"is not a model with mode `embed` (those are: {known})")
+            local = qdrant_local_dir(pipeline.store)
+            if local and any(qdrant_local_dir(p.store) == local for p in self.pipelines[:i]):
+                raise ValueError(f"pipelines[{i}].store.uri: {local!r} is already another "
+                                 "pipeline's qdrant local-mode directory (one process each)")
+            llm = by_id.get(pipeline.llm)
+            if llm is None or not llm.generates():
+                known = sorted(m.model_id for m in self.models if m.generates())
+                raise ValueError(f"pipelines[{i}].llm: {pipeline.llm!r} is not a generating "
+                                 f"model (those are: {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_covers_minimums(self) -> AppConfig:
+        if self.replica_budget is None:
+            return self
+        minimum = sum(
+            int(p.autoscaling_config.get("min_replicas", 1)) if p.autoscaling_config
+            else p.num_replicas
+            for m in self.models for p in m.pools().values()
+        )
+        if minimum > self.replica_budget:
+            raise ValueError(f"replica_budget: {self.replica_budget} is less than the pools' "
+                             f"minimum replicas together ({minimum})")
+        return self
+
+    def pool_names(self) -> list[PoolName]:
+        """Every pool, in a fixed order: a pool's position is its index for ports and cores."""
+        return [PoolName(m.model_id, role) for m in self.models for role in m.pools()]
+
+    def cpu_demand(self) -> float:
+        """CPUs Ray must reserve when every pool is at its maximum size."""
+        pools = [p for m in self.models for p in m.pools().values()]
+        engines = sum(p.max_replicas() * p.cpus_per_replica() for p in pools)
+        if self.replica_budget is not None:  # the policy never holds more than the budget
+            engines = min(engines, self.replica_budget * max(p.cpus_per_replica() for p in pools))
+        ingress_cpus = float(self.ingress.ray_actor_options.get("num_cpus", 0))
+        ingress = self.ingress.num_replicas * ingress_cpus
+        return engines + ingress
+
+
+def check_cpu_budget(config: AppConfig, available_cpus: float) -> None:
+    """Fail at start-up, not by waiting forever, when the pools cannot all be placed."""
+    demand = config.cpu_demand()
+    if demand > available_cpus + 1e-9:
+        detail = ", ".join(
+            f"{m.model_id}/{role}: {p.max_replicas()} x {p.cpus_per_replica()}"
+            for m in config.models
+            for role, p in m.pools().items()
+        )
+        raise ValueError(
+            f"ray_actor_options.num_cpus: the pools need {demand:g} CPUs at their maximum size "
+            f"but Ray has {available_cpus:g} ({detail}); lower num_cpus per replica "
+            "(e.g. 0.25) or the replica counts"
+        )

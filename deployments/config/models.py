@@ -1,0 +1,176 @@
+"""What one served model may say: its weights, vLLM engine args, pools, transfer and routing.
+
+Engine options are vLLM's own argument names, passed through untouched (the one untyped dict,
+which our code never reads by key); pool keys are Ray Serve's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pdserve.deployments.config.base import StrictModel
+from pdserve.deployments.config.pools import Role
+from pdserve.deployments.config.slo import SLOTargets
+
+
+class PoolConfig(StrictModel):
+    """One Ray Serve deployment of engine replicas; keys are Ray Serve's own."""
+
+    num_replicas: int = Field(1, ge=0, description="Fixed replica count (ignored if autoscaling).")
+    autoscaling_config: dict[str, Any] | None = Field(
+        None, description="Ray Serve `autoscaling_config` for this pool, passed through."
+    )
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0.5},
+        description="Ray actor options per replica; `num_cpus` is checked against the cluster.",
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Ray Serve max in-flight requests per replica."
+    )
+    request_router_config: dict[str, Any] | None = Field(
+        None,
+        description="Ray Serve `request_router_config` (its own keys). Default: pdserve's "
+        "`PrefixAwareRouter` for prefill/colocated pools, `DecodeRouter` for decode pools.",
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        600.0, ge=0,
+        description="Ray Serve: how long a replica being removed (scale-down, redeploy) keeps "
+        "serving its in-flight requests and streams before it is stopped.",
+    )
+    cold_start_timeout_s: float = Field(
+        300.0, gt=0,
+        description="How long a request waits for a first replica when the pool is at zero "
+        "(`min_replicas: 0`) before it fails with 503.",
+    )
+
+    def max_replicas(self) -> int:
+        """Upper bound of replicas this pool can reach (for the CPU budget check)."""
+        if self.autoscaling_config:
+            return int(self.autoscaling_config.get("max_replicas", self.num_replicas))
+        return self.num_replicas
+
+    def cpus_per_replica(self) -> float:
+        return float(self.ray_actor_options.get("num_cpus", 1.0))
+
+
+class KVTransferSettings(StrictModel):
+    """How KV moves from prefill to decode engines (vLLM's KV-connector API)."""
+
+    connector: Literal["NixlConnector"] = Field(
+        "NixlConnector", description="vLLM KV connector; NIXL is the supported transport."
+    )
+    kv_buffer_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where NIXL stages KV: `cpu` on CPU-only hosts, `cuda` on GPUs."
+    )
+    prefill_timeout_s: float = Field(
+        30.0, gt=0, description="Prefill call deadline; past it the decode engine prefills."
+    )
+    side_channel_base_port: int = Field(
+        20000, ge=1024, le=60000, description="First NIXL side-channel port on each host."
+    )
+    progress_thread_delay_us: int = Field(
+        1000, ge=0, le=100_000,
+        description="Microseconds the NIXL agent's progress thread sleeps between polls "
+        "(pdserve's quiet connector). 0 is NIXL's own busy poll, which keeps a whole core busy "
+        "per idle PD engine; transfers still progress when the engine checks them each step.",
+    )
+
+
+class RoutingConfig(StrictModel):
+    """Prefix-aware routing inputs and the PD plan (remote vs local prefill) of one model."""
+
+    kv_events: bool = Field(
+        True, description="Engines publish KV events so routers know which blocks they hold."
+    )
+    local_prefill_below_tokens: int = Field(
+        128, ge=0,
+        description="PD: prefill on the decode replica when fewer prompt tokens than this are "
+        "uncached there (0: always remote).",
+    )
+    max_prefill_queue_per_replica: float = Field(
+        8.0, gt=0,
+        description="PD: prefill locally when more prefills than this per prefill replica are "
+        "in flight.",
+    )
+    session_header: str = Field(
+        "x-session-id", description="Request header whose value pins a session's turns."
+    )
+
+
+class ModelConfig(StrictModel):
+    """One served model: its weights, vLLM engine args, and its pools."""
+
+    model_id: str = Field(..., min_length=1, description="Name clients put in `model`.")
+    served_model_name: list[str] = Field(
+        default_factory=list, description="Aliases clients may also put in `model`."
+    )
+    model: str = Field(
+        ..., min_length=1, description="HF model id, local path, or `pdserve://tiny`."
+    )
+    mode: Literal["pd", "colocated", "embed"] = Field(
+        "pd", description="`pd`: separate prefill and decode pools; `colocated`: one pool; "
+        "`embed`: one pool of a pooling (embedding) model, served on `/v1/embeddings`."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments (its own names), passed through."
+    )
+    prefill: PoolConfig | None = Field(None, description="Prefill pool (mode `pd`).")
+    decode: PoolConfig | None = Field(None, description="Decode pool (mode `pd`).")
+    colocated: PoolConfig | None = Field(None, description="The single pool (mode `colocated`).")
+    embed: PoolConfig | None = Field(None, description="The embedding pool (mode `embed`).")
+    kv_transfer: KVTransferSettings = Field(default_factory=KVTransferSettings)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    slo: SLOTargets | None = Field(
+        None,
+        description="Autoscale this model's pools to these targets (each pool then needs "
+        "`autoscaling_config` with `min_replicas`/`max_replicas`).",
+    )
+
+    def names(self) -> list[str]:
+        """Every name clients may use for this model: its id first, then its aliases."""
+        return [self.model_id, *(n for n in self.served_model_name if n != self.model_id)]
+
+    @model_validator(mode="after")
+    def _autoscaled_pools_have_bounds(self) -> ModelConfig:
+        for role, pool in self.pools().items():
+            where = f"model {self.model_id!r}: {role}.autoscaling_config"
+            if self.slo is not None and pool.autoscaling_config is None:
+                raise ValueError(f"{where}: required when `slo` is set (min/max_replicas)")
+            minimum = int((pool.autoscaling_config or {}).get("min_replicas", 1))
+            if role != "colocated" and minimum < 1:
+                raise ValueError(f"{where}.min_replicas: 0 is only allowed for colocated "
+                                 "pools (a PD model needs both pools up)")
+        return self
+
+    @model_validator(mode="after")
+    def _pools_match_mode(self) -> ModelConfig:
+        allowed = {"pd": {"prefill", "decode"}, "colocated": {"colocated"}, "embed": {"embed"}}
+        for role in ("prefill", "decode", "colocated", "embed"):
+            if getattr(self, role) is not None and role not in allowed[self.mode]:
+                raise ValueError(f"model {self.model_id!r}: `{role}` pool given in mode "
+                                 f"`{self.mode}` (it takes {sorted(allowed[self.mode])})")
+        if self.mode == "embed" and self.slo is not None:
+            raise ValueError(f"model {self.model_id!r}.slo: latency targets apply to "
+                             "generating models, not `embed` pools")
+        reserved = {"model", "kv_transfer_config", "kv_events_config"}
+        clash = reserved & set(self.engine_kwargs)
+        if clash:
+            raise ValueError(
+                f"model {self.model_id!r}: engine_kwargs may not set {sorted(clash)} "
+                "(pdserve sets them per pool)"
+            )
+        return self
+
+    def pools(self) -> dict[Role, PoolConfig]:
+        """The pools this model runs, with defaults filled in, keyed by role."""
+        if self.mode == "pd":
+            return {"prefill": self.prefill or PoolConfig(), "decode": self.decode or PoolConfig()}
+        if self.mode == "embed":
+            return {"embed": self.embed or PoolConfig()}
+        return {"colocated": self.colocated or PoolConfig()}
+
+    def generates(self) -> bool:
+        """Whether the model answers completions and chat (every mode but `embed`)."""
+        return self.mode != "embed"

@@ -1,0 +1,152 @@
+"""The engine host every pool uses: one vLLM `AsyncLLM` inside one Ray Serve replica.
+
+It places the engine on its host (`placement.py`) before the engine starts, exports vLLM's own
+`vllm:*` metrics through Ray, reports to the routers and the autoscaler (`reports.py`), offers
+its pools an output stream (`streaming.py`), and answers admin calls a test or an operator may
+pin to one replica (`replica=<unique id>`; see `routing/router.py`). What a pool serves (prefill,
+generate, embed) is its own deployment's method, in `prefill/`, `decode/`, `pipelines/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psutil
+import ray
+from prometheus_client import REGISTRY, generate_latest
+from ray import serve
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import PrometheusStatLogger
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSignals
+from pdserve.deployments.config.binding import EngineBinding
+from pdserve.deployments.config.pools import Role
+from pdserve.deployments.config.slo import SLOTargets
+from pdserve.deployments.engine.args import engine_args
+from pdserve.deployments.engine.placement import apply_engine_env
+from pdserve.deployments.engine.reports import (
+    LoadReport,
+    engine_routing_stats,
+    replica_report,
+    with_load,
+)
+from pdserve.deployments.engine.streaming import OutputStream
+from pdserve.kv_transfer.connector import NIXL_STATE_EXTENSION
+from pdserve.kv_transfer.ports import EngineSlot
+from pdserve.routing.types import RoutingInfo
+
+logger = logging.getLogger(__name__)
+
+
+class EngineHost:
+    """Base class of the prefill, decode, colocated and embedding deployments."""
+
+    role: Role
+
+    def __init__(self, binding: EngineBinding) -> None:
+        if binding.role != self.role:
+            raise ValueError(f"{type(self).__name__} serves `{self.role}` pools, "
+                             f"bound to a `{binding.role}` pool")
+        self.model = binding.model
+        self.fault_injection = binding.fault_injection
+        context = serve.get_replica_context()
+        self.replica_id = context.replica_id.unique_id
+        self.engine_id = f"{self.model.model_id}-{self.role}-{self.replica_id}"
+        env = apply_engine_env(
+            slot=EngineSlot(pool_index=binding.pool_index, local_rank=context.rank.local_rank),
+            num_pools=binding.num_pools,
+            base_port=self.model.kv_transfer.side_channel_base_port,
+            host=ray.util.get_node_ip_address(),  # reachable from decoders on other nodes
+            bind_cpus=binding.cpu_binding == "auto",
+        )
+        logger.info("engine %s starting with %s", self.engine_id, env)
+        self.load = LoadReport()
+        self.engine = AsyncLLM.from_engine_args(
+            engine_args(self.model, self.role, self.engine_id),
+            stat_loggers=[RayPrometheusStatLogger, PrometheusStatLogger,
+                          self.load.logger_factory()],
+        )
+        self.stream = OutputStream(self.engine, set())
+        self._routing_stats = engine_routing_stats(self.engine, self.replica_id)
+        self.slo: SLOTargets | None = self.model.slo
+        self.replica_budget: int | None = None
+        self.slo_signals = ReplicaSLOSignals()
+        self._configure_signals()
+
+    # -- what the rest of the graph reads ----------------------------------------------------
+    def _configure_signals(self) -> None:
+        if self.slo is not None:
+            self.slo_signals.configure(self.slo.window_s, self.slo.warmup_requests)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve `user_config`: the model's SLO targets and the replica budget.
+
+        Ray applies a `user_config` change without restarting the replica, so targets are
+        retuned live (`deployments: [{name: <model>-<role>, user_config: {...}}]` in the YAML).
+        """
+        slo = user_config.get("slo")
+        self.slo = SLOTargets.model_validate(slo) if slo is not None else None
+        self.replica_budget = user_config.get("replica_budget")
+        self._configure_signals()
+        logger.info("engine %s: SLO targets %s, replica budget %s", self.engine_id,
+                    self.slo, self.replica_budget)
+
+    def track(self, routing: RoutingInfo, computes_prompt: bool = True) -> RequestSignals:
+        """Start timing a request on this replica (TTFT, ITL, queued prefill tokens)."""
+        return self.slo_signals.start(routing.prompt_tokens if computes_prompt else 0)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve pushes these to the autoscaling policy every `metrics_interval_s`."""
+        return replica_report(self.slo_signals, self.load, self.slo,
+                              self.replica_budget).encode()
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""
+        return with_load(self._routing_stats, self.load).encode()
+
+    # -- health and administration ----------------------------------------------------------
+    async def check_health(self) -> None:
+        """Ray Serve calls this periodically; raising makes Serve replace the replica."""
+        await self.engine.check_health()
+
+    async def health(self, replica: str | None = None) -> bool:
+        await self.engine.check_health()
+        return True
+
+    async def vllm_metrics(self, replica: str | None = None) -> str:
+        """vLLM's own Prometheus metrics of this replica's engine, as exposition text."""
+        await self.engine.do_log_stats()
+        return generate_latest(REGISTRY).decode()
+
+    async def nixl_state(self, replica: str | None = None) -> list[dict[str, Any]]:
+        """Per engine worker: its KV connector class, the progress-thread delay its NIXL agent
+        was created with, and the cores of its compute and agent threads (empty list for
+        pools without NIXL, or when `engine_kwargs` name another `worker_extension_cls`)."""
+        if self.engine.vllm_config.parallel_config.worker_extension_cls != NIXL_STATE_EXTENSION:
+            return []
+        return await self.engine.collective_rpc("pdserve_nixl_state")
+
+    def engine_processes(self, replica: str | None = None) -> list[int]:
+        """This replica's process and the engine processes it started (core, workers)."""
+        me = psutil.Process()
+        return [me.pid, *(p.pid for p in me.children(recursive=True))]
+
+    async def drained(self, replica: str | None = None) -> dict[str, Any]:
+        """Whether this engine holds no request and no KV block (used after cancellations).
+
+        vLLM's prefix-cache reset succeeds only when every KV block is free, so it doubles as
+        an exact "no KV held" check; it also drops cached prefixes, so call it only to verify.
+        """
+        core_busy = await self.engine.engine_core.call_utility_async("has_work")
+        return {
+            "unfinished_requests": self.engine.output_processor.get_num_unfinished_requests(),
+            "engine_core_has_work": bool(core_busy),
+            "all_kv_blocks_free": bool(await self.engine.reset_prefix_cache()),
+        }
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,115 @@
+"""One request's outputs from a vLLM engine to its Serve caller, and its abort.
+
+A pump task drains the engine's generator into a queue; the caller's stream coalesces whatever
+waits into one message (as vLLM's own output collector does for a slow reader), so under load
+Ray sends one stream message per burst instead of one per engine step. A decode that is still
+pulling KV when its caller goes away is aborted only once the pull finished: aborting a request
+mid-transfer can crash vLLM's engine core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from vllm.inputs import EngineInput
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind, SamplingParams
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from pdserve.deployments.autoscaling.signals import RequestSignals
+
+logger = logging.getLogger(__name__)
+
+#: Queue item after the engine's last output.
+END = object()
+
+
+def coalesce(
+    output: RequestOutput, queue: asyncio.Queue, aggregate: bool
+) -> tuple[RequestOutput, Any]:
+    """Merge outputs that are already waiting into one message; return it and the first
+    non-output item (`END` or an error), if any."""
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is END or isinstance(item, BaseException):
+            return output, item
+        if aggregate:
+            output.add(item, aggregate=True)
+        else:
+            output = item  # cumulative outputs: the newest one holds everything
+    return output, None
+
+
+class OutputStream:
+    """Streams one request's engine outputs; `aborts` keeps deferred aborts alive."""
+
+    def __init__(self, engine: AsyncLLM, aborts: set[asyncio.Task]) -> None:
+        self.engine = engine
+        self.aborts = aborts
+
+    async def outputs(self, engine_input: EngineInput, params: SamplingParams, request_id: str,
+                      signals: RequestSignals, pulling: bool) -> AsyncIterator[RequestOutput]:
+        """The request's outputs, coalesced; `pulling`: its KV may still be in transfer until
+        the first output, so an abort waits for that."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        first_output = asyncio.Event()
+        aggregate = params.output_kind == RequestOutputKind.DELTA
+        pump = asyncio.create_task(
+            self._pump(engine_input, params, request_id, queue, first_output, signals, aggregate),
+            name=f"pump-{request_id}",
+        )
+        finished = False
+        pending: Any = None
+        try:
+            while True:
+                item = pending if pending is not None else await queue.get()
+                if item is END:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                item, pending = coalesce(item, queue, aggregate)
+                yield item
+        finally:
+            signals.finish()
+            if not finished:
+                self._stop(request_id, pump, first_output, pulling)
+
+    async def _pump(
+        self, engine_input: EngineInput, params: SamplingParams, request_id: str,
+        queue: asyncio.Queue, first: asyncio.Event, signals: RequestSignals, delta: bool,
+    ) -> None:
+        seen = 0
+        try:
+            async for output in self.engine.generate(engine_input, params, request_id):
+                first.set()
+                tokens = sum(len(o.token_ids) for o in output.outputs)
+                signals.on_output(tokens if delta else tokens - seen)
+                seen = tokens
+                queue.put_nowait(output)
+            queue.put_nowait(END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced to the consumer, which re-raises it
+            queue.put_nowait(exc)
+
+    def _stop(self, request_id: str, pump: asyncio.Task, first: asyncio.Event,
+              pulling: bool) -> None:
+        """Abort a request whose caller left; if its KV pull may be in flight, wait for it."""
+        if not pulling or first.is_set():
+            pump.cancel()  # vLLM aborts the request when its generator is cancelled
+            return
+        logger.info("request %s: caller left during KV pull; abort deferred", request_id)
+
+        async def abort_after_pull() -> None:
+            waiter = asyncio.ensure_future(first.wait())
+            await asyncio.wait({waiter, pump}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            pump.cancel()
+
+        task = asyncio.create_task(abort_after_pull())
+        self.aborts.add(task)
+        task.add_done_callback(self.aborts.discard)

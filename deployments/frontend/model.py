@@ -1,0 +1,79 @@
+"""One model's OpenAI front: vLLM's serving classes over the model's pool graph.
+
+Everything request-shaped (parsing, chat templates, tokenization, sampling params, streaming
+chunks, usage, logprobs, errors) is vLLM's own code; pdserve supplies the engine client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ray.serve.handle import DeploymentHandle
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.openai.models.protocol import BaseModelPath
+from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+from vllm.renderers.online_renderer import OnlineRenderer
+
+from pdserve.decode.orchestrator import Orchestrator, always_remote
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.config.pools import Role
+from pdserve.deployments.frontend.engine_client import ModelView, PoolGraphClient
+from pdserve.deployments.frontend.metrics import RequestMetrics
+from pdserve.deployments.frontend.pool_calls import make_planner, pool_calls, pool_states
+
+logger = logging.getLogger(__name__)
+
+
+class ModelFrontend:
+    """The OpenAI completion and chat handlers of one served model."""
+
+    def __init__(self, model: ModelConfig, handles: dict[Role, DeploymentHandle]) -> None:
+        self.model = model
+        self.handles = handles
+        self.metrics = RequestMetrics(model.model_id, model.mode)
+        self.pools = pool_states(handles)
+        view = ModelView(model)
+        disaggregated = model.mode == "pd"
+        generating = model.pools()["decode" if disaggregated else "colocated"]
+        orchestrator = Orchestrator(
+            pool_calls(handles, self.pools, generating.cold_start_timeout_s,
+                       self.metrics.record_cold_start),
+            disaggregated=disaggregated,
+            prefill_timeout_s=model.kv_transfer.prefill_timeout_s,
+            on_fallback=self.metrics.record_fallback,
+            planner=(make_planner(model, self.pools, view.hasher.block_size) if disaggregated
+                     else always_remote),
+            on_plan=self.metrics.record_plan,
+        )
+        client = PoolGraphClient(view, orchestrator, self.metrics)
+        self.client = client
+        self.registry = OpenAIModelRegistry(
+            model_config=client.model_config,
+            base_model_paths=[BaseModelPath(name=name, model_path=model.model)
+                              for name in model.names()],
+        )
+        renderer = OnlineRenderer(
+            client.model_config,
+            client.renderer,
+            request_logger=None,
+            chat_template=None,
+            chat_template_content_format="auto",
+        )
+        renderer.warmup()
+        # `usage.prompt_tokens_details.cached_tokens`: the engine's prefix-cache hit, per
+        # request (what OpenAI reports too; the routing benchmark reads it).
+        self.completions = OpenAIServingCompletion(
+            client, self.registry, online_renderer=renderer, request_logger=None,
+            enable_prompt_tokens_details=True,
+        )
+        self.chat = OpenAIServingChat(
+            client,
+            self.registry,
+            "assistant",
+            online_renderer=renderer,
+            request_logger=None,
+            chat_template=None,
+            chat_template_content_format="auto",
+            enable_prompt_tokens_details=True,
+        )

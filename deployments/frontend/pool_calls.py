@@ -1,0 +1,105 @@
+"""A model's Serve handles as the plain calls the orchestrator makes, and the PD plan over the
+pools' live state (the routers of this process keep that state; see `routing/pool_state.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+from ray.serve.handle import DeploymentHandle
+from vllm.exceptions import RetryableRequestError
+from vllm.outputs import RequestOutput
+
+from pdserve.decode.orchestrator import Planner, PoolCalls
+from pdserve.decode.request import DecodeRequest
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.config.pools import Role
+from pdserve.prefill.request import PrefillRequest, PrefillResult
+from pdserve.routing.plan import Plan, PlanInputs, PlanThresholds, decide
+from pdserve.routing.pool_state import PoolState, pool_state
+from pdserve.routing.types import RoutingInfo
+
+
+def pool_calls(
+    handles: dict[Role, DeploymentHandle],
+    states: dict[Role, PoolState] | None = None,
+    cold_start_timeout_s: float = 300.0,
+    on_cold_start: Callable[[float, bool], None] | None = None,
+) -> PoolCalls:
+    """Wrap a model's Serve handles as the plain calls the orchestrator expects.
+
+    A request that finds the generating pool at zero replicas waits for Ray to start one (the
+    autoscaler sees it queued at the handle) up to `cold_start_timeout_s`, then fails with a
+    retryable 503; `on_cold_start(wait_s, timed_out)` reports the wait.
+    """
+    role = "decode" if "decode" in handles else "colocated"
+    generate_pool = handles[role]
+    state = (states or {}).get(role)
+
+    async def generate(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        cold = state is not None and state.num_replicas() == 0
+        started = time.perf_counter()
+        responses = generate_pool.options(stream=True).generate.remote(request)
+        done = False
+        try:
+            outputs = aiter(responses)
+            if cold:
+                try:
+                    first = await asyncio.wait_for(anext(outputs), cold_start_timeout_s)
+                except TimeoutError:
+                    if on_cold_start:
+                        on_cold_start(time.perf_counter() - started, True)
+                    raise RetryableRequestError(
+                        f"no replica of {generate_pool.deployment_name} became ready within "
+                        f"{cold_start_timeout_s:g} s (the pool was scaled to zero); retry later"
+                    ) from None
+                if on_cold_start:
+                    on_cold_start(time.perf_counter() - started, False)
+                yield first
+            async for output in outputs:
+                yield output
+            done = True
+        finally:
+            if not done:
+                responses.cancel()
+
+    if "prefill" not in handles:
+        return PoolCalls(generate=generate)
+
+    async def prefill(request: PrefillRequest) -> PrefillResult:
+        response = handles["prefill"].prefill.remote(request)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # deadline passed or client left: stop the prefill engine too
+            raise
+
+    return PoolCalls(generate=generate, prefill=prefill)
+
+
+def pool_states(handles: dict[Role, DeploymentHandle]) -> dict[Role, PoolState]:
+    """This process's view of each pool (shared with the pools' routers)."""
+    return {role: pool_state(h.app_name, h.deployment_name) for role, h in handles.items()}
+
+
+def make_planner(model: ModelConfig, pools: dict[Role, PoolState], block_size: int) -> Planner:
+    """The PD plan over live pool data: decode-side cached prefix, prefill calls in flight."""
+    thresholds = PlanThresholds(
+        local_prefill_below_tokens=model.routing.local_prefill_below_tokens,
+        max_prefill_queue_per_replica=model.routing.max_prefill_queue_per_replica,
+    )
+    prefill, decode = pools["prefill"], pools["decode"]
+
+    def planner(info: RoutingInfo, forced_local: str | None) -> Plan:
+        inputs = PlanInputs(
+            prompt_tokens=info.prompt_tokens,
+            block_size=block_size,
+            decode_hit_blocks=decode.best_hit(info.block_hashes) if info.block_hashes else 0,
+            prefill_in_flight=prefill.in_flight_total(),
+            prefill_replicas=max(1, prefill.num_replicas()),
+        )
+        return decide(inputs, thresholds, forced_local)
+
+    return planner
