@@ -15,6 +15,13 @@ the calling thread, which is the engine's compute thread, to the last core of th
 so all PD engines of a host would compute on one core; the compute thread goes back to its
 own core and the connector's threads (the agent's progress thread among them) go elsewhere.
 
+UCX's keepalive is switched off (`UCX_KEEPALIVE_INTERVAL=inf`, unless the environment sets it):
+after a keepalive round, UCX's TCP transport can leave an established, idle socket armed for
+EPOLLOUT, so the worker's event fd stays readable, the progress thread's `poll()` returns at once
+whatever its delay, and the decode engine busy-polls a core again (seen with strace: poll,
+epoll_wait → EPOLLOUT, no send, repeat). Dead peers are still caught by vLLM's transfer
+timeouts and pdserve's prefill deadline.
+
 The patch rests on one line of NIXL's source. `check_agent_constructor` verifies it at import
 and fails loudly when an upgrade removed it: a silent fallback would bring the busy loop back.
 """
@@ -26,6 +33,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import MutableMapping
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +43,9 @@ from vllm.distributed.nixl_utils import NixlWrapper
 from pdserve.kv_transfer.connector import PROGRESS_DELAY_KEY
 
 logger = logging.getLogger(__name__)
+
+#: UCX setting the connector applies unless the environment already names it (see above).
+UCX_KEEPALIVE = ("UCX_KEEPALIVE_INTERVAL", "inf")
 
 _ASSIGNMENT = re.compile(r"^\s*(\w+)\.pthrDelay\s*=", re.MULTILINE)
 
@@ -116,6 +127,7 @@ def state() -> dict[str, Any]:
     return {"connector": None if connector is None
             else f"{type(connector).__module__}.{type(connector).__qualname__}",
             "delays_us": list(_BINDINGS.applied), "agent_threads": threads,
+            "ucx_keepalive_interval": os.environ.get(UCX_KEEPALIVE[0]),
             "compute_cores": sorted(os.sched_getaffinity(0)), "pid": os.getpid()}
 
 
@@ -166,6 +178,11 @@ def separate_from_compute(compute: set[int], new_threads: set[int]) -> set[int]:
     return cores
 
 
+def apply_ucx_defaults(environ: MutableMapping[str, str]) -> None:
+    """Switch UCX's keepalive off unless the operator chose a value (module docstring: why)."""
+    environ.setdefault(*UCX_KEEPALIVE)
+
+
 class NixlConnector(NixlPullConnector):
     """vLLM's (pull) `NixlConnector` whose NIXL agent polls every `PROGRESS_DELAY_KEY`
     microseconds, with its threads off the engine's compute core."""
@@ -178,6 +195,7 @@ class NixlConnector(NixlPullConnector):
         compute = os.sched_getaffinity(0)
         before = _thread_ids()
         _BINDINGS.delay_us = delay
+        apply_ucx_defaults(os.environ)  # read when the agent creates its UCX context
         super().__init__(vllm_config, role, kv_cache_config)
         if self.connector_worker is None:  # scheduler side: no agent, no binding
             return

@@ -46,6 +46,7 @@ def test_pd_engines_use_the_quiet_connector_with_its_delay(client: httpx.Client)
         (worker,) = deployment(name).nixl_state.remote(replica=replica).result()
         assert worker["connector"] == "pdserve.kv_transfer.quiet_nixl.NixlConnector", worker
         assert worker["delays_us"] == [KVTransferSettings().progress_thread_delay_us], worker
+        assert worker["ucx_keepalive_interval"] == "inf", worker
         compute = set(worker["compute_cores"])
         assert len(compute) == 1, f"{name}: compute thread not bound to one core: {worker}"
         assert worker["agent_threads"], f"{name}: no NIXL agent threads recorded"

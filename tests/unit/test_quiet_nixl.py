@@ -109,3 +109,12 @@ def test_the_connector_keeps_vllms_name_and_pull_behaviour() -> None:
 
     assert quiet_nixl.NixlConnector.__name__ == "NixlConnector"
     assert issubclass(quiet_nixl.NixlConnector, NixlConnector)
+
+
+def test_ucx_keepalive_is_off_unless_the_operator_set_it() -> None:
+    environ: dict[str, str] = {}
+    quiet_nixl.apply_ucx_defaults(environ)
+    assert environ == {"UCX_KEEPALIVE_INTERVAL": "inf"}
+    chosen = {"UCX_KEEPALIVE_INTERVAL": "30s"}
+    quiet_nixl.apply_ucx_defaults(chosen)
+    assert chosen == {"UCX_KEEPALIVE_INTERVAL": "30s"}
