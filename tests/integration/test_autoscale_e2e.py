@@ -156,6 +156,19 @@ class Ledger:
         return sum(len(a) for a in self.answers.values())
 
 
+ADD_PREFILL = f"Adding 1 replica to Deployment(name='{MODEL_A}-prefill'"
+
+
+def wait_for_log(log: Path, line: str, count: int, timeout_s: float) -> None:
+    """Until the controller has logged `line` `count` times (Ray acted on a decision)."""
+    deadline = time.monotonic() + timeout_s
+    while log.read_text().count(line) < count:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{line!r} logged fewer than {count} times in {timeout_s} s\n"
+                                 f"{busiest_processes()}")
+        time.sleep(1.0)
+
+
 def pools(http: httpx.Client) -> dict[str, int]:
     return {name: v["replicas"] for name, v in http.get("/v1/pools").json().items()}
 
@@ -213,11 +226,15 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
         with ThreadPoolExecutor(max_workers=12) as pool:
             workers = [pool.submit(load_a, i) for i in range(10)] + [pool.submit(trickle_b)]
             try:
-                wait_for(http, f"{MODEL_A}/prefill", 2, 720, seen)
+                wait_for_log(app, ADD_PREFILL, 2, 720)
             finally:
                 burst.clear()
                 for worker in workers:
                     worker.result()
+        # Ray now targets 2 prefill replicas and the policy holds while one is starting, so
+        # the burst can stop: the new engine starts on idle cores (under the burst it took
+        # ~2.5 min of the test's ~7) and must still come up and join the ingress's routing.
+        wait_for(http, f"{MODEL_A}/prefill", 2, 600, seen)
         # B's pool and A's decode pool stay put: checked on Ray's side (the controller log)
         # at the end; the ingress's view can dip while a saturated replica misses a report.
 
