@@ -99,14 +99,19 @@ def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 
 def wait_for_engines_to_exit(timeout_s: float) -> None:
-    """vLLM engine processes of the stopped session app exit a little after Ray's replicas;
-    until they do, their busy threads would slow this test's engine start-up (2 cores)."""
+    """vLLM engine processes and Ray workers of the stopped session cluster exit a little
+    after `ray.shutdown()`; until they do, their busy threads would slow this test's engine
+    start-up (2 cores)."""
     import psutil
+
+    def leftover(proc: psutil.Process) -> bool:
+        name, cmdline = proc.info["name"] or "", proc.info["cmdline"] or [""]
+        return (name.startswith("VLLM::") or name in ("raylet", "gcs_server")
+                or cmdline[0].startswith("ray::"))
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(
-            p.info["name"] and p.info["name"].startswith("VLLM::")
-            for p in psutil.process_iter(["name"])):
+            leftover(p) for p in psutil.process_iter(["name", "cmdline"])):
         time.sleep(1.0)
 
 

@@ -59,9 +59,11 @@ def ingest(url: str, pipeline: str, *extra: str) -> str:
 def ingested(serve_app: str, client: httpx.Client) -> dict[str, int]:
     """Both stores hold the corpus; the second ingest (on Ray Data for one of them) added
     nothing. Returns each pipeline's chunk count."""
+    pipelines = (PIPELINE_LANCEDB, PIPELINE_QDRANT)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two users ingesting at once
+        outputs = list(pool.map(lambda pipeline: ingest(serve_app, pipeline), pipelines))
     counts = {}
-    for pipeline in (PIPELINE_LANCEDB, PIPELINE_QDRANT):
-        out = ingest(serve_app, pipeline)
+    for pipeline, out in zip(pipelines, outputs, strict=True):
         assert f"indexed {DOCUMENTS} documents" in out, out
         counts[pipeline] = client.get(f"/v1/pipelines/{pipeline}").json()["chunks"]
     assert counts[PIPELINE_LANCEDB] == counts[PIPELINE_QDRANT] > 200
