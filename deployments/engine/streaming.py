@@ -2,9 +2,10 @@
 
 A pump task drains the engine's generator into a queue; the caller's stream coalesces whatever
 waits into one message (as vLLM's own output collector does for a slow reader), so under load
-Ray sends one stream message per burst instead of one per engine step. A decode that is still
-pulling KV when its caller goes away is aborted only once the pull finished: aborting a request
-mid-transfer can crash vLLM's engine core.
+Ray sends one stream message per burst instead of one per engine step, and only the first
+message carries the prompt (`wire.py`). A decode that is still pulling KV when its caller goes
+away is aborted only once the pull finished: aborting a request mid-transfer can crash vLLM's
+engine core.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from pdserve.deployments.autoscaling.signals import RequestSignals
+from pdserve.deployments.engine.wire import trim
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class OutputStream:
         )
         finished = False
         pending: Any = None
+        first = True
         try:
             while True:
                 item = pending if pending is not None else await queue.get()
@@ -72,7 +75,8 @@ class OutputStream:
                 if isinstance(item, BaseException):
                     raise item
                 item, pending = coalesce(item, queue, aggregate)
-                yield item
+                yield trim(item, first)
+                first = False
         finally:
             signals.finish()
             if not finished:

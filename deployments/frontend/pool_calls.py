@@ -16,6 +16,7 @@ from pdserve.decode.orchestrator import Planner, PoolCalls
 from pdserve.decode.request import DecodeRequest
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pools import Role
+from pdserve.deployments.engine.wire import PromptRestorer
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 from pdserve.routing.plan import Plan, PlanInputs, PlanThresholds, decide
 from pdserve.routing.pool_state import PoolState, pool_state
@@ -42,6 +43,7 @@ def pool_calls(
         cold = state is not None and state.num_replicas() == 0
         started = time.perf_counter()
         responses = generate_pool.options(stream=True).generate.remote(request)
+        restore = PromptRestorer()
         done = False
         try:
             outputs = aiter(responses)
@@ -57,9 +59,9 @@ def pool_calls(
                     ) from None
                 if on_cold_start:
                     on_cold_start(time.perf_counter() - started, False)
-                yield first
+                yield restore(first)
             async for output in outputs:
-                yield output
+                yield restore(output)
             done = True
         finally:
             if not done:
