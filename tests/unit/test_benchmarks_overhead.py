@@ -1,0 +1,65 @@
+"""The overhead benchmark's configs (validated by Ray Serve LLM's and pdserve's own models) and
+its per-round medians and ratios (over fake results)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdserve.benchmarks import overhead_bench as ob
+
+
+def test_rayllm_config_is_valid_for_ray_serve_llm() -> None:
+    from ray.serve.llm import LLMServingArgs
+
+    for interval in (None, 0):
+        doc = ob.rayllm_config("/models/bench", interval)
+        (app,) = doc["applications"]
+        assert app["import_path"] == "ray.serve.llm:build_openai_app"
+        args = LLMServingArgs.model_validate(app["args"])
+        (llm,) = args.llm_configs
+        assert llm.engine_kwargs == ob.ENGINE
+        assert llm.accelerator_config.kind == "cpu"
+        assert llm.experimental_configs.get("stream_batching_interval_ms") == interval
+        assert args.ingress_deployment_config["ray_actor_options"]["num_cpus"] == 0
+
+
+def test_pdserve_config_serves_the_same_engine_colocated() -> None:
+    from pdserve.deployments.config.app import AppConfig
+
+    (app,) = ob.pdserve_config("pdserve://bench")["applications"]
+    config = AppConfig.model_validate(app["args"])
+    (model,) = config.models
+    assert model.mode == "colocated" and model.engine_kwargs == ob.ENGINE
+
+
+def _row(rnd: int, system: str, load: str, ttft: float, rps: float) -> dict:
+    return {"round": rnd, "system": system, "load": load, "summary": {
+        "p50_ttft_ms": ttft, "p50_tpot_ms": 10.0, "p50_itl_ms": 10.0,
+        "request_throughput": rps}}
+
+
+def test_medians_and_same_round_ratios() -> None:
+    rows = [
+        _row(1, "vllm", "c1", 100.0, 5.0), _row(1, "pdserve", "c1", 150.0, 4.0),
+        _row(2, "vllm", "c1", 200.0, 5.0), _row(2, "pdserve", "c1", 220.0, 5.0),
+        _row(3, "vllm", "c1", 100.0, 4.0), _row(3, "pdserve", "c1", 130.0, 2.0),
+        {"round": 3, "system": "rayllm", "load": "c1", "summary": None, "error": "boom"},
+    ]
+    cells = ob.summarize(rows)
+    assert ("rayllm", "c1") not in cells  # failed steps are listed, not averaged
+    ours = cells[("pdserve", "c1")]
+    assert ours.rounds == 3
+    assert ours.median["p50_ttft_ms"] == 150.0
+    assert (ours.low["p50_ttft_ms"], ours.high["p50_ttft_ms"]) == (130.0, 220.0)
+    # Per-round ratios 1.5, 1.1, 1.3: the median is 1.3, not 150 / 100.
+    assert ours.ratio["p50_ttft_ms"] == pytest.approx(1.3)
+    assert ours.ratio_low["p50_ttft_ms"] == pytest.approx(1.1)
+    assert ours.ratio["request_throughput"] == pytest.approx(0.8)
+    assert cells[("vllm", "c1")].ratio["p50_ttft_ms"] == 1.0
+
+
+def test_unknown_system_is_named() -> None:
+    with pytest.raises(SystemExit, match="rayllm-nobatch"):
+        ob.build_system("sglang", "pdserve://bench", "/m", Path("/tmp"))
