@@ -178,7 +178,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "- loads: " + "; ".join(f"`{n}`: {s.num_prompts} prompts of {s.input_len} tokens, "
                                 f"{s.output_len} out, concurrency {s.max_concurrency}"
                                 for n, s in LOADS.items()),
-        f"- rounds: {meta.get('rounds')} (systems interleaved within each round)", "",
+        f"- rounds: {meta.get('rounds')} (systems interleaved within each round)",
+        *(f"- earlier rounds ({e['rounds']}): `{e['command']}` at {e['git_revision']}, "
+          f"{e['date']}" for e in meta.get("earlier", [])),
+        "",
         "## Systems", "",
     ]
     for name, info in meta["systems"].items():
@@ -249,12 +252,26 @@ def run_round(n: int, built: list[System], out: Path, meta: dict[str, Any],
         write(out, meta, rows)
 
 
+def continue_report(out: Path, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The rows of the report in `out` and the next round's number; `meta` keeps the earlier
+    invocations (command, commit, date) and each system's start-up times."""
+    previous = json.loads((out / "report.json").read_text())
+    rows = previous["results"]
+    meta["earlier"] = [*previous.get("earlier", []), {
+        k: previous.get(k) for k in ("command", "git_revision", "date", "rounds")}]
+    for name, info in meta["systems"].items():
+        info["startup_s"] = list(previous["systems"].get(name, {}).get("startup_s", []))
+    return rows, max((r["round"] for r in rows), default=0) + 1
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.overhead_bench",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default=",".join(SYSTEM_NAMES))
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--more", action="store_true",
+                   help="add --rounds rounds to the report already in --out")
     p.add_argument("--model", default="pdserve://bench")
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path,
@@ -278,7 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     preload = systems.find_preload_libs()
     meta["preload"] = preload
     rows: list[dict[str, Any]] = []
-    for n in range(1, args.rounds + 1):
+    first = 1
+    if args.more:
+        rows, first = continue_report(out, meta)
+    meta["rounds"] = first - 1 + args.rounds
+    for n in range(first, first + args.rounds):
         run_round(n, built, out, meta, rows, preload, args.ready_timeout)
     print((out / "report.md").read_text())
 
