@@ -257,8 +257,11 @@ def continue_report(out: Path, meta: dict[str, Any]) -> tuple[list[dict[str, Any
     invocations (command, commit, date) and each system's start-up times."""
     previous = json.loads((out / "report.json").read_text())
     rows = previous["results"]
-    meta["earlier"] = [*previous.get("earlier", []), {
-        k: previous.get(k) for k in ("command", "git_revision", "date", "rounds")}]
+    earlier = previous.get("earlier", [])
+    own_rounds = previous["rounds"] - sum(e["rounds"] for e in earlier)
+    meta["earlier"] = [*earlier, {**{k: previous.get(k) for k in ("command", "git_revision",
+                                                                  "date")},
+                                  "rounds": own_rounds}]
     for name, info in meta["systems"].items():
         info["startup_s"] = list(previous["systems"].get(name, {}).get("startup_s", []))
     return rows, max((r["round"] for r in rows), default=0) + 1

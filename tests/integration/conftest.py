@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,7 +76,7 @@ class BareEngineRun:
         self.out = tmp / "out.json"
         script = Path(__file__).parent / "bare_engine.py"
         self.proc = subprocess.Popen([sys.executable, str(script), str(tmp / "in.json"),
-                                      str(self.out)])
+                                      str(self.out)], start_new_session=True)
 
     def token_ids(self, timeout_s: float = 900) -> list[list[int]]:
         code = self.proc.wait(timeout=timeout_s)
@@ -89,8 +91,8 @@ def bare_engine_run(
     run = BareEngineRun(model_dir, [c.reference_spec() for c in cases],
                         tmp_path_factory.mktemp("bare"))
     yield run
-    if run.proc.poll() is None:
-        run.proc.kill()
+    if run.proc.poll() is None:  # its engine core and worker too
+        os.killpg(run.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,7 @@ class Ledger:
 
 
 ADD_PREFILL = f"Adding 1 replica to Deployment(name='{MODEL_A}-prefill'"
+SHRINK_PREFILL = f"pdserve autoscaling {MODEL_A}/prefill: 2 -> 1 (headroom"
 
 
 def wait_for_log(log: Path, line: str, count: int, timeout_s: float) -> None:
@@ -179,12 +180,13 @@ def pools(http: httpx.Client) -> dict[str, int]:
 
 
 def wait_for(http: httpx.Client, name: str, want: int, timeout_s: float,
-             seen: list[dict[str, int]]) -> None:
+             seen: list[dict[str, int]], done: Callable[[], bool] = lambda: False) -> None:
+    """Until the ingress routes to `want` replicas of pool `name` (or `done()`)."""
     deadline = time.monotonic() + timeout_s
     while True:
         now = pools(http)
         seen.append(now)
-        if now[name] == want:
+        if now[name] == want or done():
             return
         if time.monotonic() >= deadline:
             raise AssertionError(f"{name} never reached {want}: {seen[-5:]}\n"
@@ -228,18 +230,38 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
                 ledger.ask(http, MODEL_B, SHORT[0], 4)
                 time.sleep(0.5)
 
+        added_before = app.read_text().count(ADD_PREFILL)
         with ThreadPoolExecutor(max_workers=12) as pool:
             workers = [pool.submit(load_a, i) for i in range(10)] + [pool.submit(trickle_b)]
             try:
-                wait_for_log(app, ADD_PREFILL, 2, 720)
+                wait_for_log(app, ADD_PREFILL, added_before + 1, 720)
             finally:
                 burst.clear()
                 for worker in workers:
                     worker.result()
-        # Ray now targets 2 prefill replicas and the policy holds while one is starting, so
-        # the burst can stop: the new engine starts on idle cores (under the burst it took
-        # ~2.5 min of the test's ~7) and must still come up and join the ingress's routing.
-        wait_for(http, f"{MODEL_A}/prefill", 2, 600, seen)
+        # Ray now targets 2 prefill replicas, so the burst stops: under it the new engine took
+        # ~2.5 of the test's ~7 minutes to start. One fresh long prompt a second keeps prefills
+        # arriving until the new replica runs: the ingress routes to it, or the policy (which
+        # holds while a replica starts) decides on two running replicas; with the burst over it
+        # soon shrinks the pool, possibly before the ingress's 1 s poll sees 2.
+        hold = threading.Event()
+        hold.set()
+
+        def fresh_a(running: threading.Event, words: int, seed: int) -> None:
+            """A fresh prompt a second: each is a real call to the prefill pool."""
+            while running.is_set():
+                ledger.ask(http, MODEL_A, prompt(words, seed), 4)
+                seed += 1
+                time.sleep(1.0)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            worker = pool.submit(fresh_a, hold, 110, 500_000)
+            try:
+                wait_for(http, f"{MODEL_A}/prefill", 2, 600, seen,
+                         done=lambda: SHRINK_PREFILL in app.read_text())
+            finally:
+                hold.clear()
+                worker.result()
         # B's pool and A's decode pool stay put: checked on Ray's side (the controller log)
         # at the end; the ingress's view can dip while a saturated replica misses a report.
 
@@ -251,16 +273,9 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
             while calm.is_set():
                 ledger.ask(http, model, STREAM, STREAM_TOKENS, stream=True)
 
-        def trickle_a() -> None:  # fresh prompts: each is a real call to the prefill pool
-            seed = 1000
-            while calm.is_set():
-                ledger.ask(http, MODEL_A, prompt(12, seed), 4)
-                seed += 1
-                time.sleep(1.0)
-
         with ThreadPoolExecutor(max_workers=4) as pool:
             workers = [pool.submit(streams, MODEL_A), pool.submit(streams, MODEL_B),
-                       pool.submit(trickle_a)]
+                       pool.submit(fresh_a, calm, 12, 1000)]
             try:
                 wait_for(http, f"{MODEL_A}/prefill", 1, 240, seen)
                 time.sleep(5)  # requests keep flowing past the removal
@@ -272,7 +287,7 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
     assert answered > 30, answered
     log = app.read_text()
     assert f"pdserve autoscaling {MODEL_A}/prefill: 1 -> 2 (queued_prefill_tokens" in log
-    assert f"pdserve autoscaling {MODEL_A}/prefill: 2 -> 1 (headroom" in log
+    assert SHRINK_PREFILL in log
     assert f"pdserve autoscaling {MODEL_B}/colocated" not in log
     for pool in (f"{MODEL_B}-colocated", f"{MODEL_A}-decode"):  # started once, never changed
         assert log.count(f"Adding 1 replica to Deployment(name='{pool}'") == 1, pool

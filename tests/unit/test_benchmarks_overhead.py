@@ -69,14 +69,14 @@ def test_more_rounds_continue_the_report_in_place(tmp_path: Path) -> None:
     import json
 
     first = [_row(1, "vllm", "c1", 100.0, 5.0), _row(1, "pdserve", "c1", 150.0, 4.0)]
+    older = {"command": "... --rounds 1", "git_revision": "abc", "date": "then", "rounds": 1}
     (tmp_path / "report.json").write_text(json.dumps({
-        "command": "python -m pdserve.benchmarks.overhead_bench --rounds 1", "rounds": 1,
-        "git_revision": "abc", "date": "then", "results": first,
+        "command": "... --more --rounds 2", "rounds": 3, "git_revision": "def",
+        "date": "later", "results": first, "earlier": [older],
         "systems": {"vllm": {"startup_s": [64.1]}}}))
     meta = {"systems": {"vllm": {}, "pdserve": {}}}
     rows, next_round = ob.continue_report(tmp_path, meta)
     assert rows == first and next_round == 2
-    assert meta["earlier"] == [{"command": "python -m pdserve.benchmarks.overhead_bench "
-                                "--rounds 1", "git_revision": "abc", "date": "then",
-                                "rounds": 1}]
+    assert meta["earlier"] == [older, {"command": "... --more --rounds 2",
+                                       "git_revision": "def", "date": "later", "rounds": 2}]
     assert meta["systems"] == {"vllm": {"startup_s": [64.1]}, "pdserve": {"startup_s": []}}
