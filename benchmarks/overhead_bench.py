@@ -49,7 +49,7 @@ COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("request_throughput", "req/s", True),
 )
 BASELINE = "vllm"
-#: Ray Serve LLM's default stream batching (`RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS`, 50 ms).
+#: `rayllm` keeps Ray Serve LLM's default stream batching (50 ms), `rayllm-nobatch` sets 0.
 SYSTEM_NAMES = ("vllm", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast")
 #: Ray Serve's own fast paths that keep pdserve's semantics: gRPC between the proxy and
 #: replicas and between deployments (no object store), user code and the handle's router on
