@@ -75,7 +75,10 @@ def probes(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     idle = {"settle_s": args.settle, "idle_s": args.idle}
     out = [("memcpy", "memcpy", {"sizes": sizes, "reps": args.reps + 2}),
            ("raw_nixl", "raw_nixl", {"sizes": sizes, "layouts": layouts, "reps": args.reps + 2,
-                                     "delay_us": KVTransferSettings().progress_thread_delay_us})]
+                                     "delay_us": KVTransferSettings().progress_thread_delay_us}),
+           ("raw_nixl:4k", "raw_nixl", {"sizes": sizes, "layouts": {"one": layouts["one"]},
+                                        "reps": args.reps + 2, "huge_pages": False,
+                                        "delay_us": KVTransferSettings().progress_thread_delay_us})]
     out += [(f"pd:{variant}", "pd_path", {"variant": variant, "model": model, "plan": plan,
                                            "engine_kwargs": PD_ENGINE_KWARGS, **idle})
             for variant in args.variants]

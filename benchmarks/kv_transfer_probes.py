@@ -28,24 +28,40 @@ VLLM_NIXL_THREADS = 4
 SIDE_CHANNEL_PORTS = {"prefill": 23100, "decode": 23101, "colocated": 23102, "embed": 23103}
 
 
+def page_backed(tensor: Any, huge_pages: bool) -> Any:
+    """`tensor` (pages touched), on huge pages when asked, as pdserve's connector puts the KV
+    cache (`kv_transfer/huge_pages.py`); fails when the kernel refuses, so a report never
+    labels small pages huge."""
+    from pdserve.kv_transfer.huge_pages import back_tensors
+
+    if huge_pages:
+        outcome = back_tensors([tensor])
+        if not outcome.collapsed:
+            raise RuntimeError(f"no huge pages for the probe's buffers: {outcome.errors}")
+    return tensor
+
+
 # -- memcpy ---------------------------------------------------------------------------------
 def memcpy(sizes: list[int], reps: int) -> dict[str, Any]:
-    """GB/s of one thread copying `size` bytes between two buffers (pages touched first)."""
+    """GB/s of one thread copying `size` bytes between two buffers (pages touched first), on
+    huge pages (`gbps`, the KV cache's pages) and on torch's own 4 KiB pages (`gbps_4k`)."""
     import torch
 
     torch.set_num_threads(1)
     os.sched_setaffinity(0, {DECODE_CORE})
-    rates: dict[str, list[float]] = {}
-    for size in sizes:
-        src = torch.ones(size, dtype=torch.uint8)
-        dst = torch.zeros(size, dtype=torch.uint8)
-        dst.copy_(src)
-        rates[str(size)] = []
-        for _ in range(reps):
-            started = time.perf_counter()
+    out: dict[str, dict[str, list[float]]] = {"gbps": {}, "gbps_4k": {}}
+    for key, huge in (("gbps", True), ("gbps_4k", False)):
+        for size in sizes:
+            src = page_backed(torch.ones(size, dtype=torch.uint8), huge)
+            dst = page_backed(torch.zeros(size, dtype=torch.uint8), huge)
             dst.copy_(src)
-            rates[str(size)].append(size / (time.perf_counter() - started) / 1e9)
-    return {"gbps": rates}
+            out[key][str(size)] = []
+            for _ in range(reps):
+                started = time.perf_counter()
+                dst.copy_(src)
+                out[key][str(size)].append(size / (time.perf_counter() - started) / 1e9)
+            del src, dst
+    return out
 
 
 # -- raw NIXL -------------------------------------------------------------------------------
@@ -56,7 +72,7 @@ def quiet_agents(delay_us: int) -> None:
     quiet_nixl.install().delay_us = delay_us
 
 
-def _nixl_source(conn: Any, size: int, delay_us: int) -> None:
+def _nixl_source(conn: Any, size: int, delay_us: int, huge_pages: bool) -> None:
     """The remote side: registers `size` bytes, sends its metadata and address, then waits."""
     import torch
     from vllm.distributed.nixl_utils import NixlWrapper, nixl_agent_config
@@ -64,7 +80,7 @@ def _nixl_source(conn: Any, size: int, delay_us: int) -> None:
     os.sched_setaffinity(0, {PREFILL_CORE})
     quiet_agents(delay_us)
     agent = NixlWrapper("src", nixl_agent_config(num_threads=VLLM_NIXL_THREADS))
-    buffer = torch.ones(size, dtype=torch.uint8)
+    buffer = page_backed(torch.ones(size, dtype=torch.uint8), huge_pages)
     agent.register_memory([(buffer.data_ptr(), size, 0, "")], "DRAM")
     conn.send((agent.get_agent_metadata(), buffer.data_ptr()))
     conn.recv()  # the reader is done
@@ -80,12 +96,13 @@ def piece_bytes(size: int, layout: dict[str, int]) -> int:
 
 
 def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
-             delay_us: int) -> dict[str, Any]:
+             delay_us: int, huge_pages: bool = True) -> dict[str, Any]:
     """GB/s of NIXL READs (UCX) of `size` bytes from another process, per descriptor layout:
     `wall` from post to completion with the reader polling (NIXL's best case), `telemetry`
     NIXL's own transfer time (what vLLM's connector reports for the PD path). The agents are
     configured as vLLM configures its own (UCX, 4 threads), and their progress threads poll
-    every `delay_us` (0 would spin on both cores of this box)."""
+    every `delay_us` (0 would spin on both cores of this box). Both buffers are on huge pages
+    unless `huge_pages` is false."""
     import numpy as np
     import torch
     from vllm.distributed.nixl_utils import NixlWrapper, nixl_agent_config
@@ -95,12 +112,13 @@ def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
     size_max = max(sizes)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    source = ctx.Process(target=_nixl_source, args=(child, size_max, delay_us), daemon=True)
+    source = ctx.Process(target=_nixl_source, args=(child, size_max, delay_us, huge_pages),
+                         daemon=True)
     source.start()
     metadata, remote_base = parent.recv()
     agent = NixlWrapper("dst", nixl_agent_config(num_threads=VLLM_NIXL_THREADS,
                                                        capture_telemetry=True))
-    buffer = torch.zeros(size_max, dtype=torch.uint8)
+    buffer = page_backed(torch.zeros(size_max, dtype=torch.uint8), huge_pages)
     agent.register_memory([(buffer.data_ptr(), size_max, 0, "")], "DRAM")
     remote = agent.add_remote_agent(metadata)
     out: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in layouts}

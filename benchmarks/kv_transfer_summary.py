@@ -13,6 +13,8 @@ from typing import Any
 Spread = dict[str, float]  # {"median", "min", "max"}
 #: The busy-polling reference: NIXL's poll without delay, with the same core binding.
 BUSY = "pd:quiet-0"
+#: Raw NIXL descriptor layouts in report order (`kv_transfer_probes.piece_bytes`).
+LAYOUT_ORDER = ["one", "per_layer", "per_block"]
 
 
 def spread(values: list[float]) -> Spread | None:
@@ -44,16 +46,18 @@ def rates(raw: list[dict[str, Any]], lengths: list[int], size_of: dict[int, int]
     out: dict[str, dict[str, Spread | None]] = defaultdict(dict)
     for length in lengths:
         size = str(size_of[length])
-        out["memcpy"][str(length)] = spread([statistics.median(r["gbps"][size])
-                                             for r in _rounds(raw, "memcpy")])
-        for r in _rounds(raw, "raw_nixl"):
-            for layout in r["gbps"]:
-                out.setdefault(f"nixl:{layout}", {})
-        for key in [k for k in out if k.startswith("nixl:")]:
-            layout = key.removeprefix("nixl:")
-            out[key][str(length)] = spread([
-                statistics.median(r["gbps"][layout][size]["telemetry"])
-                for r in _rounds(raw, "raw_nixl")])
+        for key, field in (("memcpy", "gbps"), ("memcpy:4k", "gbps_4k")):
+            values = [statistics.median(r[field][size]) for r in _rounds(raw, "memcpy")
+                      if field in r]
+            if values:
+                out[key][str(length)] = spread(values)
+        for probe, suffix in (("raw_nixl", ""), ("raw_nixl:4k", ":4k")):
+            rounds = _rounds(raw, probe)
+            for layout in sorted({layout for r in rounds for layout in r["gbps"]},
+                                 key=LAYOUT_ORDER.index):
+                out[f"nixl:{layout}{suffix}"][str(length)] = spread([
+                    statistics.median(r["gbps"][layout][size]["telemetry"]) for r in rounds
+                    if layout in r["gbps"]])
         for name in sorted({r["name"] for r in raw if r["name"].startswith("pd:")}):
             values = [statistics.median(v) for r in _rounds(raw, name)
                       if (v := _pd_rates(r, length))]
@@ -175,7 +179,9 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any]) -> str:
         "", "## Transfer rate, GB/s", "",
         "memcpy: one thread copying the same bytes; nixl: NIXL READ (UCX) from another "
         "process, NIXL's own transfer time; pd: the KV of a fresh prompt pulled by a decode "
-        "engine from a prefill engine (vLLM's NIXL connector telemetry, same clock as nixl).",
+        "engine from a prefill engine (vLLM's NIXL connector telemetry, same clock as nixl). "
+        "Buffers are on 2 MiB huge pages, as pdserve's connector puts the KV cache (`vllm`: "
+        "vLLM's own connector, torch's 4 KiB pages); `:4k`: the same probe on 4 KiB pages.",
         "", *_rate_tables(summary), "",
         f"## Pull latency at {summary['latency_length']} tokens, ms", "",
         "first_token: decode request submitted with the prefill's transfer params → its first "

@@ -28,7 +28,9 @@ def raw_rounds() -> list[dict]:
     for r, scale in enumerate((1.0, 2.0, 4.0)):
         raw += [
             {"round": r, "name": "memcpy", "gbps": {size: [8.0 * scale, 10.0 * scale]},
-             "probe_nice": 0},
+             "gbps_4k": {size: [6.0 * scale]}, "probe_nice": 0},
+            {"round": r, "name": "raw_nixl:4k", "probe_nice": 0, "gbps": {
+                "one": {size: {"wall": [1.0], "telemetry": [2.0 * scale]}}}},
             {"round": r, "name": "raw_nixl", "probe_nice": 0, "gbps": {
                 "one": {size: {"wall": [1.0], "telemetry": [5.0 * scale]}},
                 "per_layer": {size: {"wall": [1.0], "telemetry": [4.0 * scale]}}}},
@@ -72,6 +74,10 @@ def test_summary_takes_round_medians_then_their_median_and_range() -> None:
     rates = summary["rates_gbps"]
     assert rates["memcpy"]["100"] == {"median": 18.0, "min": 9.0, "max": 36.0}
     assert rates["nixl:per_layer"]["100"]["median"] == 8.0
+    assert rates["memcpy:4k"]["100"]["median"] == 12.0  # small-page rows beside the huge ones
+    assert rates["nixl:one:4k"]["100"]["median"] == 4.0
+    assert list(rates)[:5] == ["memcpy", "memcpy:4k", "nixl:one", "nixl:per_layer",
+                               "nixl:one:4k"]
     assert rates["pd:quiet-0"]["100"] == {"median": 4.0, "min": 2.0, "max": 8.0}
     latency = summary["latency_ms"]["pd:quiet-1000"]
     assert round(latency["first_token_ms_p50"]["median"], 6) == 22.0
