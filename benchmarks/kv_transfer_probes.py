@@ -28,17 +28,19 @@ VLLM_NIXL_THREADS = 4
 SIDE_CHANNEL_PORTS = {"prefill": 23100, "decode": 23101, "colocated": 23102, "embed": 23103}
 
 
-def page_backed(tensor: Any, huge_pages: bool) -> Any:
-    """`tensor` (pages touched), on huge pages when asked, as pdserve's connector puts the KV
-    cache (`kv_transfer/huge_pages.py`); fails when the kernel refuses, so a report never
-    labels small pages huge."""
-    from pdserve.kv_transfer.huge_pages import back_tensors
+def page_backed(size: int, fill: int, huge_pages: bool) -> Any:
+    """A touched uint8 buffer of `size` bytes on 2 MiB pages, as pdserve's connector puts the
+    KV cache (`kv_transfer/huge_pages.py`), or kept on 4 KiB pages; fails when the kernel
+    refuses, so a report never labels small pages huge."""
+    from pdserve.kv_transfer.huge_pages import aligned_buffer, back_tensors, small_pages
 
-    if huge_pages:
-        outcome = back_tensors([tensor])
-        if not outcome.collapsed:
-            raise RuntimeError(f"no huge pages for the probe's buffers: {outcome.errors}")
-    return tensor
+    buffer = aligned_buffer(size, fill)
+    if not huge_pages:
+        return small_pages(buffer)
+    outcome = back_tensors([buffer])
+    if not outcome.collapsed:
+        raise RuntimeError(f"no huge pages for the probe's buffers: {outcome.errors}")
+    return buffer
 
 
 # -- memcpy ---------------------------------------------------------------------------------
@@ -52,8 +54,7 @@ def memcpy(sizes: list[int], reps: int) -> dict[str, Any]:
     out: dict[str, dict[str, list[float]]] = {"gbps": {}, "gbps_4k": {}}
     for key, huge in (("gbps", True), ("gbps_4k", False)):
         for size in sizes:
-            src = page_backed(torch.ones(size, dtype=torch.uint8), huge)
-            dst = page_backed(torch.zeros(size, dtype=torch.uint8), huge)
+            src, dst = page_backed(size, 1, huge), page_backed(size, 0, huge)
             dst.copy_(src)
             out[key][str(size)] = []
             for _ in range(reps):
@@ -74,13 +75,12 @@ def quiet_agents(delay_us: int) -> None:
 
 def _nixl_source(conn: Any, size: int, delay_us: int, huge_pages: bool) -> None:
     """The remote side: registers `size` bytes, sends its metadata and address, then waits."""
-    import torch
     from vllm.distributed.nixl_utils import NixlWrapper, nixl_agent_config
 
     os.sched_setaffinity(0, {PREFILL_CORE})
     quiet_agents(delay_us)
     agent = NixlWrapper("src", nixl_agent_config(num_threads=VLLM_NIXL_THREADS))
-    buffer = page_backed(torch.ones(size, dtype=torch.uint8), huge_pages)
+    buffer = page_backed(size, 1, huge_pages)
     agent.register_memory([(buffer.data_ptr(), size, 0, "")], "DRAM")
     conn.send((agent.get_agent_metadata(), buffer.data_ptr()))
     conn.recv()  # the reader is done
@@ -104,7 +104,6 @@ def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
     every `delay_us` (0 would spin on both cores of this box). Both buffers are on huge pages
     unless `huge_pages` is false."""
     import numpy as np
-    import torch
     from vllm.distributed.nixl_utils import NixlWrapper, nixl_agent_config
 
     os.sched_setaffinity(0, {DECODE_CORE})
@@ -118,7 +117,7 @@ def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
     metadata, remote_base = parent.recv()
     agent = NixlWrapper("dst", nixl_agent_config(num_threads=VLLM_NIXL_THREADS,
                                                        capture_telemetry=True))
-    buffer = page_backed(torch.zeros(size_max, dtype=torch.uint8), huge_pages)
+    buffer = page_backed(size_max, 0, huge_pages)
     agent.register_memory([(buffer.data_ptr(), size_max, 0, "")], "DRAM")
     remote = agent.add_remote_agent(metadata)
     out: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in layouts}

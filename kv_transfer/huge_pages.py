@@ -6,20 +6,23 @@ pages torch allocates, that ran at 2.0–3.6 GB/s here; on 2 MiB pages the same 
 4.6–5.4 GB/s (memcpy: 5.9–7.2). Most hosts run THP in `madvise` mode, so torch's buffers never
 get huge pages unless asked: the KV cache tensors are advised `MADV_HUGEPAGE` (future faults,
 khugepaged) and `MADV_COLLAPSE`d (Linux ≥ 6.1: the pages already there are merged now, ~1 s
-per GiB, once at start-up). Where the kernel refuses (THP `never`, older kernel) the cache
-stays on small pages and the outcome says why: the transfer still works, only slower.
+per GiB, once at start-up; it works whatever the sysfs THP mode). Where the kernel refuses
+(no THP support, a kernel before 6.1, memory marked `MADV_NOHUGEPAGE`) the cache stays on small
+pages and the outcome says why: the transfer still works, only slower.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
 MADV_COLLAPSE = 25
 HUGE_PAGE = 2 * 2**20
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -31,8 +34,10 @@ class HugePageOutcome:
 
     regions: int = 0
     bytes: int = 0  # huge-page-aligned bytes advised
-    advised: bool = False  # MADV_HUGEPAGE took
-    collapsed: bool = False  # MADV_COLLAPSE took: the pages are huge now
+    advised: bool = False  # MADV_HUGEPAGE took on every region
+    collapsed: bool = False  # MADV_COLLAPSE took on every region: its pages are huge now
+    collapsed_bytes: int = 0
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # (address, length) collapsed
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,8 +82,10 @@ def _madvise() -> Any:
     return call
 
 
-def advise(ranges: Iterable[tuple[int, int]]) -> HugePageOutcome:
-    """Advise and collapse the huge-page-aligned part of each (address, length) range."""
+def advise(ranges: Iterable[tuple[int, int]], retries: int = 2) -> HugePageOutcome:
+    """Advise and collapse the huge-page-aligned part of each (address, length) range; every
+    range is tried (one refusal does not leave the rest on small pages), and a collapse the
+    kernel could not do at once (EAGAIN: pages briefly busy) is retried."""
     outcome = HugePageOutcome()
     aligned = [a for r in merged_ranges(ranges) if (a := aligned_range(*r)) is not None]
     outcome.regions = len(aligned)
@@ -87,15 +94,31 @@ def advise(ranges: Iterable[tuple[int, int]]) -> HugePageOutcome:
         outcome.errors.append("no 2 MiB-aligned range to advise")
         return outcome
     madvise = _madvise()
-    results = {MADV_HUGEPAGE: True, MADV_COLLAPSE: True}
-    for advice, name in ((MADV_HUGEPAGE, "MADV_HUGEPAGE"), (MADV_COLLAPSE, "MADV_COLLAPSE")):
-        for start, length in aligned:
-            if madvise(start, length, advice) != 0:
-                results[advice] = False
-                outcome.errors.append(f"madvise({name}): {os.strerror(ctypes.get_errno())}")
-                break
-    outcome.advised, outcome.collapsed = results[MADV_HUGEPAGE], results[MADV_COLLAPSE]
+    advised = collapsed = 0
+    for start, length in aligned:
+        if _call(madvise, start, length, MADV_HUGEPAGE, "MADV_HUGEPAGE", 0, outcome.errors):
+            advised += 1
+        if _call(madvise, start, length, MADV_COLLAPSE, "MADV_COLLAPSE", retries,
+                 outcome.errors):
+            collapsed += 1
+            outcome.ranges.append((start, length))
+    outcome.advised, outcome.collapsed = advised == len(aligned), collapsed == len(aligned)
+    outcome.collapsed_bytes = sum(length for _, length in outcome.ranges)
     return outcome
+
+
+def _call(madvise: Any, start: int, length: int, advice: int, name: str, retries: int,
+          errors: list[str]) -> bool:
+    for _ in range(retries + 1):
+        if madvise(start, length, advice) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    message = f"madvise({name}): {os.strerror(err)}"
+    if message not in errors:
+        errors.append(message)
+    return False
 
 
 def tensor_ranges(tensors: Iterable[Any]) -> list[tuple[int, int]]:
@@ -103,9 +126,49 @@ def tensor_ranges(tensors: Iterable[Any]) -> list[tuple[int, int]]:
     return [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors]
 
 
+def cpu_tensors(tensors: Iterable[Any]) -> list[Any]:
+    """The torch tensors among `tensors` that live in host memory."""
+    return [t for t in tensors if hasattr(t, "untyped_storage") and t.device.type == "cpu"]
+
+
 def back_tensors(tensors: Iterable[Any]) -> HugePageOutcome:
     """Back the storages of CPU `tensors` with huge pages (GPU tensors: nothing to do)."""
-    cpu = [t for t in tensors if getattr(t, "device", None) is not None and t.device.type == "cpu"]
+    cpu = cpu_tensors(tensors)
     if not cpu:
         return HugePageOutcome(errors=["no CPU tensors"])
     return advise(tensor_ranges(cpu))
+
+
+def small_pages(tensor: Any) -> Any:
+    """Keep `tensor`'s pages small even where THP is `always` (benchmarks' 4 KiB rows)."""
+    start, length = tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()
+    first = start // 4096 * 4096
+    if _madvise()(first, start + length - first, MADV_NOHUGEPAGE) != 0:
+        raise OSError(ctypes.get_errno(), "madvise(MADV_NOHUGEPAGE)")
+    return tensor
+
+
+def aligned_buffer(size: int, fill: int) -> Any:
+    """A uint8 CPU tensor of `size` bytes starting on a huge-page boundary, pages touched
+    (filled with `fill`): every byte of it can be collapsed."""
+    import torch
+
+    whole = torch.full((size + 2 * HUGE_PAGE,), fill, dtype=torch.uint8)
+    offset = -whole.data_ptr() % HUGE_PAGE
+    return whole[offset:offset + size]
+
+
+def huge_bytes_in(ranges: Iterable[tuple[int, int]], pid: int | str = "self") -> int:
+    """AnonHugePages of `pid`'s mappings that overlap any of `ranges` (/proc/<pid>/smaps):
+    what the kernel says is on huge pages there, for tests and reports."""
+    wanted = [(int(start), int(start) + int(length)) for start, length in ranges]
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = any(lo < end and hi > start for start, end in wanted)
+            elif inside and head == "AnonHugePages:":
+                total += int(line.split()[1]) * 1024
+    return total

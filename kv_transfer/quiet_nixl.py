@@ -215,15 +215,28 @@ class NixlConnector(NixlPullConnector):
 
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
         """Put the KV cache on huge pages before NIXL registers it (`huge_pages.py`: why)."""
-        tensors = [t for t in kv_caches.values() if hasattr(t, "untyped_storage")]
-        outcome = huge_pages.back_tensors(tensors)
         _KV_HUGE_PAGES.clear()
-        _KV_HUGE_PAGES.update(outcome.as_dict(), thp_mode=huge_pages.thp_mode())
-        log = logger.info if outcome.collapsed else logger.warning
-        log("KV cache on huge pages: %s (%d MiB in %d regions%s)",
-            "yes" if outcome.collapsed else "no", outcome.bytes >> 20, outcome.regions,
-            f"; {'; '.join(outcome.errors)}" if outcome.errors else "")
+        _KV_HUGE_PAGES.update(back_kv_cache(list(kv_caches.values())))
         super().register_kv_caches(kv_caches)
+
+
+def back_kv_cache(caches: list[Any]) -> dict[str, Any]:
+    """Huge pages under the host-memory KV cache, as far as the kernel allows: never fatal
+    (small pages only make transfers slower), logged as a warning where it fell short. A KV
+    cache on an accelerator has nothing to advise."""
+    mode = huge_pages.thp_mode()
+    if not huge_pages.cpu_tensors(caches):
+        logger.info("KV cache not in host memory: no huge pages to advise")
+        return {"thp_mode": mode, "collapsed": False, "errors": ["no CPU tensors"]}
+    try:
+        outcome = huge_pages.back_tensors(caches)
+    except (OSError, ValueError, AttributeError) as exc:  # no libc madvise, odd storage
+        outcome = huge_pages.HugePageOutcome(errors=[f"{type(exc).__name__}: {exc}"])
+    log = logger.info if outcome.collapsed else logger.warning
+    log("KV cache on huge pages: %d of %d MiB in %d regions%s", outcome.collapsed_bytes >> 20,
+        outcome.bytes >> 20, outcome.regions,
+        f" ({'; '.join(outcome.errors)}; transfers run slower)" if outcome.errors else "")
+    return {**outcome.as_dict(), "thp_mode": mode}
 
 
 class NixlStateExtension:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import platform
 from pathlib import Path
 
 import torch
 
 from pdserve.kv_transfer import huge_pages
-from pdserve.kv_transfer.huge_pages import HUGE_PAGE, aligned_range, merged_ranges, thp_mode
+from pdserve.kv_transfer.huge_pages import (
+    HUGE_PAGE,
+    aligned_range,
+    huge_bytes_in,
+    merged_ranges,
+    thp_mode,
+)
 
 
 def test_only_whole_huge_pages_inside_a_range_are_advised() -> None:
@@ -33,38 +42,81 @@ def test_a_buffer_too_small_for_a_huge_page_says_so() -> None:
 
 
 def test_a_refusing_kernel_leaves_small_pages_and_names_the_call(monkeypatch) -> None:
-    import ctypes
-
-    def refuse(*_: object) -> int:
-        ctypes.set_errno(22)
-        return -1
-
-    monkeypatch.setattr(huge_pages, "_madvise", lambda: refuse)
-    outcome = huge_pages.advise([(0, 4 * HUGE_PAGE)])
-    assert (outcome.advised, outcome.collapsed) == (False, False)
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: _kernel(refuse=lambda *_: True))
+    outcome = huge_pages.advise([(0, 4 * HUGE_PAGE), (8 * HUGE_PAGE, 2 * HUGE_PAGE)])
+    assert (outcome.advised, outcome.collapsed, outcome.collapsed_bytes) == (False, False, 0)
     assert outcome.errors == ["madvise(MADV_HUGEPAGE): Invalid argument",
                               "madvise(MADV_COLLAPSE): Invalid argument"]
 
 
+def test_one_refused_region_leaves_the_others_collapsed(monkeypatch) -> None:
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: _kernel(
+        refuse=lambda start, advice: start == 0 and advice == huge_pages.MADV_COLLAPSE))
+    outcome = huge_pages.advise([(0, 4 * HUGE_PAGE), (8 * HUGE_PAGE, 2 * HUGE_PAGE)])
+    assert outcome.advised and not outcome.collapsed
+    assert outcome.ranges == [(8 * HUGE_PAGE, 2 * HUGE_PAGE)]
+    assert outcome.collapsed_bytes == 2 * HUGE_PAGE
+
+
+def test_a_busy_collapse_is_retried(monkeypatch) -> None:
+    busy = [errno.EAGAIN, errno.EAGAIN]  # twice busy, then done
+    calls: list[int] = []
+
+    def madvise(start: int, length: int, advice: int) -> int:
+        calls.append(advice)
+        if advice == huge_pages.MADV_COLLAPSE and busy:
+            ctypes.set_errno(busy.pop())
+            return -1
+        return 0
+
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: madvise)
+    outcome = huge_pages.advise([(0, 2 * HUGE_PAGE)])
+    assert outcome.collapsed and not outcome.errors
+    assert calls.count(huge_pages.MADV_COLLAPSE) == 3
+
+
+def _kernel(refuse):  # noqa: ANN001, ANN202 (a stand-in madvise)
+    def madvise(start: int, length: int, advice: int) -> int:
+        if refuse(start, advice):
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+        return 0
+    return madvise
+
+
+def collapse_expected() -> bool:
+    """MADV_COLLAPSE needs THP in the kernel and Linux >= 6.1; the sysfs mode does not matter."""
+    release = tuple(int(x) for x in platform.release().split(".")[:2] if x.isdigit())
+    return Path("/sys/kernel/mm/transparent_hugepage").is_dir() and release >= (6, 1)
+
+
 def test_a_kv_sized_tensor_lands_on_huge_pages() -> None:
-    cache = torch.zeros(64 * 2**20, dtype=torch.uint8)
+    cache = huge_pages.aligned_buffer(64 * 2**20, fill=0)
     outcome = huge_pages.back_tensors([cache.view(2, -1)[0], cache.view(2, -1)[1]])
-    if thp_mode() in (None, "never"):  # a kernel without THP: refused, and said so
+    if not collapse_expected():  # the kernel cannot: refused, and said so
         assert not outcome.collapsed and outcome.errors
         return
     assert outcome.collapsed, outcome.errors
-    assert outcome.regions == 1 and outcome.bytes >= 62 * 2**20
-    assert _huge_bytes(cache.data_ptr(), cache.numel()) >= outcome.bytes
+    assert outcome.regions == 1 and outcome.collapsed_bytes >= 64 * 2**20
+    assert huge_bytes_in(outcome.ranges) >= outcome.collapsed_bytes
 
 
-def _huge_bytes(start: int, length: int) -> int:
-    """AnonHugePages of the mappings overlapping [start, start+length) (/proc/self/smaps)."""
-    total, inside = 0, False
+def test_small_pages_stay_small() -> None:
+    """Marked `nh` (no huge pages) for the kernel, so even THP `always` leaves it small."""
+    buffer = huge_pages.small_pages(huge_pages.aligned_buffer(8 * 2**20, fill=1))
+    flags = _vm_flags(buffer.data_ptr())
+    assert "nh" in flags and "hg" not in flags, flags
+    assert huge_bytes_in([(buffer.data_ptr(), buffer.numel())]) == 0
+
+
+def _vm_flags(address: int) -> list[str]:
+    """VmFlags of the mapping holding `address` (/proc/self/smaps)."""
+    inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split()[0]
-        if "-" in head and ":" not in head:
+        if "-" in head and not head.endswith(":"):
             lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo < start + length and hi > start
-        elif inside and head == "AnonHugePages:":
-            total += int(line.split()[1]) * 1024
-    return total
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    return []
