@@ -57,15 +57,21 @@ def test_pd_engines_use_the_quiet_connector_with_its_delay(client: httpx.Client)
 
 def test_pd_engines_keep_their_kv_cache_on_huge_pages(client: httpx.Client) -> None:
     """The connector advises and collapses the KV cache before NIXL registers it (NIXL's
-    cross-memory reads ran at about twice the speed on 2 MiB pages here); the kernel's
-    AnonHugePages over the collapsed ranges of the worker process holds them all."""
+    cross-memory reads ran at about twice the speed on 2 MiB pages here), and reports truly
+    what it got: the kernel's AnonHugePages over the collapsed ranges of the worker process
+    holds them all. Only a kernel out of free 2 MiB pages (fragmented memory, seen once in a
+    full run) may leave part of it small."""
     for name in NIXL_POOLS:
         (worker,) = deployment(name).nixl_state.remote(replica=replicas_of(name)[0]).result()
         pages = worker["kv_huge_pages"]
         assert pages["thp_mode"] == thp_mode(), pages
-        assert pages["collapsed"] and pages["collapsed_bytes"] > 0, f"{name}: {pages}"
+        assert pages["bytes"] > 0 and pages["advised"], f"{name}: {pages}"
+        assert pages["collapsed_bytes"] == sum(length for _, length in pages["ranges"]), pages
         assert huge_bytes_in(pages["ranges"], worker["pid"]) >= pages["collapsed_bytes"], (
             f"{name}: {pages}")
+        if not pages["collapsed"]:
+            assert pages["errors"] == ["madvise(MADV_COLLAPSE): Cannot allocate memory"], (
+                f"{name}: {pages}")
 
 
 def test_pd_engines_compute_on_different_cores(client: httpx.Client) -> None:

@@ -53,9 +53,29 @@ def test_one_refused_region_leaves_the_others_collapsed(monkeypatch) -> None:
     monkeypatch.setattr(huge_pages, "_madvise", lambda: _kernel(
         refuse=lambda start, advice: start == 0 and advice == huge_pages.MADV_COLLAPSE))
     outcome = huge_pages.advise([(0, 4 * HUGE_PAGE), (8 * HUGE_PAGE, 2 * HUGE_PAGE)])
-    assert outcome.advised and not outcome.collapsed
-    assert outcome.ranges == [(8 * HUGE_PAGE, 2 * HUGE_PAGE)]
-    assert outcome.collapsed_bytes == 2 * HUGE_PAGE
+    assert outcome.advised and not outcome.collapsed  # one huge page short
+    assert outcome.ranges == [(HUGE_PAGE, 3 * HUGE_PAGE), (8 * HUGE_PAGE, 2 * HUGE_PAGE)]
+    assert outcome.collapsed_bytes == 5 * HUGE_PAGE
+
+
+def test_no_free_huge_page_leaves_only_that_page_small(monkeypatch) -> None:
+    """Fragmented memory: the kernel has no 2 MiB page for one of them (ENOMEM, retried)."""
+    calls: list[int] = []
+
+    def madvise(start: int, length: int, advice: int) -> int:
+        if advice == huge_pages.MADV_COLLAPSE:
+            calls.append(start)
+            if start == 2 * HUGE_PAGE:
+                ctypes.set_errno(errno.ENOMEM)
+                return -1
+        return 0
+
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: madvise)
+    outcome = huge_pages.advise([(0, 4 * HUGE_PAGE)])
+    assert outcome.collapsed_bytes == 3 * HUGE_PAGE and not outcome.collapsed
+    assert outcome.ranges == [(0, 2 * HUGE_PAGE), (3 * HUGE_PAGE, HUGE_PAGE)]
+    assert outcome.errors == ["madvise(MADV_COLLAPSE): Cannot allocate memory"]
+    assert calls.count(2 * HUGE_PAGE) == 3  # tried, then retried twice
 
 
 def test_a_busy_collapse_is_retried(monkeypatch) -> None:
@@ -70,7 +90,7 @@ def test_a_busy_collapse_is_retried(monkeypatch) -> None:
         return 0
 
     monkeypatch.setattr(huge_pages, "_madvise", lambda: madvise)
-    outcome = huge_pages.advise([(0, 2 * HUGE_PAGE)])
+    outcome = huge_pages.advise([(0, HUGE_PAGE)])
     assert outcome.collapsed and not outcome.errors
     assert calls.count(huge_pages.MADV_COLLAPSE) == 3
 
