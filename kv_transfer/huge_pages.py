@@ -18,7 +18,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -163,17 +163,28 @@ def aligned_buffer(size: int, fill: int) -> Any:
     return whole[offset:offset + size]
 
 
-def huge_bytes_in(ranges: Iterable[tuple[int, int]], pid: int | str = "self") -> int:
-    """AnonHugePages of `pid`'s mappings that overlap any of `ranges` (/proc/<pid>/smaps):
-    what the kernel says is on huge pages there, for tests and reports."""
-    wanted = [(int(start), int(start) + int(length)) for start, length in ranges]
-    total, inside = 0, False
+def mappings(pid: int | str = "self") -> Iterator[tuple[int, int, dict[str, str]]]:
+    """(start, end, fields) of each mapping of `pid` (/proc/<pid>/smaps; fields by name, e.g.
+    `AnonHugePages` → "2048 kB", `VmFlags` → "rd wr mr ...")."""
+    current: tuple[int, int, dict[str, str]] | None = None
     with open(f"/proc/{pid}/smaps") as smaps:
         for line in smaps:
-            head = line.split(maxsplit=1)[0]
+            head, _, rest = line.partition(" ")
             if "-" in head and not head.endswith(":"):
+                if current is not None:
+                    yield current
                 lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = any(lo < end and hi > start for start, end in wanted)
-            elif inside and head == "AnonHugePages:":
-                total += int(line.split()[1]) * 1024
-    return total
+                current = (lo, hi, {})
+            elif current is not None:
+                current[2][head.removesuffix(":")] = rest.strip()
+    if current is not None:
+        yield current
+
+
+def huge_bytes_in(ranges: Iterable[tuple[int, int]], pid: int | str = "self") -> int:
+    """AnonHugePages of `pid`'s mappings that overlap any of `ranges`: what the kernel says
+    is on huge pages there, for tests and reports."""
+    wanted = [(int(start), int(start) + int(length)) for start, length in ranges]
+    return sum(int(fields.get("AnonHugePages", "0 kB").split()[0]) * 1024
+               for lo, hi, fields in mappings(pid)
+               if any(lo < end and hi > start for start, end in wanted))

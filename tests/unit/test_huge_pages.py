@@ -130,13 +130,6 @@ def test_small_pages_stay_small() -> None:
 
 
 def _vm_flags(address: int) -> list[str]:
-    """VmFlags of the mapping holding `address` (/proc/self/smaps)."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= address < hi
-        elif inside and head == "VmFlags:":
-            return line.split()[1:]
-    return []
+    """VmFlags of the mapping holding `address`."""
+    return next((fields.get("VmFlags", "").split() for lo, hi, fields in huge_pages.mappings()
+                 if lo <= address < hi), [])
