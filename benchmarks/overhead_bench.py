@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from pdserve.benchmarks import report, systems, workloads
+from pdserve.benchmarks import process_cpu, report, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
 
@@ -46,6 +46,8 @@ COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("p50_ttft_ms", "TTFT p50 ms", False),
     report.Metric("p50_tpot_ms", "TPOT p50 ms", False),
     report.Metric("p50_itl_ms", "ITL p50 ms", False),
+    report.Metric("p99_itl_ms", "ITL p99 ms", False),
+    report.Metric("burst_itl_pct", "gaps < 0.5 ms %", False),
     report.Metric("request_throughput", "req/s", True),
 )
 BASELINE = "vllm"
@@ -205,12 +207,43 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([load, system, str(cell.rounds), *(
             _span(cell.ratio[c.key], cell.ratio_low[c.key], cell.ratio_high[c.key], "×")
             for c in COLUMNS)]) + " |")
+    lines += cpu_section(rows)
     failed = [r for r in rows if not r.get("summary")]
     if failed:
         lines += ["", "## Failed steps", ""]
         lines += [f"- round {r['round']} {r['system']}/{r['load']}: {r.get('error')}"
                   for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def cpu_per_request(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (system, load): median over rounds of each process role's CPU ms per request."""
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        if not r.get("cpu_s") or not r.get("completed"):
+            continue
+        roles = per.setdefault((r["system"], r["load"]), {})
+        for name, seconds in r["cpu_s"].items():
+            roles.setdefault(name, []).append(1000 * seconds / r["completed"])
+    return {key: {name: statistics.median(v) for name, v in roles.items()}
+            for key, roles in per.items()}
+
+
+def cpu_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each system's CPU goes per request: the profile behind the ratios."""
+    cells = cpu_per_request(rows)
+    if not cells:
+        return []
+    lines = ["", "## CPU ms per completed request, by process (median over rounds)", "",
+             "Read from `/proc` before and after each load step: the system's process tree "
+             "and the harness (vLLM's load generator runs in it).", "",
+             "| load | system | total (without harness) | by process |", "|---|---|---|---|"]
+    for (system, load), roles in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        served = sum(v for name, v in roles.items() if not name.startswith("harness"))
+        parts = ", ".join(f"{name} {v:.1f}" for name, v in
+                          sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        lines.append(f"| {load} | {system} | {served:.1f} | {parts} |")
+    return lines
 
 
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -236,11 +269,14 @@ def run_round(n: int, built: list[System], out: Path, meta: dict[str, Any],
                     argv = workloads.bench_argv("random", load, system.base_url,
                                                 system.model_name, system.model_dir)
                     step = f"{system.name}__{load_name}__r{n}"
+                    before = process_cpu.snapshot(started.pid)
                     result = workloads.run_bench(argv, out / "logs" / f"{step}.bench.log")
+                    cpu = process_cpu.by_role(before, process_cpu.snapshot(started.pid))
                     (out / "raw").mkdir(parents=True, exist_ok=True)
                     (out / "raw" / f"{step}.json").write_text(json.dumps(result, default=str))
                     rows.append({"round": n, "system": system.name, "load": load_name,
-                                 "summary": report.summarize(result)})
+                                 "summary": report.summarize(result), "cpu_s": cpu,
+                                 "completed": result.get("completed")})
                     print(f"round {n} {system.name}/{load_name}: " + ", ".join(
                         f"{c.label} {rows[-1]['summary'].get(c.key)}" for c in COLUMNS),
                         flush=True)

@@ -102,3 +102,12 @@ def test_write_report_files(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "## Ratios vs `vllm`" in md and '"dtype": "float32"' in md
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_burst_share_counts_gaps_below_what_a_client_can_time() -> None:
+    from pdserve.benchmarks import report
+
+    result = {"itls": [[0.012, 0.0001, 0.0002, 0.011], [0.45, 0.00001]]}
+    assert report.burst_itl_pct(result) == 50.0
+    assert report.burst_itl_pct({"itls": []}) is None
+    assert report.summarize(result)["burst_itl_pct"] == 50.0

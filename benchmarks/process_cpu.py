@@ -1,0 +1,77 @@
+"""Where a benchmark step's CPU goes: CPU-seconds per process role of the system under test.
+
+Comparing a Serve graph with a plain engine by latency alone does not say which process pays
+for the difference. A step snapshots the CPU time of every process in the started system's tree
+(for a Ray app: the `serve run` driver, Ray's own daemons, the proxy, each replica and each
+replica's vLLM processes) and of the harness itself (vLLM's load generator runs in it), and
+reports the difference per role, e.g. `replica ingress`, `vllm worker`, `serve proxy`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import psutil
+
+Snapshot = dict[tuple[int, float], tuple[str, float]]  # (pid, create_time) -> (role, CPU s)
+
+#: Ray's daemons and helper processes, by process name or a command-line marker.
+RAY_SYSTEM_NAMES = frozenset({"raylet", "gcs_server"})
+RAY_SYSTEM_MARKERS = ("ray/dashboard", "ray/_private", "ray/autoscaler", "ray::IDLE",
+                      "ray::core_worker", "runtime_env")
+
+
+def role(name: str, cmdline: list[str]) -> str:
+    """The role of a process, from its name and command line (what `ps` shows)."""
+    first = cmdline[0] if cmdline else ""
+    command = " ".join(cmdline)
+    if name.startswith("VLLM::"):
+        kind = name.removeprefix("VLLM::").split("_")[0].split(" ")[0]
+        return {"EngineCore": "vllm engine core", "Worker": "vllm worker"}.get(
+            kind, f"vllm {kind}")
+    if first.startswith("ray::ServeReplica:"):
+        return "replica " + first.removeprefix("ray::ServeReplica:").split(":", 1)[-1]
+    if first.startswith("ray::ProxyActor"):
+        return "serve proxy"
+    if first.startswith("ray::ServeController"):
+        return "serve controller"
+    if name in RAY_SYSTEM_NAMES or any(m in command for m in RAY_SYSTEM_MARKERS):
+        return "ray system"
+    if "vllm.entrypoints" in command:
+        return "vllm api server"
+    if "serve run" in command or (len(cmdline) > 1 and cmdline[0].endswith("/serve")
+                                   and cmdline[1] == "run"):
+        return "serve run driver"
+    return name or "?"
+
+
+def snapshot(root_pid: int) -> Snapshot:
+    """CPU seconds so far of `root_pid`'s process tree and of this process (the harness)."""
+    snap: Snapshot = {}
+    try:
+        root = psutil.Process(root_pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        tree = []
+    for proc in tree:
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+                snap[key] = (role(proc.name(), proc.cmdline()), times.user + times.system)
+        except psutil.Error:
+            continue
+    me = psutil.Process(os.getpid())
+    times = me.cpu_times()
+    snap[(me.pid, me.create_time())] = ("harness (load generator)", times.user + times.system)
+    return snap
+
+
+def by_role(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds per role between two snapshots (a process started in between counts from
+    zero; one that exited in between is missed), largest first."""
+    used: dict[str, float] = defaultdict(float)
+    for key, (name, cpu) in after.items():
+        used[name] += cpu - before.get(key, (name, 0.0))[1]
+    return {name: round(cpu, 2) for name, cpu in sorted(used.items(), key=lambda kv: -kv[1])}

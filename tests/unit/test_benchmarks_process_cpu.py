@@ -1,0 +1,64 @@
+"""Per-role CPU accounting of pdserve.benchmarks.process_cpu."""
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from pdserve.benchmarks import overhead_bench, process_cpu
+
+
+@pytest.mark.parametrize(("name", "cmdline", "expected"), [
+    ("VLLM::EngineCore", ["VLLM::EngineCore"], "vllm engine core"),
+    ("VLLM::Worker_TP0", ["VLLM::Worker_TP0"], "vllm worker"),
+    ("ray::ServeRepli", ["ray::ServeReplica:pdserve:ingress"], "replica ingress"),
+    ("ray::ServeRepli", ["ray::ServeReplica:rayllm:LLMServer:bench"], "replica LLMServer:bench"),
+    ("ray::ProxyActor", ["ray::ProxyActor"], "serve proxy"),
+    ("ray::ServeContr", ["ray::ServeController"], "serve controller"),
+    ("raylet", ["/x/raylet", "--flag"], "ray system"),
+    ("python", ["/v/bin/python", "/v/lib/ray/dashboard/agent.py"], "ray system"),
+    ("python", ["/v/bin/python", "-m", "vllm.entrypoints.openai.api_server"], "vllm api server"),
+    ("serve", ["/v/bin/python", "/v/bin/serve", "run", "c.yaml"], "serve run driver"),
+    ("bash", ["bash"], "bash"),
+])
+def test_role_names_what_a_process_does(name: str, cmdline: list[str], expected: str) -> None:
+    assert process_cpu.role(name, cmdline) == expected
+
+
+def test_by_role_sums_deltas_per_role_and_counts_new_processes_from_zero() -> None:
+    before = {(1, 1.0): ("a", 2.0), (2, 1.0): ("a", 1.0), (3, 1.0): ("b", 5.0)}
+    after = {(1, 1.0): ("a", 3.0), (2, 1.0): ("a", 1.5), (3, 1.0): ("b", 5.25),
+             (4, 2.0): ("b", 2.0)}
+    assert process_cpu.by_role(before, after) == {"b": 2.25, "a": 1.5}
+
+
+def test_snapshot_sees_a_busy_child_and_the_harness() -> None:
+    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        proc = psutil.Process(child.pid)
+        child_role = process_cpu.role(proc.name(), proc.cmdline())
+        before = process_cpu.snapshot(os.getpid())
+        time.sleep(1.0)
+        used = process_cpu.by_role(before, process_cpu.snapshot(os.getpid()))
+    finally:
+        child.wait()
+    assert used.get("harness (load generator)", 0) < 0.5  # this process slept
+    assert used.get(child_role, 0) > 0.3  # the child spun (on a shared 2-core box: loose)
+
+
+def test_overhead_report_gives_cpu_per_request_by_role() -> None:
+    rows = [
+        {"round": 1, "system": "x", "load": "c8", "summary": {}, "completed": 10,
+         "cpu_s": {"replica ingress": 1.0, "harness (load generator)": 0.5}},
+        {"round": 2, "system": "x", "load": "c8", "summary": {}, "completed": 20,
+         "cpu_s": {"replica ingress": 4.0, "harness (load generator)": 0.5}},
+    ]
+    cells = overhead_bench.cpu_per_request(rows)
+    assert cells[("x", "c8")] == {"replica ingress": 150.0, "harness (load generator)": 37.5}
+    table = "\n".join(overhead_bench.cpu_section(rows))
+    assert "| c8 | x | 150.0 | replica ingress 150.0, harness (load generator) 37.5 |" in table
+
