@@ -174,7 +174,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- command: `{meta['command']}`", f"- date: {meta['date']}",
         f"- commit: {meta.get('git_revision')}",
         f"- machine: {m['cpu_count']} cores ({m['cpu_affinity']} usable), {m['cpu_model']}, "
-        f"{m['memory_gib']} GiB",
+        f"{m['memory_gib']} GiB; kernel autogroup {m.get('sched_autogroup_enabled')} "
+        "(systems run in the harness's session: see `systems.start`)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         f"- engine (every system): `{json.dumps(ENGINE)}`",
         "- loads: " + "; ".join(f"`{n}`: {s.num_prompts} prompts of {s.input_len} tokens, "

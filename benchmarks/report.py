@@ -149,7 +149,19 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "memory_gib": round(mem_gib, 1),
         "platform": platform.platform(),
+        "sched_autogroup_enabled": sched_autogroup_enabled(),
     }
+
+
+def sched_autogroup_enabled() -> bool | None:
+    """Whether the kernel shares CPU between sessions rather than processes (None: no such
+    knob). It decides whether a load generator in another session than the server competes
+    with the server's processes one by one or as a group (see `systems.start`)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return None
 
 
 def versions() -> dict[str, str | None]:
@@ -195,7 +207,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
         f"- machine: {m['cpu_count']} cores ({m['cpu_affinity']} usable), {m['cpu_model']}, "
-        f"{m['memory_gib']} GiB",
+        f"{m['memory_gib']} GiB, kernel autogroup {m.get('sched_autogroup_enabled')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         f"- load: `{json.dumps(jsonable(meta.get('load', {})))}`",
         f"- LD_PRELOAD added: {meta.get('preload') or 'none'}",

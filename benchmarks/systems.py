@@ -269,7 +269,14 @@ def wait_ready(system: System, proc: subprocess.Popen, timeout_s: float) -> floa
 
 
 def start(system: System, log: TextIO, preload: list[str]) -> subprocess.Popen:
-    """Start the system in its own process group (so stopping reaches all its children)."""
+    """Start the system in its own process group (so stopping reaches all its children) but
+    in the harness's session. Where the kernel groups CPU time by session (autogroup, on by
+    default on Ubuntu and on this box), a system in a session of its own gets half the CPU as
+    a group and the load generator the other half per CPU: with vLLM's spinning threads in the
+    system's group the generator then waited up to ~0.5 s for a CPU while tokens piled up
+    (measured: 2026-12-02), and streams looked clumped. One session puts the generator and
+    every process of the system under plain per-process fairness, as on a box without
+    autogroup."""
     if port_in_use(system.base_url):
         raise RuntimeError(f"{system.base_url} is already in use; not starting {system.name}")
     log.write(f"$ {' '.join(system.command)}\n")
@@ -281,7 +288,7 @@ def start(system: System, log: TextIO, preload: list[str]) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        process_group=0,
     )
 
 
