@@ -60,6 +60,8 @@ class System:
     config_path: str | None = None
     ray_cluster: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    #: A session (kernel autogroup) of its own instead of the harness's (see `start`).
+    own_session: bool = False
 
 
 def load_model_spec(config_path: str | Path) -> ModelSpec:
@@ -288,7 +290,8 @@ def start(system: System, log: TextIO, preload: list[str]) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        process_group=0,
+        start_new_session=system.own_session,
+        process_group=None if system.own_session else 0,
     )
 
 

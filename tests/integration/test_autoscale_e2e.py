@@ -93,7 +93,10 @@ def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     path.write_text(yaml.safe_dump(config(model_dir)))
     system = systems.System(name="autoscale", command=[str(systems.VENV_BIN / "serve"), "run",
                             str(path)], base_url=URL, model_name=MODEL_A, model_dir=model_dir,
-                            engine_kwargs=ENGINE, config_path=str(path), ray_cluster=True)
+                            engine_kwargs=ENGINE, config_path=str(path), ray_cluster=True,
+                            # its burst's pacing was tuned with the cluster in a session
+                            # (kernel autogroup) of its own, as every system ran until 473b99a
+                            own_session=True)
     with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
         yield tmp / "serve.log"
 
