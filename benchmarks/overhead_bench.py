@@ -173,9 +173,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"# Graph overhead: {meta.get('run_name', '')}", "",
         f"- command: `{meta['command']}`", f"- date: {meta['date']}",
         f"- commit: {meta.get('git_revision')}",
-        f"- machine: {m['cpu_count']} cores ({m['cpu_affinity']} usable), {m['cpu_model']}, "
-        f"{m['memory_gib']} GiB; kernel autogroup {m.get('sched_autogroup_enabled')} "
-        "(systems run in the harness's session: see `systems.start`)",
+        f"- machine: {report.machine_line(m)} (systems run in the harness's session: see "
+        "`systems.start`)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         f"- engine (every system): `{json.dumps(ENGINE)}`",
         "- loads: " + "; ".join(f"`{n}`: {s.num_prompts} prompts of {s.input_len} tokens, "
@@ -240,7 +239,7 @@ def cpu_section(rows: list[dict[str, Any]]) -> list[str]:
              "and the harness (vLLM's load generator runs in it).", "",
              "| load | system | total (without harness) | by process |", "|---|---|---|---|"]
     for (system, load), roles in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        served = sum(v for name, v in roles.items() if not name.startswith("harness"))
+        served = sum(v for name, v in roles.items() if name != process_cpu.HARNESS_ROLE)
         parts = ", ".join(f"{name} {v:.1f}" for name, v in
                           sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.05)
         lines.append(f"| {load} | {system} | {served:.1f} | {parts} |")

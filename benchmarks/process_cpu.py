@@ -16,6 +16,8 @@ import psutil
 
 Snapshot = dict[tuple[int, float], tuple[str, float]]  # (pid, create_time) -> (role, CPU s)
 
+#: The role of this process: the harness, in which vLLM's load generator runs.
+HARNESS_ROLE = "harness (load generator)"
 #: Ray's daemons and helper processes, by process name or a command-line marker.
 RAY_SYSTEM_NAMES = frozenset({"raylet", "gcs_server"})
 RAY_SYSTEM_MARKERS = ("ray/dashboard", "ray/_private", "ray/autoscaler", "ray::IDLE",
@@ -40,21 +42,24 @@ def role(name: str, cmdline: list[str]) -> str:
         return "ray system"
     if "vllm.entrypoints" in command:
         return "vllm api server"
-    if "serve run" in command or (len(cmdline) > 1 and cmdline[0].endswith("/serve")
-                                   and cmdline[1] == "run"):
+    if "serve run" in command:
         return "serve run driver"
     return name or "?"
+
+
+def process_tree(root_pid: int) -> list[psutil.Process]:
+    """`root_pid` and all its descendants (empty if it is gone)."""
+    try:
+        root = psutil.Process(root_pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def snapshot(root_pid: int) -> Snapshot:
     """CPU seconds so far of `root_pid`'s process tree and of this process (the harness)."""
     snap: Snapshot = {}
-    try:
-        root = psutil.Process(root_pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        tree = []
-    for proc in tree:
+    for proc in process_tree(root_pid):
         try:
             with proc.oneshot():
                 times = proc.cpu_times()
@@ -64,7 +69,7 @@ def snapshot(root_pid: int) -> Snapshot:
             continue
     me = psutil.Process(os.getpid())
     times = me.cpu_times()
-    snap[(me.pid, me.create_time())] = ("harness (load generator)", times.user + times.system)
+    snap[(me.pid, me.create_time())] = (HARNESS_ROLE, times.user + times.system)
     return snap
 
 

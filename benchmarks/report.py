@@ -153,6 +153,12 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """`machine_info()` as one line of a report."""
+    return (f"{m['cpu_count']} cores ({m['cpu_affinity']} usable), {m['cpu_model']}, "
+            f"{m['memory_gib']} GiB, kernel autogroup {m.get('sched_autogroup_enabled')}")
+
+
 def sched_autogroup_enabled() -> bool | None:
     """Whether the kernel shares CPU between sessions rather than processes (None: no such
     knob). It decides whether a load generator in another session than the server competes
@@ -206,8 +212,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
-        f"- machine: {m['cpu_count']} cores ({m['cpu_affinity']} usable), {m['cpu_model']}, "
-        f"{m['memory_gib']} GiB, kernel autogroup {m.get('sched_autogroup_enabled')}",
+        f"- machine: {machine_line(m)}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         f"- load: `{json.dumps(jsonable(meta.get('load', {})))}`",
         f"- LD_PRELOAD added: {meta.get('preload') or 'none'}",

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, TextIO
 import yaml
 
 from pdserve.benchmarks.cpuwatch import proc_stat
+from pdserve.benchmarks.process_cpu import process_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -323,15 +324,8 @@ class Started(NamedTuple):
 
 def priorities(pid: int) -> dict[str, list[int]]:
     """Distinct nice values (read from /proc) of a process tree, by process name."""
-    import psutil
-
     found: dict[str, set[int]] = {}
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return {}
-    for proc in tree:
+    for proc in process_tree(pid):
         try:
             name, fields = proc_stat(f"/proc/{proc.pid}/stat")
             found.setdefault(name, set()).add(int(fields[16]))
