@@ -27,6 +27,7 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from pdserve.routing.bookings import Bookings
 from pdserve.routing.pool_state import PoolState, pool_state
 from pdserve.routing.scorers import (
     DECODE_WEIGHTS,
@@ -92,7 +93,7 @@ class ScoredRouter(RequestRouter):
         )
         self.rng = random.Random()
         self.metrics = _RouteMetrics(self._deployment_id.name)
-        self._routed: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.bookings = Bookings(self.pool)
 
     # -- replica set ----------------------------------------------------------------------
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
@@ -170,32 +171,23 @@ class ScoredRouter(RequestRouter):
         chosen = [r for r in candidates if r.replica_id.unique_id == target]
         return [chosen] if chosen else []
 
-    # -- lifecycle -------------------------------------------------------------------------
-    # A request counts as in flight on its replica from the moment it is chosen, not when Ray
-    # has sent it (after an async queue-length probe): otherwise requests arriving together
-    # all see the same idle pool and pile onto one replica.
+    # -- lifecycle (see `routing/bookings.py` for the order Ray reports it in) -----------------
     def _book(
         self, pending_request: PendingRequest, replica: str, info: RoutingInfo,
         hits: int | None = None,
     ) -> None:
         """`hits`: the replica's cached-prefix blocks if the caller already looked them up."""
         key = pending_request.metadata.internal_request_id
-        previous = self._routed.pop(key, None)
-        if previous is not None:
-            self.pool.end(previous[0], key, previous[1])
-        else:  # first choice for this request: release it if it is never routed
-            pending_request.future.add_done_callback(lambda f: self._release_unrouted(key, f))
         if hits is None:
             hits = self.pool.match(info.block_hashes).get(replica, 0) if info.block_hashes else 0
         uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
-        self.pool.begin(replica, key, uncached, info.block_hashes)
-        self._routed[key] = (replica, info.block_hashes)
+        if self.bookings.book(key, replica, uncached, info.block_hashes):
+            # first choice for this request: release it if it is never sent
+            pending_request.future.add_done_callback(lambda f: self._release_unrouted(key, f))
 
     def _release_unrouted(self, key: str, future: Any) -> None:
         if future.cancelled() or future.exception() is not None:
-            routed = self._routed.pop(key, None)
-            if routed is not None:
-                self.pool.end(routed[0], key, routed[1])
+            self.bookings.release(key)
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
@@ -204,15 +196,12 @@ class ScoredRouter(RequestRouter):
         if info is None:
             return
         rid = replica_id.unique_id
-        booked = self._routed.get(pending_request.metadata.internal_request_id)
-        if booked is None or booked[0] != rid:  # Ray fell back to another tier
+        if self.bookings.moved(pending_request.metadata.internal_request_id, rid):
             self._book(pending_request, rid, info)
         self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        routed = self._routed.pop(internal_request_id, None)
-        if routed is not None:
-            self.pool.end(routed[0], internal_request_id, routed[1])
+        self.bookings.release(internal_request_id)
 
 
 class PrefixAwareRouter(ScoredRouter):

@@ -238,6 +238,19 @@ def wait_drained(timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
         time.sleep(0.5)
 
 
+def wait_routers_idle(timeout_s: float = 30.0) -> dict[str, dict[str, int]]:
+    """Poll the ingress until no pool counts a request in flight; return what is still
+    counted ({pool: {replica: requests}})."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        booked = {pool: {r: n for r, n in state["in_flight"].items() if n}
+                  for pool, state in routing_state().items()}
+        booked = {pool: counts for pool, counts in booked.items() if counts}
+        if not booked or time.monotonic() > deadline:
+            return booked
+        time.sleep(0.5)
+
+
 @pytest.fixture(autouse=True)
 def nothing_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test that used the app: no running request and no held KV on any engine."""
@@ -249,3 +262,7 @@ def nothing_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         assert state == {
             "unfinished_requests": 0, "engine_core_has_work": False, "all_kv_blocks_free": True
         }, f"{name} leaked work: {state}"
+    # ...and every router's in-flight bookkeeping emptied: a request left counted would skew
+    # routing and, on the prefill pool, the PD plan (it once sent every prompt to decode).
+    booked = wait_routers_idle()
+    assert not booked, f"routers still count requests in flight: {booked}"
