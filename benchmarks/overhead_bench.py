@@ -29,6 +29,7 @@ import yaml
 from pdserve.benchmarks import process_cpu, report, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
+from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
 
 MODEL_ID = "bench"
 ENGINE: dict[str, Any] = {
@@ -53,16 +54,10 @@ COLUMNS: tuple[report.Metric, ...] = (
 BASELINE = "vllm"
 #: `rayllm` keeps Ray Serve LLM's default stream batching (50 ms), `rayllm-nobatch` sets 0.
 SYSTEM_NAMES = ("vllm", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast")
-#: Ray Serve's own fast paths that keep pdserve's semantics: gRPC between the proxy and
-#: replicas and between deployments (no object store), user code and the handle's router on
-#: the replica's main event loop (no cross-thread hop per message), buffered access logs.
-#: Process environment: every Ray process must see them (set where Ray starts).
-FAST_PATH_ENV = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
+#: Ray Serve's fast paths in the environment of every Ray process (`pdserve-fast`), as
+#: `make serve` sets them. pdserve's deployments set them for themselves (app key
+#: `ray_serve_fast_path`, on by default), so `pdserve` differs from it only in Ray's proxy.
+FAST_PATH_ENV = dict(RAY_SERVE_FAST_PATH_ENV)
 
 
 def pdserve_config(model: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pdserve.deployments.config import (
     check_cpu_budget,
     engine_binding,
 )
+from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
 from pdserve.deployments.pipelines.embedding import EmbeddingServer
 from pdserve.deployments.pipelines.retriever import PipelineRetriever
 from pdserve.deployments.pipelines.stores import check_store_kind
@@ -43,15 +44,25 @@ ROUTING_STATS_PERIOD_S = 2.0
 NICENESS_ENV = "RAY_worker_niceness"
 
 
-def with_niceness(ray_actor_options: dict[str, Any], niceness: int) -> dict[str, Any]:
-    """`ray_actor_options` whose `runtime_env` starts the replica at `niceness`; the vLLM
-    processes a replica starts inherit it. A value the options already set is kept."""
+def with_env(ray_actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """`ray_actor_options` whose `runtime_env` sets `env`, keeping every value the options
+    already set (a copy: the config's own dicts are untouched)."""
     options = copy.deepcopy(ray_actor_options)
     runtime_env = dict(options.get("runtime_env") or {})
     env_vars = dict(runtime_env.get("env_vars") or {})
-    env_vars.setdefault(NICENESS_ENV, str(niceness))
+    for key, value in env.items():
+        env_vars.setdefault(key, value)
     options["runtime_env"] = {**runtime_env, "env_vars": env_vars}
     return options
+
+
+def worker_env(config: AppConfig) -> dict[str, str]:
+    """What every pdserve deployment's processes get in their environment (the vLLM processes
+    a replica starts inherit it): Ray's niceness, and Ray Serve's fast paths unless off."""
+    env = {NICENESS_ENV: str(config.worker_niceness)}
+    if config.ray_serve_fast_path:
+        env.update(RAY_SERVE_FAST_PATH_ENV)
+    return env
 
 
 def router_config(role: Role, pool: PoolConfig, pool_name: str) -> dict[str, Any] | None:
@@ -97,7 +108,7 @@ def _pool_options(
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": with_niceness(pool.ray_actor_options, config.worker_niceness),
+        "ray_actor_options": with_env(pool.ray_actor_options, worker_env(config)),
         "max_ongoing_requests": pool.max_ongoing_requests,
         "health_check_timeout_s": 120,
         "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s,
@@ -141,14 +152,13 @@ def build_pd_app(config: AppConfig) -> Application:
         retrievers[pipeline.name] = PipelineRetriever.options(
             name=f"{pipeline.name}-retriever",
             num_replicas=retriever.num_replicas,
-            ray_actor_options=with_niceness(retriever.ray_actor_options, config.worker_niceness),
+            ray_actor_options=with_env(retriever.ray_actor_options, worker_env(config)),
             max_ongoing_requests=retriever.max_ongoing_requests,
         ).bind(pipeline, pools[pipeline.embedding_model]["embed"])
     ingress = OpenAIIngress.options(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
-        ray_actor_options=with_niceness(config.ingress.ray_actor_options,
-                                        config.worker_niceness),
+        ray_actor_options=with_env(config.ingress.ray_actor_options, worker_env(config)),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
     return ingress.bind(config, pools, retrievers)

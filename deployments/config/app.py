@@ -54,6 +54,13 @@ class AppConfig(StrictModel):
         "below any other process on the host. A deployment whose `ray_actor_options` set it "
         "keeps its own value.",
     )
+    ray_serve_fast_path: bool = Field(
+        True,
+        description="Set Ray Serve's fast-path flags (`RAY_SERVE_FAST_PATH_ENV`: gRPC between "
+        "deployments, user code and handle routers on each replica's main loop, buffered "
+        "access logs) in every deployment's `runtime_env`; a flag a deployment sets itself "
+        "is kept. Ray's proxy reads them from the environment Ray starts in.",
+    )
     testing: TestingConfig = Field(default_factory=TestingConfig)
     replica_budget: int | None = Field(
         None, ge=1,

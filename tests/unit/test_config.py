@@ -258,12 +258,42 @@ def test_embedding_pools_keep_rays_default_router() -> None:
 
 
 def test_every_deployment_runs_at_the_configured_niceness_unless_it_sets_its_own() -> None:
-    from pdserve.deployments.app import NICENESS_ENV, with_niceness
+    from pdserve.deployments.app import NICENESS_ENV, with_env
 
     mine = {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}, "pip": ["x"]}}
-    options = with_niceness(mine, 0)
+    options = with_env(mine, {NICENESS_ENV: "0"})
     assert options["runtime_env"] == {"env_vars": {"A": "1", NICENESS_ENV: "0"}, "pip": ["x"]}
     assert mine["runtime_env"]["env_vars"] == {"A": "1"}  # the config's dict is untouched
     own = {"runtime_env": {"env_vars": {NICENESS_ENV: "10"}}}
-    assert with_niceness(own, 0)["runtime_env"]["env_vars"][NICENESS_ENV] == "10"
-    assert with_niceness({}, 5) == {"runtime_env": {"env_vars": {NICENESS_ENV: "5"}}}
+    assert with_env(own, {NICENESS_ENV: "0"})["runtime_env"]["env_vars"][NICENESS_ENV] == "10"
+    assert with_env({}, {NICENESS_ENV: "5"}) == {"runtime_env": {"env_vars": {NICENESS_ENV: "5"}}}
+
+
+def test_every_deployment_gets_ray_serves_fast_paths_unless_the_app_turns_them_off() -> None:
+    from ray.serve.deployment import Application
+
+    from pdserve.deployments.app import NICENESS_ENV, build_app
+    from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
+
+    def envs(args: dict) -> dict[str, dict[str, str]]:
+        app = build_app(args)
+        found: dict[str, dict[str, str]] = {}
+        pending = [app]
+        while pending:  # the ingress and every deployment bound into it (nested in dicts)
+            node = pending.pop()
+            if isinstance(node, dict):
+                pending += node.values()
+                continue
+            if not isinstance(node, Application):
+                continue
+            deployment = node._bound_deployment
+            found[deployment.name] = deployment.ray_actor_options["runtime_env"]["env_vars"]
+            pending += deployment.init_args
+        return found
+
+    on = envs(app_args())
+    assert set(on) == {"ingress", "tiny-prefill", "tiny-decode"}
+    for env in on.values():
+        assert env[NICENESS_ENV] == "0" and RAY_SERVE_FAST_PATH_ENV.items() <= env.items()
+    off = envs(app_args() | {"ray_serve_fast_path": False})
+    assert all(not set(RAY_SERVE_FAST_PATH_ENV) & set(env) for env in off.values())
