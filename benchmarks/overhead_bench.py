@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
-import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pdserve.benchmarks import process_cpu, report, systems, workloads
+from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
@@ -113,56 +111,12 @@ def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
     raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEM_NAMES)}")
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One (system, load) over all rounds: median and range of each column, and the median
-    (range) of the per-round ratio against the baseline."""
-
-    median: dict[str, float | None]
-    low: dict[str, float | None]
-    high: dict[str, float | None]
-    ratio: dict[str, float | None]
-    ratio_low: dict[str, float | None]
-    ratio_high: dict[str, float | None]
-    rounds: int
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None, float | None]:
-    if not values:
-        return None, None, None
-    return statistics.median(values), min(values), max(values)
-
-
-def summarize(rows: list[dict[str, Any]], baseline: str = BASELINE) -> dict[tuple[str, str], Cell]:
-    """Medians over rounds, and medians of same-round ratios against `baseline`."""
-    ok = [r for r in rows if r.get("summary")]
-    base = {(r["round"], r["load"]): r["summary"] for r in ok if r["system"] == baseline}
-    cells: dict[tuple[str, str], Cell] = {}
-    for key in sorted({(r["system"], r["load"]) for r in ok}):
-        mine = [r for r in ok if (r["system"], r["load"]) == key]
-        med, low, high, rat, rat_low, rat_high = {}, {}, {}, {}, {}, {}
-        for c in COLUMNS:
-            values = [r["summary"][c.key] for r in mine if r["summary"].get(c.key) is not None]
-            med[c.key], low[c.key], high[c.key] = _stats(values)
-            ratios = []
-            for r in mine:
-                b = base.get((r["round"], r["load"]))
-                ratio = report._ratio(r["summary"].get(c.key), b and b.get(c.key), c.key)
-                if ratio is not None:
-                    ratios.append(ratio)
-            rat[c.key], rat_low[c.key], rat_high[c.key] = _stats(ratios)
-        cells[key] = Cell(med, low, high, rat, rat_low, rat_high, len(mine))
-    return cells
-
-
-def _span(mid: float | None, low: float | None, high: float | None, unit: str = "") -> str:
-    if mid is None:
-        return "–"
-    return f"{mid:.2f}{unit} ({low:.2f}–{high:.2f})"
+def summarize(rows: list[dict[str, Any]], baseline: str = BASELINE
+              ) -> dict[tuple[str, str], rounds.Cell]:
+    return rounds.summarize(rows, COLUMNS, baseline)
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    cells = summarize(rows)
     m = meta["machine"]
     lines = [
         f"# Graph overhead: {meta.get('run_name', '')}", "",
@@ -178,124 +132,19 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- rounds: {meta.get('rounds')} (systems interleaved within each round)",
         *(f"- earlier rounds ({e['rounds']}): `{e['command']}` at {e['git_revision']}, "
           f"{e['date']}" for e in meta.get("earlier", [])),
-        "",
-        "## Systems", "",
+        "", "## Systems", "", *rounds.system_lines(meta), "",
+        *rounds.tables(rows, COLUMNS, BASELINE),
     ]
-    for name, info in meta["systems"].items():
-        env = " ".join(f"{k}={v}" for k, v in (info.get("env") or {}).items())
-        lines.append(f"- **{name}**: `{(env + ' ') if env else ''}{info['command']}`"
-                     + (f" ([config]({info['config']}))" if info.get("config") else "")
-                     + f"; ready after {info.get('startup_s', [])} s; nice values (from /proc) "
-                     f"`{json.dumps(info.get('nice', {}))}`")
-    head = ["load", "system", "rounds", *(c.label for c in COLUMNS)]
-    lines += ["", "## Median (min–max) over rounds", "",
-              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (system, load), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        lines.append("| " + " | ".join([load, system, str(cell.rounds), *(
-            _span(cell.median[c.key], cell.low[c.key], cell.high[c.key]) for c in COLUMNS)]) + " |")
-    lines += ["", f"## Ratio to `{BASELINE}` in the same round: median (min–max)", "",
-              "Latencies below 1× and req/s above 1× beat plain vLLM.", "",
-              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (system, load), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if system == BASELINE:
-            continue
-        lines.append("| " + " | ".join([load, system, str(cell.rounds), *(
-            _span(cell.ratio[c.key], cell.ratio_low[c.key], cell.ratio_high[c.key], "×")
-            for c in COLUMNS)]) + " |")
-    lines += cpu_section(rows)
-    failed = [r for r in rows if not r.get("summary")]
-    if failed:
-        lines += ["", "## Failed steps", ""]
-        lines += [f"- round {r['round']} {r['system']}/{r['load']}: {r.get('error')}"
-                  for r in failed]
     return "\n".join(lines) + "\n"
 
 
-def cpu_per_request(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
-    """Per (system, load): median over rounds of each process role's CPU ms per request."""
-    per: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for r in rows:
-        if not r.get("cpu_s") or not r.get("completed"):
-            continue
-        roles = per.setdefault((r["system"], r["load"]), {})
-        for name, seconds in r["cpu_s"].items():
-            roles.setdefault(name, []).append(1000 * seconds / r["completed"])
-    return {key: {name: statistics.median(v) for name, v in roles.items()}
-            for key, roles in per.items()}
-
-
-def cpu_section(rows: list[dict[str, Any]]) -> list[str]:
-    """Where each system's CPU goes per request: the profile behind the ratios."""
-    cells = cpu_per_request(rows)
-    if not cells:
-        return []
-    lines = ["", "## CPU ms per completed request, by process (median over rounds)", "",
-             "Read from `/proc` before and after each load step: the system's process tree "
-             "and the harness (vLLM's load generator runs in it).", "",
-             "| load | system | total (without harness) | by process |", "|---|---|---|---|"]
-    for (system, load), roles in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        served = sum(v for name, v in roles.items() if name != process_cpu.HARNESS_ROLE)
-        parts = ", ".join(f"{name} {v:.1f}" for name, v in
-                          sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.05)
-        lines.append(f"| {load} | {system} | {served:.1f} | {parts} |")
-    return lines
-
-
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    payload = {**meta, "results": rows, "summary": {
-        f"{s}/{load}": asdict(cell) for (s, load), cell in summarize(rows).items()}}
-    (out / "report.json").write_text(json.dumps(report.jsonable(payload), indent=2,
-                                                default=str) + "\n")
-    (out / "report.md").write_text(markdown(meta, rows))
+    rounds.write(out, meta, rows, COLUMNS, BASELINE, markdown(meta, rows))
 
 
-def run_round(n: int, built: list[System], out: Path, meta: dict[str, Any],
-              rows: list[dict[str, Any]], preload: list[str], ready_timeout_s: float) -> None:
-    for system in built:
-        info = meta["systems"][system.name]
-        try:
-            if system.ray_cluster:
-                systems.wait_for_no_ray(600)
-            log = out / "logs" / f"{system.name}.round{n}.server.log"
-            with systems.running(system, log, preload, ready_timeout_s) as started:
-                info.setdefault("startup_s", []).append(round(started.startup_s, 1))
-                info["nice"] = systems.priorities(started.pid)
-                for load_name, load in LOADS.items():
-                    argv = workloads.bench_argv("random", load, system.base_url,
+def random_load(load: LoadSettings) -> Callable[[System], list[str]]:
+    return lambda system: workloads.bench_argv("random", load, system.base_url,
                                                 system.model_name, system.model_dir)
-                    step = f"{system.name}__{load_name}__r{n}"
-                    before = process_cpu.snapshot(started.pid)
-                    result = workloads.run_bench(argv, out / "logs" / f"{step}.bench.log")
-                    cpu = process_cpu.by_role(before, process_cpu.snapshot(started.pid))
-                    (out / "raw").mkdir(parents=True, exist_ok=True)
-                    (out / "raw" / f"{step}.json").write_text(json.dumps(result, default=str))
-                    rows.append({"round": n, "system": system.name, "load": load_name,
-                                 "summary": report.summarize(result), "cpu_s": cpu,
-                                 "completed": result.get("completed")})
-                    print(f"round {n} {system.name}/{load_name}: " + ", ".join(
-                        f"{c.label} {rows[-1]['summary'].get(c.key)}" for c in COLUMNS),
-                        flush=True)
-        except Exception as e:  # one failed system must not lose the others
-            traceback.print_exc()
-            done = {r["load"] for r in rows if r["round"] == n and r["system"] == system.name}
-            rows += [{"round": n, "system": system.name, "load": name, "summary": None,
-                      "error": repr(e)[:300]} for name in LOADS if name not in done]
-        write(out, meta, rows)
-
-
-def continue_report(out: Path, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """The rows of the report in `out` and the next round's number; `meta` keeps the earlier
-    invocations (command, commit, date) and each system's start-up times."""
-    previous = json.loads((out / "report.json").read_text())
-    rows = previous["results"]
-    earlier = previous.get("earlier", [])
-    own_rounds = previous["rounds"] - sum(e["rounds"] for e in earlier)
-    meta["earlier"] = [*earlier, {**{k: previous.get(k) for k in ("command", "git_revision",
-                                                                  "date")},
-                                  "rounds": own_rounds}]
-    for name, info in meta["systems"].items():
-        info["startup_s"] = list(previous["systems"].get(name, {}).get("startup_s", []))
-    return rows, max((r["round"] for r in rows), default=0) + 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -331,10 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     first = 1
     if args.more:
-        rows, first = continue_report(out, meta)
+        rows, first = rounds.continue_report(out, meta)
     meta["rounds"] = first - 1 + args.rounds
+    loads = {name: random_load(load) for name, load in LOADS.items()}
     for n in range(first, first + args.rounds):
-        run_round(n, built, out, meta, rows, preload, args.ready_timeout)
+        rounds.run_round(n, built, loads, out, meta, rows, preload, args.ready_timeout,
+                         on_step=lambda: write(out, meta, rows))
     print((out / "report.md").read_text())
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pdserve.benchmarks import overhead_bench as ob
+from pdserve.benchmarks import rounds
 
 
 def test_rayllm_config_is_valid_for_ray_serve_llm() -> None:
@@ -75,7 +76,7 @@ def test_more_rounds_continue_the_report_in_place(tmp_path: Path) -> None:
         "date": "later", "results": first, "earlier": [older],
         "systems": {"vllm": {"startup_s": [64.1]}}}))
     meta = {"systems": {"vllm": {}, "pdserve": {}}}
-    rows, next_round = ob.continue_report(tmp_path, meta)
+    rows, next_round = rounds.continue_report(tmp_path, meta)
     assert rows == first and next_round == 2
     assert meta["earlier"] == [older, {"command": "... --more --rounds 2",
                                        "git_revision": "def", "date": "later", "rounds": 2}]

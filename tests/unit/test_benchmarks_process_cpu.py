@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from pdserve.benchmarks import overhead_bench, process_cpu
+from pdserve.benchmarks import process_cpu, rounds
 
 
 @pytest.mark.parametrize(("name", "cmdline", "expected"), [
@@ -57,8 +57,8 @@ def test_overhead_report_gives_cpu_per_request_by_role() -> None:
         {"round": 2, "system": "x", "load": "c8", "summary": {}, "completed": 20,
          "cpu_s": {"replica ingress": 4.0, "harness (load generator)": 0.5}},
     ]
-    cells = overhead_bench.cpu_per_request(rows)
+    cells = rounds.cpu_per_request(rows)
     assert cells[("x", "c8")] == {"replica ingress": 150.0, "harness (load generator)": 37.5}
-    table = "\n".join(overhead_bench.cpu_section(rows))
+    table = "\n".join(rounds.cpu_section(rows))
     assert "| c8 | x | 150.0 | replica ingress 150.0, harness (load generator) 37.5 |" in table
 
