@@ -143,28 +143,43 @@ def summarize(router: str, workload: str, records: list[dict[str, Any]],
     }
 
 
+def _median_span(values: list[float], fmt: str) -> str:
+    if not values:
+        return "n/a"
+    mid = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return mid
+    return f"{mid} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| workload | router | hit rate | oracle | hit/oracle | TTFT p50 ms | TTFT p99 ms "
-            "| req/s | TTFT p50 vs pow2 | req/s vs pow2 |")
-    lines = [head, "|" + "---|" * 10]
-    base = {r["workload"]: r for r in rows if r["router"] == "pow2"}
-    for r in rows:
-        b = base.get(r["workload"])
-        speedup = b["ttft_p50_ms"] / r["ttft_p50_ms"] if b else None
-        tput = r["req_per_s"] / b["req_per_s"] if b else None
-        lines.append(
-            f"| {r['workload']} | {r['router']} | {r['hit_rate']:.1%} | "
-            f"{r['oracle_hit_rate']:.1%} | {_pct(r['hit_vs_oracle'])} | {r['ttft_p50_ms']:.0f} | "
-            f"{r['ttft_p99_ms']:.0f} | {r['req_per_s']:.2f} | {_x(speedup)} | {_x(tput)} |")
+    """Per (workload, router): medians over rounds (min–max), and the median of the ratios to
+    `pow2` measured in the same round (fresh engines per router and round)."""
+    head = ("| workload | router | rounds | hit rate | oracle | hit/oracle | TTFT p50 ms "
+            "| TTFT p99 ms | req/s | TTFT p50 vs pow2 | req/s vs pow2 |")
+    lines = [head, "|" + "---|" * 11]
+    base = {(r["workload"], r.get("round", 1)): r for r in rows if r["router"] == "pow2"}
+    keys = list(dict.fromkeys((r["workload"], r["router"]) for r in rows))
+    for workload, router in keys:
+        mine = [r for r in rows if (r["workload"], r["router"]) == (workload, router)]
+        speedups, tputs = [], []
+        for r in mine:
+            b = base.get((workload, r.get("round", 1)))
+            if b:
+                speedups.append(b["ttft_p50_ms"] / r["ttft_p50_ms"])
+                tputs.append(r["req_per_s"] / b["req_per_s"])
+        col = {k: [r[k] for r in mine if r.get(k) is not None] for k in (
+            "hit_rate", "oracle_hit_rate", "hit_vs_oracle", "ttft_p50_ms", "ttft_p99_ms",
+            "req_per_s")}
+        lines.append(" | ".join([
+            f"| {workload}", router, str(len(mine)),
+            _median_span([100 * v for v in col["hit_rate"]], "{:.1f}%"),
+            _median_span([100 * v for v in col["oracle_hit_rate"]], "{:.1f}%"),
+            _median_span([100 * v for v in col["hit_vs_oracle"]], "{:.1f}%"),
+            _median_span(col["ttft_p50_ms"], "{:.0f}"), _median_span(col["ttft_p99_ms"], "{:.0f}"),
+            _median_span(col["req_per_s"], "{:.2f}"), _median_span(speedups, "{:.2f}x"),
+            _median_span(tputs, "{:.2f}x")]) + " |")
     return "\n".join(lines)
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
-
-
-def _x(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every router this many times, interleaved (round 1: each router "
+                        "in turn on fresh engines, then round 2...); the report gives medians")
     p.add_argument("--trace", action="append", default=[], metavar="FIELD=INT",
                    help="override a TraceSettings field, e.g. --trace groups=4 (repeatable)")
     p.add_argument("--no-preload", action="store_true")
@@ -200,6 +218,29 @@ def trace_settings(args: argparse.Namespace) -> TraceSettings:
     return TraceSettings(**{"seed": args.seed, **overrides})
 
 
+def run_router(args: argparse.Namespace, router: str, n: int, traces: dict[str, list[Session]],
+               hasher: BlockHasher, preload: list[str], meta: dict[str, Any],
+               rows: list[dict[str, Any]]) -> None:
+    """One router on fresh engines: every trace, a row each (tagged with round `n`)."""
+    config = serve_config(args.model, args.replicas, args.gpu_blocks, ROUTERS[router],
+                          args.max_model_len)
+    config_path = args.out / f"serve-{router}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    system = systems.pdserve_system(router, config_path)
+    systems.wait_for_no_ray(600)  # the previous router's cluster is gone
+    with systems.running(system, args.out / f"{router}.log", preload) as started:
+        meta["startup_s"].setdefault(router, []).append(round(started.startup_s, 1))
+        for workload, trace in traces.items():
+            total = sum(len(s.turns) for s in trace)
+            with tqdm(total=total, desc=f"round {n} {router}/{workload}") as bar:
+                records = asyncio.run(drive(system.base_url, trace, args.concurrency,
+                                            args.max_tokens, bar))
+            rows.append({**summarize(router, workload, records, hasher), "round": n})
+            print(json.dumps(rows[-1]), flush=True)
+            (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                              indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -212,24 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = report.run_metadata(command, systems.REPO_ROOT)
     meta.update(trace_settings=asdict(settings), args={k: str(v) for k, v in vars(args).items()},
                 preload=preload, startup_s={})
-    for router in args.routers.split(","):
-        config = serve_config(args.model, args.replicas, args.gpu_blocks, ROUTERS[router],
-                              args.max_model_len)
-        config_path = args.out / f"serve-{router}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        system = systems.pdserve_system(router, config_path)
-        with systems.running(system, args.out / f"{router}.log", preload) as started:
-            meta["startup_s"][router] = started.startup_s
-            for workload, trace in traces.items():
-                total = sum(len(s.turns) for s in trace)
-                with tqdm(total=total, desc=f"{router}/{workload}") as bar:
-                    records = asyncio.run(drive(system.base_url, trace, args.concurrency,
-                                                args.max_tokens, bar))
-                rows.append(summarize(router, workload, records, hasher))
-                print(json.dumps(rows[-1]), flush=True)
-                (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                                                  indent=2, default=str))
-    rows.sort(key=lambda r: (list(traces).index(r["workload"]), r["router"]))
+    for n in range(1, args.rounds + 1):
+        for router in args.routers.split(","):
+            run_router(args, router, n, traces, hasher, preload, meta, rows)
+    rows.sort(key=lambda r: (list(traces).index(r["workload"]), r["router"], r["round"]))
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                       default=str))
     (args.out / "report.md").write_text(f"# Routing benchmark\n\n- command: `{meta['command']}`\n"
