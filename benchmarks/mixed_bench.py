@@ -38,8 +38,10 @@ from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
 
 MODEL_ID = "bench"
+#: `max_num_batched_tokens` 2048: vLLM's default for its API server on CPU, so a long prompt is
+#: prefilled in one engine step (`--max-num-batched-tokens` for smaller chunks).
 ENGINE: dict[str, Any] = {
-    "dtype": "float32", "max_model_len": 2048, "max_num_batched_tokens": 512,
+    "dtype": "float32", "max_model_len": 2048, "max_num_batched_tokens": 2048,
     "block_size": 32, "kv_cache_memory_bytes": 512 * 2**20, "enforce_eager": True, "seed": 0,
 }
 #: `rayllm-pd`: Ray Serve LLM's own PD app (`build_pd_openai_app`), vLLM's stock NIXL connector.
@@ -59,23 +61,24 @@ COLUMNS: tuple[report.Metric, ...] = (
 )
 
 
-def pd_config(model: str, local_prefill_below_tokens: int) -> dict[str, Any]:
+def pd_config(model: str, local_prefill_below_tokens: int,
+              engine: dict[str, Any] = ENGINE) -> dict[str, Any]:
     one_core = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}}
     return systems.serve_config_doc({"models": [{
-        "model_id": MODEL_ID, "model": model, "mode": "pd", "engine_kwargs": ENGINE,
+        "model_id": MODEL_ID, "model": model, "mode": "pd", "engine_kwargs": engine,
         "prefill": one_core, "decode": one_core,
         "routing": {"local_prefill_below_tokens": local_prefill_below_tokens},
     }]})
 
 
-def colocated_config(model: str) -> dict[str, Any]:
+def colocated_config(model: str, engine: dict[str, Any] = ENGINE) -> dict[str, Any]:
     return systems.serve_config_doc({"models": [{
-        "model_id": MODEL_ID, "model": model, "mode": "colocated", "engine_kwargs": ENGINE,
+        "model_id": MODEL_ID, "model": model, "mode": "colocated", "engine_kwargs": engine,
         "colocated": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1}},
     }]})
 
 
-def rayllm_pd_config(model_dir: str) -> dict[str, Any]:
+def rayllm_pd_config(model_dir: str, engine: dict[str, Any] = ENGINE) -> dict[str, Any]:
     """Ray Serve LLM's PD app on CPU: each side an `LLMConfig` with `accelerator_config: cpu`
     (Ray's default is a GPU), vLLM's `NixlConnector` with a CPU buffer, its replica actor at
     `num_cpus: 0` beside the engine's 1-CPU bundle, its own core for the engine's threads
@@ -85,7 +88,7 @@ def rayllm_pd_config(model_dir: str) -> dict[str, Any]:
         return {
             "model_loading_config": {"model_id": MODEL_ID, "model_source": model_dir},
             "accelerator_config": {"kind": "cpu"},
-            "engine_kwargs": {**ENGINE, "kv_transfer_config": {
+            "engine_kwargs": {**engine, "kv_transfer_config": {
                 "kv_connector": "NixlConnector", "kv_role": role, "kv_buffer_device": "cpu"}},
             "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
             "runtime_env": {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": str(core),
@@ -102,19 +105,24 @@ def rayllm_pd_config(model_dir: str) -> dict[str, Any]:
             }]}
 
 
+def engine_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {**ENGINE, "max_num_batched_tokens": args.max_num_batched_tokens}
+
+
 def build_system(name: str, args: argparse.Namespace, model_dir: str, out: Path) -> System:
+    engine = engine_of(args)
     if name == "rayllm-pd":
         path = out / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(rayllm_pd_config(model_dir), sort_keys=False))
+        path.write_text(yaml.safe_dump(rayllm_pd_config(model_dir, engine), sort_keys=False))
         return System(name=name, command=[str(systems.VENV_BIN / "serve"), "run", str(path)],
                       base_url=systems.PDSERVE_URL, model_name=MODEL_ID, model_dir=model_dir,
-                      engine_kwargs=ENGINE, config_path=str(path), ray_cluster=True,
+                      engine_kwargs=engine, config_path=str(path), ray_cluster=True,
                       env={"RAY_worker_niceness": "0"})
     if name == "pd":
-        config = pd_config(args.model, args.local_prefill_below_tokens)
+        config = pd_config(args.model, args.local_prefill_below_tokens, engine)
     elif name == "colocated":
-        config = colocated_config(args.model)
+        config = colocated_config(args.model, engine)
     else:
         raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEM_NAMES)}")
     path = out / "configs" / f"{name}.yaml"
@@ -208,7 +216,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- commit: {meta.get('git_revision')}",
         f"- machine: {report.machine_line(meta['machine'])}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
-        f"- engine (every engine of both systems): `{json.dumps(ENGINE)}`",
+        f"- engine (every engine of every system): `{json.dumps(meta['engine'])}`",
         f"- load: {a['num_prompts']} requests (+{a['num_warmups']} warm-up), Poisson at "
         f"{a['request_rate']} req/s, open loop; half long prompts ({a['long_prompt']} tokens, "
         f"{a['long_prompt_output']} out), half long decodes ({a['short_prompt']} tokens, "
@@ -242,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--long-decode-output", type=int, default=256)
     p.add_argument("--local-prefill-below-tokens", type=int, default=256,
                    help="PD: prompts with fewer uncached tokens prefill on the decode engine")
+    p.add_argument("--max-num-batched-tokens", type=int, default=ENGINE["max_num_batched_tokens"],
+                   help="tokens per engine step (vLLM's CPU default for its API server: 2048)")
     p.add_argument("--slo-ttft-ms", type=float, default=3000.0)
     p.add_argument("--slo-itl-ms", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
@@ -265,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "-m", "pdserve.benchmarks.mixed_bench",
                           *(argv if argv is not None else sys.argv[1:])])
     meta = {**report.run_metadata(command, systems.REPO_ROOT), "run_name": out.name,
-            "rounds": args.rounds, "kinds": kinds,
+            "rounds": args.rounds, "kinds": kinds, "engine": engine_of(args),
             "load": {k: getattr(args, k) for k in (
                 "num_prompts", "num_warmups", "request_rate", "long_prompt",
                 "long_prompt_output", "short_prompt", "long_decode_output", "slo_ttft_ms",
