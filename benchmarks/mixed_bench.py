@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shlex
 import statistics
@@ -52,6 +53,8 @@ COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("p99_itl_ms", "ITL p99 ms", False),
     report.Metric("long_decode_p99_itl_ms", "ITL p99 ms, long decodes", False),
     report.Metric("p50_itl_ms", "ITL p50 ms", False),
+    report.Metric("long_decode_worst_gap_p50_ms", "worst gap per long decode, p50 ms", False),
+    report.Metric("long_decode_worst_gap_p90_ms", "worst gap per long decode, p90 ms", False),
     report.Metric("p50_ttft_ms", "TTFT p50 ms", False),
     report.Metric("p99_ttft_ms", "TTFT p99 ms", False),
     report.Metric("long_prompt_p50_ttft_ms", "TTFT p50 ms, long prompts", False),
@@ -177,8 +180,8 @@ def bench_argv(system: System, dataset: Path, args: argparse.Namespace) -> list[
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    ordered = sorted(values)  # nearest rank
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def mixed_summary(result: dict[str, Any], split_at_tokens: int, slo_ttft_ms: float,
@@ -187,7 +190,7 @@ def mixed_summary(result: dict[str, Any], split_at_tokens: int, slo_ttft_ms: flo
     (a request is long-prompt if its prompt has at least `split_at_tokens` tokens)."""
     ttfts, itls = result.get("ttfts") or [], result.get("itls") or []
     lens, errors = result.get("input_lens") or [], result.get("errors") or []
-    long_prompt_ttfts, long_decode_gaps, met = [], [], 0
+    long_prompt_ttfts, long_decode_gaps, worst, met = [], [], [], 0
     for i, ttft in enumerate(ttfts):
         if i < len(errors) and errors[i]:
             continue
@@ -196,11 +199,14 @@ def mixed_summary(result: dict[str, Any], split_at_tokens: int, slo_ttft_ms: flo
             long_prompt_ttfts.append(1000 * ttft)
         else:
             long_decode_gaps += [1000 * g for g in gaps]
+            worst.append(1000 * max(gaps, default=0.0))
         if 1000 * ttft <= slo_ttft_ms and all(1000 * g <= slo_itl_ms for g in gaps):
             met += 1
     duration = result.get("duration") or 0
     return {
         "long_decode_p99_itl_ms": _pct(long_decode_gaps, 99),
+        "long_decode_worst_gap_p50_ms": _pct(worst, 50),
+        "long_decode_worst_gap_p90_ms": _pct(worst, 90),
         "long_prompt_p50_ttft_ms": (statistics.median(long_prompt_ttfts)
                                     if long_prompt_ttfts else None),
         "slo_goodput": met / duration if duration else None,
@@ -232,6 +238,22 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rerender(out: Path) -> None:
+    """Recompute every row's summary from the raw vLLM results in `out` (after a change of
+    what is summarized) and rewrite the report."""
+    meta = json.loads((out / "report.json").read_text())
+    rows, load = meta.pop("results"), meta["load"]
+    meta.pop("summary", None)
+    split = (load["short_prompt"] + load["long_prompt"]) // 2
+    for row in rows:
+        raw = out / "raw" / f"{row['system']}__{row['load']}__r{row['round']}.json"
+        if row.get("summary") and raw.exists():
+            result = json.loads(raw.read_text())
+            row["summary"] = {**report.summarize(result), **mixed_summary(
+                result, split, load["slo_ttft_ms"], load["slo_itl_ms"])}
+    rounds.write(out, meta, rows, COLUMNS, BASELINE, markdown(meta, rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.mixed_bench",
                                 description=__doc__,
@@ -240,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--more", action="store_true",
                    help="add --rounds rounds to the report already in --out")
+    p.add_argument("--rerender", action="store_true",
+                   help="only rewrite the report in --out from its raw results")
     p.add_argument("--model", default="pdserve://bench")
     p.add_argument("--num-prompts", type=int, default=80)
     p.add_argument("--num-warmups", type=int, default=2)
@@ -259,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path,
                    default=Path("benchmarks/results") / f"mixed-{datetime.now():%Y%m%d-%H%M}")
     args = p.parse_args(argv)
+    if args.rerender:
+        rerender(args.out)
+        print((args.out / "report.md").read_text())
+        return
     if args.short_prompt >= args.local_prefill_below_tokens or (
             args.long_prompt < args.local_prefill_below_tokens):
         raise SystemExit("--local-prefill-below-tokens must lie between --short-prompt and "

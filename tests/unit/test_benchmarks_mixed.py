@@ -36,6 +36,9 @@ def test_per_kind_latencies_and_goodput_under_ttft_and_itl_slo() -> None:
     out = mb.mixed_summary(result, split_at_tokens=800, slo_ttft_ms=3000, slo_itl_ms=100)
     assert out["long_prompt_p50_ttft_ms"] == pytest.approx(3000.0)
     assert out["long_decode_p99_itl_ms"] == pytest.approx(20.0)  # 199 gaps: p99 is the 197th
+    # each long decode's worst gap: 300 ms and 20 ms (the failed one is not counted)
+    assert (out["long_decode_worst_gap_p50_ms"], out["long_decode_worst_gap_p90_ms"]) == (
+        pytest.approx(20.0), pytest.approx(300.0))
     assert out["slo_goodput"] == pytest.approx(0.2)  # requests 0 and 2 met it
     assert out["slo_met_pct"] == pytest.approx(40.0)
 
