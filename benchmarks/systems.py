@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
+import psutil
 import yaml
 
 from pdserve.benchmarks.cpuwatch import proc_stat
@@ -302,7 +303,13 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def stop(system: System, proc: subprocess.Popen, log: TextIO, grace_s: float = 30.0) -> None:
-    """SIGINT (graceful), then SIGTERM, then SIGKILL the group; `ray stop --force` for Ray."""
+    """SIGINT (graceful), then SIGTERM, then SIGKILL the group; `ray stop --force` for Ray;
+    then SIGKILL whatever of the system's process tree (taken before stopping) is still alive.
+
+    Ray's workers and the vLLM processes they start are not in the group, and `ray stop`
+    does not reach a vLLM engine whose Ray worker it killed: such orphans (one spun a core at
+    94 % for 25 minutes, 2026-12-02) would load every system measured after them."""
+    tree = process_tree(proc.pid)
     for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
             break
@@ -315,6 +322,16 @@ def stop(system: System, proc: subprocess.Popen, log: TextIO, grace_s: float = 3
             [str(VENV_BIN / "ray"), "stop", "--force"],
             stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
         )  # fmt: skip
+    kill_survivors(tree, log)
+
+
+def kill_survivors(tree: list[psutil.Process], log: TextIO, wait_s: float = 5.0) -> None:
+    """SIGKILL the processes of `tree` still alive `wait_s` after their system stopped."""
+    _, alive = psutil.wait_procs([p for p in tree if p.is_running()], timeout=wait_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            log.write(f"killing {p.pid} ({p.name()}): it outlived its system's stop\n")
+            p.kill()
 
 
 class Started(NamedTuple):

@@ -142,3 +142,26 @@ def test_error_hint(tmp_path: Path) -> None:
         "RuntimeError: Engine core initialization failed.",
         "ValueError: No common block size for 16",
     ]
+
+
+def test_stop_kills_a_process_that_left_the_systems_group(tmp_path: Path) -> None:
+    """As a vLLM engine whose Ray worker was killed: out of the group, still running."""
+    import sys
+    import time
+
+    from pdserve.benchmarks.process_cpu import process_tree
+
+    escapee = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+               "'import time; time.sleep(120)'], start_new_session=True); time.sleep(120)")
+    system = systems.System(name="leaky", command=[sys.executable, "-c", escapee],
+                            base_url="http://127.0.0.1:9", model_name="m", model_dir="/m")
+    with open(tmp_path / "log", "w") as log:
+        proc = systems.start(system, log, preload=[])
+        deadline = time.monotonic() + 30
+        while len(tree := process_tree(proc.pid)) < 2:
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.1)
+        (child,) = tree[1:]
+        systems.stop(system, proc, log, grace_s=2.0)
+    child.wait(timeout=10)  # raises if it is still running
+    assert "outlived its system's stop" in (tmp_path / "log").read_text()
