@@ -31,8 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
@@ -114,26 +112,19 @@ def engine_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_system(name: str, args: argparse.Namespace, model_dir: str, out: Path) -> System:
     engine = engine_of(args)
+    env: dict[str, str] = {}
     if name == "rayllm-pd":
-        path = out / "configs" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(rayllm_pd_config(model_dir, engine), sort_keys=False))
-        return System(name=name, command=[str(systems.VENV_BIN / "serve"), "run", str(path)],
-                      base_url=systems.PDSERVE_URL, model_name=MODEL_ID, model_dir=model_dir,
-                      engine_kwargs=engine, config_path=str(path), ray_cluster=True,
-                      env={"RAY_worker_niceness": "0"})
-    if name == "pd":
+        config = rayllm_pd_config(model_dir, engine)
+    elif name == "pd":
         config = pd_config(args.model, args.local_prefill_below_tokens, engine)
+        env = RAY_SERVE_FAST_PATH_ENV  # Ray's proxy too, as `make serve` starts it
     elif name == "colocated":
         config = colocated_config(args.model, engine)
+        env = RAY_SERVE_FAST_PATH_ENV
     else:
         raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEM_NAMES)}")
-    path = out / "configs" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    system = systems.pdserve_system(name, path, model_dir)
-    system.env.update(RAY_SERVE_FAST_PATH_ENV)  # Ray's proxy too, as `make serve` starts it
-    return system
+    return systems.serve_run_system(name, config, out / "configs" / f"{name}.yaml", model_dir,
+                                    MODEL_ID, engine, env)
 
 
 def prompt_text(tokenizer: Any, rng: random.Random, tokens: int) -> str:
@@ -249,8 +240,8 @@ def rerender(out: Path) -> None:
         raw = out / "raw" / f"{row['system']}__{row['load']}__r{row['round']}.json"
         if row.get("summary") and raw.exists():
             result = json.loads(raw.read_text())
-            row["summary"] = {**report.summarize(result), **mixed_summary(
-                result, split, load["slo_ttft_ms"], load["slo_itl_ms"])}
+            row["summary"] = rounds.step_summary(result, lambda r: mixed_summary(
+                r, split, load["slo_ttft_ms"], load["slo_itl_ms"]))
     rounds.write(out, meta, rows, COLUMNS, BASELINE, markdown(meta, rows))
 
 

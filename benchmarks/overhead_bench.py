@@ -22,8 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
@@ -87,27 +85,18 @@ def rayllm_config(model_dir: str, batching_interval_ms: float | None) -> dict[st
             }]}
 
 
-def serve_run_system(name: str, config: dict[str, Any], config_path: Path,
-                     model_dir: str, env: dict[str, str] | None = None) -> System:  # fmt: skip
-    """A Ray Serve app started with `serve run`, every Ray worker at normal priority."""
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return System(name=name, command=[str(systems.VENV_BIN / "serve"), "run", str(config_path)],
-                  base_url=systems.PDSERVE_URL, model_name=MODEL_ID, model_dir=model_dir,
-                  engine_kwargs=ENGINE, config_path=str(config_path), ray_cluster=True,
-                  env={"RAY_worker_niceness": "0", **(env or {})})
-
-
 def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
     if name == "vllm":
         return systems.vllm_system(model_dir, MODEL_ID, ENGINE)
     if name in ("pdserve", "pdserve-fast"):
-        return serve_run_system(name, pdserve_config(model), out / "configs" / "pdserve.yaml",
-                                model_dir, FAST_PATH_ENV if name == "pdserve-fast" else None)
+        return systems.serve_run_system(
+            name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
+            ENGINE, FAST_PATH_ENV if name == "pdserve-fast" else None)
     if name in ("rayllm", "rayllm-nobatch"):
         interval = 0 if name == "rayllm-nobatch" else None
-        return serve_run_system(name, rayllm_config(model_dir, interval),
-                                out / "configs" / f"{name}.yaml", model_dir)
+        return systems.serve_run_system(name, rayllm_config(model_dir, interval),
+                                        out / "configs" / f"{name}.yaml", model_dir, MODEL_ID,
+                                        ENGINE)
     raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEM_NAMES)}")
 
 

@@ -158,6 +158,11 @@ def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]],
     (out / "report.md").write_text(markdown)
 
 
+def step_summary(result: dict[str, Any], extra: Extra | None = None) -> dict[str, Any]:
+    """A row's summary of one load step: vLLM's scalars, plus what `extra` derives."""
+    return {**report.summarize(result), **(extra(result) if extra else {})}
+
+
 def run_round(n: int, built: list[System], loads: Loads, out: Path, meta: dict[str, Any],
               rows: list[dict[str, Any]], preload: list[str], ready_timeout_s: float,
               extra: Extra | None = None,
@@ -181,7 +186,7 @@ def run_round(n: int, built: list[System], loads: Loads, out: Path, meta: dict[s
                     cpu = process_cpu.by_role(before, process_cpu.snapshot(started.pid))
                     (out / "raw").mkdir(parents=True, exist_ok=True)
                     (out / "raw" / f"{step}.json").write_text(json.dumps(result, default=str))
-                    summary = {**report.summarize(result), **(extra(result) if extra else {})}
+                    summary = step_summary(result, extra)
                     rows.append({"round": n, "system": system.name, "load": load_name,
                                  "summary": summary, "cpu_s": cpu,
                                  "completed": result.get("completed")})

@@ -150,6 +150,19 @@ def pdserve_system(name: str, config_path: str | Path, model_dir: str | None = N
     )
 
 
+def serve_run_system(name: str, config: dict[str, Any], config_path: Path, model_dir: str,
+                     model_name: str, engine_kwargs: dict[str, Any],
+                     env: dict[str, str] | None = None) -> System:
+    """A Ray Serve app (any `serve run` config) written to `config_path`, started with
+    `serve run`, every Ray worker at normal priority."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return System(name=name, command=[str(VENV_BIN / "serve"), "run", str(config_path)],
+                  base_url=PDSERVE_URL, model_name=model_name, model_dir=model_dir,
+                  engine_kwargs=engine_kwargs, config_path=str(config_path), ray_cluster=True,
+                  env={"RAY_worker_niceness": "0", **(env or {})})
+
+
 def vllm_system(
     model_dir: str, model_name: str, engine_kwargs: dict[str, Any], port: int = VLLM_PORT
 ) -> System:
