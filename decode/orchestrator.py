@@ -6,21 +6,32 @@ KV kept), then decodes with the returned transfer params, so the decode engine p
 A prefill that fails or misses its deadline falls back to a local prefill on the decode engine,
 so the request still succeeds; each fallback is reported through `on_fallback`.
 Colocated: one call to the single pool.
+
+A generating replica lost mid-request (`ReplicaLost`) is not the client's problem: the request
+continues on another replica from what the client already has (`resume.py`), planned afresh,
+so a prefill replica that still caches the prompt computes only the delivered tokens and the
+new decode replica pulls the KV. After `max_resumes` losses the request fails with a
+retryable 503. Every engine request id carries a random suffix, so two client requests with
+the same id never share one inside an engine (an abort of one would abort both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+from vllm.exceptions import RetryableRequestError
 from vllm.inputs import EngineInput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
 from pdserve.decode.request import DecodeRequest
+from pdserve.decode.resume import NotResumable, Progress, ReplicaLost, extended_prompt_ids
 from pdserve.kv_transfer.params import KVTransferParams
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 from pdserve.routing.plan import Plan
@@ -30,7 +41,19 @@ logger = logging.getLogger(__name__)
 
 PrefillCall = Callable[[PrefillRequest], Awaitable[PrefillResult]]
 GenerateCall = Callable[[DecodeRequest], AsyncIterator[RequestOutput]]
+ReleaseCall = Callable[[str, KVTransferParams], Awaitable[None]]
 Planner = Callable[[RoutingInfo, str | None], Plan]
+Hasher = Callable[[Sequence[int]], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """One resume of a request: why its replica was lost, the plan of the new attempt
+    (`remote`, `local`, `colocated`) and the delivered tokens put back into its prompt."""
+
+    reason: str
+    path: str
+    recomputed_tokens: int
 
 
 def always_remote(info: RoutingInfo, forced_local: str | None) -> Plan:
@@ -44,6 +67,8 @@ class PoolCalls:
 
     generate: GenerateCall
     prefill: PrefillCall | None = None
+    #: Frees a finished prefill's KV on its prefill engine when no decode will pull it.
+    release_kv: ReleaseCall | None = None
 
 
 def local_prefill_reason(params: SamplingParams) -> str | None:
@@ -71,6 +96,10 @@ class Orchestrator:
         on_fallback: Callable[[str], None] = lambda reason: None,
         planner: Planner = always_remote,
         on_plan: Callable[[Plan], None] = lambda plan: None,
+        max_resumes: int = 0,
+        hasher: Hasher | None = None,
+        on_resume: Callable[[Resume], None] = lambda resume: None,
+        on_resumed: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         if disaggregated and calls.prefill is None:
             raise ValueError("PD mode needs a prefill call")
@@ -80,6 +109,11 @@ class Orchestrator:
         self.on_fallback = on_fallback
         self.planner = planner
         self.on_plan = on_plan
+        self.max_resumes = max_resumes
+        self.hasher = hasher
+        self.on_resume = on_resume
+        self.on_resumed = on_resumed  # seconds from the loss to the next delivered output
+        self._releases: set[asyncio.Task] = set()
 
     async def generate(
         self,
@@ -90,19 +124,102 @@ class Orchestrator:
         prompt: str = "",
     ) -> AsyncIterator[RequestOutput]:
         routing = routing or RoutingInfo()
+        progress = Progress(engine_input, params, request_id, prompt)
+        engine_request_id = f"{request_id}-{secrets.token_hex(4)}"
+        attempt, attempt_input, attempt_params = 0, engine_input, params
+        lost_at: float | None = None
+        resumed: tuple[str, int] | None = None  # (reason, delivered tokens) of a pending resume
+        while True:
+            attempt_id = engine_request_id if attempt == 0 else f"{engine_request_id}-r{attempt}"
+            plan = self._plan(routing, attempt_params)
+            if plan is not None:
+                routing = replace(routing, plan=plan.kind)
+            if resumed is not None:
+                self.on_resume(Resume(resumed[0], plan.kind if plan else "colocated",
+                                      resumed[1]))
+                resumed = None
+            try:
+                async with aclosing(self._attempt(attempt_input, attempt_params, attempt_id,
+                                                  routing, prompt, plan)) as outputs:
+                    async for output in outputs:
+                        if lost_at is not None:
+                            self.on_resumed(time.perf_counter() - lost_at)
+                            lost_at = None
+                        yield progress.forward(output, attempt)
+                return
+            except ReplicaLost as lost:
+                if progress.finished:
+                    return
+                attempt += 1
+                if attempt > self.max_resumes:
+                    logger.warning("request %s: %s; not resumed (%d resumes allowed)",
+                                   request_id, lost, self.max_resumes)
+                    raise RetryableRequestError(
+                        "the replica serving this request was lost and the request could not "
+                        "be resumed; retry it") from None
+                try:
+                    attempt_input, attempt_params, recomputed = progress.continuation()
+                except NotResumable as why:
+                    raise RetryableRequestError(
+                        f"the replica serving this request was lost: {why}; retry it") from None
+                routing = self._rerouted(routing, attempt_input)
+                resumed = (lost.reason, recomputed)
+                lost_at = lost_at or time.perf_counter()  # from the first loss not yet bridged
+                logger.warning("request %s: %s after %d delivered tokens; resuming (attempt %d)",
+                               request_id, lost, recomputed, attempt)
+
+    def _plan(self, routing: RoutingInfo, params: SamplingParams) -> Plan | None:
+        if not self.disaggregated:
+            return None
+        plan = self.planner(routing, local_prefill_reason(params))
+        self.on_plan(plan)
+        return plan
+
+    def _rerouted(self, routing: RoutingInfo, engine_input: EngineInput) -> RoutingInfo:
+        """Routing data of a continuation: its prompt holds the delivered tokens too."""
+        ids = extended_prompt_ids(engine_input)
+        if self.hasher is None or len(ids) == routing.prompt_tokens:
+            return routing
+        return replace(routing, block_hashes=self.hasher(ids), prompt_tokens=len(ids))
+
+    async def _attempt(
+        self, engine_input: EngineInput, params: SamplingParams, request_id: str,
+        routing: RoutingInfo, prompt: str, plan: Plan | None,
+    ) -> AsyncIterator[RequestOutput]:
+        """One try: prefill remotely if planned, then stream from a generating replica."""
         kv_params: KVTransferParams | None = None
-        if self.disaggregated:
-            plan = self.planner(routing, local_prefill_reason(params))
-            self.on_plan(plan)
-            routing = replace(routing, plan=plan.kind)
-            if plan.kind == "remote":
-                kv_params = await self._remote_prefill(
-                    PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt)
-                )
+        if plan is not None and plan.kind == "remote":
+            kv_params = await self._remote_prefill(
+                PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt)
+            )
         decode = DecodeRequest(request_id, engine_input, params, kv_params, routing, prompt)
-        async with aclosing(self.calls.generate(decode)) as stream:
-            async for output in stream:
-                yield output
+        pulled = False
+        try:
+            async with aclosing(self.calls.generate(decode)) as stream:
+                async for output in stream:
+                    pulled = True
+                    yield output
+        except ReplicaLost:
+            if kv_params is not None and not pulled:
+                self._release(request_id, kv_params)
+            raise
+
+    def _release(self, request_id: str, kv_params: KVTransferParams) -> None:
+        """The decode replica that was to pull this prefill's KV is gone: free it now rather
+        than when its lease runs out (in the background; the resume does not wait)."""
+        if self.calls.release_kv is None:
+            return
+
+        async def release() -> None:
+            try:
+                await self.calls.release_kv(f"{request_id}-release", kv_params)
+            except Exception as exc:  # the lease still frees it
+                logger.warning("request %s: could not release its prefill KV (%s)",
+                               request_id, exc)
+
+        task = asyncio.create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _remote_prefill(self, request: PrefillRequest) -> KVTransferParams | None:
         """KV-transfer params from a prefill replica, or None (then decode prefills locally)."""

@@ -1,4 +1,5 @@
-"""PD orchestration logic with fake pools: which calls happen, and the fallback rules."""
+"""PD orchestration logic with fake pools: which calls happen, the fallback rules, and resuming
+a request whose generating replica is lost mid-stream."""
 
 from __future__ import annotations
 
@@ -6,21 +7,43 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from vllm.sampling_params import SamplingParams
+from vllm.exceptions import RetryableRequestError
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from pdserve.decode.orchestrator import Orchestrator, PoolCalls, local_prefill_reason
+from pdserve.decode.orchestrator import Orchestrator, PoolCalls, Resume, local_prefill_reason
 from pdserve.decode.request import DecodeRequest
+from pdserve.decode.resume import ReplicaLost
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 
 KV = {"do_remote_prefill": True, "remote_engine_id": "p0", "remote_block_ids": [1]}
+PROMPT = [1, 2, 3]
+#: What an undisturbed greedy engine generates after any prompt ending in token t: t + 10.
+STEPS = 6
+
+
+def output(request: DecodeRequest, token_ids: list[int], kind: RequestOutputKind,
+           finished: bool) -> RequestOutput:
+    seq = CompletionOutput(index=0, text="".join(f"<{t}>" for t in token_ids),
+                           token_ids=token_ids, cumulative_logprob=-float(len(token_ids)),
+                           logprobs=None, finish_reason="length" if finished else None)
+    prompt_ids = list(request.engine_input["prompt_token_ids"])
+    return RequestOutput(request.request_id, None, prompt_ids, None, [seq], finished)
 
 
 class FakePools:
-    def __init__(self, prefill_error: Exception | None = None, prefill_delay: float = 0) -> None:
+    """A prefill pool and a generating pool whose engine continues any prompt deterministically
+    (next token = last token + 10), like a greedy model; `lose_after[i]`: the i-th generate
+    call loses its replica after that many outputs."""
+
+    def __init__(self, prefill_error: Exception | None = None, prefill_delay: float = 0,
+                 lose_after: list[int] | None = None) -> None:
         self.prefill_error = prefill_error
         self.prefill_delay = prefill_delay
+        self.lose_after = list(lose_after or [])
         self.prefills: list[PrefillRequest] = []
         self.decodes: list[DecodeRequest] = []
+        self.released: list[str] = []
 
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         self.prefills.append(request)
@@ -29,47 +52,84 @@ class FakePools:
             raise self.prefill_error
         return PrefillResult(request.request_id, KV, prompt_tokens=3)
 
-    async def generate(self, request: DecodeRequest) -> AsyncIterator[str]:
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        lose_after = self.lose_after[len(self.decodes)] if len(self.decodes) < len(
+            self.lose_after) else None
         self.decodes.append(request)
-        for token in ("a", "b"):
-            yield token
+        params = request.sampling_params
+        last = request.engine_input["prompt_token_ids"][-1]
+        made: list[int] = []
+        for step in range(params.max_tokens):
+            if lose_after is not None and step == lose_after:
+                raise ReplicaLost("replica_died")
+            last += 10
+            made.append(last)
+            finished = step == params.max_tokens - 1
+            if params.output_kind == RequestOutputKind.DELTA:
+                yield output(request, [last], params.output_kind, finished)
+            elif params.output_kind == RequestOutputKind.CUMULATIVE or finished:
+                yield output(request, list(made), params.output_kind, finished)
+        if lose_after is not None and lose_after >= params.max_tokens:
+            raise ReplicaLost("stream_broken")
+
+    async def release_kv(self, request_id: str, kv_params: dict) -> None:
+        self.released.append(request_id)
 
     def calls(self) -> PoolCalls:
-        return PoolCalls(generate=self.generate, prefill=self.prefill)  # type: ignore[arg-type]
+        return PoolCalls(generate=self.generate, prefill=self.prefill,  # type: ignore[arg-type]
+                         release_kv=self.release_kv)  # type: ignore[arg-type]
 
 
-def run(orchestrator: Orchestrator, params: SamplingParams) -> list[str]:
-    async def collect() -> list[str]:
-        prompt = {"prompt_token_ids": [1, 2, 3]}
-        return [o async for o in orchestrator.generate(prompt, params, "r1")]
+def outputs(orchestrator: Orchestrator, params: SamplingParams,
+            request_id: str = "r1") -> list[RequestOutput]:
+    async def collect() -> list[RequestOutput]:
+        prompt = {"type": "token", "prompt_token_ids": list(PROMPT)}
+        return [o async for o in orchestrator.generate(prompt, params, request_id)]
 
     return asyncio.run(collect())
 
 
-def orchestrator(pools: FakePools, fallbacks: list[str], timeout: float = 5) -> Orchestrator:
+def run(orchestrator: Orchestrator, params: SamplingParams) -> list[int]:
+    """Every token id the client received, in order."""
+    got = outputs(orchestrator, params)
+    if params.output_kind == RequestOutputKind.DELTA:
+        return [t for o in got for t in o.outputs[0].token_ids]
+    return list(got[-1].outputs[0].token_ids)
+
+
+UNDISTURBED = [13, 23]
+
+
+def orchestrator(pools: FakePools, fallbacks: list[str], timeout: float = 5,
+                 **kwargs: object) -> Orchestrator:
     return Orchestrator(
-        pools.calls(), disaggregated=True, prefill_timeout_s=timeout, on_fallback=fallbacks.append
+        pools.calls(), disaggregated=True, prefill_timeout_s=timeout, on_fallback=fallbacks.append,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
 def test_pd_prefills_once_then_decodes_with_the_transfer_params() -> None:
     pools, fallbacks = FakePools(), []
-    assert run(orchestrator(pools, fallbacks), SamplingParams(max_tokens=4)) == ["a", "b"]
-    assert len(pools.prefills) == 1 and pools.prefills[0].request_id == "r1-prefill"
+    assert run(orchestrator(pools, fallbacks), SamplingParams(max_tokens=2)) == UNDISTURBED
+    assert len(pools.prefills) == 1
+    # engine ids carry a random suffix: equal client ids never share an engine request id
+    assert pools.prefills[0].request_id.startswith("r1-")
+    assert pools.prefills[0].request_id.endswith("-prefill")
     assert pools.decodes[0].kv_transfer_params == KV
     assert fallbacks == []
 
 
 def test_failed_prefill_falls_back_to_local_prefill_and_is_counted() -> None:
     pools, fallbacks = FakePools(prefill_error=RuntimeError("replica died")), []
-    assert run(orchestrator(pools, fallbacks), SamplingParams(max_tokens=4)) == ["a", "b"]
+    assert run(orchestrator(pools, fallbacks), SamplingParams(max_tokens=2)) == UNDISTURBED
     assert pools.decodes[0].kv_transfer_params is None
     assert fallbacks == ["error"]
 
 
 def test_slow_prefill_times_out_and_falls_back() -> None:
     pools, fallbacks = FakePools(prefill_delay=1.0), []
-    assert run(orchestrator(pools, fallbacks, timeout=0.05), SamplingParams()) == ["a", "b"]
+    assert run(orchestrator(pools, fallbacks, timeout=0.05),
+               SamplingParams(max_tokens=2)) == UNDISTURBED
     assert pools.decodes[0].kv_transfer_params is None
     assert fallbacks == ["timeout"]
 
@@ -88,7 +148,7 @@ def test_local_prefill_reasons(params: SamplingParams, reason: str | None) -> No
 
 def test_parallel_samples_skip_remote_prefill_without_counting_a_fallback() -> None:
     pools, fallbacks = FakePools(), []
-    run(orchestrator(pools, fallbacks), SamplingParams(n=2))
+    run(orchestrator(pools, fallbacks), SamplingParams(n=2, max_tokens=2))
     assert pools.prefills == [] and fallbacks == []
 
 
@@ -97,7 +157,7 @@ def test_colocated_mode_never_prefills_remotely() -> None:
     colocated = Orchestrator(
         PoolCalls(generate=pools.generate), disaggregated=False, prefill_timeout_s=1  # type: ignore[arg-type]
     )
-    assert run(colocated, SamplingParams()) == ["a", "b"]
+    assert run(colocated, SamplingParams(max_tokens=2)) == UNDISTURBED
     assert pools.prefills == [] and pools.decodes[0].kv_transfer_params is None
 
 
@@ -105,3 +165,112 @@ def test_pd_mode_without_a_prefill_pool_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="prefill"):
         Orchestrator(PoolCalls(generate=FakePools().generate), disaggregated=True,  # type: ignore[arg-type]
                      prefill_timeout_s=1)
+
+
+def test_engine_request_ids_differ_for_equal_client_ids() -> None:
+    pools = FakePools()
+    colocated = Orchestrator(pools.calls(), disaggregated=False, prefill_timeout_s=1)
+    first, second = (outputs(colocated, SamplingParams(max_tokens=1)) for _ in range(2))
+    a, b = (d.request_id for d in pools.decodes)
+    assert a != b and a.startswith("r1-") and b.startswith("r1-")
+    assert first[0].request_id == second[0].request_id == "r1"  # the client's id comes back
+
+
+def streamed(max_tokens: int = STEPS, **kwargs: object) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA,
+                          **kwargs)  # type: ignore[arg-type]
+
+
+def greedy_tokens(n: int = STEPS) -> list[int]:
+    return [PROMPT[-1] + 10 * (i + 1) for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", [RequestOutputKind.DELTA, RequestOutputKind.CUMULATIVE,
+                                  RequestOutputKind.FINAL_ONLY])
+def test_a_lost_replica_is_resumed_without_gap_or_repeat(kind: RequestOutputKind) -> None:
+    pools, resumes, waits = FakePools(lose_after=[2, 3]), [], []
+    pd = orchestrator(pools, [], max_resumes=3, hasher=lambda ids: tuple(ids),
+                      on_resume=resumes.append, on_resumed=waits.append)
+    got = outputs(pd, SamplingParams(max_tokens=STEPS, output_kind=kind))
+    tokens = ([t for o in got for t in o.outputs[0].token_ids] if kind == RequestOutputKind.DELTA
+              else list(got[-1].outputs[0].token_ids))
+    assert tokens == greedy_tokens()
+    assert got[-1].finished and all(o.request_id == "r1" for o in got)
+    assert all(o.prompt_token_ids == PROMPT for o in got)  # not the continuation's prompt
+    if kind == RequestOutputKind.FINAL_ONLY:  # nothing was delivered: each attempt starts over
+        assert [len(d.engine_input["prompt_token_ids"]) for d in pools.decodes] == [3, 3, 3]
+        assert [r.recomputed_tokens for r in resumes] == [0, 0]
+    else:
+        # attempt 2 starts from prompt + 2 delivered; attempt 3 from prompt + 2 + 3
+        assert [d.engine_input["prompt_token_ids"] for d in pools.decodes] == [
+            PROMPT, PROMPT + greedy_tokens(2), PROMPT + greedy_tokens(5)]
+        assert [d.sampling_params.max_tokens for d in pools.decodes] == [6, 4, 1]
+        assert [r.recomputed_tokens for r in resumes] == [2, 5]
+        assert got[-1].outputs[0].text == "".join(f"<{t}>" for t in greedy_tokens()) or (
+            kind == RequestOutputKind.DELTA)
+    assert [r.reason for r in resumes] == ["replica_died", "replica_died"]
+    # one wait per gap the client saw (FINAL_ONLY: one gap, across both losses)
+    assert len(waits) == (1 if kind == RequestOutputKind.FINAL_ONLY else 2)
+    assert len({d.request_id for d in pools.decodes}) == 3  # each attempt its own engine id
+
+
+def test_resume_is_planned_afresh_with_the_continuations_routing_data() -> None:
+    pools, plans, resumes = FakePools(lose_after=[2]), [], []
+
+    def planner(info, forced):  # noqa: ANN001, ANN202
+        plans.append(info)
+        from pdserve.routing.plan import Plan
+        return Plan("remote", "test")
+
+    pd = orchestrator(pools, [], max_resumes=1, hasher=lambda ids: tuple(ids), planner=planner,
+                      on_resume=resumes.append)
+    assert run(pd, streamed()) == greedy_tokens()
+    assert [p.prompt_tokens for p in plans] == [0, 5]
+    assert plans[1].block_hashes == tuple(PROMPT + greedy_tokens(2))
+    assert len(pools.prefills) == 2  # the continuation prefilled remotely, then was pulled
+    assert resumes == [Resume("replica_died", "remote", 2)]
+
+
+def test_a_lost_decode_that_never_pulled_releases_the_prefill_kv() -> None:
+    pools = FakePools(lose_after=[0])
+    assert run(orchestrator(pools, [], max_resumes=1), streamed()) == greedy_tokens()
+
+    async def settle() -> None:
+        await asyncio.sleep(0)
+
+    asyncio.run(settle())
+    assert len(pools.released) == 1 and pools.released[0].endswith("-release")
+
+
+def test_losses_beyond_max_resumes_fail_with_a_retryable_error() -> None:
+    pools = FakePools(lose_after=[1, 1])
+    with pytest.raises(RetryableRequestError, match="retry"):
+        run(orchestrator(pools, [], max_resumes=1), streamed())
+    assert len(pools.decodes) == 2
+
+
+def test_a_lost_replica_after_the_last_token_is_not_resumed() -> None:
+    pools = FakePools(lose_after=[STEPS])  # loses the stream after its final output
+    assert run(orchestrator(pools, [], max_resumes=0), streamed()) == greedy_tokens()
+    assert len(pools.decodes) == 1
+
+
+@pytest.mark.parametrize("params", [streamed(n=2), streamed(structured_outputs=None, n=1)])
+def test_what_cannot_be_continued_fails_cleanly(params: SamplingParams) -> None:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if params.n == 1:
+        params.structured_outputs = StructuredOutputsParams(json={"type": "object"})
+    pools = FakePools(lose_after=[2])
+    pd = Orchestrator(pools.calls(), disaggregated=False, prefill_timeout_s=1, max_resumes=2)
+    with pytest.raises(RetryableRequestError, match="not resumed"):
+        outputs(pd, params)
+
+
+def test_continued_params_ask_only_for_what_is_still_owed() -> None:
+    from pdserve.decode.resume import continued_params
+
+    params = SamplingParams(max_tokens=10, min_tokens=4, prompt_logprobs=2, temperature=0)
+    later = continued_params(params, 3)
+    assert (later.max_tokens, later.min_tokens, later.prompt_logprobs) == (7, 1, None)
+    assert (params.max_tokens, params.min_tokens) == (10, 4)  # the original is untouched

@@ -1,0 +1,148 @@
+"""Continuing a request whose generating replica was lost, from what its client already has.
+
+A resumed request is a new engine request whose prompt is the original prompt followed by the
+tokens already delivered, asking for the tokens still owed; its outputs are mapped back onto
+the original request (its prompt, id, and for cumulative outputs the tokens delivered before),
+so vLLM's OpenAI layer sees one uninterrupted request: no gap, no repeated token.
+
+Greedy requests continue exactly as they would have. Sampled requests continue from what was
+delivered, but the draw differs from the undisturbed run (the seeded generator restarts), and
+so do frequency/presence penalties (the delivered tokens become prompt, which those penalties
+ignore). A stop string that would have straddled the resume point is not detected. Requests
+with several sequences (`n > 1`) or structured output that already delivered tokens cannot be
+continued; they fail with a retryable error instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from vllm.inputs import EngineInput
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+
+class ReplicaLost(RuntimeError):
+    """The generating replica (its actor, its engine or the stream to it) went away mid-request;
+    `reason` names how (`replica_died`, `engine_dead`, `stream_broken`)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class NotResumable(RuntimeError):
+    """This request cannot be continued elsewhere (why is the message)."""
+
+
+@dataclasses.dataclass
+class Delivered:
+    """What the client has received of one single-sequence request so far."""
+
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    logprobs: list[Any] | None = None
+    cumulative_logprob: float | None = None
+    finished: bool = False
+
+
+class Progress:
+    """Follows a request's outputs as they go to the client, and builds its continuation."""
+
+    def __init__(self, engine_input: EngineInput, params: SamplingParams, request_id: str,
+                 prompt: str) -> None:
+        self.engine_input = engine_input
+        self.params = params
+        self.request_id = request_id
+        self.prompt = prompt
+        self.delivered = Delivered()
+        self.prompt_token_ids: list[int] | None = None
+        self.outputs_seen = 0
+        #: Delivered tokens when the current attempt started (cumulative outputs add them).
+        self._base = Delivered()
+
+    @property
+    def finished(self) -> bool:
+        return self.delivered.finished
+
+    def forward(self, output: RequestOutput, attempt: int) -> RequestOutput:
+        """Record an output of attempt `attempt` and return it as the original request's."""
+        self.outputs_seen += 1
+        if attempt == 0 and self.prompt_token_ids is None:
+            self.prompt_token_ids = list(output.prompt_token_ids or ())
+        output.request_id = self.request_id  # engines saw a suffixed id (orchestrator.py)
+        if attempt > 0 and self._base.token_ids:  # a continuation: its prompt holds them
+            output.prompt = self.prompt or None
+            output.prompt_token_ids = self.prompt_token_ids
+            output.prompt_logprobs = None
+            if self.params.output_kind == RequestOutputKind.CUMULATIVE:
+                self._prepend_base(output)
+        self._record(output)
+        return output
+
+    def _record(self, output: RequestOutput) -> None:
+        if len(output.outputs) != 1:
+            self.delivered.finished = output.finished
+            return
+        seq = output.outputs[0]
+        kind = self.params.output_kind
+        if kind == RequestOutputKind.DELTA:
+            self.delivered.token_ids += list(seq.token_ids)
+            self.delivered.text += seq.text
+            if seq.logprobs is not None:
+                self.delivered.logprobs = [*(self.delivered.logprobs or []), *seq.logprobs]
+        else:  # cumulative or final: the output holds everything so far
+            self.delivered.token_ids = list(seq.token_ids)
+            self.delivered.text = seq.text
+            self.delivered.logprobs = list(seq.logprobs) if seq.logprobs is not None else None
+        self.delivered.cumulative_logprob = seq.cumulative_logprob
+        self.delivered.finished = output.finished
+
+    def _prepend_base(self, output: RequestOutput) -> None:
+        base = self._base
+        for seq in output.outputs:
+            seq.token_ids = [*base.token_ids, *seq.token_ids]
+            seq.text = base.text + seq.text
+            if seq.logprobs is not None and base.logprobs is not None:
+                seq.logprobs = [*base.logprobs, *seq.logprobs]
+            if seq.cumulative_logprob is not None and base.cumulative_logprob is not None:
+                seq.cumulative_logprob += base.cumulative_logprob
+
+    def continuation(self) -> tuple[EngineInput, SamplingParams, int]:
+        """The next attempt's engine input and params, and how many delivered tokens it puts
+        back into the prompt (they are recomputed or pulled, not generated again)."""
+        sent = list(self.delivered.token_ids)
+        self._base = dataclasses.replace(self.delivered, token_ids=sent)
+        if not sent:
+            return self.engine_input, self.params, 0  # nothing delivered: run it again
+        if self.params.n != 1:
+            raise NotResumable("requests with several sequences (n > 1) are not resumed")
+        if self.params.structured_outputs is not None:
+            raise NotResumable("structured output is not resumed once tokens were delivered")
+        if not isinstance(self.engine_input, dict) or self.engine_input.get("type") != "token":
+            raise NotResumable("only token prompts are resumed")
+        prompt_ids = self.prompt_token_ids or list(self.engine_input["prompt_token_ids"])
+        engine_input: dict[str, Any] = {
+            key: value for key, value in self.engine_input.items() if key != "prompt"
+        }
+        engine_input["prompt_token_ids"] = [*prompt_ids, *sent]
+        return engine_input, continued_params(self.params, len(sent)), len(sent)  # type: ignore[return-value]
+
+
+def continued_params(params: SamplingParams, delivered: int) -> SamplingParams:
+    """The original params, asking only for the tokens still owed."""
+    params = params.clone()
+    if params.max_tokens is not None:
+        params.max_tokens = max(1, params.max_tokens - delivered)
+    params.min_tokens = max(0, params.min_tokens - delivered)
+    params.prompt_logprobs = None  # the prompt's logprobs went out with the first message
+    return params
+
+
+def extended_prompt_ids(engine_input: EngineInput) -> Sequence[int]:
+    """The token ids an attempt's engine input asks the engine to start from."""
+    if isinstance(engine_input, dict):
+        return engine_input.get("prompt_token_ids") or ()  # type: ignore[return-value]
+    return ()
