@@ -9,6 +9,7 @@ from vllm.outputs import RequestOutput
 
 from pdserve.decode.request import DecodeRequest
 from pdserve.deployments.engine.host import EngineHost
+from pdserve.kv_transfer.params import KVTransferParams
 
 
 class GeneratingHost(EngineHost):
@@ -28,6 +29,13 @@ class DecodeServer(GeneratingHost):
     """Decode pool: pulls KV over NIXL, or prefills locally when no params came (fallback)."""
 
     role = "decode"
+
+    async def release_kv(self, request_id: str, kv_transfer_params: KVTransferParams) -> None:
+        """Free a finished prefill's KV on its prefill engine: the decode meant to pull it is
+        gone. vLLM's own way: this engine admits a pre-aborted request carrying the transfer
+        params, and its connector tells the prefill engine to free the blocks."""
+        await self.engine.notify_kv_transfer_request_rejected(request_id,
+                                                              dict(kv_transfer_params))
 
 
 @serve.deployment

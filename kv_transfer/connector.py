@@ -21,13 +21,17 @@ NIXL_STATE_EXTENSION = f"{QUIET_CONNECTOR_MODULE}.NixlStateExtension"
 
 
 def kv_transfer_config(
-    kv_role: KVRole, engine_id: str, kv_buffer_device: str, progress_delay_us: int
+    kv_role: KVRole, engine_id: str, kv_buffer_device: str, progress_delay_us: int,
+    kv_lease_s: int = 30,
 ) -> dict[str, Any]:
-    """The connector config of one engine (`progress_delay_us` 0: NIXL's own busy poll)."""
+    """The connector config of one engine (`progress_delay_us` 0: NIXL's own busy poll;
+    `kv_lease_s`: how long a prefill engine keeps KV no decoder has pulled, vLLM's
+    `kv_lease_duration`)."""
     return {
         "kv_connector": "NixlConnector",
         "kv_connector_module_path": QUIET_CONNECTOR_MODULE,
-        "kv_connector_extra_config": {PROGRESS_DELAY_KEY: progress_delay_us},
+        "kv_connector_extra_config": {PROGRESS_DELAY_KEY: progress_delay_us,
+                                      "kv_lease_duration": kv_lease_s},
         "kv_role": kv_role,
         "kv_buffer_device": kv_buffer_device,
         "engine_id": engine_id,

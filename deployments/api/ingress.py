@@ -45,6 +45,11 @@ class OpenAIIngress:
         return {model_id: dict(f.metrics.tally)
                 for model_id, f in self.catalog.frontends.items()}
 
+    def resume_waits(self) -> dict[str, list[float]]:
+        """Per model, the recent resumes' seconds from a lost replica to the next output."""
+        return {model_id: list(f.metrics.resume_waits)
+                for model_id, f in self.catalog.frontends.items()}
+
     def routing(self) -> dict[str, dict[str, Any]]:
         """Each pool's prefix index and event streams as this replica sees them."""
         return {PoolName(model_id, role).label: state.snapshot()

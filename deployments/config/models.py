@@ -76,6 +76,23 @@ class KVTransferSettings(StrictModel):
         "(pdserve's quiet connector). 0 is NIXL's own busy poll, which keeps a whole core busy "
         "per idle PD engine; transfers still progress when the engine checks them each step.",
     )
+    kv_lease_s: int = Field(
+        30, ge=6, le=3600,
+        description="How long a prefill engine keeps a prompt's KV that no decoder pulls "
+        "(vLLM's `kv_lease_duration`; decoders waiting to pull renew it). A decode that will "
+        "not follow (replica lost) frees it at once; this bounds what nobody reports.",
+    )
+
+
+class ResumeSettings(StrictModel):
+    """What happens when a generating replica is lost mid-request."""
+
+    max_attempts: int = Field(
+        3, ge=0, le=16,
+        description="How many times one request may be resumed on another replica (from "
+        "what its client already received) before it fails with a retryable 503; 0 turns "
+        "resuming off.",
+    )
 
 
 class RoutingConfig(StrictModel):
@@ -122,6 +139,7 @@ class ModelConfig(StrictModel):
     embed: PoolConfig | None = Field(None, description="The embedding pool (mode `embed`).")
     kv_transfer: KVTransferSettings = Field(default_factory=KVTransferSettings)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    resume: ResumeSettings = Field(default_factory=ResumeSettings)
     slo: SLOTargets | None = Field(
         None,
         description="Autoscale this model's pools to these targets (each pool then needs "

@@ -31,7 +31,7 @@ def engine_args(model: ModelConfig, role: Role, engine_id: str) -> AsyncEngineAr
     if kv_role is not None:
         settings = model.kv_transfer
         transfer = kv_transfer_config(kv_role, engine_id, settings.kv_buffer_device,
-                                      settings.progress_thread_delay_us)
+                                      settings.progress_thread_delay_us, settings.kv_lease_s)
         kwargs.setdefault("worker_extension_cls", NIXL_STATE_EXTENSION)  # for `nixl_state`
     if role == "embed":  # a pooling model: no KV to transfer or to route by
         kwargs.setdefault("runner", "pooling")

@@ -53,7 +53,29 @@ class RequestMetrics:
             boundaries=_LATENCY_BOUNDARIES, tag_keys=("model", "mode", "outcome"),
         )
         self.cold_start.set_default_tags(dict(tags))
+        self.resumes = Counter(
+            "pdserve_request_resumes_total",
+            description="Requests continued on another replica after theirs was lost, by "
+            "reason (replica_died, engine_dead, stream_broken) and the new attempt's path "
+            "(remote: prefill pool then a decode replica; local; colocated).",
+            tag_keys=("model", "mode", "reason", "path"),
+        )
+        self.resumes.set_default_tags(dict(tags))
+        self.recomputed = Counter(
+            "pdserve_resume_recomputed_tokens_total",
+            description="Tokens already delivered to clients that resumed requests put back "
+            "into their prompts (computed again, or pulled from a prefill replica).",
+            tag_keys=("model", "mode"),
+        )
+        self.recomputed.set_default_tags(dict(tags))
+        self.resume_seconds = Histogram(
+            "pdserve_resume_seconds",
+            description="From losing a request's replica to its next delivered output.",
+            boundaries=_LATENCY_BOUNDARIES, tag_keys=("model", "mode"),
+        )
+        self.resume_seconds.set_default_tags(dict(tags))
         self.tally: Tally[str] = Tally()  # the same events, readable in-process (stats())
+        self.resume_waits: list[float] = []  # recent resume times (stats(), the note's p50/p99)
 
     @staticmethod
     def _histogram(name: str, description: str, tags: dict[str, str]) -> Histogram:
@@ -72,6 +94,18 @@ class RequestMetrics:
         """`plan`: a `pdserve.routing.plan.Plan` (kind, reason)."""
         self.plans.inc(1, tags={"plan": plan.kind, "reason": plan.reason})
         self.tally[f"plan:{plan.kind}:{plan.reason}"] += 1
+
+    def record_resume(self, resume: Any) -> None:
+        """`resume`: a `pdserve.decode.orchestrator.Resume`."""
+        self.resumes.inc(1, tags={"reason": resume.reason, "path": resume.path})
+        if resume.recomputed_tokens:
+            self.recomputed.inc(resume.recomputed_tokens)
+        self.tally[f"resume:{resume.reason}:{resume.path}"] += 1
+        self.tally["resume_recomputed_tokens"] += resume.recomputed_tokens
+
+    def record_resumed(self, seconds: float) -> None:
+        self.resume_seconds.observe(seconds)
+        self.resume_waits = [*self.resume_waits[-999:], seconds]
 
     def record_cold_start(self, wait_s: float, timed_out: bool) -> None:
         outcome = "timeout" if timed_out else "served"

@@ -45,6 +45,10 @@ class ModelFrontend:
             planner=(make_planner(model, self.pools, view.hasher.block_size) if disaggregated
                      else always_remote),
             on_plan=self.metrics.record_plan,
+            max_resumes=model.resume.max_attempts,
+            hasher=view.hasher,
+            on_resume=self.metrics.record_resume,
+            on_resumed=self.metrics.record_resumed,
         )
         client = PoolGraphClient(view, orchestrator, self.metrics)
         self.client = client

@@ -17,6 +17,8 @@ from pdserve.decode.request import DecodeRequest
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.engine.wire import PromptRestorer
+from pdserve.deployments.frontend.remote_errors import engine_error
+from pdserve.kv_transfer.params import KVTransferParams
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 from pdserve.routing.plan import Plan, PlanInputs, PlanThresholds, decide
 from pdserve.routing.pool_state import PoolState, pool_state
@@ -63,6 +65,10 @@ def pool_calls(
             async for output in outputs:
                 yield restore(output)
             done = True
+        except RetryableRequestError:
+            raise
+        except Exception as exc:
+            raise engine_error(exc) from None
         finally:
             if not done:
                 responses.cancel()
@@ -77,8 +83,13 @@ def pool_calls(
         except asyncio.CancelledError:
             response.cancel()  # deadline passed or client left: stop the prefill engine too
             raise
+        except Exception as exc:
+            raise engine_error(exc) from None
 
-    return PoolCalls(generate=generate, prefill=prefill)
+    async def release_kv(request_id: str, kv_params: KVTransferParams) -> None:
+        await generate_pool.release_kv.remote(request_id, kv_params)
+
+    return PoolCalls(generate=generate, prefill=prefill, release_kv=release_kv)
 
 
 def pool_states(handles: dict[Role, DeploymentHandle]) -> dict[Role, PoolState]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from vllm.config.kv_transfer import KVTransferConfig
 
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.engine.args import engine_args
@@ -60,7 +61,7 @@ def test_engines_are_spread_over_cores(
 
 def test_connector_roles() -> None:
     model = ModelConfig(model_id="m", model="org/model", kv_transfer={
-        "progress_thread_delay_us": 2000})
+        "progress_thread_delay_us": 2000, "kv_lease_s": 12})
     prefill = engine_args(model, "prefill", "e1").kv_transfer_config
     decode = engine_args(model, "decode", "e2").kv_transfer_config
     assert prefill is not None and decode is not None
@@ -68,7 +69,11 @@ def test_connector_roles() -> None:
     assert decode["kv_role"] == "kv_consumer"
     assert decode["kv_load_failure_policy"] == "recompute"
     assert decode["kv_connector_module_path"] == QUIET_CONNECTOR_MODULE
-    assert decode["kv_connector_extra_config"] == {"pdserve_progress_thread_delay_us": 2000}
+    assert decode["kv_connector_extra_config"] == {"pdserve_progress_thread_delay_us": 2000,
+                                                   "kv_lease_duration": 12}
+    # vLLM reads the lease under this name (prefill side: scheduler; both: worker)
+    kv_config = KVTransferConfig(**prefill)
+    assert kv_config.get_from_extra_config("kv_lease_duration", 30) == 12
     assert engine_args(model, "decode", "e2").worker_extension_cls == NIXL_STATE_EXTENSION
     for role in ("colocated", "embed"):
         args = engine_args(model, role, "e3")
