@@ -87,6 +87,7 @@ class PoolGraphClient(EngineClient):
     ) -> AsyncGenerator[RequestOutput, None]:
         """Run the request through the pools, timing TTFT/ITL/e2e as the client sees them."""
         params, session_id = _split_client_extras(sampling_params)
+        self.validate(prompt, params, request_id)
         timer = self.metrics.start(streaming=params.output_kind == RequestOutputKind.DELTA)
         token_ids = list(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else []
         routing = RoutingInfo(
@@ -111,6 +112,14 @@ class PoolGraphClient(EngineClient):
             raise
         finally:
             timer.finish(outcome)
+
+    def validate(self, prompt: Any, params: SamplingParams, request_id: str) -> None:
+        """Reject what the engines would reject, before any engine runs: vLLM's own input
+        processing (sampling params, prompt length), as the engine applies it on admission.
+        Otherwise a PD request with a bad parameter would fail on the decode engine after
+        its prefill ran and pinned KV."""
+        self.input_processor.process_inputs(
+            request_id, prompt, params, supported_tasks=("generate",))
 
     # -- state the OpenAI layer reads ---------------------------------------------------------
     @property
