@@ -9,13 +9,19 @@ replay endpoint for everything it still buffers (so blocks stored before we conn
 known), then applies live batches in sequence order. A gap in sequence numbers is repaired
 from the replay buffer; when that is impossible the replica's entries are cleared (the index
 then under-reports, never over-reports, until new events arrive).
+
+No event can stop the thread: a batch that fails to decode or apply clears that replica's
+entries (it may have held removals) and the stream goes on from the next batch; a socket that
+fails is closed and the replica subscribed afresh (replaying what its engine still buffers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +38,7 @@ logger = logging.getLogger(__name__)
 END_SEQ = -1
 REPLAY_TIMEOUT_MS = 2000
 POLL_MS = 20
+RETRY_S = 5.0
 
 
 @dataclass
@@ -46,6 +53,7 @@ class StreamState:
     gaps: int = 0
     replays: int = 0
     resyncs: int = 0
+    errors: int = 0
     block_size_mismatch: bool = False
     counts: dict[str, int] = field(default_factory=lambda: {"stored": 0, "removed": 0,
                                                              "cleared": 0})
@@ -60,6 +68,7 @@ class KVEventSubscriber:
         self.block_size = block_size
         self._commands: queue.SimpleQueue[tuple[str, Hashable, Any]] = queue.SimpleQueue()
         self._streams: dict[Hashable, StreamState] = {}
+        self._retries: dict[Hashable, tuple[float, str, str | None]] = {}  # thread-owned
         self._decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
         self._ctx = zmq.Context.instance()
         self._stop = threading.Event()
@@ -78,7 +87,8 @@ class KVEventSubscriber:
         with self.lock:
             return {
                 str(r): {"endpoint": s.endpoint, "events": s.events, "gaps": s.gaps,
-                         "replays": s.replays, "resyncs": s.resyncs, **s.counts,
+                         "replays": s.replays, "resyncs": s.resyncs, "errors": s.errors,
+                         **s.counts,
                          "blocks": self.index.num_blocks(r),
                          "block_size_mismatch": s.block_size_mismatch}
                 for r, s in list(self._streams.items())
@@ -92,6 +102,7 @@ class KVEventSubscriber:
     def _run(self) -> None:
         poller = zmq.Poller()
         while not self._stop.is_set():
+            self._retry_due()
             self._apply_commands(poller)
             try:
                 ready = dict(poller.poll(POLL_MS))
@@ -99,9 +110,46 @@ class KVEventSubscriber:
                 continue
             for replica, stream in list(self._streams.items()):
                 if stream.socket in ready:
-                    self._drain(replica, stream)
+                    try:
+                        self._drain(replica, stream)
+                    except Exception:
+                        logger.exception("kv events: stream of %s failed; resubscribing", replica)
+                        self._resubscribe(replica, stream, poller)
         for stream in self._streams.values():
             stream.socket.close(linger=0)
+
+    def _resubscribe(self, replica: Hashable, stream: StreamState, poller: zmq.Poller) -> None:
+        """Start the replica's stream over: its entries are dropped, then replayed."""
+        with self.lock:
+            self.index.clear(replica)
+        try:
+            poller.unregister(stream.socket)
+            stream.socket.close(linger=0)
+            self._subscribe(replica, stream.endpoint, stream.replay_endpoint, poller)
+            self._streams[replica].errors = stream.errors + 1
+        except Exception:  # leave it unwatched; the next `watch` (engine report) retries
+            logger.exception("kv events: could not resubscribe to %s", replica)
+            self._drop(replica, poller, stream.endpoint, stream.replay_endpoint)
+
+    def _drop(self, replica: Hashable, poller: zmq.Poller, endpoint: str,
+              replay_endpoint: str | None) -> None:
+        """Forget a replica whose subscription failed half-way (socket, entries) and try it
+        again in `RETRY_S` unless it is unwatched meanwhile."""
+        with self.lock:
+            stream = self._streams.pop(replica, None)
+            self.index.remove_replica(replica)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                poller.unregister(stream.socket)
+            stream.socket.close(linger=0)
+        self._retries[replica] = (time.monotonic() + RETRY_S, endpoint, replay_endpoint)
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        for replica, (due, endpoint, replay) in list(self._retries.items()):
+            if due <= now:
+                del self._retries[replica]
+                self.watch(replica, endpoint, replay)
 
     def _apply_commands(self, poller: zmq.Poller) -> None:
         while True:
@@ -109,6 +157,7 @@ class KVEventSubscriber:
                 command, replica, arg = self._commands.get_nowait()
             except queue.Empty:
                 return
+            self._retries.pop(replica, None)  # a newer command supersedes a pending retry
             current = self._streams.get(replica)
             if command == "watch" and current is not None and current.endpoint == arg[0]:
                 continue
@@ -119,7 +168,11 @@ class KVEventSubscriber:
                     del self._streams[replica]
                     self.index.remove_replica(replica)
             if command == "watch":
-                self._subscribe(replica, *arg, poller)
+                try:
+                    self._subscribe(replica, *arg, poller)
+                except Exception:
+                    logger.exception("kv events: cannot watch %s at %s", replica, arg[0])
+                    self._drop(replica, poller, *arg)
 
     def _subscribe(
         self, replica: Hashable, endpoint: str, replay_endpoint: str | None, poller: zmq.Poller
@@ -188,11 +241,17 @@ class KVEventSubscriber:
             self.index.clear(replica)
 
     def _apply(self, replica: Hashable, stream: StreamState, seq: int, payload: bytes) -> None:
-        batch = self._decoder.decode(payload)
         with self.lock:
-            for event in batch.events:
-                self._apply_event(replica, stream, event)
-            stream.events += len(batch.events)
+            try:
+                batch = self._decoder.decode(payload)
+                for event in batch.events:
+                    self._apply_event(replica, stream, event)
+                stream.events += len(batch.events)
+            except Exception:
+                stream.errors += 1
+                logger.exception("kv events: batch %d of %s is unreadable; dropping the "
+                                 "replica's entries", seq, replica)
+                self.index.clear(replica)  # it may have removed blocks: never over-report
             stream.next_seq = seq + 1
 
     def _apply_event(self, replica: Hashable, stream: StreamState, event: Any) -> None:

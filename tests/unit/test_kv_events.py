@@ -131,3 +131,52 @@ def test_missed_batches_without_a_replay_buffer_forget_the_replica_rather_than_g
         assert subscriber.snapshot()["r1"]["gaps"] == 1
     finally:
         pub.close(linger=0)
+
+
+def test_an_unreadable_batch_drops_the_replicas_entries_and_the_stream_goes_on(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber]
+) -> None:
+    index, subscriber = index_and_subscriber
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    encode = msgspec.msgpack.Encoder().encode
+    try:
+        subscriber.watch("r1", f"tcp://127.0.0.1:{port}", None)
+        eventually(lambda: "r1" in subscriber.snapshot())
+        time.sleep(0.3)
+        pub.send_multipart((b"", (0).to_bytes(8, "big"), encode(batch(stored(1, 2)))))
+        eventually(lambda: index.match([1, 2]) == {"r1": 2})
+        pub.send_multipart((b"", (1).to_bytes(8, "big"), b"\xc1 not msgpack"))
+        eventually(lambda: subscriber.snapshot()["r1"]["errors"] == 1)
+        assert index.match([1, 2]) == {}  # it might have removed them: forgotten
+        pub.send_multipart((b"", (2).to_bytes(8, "big"), encode(batch(stored(9)))))
+        eventually(lambda: index.match([9]) == {"r1": 1})  # the thread is alive and applies
+        assert subscriber.snapshot()["r1"]["gaps"] == 0
+    finally:
+        pub.close(linger=0)
+
+
+def test_a_failing_subscription_is_retried_not_forgotten(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber], publisher: ZmqEventPublisher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pdserve.routing.kv_events as kv_events
+
+    index, subscriber = index_and_subscriber
+    monkeypatch.setattr(kv_events, "RETRY_S", 0.2)
+    real, calls = subscriber._subscribe, []
+
+    def flaky(*args: object) -> None:
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise zmq.ZMQError(zmq.EINVAL, "first try fails")
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(subscriber, "_subscribe", flaky)
+    publisher.publish(batch(stored(4)))
+    time.sleep(0.3)
+    config = publisher.get_publisher_config()
+    subscriber.watch("r1", config.endpoint, config.replay_endpoint)
+    eventually(lambda: index.match([4]) == {"r1": 1})
+    assert calls == ["r1", "r1"]
