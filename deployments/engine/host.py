@@ -26,6 +26,7 @@ from pdserve.deployments.config.pools import Role
 from pdserve.deployments.config.slo import SLOTargets
 from pdserve.deployments.engine.args import engine_args
 from pdserve.deployments.engine.placement import apply_engine_env
+from pdserve.deployments.engine.reaper import guard_engine_processes
 from pdserve.deployments.engine.reports import (
     LoadReport,
     engine_routing_stats,
@@ -69,6 +70,7 @@ class EngineHost:
                           self.load.logger_factory()],
         )
         self.stream = OutputStream(self.engine, set())
+        self._reaper = guard_engine_processes()  # the engine dies with this replica, however
         self._routing_stats = engine_routing_stats(self.engine, self.replica_id)
         self.slo: SLOTargets | None = self.model.slo
         self.replica_budget: int | None = None

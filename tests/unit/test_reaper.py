@@ -1,0 +1,64 @@
+"""Engine processes die with their replica, however the replica dies (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+REPLICA = """
+import subprocess, sys, time
+from pdserve.deployments.engine.reaper import guard_engine_processes
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+watcher = guard_engine_processes()
+print(engine.pid, watcher.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_killed_replicas_engine_process_is_killed_within_seconds() -> None:
+    replica = subprocess.Popen([sys.executable, "-c", REPLICA], stdout=subprocess.PIPE, text=True)
+    assert replica.stdout is not None
+    engine_pid, watcher_pid = map(int, replica.stdout.readline().split())
+    try:
+        time.sleep(0.5)
+        assert not gone(engine_pid) and not gone(watcher_pid)  # nothing happens while it lives
+        os.kill(replica.pid, signal.SIGKILL)
+        replica.wait()
+        deadline = time.monotonic() + 10
+        while not (gone(engine_pid) and gone(watcher_pid)):
+            assert time.monotonic() < deadline, "the engine process outlived its replica"
+            time.sleep(0.1)
+    finally:
+        for pid in (engine_pid, watcher_pid):
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_process_that_reused_an_engines_pid_is_left_alone() -> None:
+    from pdserve.deployments.engine.reaper import watch
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        started = psutil.Process(bystander.pid).create_time()
+        dead_replica = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead_replica.wait()
+        # the recorded start time differs: another process now holds the pid
+        assert watch(dead_replica.pid, [(bystander.pid, started - 5.0)]) == 0
+        assert bystander.poll() is None
+        assert watch(dead_replica.pid, [(bystander.pid, started)]) == 1
+        bystander.wait(timeout=5)
+    finally:
+        if bystander.poll() is None:
+            bystander.kill()
