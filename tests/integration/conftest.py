@@ -131,6 +131,40 @@ def client(serve_app: str) -> Iterator[httpx.Client]:
         yield http
 
 
+def leftover_processes(engines_only: bool = False) -> list[str]:
+    """vLLM engine processes (and, unless `engines_only`, Ray's) on this machine, found by
+    process, not through Ray."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        name, cmdline = proc.info["name"] or "", proc.info["cmdline"] or [""]
+        engine = name.startswith("VLLM::")
+        ray_process = name in ("raylet", "gcs_server") or (cmdline or [""])[0].startswith("ray::")
+        if engine or (ray_process and not engines_only):
+            found.append(f"{proc.info['pid']} {name}")
+    return found
+
+
+def stop_session_app(timeout_s: float = 120.0) -> None:
+    """Stop the shared app as an operator would (`serve shutdown`), then its Ray, for a test
+    that needs a cluster of its own; every engine process must exit (checked by process).
+    Until Ray's workers are gone too, their busy threads would slow the next engine start."""
+    import ray
+    from ray import serve
+
+    stopped = ray.is_initialized()
+    if stopped:
+        serve.shutdown()
+        ray.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and leftover_processes():
+        time.sleep(1.0)
+    if stopped:
+        assert not leftover_processes(engines_only=True), (
+            f"vLLM engines outlived `serve shutdown`: {leftover_processes(engines_only=True)}")
+
+
 def busiest_processes(top: int = 8, sample_s: float = 1.0) -> str:
     """Who holds the CPUs now (CPU %, nice, allowed cores, command): attached to a timeout
     where a new engine is slow to start, because Ray's workers run at nice 15 and a busy

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import busiest_processes
+from conftest import busiest_processes, stop_session_app
 
 from pdserve.benchmarks import systems
 from pdserve.tiny_model import recall_prompt_text
@@ -81,13 +81,8 @@ CONFIDENT = 16
 def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Yields the `serve run` log (the controller logs each policy change with its reason);
     the config sits next to it."""
-    import ray
-    from ray import serve
 
-    if ray.is_initialized():  # the session app holds every CPU: this test needs its own cluster
-        serve.shutdown()
-        ray.shutdown()
-    wait_for_engines_to_exit(timeout_s=120)
+    stop_session_app()  # the session app holds every CPU: this test needs its own cluster
     tmp = tmp_path_factory.mktemp("autoscale")
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config(model_dir)))
@@ -99,23 +94,6 @@ def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
                             own_session=True)
     with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
         yield tmp / "serve.log"
-
-
-def wait_for_engines_to_exit(timeout_s: float) -> None:
-    """vLLM engine processes and Ray workers of the stopped session cluster exit a little
-    after `ray.shutdown()`; until they do, their busy threads would slow this test's engine
-    start-up (2 cores)."""
-    import psutil
-
-    def leftover(proc: psutil.Process) -> bool:
-        name, cmdline = proc.info["name"] or "", proc.info["cmdline"] or [""]
-        return (name.startswith("VLLM::") or name in ("raylet", "gcs_server")
-                or cmdline[0].startswith("ray::"))
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(
-            leftover(p) for p in psutil.process_iter(["name", "cmdline"])):
-        time.sleep(1.0)
 
 
 class Ledger:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import time
 
 import httpx
 from client import post
-from conftest import ingress_stats, metric_sum
+from conftest import deployment, ingress_stats, metric_sum, replicas_of
 from shapes import COLOCATED_MODEL, MAX_NUM_BATCHED_TOKENS, PD_MODEL, PREFILL_TIMEOUT_S
 
 from pdserve.tiny_model import WORDS, random_words, recall_prompt_from_words
@@ -96,3 +97,35 @@ def test_prefill_past_its_deadline_falls_back_to_local_prefill(client: httpx.Cli
     assert reply.status == 200, reply.body
     assert reply.token_ids == expected.token_ids and reply.token_ids
     assert ingress_stats()[PD_MODEL].get("fallback:timeout", 0) == before + 1
+
+
+def test_a_prefill_no_decode_will_pull_is_freed_at_once_not_at_lease_end(
+    client: httpx.Client, model_dir: str
+) -> None:
+    """The release path a lost decode replica takes: a decode engine admits a pre-aborted
+    request carrying the prefill's transfer params (vLLM's
+    `notify_kv_transfer_request_rejected`), and its connector tells the prefill engine to free
+    the blocks. Pins that vLLM behaviour: without it the KV stays pinned for the lease (30 s)."""
+    from transformers import AutoTokenizer
+    from vllm.sampling_params import SamplingParams
+
+    from pdserve.prefill.request import PrefillRequest
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer.encode(fresh_prompt(seed=904))
+    prefill, decode = deployment(f"{PD_MODEL}-prefill"), deployment(f"{PD_MODEL}-decode")
+    (prefill_replica,) = replicas_of(f"{PD_MODEL}-prefill")
+
+    def prefill_free() -> bool:
+        state = prefill.drained.remote(replica=prefill_replica).result()
+        return state["all_kv_blocks_free"] and state["unfinished_requests"] == 0
+
+    result = prefill.prefill.remote(PrefillRequest(
+        "pinned-904-prefill", {"type": "token", "prompt_token_ids": ids},
+        SamplingParams(max_tokens=4))).result()
+    assert not prefill_free(), "the prefill engine should hold the KV for its decoder"
+    started = time.monotonic()
+    decode.release_kv.remote("pinned-904-release", result.kv_transfer_params).result()
+    while not prefill_free():
+        assert time.monotonic() - started < 10, "KV still pinned: the release did not reach it"
+        time.sleep(0.2)

@@ -102,3 +102,31 @@ def test_client_supplied_kv_transfer_params_are_ignored(client: httpx.Client) ->
         assert reply.status == 200, reply.body
         assert reply.body["kv_transfer_params"] is None
     assert client.get("/health").status_code == 200
+
+
+def test_bad_sampling_parameters_are_refused_before_any_prefill_runs(
+    client: httpx.Client,
+) -> None:
+    """A fresh long prompt would go to the prefill pool; an engine-side parameter check
+    (vLLM's own: token ids outside the vocabulary) must refuse it first, with vLLM's message
+    and no Ray traceback, and the prefill engine must never see it."""
+    from conftest import metric_sum
+    from test_kv_transfer import fresh_prompt
+
+    def prefill_work() -> tuple[float, float]:
+        return (metric_sum(f"{PD_MODEL}-prefill", "vllm:request_success_total"),
+                metric_sum(f"{PD_MODEL}-prefill", "vllm:prompt_tokens_total"))
+
+    before = prefill_work()
+    for stream in (False, True):
+        response = client.post("/v1/completions", json={
+            "model": PD_MODEL, "prompt": fresh_prompt(seed=4242 + stream), "max_tokens": 4,
+            "allowed_token_ids": [10**6], "stream": stream})
+        text = response.text
+        if not stream:
+            assert response.status_code == 400, text
+            assert response.json()["error"]["code"] == 400
+        assert "allowed_token_ids" in text or "out of vocabulary" in text.lower(), text
+        for leak in ("Traceback", "ray::", "pid=", "ServeReplica", "File \""):
+            assert leak not in text, text
+    assert prefill_work() == before
