@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from vllm.exceptions import RetryableRequestError
 from vllm.inputs import EngineInput
 from vllm.outputs import RequestOutput
-from vllm.sampling_params import SamplingParams
+from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import NotResumable, Progress, ReplicaLost, extended_prompt_ids
@@ -112,7 +112,8 @@ class Orchestrator:
         self.max_resumes = max_resumes
         self.hasher = hasher
         self.on_resume = on_resume
-        self.on_resumed = on_resumed  # seconds from the loss to the next delivered output
+        #: seconds from a loss to the next output a streaming client receives
+        self.on_resumed = on_resumed
         self._releases: set[asyncio.Task] = set()
 
     async def generate(
@@ -163,8 +164,11 @@ class Orchestrator:
                     raise RetryableRequestError(
                         f"the replica serving this request was lost: {why}; retry it") from None
                 routing = self._rerouted(routing, attempt_input)
+                if lost.replica is not None:
+                    routing = replace(routing, avoid=(*routing.avoid, lost.replica))
                 resumed = (lost.reason, recomputed)
-                lost_at = lost_at or time.perf_counter()  # from the first loss not yet bridged
+                if params.output_kind != RequestOutputKind.FINAL_ONLY:  # a gap a client sees
+                    lost_at = lost_at or time.perf_counter()  # from the first unbridged loss
                 logger.warning("request %s: %s after %d delivered tokens; resuming (attempt %d)",
                                request_id, lost, recomputed, attempt)
 
@@ -200,7 +204,11 @@ class Orchestrator:
                     pulled = True
                     yield output
         except ReplicaLost:
-            if kv_params is not None and not pulled:
+            # Streamed outputs start once the KV is pulled; a non-streamed one only at the end,
+            # so there a loss says nothing about the pull, and releasing pulled (freed) blocks
+            # makes the prefill engine log an error: the lease frees those instead.
+            if kv_params is not None and not pulled and (
+                    params.output_kind != RequestOutputKind.FINAL_ONLY):
                 self._release(request_id, kv_params)
             raise
 

@@ -26,11 +26,17 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 class ReplicaLost(RuntimeError):
     """The generating replica (its actor, its engine or the stream to it) went away mid-request;
-    `reason` names how (`replica_died`, `engine_dead`, `stream_broken`)."""
+    `reason` names how (`replica_died`, `engine_dead`, `stream_broken`); `replica` is its id
+    when known (a replica whose engine died says so itself), so a resume can avoid it."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", replica: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
+        self.replica = replica
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        return type(self), (self.reason, self.detail, self.replica)  # crosses Ray intact
 
 
 class NotResumable(RuntimeError):
@@ -70,8 +76,8 @@ class Progress:
     def forward(self, output: RequestOutput, attempt: int) -> RequestOutput:
         """Record an output of attempt `attempt` and return it as the original request's."""
         self.outputs_seen += 1
-        if attempt == 0 and self.prompt_token_ids is None:
-            self.prompt_token_ids = list(output.prompt_token_ids or ())
+        if not self._base.token_ids and self.prompt_token_ids is None and output.prompt_token_ids:
+            self.prompt_token_ids = list(output.prompt_token_ids)  # the client's own prompt
         output.request_id = self.request_id  # engines saw a suffixed id (orchestrator.py)
         if attempt > 0 and self._base.token_ids:  # a continuation: its prompt holds them
             output.prompt = self.prompt or None
@@ -88,11 +94,8 @@ class Progress:
             return
         seq = output.outputs[0]
         kind = self.params.output_kind
-        if kind == RequestOutputKind.DELTA:
-            self.delivered.token_ids += list(seq.token_ids)
-            self.delivered.text += seq.text
-            if seq.logprobs is not None:
-                self.delivered.logprobs = [*(self.delivered.logprobs or []), *seq.logprobs]
+        if kind == RequestOutputKind.DELTA:  # the client holds the text; ids are what resumes
+            self.delivered.token_ids.extend(seq.token_ids)
         else:  # cumulative or final: the output holds everything so far
             self.delivered.token_ids = list(seq.token_ids)
             self.delivered.text = seq.text

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 from vllm.outputs import RequestOutput
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from pdserve.decode.request import DecodeRequest
+from pdserve.decode.resume import ReplicaLost
 from pdserve.deployments.engine.host import EngineHost
 from pdserve.kv_transfer.params import KVTransferParams
 
@@ -19,9 +21,14 @@ class GeneratingHost(EngineHost):
         """Generate, pulling the prompt's KV first when the request carries transfer params."""
         pulling = request.kv_transfer_params is not None
         signals = self.track(request.routing, computes_prompt=not pulling)
-        async for output in self.stream.outputs(request.engine_input, request.engine_params(),
-                                                request.request_id, signals, pulling):
-            yield output
+        try:
+            async for output in self.stream.outputs(request.engine_input,
+                                                    request.engine_params(),
+                                                    request.request_id, signals, pulling):
+                yield output
+        except EngineDeadError:
+            # until Ray's health check replaces this replica, resumes must go elsewhere
+            raise ReplicaLost("engine_dead", replica=self.replica_id) from None
 
 
 @serve.deployment

@@ -102,8 +102,8 @@ class KVEventSubscriber:
     def _run(self) -> None:
         poller = zmq.Poller()
         while not self._stop.is_set():
-            self._retry_due()
             self._apply_commands(poller)
+            self._retry_due()  # after the commands: an unwatch already queued cancels a retry
             try:
                 ready = dict(poller.poll(POLL_MS))
             except zmq.ZMQError:
@@ -241,18 +241,23 @@ class KVEventSubscriber:
             self.index.clear(replica)
 
     def _apply(self, replica: Hashable, stream: StreamState, seq: int, payload: bytes) -> None:
+        error: Exception | None = None
         with self.lock:
             try:
                 batch = self._decoder.decode(payload)
                 for event in batch.events:
                     self._apply_event(replica, stream, event)
                 stream.events += len(batch.events)
-            except Exception:
+            except Exception as exc:
+                error = exc
                 stream.errors += 1
-                logger.exception("kv events: batch %d of %s is unreadable; dropping the "
-                                 "replica's entries", seq, replica)
                 self.index.clear(replica)  # it may have removed blocks: never over-report
             stream.next_seq = seq + 1
+        if error is not None and stream.errors in (1, 10, 100) or (
+                error is not None and stream.errors % 1000 == 0):  # not once per batch
+            logger.error("kv events: batch %d of %s is unreadable (%s: %s; %d so far); its "
+                         "entries are dropped", seq, replica, type(error).__name__, error,
+                         stream.errors)
 
     def _apply_event(self, replica: Hashable, stream: StreamState, event: Any) -> None:
         if isinstance(event, BlockStored):

@@ -76,6 +76,13 @@ def routing_info(pending_request: PendingRequest | None) -> RoutingInfo | None:
     return info if isinstance(info, RoutingInfo) else None
 
 
+def without_avoided(candidates: list[Any], avoid: tuple[str, ...]) -> list[Any]:
+    """The candidates a resumed request may go to: not the replicas it lost (their engine
+    died; Ray replaces them after its health check), unless no other is left."""
+    kept = [r for r in candidates if r.replica_id.unique_id not in avoid]
+    return kept or candidates
+
+
 class ScoredRouter(RequestRouter):
     """Shared machinery: pinning, snapshot building, ranking, in-flight bookkeeping."""
 
@@ -122,6 +129,8 @@ class ScoredRouter(RequestRouter):
         started = time.perf_counter()
         self._sync()
         info = routing_info(pending_request)
+        if info is not None and info.avoid:
+            candidate_replicas = without_avoided(candidate_replicas, info.avoid)
         best, others, hits = self.choose(candidate_replicas, info)
         if info is not None and pending_request is not None:
             rid = best.replica_id.unique_id

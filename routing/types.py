@@ -23,6 +23,8 @@ class RoutingInfo:
     prompt_tokens: int = 0
     session_id: str | None = None
     plan: PlanKind = "colocated"
+    #: Replicas a resumed request must not go back to (their engine died) while others exist.
+    avoid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

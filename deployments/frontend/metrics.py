@@ -70,7 +70,8 @@ class RequestMetrics:
         self.recomputed.set_default_tags(dict(tags))
         self.resume_seconds = Histogram(
             "pdserve_resume_seconds",
-            description="From losing a request's replica to its next delivered output.",
+            description="Streamed requests: from losing the replica to the next output "
+            "the client receives.",
             boundaries=_LATENCY_BOUNDARIES, tag_keys=("model", "mode"),
         )
         self.resume_seconds.set_default_tags(dict(tags))

@@ -16,6 +16,11 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from pdserve.decode.resume import ReplicaLost
 
+#: gRPC codes of a connection that went away (others, e.g. RESOURCE_EXHAUSTED for an
+#: oversized message, would fail again the same way on another replica).
+TRANSPORT_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                            grpc.StatusCode.UNKNOWN})
+
 
 def engine_error(exc: Exception) -> Exception:
     """The exception the ingress should raise for `exc` from a pool call."""
@@ -30,6 +35,6 @@ def engine_error(exc: Exception) -> Exception:
         return ReplicaLost("engine_dead")
     if isinstance(exc, RayActorError):
         return ReplicaLost("replica_died", type(exc).__name__)
-    if isinstance(exc, grpc.aio.AioRpcError):
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in TRANSPORT_LOST:
         return ReplicaLost("stream_broken", exc.code().name)
     return exc

@@ -72,7 +72,7 @@ def test_client_that_disconnects_mid_stream_frees_both_engines(serve_app: str) -
                 break  # leave mid-stream: the connection closes here
     assert chunks == 5
     # within seconds, not at the end of vLLM's 30 s KV lease
-    states = wait_drained(timeout_s=10)
+    states = wait_drained(timeout_s=15)
     decoded = decoded_tokens() - decoded_before
     # vLLM does not count client aborts in request_success_total; the tokens show it stopped.
     assert 5 <= decoded < 450, f"decode engine generated {decoded} of 900 tokens: not aborted"

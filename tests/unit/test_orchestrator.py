@@ -61,7 +61,7 @@ class FakePools:
         made: list[int] = []
         for step in range(params.max_tokens):
             if lose_after is not None and step == lose_after:
-                raise ReplicaLost("replica_died")
+                raise ReplicaLost("replica_died", replica=f"d{len(self.decodes) - 1}")
             last += 10
             made.append(last)
             finished = step == params.max_tokens - 1
@@ -209,8 +209,8 @@ def test_a_lost_replica_is_resumed_without_gap_or_repeat(kind: RequestOutputKind
         assert got[-1].outputs[0].text == "".join(f"<{t}>" for t in greedy_tokens()) or (
             kind == RequestOutputKind.DELTA)
     assert [r.reason for r in resumes] == ["replica_died", "replica_died"]
-    # one wait per gap the client saw (FINAL_ONLY: one gap, across both losses)
-    assert len(waits) == (1 if kind == RequestOutputKind.FINAL_ONLY else 2)
+    # one wait per gap a streaming client saw (none without intermediate outputs)
+    assert len(waits) == (0 if kind == RequestOutputKind.FINAL_ONLY else 2)
     assert len({d.request_id for d in pools.decodes}) == 3  # each attempt its own engine id
 
 
@@ -233,13 +233,30 @@ def test_resume_is_planned_afresh_with_the_continuations_routing_data() -> None:
 
 def test_a_lost_decode_that_never_pulled_releases_the_prefill_kv() -> None:
     pools = FakePools(lose_after=[0])
-    assert run(orchestrator(pools, [], max_resumes=1), streamed()) == greedy_tokens()
 
-    async def settle() -> None:
-        await asyncio.sleep(0)
+    async def go() -> list[int]:
+        pd = orchestrator(pools, [], max_resumes=1)
+        prompt = {"type": "token", "prompt_token_ids": list(PROMPT)}
+        got = [t async for o in pd.generate(prompt, streamed(), "r1")
+               for t in o.outputs[0].token_ids]
+        await asyncio.gather(*pd._releases)  # the release runs in the background
+        return got
 
-    asyncio.run(settle())
+    assert asyncio.run(go()) == greedy_tokens()
     assert len(pools.released) == 1 and pools.released[0].endswith("-release")
+
+
+def test_a_non_streamed_request_does_not_release_kv_its_decode_may_have_pulled() -> None:
+    pools = FakePools(lose_after=[2])
+    assert run(orchestrator(pools, [], max_resumes=1), SamplingParams(max_tokens=STEPS)) == (
+        greedy_tokens())
+    assert pools.released == []
+
+
+def test_the_next_attempt_avoids_the_replica_that_was_lost() -> None:
+    pools = FakePools(lose_after=[1, 1])
+    assert run(orchestrator(pools, [], max_resumes=2), streamed()) == greedy_tokens()
+    assert [d.routing.avoid for d in pools.decodes] == [(), ("d0",), ("d0", "d1")]
 
 
 def test_losses_beyond_max_resumes_fail_with_a_retryable_error() -> None:
@@ -274,3 +291,10 @@ def test_continued_params_ask_only_for_what_is_still_owed() -> None:
     later = continued_params(params, 3)
     assert (later.max_tokens, later.min_tokens, later.prompt_logprobs) == (7, 1, None)
     assert (params.max_tokens, params.min_tokens) == (10, 4)  # the original is untouched
+
+
+def test_prompt_ids_survive_a_first_attempt_lost_before_any_output() -> None:
+    pools = FakePools(lose_after=[0, 2])  # attempt 0: nothing; attempt 1: 2 tokens; then lost
+    got = outputs(orchestrator(pools, [], max_resumes=2), streamed())
+    assert [t for o in got for t in o.outputs[0].token_ids] == greedy_tokens()
+    assert all(o.prompt_token_ids == PROMPT for o in got)

@@ -13,7 +13,9 @@ import psutil
 REPLICA = """
 import subprocess, sys, time
 from pdserve.deployments.engine.reaper import guard_engine_processes
-engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+engine = subprocess.Popen([sys.executable, "-c", "import setproctitle, time; "
+                           "setproctitle.setproctitle('VLLM::EngineCore'); time.sleep(600)"])
+time.sleep(0.5)  # named as vLLM names its engine processes
 watcher = guard_engine_processes()
 print(engine.pid, watcher.pid, flush=True)
 time.sleep(600)
@@ -52,13 +54,22 @@ def test_a_process_that_reused_an_engines_pid_is_left_alone() -> None:
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         started = psutil.Process(bystander.pid).create_time()
-        dead_replica = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead_replica.wait()
         # the recorded start time differs: another process now holds the pid
-        assert watch(dead_replica.pid, [(bystander.pid, started - 5.0)]) == 0
+        assert watch(None, [(bystander.pid, started - 5.0)]) == 0
         assert bystander.poll() is None
-        assert watch(dead_replica.pid, [(bystander.pid, started)]) == 1
-        bystander.wait(timeout=5)
+        assert watch(None, [(bystander.pid, started)], grace_s=5) == 1  # SIGTERM is enough
+        bystander.wait(timeout=5)  # gone (psutil reaped it, so its status is lost)
     finally:
         if bystander.poll() is None:
             bystander.kill()
+
+
+def test_only_vllm_engine_processes_are_guarded() -> None:
+    from pdserve.deployments.engine.reaper import guard_engine_processes
+
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert guard_engine_processes() is None  # e.g. multiprocessing's resource tracker
+    finally:
+        helper.kill()
+        helper.wait()
