@@ -31,7 +31,13 @@ from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from pdserve.decode.request import DecodeRequest
-from pdserve.decode.resume import NotResumable, Progress, ReplicaLost, extended_prompt_ids
+from pdserve.decode.resume import (
+    Detokenize,
+    NotResumable,
+    Progress,
+    ReplicaLost,
+    extended_prompt_ids,
+)
 from pdserve.kv_transfer.params import KVTransferParams
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 from pdserve.routing.plan import Plan
@@ -100,6 +106,7 @@ class Orchestrator:
         hasher: Hasher | None = None,
         on_resume: Callable[[Resume], None] = lambda resume: None,
         on_resumed: Callable[[float], None] = lambda seconds: None,
+        detokenize: Detokenize | None = None,
     ) -> None:
         if disaggregated and calls.prefill is None:
             raise ValueError("PD mode needs a prefill call")
@@ -114,6 +121,7 @@ class Orchestrator:
         self.on_resume = on_resume
         #: seconds from a loss to the next output a streaming client receives
         self.on_resumed = on_resumed
+        self.detokenize = detokenize  # recovers text vLLM held back when resuming
         self._releases: set[asyncio.Task] = set()
 
     async def generate(
@@ -125,7 +133,7 @@ class Orchestrator:
         prompt: str = "",
     ) -> AsyncIterator[RequestOutput]:
         routing = routing or RoutingInfo()
-        progress = Progress(engine_input, params, request_id, prompt)
+        progress = Progress(engine_input, params, request_id, prompt, self.detokenize)
         engine_request_id = f"{request_id}-{secrets.token_hex(4)}"
         attempt, attempt_input, attempt_params = 0, engine_input, params
         lost_at: float | None = None

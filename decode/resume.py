@@ -8,7 +8,8 @@ so vLLM's OpenAI layer sees one uninterrupted request: no gap, no repeated token
 Greedy requests continue exactly as they would have. Sampled requests continue from what was
 delivered, but the draw differs from the undisturbed run (the seeded generator restarts), and
 so do frequency/presence penalties (the delivered tokens become prompt, which those penalties
-ignore). A stop string that would have straddled the resume point is not detected. Requests
+ignore). A stop string that would have straddled the resume point is not detected; text vLLM
+held back because it might start a stop string is recovered by decoding. Requests
 with several sequences (`n > 1`) or structured output that already delivered tokens cannot be
 continued; they fail with a retryable error instead.
 """
@@ -16,12 +17,15 @@ continued; they fail with a retryable error instead.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vllm.inputs import EngineInput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+#: Text of `ids` as a continuation of `context` (vLLM's detokenization settings).
+Detokenize = Callable[[Sequence[int], Sequence[int]], str]
 
 
 class ReplicaLost(RuntimeError):
@@ -58,12 +62,17 @@ class Progress:
     """Follows a request's outputs as they go to the client, and builds its continuation."""
 
     def __init__(self, engine_input: EngineInput, params: SamplingParams, request_id: str,
-                 prompt: str) -> None:
+                 prompt: str, detokenize: Detokenize | None = None) -> None:
         self.engine_input = engine_input
         self.params = params
         self.request_id = request_id
         self.prompt = prompt
+        self.detokenize = detokenize
         self.delivered = Delivered()
+        #: Streamed text chunks, kept only when vLLM may hold text back (stop strings).
+        self._text_parts: list[str] | None = (
+            [] if params.stop and params.output_kind == RequestOutputKind.DELTA else None)
+        self._held_back = ""  # text of delivered tokens the lost attempt never sent
         self.prompt_token_ids: list[int] | None = None
         self.outputs_seen = 0
         #: Delivered tokens when the current attempt started (cumulative outputs add them).
@@ -85,6 +94,9 @@ class Progress:
             output.prompt_logprobs = None
             if self.params.output_kind == RequestOutputKind.CUMULATIVE:
                 self._prepend_base(output)
+            elif self._held_back and len(output.outputs) == 1:
+                output.outputs[0].text = self._held_back + output.outputs[0].text
+                self._held_back = ""
         self._record(output)
         return output
 
@@ -96,6 +108,8 @@ class Progress:
         kind = self.params.output_kind
         if kind == RequestOutputKind.DELTA:  # the client holds the text; ids are what resumes
             self.delivered.token_ids.extend(seq.token_ids)
+            if self._text_parts is not None:
+                self._text_parts.append(seq.text)
         else:  # cumulative or final: the output holds everything so far
             self.delivered.token_ids = list(seq.token_ids)
             self.delivered.text = seq.text
@@ -127,11 +141,26 @@ class Progress:
         if not isinstance(self.engine_input, dict) or self.engine_input.get("type") != "token":
             raise NotResumable("only token prompts are resumed")
         prompt_ids = self.prompt_token_ids or list(self.engine_input["prompt_token_ids"])
+        self._recover_held_back_text(prompt_ids, sent)
         engine_input: dict[str, Any] = {
             key: value for key, value in self.engine_input.items() if key != "prompt"
         }
         engine_input["prompt_token_ids"] = [*prompt_ids, *sent]
         return engine_input, continued_params(self.params, len(sent)), len(sent)  # type: ignore[return-value]
+
+
+    def _recover_held_back_text(self, prompt_ids: list[int], sent: list[int]) -> None:
+        """With stop strings vLLM streams token ids at once but holds back the last characters
+        of text (they might start a stop string): those of a lost attempt were never sent, and
+        the continuation starts after their tokens. Decode what the delivered tokens read as
+        and send the missing tail first, when it extends what was sent (else leave it)."""
+        if self._text_parts is None or self.detokenize is None:
+            return
+        sent_text = "".join(self._text_parts)
+        full = self.detokenize(prompt_ids, sent)
+        if len(full) > len(sent_text) and full.startswith(sent_text):
+            self._held_back = full[len(sent_text):]
+            self._text_parts.append(self._held_back)
 
 
 def continued_params(params: SamplingParams, delivered: int) -> SamplingParams:

@@ -10,7 +10,7 @@ an engine.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -65,6 +65,13 @@ class ModelView:
         self.input_processor = InputProcessor(self.vllm_config, self.renderer)
         cache = self.vllm_config.cache_config
         self.hasher = BlockHasher(cache.block_size, cache.prefix_caching_hash_algo)
+
+    def detokenize(self, context: Sequence[int], ids: Sequence[int]) -> str:
+        """Text of `ids` following `context` (a few context tokens, so word-boundary spaces
+        come out as they do in the engine's incremental detokenizer)."""
+        tokenizer = self.input_processor.get_tokenizer()
+        tail = list(context[-4:])
+        return tokenizer.decode([*tail, *ids])[len(tokenizer.decode(tail)):]
 
 
 class PoolGraphClient(EngineClient):

@@ -49,6 +49,7 @@ class ModelFrontend:
             hasher=view.hasher,
             on_resume=self.metrics.record_resume,
             on_resumed=self.metrics.record_resumed,
+            detokenize=view.detokenize,
         )
         client = PoolGraphClient(view, orchestrator, self.metrics)
         self.client = client

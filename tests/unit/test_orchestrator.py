@@ -298,3 +298,26 @@ def test_prompt_ids_survive_a_first_attempt_lost_before_any_output() -> None:
     got = outputs(orchestrator(pools, [], max_resumes=2), streamed())
     assert [t for o in got for t in o.outputs[0].token_ids] == greedy_tokens()
     assert all(o.prompt_token_ids == PROMPT for o in got)
+
+
+def test_text_vllm_held_back_for_a_stop_string_is_sent_after_a_resume() -> None:
+    """With `stop` strings vLLM sends token ids at once but holds back the tail of the text;
+    the fake engine holds back each output's text by one token, like a one-token stop buffer."""
+    pools = FakePools(lose_after=[3])
+    real_generate = pools.generate
+
+    async def holding_back(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        held = ""
+        async for out in real_generate(request):
+            seq = out.outputs[0]
+            seq.text, held = held, seq.text
+            if out.finished:
+                seq.text += held
+            yield out
+
+    pools.generate = holding_back  # type: ignore[method-assign]
+    pd = orchestrator(pools, [], max_resumes=1,
+                      detokenize=lambda context, ids: "".join(f"<{t}>" for t in ids))
+    got = outputs(pd, streamed(stop=["never"]))
+    assert [t for o in got for t in o.outputs[0].token_ids] == greedy_tokens()
+    assert "".join(o.outputs[0].text for o in got) == "".join(f"<{t}>" for t in greedy_tokens())
