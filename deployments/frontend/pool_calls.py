@@ -5,8 +5,9 @@ pools' live state (the routers of this process keep that state; see `routing/poo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ray.serve.handle import DeploymentHandle
 from vllm.exceptions import RetryableRequestError
@@ -18,11 +19,13 @@ from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.engine.wire import PromptRestorer
 from pdserve.deployments.frontend.remote_errors import engine_error
-from pdserve.kv_transfer.params import KVTransferParams
+from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 from pdserve.routing.plan import Plan, PlanInputs, PlanThresholds, decide
 from pdserve.routing.pool_state import PoolState, pool_state
 from pdserve.routing.types import RoutingInfo
+
+logger = logging.getLogger(__name__)
 
 
 def pool_calls(
@@ -76,20 +79,47 @@ def pool_calls(
     if "prefill" not in handles:
         return PoolCalls(generate=generate)
 
+    async def release_kv(request_id: str, kv_params: KVTransferParams) -> None:
+        await generate_pool.release_kv.remote(request_id, kv_params)
+
+    settling: set[asyncio.Task] = set()
+
     async def prefill(request: PrefillRequest) -> PrefillResult:
         response = handles["prefill"].prefill.remote(request)
         try:
             return await response
         except asyncio.CancelledError:
             response.cancel()  # deadline passed or client left: stop the prefill engine too
+            task = asyncio.create_task(release_if_finished(response, request.request_id,
+                                                           release_kv))
+            settling.add(task)
+            task.add_done_callback(settling.discard)
             raise
         except Exception as exc:
             raise engine_error(exc) from None
 
-    async def release_kv(request_id: str, kv_params: KVTransferParams) -> None:
-        await generate_pool.release_kv.remote(request_id, kv_params)
-
     return PoolCalls(generate=generate, prefill=prefill, release_kv=release_kv)
+
+
+async def release_if_finished(response: Awaitable[PrefillResult], request_id: str,
+                              release_kv: Callable[[str, KVTransferParams], Awaitable[None]],
+                              ) -> bool:
+    """A prefill cancelled (deadline, client gone) may have finished first: its engine then
+    holds the KV for a decoder that will never come. Wait for the cancelled call's outcome
+    and, if it is a result, free that KV now rather than at the end of its lease."""
+    try:
+        result = await response
+    except BaseException:  # cancelled in time (the engine aborted it) or failed: nothing held
+        return False
+    if not is_pull_ready(result.kv_transfer_params):
+        return False
+    try:
+        await release_kv(f"{request_id}-release", result.kv_transfer_params)
+    except Exception as exc:  # the lease still frees it
+        logger.warning("request %s: could not release a cancelled prefill's KV (%s)",
+                       request_id, exc)
+        return False
+    return True
 
 
 def pool_states(handles: dict[Role, DeploymentHandle]) -> dict[Role, PoolState]:
