@@ -74,7 +74,6 @@ class Progress:
             [] if params.stop and params.output_kind == RequestOutputKind.DELTA else None)
         self._held_back = ""  # text of delivered tokens the lost attempt never sent
         self.prompt_token_ids: list[int] | None = None
-        self.outputs_seen = 0
         #: Delivered tokens when the current attempt started (cumulative outputs add them).
         self._base = Delivered()
 
@@ -84,7 +83,6 @@ class Progress:
 
     def forward(self, output: RequestOutput, attempt: int) -> RequestOutput:
         """Record an output of attempt `attempt` and return it as the original request's."""
-        self.outputs_seen += 1
         if not self._base.token_ids and self.prompt_token_ids is None and output.prompt_token_ids:
             self.prompt_token_ids = list(output.prompt_token_ids)  # the client's own prompt
         output.request_id = self.request_id  # engines saw a suffixed id (orchestrator.py)

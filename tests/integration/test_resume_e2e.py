@@ -26,7 +26,6 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import yaml
 from conftest import (
     busiest_processes,
     deployment,
@@ -78,12 +77,8 @@ def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
     stop_session_app()
     tmp = tmp_path_factory.mktemp("resume")
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config(model_dir)))
-    system = systems.System(name="resume", command=[str(systems.VENV_BIN / "serve"), "run",
-                            str(path)], base_url=URL, model_name=MODEL, model_dir=model_dir,
-                            engine_kwargs=ENGINE, config_path=str(path), ray_cluster=True,
-                            env={"RAY_worker_niceness": "0"})
+    system = systems.serve_run_system("resume", config(model_dir), tmp / "config.yaml",
+                                      model_dir, MODEL, ENGINE)
     with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
         ray.init(address="auto", namespace="serve", log_to_driver=False)
         try:

@@ -106,55 +106,54 @@ def test_a_replica_that_leaves_or_restarts_on_a_new_endpoint_loses_its_blocks(
         restarted.shutdown()
 
 
-def test_missed_batches_without_a_replay_buffer_forget_the_replica_rather_than_guess(
+RawSend = Callable[[int, bytes], None]
+
+
+@pytest.fixture
+def raw_stream(
     index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber]
-) -> None:
-    index, subscriber = index_and_subscriber
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
+) -> Iterator[RawSend]:
+    """A bare ZMQ publisher (no replay buffer) that "r1" is subscribed to: send(seq, payload)."""
+    _, subscriber = index_and_subscriber
+    pub = zmq.Context.instance().socket(zmq.PUB)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    encode = msgspec.msgpack.Encoder().encode
-
-    def send(seq: int, *events: object) -> None:
-        pub.send_multipart((b"", seq.to_bytes(8, "big"), encode(batch(*events))))
-
     try:
         subscriber.watch("r1", f"tcp://127.0.0.1:{port}", None)
         eventually(lambda: "r1" in subscriber.snapshot())
         time.sleep(0.3)
-        send(0, stored(1, 2))
-        eventually(lambda: index.match([1, 2]) == {"r1": 2})
-        send(2, stored(5))  # batch 1 (say, removing block 2) was lost
-        eventually(lambda: subscriber.snapshot()["r1"]["resyncs"] == 1)
-        assert index.match([1, 2]) == {}  # forgotten, not trusted
-        assert index.match([5]) == {"r1": 1}  # what arrived after the gap is kept
-        assert subscriber.snapshot()["r1"]["gaps"] == 1
+        yield lambda seq, payload: pub.send_multipart((b"", seq.to_bytes(8, "big"), payload))
     finally:
         pub.close(linger=0)
+
+
+encode = msgspec.msgpack.Encoder().encode
+
+
+def test_missed_batches_without_a_replay_buffer_forget_the_replica_rather_than_guess(
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber], raw_stream: RawSend
+) -> None:
+    index, subscriber = index_and_subscriber
+    raw_stream(0, encode(batch(stored(1, 2))))
+    eventually(lambda: index.match([1, 2]) == {"r1": 2})
+    raw_stream(2, encode(batch(stored(5))))  # batch 1 (say, removing block 2) was lost
+    eventually(lambda: subscriber.snapshot()["r1"]["resyncs"] == 1)
+    assert index.match([1, 2]) == {}  # forgotten, not trusted
+    assert index.match([5]) == {"r1": 1}  # what arrived after the gap is kept
+    assert subscriber.snapshot()["r1"]["gaps"] == 1
 
 
 def test_an_unreadable_batch_drops_the_replicas_entries_and_the_stream_goes_on(
-    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber]
+    index_and_subscriber: tuple[PrefixIndex, KVEventSubscriber], raw_stream: RawSend
 ) -> None:
     index, subscriber = index_and_subscriber
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    encode = msgspec.msgpack.Encoder().encode
-    try:
-        subscriber.watch("r1", f"tcp://127.0.0.1:{port}", None)
-        eventually(lambda: "r1" in subscriber.snapshot())
-        time.sleep(0.3)
-        pub.send_multipart((b"", (0).to_bytes(8, "big"), encode(batch(stored(1, 2)))))
-        eventually(lambda: index.match([1, 2]) == {"r1": 2})
-        pub.send_multipart((b"", (1).to_bytes(8, "big"), b"\xc1 not msgpack"))
-        eventually(lambda: subscriber.snapshot()["r1"]["errors"] == 1)
-        assert index.match([1, 2]) == {}  # it might have removed them: forgotten
-        pub.send_multipart((b"", (2).to_bytes(8, "big"), encode(batch(stored(9)))))
-        eventually(lambda: index.match([9]) == {"r1": 1})  # the thread is alive and applies
-        assert subscriber.snapshot()["r1"]["gaps"] == 0
-    finally:
-        pub.close(linger=0)
+    raw_stream(0, encode(batch(stored(1, 2))))
+    eventually(lambda: index.match([1, 2]) == {"r1": 2})
+    raw_stream(1, b"\xc1 not msgpack")
+    eventually(lambda: subscriber.snapshot()["r1"]["errors"] == 1)
+    assert index.match([1, 2]) == {}  # it might have removed them: forgotten
+    raw_stream(2, encode(batch(stored(9))))
+    eventually(lambda: index.match([9]) == {"r1": 1})  # the thread is alive and applies
+    assert subscriber.snapshot()["r1"]["gaps"] == 0
 
 
 def test_a_failing_subscription_is_retried_not_forgotten(
