@@ -11,8 +11,12 @@ A generating replica lost mid-request (`ReplicaLost`) is not the client's proble
 continues on another replica from what the client already has (`resume.py`), planned afresh,
 so a prefill replica that still caches the prompt computes only the delivered tokens and the
 new decode replica pulls the KV. After `max_resumes` losses the request fails with a
-retryable 503. Every engine request id carries a random suffix, so two client requests with
-the same id never share one inside an engine (an abort of one would abort both).
+retryable 503. A replica that is drained hands its requests off itself: their KV (prompt and
+delivered tokens) waits on its engine, and the next attempt pulls it on another decode replica
+instead of recomputing it (such migrations do not count against `max_resumes`; a replica that
+turns a request away while draining does). Every engine request id carries a random suffix,
+so two client requests with the same id never share one inside an engine (an abort of one
+would abort both).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import (
     Detokenize,
+    KVHandoff,
     NotResumable,
     Progress,
     ReplicaLost,
@@ -135,21 +140,22 @@ class Orchestrator:
         routing = routing or RoutingInfo()
         progress = Progress(engine_input, params, request_id, prompt, self.detokenize)
         engine_request_id = f"{request_id}-{secrets.token_hex(4)}"
-        attempt, attempt_input, attempt_params = 0, engine_input, params
+        attempt, losses, attempt_input, attempt_params = 0, 0, engine_input, params
         lost_at: float | None = None
         resumed: tuple[str, int] | None = None  # (reason, delivered tokens) of a pending resume
+        handoff: KVHandoff | None = None  # KV a drained replica left for this attempt
         while True:
             attempt_id = engine_request_id if attempt == 0 else f"{engine_request_id}-r{attempt}"
-            plan = self._plan(routing, attempt_params)
+            plan = self._plan(routing, attempt_params) if handoff is None else None
             if plan is not None:
                 routing = replace(routing, plan=plan.kind)
             if resumed is not None:
-                self.on_resume(Resume(resumed[0], plan.kind if plan else "colocated",
-                                      resumed[1]))
+                path = "handoff" if handoff else plan.kind if plan else "colocated"
+                self.on_resume(Resume(resumed[0], path, resumed[1]))
                 resumed = None
             try:
                 async with aclosing(self._attempt(attempt_input, attempt_params, attempt_id,
-                                                  routing, prompt, plan)) as outputs:
+                                                  routing, prompt, plan, handoff)) as outputs:
                     async for output in outputs:
                         if lost_at is not None:
                             self.on_resumed(time.perf_counter() - lost_at)
@@ -160,7 +166,9 @@ class Orchestrator:
                 if progress.finished:
                     return
                 attempt += 1
-                if attempt > self.max_resumes:
+                losses += lost.handoff is None
+                handoff = None
+                if losses > self.max_resumes:
                     logger.warning("request %s: %s; not resumed (%d resumes allowed)",
                                    request_id, lost, self.max_resumes)
                     raise RetryableRequestError(
@@ -171,6 +179,9 @@ class Orchestrator:
                 except NotResumable as why:
                     raise RetryableRequestError(
                         f"the replica serving this request was lost: {why}; retry it") from None
+                if lost.handoff is not None:
+                    handoff = self._usable(lost.handoff, attempt_input, attempt_id)
+                    recomputed = handoff.recomputed if handoff else recomputed
                 routing = self._rerouted(routing, attempt_input)
                 if lost.replica is not None:
                     routing = replace(routing, avoid=(*routing.avoid, lost.replica))
@@ -179,6 +190,18 @@ class Orchestrator:
                     lost_at = lost_at or time.perf_counter()  # from the first unbridged loss
                 logger.warning("request %s: %s after %d delivered tokens; resuming (attempt %d)",
                                request_id, lost, recomputed, attempt)
+
+    def _usable(self, handoff: KVHandoff, engine_input: EngineInput,
+                request_id: str) -> KVHandoff | None:
+        """The handoff, if its KV covers exactly the continuation's prompt; else release it
+        (the continuation then runs as any resume)."""
+        expected = len(extended_prompt_ids(engine_input))
+        if handoff.tokens == expected and self.disaggregated:
+            return handoff
+        logger.warning("request %s: a handoff of %d tokens for a %d-token continuation; "
+                       "recomputing instead", request_id, handoff.tokens, expected)
+        self._release(request_id, handoff.kv_transfer_params)
+        return None
 
     def _plan(self, routing: RoutingInfo, params: SamplingParams) -> Plan | None:
         if not self.disaggregated:
@@ -196,10 +219,11 @@ class Orchestrator:
 
     async def _attempt(
         self, engine_input: EngineInput, params: SamplingParams, request_id: str,
-        routing: RoutingInfo, prompt: str, plan: Plan | None,
+        routing: RoutingInfo, prompt: str, plan: Plan | None, handoff: KVHandoff | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """One try: prefill remotely if planned, then stream from a generating replica."""
-        kv_params: KVTransferParams | None = None
+        """One try: prefill remotely if planned (or pull what a drained replica handed off),
+        then stream from a generating replica."""
+        kv_params = handoff.kv_transfer_params if handoff is not None else None
         if plan is not None and plan.kind == "remote":
             kv_params = await self._remote_prefill(
                 PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt)

@@ -24,23 +24,41 @@ from vllm.inputs import EngineInput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
+from pdserve.kv_transfer.params import KVTransferParams
+
 #: Text of `ids` as a continuation of `context` (vLLM's detokenization settings).
 Detokenize = Callable[[Sequence[int], Sequence[int]], str]
 
 
+@dataclasses.dataclass(frozen=True)
+class KVHandoff:
+    """A draining replica's parting gift: the KV of the request's prompt and delivered tokens,
+    held on its engine for one puller. `tokens`: how many tokens that KV covers (the next
+    attempt's prompt must be exactly as long); `recomputed`: how many of them the draining
+    engine had to compute to hand them off (the rest came from its cache)."""
+
+    kv_transfer_params: KVTransferParams
+    tokens: int
+    recomputed: int
+
+
 class ReplicaLost(RuntimeError):
     """The generating replica (its actor, its engine or the stream to it) went away mid-request;
-    `reason` names how (`replica_died`, `engine_dead`, `stream_broken`); `replica` is its id
-    when known (a replica whose engine died says so itself), so a resume can avoid it."""
+    `reason` names how (`replica_died`, `engine_dead`, `stream_broken`, `stalled`,
+    `draining`); `replica` is its id when known (a replica that gives a request up says so
+    itself), so a resume can avoid it; `handoff`: the request's KV, when the replica left it
+    ready to be pulled (a drain)."""
 
-    def __init__(self, reason: str, detail: str = "", replica: str | None = None) -> None:
+    def __init__(self, reason: str, detail: str = "", replica: str | None = None,
+                 handoff: KVHandoff | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.replica = replica
+        self.handoff = handoff
 
-    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
-        return type(self), (self.reason, self.detail, self.replica)  # crosses Ray intact
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None, KVHandoff | None]]:
+        return type(self), (self.reason, self.detail, self.replica, self.handoff)  # via Ray
 
 
 class NotResumable(RuntimeError):

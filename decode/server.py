@@ -1,34 +1,182 @@
-"""Decode and colocated deployments: generate tokens, pulling transferred KV when given."""
+"""Decode and colocated deployments: generate tokens, pulling transferred KV when given.
+
+A generating replica can be drained (`drain`): it turns new requests away and ends each live
+stream after the last output its caller received, so the caller continues it on another replica
+(`decode/orchestrator.py`). A decode engine first hands the stream's KV off: it runs the
+prompt and the delivered tokens as a prefill request of its own, which its prefix cache
+answers for every full block (vLLM caches a running request's blocks, generated tokens
+included), so it computes at most one block, and keeps that KV for the next replica to pull
+over NIXL; only then is the original request aborted. A colocated engine has no KV connector:
+its streams continue elsewhere by recomputing (as after a crash).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import replace
+from functools import partial
+from typing import Any
 
 from ray import serve
+from ray.serve.metrics import Counter
 from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from pdserve.decode.request import DecodeRequest
-from pdserve.decode.resume import ReplicaLost
+from pdserve.decode.resume import KVHandoff, ReplicaLost, extended_prompt_ids
 from pdserve.deployments.engine.host import EngineHost
-from pdserve.kv_transfer.params import KVTransferParams
+from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready
+from pdserve.prefill.request import prefill_params
+
+logger = logging.getLogger(__name__)
+
+#: How long `drain` waits for the streams that cannot move (non-streamed, n > 1, structured
+#: output) to finish here, unless the caller says otherwise.
+DRAIN_TIMEOUT_S = 120.0
+
+
+def movable(params: SamplingParams) -> bool:
+    """Whether a stream can continue on another replica from what its caller received: one
+    sequence, streamed, no grammar state (the orchestrator's `Progress.continuation`)."""
+    return (params.n == 1 and params.output_kind != RequestOutputKind.FINAL_ONLY
+            and params.structured_outputs is None)
 
 
 class GeneratingHost(EngineHost):
     """An engine host that generates: the decode and colocated pools."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handoffs = {"kv": 0, "recompute": 0}  # streams handed off, by how they continue
+        tags = {"model": self.model.model_id, "pool": self.role}
+        self._pull_timeouts = Counter(
+            "pdserve_kv_pull_timeouts_total",
+            "KV pulls that gave no token within pull_timeout_s (then prefilled locally).",
+            tag_keys=tuple(tags))
+        self._pull_timeouts.set_default_tags(dict(tags))  # Ray adds its own
+        self._migrations = Counter(
+            "pdserve_migrations_total",
+            "Streams a drain moved off this replica, by how they continue: `kv` (their KV "
+            "handed off) or `recompute`.", tag_keys=(*tags, "how"))
+        self._migrations.set_default_tags(dict(tags))
+        self._handoff_recomputed = Counter(
+            "pdserve_migration_recomputed_tokens_total",
+            "Tokens a draining engine computed to hand streams' KV off (the rest were cached).",
+            tag_keys=tuple(tags))
+        self._handoff_recomputed.set_default_tags(dict(tags))
+
     async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
-        """Generate, pulling the prompt's KV first when the request carries transfer params."""
-        pulling = request.kv_transfer_params is not None
-        signals = self.track(request.routing, computes_prompt=not pulling)
+        """Generate, pulling the prompt's KV first when the request carries transfer params;
+        a pull that yields no token within `pull_timeout_s` is taken for stuck, and this engine
+        prefills the prompt itself."""
+        if self.draining:
+            raise ReplicaLost("draining", replica=self.replica_id)
         try:
-            async for output in self.stream.outputs(request.engine_input,
-                                                    request.engine_params(),
-                                                    request.request_id, signals, pulling):
-                yield output
+            outputs = self._generate(request)
+            if request.kv_transfer_params is not None:
+                try:
+                    first = await asyncio.wait_for(anext(outputs),
+                                                   self.model.kv_transfer.pull_timeout_s)
+                except TimeoutError:  # the stuck request is aborted once its transfer ends
+                    logger.warning("request %s: no token %g s after its KV pull began; "
+                                   "prefilling locally", request.request_id,
+                                   self.model.kv_transfer.pull_timeout_s)
+                    self._pull_timeouts.inc()
+                    outputs = self._generate(replace(
+                        request, request_id=f"{request.request_id}-local",
+                        kv_transfer_params=None))
+                except StopAsyncIteration:
+                    return
+                else:
+                    yield first
+            async with aclosing(outputs):
+                async for output in outputs:
+                    yield output
         except EngineDeadError:
             # until Ray's health check replaces this replica, resumes must go elsewhere
             raise ReplicaLost("engine_dead", replica=self.replica_id) from None
+
+    async def _generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        pulling = request.kv_transfer_params is not None
+        signals = self.track(request.routing, computes_prompt=not pulling)
+        params = request.engine_params()
+        delivered: list[int] = []  # token ids of the outputs the caller received
+        hand_off = partial(self._hand_off, request, delivered) if movable(params) else None
+        cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
+        async for output in self.stream.outputs(request.engine_input, params,
+                                                request.request_id, signals, pulling, hand_off):
+            if hand_off is not None:
+                if cumulative:
+                    delivered[:] = output.outputs[0].token_ids
+                else:
+                    delivered.extend(output.outputs[0].token_ids)
+            yield output
+
+    def on_stalled(self, stalled_s: float) -> None:
+        failed = self.stream.fail_all(lambda: ReplicaLost(
+            "stalled", f"no engine step for {stalled_s:.0f} s", replica=self.replica_id))
+        logger.error("engine %s: %d streams sent elsewhere", self.engine_id, failed)
+
+    async def drain(self, replica: str | None = None,
+                    timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
+        """Stop taking requests and move the live streams to other replicas (the ones that
+        cannot move finish here, up to `timeout_s`); what happened, per kind."""
+        self.draining = True
+        before = dict(self.handoffs)
+        asked = self.stream.hand_off_all()
+        deadline = time.monotonic() + timeout_s
+        while self.stream.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        logger.info("engine %s drained: %d streams asked to move", self.engine_id, asked)
+        return {"replica": self.replica_id, "asked": asked,
+                **{f"moved_{k}": v - before[k] for k, v in self.handoffs.items()},
+                "still_running": len(self.stream.live)}
+
+    async def undrain(self, replica: str | None = None) -> None:
+        """Take requests again."""
+        self.draining = False
+
+    async def _hand_off(self, request: DecodeRequest, delivered: list[int],
+                        had_output: bool) -> BaseException:
+        """What ends a stream asked to move: `ReplicaLost("draining")`, with the request's KV
+        ready to pull when this engine can produce it."""
+        handoff = await self._produce_kv(request, delivered) if had_output else None
+        how = "kv" if handoff else "recompute"
+        self.handoffs[how] += 1
+        self._migrations.inc(tags={"how": how})
+        if handoff is not None:
+            self._handoff_recomputed.inc(handoff.recomputed)
+        return ReplicaLost("draining", replica=self.replica_id, handoff=handoff)
+
+    async def _produce_kv(self, request: DecodeRequest,
+                          delivered: list[int]) -> KVHandoff | None:
+        """Run prompt + delivered tokens as a prefill kept for a remote decoder (None: this
+        engine has no KV connector, or it failed: the stream then recomputes elsewhere)."""
+        if self.engine.vllm_config.kv_transfer_config is None or not isinstance(
+                request.engine_input, dict):
+            return None
+        ids = [*extended_prompt_ids(request.engine_input), *delivered]
+        engine_input: Any = {k: v for k, v in request.engine_input.items() if k != "prompt"}
+        engine_input["prompt_token_ids"] = ids
+        final = None
+        try:
+            async for output in self.engine.generate(engine_input,
+                                                     prefill_params(request.sampling_params),
+                                                     f"{request.request_id}-handoff"):
+                final = output
+        except Exception as exc:  # the stream recomputes elsewhere instead
+            logger.warning("request %s: KV handoff failed (%s)", request.request_id, exc)
+            return None
+        params = final.kv_transfer_params if final is not None else None
+        if final is None or not is_pull_ready(params):
+            return None
+        cached = final.num_cached_tokens or 0
+        return KVHandoff(params, len(ids), len(ids) - cached)  # type: ignore[arg-type]
 
 
 @serve.deployment

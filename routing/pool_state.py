@@ -147,6 +147,9 @@ class PoolState:
     def num_replicas(self) -> int:
         return len(self._watched)
 
+    def replica_ids(self) -> list[str]:
+        return sorted(self._watched)
+
     # -- request lifecycle (router hooks) -------------------------------------------------
     def begin(self, replica: str, request_key: str, uncached_tokens: int,
               block_hashes: Sequence[int] = ()) -> None:

@@ -42,7 +42,7 @@ from pdserve.routing.types import RoutingInfo, RoutingStats
 logger = logging.getLogger(__name__)
 
 ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "health", "nixl_state",
-                           "engine_processes"})
+                           "engine_processes", "drain", "undrain"})
 _ROUTE_BOUNDARIES = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2e-2]
 
 
@@ -77,9 +77,10 @@ def routing_info(pending_request: PendingRequest | None) -> RoutingInfo | None:
 
 
 def without_avoided(candidates: list[Any], avoid: tuple[str, ...]) -> list[Any]:
-    """The candidates a resumed request may go to: not the replicas it lost (their engine
-    died; Ray replaces them after its health check), unless no other is left."""
-    kept = [r for r in candidates if r.replica_id.unique_id not in avoid]
+    """The candidates a request may go to: not the replicas it lost (their engine died; Ray
+    replaces them after its health check) nor those being drained, unless no other is left."""
+    kept = [r for r in candidates if r.replica_id.unique_id not in avoid
+            and not (r.routing_stats or {}).get("draining")]
     return kept or candidates
 
 
@@ -129,8 +130,8 @@ class ScoredRouter(RequestRouter):
         started = time.perf_counter()
         self._sync()
         info = routing_info(pending_request)
-        if info is not None and info.avoid:
-            candidate_replicas = without_avoided(candidate_replicas, info.avoid)
+        candidate_replicas = without_avoided(candidate_replicas,
+                                             info.avoid if info is not None else ())
         best, others, hits = self.choose(candidate_replicas, info)
         if info is not None and pending_request is not None:
             rid = best.replica_id.unique_id

@@ -40,6 +40,8 @@ class RoutingStats:
     kv_cache_usage: float = 0.0
     num_running: int = 0
     num_waiting: int = 0
+    #: Drained by an operator: it turns requests away, so routers leave it out.
+    draining: bool = False
 
     def encode(self) -> dict[str, Any]:
         """The dict Ray Serve carries from the replica to the routers."""

@@ -1,15 +1,21 @@
 """What an operator asks the ingress: the served models, each pool's replicas as the routers
-see them, and health (one replica of every pool answers its engine check)."""
+see them, health (one replica of every pool answers its engine check), and drains: a
+generating replica hands its live streams to the others (with their KV on a decode pool) and
+takes no new request until it is undrained."""
 
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
 from pdserve.deployments.api.catalog import catalog_of
+from pdserve.deployments.api.errors import not_found, to_response
 from pdserve.deployments.config.pools import PoolName
 
 HEALTH_TIMEOUT_S = 10.0
@@ -37,7 +43,8 @@ async def pools(raw_request: Request) -> JSONResponse:
     catalog = catalog_of(raw_request)
     return JSONResponse({
         PoolName(model_id, role).label: {
-            "replicas": state.num_replicas() if state.synced else None}
+            "replicas": state.num_replicas() if state.synced else None,
+            "replica_ids": state.replica_ids() if state.synced else None}
         for model_id, f in catalog.frontends.items() for role, state in f.pools.items()
     })
 
@@ -63,3 +70,45 @@ async def health(raw_request: Request) -> JSONResponse:
     healthy = all(v == "ok" for v in status.values())
     return JSONResponse({"status": "ok" if healthy else "unhealthy", "pools": status},
                         status_code=200 if healthy else 503)
+
+
+class DrainRequest(BaseModel):
+    """Which generating replica to drain (ids as `/v1/pools` lists them)."""
+
+    model: str
+    replica: str
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="How long to wait for the "
+                             "streams that cannot move (non-streamed, n > 1) to finish.")
+
+
+async def _call_replica(raw_request: Request, body: DrainRequest, method: str) -> JSONResponse:
+    catalog = catalog_of(raw_request)
+    frontend = catalog.frontends.get(body.model)
+    if frontend is None:
+        return to_response(not_found("model", body.model, list(catalog.frontends), "model"))
+    role = "decode" if "decode" in frontend.handles else "colocated"
+    known = frontend.pools[role].replica_ids()
+    if body.replica not in known:
+        return to_response(create_error_response(
+            f"`{body.replica}` is not a replica of {PoolName(body.model, role).label}; its "
+            f"replicas: {', '.join(known) or 'none yet'}.", err_type="NotFoundError",
+            status_code=HTTPStatus.NOT_FOUND, param="replica"))
+    call = getattr(frontend.handles[role], method)
+    if method == "drain":
+        return JSONResponse(await call.remote(replica=body.replica, timeout_s=body.timeout_s))
+    await call.remote(replica=body.replica)
+    return JSONResponse({"replica": body.replica, "draining": False})
+
+
+@router.post("/v1/admin/drain")
+async def drain(body: DrainRequest, raw_request: Request) -> JSONResponse:
+    """Move a generating replica's live streams to the other replicas and keep new requests
+    away from it (for maintenance, or before stopping its node): on a decode pool each stream's
+    KV moves with it over NIXL; replies once the replica holds no stream (or at `timeout_s`)."""
+    return await _call_replica(raw_request, body, "drain")
+
+
+@router.post("/v1/admin/undrain")
+async def undrain(body: DrainRequest, raw_request: Request) -> JSONResponse:
+    """Let a drained replica take requests again."""
+    return await _call_replica(raw_request, body, "undrain")

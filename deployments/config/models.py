@@ -39,6 +39,13 @@ class PoolConfig(StrictModel):
         description="Ray Serve: how long a replica being removed (scale-down, redeploy) keeps "
         "serving its in-flight requests and streams before it is stopped.",
     )
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="Ray Serve: how often each replica's health check runs (an "
+        "engine found stalled fails it; Ray replaces a replica after 3 failures in a row).",
+    )
+    health_check_timeout_s: float = Field(
+        120.0, gt=0, description="Ray Serve: how long one health check may take.",
+    )
     cold_start_timeout_s: float = Field(
         300.0, gt=0,
         description="How long a request waits for a first replica when the pool is at zero "
@@ -82,6 +89,13 @@ class KVTransferSettings(StrictModel):
         "(vLLM's `kv_lease_duration`; decoders waiting to pull renew it). A decode that will "
         "not follow (replica lost) frees it at once; this bounds what nobody reports.",
     )
+    pull_timeout_s: float = Field(
+        30.0, gt=0,
+        description="How long a decode engine may take from admitting a request with "
+        "transfer params to its first token; past it the KV pull is taken for stuck and the "
+        "decode engine prefills the prompt itself (the stuck request is aborted once its "
+        "transfer ends, never mid-transfer).",
+    )
 
 
 class ResumeSettings(StrictModel):
@@ -92,6 +106,17 @@ class ResumeSettings(StrictModel):
         description="How many times one request may be resumed on another replica (from "
         "what its client already received) before it fails with a retryable 503; 0 turns "
         "resuming off.",
+    )
+
+
+class HealthSettings(StrictModel):
+    """How an engine replica notices that its engine stopped making progress."""
+
+    stall_timeout_s: float = Field(
+        30.0, gt=0,
+        description="An engine with requests in flight that completes no step for this long "
+        "is stalled: its streams are resumed on other replicas and its health check fails "
+        "from then on, so Ray replaces the replica.",
     )
 
 
@@ -140,6 +165,7 @@ class ModelConfig(StrictModel):
     kv_transfer: KVTransferSettings = Field(default_factory=KVTransferSettings)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     resume: ResumeSettings = Field(default_factory=ResumeSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     slo: SLOTargets | None = Field(
         None,
         description="Autoscale this model's pools to these targets (each pool then needs "

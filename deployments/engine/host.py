@@ -9,13 +9,16 @@ generate, embed) is its own deployment's method, in `prefill/`, `decode/`, `pipe
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import psutil
 import ray
 from prometheus_client import REGISTRY, generate_latest
 from ray import serve
+from ray.serve.metrics import Counter
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -34,6 +37,7 @@ from pdserve.deployments.engine.reports import (
     with_load,
 )
 from pdserve.deployments.engine.streaming import OutputStream
+from pdserve.deployments.engine.watchdog import StallWatchdog
 from pdserve.kv_transfer.connector import NIXL_STATE_EXTENSION
 from pdserve.kv_transfer.ports import EngineSlot
 from pdserve.routing.types import RoutingInfo
@@ -64,6 +68,7 @@ class EngineHost:
         )
         logger.info("engine %s starting with %s", self.engine_id, env)
         self.load = LoadReport()
+        self.draining = False  # set by a drain (generating pools): routers leave it out
         self.engine = AsyncLLM.from_engine_args(
             engine_args(self.model, self.role, self.engine_id),
             stat_loggers=[RayPrometheusStatLogger, PrometheusStatLogger,
@@ -76,6 +81,14 @@ class EngineHost:
         self.replica_budget: int | None = None
         self.slo_signals = ReplicaSLOSignals()
         self._configure_signals()
+        self.watchdog = StallWatchdog(self.model.health.stall_timeout_s)
+        self.load.on_step = self.watchdog.stepped
+        self._watching: asyncio.Task | None = None
+        self._stalls = Counter("pdserve_engine_stalls_total",
+                               "Engines found making no progress with requests in flight.",
+                               tag_keys=("model", "pool"))
+        self._stalls.set_default_tags({"model": self.model.model_id, "pool": self.role})
+        self._watch()
 
     # -- what the rest of the graph reads ----------------------------------------------------
     def _configure_signals(self) -> None:
@@ -106,15 +119,42 @@ class EngineHost:
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""
-        return with_load(self._routing_stats, self.load).encode()
+        return replace(with_load(self._routing_stats, self.load),
+                       draining=self.draining).encode()
 
     # -- health and administration ----------------------------------------------------------
+    def _watch(self) -> None:
+        """Start the stall watchdog (once there is an event loop to run it on)."""
+        if self._watching is not None or not self.engine.log_stats:
+            return  # no stats, no heartbeat (vLLM turns them on for pdserve's stat loggers)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # the first health check starts it
+        busy = self.engine.output_processor.get_num_unfinished_requests
+        self._watching = loop.create_task(self.watchdog.run(lambda: busy() > 0,
+                                                            self._stalled))
+
+    def _stalled(self, stalled_s: float) -> None:
+        logger.error("engine %s made no step for %.0f s with requests in flight: stalled; "
+                     "its health check fails from now on", self.engine_id, stalled_s)
+        self._stalls.inc()
+        self.on_stalled(stalled_s)
+
+    def on_stalled(self, stalled_s: float) -> None:
+        """What a pool does with its requests when its engine stalls (nothing by default: its
+        callers time out, e.g. prefill calls at `prefill_timeout_s`)."""
+
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising makes Serve replace the replica."""
+        self._watch()
+        if self.watchdog.stalled:
+            raise RuntimeError(f"engine {self.engine_id} stalled: no step for "
+                               f"{self.watchdog.stalled_for:.0f} s with requests in flight")
         await self.engine.check_health()
 
     async def health(self, replica: str | None = None) -> bool:
-        await self.engine.check_health()
+        await self.check_health()
         return True
 
     async def vllm_metrics(self, replica: str | None = None) -> str:

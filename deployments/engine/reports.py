@@ -5,6 +5,7 @@ logger, so nothing polls the engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,8 @@ class LoadReport:
         self.kv_cache_usage = 0.0
         self.num_running = 0
         self.num_waiting = 0
+        #: Called once per engine step that reports stats (the stall watchdog's heartbeat).
+        self.on_step: Callable[[], None] = lambda: None
 
     def logger_factory(self) -> type[StatLoggerBase]:
         report = self
@@ -35,6 +38,7 @@ class LoadReport:
             def record(self, scheduler_stats: Any, iteration_stats: Any, *_: Any,
                        **__: Any) -> None:
                 if scheduler_stats is not None:
+                    report.on_step()
                     report.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
                     report.num_running = int(scheduler_stats.num_running_reqs)
                     report.num_waiting = int(scheduler_stats.num_waiting_reqs)

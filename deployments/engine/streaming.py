@@ -6,13 +6,20 @@ Ray sends one stream message per burst instead of one per engine step, and only 
 message carries the prompt (`wire.py`). A decode that is still pulling KV when its caller goes
 away is aborted only once the pull finished: aborting a request mid-transfer can crash vLLM's
 engine core.
+
+A live stream can be ended from outside: with an error (`fail_all`, e.g. the engine stalled)
+or by handing it off (`hand_off_all`, a drain): the stream stops after the last output its
+caller received and raises what its `hand_off` callback returns (the request's KV prepared for
+another replica), while the engine still holds the request, so its blocks stay cached until the
+hand-off is ready; the request is aborted after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from vllm.inputs import EngineInput
@@ -27,6 +34,18 @@ logger = logging.getLogger(__name__)
 
 #: Queue item after the engine's last output.
 END = object()
+#: Queue item asking the stream to hand its request off (`OutputStream.hand_off_all`).
+HAND_OFF = object()
+
+#: Builds the exception that ends a handed-off stream; its argument says whether the request
+#: had produced output yet (before that, nothing needs to move).
+HandOff = Callable[[bool], Awaitable[BaseException]]
+
+
+@dataclass
+class LiveStream:
+    queue: asyncio.Queue
+    hand_off: HandOff | None
 
 
 def coalesce(
@@ -36,7 +55,7 @@ def coalesce(
     non-output item (`END` or an error), if any."""
     while not queue.empty():
         item = queue.get_nowait()
-        if item is END or isinstance(item, BaseException):
+        if item is END or item is HAND_OFF or isinstance(item, BaseException):
             return output, item
         if aggregate:
             output.add(item, aggregate=True)
@@ -46,17 +65,35 @@ def coalesce(
 
 
 class OutputStream:
-    """Streams one request's engine outputs; `aborts` keeps deferred aborts alive."""
+    """Streams requests' engine outputs; `aborts` keeps deferred aborts alive."""
 
     def __init__(self, engine: AsyncLLM, aborts: set[asyncio.Task]) -> None:
         self.engine = engine
         self.aborts = aborts
+        self.live: dict[str, LiveStream] = {}
+
+    def fail_all(self, error: Callable[[], BaseException]) -> int:
+        """End every live stream with `error()` (after the outputs already queued)."""
+        for stream in self.live.values():
+            stream.queue.put_nowait(error())
+        return len(self.live)
+
+    def hand_off_all(self) -> int:
+        """Ask every live stream that can be handed off to do so; how many were asked (the
+        others run to their end here)."""
+        asked = [s for s in self.live.values() if s.hand_off is not None]
+        for stream in asked:
+            stream.queue.put_nowait(HAND_OFF)
+        return len(asked)
 
     async def outputs(self, engine_input: EngineInput, params: SamplingParams, request_id: str,
-                      signals: RequestSignals, pulling: bool) -> AsyncIterator[RequestOutput]:
+                      signals: RequestSignals, pulling: bool,
+                      hand_off: HandOff | None = None) -> AsyncIterator[RequestOutput]:
         """The request's outputs, coalesced; `pulling`: its KV may still be in transfer until
-        the first output, so an abort waits for that."""
+        the first output, so an abort waits for that; `hand_off`: how this stream ends when
+        `hand_off_all` asks (None: it cannot be handed off)."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.live[request_id] = LiveStream(queue, hand_off)
         first_output = asyncio.Event()
         aggregate = params.output_kind == RequestOutputKind.DELTA
         pump = asyncio.create_task(
@@ -72,12 +109,16 @@ class OutputStream:
                 if item is END:
                     finished = True
                     return
+                if item is HAND_OFF:
+                    assert hand_off is not None
+                    raise await hand_off(first_output.is_set())
                 if isinstance(item, BaseException):
                     raise item
                 item, pending = coalesce(item, queue, aggregate)
                 yield trim(item, first)
                 first = False
         finally:
+            self.live.pop(request_id, None)
             signals.finish()
             if not finished:
                 self._stop(request_id, pump, first_output, pulling)

@@ -1,15 +1,21 @@
-"""No request lost when a replica dies: real engines, real `kill -9`, real `ray stop --force`.
+"""No request lost when a replica dies, hangs or is drained: real engines, real `kill -9`,
+real `SIGSTOP`, real drains over HTTP, real `ray stop --force`.
 
 One PD model with a prefill replica and two decode replicas, in a cluster of its own (`serve
 run` of a YAML config). Streams and non-streamed requests are in flight when a decode replica
 is killed: every request completes with exactly the undisturbed greedy tokens (no token lost
 or repeated), resumed on the other decode replica, at least once over the PD path. Then the
-prefill replica is killed under load: every request still answers correctly. Killed replicas'
-engine processes exit within seconds, and after `ray stop --force` no vLLM process is left.
+prefill replica is killed under load: every request still answers correctly. A decode engine
+core stopped with `SIGSTOP` is found stalled: its streams finish elsewhere, greedy-exact, and
+Ray replaces the replica. A drained decode replica moves its live streams with their KV: the
+other decode engine pulls it, the drained one computes at most one block per stream, and the
+streams are greedy-exact. Killed replicas' engine processes exit within seconds, and after
+`ray stop --force` no vLLM process is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -50,6 +56,8 @@ ENGINE = {"dtype": "float32", "max_model_len": 1024, "max_num_batched_tokens": 2
           "seed": 0}
 MAX_TOKENS = 150  # the tiny model copies a 90-word span confidently for ~200 tokens
 STREAMS, FULL = 6, 2
+STALL_S = 5
+BLOCK = ENGINE["block_size"]
 
 
 def config(model_dir: str) -> dict[str, Any]:
@@ -57,13 +65,15 @@ def config(model_dir: str) -> dict[str, Any]:
     return systems.serve_config_doc({
         "models": [{
             "model_id": MODEL, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
-            "prefill": {**pool, "num_replicas": 1}, "decode": {**pool, "num_replicas": 2},
+            "prefill": {**pool, "num_replicas": 1},
+            "decode": {**pool, "num_replicas": 2, "health_check_period_s": 1},
             # a killed prefill replica's queued calls fall back to local prefill quickly
             "kv_transfer": {"prefill_timeout_s": 5},
             # every prompt (and every continuation) is planned for the prefill pool, whatever
             # the decode replicas cache: the PD path of a resume is then certain
             "routing": {"local_prefill_below_tokens": 0, "max_prefill_queue_per_replica": 1000},
             "resume": {"max_attempts": 3},
+            "health": {"stall_timeout_s": STALL_S},
         }],
     })
 
@@ -104,6 +114,12 @@ def wait_for_every_replica(timeout_s: float = 600) -> None:
             assert time.monotonic() < deadline, f"replicas never all up: {pools}\n" \
                                                 f"{busiest_processes()}"
             time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def reference(app: Path) -> list[list[int]]:
+    """The undisturbed greedy tokens of `PROMPTS` (each disturbed run must match them)."""
+    return undisturbed()
 
 
 def remote_plans(stats: dict[str, int]) -> int:
@@ -269,6 +285,118 @@ def test_a_killed_prefill_replica_under_load_loses_no_request(app: Path) -> None
         assert r.token_ids == want, (r.stream, len(r.token_ids))
     assert not wait_gone(engine_pids, 15), "the killed replica's engine outlived it"
     wait_for_every_replica()
+    assert_all_drained()
+
+
+def streams_in_flight(http: httpx.Client, pool: ThreadPoolExecutor) -> tuple[list[Request], list]:
+    """Every prompt as a stream, each past its first token when this returns."""
+    requests = [Request(p, stream=True) for p in PROMPTS]
+    futures = [pool.submit(r.run, http) for r in requests]
+    for r in requests:
+        assert r.first_token.wait(300), "a stream never started"
+    return requests, futures
+
+
+def engine_core_pid(name: str, replica: str) -> int:
+    pids = deployment(name).engine_processes.remote(replica=replica).result()
+    (core,) = [p for p in pids[1:] if psutil.Process(p).name().startswith("VLLM::EngineCore")]
+    return core
+
+
+def assert_exact(requests: list[Request], reference: list[list[int]]) -> None:
+    failures = [(r.status, r.error) for r in requests if r.status != 200 or r.error]
+    assert not failures, failures
+    for r, want in zip(requests, reference, strict=True):  # no token lost, none repeated
+        assert r.token_ids == want, (r.stream, len(r.token_ids))
+
+
+@pytest.mark.timeout(900)
+def test_a_stopped_decode_engine_is_found_stalled_its_streams_resume_and_it_is_replaced(
+        app: Path, reference: list[list[int]]) -> None:
+    assert_all_drained()
+    before = ingress_stats()[MODEL]
+    decodes = replicas_of(DECODE)
+    with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
+        requests, futures = streams_in_flight(http, pool)
+        in_flight = routing_state()[f"{MODEL}/decode"]["in_flight"]
+        victim = max(decodes, key=lambda r: in_flight.get(r, 0))
+        core = engine_core_pid(DECODE, victim)
+        os.kill(core, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            for future in futures:
+                future.result()
+            finished_s = time.monotonic() - stopped_at
+            assert_exact(requests, reference)
+            deadline = time.monotonic() + 120
+            while victim in replicas_of(DECODE):  # Ray replaces it: its health check fails
+                assert time.monotonic() < deadline, "the stalled replica was never replaced"
+                time.sleep(1)
+            replaced_s = time.monotonic() - stopped_at
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(core, signal.SIGCONT)
+    after = ingress_stats()[MODEL]
+    stalled = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("resume:stalled:"))
+    assert stalled >= in_flight.get(victim, 0) >= 1, (after, in_flight)
+    assert not wait_gone([core], 30), "the stalled engine outlived its replica"
+    print(f"stall: {stalled} streams resumed after {STALL_S} s without a step; all done "
+          f"{finished_s:.1f} s after SIGSTOP, replica replaced after {replaced_s:.1f} s")
+    wait_for_every_replica()
+    assert_all_drained()
+
+
+def drain(replica: str, **body: Any) -> dict[str, Any]:
+    with httpx.Client(base_url=URL, timeout=600) as http:
+        response = http.post("/v1/admin/drain", json={"model": MODEL, "replica": replica, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.timeout(900)
+def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
+        app: Path, reference: list[list[int]]) -> None:
+    assert_all_drained()
+    before = ingress_stats()[MODEL]
+    decodes = replicas_of(DECODE)
+    with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
+        requests, futures = streams_in_flight(http, pool)
+        in_flight = routing_state()[f"{MODEL}/decode"]["in_flight"]
+        victim = max(decodes, key=lambda r: in_flight.get(r, 0))
+        (target,) = [r for r in decodes if r != victim]
+        pulled_before = metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", target)
+        computed_before = metric_sum(DECODE, "vllm:prompt_tokens_by_source_total", victim,
+                                     source="local_compute")
+        at_drain = [len(r.token_ids) for r in requests]
+        result = drain(victim)
+        for future in futures:
+            future.result()
+    assert_exact(requests, reference)
+    assert all(0 < n < MAX_TOKENS for n in at_drain), at_drain  # each stream was mid-way
+    moved = result["moved_kv"]
+    assert moved == result["asked"] >= 4 and result["still_running"] == 0, result
+    after = ingress_stats()[MODEL]
+    handoffs = sum(v - before.get(k, 0) for k, v in after.items()
+                   if k.startswith("resume:draining:handoff"))
+    assert handoffs == moved, after
+    pulled = metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", target) - pulled_before
+    assert pulled > 0, pulled
+    computed = metric_sum(DECODE, "vllm:prompt_tokens_by_source_total", victim,
+                          source="local_compute") - computed_before
+    assert computed <= moved * BLOCK, (computed, moved)  # at most one block per stream
+    # a drained replica takes nothing new until it is undrained
+    served_before = metric_sum(DECODE, "vllm:request_success_total", victim)
+    with httpx.Client(base_url=URL, timeout=600) as http:
+        for prompt in PROMPTS[:3]:
+            body = {"model": MODEL, "prompt": prompt, "max_tokens": 5, "temperature": 0}
+            assert http.post("/v1/completions", json=body).status_code == 200
+        assert metric_sum(DECODE, "vllm:request_success_total", victim) == served_before
+        assert http.post("/v1/admin/undrain", json={"model": MODEL, "replica": victim}
+                         ).status_code == 200
+        unknown = http.post("/v1/admin/drain", json={"model": MODEL, "replica": "nope"})
+        assert unknown.status_code == 404 and "replicas" in unknown.json()["error"]["message"]
+    print(f"drain: {moved} streams moved with their KV ({pulled / 2**20:.1f} MiB pulled, "
+          f"{computed:.0f} tokens computed by the drained engine), tokens at drain {at_drain}")
     assert_all_drained()
 
 

@@ -13,7 +13,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from pdserve.decode.orchestrator import Orchestrator, PoolCalls, Resume, local_prefill_reason
 from pdserve.decode.request import DecodeRequest
-from pdserve.decode.resume import ReplicaLost
+from pdserve.decode.resume import KVHandoff, ReplicaLost
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 
 KV = {"do_remote_prefill": True, "remote_engine_id": "p0", "remote_block_ids": [1]}
@@ -41,6 +41,8 @@ class FakePools:
         self.prefill_error = prefill_error
         self.prefill_delay = prefill_delay
         self.lose_after = list(lose_after or [])
+        #: drain instead of dying: hand the KV off, covering this many tokens too many
+        self.handoff_miscount: int | None = None
         self.prefills: list[PrefillRequest] = []
         self.decodes: list[DecodeRequest] = []
         self.released: list[str] = []
@@ -61,7 +63,12 @@ class FakePools:
         made: list[int] = []
         for step in range(params.max_tokens):
             if lose_after is not None and step == lose_after:
-                raise ReplicaLost("replica_died", replica=f"d{len(self.decodes) - 1}")
+                replica = f"d{len(self.decodes) - 1}"
+                if self.handoff_miscount is not None and lose_after > 0:
+                    tokens = len(request.engine_input["prompt_token_ids"]) + len(made)
+                    raise ReplicaLost("draining", replica=replica, handoff=KVHandoff(
+                        {**KV, "remote_engine_id": replica}, tokens + self.handoff_miscount, 1))
+                raise ReplicaLost("replica_died", replica=replica)
             last += 10
             made.append(last)
             finished = step == params.max_tokens - 1
@@ -74,6 +81,11 @@ class FakePools:
 
     async def release_kv(self, request_id: str, kv_params: dict) -> None:
         self.released.append(request_id)
+
+    def drains(self) -> FakePools:
+        """Replicas are drained (KV handed off) rather than lost."""
+        self.handoff_miscount = 0
+        return self
 
     def calls(self) -> PoolCalls:
         return PoolCalls(generate=self.generate, prefill=self.prefill,  # type: ignore[arg-type]
@@ -321,3 +333,33 @@ def test_text_vllm_held_back_for_a_stop_string_is_sent_after_a_resume() -> None:
     got = outputs(pd, streamed(stop=["never"]))
     assert [t for o in got for t in o.outputs[0].token_ids] == greedy_tokens()
     assert "".join(o.outputs[0].text for o in got) == "".join(f"<{t}>" for t in greedy_tokens())
+
+
+def test_a_drained_replicas_stream_continues_by_pulling_the_kv_it_handed_off() -> None:
+    pools, resumes = FakePools(lose_after=[2, 3]).drains(), []
+    pd = orchestrator(pools, [], max_resumes=0, hasher=lambda ids: tuple(ids),
+                      on_resume=resumes.append)  # migrations are not losses
+    assert run(pd, streamed()) == greedy_tokens()
+    assert len(pools.prefills) == 1  # the continuations pull from the drained engines instead
+    assert [d.kv_transfer_params["remote_engine_id"] for d in pools.decodes] == ["p0", "d0",
+                                                                                 "d1"]
+    assert [d.routing.avoid for d in pools.decodes] == [(), ("d0",), ("d0", "d1")]
+    assert resumes == [Resume("draining", "handoff", 1), Resume("draining", "handoff", 1)]
+    assert pools.released == []
+
+
+def test_a_handoff_that_does_not_match_the_delivered_tokens_is_released_and_recomputed() -> None:
+    async def go(pools: FakePools) -> list[int]:
+        pd = orchestrator(pools, [], max_resumes=0)
+        prompt = {"type": "token", "prompt_token_ids": list(PROMPT)}
+        got = [t async for o in pd.generate(prompt, streamed(), "r1")
+               for t in o.outputs[0].token_ids]
+        await asyncio.gather(*pd._releases)
+        return got
+
+    pools = FakePools(lose_after=[2]).drains()
+    pools.handoff_miscount = 1
+    assert asyncio.run(go(pools)) == greedy_tokens()
+    assert len(pools.prefills) == 2  # planned afresh: the prefill pool computes it
+    assert pools.decodes[1].kv_transfer_params["remote_engine_id"] == "p0"
+    assert len(pools.released) == 1  # the drained engine's KV is not left to its lease
