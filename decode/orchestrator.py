@@ -43,6 +43,7 @@ from pdserve.decode.resume import (
     ReplicaLost,
     extended_prompt_ids,
 )
+from pdserve.deployments.engine.callers import Caller
 from pdserve.kv_transfer.params import KVTransferParams
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 from pdserve.routing.plan import Plan
@@ -112,6 +113,7 @@ class Orchestrator:
         on_resume: Callable[[Resume], None] = lambda resume: None,
         on_resumed: Callable[[float], None] = lambda seconds: None,
         detokenize: Detokenize | None = None,
+        caller: Caller | None = None,
     ) -> None:
         if disaggregated and calls.prefill is None:
             raise ValueError("PD mode needs a prefill call")
@@ -128,6 +130,7 @@ class Orchestrator:
         self.on_resumed = on_resumed
         self.detokenize = detokenize  # recovers text vLLM held back when resuming
         self._releases: set[asyncio.Task] = set()
+        self.caller = caller  # this ingress replica: engines abort its requests if it dies
 
     async def generate(
         self,
@@ -228,7 +231,8 @@ class Orchestrator:
             kv_params = await self._remote_prefill(
                 PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt)
             )
-        decode = DecodeRequest(request_id, engine_input, params, kv_params, routing, prompt)
+        decode = DecodeRequest(request_id, engine_input, params, kv_params, routing, prompt,
+                               self.caller)
         pulled = False
         try:
             async with aclosing(self.calls.generate(decode)) as stream:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from vllm.inputs import EngineInput
 from vllm.sampling_params import SamplingParams
 
+from pdserve.deployments.engine.callers import Caller
 from pdserve.kv_transfer.params import KV_PARAMS_KEY, KVTransferParams, without_transfer_params
 from pdserve.routing.types import RoutingInfo
 
@@ -23,6 +24,8 @@ class DecodeRequest:
     kv_transfer_params: KVTransferParams | None = None
     routing: RoutingInfo = field(default_factory=RoutingInfo)
     prompt: str = ""
+    #: the ingress replica streaming it (the engine aborts the request if that one dies)
+    caller: Caller | None = None
 
     def engine_params(self) -> SamplingParams:
         """The sampling params the engine runs: the client's, with this request's transfer

@@ -109,7 +109,8 @@ class GeneratingHost(EngineHost):
         hand_off = partial(self._hand_off, request, delivered) if movable(params) else None
         cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
         async for output in self.stream.outputs(request.engine_input, params,
-                                                request.request_id, signals, pulling, hand_off):
+                                                request.request_id, signals, pulling, hand_off,
+                                                request.caller):
             if hand_off is not None:
                 if cumulative:
                     delivered[:] = output.outputs[0].token_ids

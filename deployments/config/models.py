@@ -118,6 +118,11 @@ class HealthSettings(StrictModel):
         "is stalled: its streams are resumed on other replicas and its health check fails "
         "from then on, so Ray replaces the replica.",
     )
+    caller_check_period_s: float = Field(
+        2.0, gt=0,
+        description="How often an engine replica checks that the ingress replicas it streams "
+        "for still exist; the requests of one that died are aborted.",
+    )
 
 
 class RoutingConfig(StrictModel):

@@ -27,7 +27,9 @@ from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSi
 from pdserve.deployments.config.binding import EngineBinding
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.config.slo import SLOTargets
+from pdserve.deployments.engine.actors import actor_alive
 from pdserve.deployments.engine.args import engine_args
+from pdserve.deployments.engine.callers import Caller, CallerGone, watch_callers
 from pdserve.deployments.engine.placement import apply_engine_env
 from pdserve.deployments.engine.reaper import guard_engine_processes
 from pdserve.deployments.engine.reports import (
@@ -84,10 +86,15 @@ class EngineHost:
         self.watchdog = StallWatchdog(self.model.health.stall_timeout_s)
         self.load.on_step = self.watchdog.stepped
         self._watching: asyncio.Task | None = None
+        self._watching_callers: asyncio.Task | None = None
         self._stalls = Counter("pdserve_engine_stalls_total",
                                "Engines found making no progress with requests in flight.",
                                tag_keys=("model", "pool"))
         self._stalls.set_default_tags({"model": self.model.model_id, "pool": self.role})
+        self._orphans = Counter("pdserve_orphaned_requests_aborted_total",
+                                "Requests aborted because the ingress replica streaming them "
+                                "died.", tag_keys=("model", "pool"))
+        self._orphans.set_default_tags({"model": self.model.model_id, "pool": self.role})
         self._watch()
 
     # -- what the rest of the graph reads ----------------------------------------------------
@@ -124,13 +131,18 @@ class EngineHost:
 
     # -- health and administration ----------------------------------------------------------
     def _watch(self) -> None:
-        """Start the stall watchdog (once there is an event loop to run it on)."""
-        if self._watching is not None or not self.engine.log_stats:
-            return  # no stats, no heartbeat (vLLM turns them on for pdserve's stat loggers)
+        """Start the stall watchdog and the callers' check (once there is an event loop to run
+        them on)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # the first health check starts it
+            return  # the first health check starts them
+        if self._watching_callers is None:
+            self._watching_callers = loop.create_task(watch_callers(
+                self.stream.callers, self._caller_gone, self.model.health.caller_check_period_s,
+                actor_alive))
+        if self._watching is not None or not self.engine.log_stats:
+            return  # no stats, no heartbeat (vLLM turns them on for pdserve's stat loggers)
         busy = self.engine.output_processor.get_num_unfinished_requests
         self._watching = loop.create_task(self.watchdog.run(lambda: busy() > 0,
                                                             self._stalled))
@@ -140,6 +152,13 @@ class EngineHost:
                      "its health check fails from now on", self.engine_id, stalled_s)
         self._stalls.inc()
         self.on_stalled(stalled_s)
+
+    def _caller_gone(self, caller: Caller) -> None:
+        aborted = self.stream.fail_caller(
+            caller, lambda: CallerGone(f"caller {caller.name} is gone"))
+        logger.warning("engine %s: caller %s is gone; aborting its %d requests", self.engine_id,
+                       caller.name, aborted)
+        self._orphans.inc(aborted)
 
     def on_stalled(self, stalled_s: float) -> None:
         """What a pool does with its requests when its engine stalls (nothing by default: its

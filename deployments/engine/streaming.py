@@ -7,11 +7,12 @@ message carries the prompt (`wire.py`). A decode that is still pulling KV when i
 away is aborted only once the pull finished: aborting a request mid-transfer can crash vLLM's
 engine core.
 
-A live stream can be ended from outside: with an error (`fail_all`, e.g. the engine stalled)
-or by handing it off (`hand_off_all`, a drain): the stream stops after the last output its
-caller received and raises what its `hand_off` callback returns (the request's KV prepared for
-another replica), while the engine still holds the request, so its blocks stay cached until the
-hand-off is ready; the request is aborted after that.
+A live stream can be ended from outside: with an error (`fail_all`, e.g. the engine stalled;
+`fail_caller`, its caller is gone: `callers.py`) or by handing it off (`hand_off_all`, a
+drain): the stream stops after the last output its caller received and raises what its
+`hand_off` callback returns (the request's KV prepared for another replica), while the engine
+still holds the request, so its blocks stay cached until the hand-off is ready; the request is
+aborted after that.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from pdserve.deployments.autoscaling.signals import RequestSignals
+from pdserve.deployments.engine.callers import Caller
 from pdserve.deployments.engine.wire import trim
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ HandOff = Callable[[bool], Awaitable[BaseException]]
 class LiveStream:
     queue: asyncio.Queue
     hand_off: HandOff | None
+    caller: Caller | None = None
 
 
 def coalesce(
@@ -78,6 +81,17 @@ class OutputStream:
             stream.queue.put_nowait(error())
         return len(self.live)
 
+    def callers(self) -> set[Caller]:
+        """The callers live streams are for (those that said who they are)."""
+        return {s.caller for s in self.live.values() if s.caller is not None}
+
+    def fail_caller(self, caller: Caller, error: Callable[[], BaseException]) -> int:
+        """End `caller`'s live streams with `error()`; how many."""
+        mine = [s for s in self.live.values() if s.caller == caller]
+        for stream in mine:
+            stream.queue.put_nowait(error())
+        return len(mine)
+
     def hand_off_all(self) -> int:
         """Ask every live stream that can be handed off to do so; how many were asked (the
         others run to their end here)."""
@@ -88,12 +102,13 @@ class OutputStream:
 
     async def outputs(self, engine_input: EngineInput, params: SamplingParams, request_id: str,
                       signals: RequestSignals, pulling: bool,
-                      hand_off: HandOff | None = None) -> AsyncIterator[RequestOutput]:
+                      hand_off: HandOff | None = None,
+                      caller: Caller | None = None) -> AsyncIterator[RequestOutput]:
         """The request's outputs, coalesced; `pulling`: its KV may still be in transfer until
         the first output, so an abort waits for that; `hand_off`: how this stream ends when
-        `hand_off_all` asks (None: it cannot be handed off)."""
+        `hand_off_all` asks (None: it cannot be handed off); `caller`: who reads it."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.live[request_id] = LiveStream(queue, hand_off)
+        self.live[request_id] = LiveStream(queue, hand_off, caller)
         first_output = asyncio.Event()
         aggregate = params.output_kind == RequestOutputKind.DELTA
         pump = asyncio.create_task(

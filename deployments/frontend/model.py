@@ -18,6 +18,7 @@ from vllm.renderers.online_renderer import OnlineRenderer
 from pdserve.decode.orchestrator import Orchestrator, always_remote
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pools import Role
+from pdserve.deployments.engine.actors import this_actor
 from pdserve.deployments.frontend.engine_client import ModelView, PoolGraphClient
 from pdserve.deployments.frontend.metrics import RequestMetrics
 from pdserve.deployments.frontend.pool_calls import make_planner, pool_calls, pool_states
@@ -50,6 +51,7 @@ class ModelFrontend:
             on_resume=self.metrics.record_resume,
             on_resumed=self.metrics.record_resumed,
             detokenize=view.detokenize,
+            caller=this_actor(),
         )
         client = PoolGraphClient(view, orchestrator, self.metrics)
         self.client = client

@@ -1,0 +1,31 @@
+"""Ray's side of `callers.py`: which named actor this process is, and whether one still exists."""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+from pdserve.deployments.engine.callers import Caller
+
+logger = logging.getLogger(__name__)
+
+
+def this_actor() -> Caller | None:
+    """This process's actor, or None outside a named actor (a driver, a unit test)."""
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    name = context.get_actor_name() if context.get_actor_id() is not None else None
+    return Caller(name, context.namespace) if name else None
+
+
+def actor_alive(caller: Caller) -> bool:
+    """False once Ray no longer knows the actor (a dead actor's name is released)."""
+    try:
+        ray.get_actor(caller.name, namespace=caller.namespace)
+    except ValueError:
+        return False
+    except Exception as exc:  # GCS unreachable: say nothing we are not sure of
+        logger.warning("cannot look up caller %s: %s", caller.name, exc)
+    return True
