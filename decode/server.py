@@ -8,11 +8,15 @@ answers for every full block (vLLM caches a running request's blocks, generated 
 included), so it computes at most one block, and keeps that KV for the next replica to pull
 over NIXL; only then is the original request aborted. A colocated engine has no KV connector:
 its streams continue elsewhere by recomputing (as after a crash).
+
+A replica drains itself when Ray Serve starts stopping it (`stopping.py`), and then keeps its
+engine until the next replicas have pulled the KV it handed off (`__del__`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,15 +33,22 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import KVHandoff, ReplicaLost, extended_prompt_ids
+from pdserve.decode.stopping import wait_until_removed
 from pdserve.deployments.engine.host import EngineHost
 from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready
 from pdserve.prefill.request import prefill_params
+from pdserve.routing.pool_state import pool_state
 
 logger = logging.getLogger(__name__)
 
 #: How long `drain` waits for the streams that cannot move (non-streamed, n > 1, structured
 #: output) to finish here, unless the caller says otherwise.
 DRAIN_TIMEOUT_S = 120.0
+#: How often a replica looks for itself in its pool's running set.
+STOP_CHECK_PERIOD_S = 0.5
+#: How long a stopping replica that handed KV off waits for it to be pulled before its engine
+#: shuts down (the pullers fall back to recomputing after that).
+HANDOFF_PULL_WAIT_S = 30.0
 
 
 def movable(params: SamplingParams) -> bool:
@@ -53,6 +64,7 @@ class GeneratingHost(EngineHost):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handoffs = {"kv": 0, "recompute": 0}  # streams handed off, by how they continue
+        self._watching_stop: asyncio.Task | None = None
         tags = {"model": self.model.model_id, "pool": self.role}
         self._pull_timeouts = Counter(
             "pdserve_kv_pull_timeouts_total",
@@ -69,6 +81,11 @@ class GeneratingHost(EngineHost):
             "Tokens a draining engine computed to hand streams' KV off (the rest were cached).",
             tag_keys=tuple(tags))
         self._handoff_recomputed.set_default_tags(dict(tags))
+        self._stops_drained = Counter(
+            "pdserve_stop_drains_total",
+            "Drains this replica started itself when Ray Serve began stopping it.",
+            tag_keys=tuple(tags))
+        self._stops_drained.set_default_tags(dict(tags))
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
         """Generate, pulling the prompt's KV first when the request carries transfer params;
@@ -117,6 +134,47 @@ class GeneratingHost(EngineHost):
                 else:
                     delivered.extend(output.outputs[0].token_ids)
             yield output
+
+    async def check_health(self) -> None:
+        if self._watching_stop is None:  # Serve checks a replica's health once it runs
+            self._watching_stop = asyncio.get_running_loop().create_task(
+                self._drain_when_stopped())
+        await super().check_health()
+
+    async def _drain_when_stopped(self) -> None:
+        """Drain once Ray Serve takes this replica out of its pool's running set (`stopping.py`)."""
+        context = serve.get_replica_context()
+        # the pool's replica set, without the KV-event index a routing process keeps
+        pool = pool_state(context.app_name, context.deployment, follow_kv_events=False)
+        try:
+            # a first call (to any replica) starts this process's router for its own pool,
+            # which then follows Ray's broadcasts of the running replicas
+            handle = serve.get_deployment_handle(context.deployment, context.app_name)
+            await handle.health.remote()
+            await wait_until_removed(lambda: pool.members, self.replica_id, STOP_CHECK_PERIOD_S)
+            logger.warning("engine %s: Ray Serve is stopping this replica; draining",
+                           self.engine_id)
+            self._stops_drained.inc()
+            await self.drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("engine %s: cannot watch for its own stop", self.engine_id)
+
+    async def __del__(self) -> None:  # type: ignore[override]
+        """Ray Serve awaits this after the replica's requests ended (it accepts an async
+        `__del__`): if streams were handed off with their KV, wait until the next replicas
+        pulled it (every block free again), then shut the engine down."""
+        if getattr(self, "handoffs", {}).get("kv") and not self.watchdog.stalled:
+            with contextlib.suppress(Exception):  # a dead engine, or the wait ran out
+                await asyncio.wait_for(self._all_kv_free(), HANDOFF_PULL_WAIT_S)
+        super().__del__()
+
+    async def _all_kv_free(self) -> None:
+        """Until the engine holds no KV block (vLLM resets its prefix cache only then; the
+        engine is about to stop, so losing the cache costs nothing)."""
+        while not await self.engine.reset_prefix_cache():
+            await asyncio.sleep(0.1)
 
     def on_stalled(self, stalled_s: float) -> None:
         failed = self.stream.fail_all(lambda: ReplicaLost(

@@ -24,8 +24,13 @@ FILL_REFRESH_S = 0.05
 class PoolState:
     """Prefix index + in-flight work of one pool, as seen from this process."""
 
-    def __init__(self, name: str, max_blocks_per_replica: int = 1 << 20) -> None:
+    def __init__(self, name: str, max_blocks_per_replica: int = 1 << 20,
+                 follow_kv_events: bool = True) -> None:
         self.name = name
+        #: False where only the replica set matters (an engine replica watching its own pool)
+        self.follow_kv_events = follow_kv_events
+        #: the replicas Ray Serve's router last reported running (a stopping one is not)
+        self.members: frozenset[str] = frozenset()
         self.lock = threading.Lock()
         self.index = PrefixIndex(max_blocks_per_replica)
         # Blocks of requests routed but not finished: an engine publishes `BlockStored` only
@@ -54,6 +59,7 @@ class PoolState:
         restart and starts empty.
         """
         self.synced = True
+        self.members = frozenset(replicas)
         for replica, stats in replicas.items():
             if stats is None:
                 self._kv_usage[replica] = 0.0
@@ -73,6 +79,7 @@ class PoolState:
             self.forget(replica)
 
     def forget(self, replica: str) -> None:
+        self.members -= {replica}
         self._watched.pop(replica, None)
         self._kv_usage.pop(replica, None)
         self._capacity.pop(replica, None)
@@ -87,7 +94,7 @@ class PoolState:
                 del self._pending_refs[key]
 
     def _ensure_subscriber(self, block_size: int) -> KVEventSubscriber | None:
-        if self.subscriber is None and block_size > 0:
+        if self.subscriber is None and block_size > 0 and self.follow_kv_events:
             self.block_size = block_size
             self.subscriber = KVEventSubscriber(self.index, self.lock, block_size)
         return self.subscriber
@@ -202,12 +209,13 @@ _REGISTRY: dict[tuple[str, str], PoolState] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def pool_state(app: str, deployment: str, max_blocks_per_replica: int = 1 << 20) -> PoolState:
-    """The one `PoolState` of (app, deployment) in this process."""
+def pool_state(app: str, deployment: str, max_blocks_per_replica: int = 1 << 20,
+               follow_kv_events: bool = True) -> PoolState:
+    """The one `PoolState` of (app, deployment) in this process (its first caller sets it up)."""
     with _REGISTRY_LOCK:
         state = _REGISTRY.get((app, deployment))
         if state is None:
-            state = PoolState(f"{app}/{deployment}", max_blocks_per_replica)
+            state = PoolState(f"{app}/{deployment}", max_blocks_per_replica, follow_kv_events)
             _REGISTRY[(app, deployment)] = state
         return state
 

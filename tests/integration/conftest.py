@@ -146,6 +146,26 @@ def leftover_processes(engines_only: bool = False) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def own_cluster_app(name: str, config: dict[str, Any], tmp: Path, model_dir: str,
+                    model: str, engine: dict[str, Any]) -> Iterator[Path]:
+    """The session app stopped, `config` served by `serve run` in a cluster of its own, this
+    process connected to it; yields the `serve run` log (the config sits next to it)."""
+    import ray
+
+    from pdserve.benchmarks import systems
+
+    stop_session_app()
+    system = systems.serve_run_system(name, config, tmp / "config.yaml", model_dir, model,
+                                      engine)
+    with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
+        ray.init(address="auto", namespace="serve", log_to_driver=False)
+        try:
+            yield tmp / "serve.log"
+        finally:
+            ray.shutdown()
+
+
 def stop_session_app(timeout_s: float = 120.0) -> None:
     """Stop the shared app as an operator would (`serve shutdown`), then its Ray, for a test
     that needs a cluster of its own; every engine process must exit (checked by process).

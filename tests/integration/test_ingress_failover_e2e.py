@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import deployment, replicas_of, stop_session_app
+from conftest import deployment, own_cluster_app, replicas_of
 
 from pdserve.benchmarks import systems
 from pdserve.tiny_model import recall_prompt_text
@@ -51,18 +51,9 @@ def config(model_dir: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    import ray
-
-    stop_session_app()
-    tmp = tmp_path_factory.mktemp("ingress")
-    system = systems.serve_run_system("ingress", config(model_dir), tmp / "config.yaml",
-                                      model_dir, MODEL, ENGINE)
-    with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
-        ray.init(address="auto", namespace="serve", log_to_driver=False)
-        try:
-            yield tmp / "serve.log"
-        finally:
-            ray.shutdown()
+    with own_cluster_app("ingress", config(model_dir), tmp_path_factory.mktemp("ingress"),
+                         model_dir, MODEL, ENGINE) as log:
+        yield log
 
 
 @dataclass

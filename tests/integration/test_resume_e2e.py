@@ -9,8 +9,9 @@ prefill replica is killed under load: every request still answers correctly. A d
 core stopped with `SIGSTOP` is found stalled: its streams finish elsewhere, greedy-exact, and
 Ray replaces the replica. A drained decode replica moves its live streams with their KV: the
 other decode engine pulls it, the drained one computes at most one block per stream, and the
-streams are greedy-exact. Killed replicas' engine processes exit within seconds, and after
-`ray stop --force` no vLLM process is left.
+streams are greedy-exact. When a config change scales the decode pool down, the replica Ray
+Serve stops drains itself the same way. Killed replicas' engine processes exit within seconds,
+and after `ray stop --force` no vLLM process is left.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from conftest import (
     ingress_stats,
     leftover_processes,
     metric_sum,
+    own_cluster_app,
     replicas_of,
     routing_state,
-    stop_session_app,
 )
 
 from pdserve.benchmarks import systems
@@ -79,23 +80,17 @@ def config(model_dir: str) -> dict[str, Any]:
 
 
 PROMPTS = [recall_prompt_text(random.Random(seed), 100, 10) for seed in range(STREAMS + FULL)]
+# ~580 prompt tokens, a span the model copies confidently well past LONG_TOKENS
+LONG_PROMPTS = [recall_prompt_text(random.Random(50 + seed), 250, 10) for seed in range(8)]
+LONG_TOKENS = 400
 
 
 @pytest.fixture(scope="module")
 def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    import ray
-
-    stop_session_app()
-    tmp = tmp_path_factory.mktemp("resume")
-    system = systems.serve_run_system("resume", config(model_dir), tmp / "config.yaml",
-                                      model_dir, MODEL, ENGINE)
-    with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
-        ray.init(address="auto", namespace="serve", log_to_driver=False)
-        try:
-            wait_for_every_replica()
-            yield tmp / "serve.log"
-        finally:
-            ray.shutdown()
+    with own_cluster_app("resume", config(model_dir), tmp_path_factory.mktemp("resume"),
+                         model_dir, MODEL, ENGINE) as log:
+        wait_for_every_replica()
+        yield log
 
 
 def wait_for_every_replica(timeout_s: float = 600) -> None:
@@ -134,9 +129,10 @@ class Request:
     status: int = 0
     error: str = ""
     first_token: threading.Event = field(default_factory=threading.Event)
+    max_tokens: int = MAX_TOKENS
 
     def run(self, http: httpx.Client) -> None:
-        body = {"model": MODEL, "prompt": self.prompt, "max_tokens": MAX_TOKENS,
+        body = {"model": MODEL, "prompt": self.prompt, "max_tokens": self.max_tokens,
                 "temperature": 0, "return_token_ids": True, "stream": self.stream}
         try:
             if not self.stream:
@@ -166,12 +162,12 @@ class Request:
             self.first_token.set()
 
 
-def undisturbed() -> list[list[int]]:
+def undisturbed(prompts: list[str] = PROMPTS, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
     with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
-        requests = [Request(p, stream=True) for p in PROMPTS]
+        requests = [Request(p, stream=True, max_tokens=max_tokens) for p in prompts]
         list(pool.map(lambda r: r.run(http), requests))
     assert all(r.status == 200 and not r.error for r in requests), [r.error for r in requests]
-    assert all(len(r.token_ids) == MAX_TOKENS for r in requests)
+    assert all(len(r.token_ids) == max_tokens for r in requests)
     return [r.token_ids for r in requests]
 
 
@@ -288,9 +284,10 @@ def test_a_killed_prefill_replica_under_load_loses_no_request(app: Path) -> None
     assert_all_drained()
 
 
-def streams_in_flight(http: httpx.Client, pool: ThreadPoolExecutor) -> tuple[list[Request], list]:
+def streams_in_flight(http: httpx.Client, pool: ThreadPoolExecutor, prompts: list[str] = PROMPTS,
+                      max_tokens: int = MAX_TOKENS) -> tuple[list[Request], list]:
     """Every prompt as a stream, each past its first token when this returns."""
-    requests = [Request(p, stream=True) for p in PROMPTS]
+    requests = [Request(p, stream=True, max_tokens=max_tokens) for p in prompts]
     futures = [pool.submit(r.run, http) for r in requests]
     for r in requests:
         assert r.first_token.wait(300), "a stream never started"
@@ -400,8 +397,68 @@ def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
     assert_all_drained()
 
 
+def scale_decode_to(replicas: int, app: Path) -> None:
+    """`serve deploy` of the module's config with the decode pool at `replicas` (a config
+    change of `num_replicas` only), run in this process so that it takes no interpreter start."""
+    import yaml
+    from ray.serve.scripts import cli
+
+    doc = yaml.safe_load((app.parent / "config.yaml").read_text())
+    doc["applications"][0]["deployments"] = [{"name": DECODE, "num_replicas": replicas}]
+    path = app.parent / f"config-decode-{replicas}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cli.main(["deploy", str(path)], standalone_mode=False)
+
+
+@pytest.mark.timeout(900)
+def test_a_decode_replica_ray_serve_stops_moves_its_streams_with_their_kv(app: Path) -> None:
+    reference = dict(zip(LONG_PROMPTS, undisturbed(LONG_PROMPTS, LONG_TOKENS), strict=True))
+    assert_all_drained()
+    before = ingress_stats()[MODEL]
+    decodes = replicas_of(DECODE)
+    finished: list[Request] = []
+    enough = threading.Event()
+
+    def keep_streaming(prompt: str, http: httpx.Client) -> None:
+        """Streams, one after another: some are in flight whenever Ray stops a replica (it
+        rebuilds the app first, which takes 10-30 s here)."""
+        while not enough.is_set():
+            request = Request(prompt, stream=True, max_tokens=LONG_TOKENS)
+            request.run(http)
+            finished.append(request)
+
+    with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(keep_streaming, p, http) for p in LONG_PROMPTS]
+        asked_at = time.monotonic()
+        scale_decode_to(1, app)  # Ray Serve picks the replica it stops
+        deadline = time.monotonic() + 300
+        while len(remaining := replicas_of(DECODE)) != 1:  # it leaves the set as it starts to stop
+            assert time.monotonic() < deadline, remaining
+            time.sleep(0.5)
+        stopping_s = time.monotonic() - asked_at
+        enough.set()
+        for future in futures:
+            future.result()
+    failures = [(r.status, r.error) for r in finished if r.status != 200 or r.error]
+    assert not failures, failures
+    for r in finished:  # no token lost, none repeated
+        assert r.token_ids == reference[r.prompt], len(r.token_ids)
+    (stopped,) = set(decodes) - set(remaining)
+    after = ingress_stats()[MODEL]
+    moved = {k: v - before.get(k, 0) for k, v in after.items()
+             if k.startswith("resume:draining:") and v != before.get(k, 0)}
+    handoffs = sum(v for k, v in moved.items() if k.startswith("resume:draining:handoff"))
+    # (a stream still pulling its prompt's KV at the stop has nothing to hand off: it re-plans)
+    assert handoffs >= 1, moved
+    print(f"scale-down: Ray Serve began stopping {stopped} {stopping_s:.0f} s after `serve "
+          f"deploy`; live streams moved off it {moved}; {len(finished)} streams, all "
+          f"greedy-exact")
+    assert_all_drained()
+
+
 def test_ray_stop_force_leaves_no_vllm_process(app: Path) -> None:
-    assert len(leftover_processes(engines_only=True)) >= 3, leftover_processes(engines_only=True)
+    # one prefill and one decode replica are left (the scale-down above), each with its engine
+    assert len(leftover_processes(engines_only=True)) >= 2, leftover_processes(engines_only=True)
     subprocess.run([str(systems.VENV_BIN / "ray"), "stop", "--force"], check=False,
                    capture_output=True, timeout=120)
     deadline = time.monotonic() + 20
