@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,13 @@ def _choice_text(choice: dict[str, Any]) -> str:
     return message.get("content") or ""
 
 
+def sse_chunks(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The parsed `data:` chunks of a streamed OpenAI answer (the `[DONE]` marker left out)."""
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line[len("data: "):])
+
+
 def post(client: httpx.Client, path: str, body: dict[str, Any]) -> Reply:
     """POST and collect the reply, whether it streams (SSE) or not."""
     if not body.get("stream"):
@@ -42,10 +50,7 @@ def post(client: httpx.Client, path: str, body: dict[str, Any]) -> Reply:
             response.read()
             reply.body = response.json()
             return reply
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[len("data: "):])
+        for chunk in sse_chunks(response):
             if chunk.get("usage"):
                 reply.usage = chunk["usage"]
             for choice in chunk.get("choices", []):

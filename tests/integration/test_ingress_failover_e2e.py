@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from client import sse_chunks
 from conftest import deployment, own_cluster_app, replicas_of
 
 from pdserve.benchmarks import systems
@@ -72,10 +73,7 @@ class Stream:
         try:
             with http.stream("POST", "/v1/completions", json=body) as response:
                 self.status = response.status_code
-                for line in response.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
+                for chunk in sse_chunks(response):
                     if "error" in chunk:
                         self.error = json.dumps(chunk["error"])
                     for choice in chunk.get("choices", []):

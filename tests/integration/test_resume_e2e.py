@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from client import sse_chunks
 from conftest import (
     busiest_processes,
     deployment,
@@ -145,10 +146,7 @@ class Request:
                 return
             with http.stream("POST", "/v1/completions", json=body) as response:
                 self.status = response.status_code
-                for line in response.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
+                for chunk in sse_chunks(response):
                     if "error" in chunk:
                         self.error = json.dumps(chunk["error"])
                         continue
