@@ -142,24 +142,40 @@ class GeneratingHost(EngineHost):
         await super().check_health()
 
     async def _drain_when_stopped(self) -> None:
-        """Drain once Ray Serve takes this replica out of its pool's running set (`stopping.py`)."""
+        """Drain once Ray Serve takes this replica out of its pool's running set (`stopping.py`);
+        undrain if it comes back (a replica Serve reconfigures leaves the set for a moment)."""
         context = serve.get_replica_context()
         # the pool's replica set, without the KV-event index a routing process keeps
         pool = pool_state(context.app_name, context.deployment, follow_kv_events=False)
-        try:
-            # a first call (to any replica) starts this process's router for its own pool,
-            # which then follows Ray's broadcasts of the running replicas
-            handle = serve.get_deployment_handle(context.deployment, context.app_name)
-            await handle.health.remote()
-            await wait_until_removed(lambda: pool.members, self.replica_id, STOP_CHECK_PERIOD_S)
+        handle = serve.get_deployment_handle(context.deployment, context.app_name)
+        delay = 1.0
+        while not pool.synced:
+            try:
+                # a first call (to any replica) starts this process's router for its own pool,
+                # which then follows Ray's broadcasts of the running replicas
+                await handle.health.remote()
+            except Exception as exc:  # e.g. it reached a replica that is failing: try again
+                logger.info("engine %s: watch for its own stop not started yet (%s)",
+                            self.engine_id, exc)
+            if not pool.synced:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        members = lambda: pool.members  # noqa: E731
+        while True:
+            await wait_until_removed(members, self.replica_id, STOP_CHECK_PERIOD_S,
+                                     confirmations=3)
             logger.warning("engine %s: Ray Serve is stopping this replica; draining",
                            self.engine_id)
             self._stops_drained.inc()
-            await self.drain()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("engine %s: cannot watch for its own stop", self.engine_id)
+            try:
+                await self.drain()
+            except Exception:
+                logger.exception("engine %s: drain on stop failed", self.engine_id)
+            while self.replica_id not in members():
+                await asyncio.sleep(STOP_CHECK_PERIOD_S)
+            logger.warning("engine %s: back in its pool's running set; undrained",
+                           self.engine_id)
+            await self.undrain()
 
     async def __del__(self) -> None:  # type: ignore[override]
         """Ray Serve awaits this after the replica's requests ended (it accepts an async
@@ -224,10 +240,12 @@ class GeneratingHost(EngineHost):
         engine_input["prompt_token_ids"] = ids
         final = None
         try:
-            async for output in self.engine.generate(engine_input,
-                                                     prefill_params(request.sampling_params),
-                                                     f"{request.request_id}-handoff"):
-                final = output
+            # bounded: a hung engine must not hold the stream (it then recomputes elsewhere)
+            async with asyncio.timeout(self.model.kv_transfer.pull_timeout_s):
+                async for output in self.engine.generate(
+                        engine_input, prefill_params(request.sampling_params),
+                        f"{request.request_id}-handoff"):
+                    final = output
         except Exception as exc:  # the stream recomputes elsewhere instead
             logger.warning("request %s: KV handoff failed (%s)", request.request_id, exc)
             return None

@@ -155,7 +155,8 @@ class PoolState:
         return len(self._watched)
 
     def replica_ids(self) -> list[str]:
-        return sorted(self._watched)
+        """The running replicas (whether or not their KV events are followed)."""
+        return sorted(self.members)
 
     # -- request lifecycle (router hooks) -------------------------------------------------
     def begin(self, replica: str, request_key: str, uncached_tokens: int,

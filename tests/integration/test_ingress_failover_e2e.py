@@ -152,6 +152,7 @@ def test_a_killed_ingress_replica_leaves_no_orphan_request_and_the_service_goes_
     assert broken, "no stream went through the killed ingress replica"
     assert len(broken) < STREAMS, "no stream went through the surviving ingress replica"
     # every request the engines still run belongs to a client still reading
+    assert alive < STREAMS, "the killed ingress replica's clients had not seen it die yet"
     assert still_alive <= running <= alive, (running, alive, still_alive)
     # the service goes on: new requests are answered, and Ray restarts the ingress replica
     with httpx.Client(base_url=URL, timeout=300) as http:
