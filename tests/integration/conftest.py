@@ -152,6 +152,7 @@ def own_cluster_app(name: str, config: dict[str, Any], tmp: Path, model_dir: str
     """The session app stopped, `config` served by `serve run` in a cluster of its own, this
     process connected to it; yields the `serve run` log (the config sits next to it)."""
     import ray
+    from ray import serve
 
     from pdserve.benchmarks import systems
 
@@ -163,6 +164,9 @@ def own_cluster_app(name: str, config: dict[str, Any], tmp: Path, model_dir: str
         try:
             yield tmp / "serve.log"
         finally:
+            # `serve shutdown` as an operator would; it also drops this process's cached Serve
+            # client, which would otherwise point the next module at this cluster's controller
+            serve.shutdown()
             ray.shutdown()
 
 
