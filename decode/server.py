@@ -26,7 +26,6 @@ from functools import partial
 from typing import Any
 
 from ray import serve
-from ray.serve.metrics import Counter
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.exceptions import EngineDeadError
@@ -34,7 +33,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import KVHandoff, ReplicaLost, extended_prompt_ids
 from pdserve.decode.stopping import wait_until_removed
-from pdserve.deployments.engine.host import EngineHost
+from pdserve.deployments.engine.host import EngineHost, pool_counter
 from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready
 from pdserve.prefill.request import prefill_params
 from pdserve.routing.pool_state import pool_state
@@ -65,27 +64,21 @@ class GeneratingHost(EngineHost):
         super().__init__(*args, **kwargs)
         self.handoffs = {"kv": 0, "recompute": 0}  # streams handed off, by how they continue
         self._watching_stop: asyncio.Task | None = None
-        tags = {"model": self.model.model_id, "pool": self.role}
-        self._pull_timeouts = Counter(
+        tags = self.pool_tags
+        self._pull_timeouts = pool_counter(
             "pdserve_kv_pull_timeouts_total",
-            "KV pulls that gave no token within pull_timeout_s (then prefilled locally).",
-            tag_keys=tuple(tags))
-        self._pull_timeouts.set_default_tags(dict(tags))  # Ray adds its own
-        self._migrations = Counter(
+            "KV pulls that gave no token within pull_timeout_s (then prefilled locally).", tags)
+        self._migrations = pool_counter(
             "pdserve_migrations_total",
             "Streams a drain moved off this replica, by how they continue: `kv` (their KV "
-            "handed off) or `recompute`.", tag_keys=(*tags, "how"))
-        self._migrations.set_default_tags(dict(tags))
-        self._handoff_recomputed = Counter(
+            "handed off) or `recompute`.", tags, "how")
+        self._handoff_recomputed = pool_counter(
             "pdserve_migration_recomputed_tokens_total",
             "Tokens a draining engine computed to hand streams' KV off (the rest were cached).",
-            tag_keys=tuple(tags))
-        self._handoff_recomputed.set_default_tags(dict(tags))
-        self._stops_drained = Counter(
+            tags)
+        self._stops_drained = pool_counter(
             "pdserve_stop_drains_total",
-            "Drains this replica started itself when Ray Serve began stopping it.",
-            tag_keys=tuple(tags))
-        self._stops_drained.set_default_tags(dict(tags))
+            "Drains this replica started itself when Ray Serve began stopping it.", tags)
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
         """Generate, pulling the prompt's KV first when the request carries transfer params;

@@ -47,6 +47,15 @@ from pdserve.routing.types import RoutingInfo
 logger = logging.getLogger(__name__)
 
 
+def pool_counter(name: str, description: str, tags: dict[str, str],
+                 *extra_keys: str) -> Counter:
+    """A Ray counter tagged with its pool (`tags`) by default; `extra_keys` are set per call.
+    (Ray's `set_default_tags` adds its own keys to the dict it is given: it gets a copy.)"""
+    counter = Counter(name, description, tag_keys=(*tags, *extra_keys))
+    counter.set_default_tags(dict(tags))
+    return counter
+
+
 class EngineHost:
     """Base class of the prefill, decode, colocated and embedding deployments."""
 
@@ -87,14 +96,13 @@ class EngineHost:
         self.load.on_step = self.watchdog.stepped
         self._watching: asyncio.Task | None = None
         self._watching_callers: asyncio.Task | None = None
-        self._stalls = Counter("pdserve_engine_stalls_total",
-                               "Engines found making no progress with requests in flight.",
-                               tag_keys=("model", "pool"))
-        self._stalls.set_default_tags({"model": self.model.model_id, "pool": self.role})
-        self._orphans = Counter("pdserve_orphaned_requests_aborted_total",
-                                "Requests aborted because the ingress replica streaming them "
-                                "died.", tag_keys=("model", "pool"))
-        self._orphans.set_default_tags({"model": self.model.model_id, "pool": self.role})
+        self.pool_tags = {"model": self.model.model_id, "pool": self.role}
+        self._stalls = pool_counter(
+            "pdserve_engine_stalls_total",
+            "Engines found making no progress with requests in flight.", self.pool_tags)
+        self._orphans = pool_counter(
+            "pdserve_orphaned_requests_aborted_total",
+            "Requests aborted because the ingress replica streaming them died.", self.pool_tags)
         self._watch()
 
     # -- what the rest of the graph reads ----------------------------------------------------
