@@ -36,7 +36,7 @@ serve: tiny-model
 		serve run serve_configs/default.yaml
 
 test: install
-	$(VENV)/bin/pytest tests -v
+	$(VENV)/bin/pytest tests -v --durations=40
 
 # ruff, and the import rules of DESIGN.md (import-linter over the package laid out as installed).
 lint: install

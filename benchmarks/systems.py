@@ -366,9 +366,14 @@ def priorities(pid: int) -> dict[str, list[int]]:
 
 @contextlib.contextmanager
 def running(
-    system: System, log_path: Path, preload: list[str], ready_timeout_s: float = 600.0
+    system: System,
+    log_path: Path,
+    preload: list[str],
+    ready_timeout_s: float = 600.0,
+    stop_grace_s: float = 30.0,
 ) -> Iterator[Started]:
-    """Start `system`, yield its start-up seconds and pid once ready, and always stop it."""
+    """Start `system`, yield its start-up seconds and pid once ready, and always stop it
+    (SIGINT first, then `stop_grace_s` to exit gracefully)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         proc = start(system, log, preload)
@@ -379,7 +384,7 @@ def running(
                 raise RuntimeError(f"{e}; last errors in {log_path}: {error_hint(log_path)}") from e
             yield Started(startup_s, proc.pid)
         finally:
-            stop(system, proc, log)
+            stop(system, proc, log, grace_s=stop_grace_s)
 
 
 def error_hint(log_path: Path, n: int = 3) -> list[str]:

@@ -159,15 +159,20 @@ def own_cluster_app(name: str, config: dict[str, Any], tmp: Path, model_dir: str
     stop_session_app()
     system = systems.serve_run_system(name, config, tmp / "config.yaml", model_dir, model,
                                       engine)
-    with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600):
+    # (a short grace: the app is shut down below before `serve run` gets its Ctrl-C, after
+    # which it sometimes waited out all 30 s of the default grace doing nothing)
+    with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600,
+                         stop_grace_s=5):
         ray.init(address="auto", namespace="serve", log_to_driver=False)
         try:
             yield tmp / "serve.log"
         finally:
             # `serve shutdown` as an operator would; it also drops this process's cached Serve
-            # client, which would otherwise point the next module at this cluster's controller
-            serve.shutdown()
-            ray.shutdown()
+            # client, which would otherwise point the next module at this cluster's controller.
+            # (Not after a test stopped the cluster itself: unconnected, Serve would start one.)
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
 
 
 def stop_session_app(timeout_s: float = 120.0) -> None:
