@@ -403,7 +403,7 @@ def scale_decode_to(replicas: int, app: Path) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_a_decode_replica_ray_serve_stops_moves_its_streams_with_their_kv(
+def test_a_decode_replica_ray_serve_stops_loses_nothing(
         app: Path, reference: list[list[int]]) -> None:
     expected = dict(zip(PROMPTS, reference, strict=True))
     assert_all_drained()
@@ -445,9 +445,9 @@ def test_a_decode_replica_ray_serve_stops_moves_its_streams_with_their_kv(
     after = ingress_stats()[MODEL]
     moved = {k: v - before.get(k, 0) for k, v in after.items()
              if k.startswith("resume:draining:") and v != before.get(k, 0)}
-    handoffs = sum(v for k, v in moved.items() if k.startswith("resume:draining:handoff"))
-    # (a stream still pulling its prompt's KV at the stop has nothing to hand off: it re-plans)
-    assert handoffs >= 1, moved
+    # Whether a stream is still mid-way on the stopped replica when it notices the stop is up
+    # to timing (CI once found none: streams that end in between finish in place), so the
+    # hand-offs are reported, not asserted; the drain test asserts the KV move itself.
     print(f"scale-down: Ray Serve began stopping {stopped} {stopping_s:.0f} s after `serve "
           f"deploy`; live streams moved off it {moved}; {len(finished)} streams, all "
           f"greedy-exact")
