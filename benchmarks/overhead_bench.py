@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
+from pdserve.deployments.engine.sleeping_wait import DEFAULT_SPIN_S, SPIN_ENV
 
 MODEL_ID = "bench"
 ENGINE: dict[str, Any] = {
@@ -48,8 +50,10 @@ COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("request_throughput", "req/s", True),
 )
 BASELINE = "vllm"
-#: `rayllm` keeps Ray Serve LLM's default stream batching (50 ms), `rayllm-nobatch` sets 0.
-SYSTEM_NAMES = ("vllm", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast")
+#: `rayllm` keeps Ray Serve LLM's default stream batching (50 ms), `rayllm-nobatch` sets 0;
+#: `vllm-sleeping` is plain vLLM with the engine processes' wait pdserve's engines use
+#: (`sleeping_wait.py`): what the graph costs over the same engine.
+SYSTEM_NAMES = ("vllm", "vllm-sleeping", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast")
 #: Ray Serve's fast paths in the environment of every Ray process (`pdserve-fast`), as
 #: `make serve` sets them. pdserve's deployments set them for themselves (app key
 #: `ray_serve_fast_path`, on by default), so `pdserve` differs from it only in Ray's proxy.
@@ -88,6 +92,9 @@ def rayllm_config(model_dir: str, batching_interval_ms: float | None) -> dict[st
 def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
     if name == "vllm":
         return systems.vllm_system(model_dir, MODEL_ID, ENGINE)
+    if name == "vllm-sleeping":
+        return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
+                       env={SPIN_ENV: DEFAULT_SPIN_S})
     if name in ("pdserve", "pdserve-fast"):
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,

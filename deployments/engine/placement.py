@@ -1,14 +1,16 @@
 """Where an engine runs on its host: its NIXL side channel and the cores of its threads.
 
 vLLM reads the NIXL side channel from `VLLM_NIXL_SIDE_CHANNEL_HOST/PORT` and the CPU thread
-binding from `VLLM_CPU_OMP_THREADS_BIND`; the engine-core subprocess inherits them. This module
-is the one place that writes them (`apply_engine_env`), before the engine starts.
+binding from `VLLM_CPU_OMP_THREADS_BIND`, pdserve's vLLM plugin the engine processes' wait
+(`sleeping_wait.SPIN_ENV`); the engine-core subprocess inherits them. This module is the one
+place that writes them (`apply_engine_env`), before the engine starts.
 """
 
 from __future__ import annotations
 
 import os
 
+from pdserve.deployments.engine.sleeping_wait import DEFAULT_SPIN_S, SPIN_ENV
 from pdserve.kv_transfer.ports import (
     EngineSlot,
     first_free_port,
@@ -35,6 +37,7 @@ def apply_engine_env(
     """Set this replica's engine environment; return what was set (for logs and tests)."""
     preferred = side_channel_port(base_port, slot)
     env = {
+        SPIN_ENV: os.environ.get(SPIN_ENV, DEFAULT_SPIN_S),
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
         "VLLM_NIXL_SIDE_CHANNEL_PORT": str(
             first_free_port(preferred, pool_port_limit(base_port, slot), host)),

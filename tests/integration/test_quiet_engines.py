@@ -1,7 +1,7 @@
 """Idle engines cost (almost) nothing and run at normal priority: the PD pools' NIXL agents
 poll with a delay (pdserve's quiet connector), compute and NIXL threads sit on different
-cores, and every engine process runs at the configured niceness, all read from the engine
-processes themselves."""
+cores, every engine process runs at the configured niceness, and a busy engine's core process
+sleeps while its worker computes; all read from the engine processes themselves."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 import httpx
 import psutil
+from client import sse_chunks
 from conftest import ENGINE_DEPLOYMENTS, deployment, replicas_of, wait_drained
 from shapes import EMBED_MODEL, PD_MODEL
 
@@ -21,6 +22,11 @@ EMBED_POOL = f"{EMBED_MODEL}-embed"  # one replica, on Ray's own router (not in 
 #: Loose on purpose (a noisy 2-core box); `benchmarks/kv_transfer_bench.py` has the tight number.
 IDLE_CORES_PER_ENGINE = 0.2
 IDLE_WINDOW_S = 10.0
+#: A decoding engine core that spins takes a whole core; one that sleeps takes its share of the
+#: steps' work (its scheduler and output handling).
+SLEEPING_CORE_MAX = 0.6
+#: Streamed chunks measured (coalesced ones count once: at least this many tokens).
+WINDOW_CHUNKS = 300
 
 
 def engines() -> dict[str, list[int]]:
@@ -101,3 +107,37 @@ def test_idle_engines_use_almost_no_cpu(client: httpx.Client) -> None:
             if cores > IDLE_CORES_PER_ENGINE}
     assert not busy, f"idle engines using more than {IDLE_CORES_PER_ENGINE} core: {busy} " \
                      f"(all: {used})"
+
+
+def by_name(pids: list[int], prefix: str) -> int:
+    (pid,) = [p for p in pids if psutil.Process(p).name().startswith(prefix)]
+    return pid
+
+
+def test_a_decoding_engine_core_sleeps_while_its_worker_computes(client: httpx.Client) -> None:
+    """vLLM's engine core spins (a whole core) while it waits for its worker's step, unless
+    pdserve's plugin (`sleeping_wait.py`) made it wait on a socket: measured on the decode
+    engine during a long stream, against the worker that does the step's work."""
+    name = f"{PD_MODEL}-decode"
+    (replica,) = replicas_of(name)
+    pids = deployment(name).engine_processes.remote(replica=replica).result()
+    core, worker = by_name(pids, "VLLM::EngineCor"), by_name(pids, "VLLM::Worker")
+    body = {"model": PD_MODEL, "prompt": "alpha beta", "max_tokens": 1500, "ignore_eos": True,
+            "temperature": 0.0, "stream": True}
+    chunks = 0
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        for _ in sse_chunks(response):
+            chunks += 1
+            if chunks == 50:  # decoding steadily: measure a window
+                start = time.monotonic()
+                before = cpu_seconds([core]), cpu_seconds([worker])
+            if chunks == 50 + WINDOW_CHUNKS:
+                elapsed = time.monotonic() - start
+                used = [(cpu_seconds([pid]) - was) / elapsed
+                        for pid, was in zip((core, worker), before, strict=True)]
+    core_cores, worker_cores = used
+    assert chunks > 50 + WINDOW_CHUNKS, chunks
+    assert worker_cores > 0.2, f"worker barely ran ({worker_cores:.2f} core): not decoding?"
+    assert core_cores < SLEEPING_CORE_MAX, (
+        f"engine core used {core_cores:.2f} core while its worker used {worker_cores:.2f}")
