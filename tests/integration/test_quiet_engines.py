@@ -137,6 +137,7 @@ def test_a_decoding_engine_core_sleeps_while_its_worker_computes(client: httpx.C
                 used = [(cpu_seconds([pid]) - was) / elapsed
                         for pid, was in zip((core, worker), before, strict=True)]
     core_cores, worker_cores = used
+    print(f"decode engine while streaming: core {core_cores:.2f}, worker {worker_cores:.2f} core")
     assert chunks > 50 + WINDOW_CHUNKS, chunks
     assert worker_cores > 0.2, f"worker barely ran ({worker_cores:.2f} core): not decoding?"
     assert core_cores < SLEEPING_CORE_MAX, (
