@@ -9,6 +9,7 @@ import pytest
 
 from pdserve.benchmarks import overhead_bench as ob
 from pdserve.benchmarks import rounds
+from pdserve.deployments.engine.sleeping_wait import DEFAULT_SPIN_S, SPIN_ENV
 
 
 def test_rayllm_config_is_valid_for_ray_serve_llm() -> None:
@@ -59,6 +60,15 @@ def test_medians_and_same_round_ratios() -> None:
     assert ours.ratio_low["p50_ttft_ms"] == pytest.approx(1.1)
     assert ours.ratio["request_throughput"] == pytest.approx(0.8)
     assert cells[("vllm", "c1")].ratio["p50_ttft_ms"] == 1.0
+
+
+def test_vllm_sleeping_is_plain_vllm_with_pdserve_engines_wait() -> None:
+    """The same server command as `vllm`; only the plugin's switch differs (as pdserve's engine
+    host sets it), so the pair measures the wait and pdserve vs it measures the graph."""
+    plain = ob.build_system("vllm", "pdserve://bench", "/m", Path("/tmp"))
+    sleeping = ob.build_system("vllm-sleeping", "pdserve://bench", "/m", Path("/tmp"))
+    assert sleeping.command == plain.command and plain.env == {}
+    assert sleeping.env == {SPIN_ENV: DEFAULT_SPIN_S}
 
 
 def test_unknown_system_is_named() -> None:
