@@ -175,6 +175,19 @@ def own_cluster_app(name: str, config: dict[str, Any], tmp: Path, model_dir: str
                 ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def failover_app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The failure tests' cluster (`failover_cluster.py`), shared by their modules; yields the
+    `serve run` log."""
+    import failover_cluster
+
+    with own_cluster_app("failover", failover_cluster.config(model_dir),
+                         tmp_path_factory.mktemp("failover"), model_dir, failover_cluster.MODEL,
+                         failover_cluster.ENGINE) as log:
+        failover_cluster.wait_for_every_replica()
+        yield log
+
+
 def stop_session_app(timeout_s: float = 120.0) -> None:
     """Stop the shared app as an operator would (`serve shutdown`), then its Ray, for a test
     that needs a cluster of its own; every engine process must exit (checked by process).

@@ -1,8 +1,10 @@
 """Two ingress replicas share the load; when one is killed (`kill -9`) mid-stream, the service
 goes on through the other, and the engines abort the requests the dead one had in flight (no
-orphan keeps generating for a client that is gone). Real engines, a cluster of its own: one
-prefill and two decode replicas, so the spread of streams over the decode replicas (each
-ingress books only its own requests) is measured too.
+orphan keeps generating for a client that is gone). Real engines, in the failure tests' cluster
+of its own (`failover_cluster.py`: one prefill and two decode replicas, so the spread of streams
+over the decode replicas, each ingress booking only its own requests, is measured too). The
+ingress pool grows to two by a config change (`serve deploy`) and goes back to one afterwards,
+for the resume module that follows.
 """
 
 from __future__ import annotations
@@ -17,44 +19,46 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from client import sse_chunks
-from conftest import deployment, own_cluster_app, replicas_of
+from conftest import deployment, replicas_of
+from failover_cluster import DECODE, INGRESS, MODEL, URL, redeploy, wait_for_every_replica
 
-from pdserve.benchmarks import systems
 from pdserve.tiny_model import recall_prompt_text
 
 pytestmark = pytest.mark.own_cluster
 
-MODEL = "tiny-i"
-URL = systems.PDSERVE_URL
-DECODE = f"{MODEL}-decode"
-ENGINE = {"dtype": "float32", "max_model_len": 1024, "max_num_batched_tokens": 256,
-          "block_size": 32, "kv_cache_memory_bytes": 128 * 2**20, "enforce_eager": True,
-          "seed": 0}
 MAX_TOKENS = 400  # long enough that no stream can end by itself while the test looks
 STREAMS = 8
 PROMPTS = [recall_prompt_text(random.Random(100 + seed), 60, 10) for seed in range(STREAMS)]
 
 
-def config(model_dir: str) -> dict[str, Any]:
-    pool = {"ray_actor_options": {"num_cpus": 0.5}}
-    return systems.serve_config_doc({
-        "ingress": {"num_replicas": 2},
-        "models": [{"model_id": MODEL, "model": model_dir, "mode": "pd",
-                    "engine_kwargs": ENGINE, "prefill": {**pool, "num_replicas": 1},
-                    "decode": {**pool, "num_replicas": 2}}],
-    })
-
-
 @pytest.fixture(scope="module")
-def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with own_cluster_app("ingress", config(model_dir), tmp_path_factory.mktemp("ingress"),
-                         model_dir, MODEL, ENGINE) as log:
-        yield log
+def app(failover_app: Path) -> Iterator[Path]:
+    """The failure tests' cluster with two ingress replicas; one again when the module ends."""
+    redeploy(failover_app, {INGRESS: 2}, "ingress-2")
+    wait_for_ingress_replicas(2)
+    yield failover_app
+    redeploy(failover_app, {}, "as-deployed")
+    wait_for_ingress_replicas(1)
+    wait_for_every_replica()
+
+
+def wait_for_ingress_replicas(count: int, timeout_s: float = 300) -> None:
+    """Until Ray Serve runs exactly `count` ingress replicas (a starting one takes no traffic
+    from the proxy yet) and no other is left alive."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {getattr(state, "value", state): n for state, n in serve.status()
+                  .applications["pdserve"].deployments[INGRESS].replica_states.items()}
+        if states == {"RUNNING": count} and len(ingress_pids()) == count:
+            return
+        assert time.monotonic() < deadline, f"ingress replicas {states}, want {count}"
+        time.sleep(1)
 
 
 @dataclass

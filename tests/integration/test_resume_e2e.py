@@ -1,8 +1,9 @@
 """No request lost when a replica dies, hangs or is drained: real engines, real `kill -9`,
 real `SIGSTOP`, real drains over HTTP, real `ray stop --force`.
 
-One PD model with a prefill replica and two decode replicas, in a cluster of its own (`serve
-run` of a YAML config). Streams and non-streamed requests are in flight when a decode replica
+One PD model with a prefill replica and two decode replicas, in the failure tests' cluster of
+its own (`failover_cluster.py`: `serve run` of a YAML config, shared with the ingress-failover
+module, which runs first). Streams and non-streamed requests are in flight when a decode replica
 is killed: every request completes with exactly the undisturbed greedy tokens (no token lost
 or repeated), resumed on the other decode replica, at least once over the PD path. Then the
 prefill replica is killed under load: every request still answers correctly. A decode engine
@@ -24,7 +25,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +35,22 @@ import psutil
 import pytest
 from client import sse_chunks
 from conftest import (
-    busiest_processes,
     deployment,
     ingress_stats,
     leftover_processes,
     metric_sum,
-    own_cluster_app,
     replicas_of,
     routing_state,
+)
+from failover_cluster import (
+    DECODE,
+    ENGINE,
+    MODEL,
+    PREFILL,
+    STALL_S,
+    URL,
+    redeploy,
+    wait_for_every_replica,
 )
 
 from pdserve.benchmarks import systems
@@ -50,63 +58,17 @@ from pdserve.tiny_model import recall_prompt_text
 
 pytestmark = pytest.mark.own_cluster
 
-MODEL = "tiny-r"
-URL = systems.PDSERVE_URL
-PREFILL, DECODE = f"{MODEL}-prefill", f"{MODEL}-decode"
-ENGINE = {"dtype": "float32", "max_model_len": 1024, "max_num_batched_tokens": 256,
-          "block_size": 32, "kv_cache_memory_bytes": 128 * 2**20, "enforce_eager": True,
-          "seed": 0}
 MAX_TOKENS = 150  # the tiny model copies a 90-word span confidently for ~200 tokens
 STREAMS, FULL = 6, 2
-STALL_S = 5
 BLOCK = ENGINE["block_size"]
-
-
-def config(model_dir: str) -> dict[str, Any]:
-    pool = {"ray_actor_options": {"num_cpus": 0.5}}
-    return systems.serve_config_doc({
-        "models": [{
-            "model_id": MODEL, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
-            "prefill": {**pool, "num_replicas": 1},
-            "decode": {**pool, "num_replicas": 2, "health_check_period_s": 1},
-            # a killed prefill replica's queued calls fall back to local prefill quickly
-            "kv_transfer": {"prefill_timeout_s": 5},
-            # every prompt (and every continuation) is planned for the prefill pool, whatever
-            # the decode replicas cache: the PD path of a resume is then certain
-            "routing": {"local_prefill_below_tokens": 0, "max_prefill_queue_per_replica": 1000},
-            "resume": {"max_attempts": 3},
-            "health": {"stall_timeout_s": STALL_S},
-        }],
-    })
-
-
 PROMPTS = [recall_prompt_text(random.Random(seed), 100, 10) for seed in range(STREAMS + FULL)]
 
 
 @pytest.fixture(scope="module")
-def app(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with own_cluster_app("resume", config(model_dir), tmp_path_factory.mktemp("resume"),
-                         model_dir, MODEL, ENGINE) as log:
-        wait_for_every_replica()
-        yield log
-
-
-def wait_for_every_replica(timeout_s: float = 600) -> None:
-    """Until the ingress routes to every replica (a killed one is back) and follows its KV
-    events."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=URL, timeout=300) as http:
-        while True:
-            body = {"model": MODEL, "prompt": " ".join(["warm up"] * 40), "max_tokens": 1}
-            assert http.post("/v1/completions", json=body).status_code == 200
-            pools = routing_state()
-            counts = {name: len(pools.get(f"{MODEL}/{role}", {}).get("streams", {}))
-                      for name, role in ((PREFILL, "prefill"), (DECODE, "decode"))}
-            if counts == {PREFILL: 1, DECODE: 2}:
-                return
-            assert time.monotonic() < deadline, f"replicas never all up: {pools}\n" \
-                                                f"{busiest_processes()}"
-            time.sleep(2)
+def app(failover_app: Path) -> Path:
+    """The failure tests' cluster; this module leaves it stopped (`ray stop --force`)."""
+    wait_for_every_replica()  # after the ingress-failover module, one ingress routes again
+    return failover_app
 
 
 @pytest.fixture(scope="module")
@@ -390,16 +352,8 @@ def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
 
 
 def scale_decode_to(replicas: int, app: Path) -> None:
-    """`serve deploy` of the module's config with the decode pool at `replicas` (a config
-    change of `num_replicas` only), run in this process so that it takes no interpreter start."""
-    import yaml
-    from ray.serve.scripts import cli
-
-    doc = yaml.safe_load((app.parent / "config.yaml").read_text())
-    doc["applications"][0]["deployments"] = [{"name": DECODE, "num_replicas": replicas}]
-    path = app.parent / f"config-decode-{replicas}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    cli.main(["deploy", str(path)], standalone_mode=False)
+    """`serve deploy` of the cluster's config with the decode pool at `replicas`."""
+    redeploy(app, {DECODE: replicas}, f"decode-{replicas}")
 
 
 @pytest.mark.timeout(900)
