@@ -46,9 +46,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
     # Tests that restart replicas run last, so the others never wait for a cold engine; tests
-    # that need their own cluster (they stop the shared app) after those.
+    # that need their own cluster (they stop the shared app) after those; a test that stops a
+    # shared cluster (`ray stop`) after every other, whatever order the files were named in.
     items.sort(key=lambda item: (item.get_closest_marker("own_cluster") is not None,
-                                 item.get_closest_marker("disruptive") is not None))
+                                 item.get_closest_marker("disruptive") is not None,
+                                 item.get_closest_marker("stops_cluster") is not None))
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,15 @@ def redeploy(app: Path, replicas: dict[str, int], name: str) -> None:
     cli.main(["deploy", str(path)], standalone_mode=False)
 
 
+def ingress_pids() -> list[int]:
+    """Process ids of the live ingress replicas."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:pdserve:{INGRESS}"),
+                                  ("state", "=", "ALIVE")])
+    return [a.pid for a in actors]
+
+
 def wait_for_every_replica(timeout_s: float = 600) -> None:
     """Until the ingress routes to every engine replica (a killed one is back) and follows its
     KV events."""

@@ -24,7 +24,15 @@ import httpx
 import pytest
 from client import sse_chunks
 from conftest import deployment, replicas_of
-from failover_cluster import DECODE, INGRESS, MODEL, URL, redeploy, wait_for_every_replica
+from failover_cluster import (
+    DECODE,
+    INGRESS,
+    MODEL,
+    URL,
+    ingress_pids,
+    redeploy,
+    wait_for_every_replica,
+)
 
 from pdserve.tiny_model import recall_prompt_text
 
@@ -37,13 +45,16 @@ PROMPTS = [recall_prompt_text(random.Random(100 + seed), 60, 10) for seed in ran
 
 @pytest.fixture(scope="module")
 def app(failover_app: Path) -> Iterator[Path]:
-    """The failure tests' cluster with two ingress replicas; one again when the module ends."""
-    redeploy(failover_app, {INGRESS: 2}, "ingress-2")
-    wait_for_ingress_replicas(2)
-    yield failover_app
-    redeploy(failover_app, {}, "as-deployed")
-    wait_for_ingress_replicas(1)
-    wait_for_every_replica()
+    """The failure tests' cluster with two ingress replicas; one again when the module ends
+    (the resume module reads one ingress replica's counters), whatever happened."""
+    try:
+        redeploy(failover_app, {INGRESS: 2}, "ingress-2")
+        wait_for_ingress_replicas(2)
+        yield failover_app
+    finally:
+        redeploy(failover_app, {}, "as-deployed")
+        wait_for_ingress_replicas(1)
+        wait_for_every_replica()
 
 
 def wait_for_ingress_replicas(count: int, timeout_s: float = 300) -> None:
@@ -91,14 +102,6 @@ class Stream:
             self.started.set()
 
 
-def ingress_pids() -> list[int]:
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("class_name", "=", "ServeReplica:pdserve:ingress"),
-                                  ("state", "=", "ALIVE")])
-    return [a.pid for a in actors]
-
-
 def unfinished_per_decode_replica() -> list[int]:
     """Requests each decode engine holds now (its output processor's count), busiest first."""
     return sorted((deployment(DECODE).drained.remote(replica=r).result()["unfinished_requests"]
@@ -126,7 +129,7 @@ def unfinished_on_decode() -> int:
     return sum(unfinished_per_decode_replica())
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)  # its set-up starts the shared cluster (~4 min, more when busy)
 def test_a_killed_ingress_replica_leaves_no_orphan_request_and_the_service_goes_on(
         app: Path) -> None:
     assert len(ingress_pids()) == 2

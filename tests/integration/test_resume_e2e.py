@@ -49,6 +49,7 @@ from failover_cluster import (
     PREFILL,
     STALL_S,
     URL,
+    ingress_pids,
     redeploy,
     wait_for_every_replica,
 )
@@ -67,7 +68,10 @@ PROMPTS = [recall_prompt_text(random.Random(seed), 100, 10) for seed in range(ST
 @pytest.fixture(scope="module")
 def app(failover_app: Path) -> Path:
     """The failure tests' cluster; this module leaves it stopped (`ray stop --force`)."""
-    wait_for_every_replica()  # after the ingress-failover module, one ingress routes again
+    # One ingress replica, as deployed (the ingress-failover module ran before and restored
+    # it; its counters are what these tests compare), and its routers follow every engine.
+    assert len(ingress_pids()) == 1, ingress_pids()
+    wait_for_every_replica()
     return failover_app
 
 
@@ -408,6 +412,7 @@ def test_a_decode_replica_ray_serve_stops_loses_nothing(
     assert_all_drained()
 
 
+@pytest.mark.stops_cluster
 def test_ray_stop_force_leaves_no_vllm_process(app: Path) -> None:
     # one prefill and one decode replica are left (the scale-down above), each with its engine
     import ray
