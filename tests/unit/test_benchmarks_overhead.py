@@ -71,6 +71,16 @@ def test_vllm_sleeping_is_plain_vllm_with_pdserve_engines_wait() -> None:
     assert sleeping.env == {SPIN_ENV: DEFAULT_SPIN_S}
 
 
+def test_pdserve_haproxy_is_pdserve_fast_behind_ray_serves_haproxy() -> None:
+    """The same app and command as `pdserve-fast`; Ray's environment adds only the HAProxy
+    switch (which turns on direct ingress in every Ray process that reads it)."""
+    fast = ob.build_system("pdserve-fast", "pdserve://bench", "/m", Path("/tmp/ob"))
+    haproxy = ob.build_system("pdserve-haproxy", "pdserve://bench", "/m", Path("/tmp/ob"))
+    assert haproxy.command == fast.command
+    assert {k: v for k, v in haproxy.env.items() if k not in fast.env} == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
 def test_unknown_system_is_named() -> None:
     with pytest.raises(SystemExit, match="rayllm-nobatch"):
         ob.build_system("sglang", "pdserve://bench", "/m", Path("/tmp"))
