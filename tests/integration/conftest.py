@@ -33,7 +33,7 @@ from shapes import (
 )
 
 from pdserve.deployments.config.pools import PoolName
-from pdserve.deployments.config.ray_serve_env import RAY_START_ENV
+from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
 from pdserve.models import resolve_model
 
 MAX_TOKENS = 16
@@ -112,10 +112,9 @@ def serve_app(
 
     from pdserve.deployments.app import build_app
 
-    # Ray's own processes read Serve's fast-path flags and its HAProxy mode from the
-    # environment Ray starts in (pdserve's deployments set the fast paths for themselves), as
-    # `make serve` does: every test of the shared app goes through HAProxy.
-    os.environ.update(RAY_START_ENV)
+    # Ray's proxy and controller read Serve's fast-path flags from the environment Ray starts
+    # in (pdserve's deployments set them for themselves), as `make serve` does.
+    os.environ.update(RAY_SERVE_FAST_PATH_ENV)
     ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     stores = tmp_path_factory.mktemp("vector-stores")
