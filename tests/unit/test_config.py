@@ -273,7 +273,10 @@ def test_every_deployment_gets_ray_serves_fast_paths_unless_the_app_turns_them_o
     from ray.serve.deployment import Application
 
     from pdserve.deployments.app import NICENESS_ENV, build_app
-    from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
+    from pdserve.deployments.config.ray_serve_env import (
+        RAY_SERVE_FAST_PATH_ENV,
+        RAY_SERVE_HAPROXY_ENV,
+    )
 
     def envs(args: dict) -> dict[str, dict[str, str]]:
         app = build_app(args)
@@ -295,5 +298,8 @@ def test_every_deployment_gets_ray_serves_fast_paths_unless_the_app_turns_them_o
     assert set(on) == {"ingress", "tiny-prefill", "tiny-decode"}
     for env in on.values():
         assert env[NICENESS_ENV] == "0" and RAY_SERVE_FAST_PATH_ENV.items() <= env.items()
+        # Ray-start-only flags (HAProxy mode) would make an ingress replica disagree with the
+        # controller about who listens on the HTTP port
+        assert not set(RAY_SERVE_HAPROXY_ENV) & set(env), env
     off = envs(app_args() | {"ray_serve_fast_path": False})
     assert all(not set(RAY_SERVE_FAST_PATH_ENV) & set(env) for env in off.values())
