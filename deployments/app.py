@@ -156,8 +156,15 @@ def build_pd_app(config: AppConfig) -> Application:
             ray_actor_options=with_env(retriever.ray_actor_options, worker_env(config)),
             max_ongoing_requests=retriever.max_ongoing_requests,
         ).bind(pipeline, pools[pipeline.embedding_model]["embed"])
+    return ingress_app(config, pools, retrievers)
+
+
+def ingress_app(config: AppConfig, pools: dict[str, dict[Role, Any]], retrievers: dict[str, Any],
+                name: str = "ingress") -> Application:
+    """The OpenAI ingress over `pools` and `retrievers`: bound deployments of the same app, or
+    handles to those of a running one (a second front with other keys or limits)."""
     ingress = OpenAIIngress.options(
-        name="ingress",
+        name=name,
         num_replicas=config.ingress.num_replicas,
         ray_actor_options=with_env(config.ingress.ray_actor_options, worker_env(config)),
         max_ongoing_requests=config.ingress.max_ongoing_requests,

@@ -33,6 +33,23 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_key(args: argparse.Namespace) -> int:
+    """Print a new API key (once: only its hash is kept) and the entry that admits it."""
+    import yaml
+
+    from pdserve.deployments.api.keys import key_hash, new_key
+    from pdserve.deployments.config.security import ApiKeyEntry
+
+    key = new_key()
+    entry = ApiKeyEntry(name=args.name, sha256=key_hash(key),
+                        scopes=args.scopes.split(","),
+                        models=args.models.split(",") if args.models else None)
+    doc = yaml.safe_dump({"keys": [entry.model_dump(exclude_none=True)]}, sort_keys=False)
+    print(f"# the key (shown once; give it to {args.name}):\n# {key}\n"
+          f"# its entry, for the file `auth.keys_file` names (under `keys:`):\n{doc}", end="")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     """Argument parser with one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog="pdserve", description=__doc__)
@@ -57,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--concurrency", type=int, default=4,
                         help="with --ray-data: parallel senders (default: 4)")
     ingest.set_defaults(func=_ingest)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    new = keys.add_parser("new", help="make a key; print it and its keys-file entry")
+    new.add_argument("--name", required=True, help="who holds the key")
+    new.add_argument("--scopes", default="inference",
+                     help="comma-separated: inference, documents:write, admin "
+                     "(default: inference)")
+    new.add_argument("--models", default=None,
+                     help="comma-separated models/pipelines the key may use (default: all)")
+    new.set_defaults(func=_new_key)
     return parser
 
 

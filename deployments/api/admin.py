@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
-from pdserve.deployments.api.catalog import catalog_of
+from pdserve.deployments.api.catalog import catalog_of, refused
 from pdserve.deployments.api.errors import not_found, to_response
+from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.config.pools import PoolName
 
 HEALTH_TIMEOUT_S = 10.0
@@ -25,6 +26,7 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def models(raw_request: Request) -> JSONResponse:
+    """The models and pipelines served that the caller's key may use."""
     catalog = catalog_of(raw_request)
     cards = []
     for frontend in catalog.frontends.values():
@@ -32,6 +34,8 @@ async def models(raw_request: Request) -> JSONResponse:
     cards += [ModelCard(id=name, root=m.model) for name, (m, _) in catalog.embedders.items()]
     cards += [ModelCard(id=name, root=f"pipeline:{p.config.llm}", owned_by="pdserve")
               for name, p in catalog.pipelines.items()]
+    caller = caller_of(raw_request.state)
+    cards = [card for card in cards if caller.may_use(card.id)]
     return JSONResponse(ModelList(data=cards).model_dump())
 
 
@@ -51,7 +55,8 @@ async def pools(raw_request: Request) -> JSONResponse:
 
 @router.get("/health")
 async def health(raw_request: Request) -> JSONResponse:
-    """200 when one replica of every pool of every model answers its engine health check."""
+    """200 when one replica of every pool of every model answers its engine health check; the
+    per-pool detail only for an `admin` caller (or a server without keys)."""
     catalog = catalog_of(raw_request)
     checks = {
         PoolName(model_id, role).label: handle.health.remote()
@@ -65,11 +70,13 @@ async def health(raw_request: Request) -> JSONResponse:
         try:
             await asyncio.wait_for(response, HEALTH_TIMEOUT_S)
             status[name] = "ok"
-        except Exception as exc:  # any failure means unhealthy, and says why
-            status[name] = f"unhealthy: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # any failure means unhealthy; its kind, never its text
+            status[name] = f"unhealthy: {type(exc).__name__}"  # (which names actors, IPs)
     healthy = all(v == "ok" for v in status.values())
-    return JSONResponse({"status": "ok" if healthy else "unhealthy", "pools": status},
-                        status_code=200 if healthy else 503)
+    body: dict[str, object] = {"status": "ok" if healthy else "unhealthy"}
+    if caller_of(raw_request.state).may("admin"):
+        body["pools"] = status
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 class DrainRequest(BaseModel):
@@ -86,6 +93,9 @@ async def _call_replica(raw_request: Request, body: DrainRequest, method: str) -
     frontend = catalog.frontends.get(body.model)
     if frontend is None:
         return to_response(not_found("model", body.model, list(catalog.frontends), "model"))
+    denied = refused(caller_of(raw_request.state), body.model)
+    if denied is not None:
+        return to_response(denied)
     role = "decode" if "decode" in frontend.handles else "colocated"
     known = frontend.pools[role].replica_ids()
     if body.replica not in known:

@@ -3,12 +3,15 @@ front, the embedding pools, and the RAG pipelines (each a model of its own)."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from fastapi import Request
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
 from pdserve.deployments.api.errors import not_found
+from pdserve.deployments.api.keys import ANONYMOUS, Caller
 from pdserve.deployments.config.app import AppConfig
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pools import Role
@@ -21,6 +24,7 @@ Served = ModelFrontend | PipelineFrontend
 class Catalog:
     def __init__(self, config: AppConfig, pools: dict[str, dict[Role, DeploymentHandle]],
                  retrievers: dict[str, DeploymentHandle]) -> None:
+        self.auth, self.limits = config.auth, config.limits
         generating = [m for m in config.models if m.generates()]
         self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in generating}
         self.by_name: dict[str, Served] = {
@@ -34,21 +38,31 @@ class Catalog:
         self.by_name.update(self.pipelines)
         self.default_model = (generating or config.models)[0].model_id
 
-    def frontend(self, model: str | None) -> Served | ErrorResponse:
-        """The front serving `model` (the first generating model when none is named)."""
+    def frontend(self, model: str | None, caller: Caller = ANONYMOUS) -> Served | ErrorResponse:
+        """The front serving `model` (the first generating model when none is named), if
+        `caller` may use it."""
         frontend = self.by_name.get(model or self.default_model)
         if frontend is not None:
-            return frontend
+            return refused(caller, model or self.default_model) or frontend
         if model in self.embedders:
             return create_error_response(
                 f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
         return not_found("model", model, [*self.by_name, *self.embedders], "model")
 
-    def pipeline(self, name: str) -> PipelineFrontend | ErrorResponse:
+    def pipeline(self, name: str, caller: Caller = ANONYMOUS) -> PipelineFrontend | ErrorResponse:
         pipeline = self.pipelines.get(name)
         if pipeline is None:
             return not_found("pipeline", name, list(self.pipelines), "name")
-        return pipeline
+        return refused(caller, name) or pipeline
+
+
+def refused(caller: Caller, model: str) -> ErrorResponse | None:
+    """403 when `caller`'s key is limited to other models (or pipelines)."""
+    if caller.may_use(model):
+        return None
+    return create_error_response(
+        f"The API key `{caller.name}` may not use the model `{model}`.",
+        err_type="PermissionDeniedError", status_code=HTTPStatus.FORBIDDEN, param="model")
 
 
 def catalog_of(request: Request) -> Catalog:

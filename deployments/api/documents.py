@@ -15,6 +15,8 @@ from vllm.entrypoints.serve.exception_handling.error_response import create_erro
 
 from pdserve.deployments.api.catalog import catalog_of
 from pdserve.deployments.api.errors import to_response
+from pdserve.deployments.api.guard import caller_of
+from pdserve.deployments.config.security import LimitsConfig
 from pdserve.deployments.pipelines.chunking import Document
 from pdserve.deployments.pipelines.rag import PipelineFrontend, remote_cause
 from pdserve.deployments.pipelines.stores import StoreUnavailable
@@ -30,7 +32,23 @@ class DocumentBody(BaseModel):
 
 
 class DocumentsRequest(BaseModel):
-    documents: list[DocumentBody] = Field(..., min_length=1, max_length=10_000)
+    documents: list[DocumentBody] = Field(..., min_length=1)
+
+
+def over_limits(request: DocumentsRequest, limits: LimitsConfig) -> ErrorResponse | None:
+    """413 for an upsert over `limits:` (documents per call, bytes per document)."""
+    if len(request.documents) > limits.max_documents_per_upsert:
+        return create_error_response(
+            f"documents: at most {limits.max_documents_per_upsert} per call on this server",
+            err_type="RequestEntityTooLarge", status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            param="documents")
+    for i, document in enumerate(request.documents):
+        if len(document.text.encode()) > limits.max_document_bytes:
+            return create_error_response(
+                f"documents[{i}].text: larger than {limits.max_document_bytes} bytes",
+                err_type="RequestEntityTooLarge",
+                status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE, param="documents")
+    return None
 
 
 async def _store_call(pipeline: PipelineFrontend, call: Callable[[], Awaitable[Any]],
@@ -50,7 +68,9 @@ async def _store_call(pipeline: PipelineFrontend, call: Callable[[], Awaitable[A
 async def upsert_documents(name: str, request: DocumentsRequest, raw_request: Request
                            ) -> Response:
     """Index documents online (chunk, embed, store); the next query sees them."""
-    pipeline = catalog_of(raw_request).pipeline(name)
+    catalog = catalog_of(raw_request)
+    pipeline = over_limits(request, catalog.limits) or catalog.pipeline(
+        name, caller_of(raw_request.state))
     if isinstance(pipeline, ErrorResponse):
         return to_response(pipeline)
     documents = [Document(d.id, d.text) for d in request.documents]
@@ -59,7 +79,7 @@ async def upsert_documents(name: str, request: DocumentsRequest, raw_request: Re
 
 @router.delete("/v1/pipelines/{name}/documents/{document:path}")
 async def delete_document(name: str, document: str, raw_request: Request) -> Response:
-    pipeline = catalog_of(raw_request).pipeline(name)
+    pipeline = catalog_of(raw_request).pipeline(name, caller_of(raw_request.state))
     if isinstance(pipeline, ErrorResponse):
         return to_response(pipeline)
     return await _store_call(pipeline, lambda: pipeline.retriever.delete.remote(document),
@@ -68,7 +88,7 @@ async def delete_document(name: str, document: str, raw_request: Request) -> Res
 
 @router.get("/v1/pipelines/{name}")
 async def pipeline_info(name: str, raw_request: Request) -> Response:
-    pipeline = catalog_of(raw_request).pipeline(name)
+    pipeline = catalog_of(raw_request).pipeline(name, caller_of(raw_request.state))
     if isinstance(pipeline, ErrorResponse):
         return to_response(pipeline)
     return await _store_call(pipeline, lambda: pipeline.retriever.count.remote(), key="chunks")

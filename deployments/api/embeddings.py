@@ -15,8 +15,9 @@ from vllm.entrypoints.pooling.utils import get_pooling_output_encoder, get_pooli
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
-from pdserve.deployments.api.catalog import catalog_of
+from pdserve.deployments.api.catalog import catalog_of, refused
 from pdserve.deployments.api.errors import not_found, to_response
+from pdserve.deployments.api.guard import caller_of
 
 router = APIRouter()
 
@@ -41,12 +42,19 @@ async def embeddings(request: EmbeddingCompletionRequest, raw_request: Request) 
                 f"{', '.join(sorted(catalog.embedders))}.", param="model"))
         return to_response(not_found("embedding model", request.model,
                                      list(catalog.embedders), "model"))
+    denied = refused(caller_of(raw_request.state), request.model)
+    if denied is not None:
+        return to_response(denied)
     if request.encoding_format not in ("float", "base64"):
         return to_response(create_error_response(
             "encoding_format must be `float` or `base64`", param="encoding_format"))
     inputs = embedding_inputs(request)
     if not inputs or any(len(i) == 0 for i in inputs):
         return to_response(create_error_response("input must not be empty", param="input"))
+    if len(inputs) > catalog.limits.max_embedding_inputs:
+        return to_response(create_error_response(
+            f"input may hold at most {catalog.limits.max_embedding_inputs} items on this "
+            "server", param="input"))
     _, handle = catalog.embedders[request.model]
     try:
         outputs = await handle.embed.remote(inputs, request.to_pooling_params(),

@@ -3,6 +3,7 @@ pipeline, which answers chat), and the same API for Python callers holding a han
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +16,7 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_c
 
 from pdserve.deployments.api.catalog import Catalog, catalog_of
 from pdserve.deployments.api.errors import to_response
+from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.frontend.engine_client import SESSION_KEY
 from pdserve.deployments.frontend.model import ModelFrontend
 from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend
@@ -29,10 +31,26 @@ def tag_session(frontend: ModelFrontend, request: Any, raw_request: Request) -> 
         request.vllm_xargs = {**(request.vllm_xargs or {}), SESSION_KEY: session}
 
 
+def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest
+                ) -> ErrorResponse | None:
+    """400 for what `limits:` bounds in a generation request (before any engine sees it)."""
+    if (request.n or 1) > catalog.limits.max_n:
+        return create_error_response(
+            f"n must be at most {catalog.limits.max_n} on this server", param="n")
+    return None
+
+
+def resolve(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
+            raw_request: Request) -> ModelFrontend | PipelineFrontend | ErrorResponse:
+    """The front for the request's model, if its caller may use it and it is within limits."""
+    return over_limits(catalog, request) or catalog.frontend(request.model,
+                                                             caller_of(raw_request.state))
+
+
 @router.post("/v1/completions", dependencies=[Depends(validate_json_request)])
 @with_cancellation
 async def completions(request: CompletionRequest, raw_request: Request) -> Response:
-    frontend = catalog_of(raw_request).frontend(request.model)
+    frontend = resolve(catalog_of(raw_request), request, raw_request)
     if isinstance(frontend, ErrorResponse):
         return to_response(frontend)
     if isinstance(frontend, PipelineFrontend):
@@ -46,12 +64,16 @@ async def completions(request: CompletionRequest, raw_request: Request) -> Respo
 @router.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
 @with_cancellation
 async def chat(request: ChatCompletionRequest, raw_request: Request) -> Response:
-    frontend = catalog_of(raw_request).frontend(request.model)
+    frontend = resolve(catalog_of(raw_request), request, raw_request)
     if isinstance(frontend, ErrorResponse):
         return to_response(frontend)
     if isinstance(frontend, PipelineFrontend):
         tag_session(frontend.llm, request, raw_request)
         debug = raw_request.headers.get(DEBUG_HEADER, "").lower() in ("1", "true", "yes")
+        if debug and not caller_of(raw_request.state).may("admin"):  # it shows the prompt
+            return to_response(create_error_response(
+                f"The `{DEBUG_HEADER}` header needs an API key with the `admin` scope.",
+                err_type="PermissionDeniedError", status_code=HTTPStatus.FORBIDDEN))
         return to_response(await frontend.chat(request, raw_request, debug))
     tag_session(frontend, request, raw_request)
     return to_response(await frontend.chat.create_chat_completion(request, raw_request))
@@ -65,7 +87,7 @@ async def handle_call(catalog: Catalog, body: dict[str, Any], api: str) -> dict[
         request = kind.model_validate({**body, "stream": False})
     except ValueError as exc:
         return create_error_response(exc).model_dump()
-    frontend = catalog.frontend(request.model)
+    frontend = over_limits(catalog, request) or catalog.frontend(request.model)
     if isinstance(frontend, ErrorResponse):
         return frontend.model_dump()
     if isinstance(frontend, PipelineFrontend):

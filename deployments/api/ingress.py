@@ -11,8 +11,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pdserve.deployments.api.catalog import Catalog
+from pdserve.deployments.api.exposure import check_exposure, serve_http_host
 from pdserve.deployments.api.generation import handle_call
 from pdserve.deployments.api.http import create_app
+from pdserve.deployments.api.keys import KeyRing
 from pdserve.deployments.config.app import AppConfig
 from pdserve.deployments.config.pools import PoolName, Role
 
@@ -24,11 +26,13 @@ class OpenAIIngress:
         self, config: AppConfig, pools: dict[str, dict[Role, DeploymentHandle]],
         retrievers: dict[str, DeploymentHandle] | None = None,
     ) -> None:
+        self.keys = KeyRing(config.auth)  # a bad keys source fails the replica at start
+        check_exposure(config.auth, self.keys.enabled, serve_http_host())
         self.catalog = Catalog(config, pools, retrievers or {})
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after `__init__`: this replica's app, over its catalog."""
-        return create_app(self.catalog)
+        return create_app(self.catalog, self.keys)
 
     # -- the OpenAI API for Python callers holding a DeploymentHandle (no HTTP) -------------
     async def create_completion(self, body: dict[str, Any]) -> dict[str, Any]:

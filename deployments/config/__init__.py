@@ -24,9 +24,10 @@ from pdserve.deployments.config.pipeline import (
     VectorStoreConfig,
 )
 from pdserve.deployments.config.pools import ROLES, PoolName, Role
+from pdserve.deployments.config.security import AuthConfig, LimitsConfig
 from pdserve.deployments.config.slo import SLOTargets
 
-__all__ = ["ROLES", "AppConfig", "ChunkingConfig", "EngineBinding", "IngressConfig",
-           "KVTransferSettings", "ModelConfig", "PipelineConfig", "PoolConfig", "PoolName",
-           "RetrieverConfig", "Role", "RoutingConfig", "SLOTargets", "TestingConfig",
-           "VectorStoreConfig", "check_cpu_budget", "engine_binding"]
+__all__ = ["ROLES", "AppConfig", "AuthConfig", "ChunkingConfig", "EngineBinding",
+           "IngressConfig", "KVTransferSettings", "LimitsConfig", "ModelConfig", "PipelineConfig",
+           "PoolConfig", "PoolName", "RetrieverConfig", "Role", "RoutingConfig", "SLOTargets",
+           "TestingConfig", "VectorStoreConfig", "check_cpu_budget", "engine_binding"]

@@ -14,6 +14,7 @@ from pdserve.deployments.config.base import StrictModel
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pipeline import PipelineConfig, qdrant_local_dir
 from pdserve.deployments.config.pools import PoolName
+from pdserve.deployments.config.security import AuthConfig, LimitsConfig
 
 
 class IngressConfig(StrictModel):
@@ -43,6 +44,9 @@ class AppConfig(StrictModel):
         default_factory=list, description="RAG pipelines, each served as a model of its own."
     )
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (see README).")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig,
+                                 description="Request sizes refused at the ingress.")
     cpu_binding: Literal["auto", "nobind"] = Field(
         "auto", description="`auto`: pin each engine's OpenMP threads to its own core(s)."
     )

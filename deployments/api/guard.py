@@ -1,0 +1,148 @@
+"""The ingress's front door, as ASGI middleware in front of every route: the `Host` allow-list,
+API keys and their scopes, and the body-size limit, all decided before a body byte is read.
+
+What it admits is stored as the request's `caller` (`request.state.caller`), which the routes
+check against the model a body names (a key may be limited to some models).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import HTTPException
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pdserve.deployments.api.keys import ANONYMOUS, Caller, KeyRing
+from pdserve.deployments.api.scopes import required_scope
+from pdserve.deployments.config.security import AuthConfig, LimitsConfig
+
+logger = logging.getLogger(__name__)
+
+#: The caller of a public route (`/health`) who sent no key: may see only what is public.
+PUBLIC = Caller("public", frozenset(), frozenset())
+
+
+def openai_error(status: HTTPStatus, message: str, code: str | None,
+                 err_type: str = "invalid_request_error", param: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error in OpenAI's shape, with OpenAI's string `code` (`invalid_api_key`, …)."""
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def body_too_large(limit: int) -> str:
+    return f"The request body is larger than this server accepts ({limit} bytes)."
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: Ray Serve mounts an app under its `route_prefix`."""
+    path, root = scope.get("path", "/"), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path or "/"
+
+
+def presented_key(headers: Headers) -> str | None:
+    """`Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>` (Anthropic's)."""
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return headers.get("x-api-key") or None
+
+
+class EdgeGuard:
+    """Refuses, in OpenAI's error shape, what must not reach a route: a foreign `Host`, a
+    missing or wrong key (401), a key without the route's scope (403), a body over the limit
+    (413: at once from `Content-Length`, else as soon as the streamed body passes it)."""
+
+    def __init__(self, app: ASGIApp, auth: AuthConfig, limits: LimitsConfig,
+                 keys: KeyRing | None) -> None:
+        self.app = app
+        self.keys = keys
+        self.limits = limits
+        self.allowed_hosts = (None if auth.allowed_hosts is None
+                              else {h.lower() for h in auth.allowed_hosts})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self._host_refusal(headers)
+        caller: Caller | None = ANONYMOUS
+        if refusal is None:
+            caller, refusal = self._authenticate(scope, headers)
+        if refusal is None:
+            refusal = self._size_refusal(headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, self._limited(receive), send)
+
+    def _host_refusal(self, headers: Headers) -> JSONResponse | None:
+        if self.allowed_hosts is None:
+            return None
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name.lower().strip("[]") in self.allowed_hosts:
+            return None
+        return openai_error(HTTPStatus.BAD_REQUEST, "This server does not answer for the "
+                            "requested Host.", "invalid_host")
+
+    def _authenticate(self, scope: Scope, headers: Headers
+                      ) -> tuple[Caller | None, JSONResponse | None]:
+        if self.keys is None or not self.keys.enabled:
+            return ANONYMOUS, None
+        need = required_scope(scope.get("method", "GET"), route_path(scope))
+        key = presented_key(headers)
+        if key is None:
+            if need is None:
+                return PUBLIC, None
+            return None, openai_error(
+                HTTPStatus.UNAUTHORIZED, "You didn't provide an API key. Send it as "
+                "`Authorization: Bearer <key>` or `x-api-key: <key>`.", "invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"})
+        self.keys.reload_if_changed()
+        caller = self.keys.identify(key)
+        if caller is None:
+            logger.warning("refused a request with an unknown API key")
+            return None, openai_error(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.",
+                                      "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if need is not None and not caller.may(need):
+            return None, openai_error(
+                HTTPStatus.FORBIDDEN, f"The API key `{caller.name}` lacks the scope `{need}` "
+                "this route needs.", "insufficient_permissions", err_type="permission_error")
+        return caller, None
+
+    def _size_refusal(self, headers: Headers) -> JSONResponse | None:
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            return openai_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                body_too_large(self.limits.max_body_bytes), "body_too_large")
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        limit, seen = self.limits.max_body_bytes, 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # FastAPI answers it with the handlers' error JSON
+                    raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                        body_too_large(limit))
+            return message
+
+        return limited_receive
+
+
+def caller_of(state: Any) -> Caller:
+    """The caller `EdgeGuard` admitted (anonymous where no guard ran: handle callers)."""
+    return getattr(state, "caller", ANONYMOUS)

@@ -1,0 +1,237 @@
+"""API keys, scopes and the edge guard: pure logic, driven through a real FastAPI app."""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from pdserve.cli import main as cli_main
+from pdserve.deployments.api.errors import install_error_handlers
+from pdserve.deployments.api.exposure import check_exposure, is_loopback
+from pdserve.deployments.api.guard import EdgeGuard, caller_of, presented_key
+from pdserve.deployments.api.keys import ANONYMOUS, KeyRing, key_hash, new_key
+from pdserve.deployments.api.scopes import required_scope
+from pdserve.deployments.config import AppConfig
+from pdserve.deployments.config.security import AuthConfig, LimitsConfig
+
+READER, WRITER, ADMIN = "pds-reader-key", "pds-writer-key", "pds-admin-key"
+
+
+def entries() -> dict:
+    return {"keys": [
+        {"name": "reader", "sha256": key_hash(READER), "models": ["tiny"]},
+        {"name": "writer", "sha256": key_hash(WRITER),
+         "scopes": ["inference", "documents:write"]},
+        {"name": "ops", "sha256": key_hash(ADMIN), "scopes": ["admin"]},
+    ]}
+
+
+def test_key_hash_and_new_keys() -> None:
+    key = new_key()
+    assert key.startswith("pds-") and len(key) > 40 and key != new_key()
+    assert key_hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_keyring_from_the_default_environment_variable() -> None:
+    ring = KeyRing(AuthConfig(), environ={"PDSERVE_API_KEYS": json.dumps(entries())})
+    assert ring.enabled
+    reader = ring.identify(READER)
+    assert reader is not None and reader.name == "reader"
+    assert reader.may("inference") and not reader.may("documents:write")
+    assert reader.may_use("tiny") and not reader.may_use("other")
+    admin = ring.identify(ADMIN)
+    assert admin is not None and admin.may("documents:write") and admin.may_use("any")
+    assert ring.identify("pds-unknown") is None and ring.identify("") is None
+
+
+def test_no_source_means_no_keys_and_a_named_missing_source_fails() -> None:
+    assert not KeyRing(AuthConfig(), environ={}).enabled
+    with pytest.raises(ValueError, match="auth.keys_env: the environment variable MY_KEYS"):
+        KeyRing(AuthConfig(keys_env="MY_KEYS"), environ={})
+    with pytest.raises(ValueError, match="auth.keys_file: cannot read"):
+        KeyRing(AuthConfig(keys_file="/nonexistent/keys.yaml"), environ={})
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"keys": [{"name": "a", "sha256": "xyz"}]}, "sha256"),
+    ({"keys": [{"name": "a", "sha256": key_hash("k"), "scopes": ["root"]}]}, "scopes"),
+    ({"keys": [{"name": "a", "sha256": key_hash("k"), "secret": "k"}]}, "secret"),
+    ({"keys": [{"name": "a", "sha256": key_hash("k")}, {"name": "a", "sha256": key_hash("j")}]},
+     "name used twice"),
+])
+def test_a_bad_entry_is_named_with_its_source(doc: dict, field: str) -> None:
+    with pytest.raises(ValueError, match="auth.keys_env") as err:
+        KeyRing(AuthConfig(keys_env="K"), environ={"K": json.dumps(doc)})
+    assert field in str(err.value)
+
+
+def test_the_keys_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text("keys: []\n")
+    ring = KeyRing(AuthConfig(keys_file=str(path)), environ={})
+    assert ring.enabled and ring.identify(READER) is None  # an empty file admits nobody
+    path.write_text(json.dumps(entries()))
+    os.utime(path, (1, 1))
+    ring.reload_if_changed(now=1e9)
+    assert ring.identify(READER) is not None
+    path.write_text("keys: [oops")  # invalid: the keys read before stay
+    os.utime(path, (2, 2))
+    ring.reload_if_changed(now=2e9)
+    assert ring.identify(READER) is not None
+
+
+def test_scopes_deny_by_default() -> None:
+    assert required_scope("GET", "/health") is None
+    assert required_scope("HEAD", "/health") is None
+    assert required_scope("POST", "/v1/chat/completions") == "inference"
+    assert required_scope("GET", "/v1/models") == "inference"
+    assert required_scope("GET", "/openapi.json") == "inference"
+    assert required_scope("GET", "/v1/pipelines/docs") == "inference"
+    assert required_scope("POST", "/v1/pipelines/docs/documents") == "documents:write"
+    assert required_scope("DELETE", "/v1/pipelines/docs/documents/a/b.md") == "documents:write"
+    assert required_scope("GET", "/v1/pools") == "admin"
+    assert required_scope("POST", "/v1/admin/drain") == "admin"
+    assert required_scope("GET", "/metrics") == "admin"
+    assert required_scope("PROPFIND", "/v1/admin/drain") == "admin"
+    assert required_scope("GET", "/not/a/route") == "inference"
+
+
+def test_exposure() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.5", "my-host"):
+        assert not is_loopback(host), host
+    check_exposure(AuthConfig(), False, "127.0.0.1")
+    check_exposure(AuthConfig(), True, "0.0.0.0")
+    check_exposure(AuthConfig(allow_unauthenticated=True), False, "0.0.0.0")
+    with pytest.raises(ValueError, match="allow_unauthenticated"):
+        check_exposure(AuthConfig(), False, "0.0.0.0")
+
+
+def test_the_serve_controller_internals_we_read() -> None:
+    """`exposure.serve_http_host` asks Serve's controller for its HTTP host: pin the names."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve._private.controller import ServeController
+    from ray.serve.config import HTTPOptions
+
+    assert SERVE_CONTROLLER_NAME == "SERVE_CONTROLLER_ACTOR" and SERVE_NAMESPACE == "serve"
+    assert callable(ServeController.get_http_config)
+    assert HTTPOptions(host="0.0.0.0").host == "0.0.0.0"
+
+
+def test_presented_key() -> None:
+    from starlette.datastructures import Headers
+
+    assert presented_key(Headers({"authorization": "Bearer abc"})) == "abc"
+    assert presented_key(Headers({"authorization": "bearer  abc "})) == "abc"
+    assert presented_key(Headers({"x-api-key": "abc"})) == "abc"
+    assert presented_key(Headers({"authorization": "Basic abc"})) is None
+    assert presented_key(Headers({})) is None
+
+
+def guarded_app(keys: KeyRing | None, **auth: object) -> FastAPI:
+    app = FastAPI()
+    app.state.args = Namespace(log_error_stack=False)  # as `http.create_app` sets it
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        return {"admin": caller_of(request.state).may("admin")}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
+        body = await request.body()
+        return {"caller": caller_of(request.state).name, "bytes": len(body)}
+
+    @app.post("/v1/pipelines/{name}/documents")
+    async def upsert(name: str) -> dict:
+        return {"ok": name}
+
+    app.add_middleware(EdgeGuard, auth=AuthConfig(**auth),  # type: ignore[arg-type]
+                       limits=LimitsConfig(max_body_bytes=4096), keys=keys)
+    return app
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    ring = KeyRing(AuthConfig(), environ={"PDSERVE_API_KEYS": json.dumps(entries())})
+    with TestClient(guarded_app(ring)) as http:
+        yield http
+
+
+def test_without_a_key_only_health_answers_and_says_little(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json={})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert client.get("/health").json() == {"admin": False}
+    r = client.get("/no/such/route")
+    assert r.status_code == 401  # not 404: nothing is learned without a key
+
+
+def test_keys_scopes_and_headers(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json={}, headers={"x-api-key": READER})
+    assert r.status_code == 200 and r.json()["caller"] == "reader"
+    r = client.post("/v1/chat/completions", json={}, headers={"authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.json()["error"]["message"] == "Incorrect API key provided."
+    r = client.post("/v1/pipelines/p/documents", headers={"authorization": f"Bearer {READER}"})
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "insufficient_permissions"
+    assert "documents:write" in r.json()["error"]["message"]
+    for key in (WRITER, ADMIN):
+        r = client.post("/v1/pipelines/p/documents", headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 200, key
+    assert client.get("/health", headers={"x-api-key": ADMIN}).json() == {"admin": True}
+
+
+def test_body_limit_with_and_without_content_length(client: TestClient) -> None:
+    auth = {"authorization": f"Bearer {READER}"}
+    assert client.post("/v1/chat/completions", content=b"x" * 4096, headers=auth).json()[
+        "bytes"] == 4096
+    r = client.post("/v1/chat/completions", content=b"x" * 5000, headers=auth)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused once the limit is passed
+        for _ in range(100):
+            yield b"x" * 1000
+
+    r = client.post("/v1/chat/completions", content=chunks(), headers=auth)
+    assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
+
+
+def test_an_open_server_and_the_host_allow_list() -> None:
+    with TestClient(guarded_app(None, allowed_hosts=["localhost"]),
+                    base_url="http://localhost:8000") as http:
+        r = http.post("/v1/chat/completions", json={})
+        assert r.status_code == 200 and r.json()["caller"] == ANONYMOUS.name
+        r = http.post("/v1/chat/completions", json={}, headers={"host": "evil.example:8000"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
+
+
+def test_config_sections_name_a_bad_field() -> None:
+    base = {"models": [{"model_id": "m", "model": "pdserve://tiny", "mode": "colocated"}]}
+    config = AppConfig.model_validate({**base, "auth": {"keys_file": "/k.yaml"},
+                                       "limits": {"max_n": 4}})
+    assert config.auth.keys_file == "/k.yaml" and config.limits.max_n == 4
+    with pytest.raises(ValueError, match="auth.keyfile"):
+        AppConfig.model_validate({**base, "auth": {"keyfile": "/k.yaml"}})
+    with pytest.raises(ValueError, match="limits.max_body_bytes"):
+        AppConfig.model_validate({**base, "limits": {"max_body_bytes": 10}})
+
+
+def test_cli_new_key_prints_a_key_its_entry_admits(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["keys", "new", "--name", "ci", "--scopes", "inference,admin",
+                     "--models", "tiny"]) == 0
+    out = capsys.readouterr().out
+    key = next(line[2:] for line in out.splitlines() if line.startswith("# pds-"))
+    entry_doc = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+    ring = KeyRing(AuthConfig(keys_env="K"), environ={"K": entry_doc})
+    caller = ring.identify(key)
+    assert caller is not None and caller.may("admin") and caller.models == frozenset({"tiny"})
+    assert cli_main(["keys", "new", "--name", "x", "--scopes", "root"]) == 2
