@@ -110,6 +110,7 @@ def _pool_options(
         "name": name,
         "ray_actor_options": with_env(pool.ray_actor_options, worker_env(config)),
         "max_ongoing_requests": pool.max_ongoing_requests,
+        "max_queued_requests": pool.max_queued_requests,
         "health_check_period_s": pool.health_check_period_s,
         "health_check_timeout_s": pool.health_check_timeout_s,
         "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s,

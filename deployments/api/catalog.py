@@ -25,6 +25,7 @@ class Catalog:
     def __init__(self, config: AppConfig, pools: dict[str, dict[Role, DeploymentHandle]],
                  retrievers: dict[str, DeploymentHandle]) -> None:
         self.auth, self.limits = config.auth, config.limits
+        self.max_concurrent = config.concurrent_requests_limit()
         generating = [m for m in config.models if m.generates()]
         self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in generating}
         self.by_name: dict[str, Served] = {

@@ -36,7 +36,9 @@ def install_error_handlers(app: FastAPI) -> None:
 def to_response(result: Any) -> Response:
     """vLLM serving results → HTTP: error JSON, a full response, or an SSE stream."""
     if isinstance(result, ErrorResponse):
-        return JSONResponse(result.model_dump(), status_code=result.error.code)
+        unavailable = result.error.code == HTTPStatus.SERVICE_UNAVAILABLE
+        retry = {"Retry-After": "1"} if unavailable else None
+        return JSONResponse(result.model_dump(), status_code=result.error.code, headers=retry)
     if hasattr(result, "model_dump"):
         return JSONResponse(result.model_dump())
     if isinstance(result, dict):

@@ -1,5 +1,6 @@
 """The ingress's front door, as ASGI middleware in front of every route: the `Host` allow-list,
-API keys and their scopes, and the body-size limit, all decided before a body byte is read.
+API keys and their scopes, the body-size limit and admission (requests in flight), all decided
+before a body byte is read.
 
 What it admits is stored as the request's `caller` (`request.state.caller`), which the routes
 check against the model a body names (a key may be limited to some models).
@@ -58,13 +59,16 @@ def presented_key(headers: Headers) -> str | None:
 class EdgeGuard:
     """Refuses, in OpenAI's error shape, what must not reach a route: a foreign `Host`, a
     missing or wrong key (401), a key without the route's scope (403), a body over the limit
-    (413: at once from `Content-Length`, else as soon as the streamed body passes it)."""
+    (413: at once from `Content-Length`, else as soon as the streamed body passes it), and a
+    request beyond `max_concurrent` in flight in this replica (503 with `Retry-After`)."""
 
     def __init__(self, app: ASGIApp, auth: AuthConfig, limits: LimitsConfig,
-                 keys: KeyRing | None) -> None:
+                 keys: KeyRing | None, max_concurrent: int) -> None:
         self.app = app
         self.keys = keys
         self.limits = limits
+        self.max_concurrent = max_concurrent
+        self.in_flight = 0
         self.allowed_hosts = (None if auth.allowed_hosts is None
                               else {h.lower() for h in auth.allowed_hosts})
 
@@ -79,11 +83,20 @@ class EdgeGuard:
             caller, refusal = self._authenticate(scope, headers)
         if refusal is None:
             refusal = self._size_refusal(headers)
+        counted = route_path(scope) != "/health"  # a probe is answered even when full
+        if refusal is None and counted and self.in_flight >= self.max_concurrent:
+            refusal = openai_error(
+                HTTPStatus.SERVICE_UNAVAILABLE, "The server is at capacity; retry later.",
+                "server_overloaded", err_type="server_error", headers={"Retry-After": "1"})
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, self._limited(receive), send)
+        self.in_flight += counted
+        try:
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            self.in_flight -= counted
 
     def _host_refusal(self, headers: Headers) -> JSONResponse | None:
         if self.allowed_hosts is None:

@@ -25,5 +25,6 @@ def create_app(catalog: Catalog, keys: KeyRing | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(EdgeGuard, auth=catalog.auth, limits=catalog.limits, keys=keys)
+    app.add_middleware(EdgeGuard, auth=catalog.auth, limits=catalog.limits, keys=keys,
+                       max_concurrent=catalog.max_concurrent)
     return app

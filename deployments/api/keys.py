@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -21,6 +22,8 @@ from pdserve.deployments.config.security import (
     AuthConfig,
     Scope,
 )
+
+logger = logging.getLogger(__name__)
 
 #: How often a request may trigger a look at the keys file's modification time.
 RELOAD_CHECK_S = 2.0
@@ -74,8 +77,7 @@ class KeyRing:
         self._file_mtime: float | None = None
         self._next_check = 0.0
         self._env_entries = self._read_env()
-        self._file_entries = self._read_file()
-        self._index()
+        self._entries = self._index(self._read_file())
 
     def _read_env(self) -> list[ApiKeyEntry]:
         if not self.env_name:
@@ -97,10 +99,13 @@ class KeyRing:
             raise ValueError(f"auth.keys_file: cannot read {path}: {exc.strerror}") from None
         return parse_entries(text, f"auth.keys_file ({path})")
 
-    def _index(self) -> None:
-        entries = self._env_entries + self._file_entries
-        ApiKeysFile(keys=entries)  # names and hashes unique across both sources
-        self._entries = [(bytes.fromhex(e.sha256), Caller(
+    def _index(self, file_entries: list[ApiKeyEntry]) -> list[tuple[bytes, Caller]]:
+        entries = self._env_entries + file_entries
+        try:
+            ApiKeysFile(keys=entries)  # names and hashes unique across both sources
+        except ValueError as exc:
+            raise ValueError(f"auth: {exc}") from None
+        return [(bytes.fromhex(e.sha256), Caller(
             e.name, frozenset(e.scopes), None if e.models is None else frozenset(e.models)))
             for e in entries]
 
@@ -121,10 +126,9 @@ class KeyRing:
             mtime = Path(self.config.keys_file).expanduser().stat().st_mtime
             if mtime == self._file_mtime:
                 return
-            self._file_entries = self._read_file()
-            self._index()
-        except ValueError:
-            return
+            self._entries = self._index(self._read_file())
+        except (ValueError, OSError) as exc:
+            logger.warning("%s; keeping the keys read before", exc)
 
     def identify(self, key: str) -> Caller | None:
         """The caller `key` admits, or None; compares against every entry (constant time)."""

@@ -103,6 +103,20 @@ class AppConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _admission_below_ray_queue(self) -> AppConfig:
+        limit = self.limits.max_concurrent_requests
+        if limit is not None and limit >= self.ingress.max_ongoing_requests:
+            raise ValueError(f"limits.max_concurrent_requests: {limit} must be below "
+                             f"ingress.max_ongoing_requests ({self.ingress.max_ongoing_requests}"
+                             "), or Ray's proxy queues what pdserve should refuse")
+        return self
+
+    def concurrent_requests_limit(self) -> int:
+        """Requests one ingress replica admits at once (`limits.max_concurrent_requests`)."""
+        return (self.limits.max_concurrent_requests
+                or max(1, self.ingress.max_ongoing_requests * 3 // 4))
+
+    @model_validator(mode="after")
     def _budget_covers_minimums(self) -> AppConfig:
         if self.replica_budget is None:
             return self

@@ -29,6 +29,11 @@ class PoolConfig(StrictModel):
     max_ongoing_requests: int = Field(
         64, ge=1, description="Ray Serve max in-flight requests per replica."
     )
+    max_queued_requests: int = Field(
+        256, ge=-1, description="Ray Serve: requests each caller (ingress replica) may queue "
+        "for this pool beyond its replicas' `max_ongoing_requests`; more get a retryable 503 "
+        "at once (-1: no bound).",
+    )
     request_router_config: dict[str, Any] | None = Field(
         None,
         description="Ray Serve `request_router_config` (its own keys). Default: pdserve's "

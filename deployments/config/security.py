@@ -76,3 +76,8 @@ class LimitsConfig(StrictModel):
     max_embedding_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request.")
     max_documents_per_upsert: int = Field(1000, ge=1, description="Documents per upsert call.")
     max_document_bytes: int = Field(2**20, ge=1, description="UTF-8 bytes per document.")
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, description="Requests one ingress replica serves at once (streams until "
+        "they end); more get 503 with `Retry-After` at once. Below `ingress."
+        "max_ongoing_requests`, past which Ray's proxy queues them instead; default: 3/4 of "
+        "it.")

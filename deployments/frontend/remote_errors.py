@@ -5,13 +5,16 @@ Ray wraps an exception raised in a replica as `RayTaskError`, whose text carries
 traceback, the actor's name, pid and address: the ingress raises the replica's exception itself
 instead (vLLM's message, mapped to its HTTP status by vLLM's OpenAI layer). A replica that died
 (`RayActorError`), whose stream broke (gRPC transport errors) or whose engine core died
-(`EngineDeadError`) becomes `ReplicaLost`, which the orchestrator resumes elsewhere.
+(`EngineDeadError`) becomes `ReplicaLost`, which the orchestrator resumes elsewhere. A pool
+whose queue is full (Ray's `max_queued_requests`: `BackPressureError`) is a retryable 503.
 """
 
 from __future__ import annotations
 
 import grpc
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+from vllm.exceptions import RetryableRequestError
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from pdserve.decode.resume import ReplicaLost
@@ -33,6 +36,9 @@ def engine_error(exc: Exception) -> Exception:
         return RuntimeError(f"the engine replica failed: {type(cause).__name__}")
     if isinstance(exc, EngineDeadError):
         return ReplicaLost("engine_dead")
+    if isinstance(exc, BackPressureError):  # refused before any engine saw the request
+        return RetryableRequestError("the model's engines are at capacity (their queue is "
+                                     "full); retry later")
     if isinstance(exc, RayActorError):
         return ReplicaLost("replica_died", type(exc).__name__)
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in TRANSPORT_LOST:

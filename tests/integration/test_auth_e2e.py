@@ -3,8 +3,10 @@ session app's engines, with keys from a file, driven over HTTP and by the OpenAI
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ MAX_BODY = 1 << 20
 MAX_N = 2
 MAX_EMBED_INPUTS = 4
 MAX_DOCUMENTS = 3
+MAX_CONCURRENT = 3
 
 
 def keys_doc(*extra: dict[str, Any]) -> str:
@@ -53,7 +56,8 @@ def secure(serve_app: str, model_dir: str, tmp_path_factory: pytest.TempPathFact
         "auth": {"keys_file": str(keys_file)},
         "limits": {"max_body_bytes": MAX_BODY, "max_n": MAX_N,
                    "max_embedding_inputs": MAX_EMBED_INPUTS,
-                   "max_documents_per_upsert": MAX_DOCUMENTS},
+                   "max_documents_per_upsert": MAX_DOCUMENTS,
+                   "max_concurrent_requests": MAX_CONCURRENT},
     })
     pools = {m.model_id: {role: serve.get_deployment_handle(
         PoolName(m.model_id, role).deployment, app_name=APP_NAME) for role in m.pools()}
@@ -196,3 +200,38 @@ def test_oversized_requests_are_refused_early(secure: tuple[str, Path]) -> None:
         assert r.status_code == 413 and r.json()["error"]["param"] == "documents"
         r = http.post("/v1/chat/completions", json=chat_body())
         assert r.status_code == 200  # and the server is fine
+
+
+def test_a_flood_gets_quick_503s_and_the_admitted_requests_complete(
+        secure: tuple[str, Path]) -> None:
+    url, _ = secure
+    body = {"model": PD_MODEL, "prompt": "the cat the dog the", "max_tokens": 48,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+
+    def one(http: httpx.Client) -> tuple[int, float, str | None, str | None]:
+        start = time.monotonic()
+        with http.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                r.read()
+                return r.status_code, time.monotonic() - start, r.headers.get("retry-after"), \
+                    r.json()["error"]["code"]
+            finish = None
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    finish = json.loads(line[6:])["choices"][0]["finish_reason"] or finish
+            return 200, time.monotonic() - start, None, finish
+
+    with httpx.Client(base_url=url, timeout=300, headers=bearer(READER),
+                      limits=httpx.Limits(max_connections=20)) as http, \
+            ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda _: one(http), range(12)))
+        refused = [r for r in results if r[0] == 503]
+        admitted = [r for r in results if r[0] == 200]
+        assert len(admitted) + len(refused) == len(results), results
+        assert MAX_CONCURRENT <= len(admitted) < len(results) and refused, results
+        assert all(r[2] == "1" and r[3] == "server_overloaded" for r in refused), refused
+        assert all(r[3] == "length" for r in admitted), admitted  # complete, not cut short
+        assert max(r[1] for r in refused) < min(r[1] for r in admitted), results
+        assert http.get("/health").status_code == 200
+        r = http.post("/v1/completions", json={**body, "stream": False})
+        assert r.status_code == 200

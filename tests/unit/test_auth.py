@@ -155,7 +155,7 @@ def guarded_app(keys: KeyRing | None, **auth: object) -> FastAPI:
         return {"ok": name}
 
     app.add_middleware(EdgeGuard, auth=AuthConfig(**auth),  # type: ignore[arg-type]
-                       limits=LimitsConfig(max_body_bytes=4096), keys=keys)
+                       limits=LimitsConfig(max_body_bytes=4096), keys=keys, max_concurrent=2)
     return app
 
 
@@ -235,3 +235,55 @@ def test_cli_new_key_prints_a_key_its_entry_admits(capsys: pytest.CaptureFixture
     caller = ring.identify(key)
     assert caller is not None and caller.may("admin") and caller.models == frozenset({"tiny"})
     assert cli_main(["keys", "new", "--name", "x", "--scopes", "root"]) == 2
+
+
+def test_admission_refuses_beyond_the_limit_and_recovers() -> None:
+    import asyncio
+
+    asyncio.run(admission_round())
+
+
+async def admission_round() -> None:
+    import asyncio
+
+    import httpx
+
+    app = guarded_app(None)
+    gate = asyncio.Event()
+
+    @app.post("/v1/completions")
+    async def slow() -> dict:
+        await gate.wait()
+        return {"ok": True}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        held = [asyncio.create_task(http.post("/v1/completions")) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        r = await http.post("/v1/completions")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "server_overloaded"
+        assert (await http.get("/health")).status_code == 200  # probes still answered
+        gate.set()
+        assert [t.status_code for t in await asyncio.gather(*held)] == [200, 200]
+        assert (await http.post("/v1/completions")).status_code == 200
+
+
+def test_a_full_pool_queue_is_a_retryable_503() -> None:
+    from ray.serve.exceptions import BackPressureError
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    from pdserve.deployments.api.errors import to_response
+    from pdserve.deployments.frontend.remote_errors import engine_error
+
+    error = create_error_response(engine_error(BackPressureError(num_queued_requests=3,
+                                                                 max_queued_requests=3)))
+    assert error.error.code == 503 and "retry" in error.error.message
+    assert to_response(error).headers["retry-after"] == "1"
+
+
+def test_admission_must_stay_below_rays_queue() -> None:
+    base = {"models": [{"model_id": "m", "model": "pdserve://tiny", "mode": "colocated"}]}
+    assert AppConfig.model_validate(base).concurrent_requests_limit() == 192
+    with pytest.raises(ValueError, match="limits.max_concurrent_requests: 256 must be below"):
+        AppConfig.model_validate({**base, "limits": {"max_concurrent_requests": 256}})
