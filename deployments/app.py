@@ -10,7 +10,9 @@ import ray
 from ray.serve.deployment import Application, Deployment
 
 from pdserve.decode.server import ColocatedServer, DecodeServer
+from pdserve.deployments.api.exposure import check_exposure, serve_http_host
 from pdserve.deployments.api.ingress import OpenAIIngress
+from pdserve.deployments.api.keys import KeyRing
 from pdserve.deployments.config import (
     AppConfig,
     ModelConfig,
@@ -133,9 +135,20 @@ def _check_cluster_cpus(config: AppConfig) -> None:
     check_cpu_budget(config, ray.cluster_resources().get("CPU", 0.0))
 
 
+def _check_exposure(config: AppConfig) -> None:
+    """Fail the build, before any engine starts, if the server would be open to other
+    machines; every ingress replica checks again on its own node (where it reads the keys)."""
+    try:
+        has_keys = KeyRing(config.auth).enabled
+    except ValueError:  # e.g. the keys file lives only where the ingress runs: it decides
+        return
+    check_exposure(config.auth, has_keys, serve_http_host())
+
+
 def build_pd_app(config: AppConfig) -> Application:
     """Ingress + one Serve deployment per pool of every model (PD or colocated)."""
     _check_cluster_cpus(config)  # pdserve:// models are resolved on each replica's node
+    _check_exposure(config)
     pools: dict[str, dict[Role, Application]] = {}
     for model in config.models:
         pools[model.model_id] = {}

@@ -23,17 +23,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve_http_host() -> str:
-    """The host Ray Serve's HTTP proxy binds (from the running Serve controller)."""
+def serve_http_host() -> str | None:
+    """The host Ray Serve's HTTP proxy binds (from the running Serve controller); None
+    before Serve runs (an app built in Python ahead of `serve.run`)."""
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    if not ray.is_initialized():
+        return None
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:  # no controller (yet)
+        return None
     return str(ray.get(controller.get_http_config.remote(), timeout=30).host)
 
 
-def check_exposure(auth: AuthConfig, has_keys: bool, host: str) -> None:
+def check_exposure(auth: AuthConfig, has_keys: bool, host: str | None) -> None:
     """Refuse to serve an open API on a host other machines can reach."""
-    if has_keys or auth.allow_unauthenticated or is_loopback(host):
+    if has_keys or auth.allow_unauthenticated or host is None or is_loopback(host):
         return
     raise ValueError(
         f"auth: Ray Serve's HTTP host is {host!r}, which other machines can reach, and no API "
