@@ -55,7 +55,8 @@ PrefillCall = Callable[[PrefillRequest], Awaitable[PrefillResult]]
 GenerateCall = Callable[[DecodeRequest], AsyncIterator[RequestOutput]]
 ReleaseCall = Callable[[str, KVTransferParams], Awaitable[None]]
 Planner = Callable[[RoutingInfo, str | None], Plan]
-Hasher = Callable[[Sequence[int]], tuple[int, ...]]
+#: token ids, cache salt → block hashes (`routing/block_hashes.py`)
+Hasher = Callable[[Sequence[int], str | None], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,8 @@ class Orchestrator:
         ids = extended_prompt_ids(engine_input)
         if self.hasher is None or len(ids) == routing.prompt_tokens:
             return routing
-        return replace(routing, block_hashes=self.hasher(ids), prompt_tokens=len(ids))
+        salt = engine_input.get("cache_salt") if isinstance(engine_input, dict) else None
+        return replace(routing, block_hashes=self.hasher(ids, salt), prompt_tokens=len(ids))
 
     async def _attempt(
         self, engine_input: EngineInput, params: SamplingParams, request_id: str,

@@ -43,12 +43,16 @@ class BlockHasher:
             )
         self._root = self._hash_fn(resolve_none_hash_seed(self._hash_fn))
 
-    def __call__(self, token_ids: Sequence[int]) -> tuple[int, ...]:
-        """64-bit hashes of every full block of `token_ids`, in order."""
+    def __call__(self, token_ids: Sequence[int], cache_salt: str | None = None
+                 ) -> tuple[int, ...]:
+        """64-bit hashes of every full block of `token_ids`, in order; a `cache_salt` enters
+        the first block's hash as vLLM's extra key (so every later block differs too)."""
         hashes: list[int] = []
         parent = self._root
         size = self.block_size
+        extra = (("cache_salt", cache_salt),) if cache_salt else None
         for start in range(0, len(token_ids) - size + 1, size):
-            parent = hash_block_tokens(self._hash_fn, parent, token_ids[start : start + size])
+            parent = hash_block_tokens(self._hash_fn, parent, token_ids[start : start + size],
+                                       extra if start == 0 else None)
             hashes.append(external_hash(parent))
         return tuple(hashes)

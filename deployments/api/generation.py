@@ -17,6 +17,7 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_c
 from pdserve.deployments.api.catalog import Catalog, catalog_of
 from pdserve.deployments.api.errors import to_response
 from pdserve.deployments.api.guard import caller_of
+from pdserve.deployments.api.keys import tenant_cache_salt
 from pdserve.deployments.frontend.engine_client import SESSION_KEY
 from pdserve.deployments.frontend.model import ModelFrontend
 from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend
@@ -42,9 +43,15 @@ def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionReq
 
 def resolve(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
             raw_request: Request) -> ModelFrontend | PipelineFrontend | ErrorResponse:
-    """The front for the request's model, if its caller may use it and it is within limits."""
-    return over_limits(catalog, request) or catalog.frontend(request.model,
-                                                             caller_of(raw_request.state))
+    """The front for the request's model, if its caller may use it and it is within limits;
+    the request then runs in its caller's prefix-cache namespace."""
+    caller = caller_of(raw_request.state)
+    frontend = over_limits(catalog, request) or catalog.frontend(request.model, caller)
+    if not isinstance(frontend, ErrorResponse):
+        salt = tenant_cache_salt(caller, request.cache_salt)
+        if salt != request.cache_salt:
+            request.cache_salt = salt
+    return frontend
 
 
 @router.post("/v1/completions", dependencies=[Depends(validate_json_request)])

@@ -60,7 +60,9 @@ class OpenAIIngress:
                 for model_id, f in self.catalog.frontends.items()
                 for role, state in f.pools.items()}
 
-    def prefix_hits(self, model_id: str, role: Role, token_ids: list[int]) -> dict[str, int]:
-        """Leading blocks of `token_ids` each replica of a pool holds, per the index."""
+    def prefix_hits(self, model_id: str, role: Role, token_ids: list[int],
+                    cache_salt: str | None = None) -> dict[str, int]:
+        """Leading blocks of `token_ids` (under `cache_salt`) each replica of a pool holds,
+        per the index."""
         frontend = self.catalog.frontends[model_id]
-        return frontend.pools[role].match(frontend.client.hasher(token_ids))
+        return frontend.pools[role].match(frontend.client.hasher(token_ids, cache_salt))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -41,11 +42,13 @@ def new_key() -> str:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request comes from: a key's name, scopes and model allow-list (`None`: any)."""
+    """Who a request comes from: a key's name, scopes, model allow-list (`None`: any) and
+    prefix-cache namespace (`None`: the shared cache of a server without keys)."""
 
     name: str
     scopes: frozenset[Scope]
     models: frozenset[str] | None
+    cache_namespace: str | None = None
 
     def may(self, scope: Scope) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -106,8 +109,8 @@ class KeyRing:
         except ValueError as exc:
             raise ValueError(f"auth: {exc}") from None
         return [(bytes.fromhex(e.sha256), Caller(
-            e.name, frozenset(e.scopes), None if e.models is None else frozenset(e.models)))
-            for e in entries]
+            e.name, frozenset(e.scopes), None if e.models is None else frozenset(e.models),
+            f"tenant:{e.tenant}" if e.tenant else f"key:{e.name}")) for e in entries]
 
     @property
     def enabled(self) -> bool:
@@ -138,3 +141,12 @@ class KeyRing:
             if hmac.compare_digest(stored, digest):
                 found = caller
         return found
+
+
+def tenant_cache_salt(caller: Caller, client_salt: str | None) -> str | None:
+    """The `cache_salt` a request runs with: its caller's namespace folded with the client's
+    own salt (vLLM's per-request isolation), so no client can choose another's namespace. It
+    enters the first block's hash in the engines and in the router alike."""
+    if caller.cache_namespace is None:
+        return client_salt
+    return hashlib.sha256(json.dumps([caller.cache_namespace, client_salt]).encode()).hexdigest()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pdserve.deployments.config.base import StrictModel
 from pdserve.deployments.config.pools import Role
@@ -56,6 +56,21 @@ class PoolConfig(StrictModel):
         description="How long a request waits for a first replica when the pool is at zero "
         "(`min_replicas: 0`) before it fails with 503.",
     )
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _replica_bounds_are_counts(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The bounds pdserve reads itself are counts (Ray validates the rest on deploy)."""
+        for key in ("min_replicas", "initial_replicas", "max_replicas"):
+            if key not in (value or {}):
+                continue
+            bound = value[key]  # type: ignore[index]
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+                raise ValueError(f"autoscaling_config.{key}: {bound!r} is not a count >= 0")
+        low, high = (value or {}).get("min_replicas", 1), (value or {}).get("max_replicas")
+        if high is not None and low > high:
+            raise ValueError("autoscaling_config: min_replicas is above max_replicas")
+        return value
 
     def max_replicas(self) -> int:
         """Upper bound of replicas this pool can reach (for the CPU budget check)."""

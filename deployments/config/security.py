@@ -32,6 +32,9 @@ class ApiKeyEntry(StrictModel):
     )
     models: list[str] | None = Field(
         None, description="Models and pipelines this key may name; all when absent.")
+    tenant: str | None = Field(
+        None, min_length=1, description="Keys naming the same tenant share one prefix-cache "
+        "namespace; without it each key has its own (no caller can time another's prompts).")
 
 
 class ApiKeysFile(StrictModel):

@@ -97,8 +97,9 @@ class PoolGraphClient(EngineClient):
         self.validate(prompt, params, request_id)
         timer = self.metrics.start(streaming=params.output_kind == RequestOutputKind.DELTA)
         token_ids = list(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else []
+        salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         routing = RoutingInfo(
-            block_hashes=self.hasher(token_ids), prompt_tokens=len(token_ids),
+            block_hashes=self.hasher(token_ids, salt), prompt_tokens=len(token_ids),
             session_id=session_id,
         )
         text = prompt.get("prompt") if isinstance(prompt, dict) else None

@@ -287,3 +287,23 @@ def test_admission_must_stay_below_rays_queue() -> None:
     assert AppConfig.model_validate(base).concurrent_requests_limit() == 192
     with pytest.raises(ValueError, match="limits.max_concurrent_requests: 256 must be below"):
         AppConfig.model_validate({**base, "limits": {"max_concurrent_requests": 256}})
+
+
+def test_each_key_or_tenant_gets_its_own_cache_salt() -> None:
+    from pdserve.deployments.api.keys import tenant_cache_salt
+
+    doc = {"keys": [{"name": "a", "sha256": key_hash("ka"), "tenant": "acme"},
+                    {"name": "b", "sha256": key_hash("kb"), "tenant": "acme"},
+                    {"name": "c", "sha256": key_hash("kc")},
+                    {"name": "acme", "sha256": key_hash("kd")}]}
+    ring = KeyRing(AuthConfig(keys_env="K"), environ={"K": json.dumps(doc)})
+    a, b, c, d = (ring.identify(k) for k in ("ka", "kb", "kc", "kd"))
+    assert a and b and c and d
+    salts = [tenant_cache_salt(x, None) for x in (a, b, c, d)]
+    assert salts[0] == salts[1] and len(set(salts)) == 3  # a key named like a tenant differs
+    assert all(len(s) == 64 for s in salts if s)
+    # a client's own salt splits its namespace further but never reaches another's
+    assert tenant_cache_salt(a, "x") != salts[0] and tenant_cache_salt(a, "x") != \
+        tenant_cache_salt(c, "x")
+    assert tenant_cache_salt(ANONYMOUS, None) is None  # a server without keys: shared cache
+    assert tenant_cache_salt(ANONYMOUS, "mine") == "mine"

@@ -24,6 +24,19 @@ def test_router_hashes_equal_the_engine_request_block_hashes(algorithm: str) -> 
     assert list(ours) == engine
 
 
+def test_a_cache_salt_changes_every_block_as_the_engine_salts_it() -> None:
+    hash_fn = get_hash_fn_by_name("sha256")
+    kv_cache_utils.init_none_hash(hash_fn)
+    tokens = [(i * 7919) % 500 + 3 for i in range(64)]
+    request = Request("r", tokens, SamplingParams(max_tokens=1), None, cache_salt="tenant-a",
+                      block_hasher=kv_cache_utils.get_request_block_hasher(16, hash_fn))
+    engine = [kv_cache_utils.maybe_convert_block_hash(h) for h in request.block_hashes]
+    hasher = BlockHasher(16)
+    assert list(hasher(tokens, "tenant-a")) == engine
+    plain, other = hasher(tokens), hasher(tokens, "tenant-b")
+    assert all(a != b != c for a, b, c in zip(engine, plain, other, strict=True))
+
+
 def test_only_full_blocks_are_hashed_and_prefixes_share_hashes() -> None:
     hasher = BlockHasher(4)
     assert hasher([1, 2, 3]) == ()

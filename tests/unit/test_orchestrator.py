@@ -201,7 +201,7 @@ def greedy_tokens(n: int = STEPS) -> list[int]:
                                   RequestOutputKind.FINAL_ONLY])
 def test_a_lost_replica_is_resumed_without_gap_or_repeat(kind: RequestOutputKind) -> None:
     pools, resumes, waits = FakePools(lose_after=[2, 3]), [], []
-    pd = orchestrator(pools, [], max_resumes=3, hasher=lambda ids: tuple(ids),
+    pd = orchestrator(pools, [], max_resumes=3, hasher=lambda ids, salt=None: tuple(ids),
                       on_resume=resumes.append, on_resumed=waits.append)
     got = outputs(pd, SamplingParams(max_tokens=STEPS, output_kind=kind))
     tokens = ([t for o in got for t in o.outputs[0].token_ids] if kind == RequestOutputKind.DELTA
@@ -234,8 +234,8 @@ def test_resume_is_planned_afresh_with_the_continuations_routing_data() -> None:
         from pdserve.routing.plan import Plan
         return Plan("remote", "test")
 
-    pd = orchestrator(pools, [], max_resumes=1, hasher=lambda ids: tuple(ids), planner=planner,
-                      on_resume=resumes.append)
+    pd = orchestrator(pools, [], max_resumes=1, hasher=lambda ids, salt=None: tuple(ids),
+                      planner=planner, on_resume=resumes.append)
     assert run(pd, streamed()) == greedy_tokens()
     assert [p.prompt_tokens for p in plans] == [0, 5]
     assert plans[1].block_hashes == tuple(PROMPT + greedy_tokens(2))
@@ -337,7 +337,7 @@ def test_text_vllm_held_back_for_a_stop_string_is_sent_after_a_resume() -> None:
 
 def test_a_drained_replicas_stream_continues_by_pulling_the_kv_it_handed_off() -> None:
     pools, resumes = FakePools(lose_after=[2, 3]).drains(), []
-    pd = orchestrator(pools, [], max_resumes=0, hasher=lambda ids: tuple(ids),
+    pd = orchestrator(pools, [], max_resumes=0, hasher=lambda ids, salt=None: tuple(ids),
                       on_resume=resumes.append)  # migrations are not losses
     assert run(pd, streamed()) == greedy_tokens()
     assert len(pools.prefills) == 1  # the continuations pull from the drained engines instead
