@@ -18,6 +18,7 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 from pdserve.deployments.api.catalog import catalog_of, refused
 from pdserve.deployments.api.errors import not_found, to_response
 from pdserve.deployments.api.guard import caller_of
+from pdserve.deployments.frontend.usage import add_tokens
 
 router = APIRouter()
 
@@ -61,9 +62,11 @@ async def embeddings(request: EmbeddingCompletionRequest, raw_request: Request) 
                                             request.truncate_prompt_tokens)
     except RayTaskError as exc:  # the engine's own error (e.g. input too long), unwrapped
         return to_response(create_error_response(exc.cause))
+    usage = get_pooling_usage(outputs)
+    add_tokens(usage.prompt_tokens)  # the caller's token budget (per-key limits)
     encode = get_pooling_output_encoder(request.encoding_format, request.embed_dtype,
                                         request.endianness)
     response = EmbeddingResponse(
-        model=request.model, usage=get_pooling_usage(outputs),
+        model=request.model, usage=usage,
         data=[EmbeddingResponseData(index=i, embedding=encode(o)) for i, o in enumerate(outputs)])
     return JSONResponse(response.model_dump())

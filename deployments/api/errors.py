@@ -16,6 +16,7 @@ from vllm.entrypoints.serve.exception_handling.handlers.http import http_excepti
 from vllm.entrypoints.serve.exception_handling.handlers.validation import (
     validation_exception_handler,
 )
+from vllm.exceptions import VLLMError
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,17 @@ async def _error_json(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error.model_dump(), status_code=error.error.code)
 
 
+#: Errors of a request (vLLM's validation, bad values) answered where they are raised: a
+#: handler for `Exception` itself answers too but then re-raises (Starlette), which makes Ray
+#: log a traceback in the replica and the proxy for every bad request.
+REQUEST_ERRORS = (VLLMError, ValueError, TypeError, OverflowError, NotImplementedError)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    for kind in REQUEST_ERRORS:
+        app.add_exception_handler(kind, _error_json)
     app.add_exception_handler(Exception, _error_json)
 
 

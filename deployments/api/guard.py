@@ -18,8 +18,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdserve.deployments.api.keys import ANONYMOUS, Caller, KeyRing
+from pdserve.deployments.api.ledger import LedgerLink
+from pdserve.deployments.api.quotas import Quotas
 from pdserve.deployments.api.scopes import required_scope
 from pdserve.deployments.config.security import AuthConfig, LimitsConfig
+from pdserve.deployments.frontend.usage import close_count, open_count
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +62,20 @@ def presented_key(headers: Headers) -> str | None:
 class EdgeGuard:
     """Refuses, in OpenAI's error shape, what must not reach a route: a foreign `Host`, a
     missing or wrong key (401), a key without the route's scope (403), a body over the limit
-    (413: at once from `Content-Length`, else as soon as the streamed body passes it), and a
-    request beyond `max_concurrent` in flight in this replica (503 with `Retry-After`)."""
+    (413: at once from `Content-Length`, else as soon as the streamed body passes it), a
+    request beyond `max_concurrent` in flight in this replica (503 with `Retry-After`), and a
+    key over its rate limits (429 with `Retry-After`; its tokens are counted as it runs)."""
 
     def __init__(self, app: ASGIApp, auth: AuthConfig, limits: LimitsConfig,
-                 keys: KeyRing | None, max_concurrent: int) -> None:
+                 keys: KeyRing | None, max_concurrent: int, quotas: Quotas | None = None,
+                 ledger: LedgerLink | None = None) -> None:
         self.app = app
         self.keys = keys
         self.limits = limits
         self.max_concurrent = max_concurrent
         self.in_flight = 0
+        self.quotas = quotas or Quotas()
+        self.ledger = ledger
         self.allowed_hosts = (None if auth.allowed_hosts is None
                               else {h.lower() for h in auth.allowed_hosts})
 
@@ -88,15 +95,24 @@ class EdgeGuard:
             refusal = openai_error(
                 HTTPStatus.SERVICE_UNAVAILABLE, "The server is at capacity; retry later.",
                 "server_overloaded", err_type="server_error", headers={"Retry-After": "1"})
+        metered = counted and caller is not None and caller.rate_limits is not None
+        if refusal is None and metered:
+            if self.ledger is not None:
+                self.ledger.start()
+            refusal = self.quotas.admit(caller)  # type: ignore[arg-type]
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
         self.in_flight += counted
+        tokens, count_token = open_count()
         try:
             await self.app(scope, self._limited(receive), send)
         finally:
+            close_count(count_token)
             self.in_flight -= counted
+            if metered:
+                self.quotas.finish(caller, tokens[0])  # type: ignore[arg-type]
 
     def _host_refusal(self, headers: Headers) -> JSONResponse | None:
         if self.allowed_hosts is None:

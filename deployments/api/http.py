@@ -13,18 +13,24 @@ from pdserve.deployments.api.catalog import Catalog
 from pdserve.deployments.api.errors import install_error_handlers
 from pdserve.deployments.api.guard import EdgeGuard
 from pdserve.deployments.api.keys import KeyRing
+from pdserve.deployments.api.ledger import LedgerLink
+from pdserve.deployments.api.quotas import Quotas
 
 ROUTERS = (generation.router, embeddings.router, documents.router, admin.router)
 
 
-def create_app(catalog: Catalog, keys: KeyRing | None = None) -> FastAPI:
-    """`keys`: the API keys every route but `/health` needs (none: an open server)."""
+def create_app(catalog: Catalog, keys: KeyRing | None = None,
+               ledger_app: str | None = None) -> FastAPI:
+    """`keys`: the API keys every route but `/health` needs (none: an open server);
+    `ledger_app`: the app whose ingress replicas share per-key budgets (none: this one only)."""
     app = FastAPI(title="pdserve")
     app.state.args = Namespace(log_error_stack=False)  # read by vLLM's handlers
     app.state.catalog = catalog
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    quotas = Quotas()
+    ledger = LedgerLink(quotas, ledger_app) if ledger_app else None
     app.add_middleware(EdgeGuard, auth=catalog.auth, limits=catalog.limits, keys=keys,
-                       max_concurrent=catalog.max_concurrent)
+                       max_concurrent=catalog.max_concurrent, quotas=quotas, ledger=ledger)
     return app

@@ -32,7 +32,7 @@ class OpenAIIngress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after `__init__`: this replica's app, over its catalog."""
-        return create_app(self.catalog, self.keys)
+        return create_app(self.catalog, self.keys, serve.get_replica_context().app_name)
 
     # -- the OpenAI API for Python callers holding a DeploymentHandle (no HTTP) -------------
     async def create_completion(self, body: dict[str, Any]) -> dict[str, Any]:

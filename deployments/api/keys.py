@@ -21,6 +21,7 @@ from pdserve.deployments.config.security import (
     ApiKeyEntry,
     ApiKeysFile,
     AuthConfig,
+    RateLimits,
     Scope,
 )
 
@@ -49,6 +50,7 @@ class Caller:
     scopes: frozenset[Scope]
     models: frozenset[str] | None
     cache_namespace: str | None = None
+    rate_limits: RateLimits | None = None
 
     def may(self, scope: Scope) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -110,7 +112,8 @@ class KeyRing:
             raise ValueError(f"auth: {exc}") from None
         return [(bytes.fromhex(e.sha256), Caller(
             e.name, frozenset(e.scopes), None if e.models is None else frozenset(e.models),
-            f"tenant:{e.tenant}" if e.tenant else f"key:{e.name}")) for e in entries]
+            f"tenant:{e.tenant}" if e.tenant else f"key:{e.name}", e.rate_limits))
+            for e in entries]
 
     @property
     def enabled(self) -> bool:

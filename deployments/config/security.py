@@ -18,6 +18,17 @@ SCOPES: tuple[Scope, ...] = ("inference", "documents:write", "admin")
 DEFAULT_KEYS_ENV = "PDSERVE_API_KEYS"
 
 
+class RateLimits(StrictModel):
+    """A key's budget; every bound is optional."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt + completion tokens per minute (streams included, "
+        "counted whether or not the client asked for usage).")
+    concurrent_requests: int | None = Field(
+        None, ge=1, description="Requests in flight at once, per ingress replica.")
+
+
 class ApiKeyEntry(StrictModel):
     """One admitted key, by the SHA-256 of its text (the key itself is never stored)."""
 
@@ -32,6 +43,7 @@ class ApiKeyEntry(StrictModel):
     )
     models: list[str] | None = Field(
         None, description="Models and pipelines this key may name; all when absent.")
+    rate_limits: RateLimits | None = Field(None, description="Per-key limits (429 beyond).")
     tenant: str | None = Field(
         None, min_length=1, description="Keys naming the same tenant share one prefix-cache "
         "namespace; without it each key has its own (no caller can time another's prompts).")

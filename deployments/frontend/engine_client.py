@@ -25,6 +25,7 @@ from vllm.v1.engine.input_processor import InputProcessor
 from pdserve.decode.orchestrator import Orchestrator
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.frontend.metrics import RequestMetrics
+from pdserve.deployments.frontend.usage import add_tokens
 from pdserve.kv_transfer.params import KV_PARAMS_KEY, without_transfer_params
 from pdserve.models import resolve_model
 from pdserve.routing.block_hashes import BlockHasher
@@ -104,12 +105,15 @@ class PoolGraphClient(EngineClient):
         )
         text = prompt.get("prompt") if isinstance(prompt, dict) else None
         outcome = "error"
+        add_tokens(len(token_ids))  # the caller's token budget (per-key limits)
         try:
             async with aclosing(
                 self.orchestrator.generate(prompt, params, request_id, routing, text or "")
             ) as outputs:
                 async for output in outputs:
-                    timer.on_tokens(sum(len(c.token_ids) for c in output.outputs))
+                    new_tokens = sum(len(c.token_ids) for c in output.outputs)
+                    timer.on_tokens(new_tokens)
+                    add_tokens(new_tokens)
                     yield output
             outcome = "ok"
         except GeneratorExit:

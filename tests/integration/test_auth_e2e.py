@@ -35,6 +35,8 @@ SECURE_APP = "secure"
 SECURE_INGRESS = "secure-ingress"
 READER, WRITER, ADMIN, LATER = "pds-e2e-reader", "pds-e2e-writer", "pds-e2e-admin", "pds-e2e-new"
 COLLEAGUE = "pds-e2e-colleague"  # the reader's tenant: shares its prefix cache
+PER_MINUTE, TOKENS = "pds-e2e-per-minute", "pds-e2e-tokens"  # rate-limited keys
+RPM, TPM = 3, 60
 TENANT = "acme"
 MAX_BODY = 1 << 20
 MAX_N = 2
@@ -48,6 +50,9 @@ def keys_doc(*extra: dict[str, Any]) -> str:
         {"name": "reader", "sha256": key_hash(READER), "models": [PD_MODEL, EMBED_MODEL],
          "tenant": TENANT},
         {"name": "colleague", "sha256": key_hash(COLLEAGUE), "tenant": TENANT},
+        {"name": "per-minute", "sha256": key_hash(PER_MINUTE),
+         "rate_limits": {"requests_per_minute": RPM}},
+        {"name": "tokens", "sha256": key_hash(TOKENS), "rate_limits": {"tokens_per_minute": TPM}},
         {"name": "writer", "sha256": key_hash(WRITER), "scopes": ["inference",
                                                                   "documents:write"]},
         {"name": "ops", "sha256": key_hash(ADMIN), "scopes": ["admin"]},
@@ -300,7 +305,7 @@ def test_each_tenant_has_its_own_prefix_cache(secure: tuple[str, Path], model_di
 #: Operations left out of fuzzing: they change the shared session app for later tests
 #: (drains take replicas out of routing; document writes change what RAG tests retrieve).
 SIDE_EFFECTS = re.compile(r"^/v1/(admin/|pipelines/\{name\}/documents)")
-FUZZ_EXAMPLES = 8
+FUZZ_EXAMPLES = 6
 
 
 def test_fuzzing_the_served_schema_finds_no_server_error(secure: tuple[str, Path]) -> None:
@@ -308,6 +313,7 @@ def test_fuzzing_the_served_schema_finds_no_server_error(secure: tuple[str, Path
     seed): valid and invalid inputs alike get an answer below 500, and the server stays up."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
 
     url, _ = secure
@@ -330,8 +336,47 @@ def test_fuzzing_the_served_schema_finds_no_server_error(secure: tuple[str, Path
 
         call()
 
+    fuzzed_in_both = set()
     for op in fuzzed:
+        modes = 0
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            fuzz(op, mode)
+            try:
+                fuzz(op, mode)
+                modes += 1
+            except Unsatisfiable:  # e.g. no invalid input exists for an operation without any
+                continue
+        if modes == 2:
+            fuzzed_in_both.add(op.path)
+    assert fuzzed_in_both >= {"/v1/completions", "/v1/chat/completions", "/v1/embeddings"}
     assert not failures, failures
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_rate_limits_per_key(secure: tuple[str, Path]) -> None:
+    url, _ = secure
+    body = {"model": PD_MODEL, "prompt": "the cat the dog the", "max_tokens": 40,
+            "temperature": 0, "ignore_eos": True}
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(RPM):
+            assert http.post("/v1/completions", json=body,
+                             headers=bearer(PER_MINUTE)).status_code == 200
+        r = http.post("/v1/completions", json=body, headers=bearer(PER_MINUTE))
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        wait = int(r.headers["retry-after"])
+        assert 1 <= wait <= 60 // RPM
+        assert http.post("/v1/completions", json=body,  # another key is unaffected
+                         headers=bearer(READER)).status_code == 200
+        time.sleep(wait)
+        assert http.post("/v1/completions", json=body,
+                         headers=bearer(PER_MINUTE)).status_code == 200  # recovered
+
+        # tokens: a stream without `include_usage` is counted too (prompt + 40 completion)
+        streamed = {**body, "stream": True}
+        for expected in (200, 200, 429):
+            with http.stream("POST", "/v1/completions", json=streamed,
+                             headers=bearer(TOKENS)) as r:
+                r.read()
+                assert r.status_code == expected, r.text
+        assert "tokens per minute" in r.json()["error"]["message"]
+        debt = 2 * (40 + 5) - TPM  # two streams of ≥ 45 tokens against 60 per minute
+        assert int(r.headers["retry-after"]) >= debt * 60 // TPM

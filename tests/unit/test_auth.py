@@ -307,3 +307,34 @@ def test_each_key_or_tenant_gets_its_own_cache_salt() -> None:
         tenant_cache_salt(c, "x")
     assert tenant_cache_salt(ANONYMOUS, None) is None  # a server without keys: shared cache
     assert tenant_cache_salt(ANONYMOUS, "mine") == "mine"
+
+
+def test_rate_limits_through_the_guard_count_streamed_tokens() -> None:
+    from fastapi.responses import StreamingResponse
+
+    from pdserve.deployments.frontend.usage import add_tokens
+
+    doc = {"keys": [{"name": "metered", "sha256": key_hash("km"),
+                     "rate_limits": {"requests_per_minute": 3, "tokens_per_minute": 100}},
+                    {"name": "free", "sha256": key_hash("kf")}]}
+    ring = KeyRing(AuthConfig(keys_env="K"), environ={"K": json.dumps(doc)})
+    app = guarded_app(ring)
+
+    @app.post("/v1/completions")
+    async def stream() -> StreamingResponse:
+        async def tokens() -> Iterator[bytes]:  # counted in the response's own task
+            for _ in range(3):
+                add_tokens(40)
+                yield b"data: x\n\n"
+
+        return StreamingResponse(tokens(), media_type="text/event-stream")  # type: ignore
+
+    with TestClient(app) as http:
+        metered, free = {"x-api-key": "km"}, {"x-api-key": "kf"}
+        assert http.post("/v1/completions", headers=metered).status_code == 200  # 120 tokens
+        r = http.post("/v1/completions", headers=metered)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "tokens per minute" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) >= 12  # 20 tokens of debt at 100/min
+        for _ in range(5):
+            assert http.post("/v1/completions", headers=free).status_code == 200

@@ -1,0 +1,116 @@
+"""Per-key rate limits: bucket arithmetic, one replica's admission, and the shared ledger."""
+
+from __future__ import annotations
+
+from pdserve.deployments.api.buckets import Bucket, retry_after
+from pdserve.deployments.api.keys import Caller
+from pdserve.deployments.api.ledger import LedgerBooks
+from pdserve.deployments.api.quotas import Quotas
+from pdserve.deployments.config.security import RateLimits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def caller(name: str = "k", **limits: int) -> Caller:
+    return Caller(name, frozenset({"inference"}), None, f"key:{name}", RateLimits(**limits))
+
+
+def test_bucket_refills_evenly_and_caps_at_a_minute() -> None:
+    bucket = Bucket.full(60, now=0)
+    bucket.take(60, now=0)
+    assert bucket.refill(now=30) == 30
+    assert bucket.refill(now=600) == 60  # never more than a minute's worth
+    bucket.take(90, now=600)  # a debt (tokens known only at the end)
+    assert bucket.refill(now=600) == -30
+    assert bucket.seconds_until(1, now=600) == 31
+    assert retry_after(0.2) == "1" and retry_after(30.1) == "31"
+
+
+def test_requests_per_minute_window_edges() -> None:
+    clock = Clock()
+    quotas = Quotas(clock)
+    key = caller(requests_per_minute=2)
+    assert quotas.admit(key) is None and quotas.admit(key) is None
+    refused = quotas.admit(key)
+    assert refused is not None and refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"  # one request refills in 30 s
+    assert b"rate_limit_exceeded" in refused.body
+    clock.now += 29.9
+    assert quotas.admit(key) is not None
+    clock.now += 0.1
+    assert quotas.admit(key) is None
+    assert quotas.admit(caller("other", requests_per_minute=2)) is None  # its own budget
+
+
+def test_tokens_per_minute_debits_at_the_end_and_blocks_until_paid() -> None:
+    clock = Clock()
+    quotas = Quotas(clock)
+    key = caller(tokens_per_minute=600)
+    assert quotas.admit(key) is None
+    quotas.finish(key, 900)  # a long stream: 300 over
+    refused = quotas.admit(key)
+    assert refused is not None and refused.headers["retry-after"] == "31"
+    clock.now += 31
+    assert quotas.admit(key) is None
+
+
+def test_concurrent_requests() -> None:
+    quotas = Quotas(Clock())
+    key = caller(concurrent_requests=1)
+    assert quotas.admit(key) is None
+    assert quotas.admit(key) is not None
+    quotas.finish(key, 10)
+    assert quotas.admit(key) is None
+
+
+def test_new_limits_for_a_key_take_effect() -> None:
+    quotas = Quotas(Clock())
+    assert quotas.admit(caller(requests_per_minute=1)) is None
+    assert quotas.admit(caller(requests_per_minute=1)) is not None
+    assert quotas.admit(caller(requests_per_minute=5)) is None  # the file was edited
+
+
+def test_two_replicas_share_one_budget_through_the_ledger() -> None:
+    clock = Clock()
+    books = LedgerBooks()
+    replicas = [Quotas(clock), Quotas(clock)]
+    key = caller(requests_per_minute=4)
+
+    def exchange() -> None:
+        for quotas in replicas:
+            usage, limits = quotas.take_pending()
+            quotas.apply_levels(books.exchange(usage, limits, now=clock.now))
+
+    assert replicas[0].admit(key) is None and replicas[0].admit(key) is None
+    assert replicas[1].admit(key) is None
+    exchange()  # replica 0 learns of replica 1's request, and 1 of 0's
+    exchange()
+    assert replicas[1].admit(key) is None  # the 4th of the minute
+    exchange()  # replica 0 traded before replica 1 reported it: it learns in the next round
+    exchange()  # (until then it could still admit one: the overshoot bound of a period)
+    assert replicas[0].admit(key) is not None and replicas[1].admit(key) is not None
+    clock.now += 15  # one request refilled, for both
+    exchange()
+    assert replicas[0].admit(key) is None
+    exchange()
+    assert replicas[1].admit(key) is not None
+
+
+def test_a_request_admitted_during_an_exchange_is_not_lost() -> None:
+    clock = Clock()
+    books = LedgerBooks()
+    quotas = Quotas(clock)
+    key = caller(requests_per_minute=3)
+    assert quotas.admit(key) is None
+    usage, limits = quotas.take_pending()
+    levels = books.exchange(usage, limits, now=clock.now)  # meanwhile another request:
+    assert quotas.admit(key) is None
+    quotas.apply_levels(levels)
+    assert quotas.admit(key) is None
+    assert quotas.admit(key) is not None  # 3 admitted in all
