@@ -41,12 +41,35 @@ def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionReq
     return None
 
 
+def cap_output(frontend: ModelFrontend | PipelineFrontend,
+               request: CompletionRequest | ChatCompletionRequest) -> ErrorResponse | None:
+    """400 past the model's `max_output_tokens`; a request naming no bound gets the cap."""
+    model = (frontend.llm if isinstance(frontend, PipelineFrontend) else frontend).model
+    cap = model.max_output_tokens
+    if cap is None:
+        return None
+    fields = ["max_tokens"]
+    if isinstance(request, ChatCompletionRequest):
+        fields.insert(0, "max_completion_tokens")
+    asked = next((f for f in fields if getattr(request, f) is not None), None)
+    if asked is None:  # chat without a bound (completions default to 16)
+        request.max_tokens = cap
+        return None
+    if getattr(request, asked) > cap:
+        return create_error_response(
+            f"{asked} must be at most {cap} for the model `{model.model_id}` on this server",
+            param=asked)
+    return None
+
+
 def resolve(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
             raw_request: Request) -> ModelFrontend | PipelineFrontend | ErrorResponse:
     """The front for the request's model, if its caller may use it and it is within limits;
     the request then runs in its caller's prefix-cache namespace."""
     caller = caller_of(raw_request.state)
     frontend = over_limits(catalog, request) or catalog.frontend(request.model, caller)
+    if not isinstance(frontend, ErrorResponse):
+        frontend = cap_output(frontend, request) or frontend
     if not isinstance(frontend, ErrorResponse):
         salt = tenant_cache_salt(caller, request.cache_salt)
         if salt != request.cache_salt:

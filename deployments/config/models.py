@@ -183,6 +183,9 @@ class ModelConfig(StrictModel):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments (its own names), passed through."
     )
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="Largest `max_tokens` (`max_completion_tokens`) a request may "
+        "ask of this model (400 beyond); a request naming none gets this many at most.")
     prefill: PoolConfig | None = Field(None, description="Prefill pool (mode `pd`).")
     decode: PoolConfig | None = Field(None, description="Decode pool (mode `pd`).")
     colocated: PoolConfig | None = Field(None, description="The single pool (mode `colocated`).")

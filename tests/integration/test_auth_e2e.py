@@ -43,6 +43,7 @@ MAX_N = 2
 MAX_EMBED_INPUTS = 4
 MAX_DOCUMENTS = 3
 MAX_CONCURRENT = 3
+MAX_OUTPUT = 64  # the PD model's max_output_tokens behind this ingress
 
 
 def keys_doc(*extra: dict[str, Any]) -> str:
@@ -70,8 +71,11 @@ def secure(serve_app: str, model_dir: str, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp("auth")
     keys_file = tmp / "keys.yaml"
     keys_file.write_text(keys_doc())
+    args = app_args(model_dir, str(tmp / "stores"))
+    args["models"] = [{**m, "max_output_tokens": MAX_OUTPUT} if m["model_id"] == PD_MODEL
+                      else m for m in args["models"]]
     config = AppConfig.model_validate({
-        **app_args(model_dir, str(tmp / "stores")),
+        **args,
         "auth": {"keys_file": str(keys_file)},
         "limits": {"max_body_bytes": MAX_BODY, "max_n": MAX_N,
                    "max_embedding_inputs": MAX_EMBED_INPUTS,
@@ -380,3 +384,18 @@ def test_rate_limits_per_key(secure: tuple[str, Path]) -> None:
         assert "tokens per minute" in r.json()["error"]["message"]
         debt = 2 * (40 + 5) - TPM  # two streams of ≥ 45 tokens against 60 per minute
         assert int(r.headers["retry-after"]) >= debt * 60 // TPM
+
+
+def test_the_models_output_cap(secure: tuple[str, Path]) -> None:
+    url, _ = secure
+    with httpx.Client(base_url=url, timeout=120, headers=bearer(READER)) as http:
+        r = http.post("/v1/completions", json={"model": PD_MODEL, "prompt": "the cat",
+                                               "max_tokens": MAX_OUTPUT + 1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        r = http.post("/v1/chat/completions",
+                      json=chat_body(max_tokens=None, max_completion_tokens=MAX_OUTPUT + 1))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+        r = http.post("/v1/chat/completions",  # no bound named: the cap applies
+                      json=chat_body(max_tokens=None, ignore_eos=True))
+        assert r.status_code == 200
+        assert r.json()["usage"]["completion_tokens"] == MAX_OUTPUT
