@@ -34,8 +34,15 @@ async def _error_json(request: Request, exc: Exception) -> JSONResponse:
 REQUEST_ERRORS = (VLLMError, ValueError, TypeError, OverflowError, NotImplementedError)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """vLLM's HTTP-error JSON, with the headers the exception carries (vLLM's drops them)."""
+    response = await http_exception_handler(request, exc)  # type: ignore[arg-type]
+    response.headers.update(getattr(exc, "headers", None) or {})
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(HTTPException, http_exception_handler)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     for kind in REQUEST_ERRORS:
         app.add_exception_handler(kind, _error_json)

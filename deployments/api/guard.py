@@ -38,6 +38,10 @@ def openai_error(status: HTTPStatus, message: str, code: str | None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: on a refused body: the HTTP server need not read the rest to keep the connection open
+CLOSE = {"Connection": "close"}
+
+
 def body_too_large(limit: int) -> str:
     return f"The request body is larger than this server accepts ({limit} bytes)."
 
@@ -153,7 +157,8 @@ class EdgeGuard:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             return openai_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                body_too_large(self.limits.max_body_bytes), "body_too_large")
+                                body_too_large(self.limits.max_body_bytes), "body_too_large",
+                                headers=CLOSE)
         return None
 
     def _limited(self, receive: Receive) -> Receive:
@@ -166,7 +171,7 @@ class EdgeGuard:
                 seen += len(message.get("body", b""))
                 if seen > limit:  # FastAPI answers it with the handlers' error JSON
                     raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                        body_too_large(limit))
+                                        body_too_large(limit), headers=CLOSE)
             return message
 
         return limited_receive
