@@ -1,10 +1,13 @@
 """The minute budgets all ingress replicas of an app share: a small Ray actor (`QuotaLedger`)
-that each replica's `LedgerLink` trades with once a second — what its keys consumed, for the
-levels all replicas together left. No request waits for it.
+that each replica's `LedgerLink` trades with once a second — what its keys consumed, for what
+the other replicas' consumed. No request waits for it.
 
-If the ledger is lost, Ray restarts it with full buckets (for at most one minute a key may
-get up to its limit again); while it is unreachable each replica keeps limiting on its own
-(with N ingress replicas a key may then get up to N times its limit).
+Each replica keeps its own buckets and debits the others' usage as it learns it; the ledger's
+own buckets only tell a replica that meets a key for the first time what is left of the key's
+minute. If the ledger is lost, Ray restarts it empty: the replicas keep their buckets, and what
+is forgotten is the others' usage of that second (and, for a replica meeting a key afterwards,
+the minute's history); while it is unreachable each replica limits on its own (with N ingress
+replicas a key may then get up to N times its limit).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import ray
@@ -27,31 +31,49 @@ LEDGER_NAMESPACE = "pdserve"
 
 
 class LedgerBooks:
-    """Every limited key's buckets, for all ingress replicas of one app (`QuotaLedger`)."""
+    """What every limited key consumed on all ingress replicas of one app (`QuotaLedger`):
+    each replica reports its own and learns the others' since its last report; a replica
+    reporting a key for the first time learns the level all replicas left of its minute."""
 
     def __init__(self) -> None:
-        self.keys: dict[str, tuple[RateLimits, Bucket | None, Bucket | None]] = {}
+        self.totals: dict[str, list[float]] = {}
+        self.seen: dict[str, dict[str, list[float]]] = {}  # replica → totals at its last report
+        self.buckets: dict[str, tuple[RateLimits, Bucket | None, Bucket | None]] = {}
 
-    def exchange(self, usage: Usage, limits: dict[str, RateLimits],
-                 now: float | None = None) -> Usage:
-        """Debit what a replica's keys consumed; the levels left to all replicas."""
+    def _buckets(self, name: str, limits: RateLimits, now: float
+                 ) -> tuple[Bucket | None, Bucket | None]:
+        known = self.buckets.get(name)
+        if known is None or known[0] != limits:
+            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+            known = (limits, Bucket.full(rpm, now) if rpm else None,
+                     Bucket.full(tpm, now) if tpm else None)
+            self.buckets[name] = known
+        return known[1], known[2]
+
+    def exchange(self, replica: str, usage: Usage, limits: dict[str, RateLimits],
+                 now: float | None = None) -> tuple[Usage, Usage]:
+        """Add `replica`'s usage. Returns what the other replicas consumed since it last
+        reported, and for keys it reports for the first time the levels the others left."""
         now = time.time() if now is None else now
-        levels: Usage = {}
-        for name, key_limits in limits.items():
-            known = self.keys.get(name)
-            if known is None or known[0] != key_limits:
-                rpm, tpm = key_limits.requests_per_minute, key_limits.tokens_per_minute
-                known = (key_limits, Bucket.full(rpm, now) if rpm else None,
-                         Bucket.full(tpm, now) if tpm else None)
-                self.keys[name] = known
-            _, requests, tokens = known
-            used = usage.get(name, (0.0, 0.0))
-            for bucket, amount in ((requests, used[0]), (tokens, used[1])):
+        seen = self.seen.setdefault(replica, {})
+        others: Usage = {}
+        first: Usage = {}
+        for name, (requests, tokens) in usage.items():
+            total = self.totals.setdefault(name, [0.0, 0.0])
+            request_bucket, token_bucket = self._buckets(name, limits[name], now)
+            if name in seen:
+                last = seen[name]
+                others[name] = (total[0] - last[0], total[1] - last[1])
+            else:
+                first[name] = (request_bucket.refill(now) if request_bucket else 0.0,
+                               token_bucket.refill(now) if token_bucket else 0.0)
+            total[0] += requests
+            total[1] += tokens
+            seen[name] = list(total)
+            for bucket, amount in ((request_bucket, requests), (token_bucket, tokens)):
                 if bucket is not None:
                     bucket.take(amount, now)
-            levels[name] = (requests.refill(now) if requests else 0.0,
-                            tokens.refill(now) if tokens else 0.0)
-        return levels
+        return others, first
 
 
 QuotaLedger = ray.remote(num_cpus=0, max_restarts=-1)(LedgerBooks)
@@ -70,6 +92,7 @@ class LedgerLink:
         self.app_name = app_name
         self._task: asyncio.Task[None] | None = None
         self._ledger: Any = None
+        self.replica = uuid.uuid4().hex
 
     def start(self) -> None:
         if self._task is None:
@@ -86,13 +109,15 @@ class LedgerLink:
         while True:
             await asyncio.sleep(EXCHANGE_PERIOD_S)
             usage, limits = self.quotas.take_pending()
-            if not limits:
+            if not usage:
                 continue
             try:
-                levels = await self._connect().exchange.remote(usage, limits)
+                others, first = await self._connect().exchange.remote(self.replica, usage,
+                                                                        limits)
             except Exception as exc:  # keep limiting locally; try again next period
                 logger.warning("quota ledger unreachable (%s); limiting per replica",
                                type(exc).__name__)
                 self._ledger = None
                 continue
-            self.quotas.apply_levels(levels)
+            self.quotas.take_others(others)
+            self.quotas.cap_levels(first, usage)

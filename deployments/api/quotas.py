@@ -1,10 +1,11 @@
 """Per-key rate limits as one ingress replica applies them: requests and tokens per minute
 (token buckets) and requests in flight, decided locally with no remote call per request.
 
-Replicas share the minute's budget through a `QuotaLedger` (`ledger.py`): every second each
-one sends what its keys consumed and takes back the ledger's levels, so a key's limit holds
-across ingress replicas up to what the others consumed within that second. Tokens are debited
-when a request ends (prompt + completion, streamed or not).
+Each replica keeps every key's buckets itself and debits its own requests at once; through a
+`QuotaLedger` (`ledger.py`) it learns, every second, what the other replicas' requests of the
+same key consumed, and debits that too. So a key's limit holds across ingress replicas up to
+what the others admitted within that second. Tokens are debited when a request ends (prompt +
+completion, streamed or not).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pdserve.deployments.api.buckets import Bucket, retry_after
 from pdserve.deployments.api.keys import Caller
 from pdserve.deployments.config.security import RateLimits
 
-#: per key: (requests, tokens) consumed, or the ledger's (requests, tokens) levels
+#: float slack: a client that waited exactly `Retry-After` is admitted
+EPSILON = 1e-6
+#: per key: (requests, tokens) consumed
 Usage = dict[str, tuple[float, float]]
 
 
@@ -75,7 +78,7 @@ class Quotas:
         if limits.concurrent_requests is not None and \
                 state.in_flight >= limits.concurrent_requests:
             return rate_limited(caller, "requests in flight", limits.concurrent_requests, 1)
-        if state.requests is not None and state.requests.refill(now) < 1:
+        if state.requests is not None and state.requests.refill(now) < 1 - EPSILON:
             return rate_limited(caller, "requests per minute", state.requests.per_minute,
                                 state.requests.seconds_until(1, now))
         if state.tokens is not None and state.tokens.refill(now) <= 0:
@@ -106,14 +109,28 @@ class Quotas:
             state.pending = [0.0, 0.0]
         return usage, {name: s.limits for name, s in self._keys.items()}
 
-    def apply_levels(self, levels: Usage) -> None:
-        """Adopt the ledger's levels, less what was consumed here since they were taken."""
+    def take_others(self, others: Usage) -> None:
+        """Debit what the other replicas' requests of each key consumed (from the ledger)."""
+        now = self.clock()
+        for name, (requests, tokens) in others.items():
+            state = self._keys.get(name)
+            if state is None:
+                continue
+            for bucket, amount in ((state.requests, requests), (state.tokens, tokens)):
+                if bucket is not None and amount:
+                    bucket.take(amount, now)
+
+    def cap_levels(self, levels: Usage, reported: Usage) -> None:
+        """A key met here for the first time: its buckets hold at most what the ledger says
+        the other replicas left, less what was consumed here (`reported`, and since)."""
         now = self.clock()
         for name, (requests, tokens) in levels.items():
             state = self._keys.get(name)
             if state is None:
                 continue
-            for bucket, level, pending in ((state.requests, requests, state.pending[0]),
-                                           (state.tokens, tokens, state.pending[1])):
+            sent = reported.get(name, (0.0, 0.0))
+            for bucket, level, used, pending in (
+                    (state.requests, requests, sent[0], state.pending[0]),
+                    (state.tokens, tokens, sent[1], state.pending[1])):
                 if bucket is not None:
-                    bucket.level, bucket.at = level - pending, now
+                    bucket.level = min(bucket.refill(now), level - used - pending)

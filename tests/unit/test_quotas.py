@@ -76,41 +76,55 @@ def test_new_limits_for_a_key_take_effect() -> None:
     assert quotas.admit(caller(requests_per_minute=5)) is None  # the file was edited
 
 
+def exchange_all(books: LedgerBooks, replicas: list[Quotas], now: float) -> None:
+    """One round of what each replica's `LedgerLink` does every second."""
+    for i, quotas in enumerate(replicas):
+        usage, limits = quotas.take_pending()
+        others, first = books.exchange(f"r{i}", usage, limits, now=now)
+        quotas.take_others(others)
+        quotas.cap_levels(first, usage)
+
+
 def test_two_replicas_share_one_budget_through_the_ledger() -> None:
     clock = Clock()
     books = LedgerBooks()
     replicas = [Quotas(clock), Quotas(clock)]
     key = caller(requests_per_minute=4)
-
-    def exchange() -> None:
-        for quotas in replicas:
-            usage, limits = quotas.take_pending()
-            quotas.apply_levels(books.exchange(usage, limits, now=clock.now))
-
     assert replicas[0].admit(key) is None and replicas[0].admit(key) is None
     assert replicas[1].admit(key) is None
-    exchange()  # replica 0 learns of replica 1's request, and 1 of 0's
-    exchange()
+    exchange_all(books, replicas, clock.now)  # replica 1 meets the key: 2 used elsewhere
+    exchange_all(books, replicas, clock.now)  # replica 0 learns of replica 1's request
     assert replicas[1].admit(key) is None  # the 4th of the minute
-    exchange()  # replica 0 traded before replica 1 reported it: it learns in the next round
-    exchange()  # (until then it could still admit one: the overshoot bound of a period)
-    assert replicas[0].admit(key) is not None and replicas[1].admit(key) is not None
+    exchange_all(books, replicas, clock.now)  # replica 0 traded first: it learns next round
+    exchange_all(books, replicas, clock.now)  # (till then it could admit one: the overshoot)
+    assert replicas[0].admit(key) is not None
+    assert replicas[1].admit(key) is not None
     clock.now += 15  # one request refilled, for both
-    exchange()
     assert replicas[0].admit(key) is None
-    exchange()
+    exchange_all(books, replicas, clock.now)
     assert replicas[1].admit(key) is not None
 
 
-def test_a_request_admitted_during_an_exchange_is_not_lost() -> None:
+def test_a_replica_meeting_a_key_late_learns_its_minute() -> None:
     clock = Clock()
     books = LedgerBooks()
-    quotas = Quotas(clock)
-    key = caller(requests_per_minute=3)
-    assert quotas.admit(key) is None
-    usage, limits = quotas.take_pending()
-    levels = books.exchange(usage, limits, now=clock.now)  # meanwhile another request:
-    assert quotas.admit(key) is None
-    quotas.apply_levels(levels)
-    assert quotas.admit(key) is None
-    assert quotas.admit(key) is not None  # 3 admitted in all
+    replicas = [Quotas(clock), Quotas(clock)]
+    key = caller(tokens_per_minute=600)
+    assert replicas[0].admit(key) is None
+    replicas[0].finish(key, 600)  # the whole minute spent on replica 0
+    exchange_all(books, replicas, clock.now)
+    assert replicas[1].admit(key) is None  # replica 1 has not met the key: admits once
+    replicas[1].finish(key, 10)
+    exchange_all(books, replicas, clock.now)  # ... and learns the minute is spent
+    refused = replicas[1].admit(key)
+    assert refused is not None and int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_restarted_ledger_forgets_only_the_exchange_in_flight() -> None:
+    clock = Clock()
+    replicas = [Quotas(clock), Quotas(clock)]
+    key = caller(requests_per_minute=2)
+    exchange_all(LedgerBooks(), replicas, clock.now)
+    assert replicas[0].admit(key) is None and replicas[0].admit(key) is None
+    exchange_all(LedgerBooks(), replicas, clock.now)  # a new, empty ledger
+    assert replicas[0].admit(key) is not None  # replica 0's own buckets remember
