@@ -103,6 +103,8 @@ class EdgeGuard:
         if refusal is None and metered:
             if self.ledger is not None:
                 self.ledger.start()
+                if not self.quotas.knows(caller):  # type: ignore[arg-type]
+                    await self.ledger.meet(caller)  # type: ignore[arg-type]
             refusal = self.quotas.admit(caller)  # type: ignore[arg-type]
         if refusal is not None:
             await refusal(scope, receive, send)

@@ -21,12 +21,14 @@ from typing import Any
 import ray
 
 from pdserve.deployments.api.buckets import Bucket
+from pdserve.deployments.api.keys import Caller
 from pdserve.deployments.api.quotas import Quotas, Usage
 from pdserve.deployments.config.security import RateLimits
 
 logger = logging.getLogger(__name__)
 
 EXCHANGE_PERIOD_S = 1.0
+MEET_TIMEOUT_S = 2.0
 LEDGER_NAMESPACE = "pdserve"
 
 
@@ -59,12 +61,13 @@ class LedgerBooks:
         others: Usage = {}
         first: Usage = {}
         for name, (requests, tokens) in usage.items():
+            known = name in self.totals  # another replica reported it before
             total = self.totals.setdefault(name, [0.0, 0.0])
             request_bucket, token_bucket = self._buckets(name, limits[name], now)
             if name in seen:
                 last = seen[name]
                 others[name] = (total[0] - last[0], total[1] - last[1])
-            else:
+            elif known:  # (a key nobody reported yet: this replica's own buckets are all)
                 first[name] = (request_bucket.refill(now) if request_bucket else 0.0,
                                token_bucket.refill(now) if token_bucket else 0.0)
             total[0] += requests
@@ -97,6 +100,23 @@ class LedgerLink:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def meet(self, caller: Caller) -> None:
+        """A key's first request here: take what the other replicas left of its minute (one
+        remote call per key and replica), so a replica cannot hand out a fresh minute."""
+        self.quotas.meet(caller)
+        assert caller.rate_limits is not None
+        try:
+            others, first = await asyncio.wait_for(self._connect().exchange.remote(
+                self.replica, {caller.name: (0.0, 0.0)}, {caller.name: caller.rate_limits}),
+                MEET_TIMEOUT_S)
+        except Exception as exc:  # limit on this replica's view alone
+            logger.warning("quota ledger unreachable (%s); limiting per replica",
+                           type(exc).__name__)
+            self._ledger = None
+            return
+        self.quotas.take_others(others)
+        self.quotas.cap_levels(first, {})
 
     def _connect(self) -> Any:
         if self._ledger is None:

@@ -53,6 +53,10 @@ class Quotas:
         self.clock = clock
         self._keys: dict[str, KeyState] = {}
 
+    def meet(self, caller: Caller) -> None:
+        """Start `caller`'s buckets (full) before anything is admitted for it."""
+        self._state(caller)
+
     def _state(self, caller: Caller) -> KeyState | None:
         limits = caller.rate_limits
         if limits is None:
@@ -68,6 +72,10 @@ class Quotas:
                 else None)
             self._keys[caller.name] = state
         return state
+
+    def knows(self, caller: Caller) -> bool:
+        state = self._keys.get(caller.name)
+        return state is not None and state.limits == caller.rate_limits
 
     def admit(self, caller: Caller) -> JSONResponse | None:
         """None (and the request counted) if `caller` is within its limits, else the 429."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pdserve.deployments.api.buckets import Bucket, retry_after
 from pdserve.deployments.api.keys import Caller
-from pdserve.deployments.api.ledger import LedgerBooks
+from pdserve.deployments.api.ledger import LedgerBooks, LedgerLink
 from pdserve.deployments.api.quotas import Quotas
 from pdserve.deployments.config.security import RateLimits
 
@@ -128,3 +128,49 @@ def test_a_restarted_ledger_forgets_only_the_exchange_in_flight() -> None:
     assert replicas[0].admit(key) is None and replicas[0].admit(key) is None
     exchange_all(LedgerBooks(), replicas, clock.now)  # a new, empty ledger
     assert replicas[0].admit(key) is not None  # replica 0's own buckets remember
+
+
+def test_the_first_replica_to_report_a_key_keeps_its_own_buckets() -> None:
+    """The ledger's buckets start when a key is first reported, a second or more after the
+    replica's: capping by them would lose that refill (a client that waited its
+    `Retry-After` was refused again, found by the end-to-end test)."""
+    clock = Clock()
+    books = LedgerBooks()
+    quotas = Quotas(clock)
+    key = caller(requests_per_minute=3)
+    for _ in range(3):
+        assert quotas.admit(key) is None
+        clock.now += 0.5
+    refused = quotas.admit(key)
+    assert refused is not None
+    wait = int(refused.headers["retry-after"])
+    clock.now += 1.5  # the first exchange comes late
+    usage, limits = quotas.take_pending()
+    others, first = books.exchange("r0", usage, limits, now=clock.now)
+    assert first == {} and others == {}
+    clock.now += wait - 1.5
+    assert quotas.admit(key) is None
+
+
+def test_a_replica_meeting_a_key_asks_the_ledger_before_admitting() -> None:
+    import asyncio
+
+    clock = Clock()
+    books = LedgerBooks()
+    first, second = Quotas(clock), Quotas(clock)
+    key = caller(requests_per_minute=2)
+    exchange_all(books, [first], clock.now)
+    assert first.admit(key) is None and first.admit(key) is None
+    exchange_all(books, [first], clock.now)  # replica 0 reported the minute spent
+
+    class Remote:
+        async def remote(self, *args: object) -> object:
+            return books.exchange(*args, now=clock.now)  # type: ignore[arg-type]
+
+    class Ledger:
+        exchange = Remote()
+
+    link = LedgerLink(second, "app")
+    link._connect = lambda: Ledger  # type: ignore[method-assign]
+    asyncio.run(link.meet(key))
+    assert second.admit(key) is not None  # no fresh minute on the other replica
