@@ -6,20 +6,23 @@ takes no new request until it is undrained."""
 from __future__ import annotations
 
 import asyncio
+import time
 from http import HTTPStatus
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
-from pdserve.deployments.api.catalog import catalog_of, refused
+from pdserve.deployments.api.catalog import Catalog, catalog_of, refused
 from pdserve.deployments.api.errors import not_found, to_response
 from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.config.pools import PoolName
 
 HEALTH_TIMEOUT_S = 10.0
+HEALTH_CACHE_S = 1.0
 
 router = APIRouter()
 
@@ -53,25 +56,47 @@ async def pools(raw_request: Request) -> JSONResponse:
     })
 
 
+class HealthProbe:
+    """The pools' health, checked at most once per `HEALTH_CACHE_S` whatever the number of
+    probes (`/health` needs no key: a flood of probes must not reach the engines)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._checked: tuple[float, dict[str, str]] | None = None
+        self._running: asyncio.Future[dict[str, str]] | None = None
+
+    async def status(self) -> dict[str, str]:
+        if self._checked and time.monotonic() - self._checked[0] < HEALTH_CACHE_S:
+            return self._checked[1]
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._check())
+        return await asyncio.shield(self._running)
+
+    async def _check(self) -> dict[str, str]:
+        catalog = self.catalog
+        checks = {
+            PoolName(model_id, role).label: handle.health.remote()
+            for model_id, frontend in catalog.frontends.items()
+            for role, handle in frontend.handles.items()
+        }
+        checks.update({PoolName(m.model_id, "embed").label: handle.health.remote()
+                       for m, handle in catalog.embedders.values()})
+        status: dict[str, str] = {}
+        for name, response in checks.items():
+            try:
+                await asyncio.wait_for(response, HEALTH_TIMEOUT_S)
+                status[name] = "ok"
+            except Exception as exc:  # any failure means unhealthy; its kind, never its text
+                status[name] = f"unhealthy: {type(exc).__name__}"  # (which names actors, IPs)
+        self._checked = (time.monotonic(), status)
+        return status
+
+
 @router.get("/health")
 async def health(raw_request: Request) -> JSONResponse:
     """200 when one replica of every pool of every model answers its engine health check; the
     per-pool detail only for an `admin` caller (or a server without keys)."""
-    catalog = catalog_of(raw_request)
-    checks = {
-        PoolName(model_id, role).label: handle.health.remote()
-        for model_id, frontend in catalog.frontends.items()
-        for role, handle in frontend.handles.items()
-    }
-    checks.update({PoolName(m.model_id, "embed").label: handle.health.remote()
-                   for m, handle in catalog.embedders.values()})
-    status: dict[str, str] = {}
-    for name, response in checks.items():
-        try:
-            await asyncio.wait_for(response, HEALTH_TIMEOUT_S)
-            status[name] = "ok"
-        except Exception as exc:  # any failure means unhealthy; its kind, never its text
-            status[name] = f"unhealthy: {type(exc).__name__}"  # (which names actors, IPs)
+    status = await raw_request.app.state.health.status()
     healthy = all(v == "ok" for v in status.values())
     body: dict[str, object] = {"status": "ok" if healthy else "unhealthy"}
     if caller_of(raw_request.state).may("admin"):
@@ -110,7 +135,7 @@ async def _call_replica(raw_request: Request, body: DrainRequest, method: str) -
     return JSONResponse({"replica": body.replica, "draining": False})
 
 
-@router.post("/v1/admin/drain")
+@router.post("/v1/admin/drain", dependencies=[Depends(validate_json_request)])
 async def drain(body: DrainRequest, raw_request: Request) -> JSONResponse:
     """Move a generating replica's live streams to the other replicas and keep new requests
     away from it (for maintenance, or before stopping its node): on a decode pool each stream's
@@ -118,7 +143,7 @@ async def drain(body: DrainRequest, raw_request: Request) -> JSONResponse:
     return await _call_replica(raw_request, body, "drain")
 
 
-@router.post("/v1/admin/undrain")
+@router.post("/v1/admin/undrain", dependencies=[Depends(validate_json_request)])
 async def undrain(body: DrainRequest, raw_request: Request) -> JSONResponse:
     """Let a drained replica take requests again."""
     return await _call_replica(raw_request, body, "undrain")

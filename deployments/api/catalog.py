@@ -48,12 +48,14 @@ class Catalog:
         if model in self.embedders:
             return create_error_response(
                 f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
-        return not_found("model", model, [*self.by_name, *self.embedders], "model")
+        served = [n for n in [*self.by_name, *self.embedders] if caller.may_use(n)]
+        return not_found("model", model, served, "model")
 
     def pipeline(self, name: str, caller: Caller = ANONYMOUS) -> PipelineFrontend | ErrorResponse:
         pipeline = self.pipelines.get(name)
         if pipeline is None:
-            return not_found("pipeline", name, list(self.pipelines), "name")
+            return not_found("pipeline", name, [n for n in self.pipelines if caller.may_use(n)],
+                             "name")
         return refused(caller, name) or pipeline
 
 

@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
 from pdserve.deployments.api.catalog import catalog_of
 from pdserve.deployments.api.errors import to_response
@@ -64,7 +65,7 @@ async def _store_call(pipeline: PipelineFrontend, call: Callable[[], Awaitable[A
                          "store": pipeline.config.store.kind, **body})
 
 
-@router.post("/v1/pipelines/{name}/documents")
+@router.post("/v1/pipelines/{name}/documents", dependencies=[Depends(validate_json_request)])
 async def upsert_documents(name: str, request: DocumentsRequest, raw_request: Request
                            ) -> Response:
     """Index documents online (chunk, embed, store); the next query sees them."""

@@ -36,14 +36,15 @@ def embedding_inputs(request: EmbeddingCompletionRequest) -> list[str] | list[li
 @router.post("/v1/embeddings", dependencies=[Depends(validate_json_request)])
 async def embeddings(request: EmbeddingCompletionRequest, raw_request: Request) -> Response:
     catalog = catalog_of(raw_request)
+    caller = caller_of(raw_request.state)
     if request.model not in catalog.embedders:
+        usable = [name for name in catalog.embedders if caller.may_use(name)]
         if request.model in catalog.by_name:
             return to_response(create_error_response(
                 f"The model `{request.model}` does not serve embeddings; embedding models: "
-                f"{', '.join(sorted(catalog.embedders))}.", param="model"))
-        return to_response(not_found("embedding model", request.model,
-                                     list(catalog.embedders), "model"))
-    denied = refused(caller_of(raw_request.state), request.model)
+                f"{', '.join(sorted(usable))}.", param="model"))
+        return to_response(not_found("embedding model", request.model, usable, "model"))
+    denied = refused(caller, request.model)
     if denied is not None:
         return to_response(denied)
     if request.encoding_format not in ("float", "base64"):

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
@@ -21,9 +22,18 @@ from vllm.exceptions import VLLMError
 logger = logging.getLogger(__name__)
 
 
+def log_text(exc: Exception) -> str:
+    """What a failed request leaves in the log: the error's kind and message, but for a
+    validation error only where it failed (its text quotes the input, e.g. a prompt)."""
+    if isinstance(exc, ValidationError):
+        where = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        return f"{type(exc).__name__} at {where or 'the request'}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def _error_json(request: Request, exc: Exception) -> JSONResponse:
     """Any other error → OpenAI error JSON with vLLM's status mapping (4xx for client errors)."""
-    logger.warning("request failed: %s: %s", type(exc).__name__, exc)
+    logger.warning("request failed: %s", log_text(exc))
     error = create_error_response(exc)
     return JSONResponse(error.model_dump(), status_code=error.error.code)
 

@@ -17,7 +17,7 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_c
 from pdserve.deployments.api.catalog import Catalog, catalog_of
 from pdserve.deployments.api.errors import to_response
 from pdserve.deployments.api.guard import caller_of
-from pdserve.deployments.api.keys import tenant_cache_salt
+from pdserve.deployments.api.keys import ANONYMOUS, Caller, tenant_cache_salt
 from pdserve.deployments.frontend.engine_client import SESSION_KEY
 from pdserve.deployments.frontend.model import ModelFrontend
 from pdserve.deployments.pipelines.rag import DEBUG_HEADER, PipelineFrontend
@@ -32,13 +32,35 @@ def tag_session(frontend: ModelFrontend, request: Any, raw_request: Request) -> 
         request.vllm_xargs = {**(request.vllm_xargs or {}), SESSION_KEY: session}
 
 
-def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest
-                ) -> ErrorResponse | None:
+def prompt_count(request: CompletionRequest | ChatCompletionRequest) -> int:
+    """Prompts in one request: a completion's `prompt` may be a batch (strings or token-id
+    lists), each an engine request of its own."""
+    prompt = getattr(request, "prompt", None)
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
+
+
+def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
+                caller: Caller = ANONYMOUS) -> ErrorResponse | None:
     """400 for what `limits:` bounds in a generation request (before any engine sees it)."""
-    if (request.n or 1) > catalog.limits.max_n:
+    limits = catalog.limits
+    if (request.n or 1) > limits.max_n:
+        return create_error_response(f"n must be at most {limits.max_n} on this server",
+                                     param="n")
+    if prompt_count(request) > limits.max_prompts:
         return create_error_response(
-            f"n must be at most {catalog.limits.max_n} on this server", param="n")
+            f"prompt may hold at most {limits.max_prompts} prompts on this server",
+            param="prompt")
+    if request.use_beam_search and caller.rate_limits and caller.rate_limits.tokens_per_minute:
+        # (vLLM's beam search sends every beam's whole prefix to the engine at every step)
+        return create_error_response("use_beam_search is not available to API keys with a "
+                                     "token limit", param="use_beam_search")
     return None
+
+
+#: what vLLM gives a completion naming no `max_tokens` (its validator marks the field set)
+COMPLETION_DEFAULT_MAX_TOKENS = CompletionRequest.model_fields["max_tokens"].default
 
 
 def cap_output(frontend: ModelFrontend | PipelineFrontend,
@@ -52,8 +74,11 @@ def cap_output(frontend: ModelFrontend | PipelineFrontend,
     if isinstance(request, ChatCompletionRequest):
         fields.insert(0, "max_completion_tokens")
     asked = next((f for f in fields if getattr(request, f) is not None), None)
-    if asked is None:  # chat without a bound (completions default to 16)
+    if asked is None:  # chat naming no bound
         request.max_tokens = cap
+        return None
+    if asked == "max_tokens" and request.max_tokens == COMPLETION_DEFAULT_MAX_TOKENS:
+        request.max_tokens = min(request.max_tokens, cap)  # (vLLM's default, maybe unasked)
         return None
     if getattr(request, asked) > cap:
         return create_error_response(
@@ -67,7 +92,7 @@ def resolve(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest
     """The front for the request's model, if its caller may use it and it is within limits;
     the request then runs in its caller's prefix-cache namespace."""
     caller = caller_of(raw_request.state)
-    frontend = over_limits(catalog, request) or catalog.frontend(request.model, caller)
+    frontend = over_limits(catalog, request, caller) or catalog.frontend(request.model, caller)
     if not isinstance(frontend, ErrorResponse):
         frontend = cap_output(frontend, request) or frontend
     if not isinstance(frontend, ErrorResponse):
@@ -118,6 +143,8 @@ async def handle_call(catalog: Catalog, body: dict[str, Any], api: str) -> dict[
     except ValueError as exc:
         return create_error_response(exc).model_dump()
     frontend = over_limits(catalog, request) or catalog.frontend(request.model)
+    if not isinstance(frontend, ErrorResponse):
+        frontend = cap_output(frontend, request) or frontend
     if isinstance(frontend, ErrorResponse):
         return frontend.model_dump()
     if isinstance(frontend, PipelineFrontend):

@@ -46,6 +46,19 @@ def body_too_large(limit: int) -> str:
     return f"The request body is larger than this server accepts ({limit} bytes)."
 
 
+def host_name(host: str) -> str:
+    """A `Host` value (or an allowed-hosts entry) without port or IPv6 brackets, lower-case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+#: The `Host` names a loopback server without keys answers (DNS rebinding: a web page whose
+#: own name resolves to 127.0.0.1 must not reach it).
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def route_path(scope: Scope) -> str:
     """The path the app routes on: Ray Serve mounts an app under its `route_prefix`."""
     path, root = scope.get("path", "/"), scope.get("root_path", "")
@@ -72,7 +85,8 @@ class EdgeGuard:
 
     def __init__(self, app: ASGIApp, auth: AuthConfig, limits: LimitsConfig,
                  keys: KeyRing | None, max_concurrent: int, quotas: Quotas | None = None,
-                 ledger: LedgerLink | None = None) -> None:
+                 ledger: LedgerLink | None = None,
+                 default_hosts: frozenset[str] | None = None) -> None:
         self.app = app
         self.keys = keys
         self.limits = limits
@@ -80,8 +94,8 @@ class EdgeGuard:
         self.in_flight = 0
         self.quotas = quotas or Quotas()
         self.ledger = ledger
-        self.allowed_hosts = (None if auth.allowed_hosts is None
-                              else {h.lower() for h in auth.allowed_hosts})
+        hosts = auth.allowed_hosts if auth.allowed_hosts is not None else default_hosts
+        self.allowed_hosts = None if hosts is None else {host_name(h) for h in hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,16 +109,16 @@ class EdgeGuard:
         if refusal is None:
             refusal = self._size_refusal(headers)
         counted = route_path(scope) != "/health"  # a probe is answered even when full
+        metered = counted and caller is not None and caller.rate_limits is not None
+        if refusal is None and metered and self.ledger is not None:
+            self.ledger.start()
+            if not self.quotas.knows(caller):  # type: ignore[arg-type]
+                await self.ledger.meet(caller)  # type: ignore[arg-type]
         if refusal is None and counted and self.in_flight >= self.max_concurrent:
             refusal = openai_error(
                 HTTPStatus.SERVICE_UNAVAILABLE, "The server is at capacity; retry later.",
                 "server_overloaded", err_type="server_error", headers={"Retry-After": "1"})
-        metered = counted and caller is not None and caller.rate_limits is not None
         if refusal is None and metered:
-            if self.ledger is not None:
-                self.ledger.start()
-                if not self.quotas.knows(caller):  # type: ignore[arg-type]
-                    await self.ledger.meet(caller)  # type: ignore[arg-type]
             refusal = self.quotas.admit(caller)  # type: ignore[arg-type]
         if refusal is not None:
             await refusal(scope, receive, send)
@@ -121,11 +135,10 @@ class EdgeGuard:
                 self.quotas.finish(caller, tokens[0])  # type: ignore[arg-type]
 
     def _host_refusal(self, headers: Headers) -> JSONResponse | None:
-        if self.allowed_hosts is None:
+        host = headers.get("host")
+        if self.allowed_hosts is None or host is None:  # (no Host: no browser sent it)
             return None
-        host = headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name.lower().strip("[]") in self.allowed_hosts:
+        if host_name(host) in self.allowed_hosts:
             return None
         return openai_error(HTTPStatus.BAD_REQUEST, "This server does not answer for the "
                             "requested Host.", "invalid_host")
@@ -157,7 +170,8 @@ class EdgeGuard:
 
     def _size_refusal(self, headers: Headers) -> JSONResponse | None:
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+        if (length is not None and length.isascii() and length.isdigit()
+                and int(length) > self.limits.max_body_bytes):
             return openai_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                 body_too_large(self.limits.max_body_bytes), "body_too_large",
                                 headers=CLOSE)

@@ -20,17 +20,21 @@ ROUTERS = (generation.router, embeddings.router, documents.router, admin.router)
 
 
 def create_app(catalog: Catalog, keys: KeyRing | None = None,
-               ledger_app: str | None = None) -> FastAPI:
+               ledger_app: str | None = None,
+               default_hosts: frozenset[str] | None = None) -> FastAPI:
     """`keys`: the API keys every route but `/health` needs (none: an open server);
-    `ledger_app`: the app whose ingress replicas share per-key budgets (none: this one only)."""
+    `ledger_app`: the app whose ingress replicas share per-key budgets (none: this one only);
+    `default_hosts`: the `Host` names answered when `auth.allowed_hosts` names none."""
     app = FastAPI(title="pdserve")
     app.state.args = Namespace(log_error_stack=False)  # read by vLLM's handlers
     app.state.catalog = catalog
+    app.state.health = admin.HealthProbe(catalog)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     quotas = Quotas()
     ledger = LedgerLink(quotas, ledger_app) if ledger_app else None
     app.add_middleware(EdgeGuard, auth=catalog.auth, limits=catalog.limits, keys=keys,
-                       max_concurrent=catalog.max_concurrent, quotas=quotas, ledger=ledger)
+                       max_concurrent=catalog.max_concurrent, quotas=quotas, ledger=ledger,
+                       default_hosts=default_hosts)
     return app

@@ -11,8 +11,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pdserve.deployments.api.catalog import Catalog
-from pdserve.deployments.api.exposure import check_exposure, serve_http_host
+from pdserve.deployments.api.exposure import check_exposure, is_loopback, serve_http_host
 from pdserve.deployments.api.generation import handle_call
+from pdserve.deployments.api.guard import LOOPBACK_NAMES
 from pdserve.deployments.api.http import create_app
 from pdserve.deployments.api.keys import KeyRing
 from pdserve.deployments.config.app import AppConfig
@@ -27,12 +28,17 @@ class OpenAIIngress:
         retrievers: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self.keys = KeyRing(config.auth)  # a bad keys source fails the replica at start
-        check_exposure(config.auth, self.keys.enabled, serve_http_host())
+        host = serve_http_host()
+        check_exposure(config.auth, self.keys.enabled, host)
+        # an open server on loopback answers loopback names only (DNS rebinding)
+        self.default_hosts = (LOOPBACK_NAMES if not self.keys.enabled and host is not None
+                              and is_loopback(host) else None)
         self.catalog = Catalog(config, pools, retrievers or {})
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after `__init__`: this replica's app, over its catalog."""
-        return create_app(self.catalog, self.keys, serve.get_replica_context().app_name)
+        return create_app(self.catalog, self.keys, serve.get_replica_context().app_name,
+                          self.default_hosts)
 
     # -- the OpenAI API for Python callers holding a DeploymentHandle (no HTTP) -------------
     async def create_completion(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,11 @@ RELOAD_CHECK_S = 2.0
 KEY_PREFIX = "pds-"
 
 
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -79,7 +84,7 @@ class KeyRing:
         self.config = config
         self.environ = os.environ if environ is None else environ
         self.env_name = config.keys_env or (None if config.keys_file else DEFAULT_KEYS_ENV)
-        self._file_mtime: float | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
         self._env_entries = self._read_env()
         self._entries = self._index(self._read_file())
@@ -98,7 +103,7 @@ class KeyRing:
             return []
         path = Path(self.config.keys_file).expanduser()
         try:
-            self._file_mtime = path.stat().st_mtime
+            self._file_stamp = file_stamp(path)
             text = path.read_text()
         except OSError as exc:
             raise ValueError(f"auth.keys_file: cannot read {path}: {exc.strerror}") from None
@@ -122,15 +127,15 @@ class KeyRing:
         return bool(self._entries or self.config.keys_file or self.config.keys_env)
 
     def reload_if_changed(self, now: float | None = None) -> None:
-        """Re-read the keys file when its modification time moved (at most every few
-        seconds); a file that became unreadable or invalid keeps the keys read before."""
+        """Re-read the keys file when it changed (modification time in ns, size or inode; at
+        most every few seconds); a file that became unreadable or invalid keeps the keys read
+        before. Replace the file by a rename, so a half-written one is never read."""
         now = time.monotonic() if now is None else now
         if not self.config.keys_file or now < self._next_check:
             return
         self._next_check = now + RELOAD_CHECK_S
         try:
-            mtime = Path(self.config.keys_file).expanduser().stat().st_mtime
-            if mtime == self._file_mtime:
+            if file_stamp(Path(self.config.keys_file).expanduser()) == self._file_stamp:
                 return
             self._entries = self._index(self._read_file())
         except (ValueError, OSError) as exc:

@@ -1,6 +1,7 @@
 """The minute budgets all ingress replicas of an app share: a small Ray actor (`QuotaLedger`)
 that each replica's `LedgerLink` trades with once a second — what its keys consumed, for what
-the other replicas' consumed. No request waits for it.
+the other replicas' consumed. Only a key's first request on a replica waits for it (at most
+`MEET_TIMEOUT_S`).
 
 Each replica keeps its own buckets and debits the others' usage as it learns it; the ledger's
 own buckets only tell a replica that meets a key for the first time what is left of the key's
@@ -107,7 +108,8 @@ class LedgerLink:
         self.quotas.meet(caller)
         assert caller.rate_limits is not None
         try:
-            others, first = await asyncio.wait_for(self._connect().exchange.remote(
+            ledger = await asyncio.wait_for(asyncio.to_thread(self._connect), MEET_TIMEOUT_S)
+            others, first = await asyncio.wait_for(ledger.exchange.remote(
                 self.replica, {caller.name: (0.0, 0.0)}, {caller.name: caller.rate_limits}),
                 MEET_TIMEOUT_S)
         except Exception as exc:  # limit on this replica's view alone
@@ -132,8 +134,8 @@ class LedgerLink:
             if not usage:
                 continue
             try:
-                others, first = await self._connect().exchange.remote(self.replica, usage,
-                                                                        limits)
+                ledger = await asyncio.to_thread(self._connect)  # (a GCS call, off the loop)
+                others, first = await ledger.exchange.remote(self.replica, usage, limits)
             except Exception as exc:  # keep limiting locally; try again next period
                 logger.warning("quota ledger unreachable (%s); limiting per replica",
                                type(exc).__name__)

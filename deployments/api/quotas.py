@@ -64,13 +64,15 @@ class Quotas:
         state = self._keys.get(caller.name)
         if state is None or state.limits != limits:  # new, or its limits changed
             now = self.clock()
-            state = KeyState(
+            fresh = KeyState(
                 limits,
                 Bucket.full(limits.requests_per_minute, now) if limits.requests_per_minute
                 else None,
                 Bucket.full(limits.tokens_per_minute, now) if limits.tokens_per_minute
                 else None)
-            self._keys[caller.name] = state
+            if state is not None:  # its requests in flight and unreported usage carry over
+                fresh.in_flight, fresh.pending = state.in_flight, state.pending
+            self._keys[caller.name] = state = fresh
         return state
 
     def knows(self, caller: Caller) -> bool:

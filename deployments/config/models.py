@@ -57,6 +57,13 @@ class PoolConfig(StrictModel):
         "(`min_replicas: 0`) before it fails with 503.",
     )
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_bound(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (no bound) or at least 1 (Ray refuses 0)")
+        return value
+
     @field_validator("autoscaling_config")
     @classmethod
     def _replica_bounds_are_counts(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -88,6 +88,8 @@ class LimitsConfig(StrictModel):
         16 * 2**20, ge=1024, description="Request body bytes; larger → 413, refused before "
         "the body is read whole (with or without `Content-Length`).")
     max_n: int = Field(16, ge=1, description="`n` (choices per request) at most.")
+    max_prompts: int = Field(
+        256, ge=1, description="Prompts in one completions request (`prompt` as a batch).")
     max_embedding_inputs: int = Field(2048, ge=1, description="Inputs per embeddings request.")
     max_documents_per_upsert: int = Field(1000, ge=1, description="Documents per upsert call.")
     max_document_bytes: int = Field(2**20, ge=1, description="UTF-8 bytes per document.")

@@ -16,10 +16,10 @@ from pdserve.cli import main as cli_main
 from pdserve.deployments.api.errors import install_error_handlers
 from pdserve.deployments.api.exposure import check_exposure, is_loopback
 from pdserve.deployments.api.guard import EdgeGuard, caller_of, presented_key
-from pdserve.deployments.api.keys import ANONYMOUS, KeyRing, key_hash, new_key
+from pdserve.deployments.api.keys import ANONYMOUS, Caller, KeyRing, key_hash, new_key
 from pdserve.deployments.api.scopes import required_scope
 from pdserve.deployments.config import AppConfig
-from pdserve.deployments.config.security import AuthConfig, LimitsConfig
+from pdserve.deployments.config.security import AuthConfig, LimitsConfig, RateLimits
 
 READER, WRITER, ADMIN = "pds-reader-key", "pds-writer-key", "pds-admin-key"
 
@@ -338,3 +338,103 @@ def test_rate_limits_through_the_guard_count_streamed_tokens() -> None:
         assert int(r.headers["retry-after"]) >= 12  # 20 tokens of debt at 100/min
         for _ in range(5):
             assert http.post("/v1/completions", headers=free).status_code == 200
+
+
+def test_host_names_and_the_loopback_default() -> None:
+    from pdserve.deployments.api.guard import LOOPBACK_NAMES, host_name
+
+    assert host_name("LocalHost:8000") == "localhost"
+    assert host_name("[::1]:8000") == host_name("[::1]") == "::1"
+    assert host_name("example.com") == "example.com"
+    app = FastAPI()
+    app.state.args = Namespace(log_error_stack=False)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {}
+
+    app.add_middleware(EdgeGuard, auth=AuthConfig(allowed_hosts=["[::1]:8000", "a.example"]),
+                       limits=LimitsConfig(), keys=None, max_concurrent=4)
+    with TestClient(app) as http:  # configured names, normalised like the header
+        for host, status in (("[::1]:9", 200), ("A.example:1", 200), ("b.example", 400)):
+            assert http.get("/v1/models", headers={"host": host}).status_code == status, host
+    app = FastAPI()
+    app.state.args = Namespace(log_error_stack=False)
+    app.add_api_route("/v1/models", models)
+    app.add_middleware(EdgeGuard, auth=AuthConfig(), limits=LimitsConfig(), keys=None,
+                       max_concurrent=4, default_hosts=LOOPBACK_NAMES)
+    with TestClient(app) as http:  # an open loopback server: DNS rebinding refused
+        assert http.get("/v1/models", headers={"host": "127.0.0.1:8000"}).status_code == 200
+        assert http.get("/v1/models", headers={"host": "localhost"}).status_code == 200
+        assert http.get("/v1/models", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_generation_limits_batches_beam_search_and_the_output_cap() -> None:
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    from pdserve.deployments.api.generation import cap_output, over_limits
+
+    catalog = SimpleNamespace(limits=LimitsConfig(max_prompts=2))
+    batch = CompletionRequest(model="m", prompt=["a", "b", "c"])
+    assert over_limits(catalog, batch).error.param == "prompt"  # type: ignore[arg-type,union-attr]
+    assert over_limits(catalog, CompletionRequest(model="m", prompt=[1, 2, 3])) is None  # type: ignore[arg-type]
+    beam = CompletionRequest(model="m", prompt="a", use_beam_search=True)
+    metered = Caller("k", frozenset({"inference"}), None, "key:k",
+                     RateLimits(tokens_per_minute=100))
+    assert over_limits(catalog, beam, metered) is not None  # type: ignore[arg-type]
+    assert over_limits(catalog, beam) is None  # type: ignore[arg-type]
+
+    front = SimpleNamespace(model=SimpleNamespace(max_output_tokens=8, model_id="m"))
+    default = CompletionRequest(model="m", prompt="a")  # vLLM's default: 16
+    assert cap_output(front, default) is None and default.max_tokens == 8  # type: ignore[arg-type]
+    asked = CompletionRequest(model="m", prompt="a", max_tokens=9)
+    assert cap_output(front, asked).error.param == "max_tokens"  # type: ignore[arg-type,union-attr]
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}])
+    assert cap_output(front, chat) is None and chat.max_tokens == 8  # type: ignore[arg-type]
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
+                                 max_completion_tokens=9)
+    assert cap_output(front, chat).error.param == "max_completion_tokens"  # type: ignore
+
+
+def test_health_probes_share_one_check() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from pdserve.deployments.api.admin import HealthProbe
+
+    calls = []
+
+    class Handle:
+        class health:  # noqa: N801 - a handle method's shape
+            @staticmethod
+            def remote() -> object:
+                calls.append(1)
+                return asyncio.sleep(0.05)
+
+    catalog = SimpleNamespace(frontends={"m": SimpleNamespace(handles={"colocated": Handle})},
+                              embedders={})
+    probe = HealthProbe(catalog)  # type: ignore[arg-type]
+
+    async def flood() -> list[dict[str, str]]:
+        return await asyncio.gather(*(probe.status() for _ in range(50)))
+
+    statuses = asyncio.run(flood())
+    assert calls == [1] and all(s == {"m/colocated": "ok"} for s in statuses)
+
+
+def test_a_validation_error_is_logged_without_its_input() -> None:
+    from pydantic import BaseModel
+
+    from pdserve.deployments.api.errors import log_text
+
+    class Body(BaseModel):
+        n: int
+
+    try:
+        Body.model_validate({"n": "my secret prompt"})
+    except ValueError as exc:
+        text = log_text(exc)
+    assert "secret" not in text and "n" in text

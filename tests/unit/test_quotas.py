@@ -76,6 +76,17 @@ def test_new_limits_for_a_key_take_effect() -> None:
     assert quotas.admit(caller(requests_per_minute=5)) is None  # the file was edited
 
 
+def test_requests_in_flight_survive_a_change_of_limits() -> None:
+    quotas = Quotas(Clock())
+    for _ in range(2):
+        assert quotas.admit(caller(concurrent_requests=2)) is None
+    assert quotas.admit(caller(concurrent_requests=3)) is None  # raised while 2 run
+    assert quotas.admit(caller(concurrent_requests=3)) is not None  # 3 in flight
+    for _ in range(3):
+        quotas.finish(caller(concurrent_requests=3), 1)
+    assert quotas.take_pending()[0]["k"] == (3.0, 3.0)
+
+
 def exchange_all(books: LedgerBooks, replicas: list[Quotas], now: float) -> None:
     """One round of what each replica's `LedgerLink` does every second."""
     for i, quotas in enumerate(replicas):
