@@ -2,7 +2,7 @@
 
 The HTTP host is Ray Serve's (`http_options.host` of the serve config), which the app's own
 config does not carry: an ingress replica asks Serve's controller for it (a Ray internal that
-`tests/unit/test_exposure.py` pins).
+`tests/unit/test_auth.py` pins).
 """
 
 from __future__ import annotations

@@ -87,14 +87,23 @@ def cap_output(frontend: ModelFrontend | PipelineFrontend,
     return None
 
 
+def checked_frontend(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
+                     caller: Caller = ANONYMOUS
+                     ) -> ModelFrontend | PipelineFrontend | ErrorResponse:
+    """The front for the request's model, if `caller` may use it and the request is within
+    `limits:` and the model's output cap (HTTP and handle callers alike)."""
+    frontend = over_limits(catalog, request, caller) or catalog.frontend(request.model, caller)
+    if isinstance(frontend, ErrorResponse):
+        return frontend
+    return cap_output(frontend, request) or frontend
+
+
 def resolve(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
             raw_request: Request) -> ModelFrontend | PipelineFrontend | ErrorResponse:
-    """The front for the request's model, if its caller may use it and it is within limits;
-    the request then runs in its caller's prefix-cache namespace."""
+    """`checked_frontend` for an HTTP caller, whose request then runs in its caller's
+    prefix-cache namespace."""
     caller = caller_of(raw_request.state)
-    frontend = over_limits(catalog, request, caller) or catalog.frontend(request.model, caller)
-    if not isinstance(frontend, ErrorResponse):
-        frontend = cap_output(frontend, request) or frontend
+    frontend = checked_frontend(catalog, request, caller)
     if not isinstance(frontend, ErrorResponse):
         salt = tenant_cache_salt(caller, request.cache_salt)
         if salt != request.cache_salt:
@@ -142,9 +151,7 @@ async def handle_call(catalog: Catalog, body: dict[str, Any], api: str) -> dict[
         request = kind.model_validate({**body, "stream": False})
     except ValueError as exc:
         return create_error_response(exc).model_dump()
-    frontend = over_limits(catalog, request) or catalog.frontend(request.model)
-    if not isinstance(frontend, ErrorResponse):
-        frontend = cap_output(frontend, request) or frontend
+    frontend = checked_frontend(catalog, request)
     if isinstance(frontend, ErrorResponse):
         return frontend.model_dump()
     if isinstance(frontend, PipelineFrontend):

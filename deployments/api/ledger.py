@@ -23,7 +23,7 @@ import ray
 
 from pdserve.deployments.api.buckets import Bucket
 from pdserve.deployments.api.keys import Caller
-from pdserve.deployments.api.quotas import Quotas, Usage
+from pdserve.deployments.api.quotas import Quotas, Usage, full_buckets
 from pdserve.deployments.config.security import RateLimits
 
 logger = logging.getLogger(__name__)
@@ -47,9 +47,7 @@ class LedgerBooks:
                  ) -> tuple[Bucket | None, Bucket | None]:
         known = self.buckets.get(name)
         if known is None or known[0] != limits:
-            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-            known = (limits, Bucket.full(rpm, now) if rpm else None,
-                     Bucket.full(tpm, now) if tpm else None)
+            known = (limits, *full_buckets(limits, now))
             self.buckets[name] = known
         return known[1], known[2]
 
@@ -108,17 +106,25 @@ class LedgerLink:
         self.quotas.meet(caller)
         assert caller.rate_limits is not None
         try:
-            ledger = await asyncio.wait_for(asyncio.to_thread(self._connect), MEET_TIMEOUT_S)
-            others, first = await asyncio.wait_for(ledger.exchange.remote(
-                self.replica, {caller.name: (0.0, 0.0)}, {caller.name: caller.rate_limits}),
-                MEET_TIMEOUT_S)
-        except Exception as exc:  # limit on this replica's view alone
+            await asyncio.wait_for(self._trade({caller.name: (0.0, 0.0)},
+                                               {caller.name: caller.rate_limits}),
+                                   MEET_TIMEOUT_S)
+        except TimeoutError:  # limit on this replica's view alone
+            logger.warning("quota ledger slow (over %g s); limiting per replica",
+                           MEET_TIMEOUT_S)
+
+    async def _trade(self, usage: Usage, limits: dict[str, RateLimits]) -> None:
+        """Report `usage`; debit the others' and, for keys new here, cap the buckets."""
+        try:
+            ledger = await asyncio.to_thread(self._connect)  # (a GCS call, off the loop)
+            others, first = await ledger.exchange.remote(self.replica, usage, limits)
+        except Exception as exc:  # keep limiting locally; try again next time
             logger.warning("quota ledger unreachable (%s); limiting per replica",
                            type(exc).__name__)
             self._ledger = None
             return
         self.quotas.take_others(others)
-        self.quotas.cap_levels(first, {})
+        self.quotas.cap_levels(first, usage)
 
     def _connect(self) -> Any:
         if self._ledger is None:
@@ -131,15 +137,5 @@ class LedgerLink:
         while True:
             await asyncio.sleep(EXCHANGE_PERIOD_S)
             usage, limits = self.quotas.take_pending()
-            if not usage:
-                continue
-            try:
-                ledger = await asyncio.to_thread(self._connect)  # (a GCS call, off the loop)
-                others, first = await ledger.exchange.remote(self.replica, usage, limits)
-            except Exception as exc:  # keep limiting locally; try again next period
-                logger.warning("quota ledger unreachable (%s); limiting per replica",
-                               type(exc).__name__)
-                self._ledger = None
-                continue
-            self.quotas.take_others(others)
-            self.quotas.cap_levels(first, usage)
+            if usage:
+                await self._trade(usage, limits)

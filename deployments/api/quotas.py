@@ -37,6 +37,12 @@ def rate_limited(caller: Caller, what: str, limit: float, wait_s: float) -> JSON
                         headers={"Retry-After": retry_after(wait_s)})
 
 
+def full_buckets(limits: RateLimits, now: float) -> tuple[Bucket | None, Bucket | None]:
+    """A key's (requests, tokens) buckets, full; None for a bound the key does not have."""
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    return (Bucket.full(rpm, now) if rpm else None, Bucket.full(tpm, now) if tpm else None)
+
+
 @dataclass
 class KeyState:
     limits: RateLimits
@@ -63,13 +69,7 @@ class Quotas:
             return None
         state = self._keys.get(caller.name)
         if state is None or state.limits != limits:  # new, or its limits changed
-            now = self.clock()
-            fresh = KeyState(
-                limits,
-                Bucket.full(limits.requests_per_minute, now) if limits.requests_per_minute
-                else None,
-                Bucket.full(limits.tokens_per_minute, now) if limits.tokens_per_minute
-                else None)
+            fresh = KeyState(limits, *full_buckets(limits, self.clock()))
             if state is not None:  # its requests in flight and unreported usage carry over
                 fresh.in_flight, fresh.pending = state.in_flight, state.pending
             self._keys[caller.name] = state = fresh

@@ -13,7 +13,6 @@ from pydantic import Field, model_validator
 from pdserve.deployments.config.base import StrictModel
 
 Scope = Literal["inference", "documents:write", "admin"]
-SCOPES: tuple[Scope, ...] = ("inference", "documents:write", "admin")
 #: The environment variable read for key entries when `auth` names no source.
 DEFAULT_KEYS_ENV = "PDSERVE_API_KEYS"
 

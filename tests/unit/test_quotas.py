@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pdserve.deployments.api.buckets import Bucket, retry_after
 from pdserve.deployments.api.keys import Caller
 from pdserve.deployments.api.ledger import LedgerBooks, LedgerLink
@@ -185,3 +187,25 @@ def test_a_replica_meeting_a_key_asks_the_ledger_before_admitting() -> None:
     link._connect = lambda: Ledger  # type: ignore[method-assign]
     asyncio.run(link.meet(key))
     assert second.admit(key) is not None  # no fresh minute on the other replica
+
+
+def test_a_slow_ledger_delays_a_first_request_at_most_the_meeting_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from pdserve.deployments.api import ledger
+
+    class Remote:
+        async def remote(self, *args: object) -> object:
+            await asyncio.sleep(60)
+
+    class Slow:
+        exchange = Remote()
+
+    monkeypatch.setattr(ledger, "MEET_TIMEOUT_S", 0.1)
+    quotas = Quotas(Clock())
+    link = LedgerLink(quotas, "app")
+    link._connect = lambda: Slow  # type: ignore[method-assign]
+    key = caller(requests_per_minute=1)
+    asyncio.run(link.meet(key))  # returns, raising nothing
+    assert quotas.admit(key) is None and quotas.admit(key) is not None  # limits locally
