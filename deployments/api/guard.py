@@ -12,7 +12,6 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pdserve.deployments.api.keys import ANONYMOUS, Caller, KeyRing
 from pdserve.deployments.api.ledger import LedgerLink
 from pdserve.deployments.api.quotas import Quotas
+from pdserve.deployments.api.refusal import (
+    BodyTooLarge,
+    declared_too_large,
+    openai_error,
+    too_large,
+)
 from pdserve.deployments.api.scopes import required_scope
 from pdserve.deployments.config.security import AuthConfig, LimitsConfig
 from pdserve.deployments.frontend.usage import close_count, open_count
@@ -28,22 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: The caller of a public route (`/health`) who sent no key: may see only what is public.
 PUBLIC = Caller("public", frozenset(), frozenset())
-
-
-def openai_error(status: HTTPStatus, message: str, code: str | None,
-                 err_type: str = "invalid_request_error", param: str | None = None,
-                 headers: dict[str, str] | None = None) -> JSONResponse:
-    """An error in OpenAI's shape, with OpenAI's string `code` (`invalid_api_key`, …)."""
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-#: on a refused body: the HTTP server need not read the rest to keep the connection open
-CLOSE = {"Connection": "close"}
-
-
-def body_too_large(limit: int) -> str:
-    return f"The request body is larger than this server accepts ({limit} bytes)."
 
 
 def host_name(host: str) -> str:
@@ -169,12 +158,8 @@ class EdgeGuard:
         return caller, None
 
     def _size_refusal(self, headers: Headers) -> JSONResponse | None:
-        length = headers.get("content-length")
-        if (length is not None and length.isascii() and length.isdigit()
-                and int(length) > self.limits.max_body_bytes):
-            return openai_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                body_too_large(self.limits.max_body_bytes), "body_too_large",
-                                headers=CLOSE)
+        if declared_too_large(headers, self.limits.max_body_bytes):
+            return too_large(self.limits.max_body_bytes)
         return None
 
     def _limited(self, receive: Receive) -> Receive:
@@ -185,9 +170,8 @@ class EdgeGuard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:  # FastAPI answers it with the handlers' error JSON
-                    raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                        body_too_large(limit), headers=CLOSE)
+                if seen > limit:  # answered by its handler (`errors.py`): `too_large`
+                    raise BodyTooLarge(limit)
             return message
 
         return limited_receive

@@ -4,6 +4,7 @@ a `DeploymentHandle`, plus in-process views for tests and operators."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,8 +17,11 @@ from pdserve.deployments.api.generation import handle_call
 from pdserve.deployments.api.guard import LOOPBACK_NAMES
 from pdserve.deployments.api.http import create_app
 from pdserve.deployments.api.keys import KeyRing
+from pdserve.deployments.api.proxy_body_limit import ceiling_warning
 from pdserve.deployments.config.app import AppConfig
 from pdserve.deployments.config.pools import PoolName, Role
+
+logger = logging.getLogger(__name__)
 
 
 @serve.deployment
@@ -34,6 +38,8 @@ class OpenAIIngress:
         self.default_hosts = (LOOPBACK_NAMES if not self.keys.enabled and host is not None
                               and is_loopback(host) else None)
         self.catalog = Catalog(config, pools, retrievers or {})
+        if (warning := ceiling_warning(config.limits.max_body_bytes)) is not None:
+            logger.warning(warning)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after `__init__`: this replica's app, over its catalog."""

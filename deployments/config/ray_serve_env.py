@@ -33,3 +33,21 @@ RAY_SERVE_HAPROXY_ENV: dict[str, str] = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
+
+#: Ray's HTTP proxy refuses a request body over pdserve's ceiling as it arrives
+#: (`deployments/api/proxy_body_limit.py`; ceiling `PDSERVE_PROXY_MAX_BODY_BYTES`, by default
+#: the config's default `limits.max_body_bytes`). Without it Ray 2.60 buffers a chunked body
+#: whole in the proxy and the ingress replica, whatever the ingress refuses. Read by Ray's
+#: proxy (and a direct-ingress replica) from the environment Ray starts in.
+RAY_PROXY_ENV: dict[str, str] = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
+        "pdserve.deployments.api.proxy_body_limit:proxy_middlewares",
+}
+#: the environment variable (where Ray starts) that sets that ceiling, in bytes
+PROXY_CEILING_ENV = "PDSERVE_PROXY_MAX_BODY_BYTES"
+
+
+def ray_start_env() -> dict[str, str]:
+    """What to export where Ray starts (`make serve`, `ray start`, a KubeRay pod): the fast
+    paths for Ray's proxy, and the proxy's body ceiling."""
+    return {**RAY_SERVE_FAST_PATH_ENV, **RAY_PROXY_ENV}

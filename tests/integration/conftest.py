@@ -29,11 +29,12 @@ from shapes import (
     HTTP_PORT,
     METRICS_PORT,
     PD_MODEL,
+    PROXY_MAX_BODY_BYTES,
     app_args,
 )
 
 from pdserve.deployments.config.pools import PoolName
-from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
+from pdserve.deployments.config.ray_serve_env import PROXY_CEILING_ENV, ray_start_env
 from pdserve.models import resolve_model
 
 MAX_TOKENS = 16
@@ -112,9 +113,11 @@ def serve_app(
 
     from pdserve.deployments.app import build_app
 
-    # Ray's proxy and controller read Serve's fast-path flags from the environment Ray starts
-    # in (pdserve's deployments set them for themselves), as `make serve` does.
-    os.environ.update(RAY_SERVE_FAST_PATH_ENV)
+    # Ray's proxy and controller read Serve's fast-path flags and the proxy's body ceiling from
+    # the environment Ray starts in (pdserve's deployments set the flags for themselves), as
+    # `make serve` does.
+    os.environ.update(ray_start_env())
+    os.environ[PROXY_CEILING_ENV] = str(PROXY_MAX_BODY_BYTES)
     ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     stores = tmp_path_factory.mktemp("vector-stores")

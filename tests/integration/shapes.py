@@ -10,6 +10,9 @@ from typing import Any
 
 HTTP_PORT = 8123
 METRICS_PORT = 8124
+#: the body ceiling in Ray's proxy for the test session (`PDSERVE_PROXY_MAX_BODY_BYTES`); the
+#: session app keeps the default 16 MiB limit behind it, the secure front 1 MiB
+PROXY_MAX_BODY_BYTES = 4 << 20
 APP_NAME = "pdserve"
 PD_MODEL = "tiny-pd"
 COLOCATED_MODEL = "tiny-colo"

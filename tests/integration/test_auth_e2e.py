@@ -24,6 +24,7 @@ from shapes import (
     EMBED_MODEL,
     PD_MODEL,
     PIPELINE_LANCEDB,
+    PROXY_MAX_BODY_BYTES,
     app_args,
 )
 
@@ -193,17 +194,34 @@ def rss_of(marker: str) -> int:
     return sum(p.memory_info().rss for p in found)
 
 
+def chunks(size: int) -> Iterator[bytes]:
+    """A body of `size` bytes for httpx to send chunked (no `Content-Length`)."""
+    for _ in range(size // 2**16):
+        yield b"x" * 2**16
+
+
+def test_rays_proxy_refuses_a_chunked_body_over_its_ceiling(client: httpx.Client) -> None:
+    """The session app accepts 16 MiB; the ceiling in Ray's proxy (4 MiB in the test session)
+    refuses a bigger chunked body first, in the same shape, and holds no more than it."""
+    before = rss_of("ProxyActor")
+    r = client.post("/v1/chat/completions", content=chunks(48 * 2**20),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert f"({PROXY_MAX_BODY_BYTES} bytes)" in r.json()["error"]["message"]
+    grew = rss_of("ProxyActor") - before
+    print(f"ProxyActor: chunked body of 48 MiB to the session app: RSS +{grew} bytes")
+    assert grew < 3 * PROXY_MAX_BODY_BYTES
+    r = client.post("/v1/completions", json={"model": PD_MODEL, "prompt": "the", "max_tokens": 1})
+    assert r.status_code == 200
+
+
 def test_oversized_requests_are_refused_early(secure: tuple[str, Path]) -> None:
     url, _ = secure
     big = 48 * 2**20
     replica = f"ServeReplica:{SECURE_APP}:{SECURE_INGRESS}"
 
-    def chunks() -> Iterator[bytes]:
-        for _ in range(big // 2**16):
-            yield b"x" * 2**16
-
     with httpx.Client(base_url=url, timeout=120, headers=bearer(READER)) as http:
-        for content in (b"x" * big, chunks()):  # with Content-Length, then chunked
+        for content in (b"x" * big, chunks(big)):  # with Content-Length, then chunked
             before = {m: rss_of(m) for m in (replica, "ProxyActor")}
             start = time.monotonic()
             r = http.post("/v1/chat/completions", content=content,
@@ -212,9 +230,11 @@ def test_oversized_requests_are_refused_early(secure: tuple[str, Path]) -> None:
             assert r.status_code == 413, r.text
             assert "larger than this server accepts" in r.json()["error"]["message"]
             assert took < 15, took  # refused as it arrived, not after parsing (84 s before)
-            if isinstance(content, bytes):  # refused unread; Ray Serve buffers a chunked
-                for marker, rss in before.items():  # body up to the refusal (README)
-                    assert rss_of(marker) - rss < big // 2, marker
+            for marker, rss in before.items():  # refused unread, or read only up to the
+                grew = rss_of(marker) - rss  # ceiling in Ray's proxy (`proxy_body_limit.py`)
+                print(f"{marker}: {'sized' if isinstance(content, bytes) else 'chunked'} "
+                      f"body of {big} bytes: RSS +{grew} bytes")
+                assert grew < 3 * PROXY_MAX_BODY_BYTES <= big // 4, (marker, grew)
         r = http.post("/v1/chat/completions", json=chat_body(n=MAX_N + 1))
         assert r.status_code == 400 and r.json()["error"]["param"] == "n"
         r = http.post("/v1/embeddings", json={"model": EMBED_MODEL,

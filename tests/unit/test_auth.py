@@ -203,6 +203,8 @@ def test_body_limit_with_and_without_content_length(client: TestClient) -> None:
 
     r = client.post("/v1/chat/completions", content=chunks(), headers=auth)
     assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "body_too_large"  # one shape, streamed or declared
+    assert r.headers["connection"] == "close"
 
 
 def test_an_open_server_and_the_host_allow_list() -> None:
