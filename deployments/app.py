@@ -145,10 +145,25 @@ def _check_exposure(config: AppConfig) -> None:
     check_exposure(config.auth, has_keys, serve_http_host())
 
 
+def check_chat_parsers(config: AppConfig) -> None:
+    """Fail the build, naming the field, on a tool-call or reasoning parser vLLM lacks."""
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    for i, model in enumerate(config.models):
+        for field, known in (("tool_call_parser", ToolParserManager.list_registered()),
+                             ("reasoning_parser", ReasoningParserManager.list_registered())):
+            name = getattr(model, field)
+            if name is not None and name not in known:
+                raise ValueError(f"models[{i}].{field}: vLLM has no parser {name!r}; "
+                                 f"known: {', '.join(sorted(known))}")
+
+
 def build_pd_app(config: AppConfig) -> Application:
     """Ingress + one Serve deployment per pool of every model (PD or colocated)."""
     _check_cluster_cpus(config)  # pdserve:// models are resolved on each replica's node
     _check_exposure(config)
+    check_chat_parsers(config)
     pools: dict[str, dict[Role, Application]] = {}
     for model in config.models:
         pools[model.model_id] = {}

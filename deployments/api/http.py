@@ -8,7 +8,7 @@ from argparse import Namespace
 
 from fastapi import FastAPI
 
-from pdserve.deployments.api import admin, documents, embeddings, generation
+from pdserve.deployments.api import admin, documents, embeddings, generation, tokenization
 from pdserve.deployments.api.catalog import Catalog
 from pdserve.deployments.api.errors import install_error_handlers
 from pdserve.deployments.api.guard import EdgeGuard
@@ -16,7 +16,8 @@ from pdserve.deployments.api.keys import KeyRing
 from pdserve.deployments.api.ledger import LedgerLink
 from pdserve.deployments.api.quotas import Quotas
 
-ROUTERS = (generation.router, embeddings.router, documents.router, admin.router)
+ROUTERS = (generation.router, tokenization.router, embeddings.router, documents.router,
+           admin.router)
 
 
 def create_app(catalog: Catalog, keys: KeyRing | None = None,

@@ -193,6 +193,15 @@ class ModelConfig(StrictModel):
     max_output_tokens: int | None = Field(
         None, ge=1, description="Largest `max_tokens` (`max_completion_tokens`) a request may "
         "ask of this model (400 beyond); a request naming none gets this many at most.")
+    enable_auto_tool_choice: bool = Field(
+        False, description="vLLM's `--enable-auto-tool-choice`: with `tool_choice: auto` the "
+        "model's own text is read for tool calls (needs `tool_call_parser`).")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's `--tool-call-parser` (`hermes`, `llama3_json`, `pythonic`, "
+        "…): how tool calls are read out of the model's text.")
+    reasoning_parser: str | None = Field(
+        None, description="vLLM's `--reasoning-parser` (`deepseek_r1`, `qwen3`, …): splits "
+        "the model's reasoning (`reasoning_content`) from its answer.")
     prefill: PoolConfig | None = Field(None, description="Prefill pool (mode `pd`).")
     decode: PoolConfig | None = Field(None, description="Decode pool (mode `pd`).")
     colocated: PoolConfig | None = Field(None, description="The single pool (mode `colocated`).")
@@ -221,6 +230,13 @@ class ModelConfig(StrictModel):
             if role != "colocated" and minimum < 1:
                 raise ValueError(f"{where}.min_replicas: 0 is only allowed for colocated "
                                  "pools (a PD model needs both pools up)")
+        return self
+
+    @model_validator(mode="after")
+    def _auto_tools_have_a_parser(self) -> ModelConfig:
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError(f"model {self.model_id!r}: enable_auto_tool_choice needs "
+                             "tool_call_parser (vLLM's name of the model's tool-call format)")
         return self
 
     @model_validator(mode="after")

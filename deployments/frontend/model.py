@@ -13,6 +13,7 @@ from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.renderers.online_renderer import OnlineRenderer
 
 from pdserve.decode.orchestrator import Orchestrator, always_remote
@@ -60,12 +61,18 @@ class ModelFrontend:
             base_model_paths=[BaseModelPath(name=name, model_path=model.model)
                               for name in model.names()],
         )
+        # vLLM's tool and reasoning parsers: the renderer checks requests against them, the
+        # chat class reads the model's output with them
+        parsers = {"enable_auto_tools": model.enable_auto_tool_choice,
+                   "tool_parser": model.tool_call_parser,
+                   "reasoning_parser": model.reasoning_parser}
         renderer = OnlineRenderer(
             client.model_config,
             client.renderer,
             request_logger=None,
             chat_template=None,
             chat_template_content_format="auto",
+            **parsers,
         )
         renderer.warmup()
         # `usage.prompt_tokens_details.cached_tokens`: the engine's prefix-cache hit, per
@@ -83,4 +90,10 @@ class ModelFrontend:
             chat_template=None,
             chat_template_content_format="auto",
             enable_prompt_tokens_details=True,
+            **{**parsers, "reasoning_parser": model.reasoning_parser or ""},
+        )
+        # `/tokenize`, `/detokenize`: the same renderer, so counts match what generation sends
+        self.tokenization = ServingTokenization(
+            self.registry, renderer, chat_template=None, chat_template_content_format="auto",
+            request_logger=None,
         )

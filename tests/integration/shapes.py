@@ -36,7 +36,13 @@ ENGINE_KWARGS: dict[str, Any] = {
     "kv_cache_memory_bytes": 128 * 2**20,
     "enforce_eager": True,
     "seed": 0,
+    # JSON without free whitespace: the tiny model would otherwise fill a schema's whitespace
+    "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
 }
+
+#: vLLM's tool-call reading for both generating models (the tiny model writes pythonic calls
+#: when its context shows some: an induction circuit)
+TOOLS_KWARGS: dict[str, Any] = {"enable_auto_tool_choice": True, "tool_call_parser": "pythonic"}
 
 
 EMBED_MODEL = "minilm"
@@ -76,6 +82,7 @@ def app_args(model_dir: str, store_dir: str) -> dict[str, Any]:
                 "model": model_dir,
                 "engine_kwargs": ENGINE_KWARGS,
                 "mode": "pd",
+                **TOOLS_KWARGS,
                 "kv_transfer": {"prefill_timeout_s": PREFILL_TIMEOUT_S},
                 "routing": {"local_prefill_below_tokens": LOCAL_PREFILL_BELOW_TOKENS,
                             "max_prefill_queue_per_replica": 10_000},
@@ -87,6 +94,7 @@ def app_args(model_dir: str, store_dir: str) -> dict[str, Any]:
                                   "num_gpu_blocks_override": COLOCATED_GPU_BLOCKS},
                 "mode": "colocated",
                 "colocated": {"num_replicas": COLOCATED_REPLICAS},
+                **TOOLS_KWARGS,
             },
             {
                 "model_id": EMBED_MODEL,

@@ -130,3 +130,55 @@ def test_bad_sampling_parameters_are_refused_before_any_prefill_runs(
         for leak in ("Traceback", "ray::", "pid=", "ServeReplica", "File \""):
             assert leak not in text, text
     assert prefill_work() == before
+
+
+def test_tokenize_and_detokenize_as_vllm_serve(client: httpx.Client, model_dir: str) -> None:
+    """`/tokenize` and `/detokenize` through vLLM's class on the model's own renderer: the
+    counts are the ones generation uses (usage.prompt_tokens), and they round-trip."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = "the river and the stone the river"
+    for model in (PD_MODEL, COLOCATED_MODEL):
+        r = client.post("/tokenize", json={"model": model, "prompt": prompt,
+                                           "return_token_strs": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["tokens"] == tokenizer.encode(prompt) and body["count"] == len(body["tokens"])
+        assert body["token_strs"] == tokenizer.convert_ids_to_tokens(body["tokens"])
+        assert body["max_model_len"] > 0
+        done = post(client, "/v1/completions", {"model": model, "prompt": prompt,
+                                                "max_tokens": 1})
+        assert done.usage is not None and done.usage["prompt_tokens"] == body["count"]
+        r = client.post("/detokenize", json={"model": model, "tokens": body["tokens"]})
+        assert r.status_code == 200 and r.json()["prompt"] == tokenizer.decode(body["tokens"])
+    messages = [{"role": "user", "content": prompt}]
+    r = client.post("/tokenize", json={"model": PD_MODEL, "messages": messages,
+                                       "add_generation_prompt": True})
+    chat = post(client, "/v1/chat/completions", {"model": PD_MODEL, "messages": messages,
+                                                 "max_tokens": 1})
+    assert chat.usage is not None and r.status_code == 200
+    assert r.json()["count"] == chat.usage["prompt_tokens"]
+    assert client.post("/tokenize", json={"prompt": prompt}).json()["tokens"] == (
+        tokenizer.encode(prompt))  # no model named: the first generating model
+
+
+TOKENIZE_REFUSALS = [
+    ("unknown model", "/tokenize", {"model": "nope", "prompt": "x"}, 404),
+    ("a pipeline", "/tokenize", {"model": PIPELINE_LANCEDB, "prompt": "x"}, 400),
+    ("an embedding model", "/detokenize", {"model": EMBED_MODEL, "tokens": [1]}, 400),
+    ("neither prompt nor messages", "/tokenize", {"model": PD_MODEL}, 400),
+    ("negative token id", "/detokenize", {"model": PD_MODEL, "tokens": [-1]}, 400),
+]
+
+
+@pytest.mark.parametrize(("label", "route", "body", "status"), TOKENIZE_REFUSALS,
+                         ids=[t[0] for t in TOKENIZE_REFUSALS])
+def test_bad_tokenize_requests_get_openai_errors(
+    client: httpx.Client, label: str, route: str, body: dict, status: int
+) -> None:
+    r = client.post(route, json=body)
+    assert r.status_code == status, (label, r.text)
+    error = r.json()["error"]
+    assert error["message"] and "Traceback" not in error["message"], label
+    assert client.get("/health").status_code == 200

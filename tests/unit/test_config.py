@@ -303,3 +303,20 @@ def test_every_deployment_gets_ray_serves_fast_paths_unless_the_app_turns_them_o
         assert not set(RAY_SERVE_HAPROXY_ENV) & set(env), env
     off = envs(app_args() | {"ray_serve_fast_path": False})
     assert all(not set(RAY_SERVE_FAST_PATH_ENV) & set(env) for env in off.values())
+
+
+def test_tool_and_reasoning_parsers_by_vllms_names() -> None:
+    from pdserve.deployments.app import check_chat_parsers
+
+    model = app_args()["models"][0]
+    with pytest.raises(ValidationError, match="enable_auto_tool_choice needs tool_call_parser"):
+        AppConfig.model_validate({"models": [{**model, "enable_auto_tool_choice": True}]})
+    good = AppConfig.model_validate({"models": [{
+        **model, "enable_auto_tool_choice": True, "tool_call_parser": "hermes",
+        "reasoning_parser": "deepseek_r1"}]})
+    check_chat_parsers(good)  # vLLM's own registry knows both
+    for field in ("tool_call_parser", "reasoning_parser"):
+        bad = AppConfig.model_validate({"models": [{**model, field: "no-such-parser"}]})
+        with pytest.raises(ValueError, match=rf"models\[0\]\.{field}: vLLM has no parser "
+                                             r"'no-such-parser'; known: .*"):
+            check_chat_parsers(bad)
