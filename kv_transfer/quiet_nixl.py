@@ -154,8 +154,9 @@ def _thread_ids() -> set[int]:
 
 
 def allowed_cores() -> set[int]:
-    """Cores this engine may use at all: those of its parent (the engine-core process, which
-    no binding narrowed), else every online core."""
+    """Cores this engine may use at all: those of its parent (the process that started it:
+    the engine-core process, or the Serve replica for a one-process engine; no binding
+    narrowed them), else every online core."""
     try:
         return os.sched_getaffinity(os.getppid())
     except OSError:

@@ -24,6 +24,12 @@ def kv_events_config(enabled: bool) -> KVEventsConfig | None:
                           endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
 
 
+def worker_count(engine_kwargs: dict) -> int:
+    """The worker processes vLLM gives one engine of these arguments (tensor x pipeline)."""
+    return (int(engine_kwargs.get("tensor_parallel_size", 1))
+            * int(engine_kwargs.get("pipeline_parallel_size", 1)))
+
+
 def engine_args(model: ModelConfig, role: Role, engine_id: str) -> AsyncEngineArgs:
     kwargs = dict(model.engine_kwargs)
     transfer = None

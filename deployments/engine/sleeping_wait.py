@@ -1,7 +1,9 @@
 """vLLM's engine processes sleep while they wait for each other instead of spinning.
 
-On CPU vLLM always runs the model in a worker process beside the engine-core process
-(`platforms/cpu.py`: OpenMP needs the multiprocessing executor). The two hand each step over a
+On CPU vLLM runs the model in worker processes beside the engine-core process
+(`platforms/cpu.py`: OpenMP needs the multiprocessing executor; pdserve keeps a one-worker
+engine in one process, `placement.single_process_env`, so this matters for engines with tensor
+or pipeline parallelism). The engine core and its workers hand each step over a
 shared-memory ring (`shm_broadcast.MessageQueue`) whose reader spins (`sched_yield`) for
 `busy_loop_s` after its last read (1 s, no setting) before it waits on a ZMQ socket. A decode
 step comes well within 1 s of the last, so while the worker computes, the engine core spins: a

@@ -8,8 +8,13 @@ import pytest
 from vllm.config.kv_transfer import KVTransferConfig
 
 from pdserve.deployments.config.models import ModelConfig
-from pdserve.deployments.engine.args import engine_args
-from pdserve.deployments.engine.placement import omp_threads_bind
+from pdserve.deployments.engine.args import engine_args, worker_count
+from pdserve.deployments.engine.placement import (
+    apply_engine_env,
+    cpu_list,
+    omp_threads_bind,
+    single_process_env,
+)
 from pdserve.kv_transfer.connector import NIXL_STATE_EXTENSION, QUIET_CONNECTOR_MODULE
 from pdserve.kv_transfer.ports import (
     PORTS_PER_POOL,
@@ -78,3 +83,71 @@ def test_connector_roles() -> None:
     for role in ("colocated", "embed"):
         args = engine_args(model, role, "e3")
         assert args.kv_transfer_config is None and not args.worker_extension_cls
+
+
+@pytest.mark.parametrize(
+    ("bind", "cores"), [("1", [1]), ("0-3", [0, 1, 2, 3]), ("0,2", [0, 2]), ("0-1,5", [0, 1, 5])])
+def test_cpu_list_reads_vllms_binding_syntax(bind: str, cores: list[int]) -> None:
+    assert cpu_list(bind) == cores
+
+
+def test_a_bound_single_process_engine_gets_the_workers_openmp_settings() -> None:
+    """What vLLM's multiprocessing executor would set for a worker bound to these cores
+    (`OMPProcessManager.configure_omp_envs`, no iomp/gomp preloaded)."""
+    assert single_process_env("0-1") == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2",
+        "OMP_PLACES": "{0,1}", "OMP_PROC_BIND": "true"}
+    assert single_process_env(None) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def test_vllms_omp_settings_for_a_worker_are_the_ones_pdserve_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pins the assumption `single_process_env` rests on: for a worker bound to one core,
+    vLLM's OpenMP manager sets exactly these variables. An upgrade that sets more (or other)
+    fails here, and `single_process_env` must follow it."""
+    from types import SimpleNamespace
+
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    parallel = SimpleNamespace(local_world_size=1, data_parallel_rank_local=0,
+                               _api_process_count=1)
+    manager = OMPProcessManager(SimpleNamespace(parallel_config=parallel,
+                                                kv_transfer_config=None))
+    import os
+    with manager.configure_omp_envs(rank=0, local_rank=0):
+        seen = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "OMP_PLACES",
+                                                     "OMP_PROC_BIND", "KMP_AFFINITY",
+                                                     "GOMP_CPU_AFFINITY")}
+    expected = single_process_env("1")
+    assert seen == {"OMP_NUM_THREADS": expected["OMP_NUM_THREADS"],
+                    "OMP_PLACES": expected["OMP_PLACES"],
+                    "OMP_PROC_BIND": expected["OMP_PROC_BIND"],
+                    "KMP_AFFINITY": None, "GOMP_CPU_AFFINITY": None}
+
+
+def test_vllms_cpu_platform_keeps_one_worker_in_process_only_under_its_switch() -> None:
+    """Pins `platforms/cpu.py`: the uni-process executor is replaced by the multiprocessing
+    one unless `VLLM_ENABLE_V1_MULTIPROCESSING` is "0" (what `single_process_env` sets)."""
+    import inspect
+
+    from vllm.platforms.cpu import CpuPlatform
+
+    source = inspect.getsource(CpuPlatform.check_and_update_config)
+    assert 'os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1"' in source
+    assert 'distributed_executor_backend = "mp"' in source
+
+
+@pytest.mark.parametrize(("kwargs", "in_process"), [
+    ({}, True), ({"tensor_parallel_size": 2}, False), ({"pipeline_parallel_size": 2}, False)])
+def test_only_a_one_worker_engine_computes_in_its_engine_core(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict, in_process: bool,
+) -> None:
+    monkeypatch.setattr("os.environ", {})  # apply_engine_env writes the process environment
+    env = apply_engine_env(slot=EngineSlot(1, 0), num_pools=2, base_port=20000,
+                           host="127.0.0.1", bind_cpus=True, workers=worker_count(kwargs))
+    assert ("VLLM_ENABLE_V1_MULTIPROCESSING" in env) is in_process
+    assert ("OMP_PLACES" in env) is in_process  # else vLLM's executor sets it per worker
+    assert env["VLLM_CPU_OMP_THREADS_BIND"].isdigit()
