@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -27,7 +28,9 @@ from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.deployments.config.ray_serve_env import ray_start_env
+from pdserve.deployments.engine.placement import omp_threads_bind, single_process_env
 from pdserve.deployments.engine.sleeping_wait import DEFAULT_SPIN_S, SPIN_ENV
+from pdserve.kv_transfer.ports import EngineSlot
 
 MODEL_ID = "bench"
 ENGINE: dict[str, Any] = {
@@ -52,9 +55,11 @@ COLUMNS: tuple[report.Metric, ...] = (
 BASELINE = "vllm"
 #: `rayllm` keeps Ray Serve LLM's default stream batching (50 ms), `rayllm-nobatch` sets 0;
 #: `vllm-sleeping` is plain vLLM with the engine processes' wait pdserve's engines use
-#: (`sleeping_wait.py`): what the graph costs over the same engine.
-SYSTEM_NAMES = ("vllm", "vllm-sleeping", "rayllm", "rayllm-nobatch", "pdserve", "pdserve-fast",
-                "pdserve-haproxy")
+#: (`sleeping_wait.py`); `vllm-single` plain vLLM with pdserve's one-process engine
+#: (`placement.single_process_env`, bound to the core pdserve's one engine gets): what the graph
+#: costs over the same engine.
+SYSTEM_NAMES = ("vllm", "vllm-sleeping", "vllm-single", "rayllm", "rayllm-nobatch", "pdserve",
+                "pdserve-fast", "pdserve-haproxy")
 #: Ray Serve's fast paths (and pdserve's body ceiling in Ray's proxy) in the environment of
 #: every Ray process (`pdserve-fast`), as `make serve` sets them. pdserve's deployments set the
 #: fast paths for themselves (app key `ray_serve_fast_path`, on by default), so `pdserve`
@@ -102,6 +107,11 @@ def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
     if name == "vllm-sleeping":
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env={SPIN_ENV: DEFAULT_SPIN_S})
+    if name == "vllm-single":
+        core = omp_threads_bind(EngineSlot(0, 0), 1, sorted(os.sched_getaffinity(0)))
+        preload = ":".join(systems.find_preload_libs())  # what the server starts with
+        return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
+                       env=single_process_env(core, ld_preload=preload))
     if name in ("pdserve", "pdserve-fast", "pdserve-haproxy"):
         env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-haproxy": HAPROXY_ENV}
         return systems.serve_run_system(

@@ -40,16 +40,25 @@ def omp_threads_bind(slot: EngineSlot, num_pools: int, cpus: list[int]) -> str:
     return str(sorted(cpus)[engine_number % len(cpus)])
 
 
-def single_process_env(bind: str | None) -> dict[str, str]:
+def single_process_env(bind: str | None, ld_preload: str | None = None) -> dict[str, str]:
     """The environment that makes a one-worker engine compute in its engine-core process:
     vLLM's switch, and the OpenMP settings vLLM's multiprocessing executor gives a worker bound
-    to the cores `bind` (`VLLM_CPU_OMP_THREADS_BIND` syntax: "0", "0-3", "0,2")."""
+    to the cores `bind` (`VLLM_CPU_OMP_THREADS_BIND` syntax: "0", "0-3", "0,2"), for the OpenMP
+    runtime `ld_preload` (default: this process's `LD_PRELOAD`) brings: Intel's, GNU's, or
+    torch's own."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    if bind is not None:
-        cores = cpu_list(bind)
-        env |= {"OMP_NUM_THREADS": str(len(cores)),
-                "OMP_PLACES": "{" + ",".join(map(str, cores)) + "}",
-                "OMP_PROC_BIND": "true"}
+    if bind is None:
+        return env
+    cores = [str(core) for core in cpu_list(bind)]
+    preload = os.environ.get("LD_PRELOAD", "") if ld_preload is None else ld_preload
+    env["OMP_NUM_THREADS"] = str(len(cores))
+    if "libiomp" in preload or "libomp" in preload:
+        env |= {"KMP_AFFINITY": f"granularity=fine,explicit,proclist=[{','.join(cores)}]",
+                "KMP_BLOCKTIME": "5", "KMP_TPAUSE": "0"}
+    elif "libgomp" in preload:
+        env["GOMP_CPU_AFFINITY"] = " ".join(cores)
+    else:
+        env |= {"OMP_PLACES": "{" + ",".join(cores) + "}", "OMP_PROC_BIND": "true"}
     return env
 
 

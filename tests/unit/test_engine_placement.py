@@ -92,40 +92,41 @@ def test_cpu_list_reads_vllms_binding_syntax(bind: str, cores: list[int]) -> Non
 
 
 def test_a_bound_single_process_engine_gets_the_workers_openmp_settings() -> None:
-    """What vLLM's multiprocessing executor would set for a worker bound to these cores
-    (`OMPProcessManager.configure_omp_envs`, no iomp/gomp preloaded)."""
-    assert single_process_env("0-1") == {
+    assert single_process_env("0-1", ld_preload="") == {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "2",
         "OMP_PLACES": "{0,1}", "OMP_PROC_BIND": "true"}
     assert single_process_env(None) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_PLACES", "OMP_PROC_BIND", "KMP_AFFINITY",
+                    "KMP_BLOCKTIME", "KMP_TPAUSE", "GOMP_CPU_AFFINITY")
+
+
+@pytest.mark.parametrize("ld_preload", ["", "/x/libiomp5.so:/x/libtcmalloc.so", "/x/libgomp.so"])
 def test_vllms_omp_settings_for_a_worker_are_the_ones_pdserve_copies(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, ld_preload: str
 ) -> None:
-    """Pins the assumption `single_process_env` rests on: for a worker bound to one core,
-    vLLM's OpenMP manager sets exactly these variables. An upgrade that sets more (or other)
-    fails here, and `single_process_env` must follow it."""
+    """Pins the assumption `single_process_env` rests on: for a worker bound to these cores,
+    vLLM's OpenMP manager sets exactly these variables, whichever OpenMP runtime is preloaded.
+    An upgrade that sets more (or other) fails here, and `single_process_env` must follow it."""
+    import os
     from types import SimpleNamespace
 
     from vllm.utils.ompmultiprocessing import OMPProcessManager
 
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("LD_PRELOAD", ld_preload)
+    for name in OPENMP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     parallel = SimpleNamespace(local_world_size=1, data_parallel_rank_local=0,
                                _api_process_count=1)
     manager = OMPProcessManager(SimpleNamespace(parallel_config=parallel,
                                                 kv_transfer_config=None))
-    import os
     with manager.configure_omp_envs(rank=0, local_rank=0):
-        seen = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "OMP_PLACES",
-                                                     "OMP_PROC_BIND", "KMP_AFFINITY",
-                                                     "GOMP_CPU_AFFINITY")}
-    expected = single_process_env("1")
-    assert seen == {"OMP_NUM_THREADS": expected["OMP_NUM_THREADS"],
-                    "OMP_PLACES": expected["OMP_PLACES"],
-                    "OMP_PROC_BIND": expected["OMP_PROC_BIND"],
-                    "KMP_AFFINITY": None, "GOMP_CPU_AFFINITY": None}
+        seen = {name: os.environ[name] for name in OPENMP_VARIABLES if name in os.environ}
+    expected = single_process_env("1", ld_preload=ld_preload)
+    expected.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+    assert seen == expected
 
 
 def test_vllms_cpu_platform_keeps_one_worker_in_process_only_under_its_switch() -> None:
