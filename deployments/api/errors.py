@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -57,13 +58,39 @@ async def _body_too_large(request: Request, exc: Exception) -> Response:
     return too_large(exc.limit)  # type: ignore[attr-defined]
 
 
+#: routes of Anthropic's API: their errors take Anthropic's shape (`api/messages.py`)
+ANTHROPIC_PATHS = ("/v1/messages",)
+
+
+def anthropic_shape(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's error JSON → Anthropic's (`{"type": "error", "error": {type, message}}`)."""
+    error = body.get("error") or {}
+    return {"type": "error", "error": {"type": error.get("type", "invalid_request_error"),
+                                       "message": error.get("message", "")}}
+
+
+def in_each_apis_shape(handler: Any) -> Any:
+    """`handler`'s error JSON, reshaped for Anthropic's routes."""
+    async def handle(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        if (not request.url.path.startswith(ANTHROPIC_PATHS)
+                or not isinstance(response, JSONResponse)):
+            return response
+        body = anthropic_shape(json.loads(response.body))
+        headers = {k: v for k, v in response.headers.items()
+                   if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse(body, status_code=response.status_code, headers=headers)
+    return handle
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BodyTooLarge, _body_too_large)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    app.add_exception_handler(HTTPException, in_each_apis_shape(_http_error))
+    app.add_exception_handler(RequestValidationError,
+                              in_each_apis_shape(validation_exception_handler))
     for kind in REQUEST_ERRORS:
-        app.add_exception_handler(kind, _error_json)
-    app.add_exception_handler(Exception, _error_json)
+        app.add_exception_handler(kind, in_each_apis_shape(_error_json))
+    app.add_exception_handler(Exception, in_each_apis_shape(_error_json))
 
 
 def to_response(result: Any) -> Response:

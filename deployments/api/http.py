@@ -8,7 +8,15 @@ from argparse import Namespace
 
 from fastapi import FastAPI
 
-from pdserve.deployments.api import admin, documents, embeddings, generation, tokenization
+from pdserve.deployments.api import (
+    admin,
+    documents,
+    embeddings,
+    generation,
+    messages,
+    responses,
+    tokenization,
+)
 from pdserve.deployments.api.catalog import Catalog
 from pdserve.deployments.api.errors import install_error_handlers
 from pdserve.deployments.api.guard import EdgeGuard
@@ -16,8 +24,8 @@ from pdserve.deployments.api.keys import KeyRing
 from pdserve.deployments.api.ledger import LedgerLink
 from pdserve.deployments.api.quotas import Quotas
 
-ROUTERS = (generation.router, tokenization.router, embeddings.router, documents.router,
-           admin.router)
+ROUTERS = (generation.router, responses.router, messages.router, tokenization.router,
+           embeddings.router, documents.router, admin.router)
 
 
 def create_app(catalog: Catalog, keys: KeyRing | None = None,

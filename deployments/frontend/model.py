@@ -13,6 +13,7 @@ from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
 from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.renderers.online_renderer import OnlineRenderer
 
@@ -92,6 +93,16 @@ class ModelFrontend:
             enable_prompt_tokens_details=True,
             **{**parsers, "reasoning_parser": model.reasoning_parser or ""},
         )
+        # `/v1/responses`: never stored here (`api/responses.py`: one replica's memory is not
+        # the service's), whatever `VLLM_ENABLE_RESPONSES_API_STORE` says
+        self.responses = OpenAIServingResponses(
+            client, self.registry, renderer, request_logger=None, chat_template=None,
+            chat_template_content_format="auto", enable_prompt_tokens_details=True,
+            **{**parsers, "reasoning_parser": model.reasoning_parser or ""},
+        )
+        self.responses.enable_store = False
+        # what `/v1/messages` builds vLLM's Anthropic class over (`api/messages.py`)
+        self.renderer, self.parsers = renderer, parsers
         # `/tokenize`, `/detokenize`: the same renderer, so counts match what generation sends
         self.tokenization = ServingTokenization(
             self.registry, renderer, chat_template=None, chat_template_content_format="auto",
