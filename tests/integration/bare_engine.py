@@ -2,7 +2,9 @@
 
 Usage: python bare_engine.py IN.json OUT.json, where IN holds `model`, `engine_kwargs`,
 `max_tokens` and `cases` ([{"kind": "completion", "prompt": str} | {"kind": "chat",
-"messages": [...]}]); OUT gets the greedy token ids per case.
+"messages": [...]}], a case may add its own `max_tokens`, `tools` for the chat template, a
+`json_schema` constraining the output and `stop` strings); OUT gets the greedy token ids and
+texts per case.
 """
 
 from __future__ import annotations
@@ -14,18 +16,26 @@ from pathlib import Path
 
 def main(in_path: str, out_path: str) -> None:
     from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
     spec = json.loads(Path(in_path).read_text())
     llm = LLM(model=spec["model"], **spec["engine_kwargs"])
-    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"])
     token_ids: list[list[int]] = []
+    texts: list[str] = []
     for case in spec["cases"]:
+        schema = case.get("json_schema")
+        params = SamplingParams(
+            temperature=0.0, max_tokens=case.get("max_tokens", spec["max_tokens"]),
+            stop=case.get("stop"),
+            structured_outputs=None if schema is None else StructuredOutputsParams(json=schema))
         if case["kind"] == "completion":
             (output,) = llm.generate([case["prompt"]], params, use_tqdm=False)
         else:
-            (output,) = llm.chat([case["messages"]], params, use_tqdm=False)
+            (output,) = llm.chat([case["messages"]], params, use_tqdm=False,
+                                 tools=case.get("tools"))
         token_ids.append(list(output.outputs[0].token_ids))
-    Path(out_path).write_text(json.dumps({"token_ids": token_ids}))
+        texts.append(output.outputs[0].text)
+    Path(out_path).write_text(json.dumps({"token_ids": token_ids, "texts": texts}))
 
 
 if __name__ == "__main__":

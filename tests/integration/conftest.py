@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from cases import Case, build_cases
+from constrained import reference_specs
 from prometheus_client.parser import text_string_to_metric_families
 from shapes import (
     APP_NAME,
@@ -82,17 +83,17 @@ class BareEngineRun:
         self.proc = subprocess.Popen([sys.executable, str(script), str(tmp / "in.json"),
                                       str(self.out)], start_new_session=True)
 
-    def token_ids(self, timeout_s: float = 900) -> list[list[int]]:
+    def result(self, timeout_s: float = 900) -> dict[str, Any]:
         code = self.proc.wait(timeout=timeout_s)
         assert code == 0, f"the bare engine exited with {code}"
-        return json.loads(self.out.read_text())["token_ids"]
+        return json.loads(self.out.read_text())
 
 
 @pytest.fixture(scope="session")
 def bare_engine_run(
     model_dir: str, cases: list[Case], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BareEngineRun]:
-    run = BareEngineRun(model_dir, [c.reference_spec() for c in cases],
+    run = BareEngineRun(model_dir, [*(c.reference_spec() for c in cases), *reference_specs()],
                         tmp_path_factory.mktemp("bare"))
     yield run
     if run.proc.poll() is None:  # its engine core and worker too
@@ -100,8 +101,18 @@ def bare_engine_run(
 
 
 @pytest.fixture(scope="session")
-def bare_reference(bare_engine_run: BareEngineRun) -> list[list[int]]:
-    return bare_engine_run.token_ids()
+def bare_reference(bare_engine_run: BareEngineRun, cases: list[Case]) -> list[list[int]]:
+    """The bare engine's greedy token ids per case (`cases`)."""
+    return bare_engine_run.result()["token_ids"][:len(cases)]
+
+
+@pytest.fixture(scope="session")
+def bare_constrained(bare_engine_run: BareEngineRun) -> dict[str, str]:
+    """The bare engine's text per tool-calling and structured-output request
+    (`constrained.REFERENCE_SPECS`, by label)."""
+    specs = reference_specs()
+    texts = bare_engine_run.result()["texts"][-len(specs):]
+    return {spec["label"]: text for spec, text in zip(specs, texts, strict=True)}
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ MODELS = (PD_MODEL, COLOCATED_MODEL)
 PROMPT = ("the river runs past the stone mill and the stone mill stands by the river; "
           "the river and the")
 MAX_TOKENS = 24
+#: Anthropic's SDK (2.x) has no `temperature` argument; vLLM's Messages API takes the field
+GREEDY = {"temperature": 0}
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,17 @@ def chat_answer(client: httpx.Client, model: str) -> dict[str, Any]:
 @pytest.mark.parametrize("model", MODELS)
 def test_a_response_equals_the_chat_answer(client: httpx.Client, oai: openai.OpenAI,
                                            model: str) -> None:
-    expected = chat_answer(client, model)["choices"][0]["message"]["content"]
+    choice = chat_answer(client, model)["choices"][0]
+    expected = choice["message"]["content"]
     assert expected.strip(), "the chat answer is empty: nothing to compare"
     response = oai.responses.create(model=model, input=PROMPT, max_output_tokens=MAX_TOKENS,
                                     temperature=0)
-    assert response.status == "completed", response
+    # a chat cut at max_tokens is a response cut at max_output_tokens ("incomplete")
+    if choice["finish_reason"] == "length":
+        assert response.status == "incomplete", response
+        assert response.incomplete_details.reason == "max_output_tokens", response
+    else:
+        assert response.status == "completed", response
     assert response.output_text == expected
     streamed = ""
     with oai.responses.stream(model=model, input=PROMPT, max_output_tokens=MAX_TOKENS,
@@ -64,13 +72,18 @@ def test_a_message_equals_the_chat_answer(client: httpx.Client, claude: anthropi
                                           model: str) -> None:
     chat = chat_answer(client, model)
     expected = chat["choices"][0]["message"]["content"]
-    message = claude.messages.create(model=model, max_tokens=MAX_TOKENS, temperature=0,
+    message = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
                                      messages=[{"role": "user", "content": PROMPT}])
     assert message.content[0].type == "text"
     assert message.content[0].text == expected
-    assert message.usage.input_tokens == chat["usage"]["prompt_tokens"]
+    assert message.stop_reason == ("max_tokens" if chat["choices"][0]["finish_reason"] == "length"
+                                   else "end_turn")
+    # Anthropic counts prompt tokens read from the cache apart from `input_tokens`
+    usage = message.usage
+    assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == (
+        chat["usage"]["prompt_tokens"]), usage
     assert message.usage.output_tokens == chat["usage"]["completion_tokens"]
-    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, temperature=0,
+    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
                                 messages=[{"role": "user", "content": PROMPT}]) as stream:
         streamed = "".join(stream.text_stream)
     assert streamed == expected

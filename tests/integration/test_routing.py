@@ -184,9 +184,14 @@ def test_a_restarted_replica_starts_with_no_blocks_in_the_index(
     ray.kill(ray.get_actor(actor_name, namespace="serve"), no_restart=True)
 
     wait_for(lambda: victim not in replicas_of(POOL), timeout_s=60, what="replica dropped")
-    state = routing_state()[f"{COLOCATED_MODEL}/colocated"]
-    assert victim not in state["blocks"] and victim not in state["streams"]
+    assert victim not in routing_state()[f"{COLOCATED_MODEL}/colocated"]["blocks"]
     assert prefix_hits(ids) == {}
+
+    def stream_closed() -> bool:  # the event thread closes it at its next poll (20 ms)
+        state = routing_state()[f"{COLOCATED_MODEL}/colocated"]
+        return victim not in state["streams"] and victim not in state["blocks"]
+
+    wait_for(stream_closed, timeout_s=5, what="the dropped replica's event stream closed")
 
     # Serve starts a replacement; it joins the index empty and then serves correctly.
     wait_for(lambda: len(replicas_of(POOL)) == 2, timeout_s=600, what="replacement replica",

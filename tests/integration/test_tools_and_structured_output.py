@@ -1,10 +1,7 @@
 """Tool calling and structured output through the graph (issue 21): vLLM's own tool parser and
-structured-output backend, with the PD path (prefill, KV transfer, decode) answering exactly as
-the colocated engines do.
-
-The tiny model is an induction circuit: it copies what followed the current token earlier in
-its context. So a context that shows pythonic tool calls makes it write one (`auto`), and a
-schema leaves it only the schema's choices (named tool, `required`, `response_format`)."""
+structured-output backend, the PD path (prefill, KV transfer, decode) answering exactly as the
+colocated engines and a bare vLLM engine given the same constraint do (`constrained.py`: the
+requests, and why the tiny model writes tool calls)."""
 
 from __future__ import annotations
 
@@ -14,27 +11,25 @@ from typing import Any
 import httpx
 import pytest
 from client import post
+from constrained import (
+    ANSWER_SCHEMA,
+    CITIES,
+    JSON_CALL,
+    MAX_TOKENS,
+    PLAIN,
+    PYTHONIC_CALL,
+    TOOLS,
+    shown,
+)
 from shapes import COLOCATED_MODEL, PD_MODEL
 
 MODELS = (PD_MODEL, COLOCATED_MODEL)
-CITIES = ["Paris", "Rome"]
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": CITIES}},
-                   "required": ["city"]}}}]
-PLAIN = [{"role": "user", "content": "the river and the stone"}]
-PYTHONIC_CALL = '[get_weather(city="Paris")]'
-JSON_CALL = '[{"name":"get_weather","parameters":{"city":"Paris"}}]'
-
-
-def shown(call: str) -> list[dict[str, str]]:
-    """A context in which the induction model writes `call` next."""
-    return [{"role": "user", "content": f"{call}\n{call}\n{call}\n"}]
 
 
 def chat(client: httpx.Client, model: str, messages: list[dict[str, str]], **extra: Any
          ) -> dict[str, Any]:
-    body = {"model": model, "messages": messages, "max_tokens": 100, "temperature": 0, **extra}
+    body = {"model": model, "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0,
+            **extra}
     reply = post(client, "/v1/chat/completions", body)
     assert reply.status == 200, reply.body
     return reply.body
@@ -43,7 +38,7 @@ def chat(client: httpx.Client, model: str, messages: list[dict[str, str]], **ext
 def streamed_calls(client: httpx.Client, model: str, messages: list[dict[str, str]],
                    **extra: Any) -> tuple[dict[int, dict[str, str]], str | None, str]:
     """A streamed chat's tool calls (by index, arguments joined), finish reason and text."""
-    body = {"model": model, "messages": messages, "max_tokens": 100, "temperature": 0,
+    body = {"model": model, "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0,
             "stream": True, **extra}
     calls: dict[int, dict[str, str]] = {}
     finish, text = None, ""
@@ -70,11 +65,10 @@ def the_call(body: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
         "finish_reason"]
 
 
-def test_response_format_json_schema_pd_equals_colocated(client: httpx.Client) -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string",
-                                                          "enum": ["river", "stone"]}},
-              "required": ["answer"], "additionalProperties": False}
-    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+def test_response_format_json_schema_equals_the_bare_engines(
+    client: httpx.Client, bare_constrained: dict[str, str]
+) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}}
     texts = []
     for model in MODELS:
         content = chat(client, model, PLAIN, response_format=fmt)["choices"][0]["message"][
@@ -84,11 +78,13 @@ def test_response_format_json_schema_pd_equals_colocated(client: httpx.Client) -
         assert streamed == content
         texts.append(content)
     assert texts[0] == texts[1]  # the PD path (KV moved over NIXL) answers as colocated
+    assert texts[0] == bare_constrained["json-schema"]  # and as a bare engine
     free = chat(client, PD_MODEL, PLAIN)["choices"][0]["message"]["content"]
     assert not free.startswith("{")  # the schema, not the model, made it JSON
 
 
-def test_named_tool_choice_calls_that_tool(client: httpx.Client) -> None:
+def test_named_tool_choice_calls_that_tool(client: httpx.Client,
+                                           bare_constrained: dict[str, str]) -> None:
     choice = {"type": "function", "function": {"name": "get_weather"}}
     calls = []
     for model in MODELS:
@@ -99,6 +95,8 @@ def test_named_tool_choice_calls_that_tool(client: httpx.Client) -> None:
         assert json.loads(streamed[0]["arguments"]) == args
         calls.append(args)
     assert calls[0] == calls[1]
+    # a bare engine constrained to the tool's parameters writes the same arguments
+    assert calls[0] == json.loads(bare_constrained["named-tool"])
 
 
 def test_required_tool_choice(client: httpx.Client) -> None:
@@ -108,9 +106,13 @@ def test_required_tool_choice(client: httpx.Client) -> None:
         assert (name, args, finish) == ("get_weather", {"city": "Paris"}, "tool_calls")
 
 
-def test_auto_tool_choice_reads_the_models_own_calls(client: httpx.Client) -> None:
+def test_auto_tool_choice_reads_the_models_own_calls(
+    client: httpx.Client, bare_constrained: dict[str, str]
+) -> None:
     """`auto` with vLLM's `pythonic` parser: a call the model writes comes back as a tool
-    call (streamed too); plain text stays text."""
+    call (streamed too), the call a bare engine writes for the same prompt; plain text stays
+    text."""
+    assert bare_constrained["auto-tool"] == PYTHONIC_CALL
     for model in MODELS:
         body = chat(client, model, shown(PYTHONIC_CALL), tools=TOOLS, tool_choice="auto",
                     stop=["\n"])
