@@ -24,10 +24,18 @@ def kv_events_config(enabled: bool) -> KVEventsConfig | None:
                           endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
 
 
-def worker_count(engine_kwargs: dict) -> int:
-    """The worker processes vLLM gives one engine of these arguments (tensor x pipeline)."""
-    return (int(engine_kwargs.get("tensor_parallel_size", 1))
-            * int(engine_kwargs.get("pipeline_parallel_size", 1)))
+def worker_processes(engine_kwargs: dict) -> int:
+    """How many worker processes vLLM gives one engine of these arguments: none when the model
+    can run in the engine-core process (one worker, no data parallelism, no executor backend
+    named: `placement.single_process_env`), else one per worker (tensor x pipeline x prefill
+    context parallel)."""
+    workers = 1
+    for size in ("tensor_parallel_size", "pipeline_parallel_size",
+                 "prefill_context_parallel_size"):
+        workers *= int(engine_kwargs.get(size) or 1)
+    in_core = (workers == 1 and int(engine_kwargs.get("data_parallel_size") or 1) == 1
+               and engine_kwargs.get("distributed_executor_backend") in (None, "uni"))
+    return 0 if in_core else workers
 
 
 def engine_args(model: ModelConfig, role: Role, engine_id: str) -> AsyncEngineArgs:

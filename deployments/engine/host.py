@@ -28,7 +28,7 @@ from pdserve.deployments.config.binding import EngineBinding
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.config.slo import SLOTargets
 from pdserve.deployments.engine.actors import actor_alive
-from pdserve.deployments.engine.args import engine_args, worker_count
+from pdserve.deployments.engine.args import engine_args, worker_processes
 from pdserve.deployments.engine.callers import Caller, CallerGone, watch_callers
 from pdserve.deployments.engine.placement import apply_engine_env
 from pdserve.deployments.engine.reaper import guard_engine_processes
@@ -76,7 +76,7 @@ class EngineHost:
             base_port=self.model.kv_transfer.side_channel_base_port,
             host=ray.util.get_node_ip_address(),  # reachable from decoders on other nodes
             bind_cpus=binding.cpu_binding == "auto",
-            workers=worker_count(self.model.engine_kwargs),
+            workers=worker_processes(self.model.engine_kwargs),
         )
         logger.info("engine %s starting with %s", self.engine_id, env)
         self.load = LoadReport()

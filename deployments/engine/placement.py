@@ -5,8 +5,10 @@ binding from `VLLM_CPU_OMP_THREADS_BIND`, pdserve's vLLM plugin the engine proce
 (`sleeping_wait.SPIN_ENV`); the engine-core subprocess inherits them. This module is the one
 place that writes them (`apply_engine_env`), before the engine starts.
 
-An engine of one worker (no tensor or pipeline parallelism) runs its model in the engine-core
-process itself (`single_process_env`): vLLM's CPU platform otherwise always starts a separate
+An engine that needs no worker process (one worker, no data parallelism, no executor backend
+named: `args.worker_processes`) runs its model in the engine-core process itself
+(`single_process_env`; `PDSERVE_SINGLE_PROCESS_ENGINES=0` opts out): vLLM's CPU platform otherwise
+always starts a separate
 worker process (`platforms/cpu.py`, so that the worker's OpenMP environment can be set before
 it starts), which on this machine doubled an engine's start (35 s → 17 s, 44 → 23 CPU-s for
 the tiny model: one import of vLLM fewer) and hands every step across a shared-memory ring.
@@ -27,17 +29,24 @@ from pdserve.kv_transfer.ports import (
     side_channel_port,
 )
 
+#: "0" keeps vLLM's separate worker process even for engines that could compute in their engine
+#: core (for comparisons, or should an OpenMP runtime misbehave in one process); read where the
+#: engine host starts.
+SINGLE_PROCESS_SWITCH = "PDSERVE_SINGLE_PROCESS_ENGINES"
 
-def omp_threads_bind(slot: EngineSlot, num_pools: int, cpus: list[int]) -> str:
-    """Cores for this engine's OpenMP threads: spread engines round-robin over the host's cores.
+
+def omp_threads_bind(slot: EngineSlot, num_pools: int, cpus: list[int], workers: int = 1) -> str:
+    """Cores for this engine's OpenMP threads: spread engines round-robin over the host's cores,
+    one core per worker, in vLLM's syntax (`|` between the workers of one engine).
 
     Engines of different pools and ranks get different cores while there are cores left;
     beyond that they share, which is still better than every engine binding all cores.
     """
     if not cpus:
         raise ValueError("no CPUs available to bind")
-    engine_number = slot.local_rank * num_pools + slot.pool_index
-    return str(sorted(cpus)[engine_number % len(cpus)])
+    cpus = sorted(cpus)
+    first = (slot.local_rank * num_pools + slot.pool_index) * workers
+    return "|".join(str(cpus[(first + rank) % len(cpus)]) for rank in range(workers))
 
 
 def single_process_env(bind: str | None, ld_preload: str | None = None) -> dict[str, str]:
@@ -63,21 +72,22 @@ def single_process_env(bind: str | None, ld_preload: str | None = None) -> dict[
 
 
 def cpu_list(bind: str) -> list[int]:
-    """Cores named by a `VLLM_CPU_OMP_THREADS_BIND` value of one NUMA group ("0-2,5")."""
-    cores: list[int] = []
-    for part in bind.split(","):
+    """Cores named by a `VLLM_CPU_OMP_THREADS_BIND` value of one worker ("0-2,5"), sorted and
+    without repeats, as vLLM reads it."""
+    cores: set[int] = set()
+    for part in bind.replace(" ", "").split(","):
         first, _, last = part.partition("-")
-        cores.extend(range(int(first), int(last or first) + 1))
-    return cores
+        cores.update(range(int(first), int(last or first) + 1))
+    return sorted(cores)
 
 
 def apply_engine_env(
     *, slot: EngineSlot, num_pools: int, base_port: int, host: str, bind_cpus: bool,
-    workers: int = 1,
+    workers: int = 0,
 ) -> dict[str, str]:
     """Set this replica's engine environment; return what was set (for logs and tests).
-    `workers`: the engine's worker processes (tensor x pipeline parallel size); with one, the
-    engine core computes itself (module docstring)."""
+    `workers`: the engine's worker processes (`args.worker_processes`); with none, the engine
+    core computes itself (module docstring)."""
     preferred = side_channel_port(base_port, slot)
     env = {
         SPIN_ENV: os.environ.get(SPIN_ENV, DEFAULT_SPIN_S),
@@ -85,11 +95,13 @@ def apply_engine_env(
         "VLLM_NIXL_SIDE_CHANNEL_PORT": str(
             first_free_port(preferred, pool_port_limit(base_port, slot), host)),
     }
-    bind = (omp_threads_bind(slot, num_pools, sorted(os.sched_getaffinity(0)))
+    if os.environ.get(SINGLE_PROCESS_SWITCH, "1") == "0":
+        workers = max(workers, 1)  # the operator keeps vLLM's worker process
+    bind = (omp_threads_bind(slot, num_pools, sorted(os.sched_getaffinity(0)), max(workers, 1))
             if bind_cpus else None)
     if bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    if workers == 1:
+    if workers == 0:
         env |= single_process_env(bind)
     os.environ.update(env)
     return env

@@ -8,8 +8,9 @@ import pytest
 from vllm.config.kv_transfer import KVTransferConfig
 
 from pdserve.deployments.config.models import ModelConfig
-from pdserve.deployments.engine.args import engine_args, worker_count
+from pdserve.deployments.engine.args import engine_args, worker_processes
 from pdserve.deployments.engine.placement import (
+    SINGLE_PROCESS_SWITCH,
     apply_engine_env,
     cpu_list,
     omp_threads_bind,
@@ -86,7 +87,8 @@ def test_connector_roles() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bind", "cores"), [("1", [1]), ("0-3", [0, 1, 2, 3]), ("0,2", [0, 2]), ("0-1,5", [0, 1, 5])])
+    ("bind", "cores"), [("1", [1]), ("0-3", [0, 1, 2, 3]), ("0,2", [0, 2]), ("0-1,5", [0, 1, 5]),
+                        ("2,0,0", [0, 2])])
 def test_cpu_list_reads_vllms_binding_syntax(bind: str, cores: list[int]) -> None:
     assert cpu_list(bind) == cores
 
@@ -141,14 +143,46 @@ def test_vllms_cpu_platform_keeps_one_worker_in_process_only_under_its_switch() 
     assert 'distributed_executor_backend = "mp"' in source
 
 
-@pytest.mark.parametrize(("kwargs", "in_process"), [
-    ({}, True), ({"tensor_parallel_size": 2}, False), ({"pipeline_parallel_size": 2}, False)])
-def test_only_a_one_worker_engine_computes_in_its_engine_core(
-    monkeypatch: pytest.MonkeyPatch, kwargs: dict, in_process: bool,
+@pytest.mark.parametrize(("kwargs", "workers"), [
+    ({}, 0), ({"tensor_parallel_size": 1, "distributed_executor_backend": "uni"}, 0),
+    ({"tensor_parallel_size": 2}, 2), ({"pipeline_parallel_size": 2}, 2),
+    ({"prefill_context_parallel_size": 2}, 2), ({"data_parallel_size": 2}, 1),
+    ({"distributed_executor_backend": "mp"}, 1)])
+def test_only_an_engine_without_worker_processes_computes_in_its_engine_core(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict, workers: int,
 ) -> None:
+    assert worker_processes(kwargs) == workers
     monkeypatch.setattr("os.environ", {})  # apply_engine_env writes the process environment
     env = apply_engine_env(slot=EngineSlot(1, 0), num_pools=2, base_port=20000,
-                           host="127.0.0.1", bind_cpus=True, workers=worker_count(kwargs))
-    assert ("VLLM_ENABLE_V1_MULTIPROCESSING" in env) is in_process
-    assert ("OMP_PLACES" in env) is in_process  # else vLLM's executor sets it per worker
-    assert env["VLLM_CPU_OMP_THREADS_BIND"].isdigit()
+                           host="127.0.0.1", bind_cpus=True, workers=workers)
+    assert ("VLLM_ENABLE_V1_MULTIPROCESSING" in env) is (workers == 0)
+    assert ("OMP_PLACES" in env) is (workers == 0)  # else vLLM's executor sets it per worker
+    assert len(env["VLLM_CPU_OMP_THREADS_BIND"].split("|")) == max(workers, 1)  # vLLM asserts it
+
+
+def test_the_operator_may_keep_vllms_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.environ", {SINGLE_PROCESS_SWITCH: "0"})
+    env = apply_engine_env(slot=EngineSlot(0, 0), num_pools=1, base_port=20000,
+                           host="127.0.0.1", bind_cpus=True, workers=0)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in env and "OMP_PLACES" not in env
+
+
+def test_each_worker_of_an_engine_gets_its_own_core() -> None:
+    assert omp_threads_bind(EngineSlot(0, 0), 2, [0, 1, 2, 3], workers=2) == "0|1"
+    assert omp_threads_bind(EngineSlot(1, 0), 2, [0, 1, 2, 3], workers=2) == "2|3"
+    assert omp_threads_bind(EngineSlot(1, 0), 2, [0, 1], workers=2) == "0|1"  # shared beyond
+
+
+def test_vllm_takes_one_core_list_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's OpenMP manager needs as many `|`-separated lists as the engine has workers."""
+    from types import SimpleNamespace
+
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND",
+                       omp_threads_bind(EngineSlot(0, 0), 1, [0, 1], workers=2))
+    parallel = SimpleNamespace(local_world_size=2, data_parallel_rank_local=0,
+                               _api_process_count=1)
+    manager = OMPProcessManager(SimpleNamespace(parallel_config=parallel,
+                                                kv_transfer_config=None))
+    assert [list(map(int, cores)) for cores in manager.cpu_lists] == [[0], [1]]
