@@ -20,6 +20,7 @@ from vllm.entrypoints.serve.exception_handling.handlers.validation import (
 )
 from vllm.exceptions import VLLMError
 
+from pdserve.deployments.api.guard import route_path
 from pdserve.deployments.api.refusal import BodyTooLarge, too_large
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def in_each_apis_shape(handler: Any) -> Any:
     """`handler`'s error JSON, reshaped for Anthropic's routes."""
     async def handle(request: Request, exc: Exception) -> Response:
         response = await handler(request, exc)
-        if (not request.url.path.startswith(ANTHROPIC_PATHS)
+        if (not route_path(request.scope).startswith(ANTHROPIC_PATHS)
                 or not isinstance(response, JSONResponse)):
             return response
         body = anthropic_shape(json.loads(response.body))

@@ -41,9 +41,27 @@ def prompt_count(request: CompletionRequest | ChatCompletionRequest) -> int:
     return 1
 
 
+#: vLLM's request fields that only the server may set: a client's `kv_transfer_params` would
+#: replace the rendered prompt (vLLM's renderer takes its `prompt_token_ids`), skipping the chat
+#: template and a pipeline's system prompt and context; pdserve sets them for its own transfers.
+SERVER_FIELDS = ("kv_transfer_params", "ec_transfer_params")
+
+
+def server_fields_refusal(request: Any) -> ErrorResponse | None:
+    """400 for a request that sets a field only the server may set (`SERVER_FIELDS`)."""
+    for field in SERVER_FIELDS:
+        if getattr(request, field, None) is not None:
+            return create_error_response(f"{field} is set by the server, not by clients",
+                                         param=field)
+    return None
+
+
 def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest,
                 caller: Caller = ANONYMOUS) -> ErrorResponse | None:
-    """400 for what `limits:` bounds in a generation request (before any engine sees it)."""
+    """400 for what `limits:` bounds in a generation request (before any engine sees it), and
+    for fields only the server sets."""
+    if (refused := server_fields_refusal(request)) is not None:
+        return refused
     limits = catalog.limits
     if (request.n or 1) > limits.max_n:
         return create_error_response(f"n must be at most {limits.max_n} on this server",

@@ -11,6 +11,7 @@ refuses the route: it answers chat completions.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -46,10 +47,25 @@ class CheckedMessages(AnthropicServingMessages):
             raise ValueError("a Messages request needs its HTTP request")
         frontend = resolve(catalog_of(raw_request), request, raw_request)
         if isinstance(frontend, ErrorResponse):
-            return frontend
+            return in_messages_terms(frontend)
         if isinstance(frontend, ModelFrontend):
             tag_session(frontend, request, raw_request)
         return await super().create_chat_completion(request, raw_request)
+
+
+#: chat's names for what a Messages request calls otherwise (vLLM's conversion renames them)
+CHAT_NAMES = {"max_completion_tokens": "max_tokens"}
+
+
+def in_messages_terms(error: ErrorResponse) -> ErrorResponse:
+    """A chat check's error, naming the Messages request's own field."""
+    param = error.error.param
+    if param not in CHAT_NAMES:
+        return error
+    return create_error_response(error.error.message.replace(param, CHAT_NAMES[param]),
+                                 err_type=error.error.type,
+                                 status_code=HTTPStatus(error.error.code),
+                                 param=CHAT_NAMES[param])
 
 
 _HANDLERS: WeakKeyDictionary[ModelFrontend, CheckedMessages] = WeakKeyDictionary()

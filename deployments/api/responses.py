@@ -22,7 +22,7 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_c
 
 from pdserve.deployments.api.catalog import catalog_of
 from pdserve.deployments.api.errors import to_response
-from pdserve.deployments.api.generation import tag_session
+from pdserve.deployments.api.generation import server_fields_refusal, tag_session
 from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.api.keys import tenant_cache_salt
 from pdserve.deployments.frontend.model import ModelFrontend
@@ -40,8 +40,8 @@ def unstored(param: str) -> ErrorResponse:
 
 def checked(request: ResponsesRequest, raw_request: Request) -> ModelFrontend | ErrorResponse:
     """The named model's front, if the caller may use it and the request needs no stored
-    response and stays within the model's output cap; the request then runs in the caller's
-    prefix-cache namespace."""
+    response, sets no server-only field and stays within the model's output cap; the request
+    then runs in the caller's prefix-cache namespace."""
     caller = caller_of(raw_request.state)
     frontend = catalog_of(raw_request).frontend(request.model, caller)
     if isinstance(frontend, ErrorResponse):
@@ -53,6 +53,8 @@ def checked(request: ResponsesRequest, raw_request: Request) -> ModelFrontend | 
     for param in ("previous_response_id", "background"):
         if getattr(request, param):
             return unstored(param)
+    if (refused := server_fields_refusal(request)) is not None:
+        return refused
     cap = frontend.model.max_output_tokens
     if cap is not None:
         if request.max_output_tokens is None:

@@ -431,3 +431,68 @@ def test_the_models_output_cap(secure: tuple[str, Path]) -> None:
                       json=chat_body(max_tokens=None, ignore_eos=True))
         assert r.status_code == 200
         assert r.json()["usage"]["completion_tokens"] == MAX_OUTPUT
+
+
+def test_responses_and_messages_pass_the_chat_routes_checks(secure: tuple[str, Path]) -> None:
+    """`/v1/responses` and Anthropic's `/v1/messages` admit nothing chat would refuse: a key's
+    models, the model's output cap, the key's prefix-cache namespace, no client KV-transfer
+    parameters; Anthropic's routes take the key as `x-api-key` and answer in their shape."""
+    import random
+
+    from pdserve.tiny_model import random_words
+
+    url, _ = secure
+
+    def anthropic_key(key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        def responses(key: str, **body: Any) -> httpx.Response:
+            return http.post("/v1/responses", headers=bearer(key),
+                             json={"model": PD_MODEL, "input": "the cat the", **body})
+
+        def messages(key: str, path: str = "/v1/messages", **body: Any) -> httpx.Response:
+            return http.post(path, headers=anthropic_key(key), json={
+                "model": PD_MODEL, "max_tokens": 4,
+                "messages": [{"role": "user", "content": "the cat the"}], **body})
+
+        # a key's models
+        assert responses(READER, max_output_tokens=4).status_code == 200
+        assert messages(READER).status_code == 200
+        r = responses(READER, model=COLOCATED_MODEL)
+        assert r.status_code == 403 and COLOCATED_MODEL in r.json()["error"]["message"]
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            r = messages(READER, path, model=COLOCATED_MODEL)
+            assert r.status_code == 403 and r.json()["type"] == "error", r.text
+        assert messages("pds-wrong").status_code == 401
+        # the model's output cap
+        r = responses(READER, max_output_tokens=MAX_OUTPUT + 1)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens"
+        r = responses(READER, ignore_eos=True)  # no bound named: the cap applies
+        assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == MAX_OUTPUT
+        r = messages(READER, max_tokens=MAX_OUTPUT + 1)
+        assert r.status_code == 400 and r.json()["type"] == "error"
+        assert "max_tokens" in r.json()["error"]["message"]
+        assert "max_completion_tokens" not in r.json()["error"]["message"]
+        # KV-transfer parameters are the server's: a client's would replace the rendered prompt
+        theirs = {"kv_transfer_params": {"prompt_token_ids": [1, 2, 3]}}
+        r = responses(READER, max_output_tokens=4, **theirs)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "kv_transfer_params"
+        r = messages(READER, **theirs)
+        assert r.status_code == 400 and r.json()["type"] == "error", r.text
+        for key, model in ((READER, PD_MODEL), (WRITER, PIPELINE_LANCEDB)):  # (its own prompt)
+            r = http.post("/v1/chat/completions", headers=bearer(key),
+                          json=chat_body(model, **theirs))
+            assert r.status_code == 400 and r.json()["error"]["param"] == "kv_transfer_params"
+
+        # each tenant's prefix cache: what Anthropic reports as read from the cache
+        text = " ".join(random_words(random.Random(2412), 80))
+
+        def cached(key: str) -> int:
+            r = messages(key, messages=[{"role": "user", "content": text}])
+            assert r.status_code == 200, r.text
+            return r.json()["usage"].get("cache_read_input_tokens") or 0
+
+        assert cached(READER) == 0  # a prompt nobody sent before
+        assert cached(WRITER) == 0  # another key, no tenant: a namespace of its own
+        assert cached(COLLEAGUE) > 0  # the reader's tenant shares its cache

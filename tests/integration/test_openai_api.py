@@ -90,17 +90,19 @@ def test_malformed_json_and_bad_chat_get_4xx_and_the_server_stays_healthy(
     assert ok.status == 200 and ok.text.strip()
 
 
-def test_client_supplied_kv_transfer_params_are_ignored(client: httpx.Client) -> None:
-    """Only the orchestrator may set transfer params; a client's must not reach an engine."""
+def test_client_supplied_kv_transfer_params_are_refused(client: httpx.Client) -> None:
+    """Only the orchestrator may set transfer params: a client's never reaches an engine (vLLM's
+    renderer would even take a prompt from them), it gets a 400 naming the field."""
     hostile = {"do_remote_prefill": True, "remote_engine_id": "evil", "remote_block_ids": [],
-               "remote_host": "127.0.0.1", "remote_port": 1}
-    for extra in ({"n": 2}, {}):
-        reply = post(client, "/v1/completions", {"model": PD_MODEL, "prompt": "the river",
-                                                 "max_tokens": 4, "temperature": 0.7,
-                                                 "seed": 1, "kv_transfer_params": hostile,
-                                                 **extra})
-        assert reply.status == 200, reply.body
-        assert reply.body["kv_transfer_params"] is None
+               "remote_host": "127.0.0.1", "remote_port": 1, "prompt_token_ids": [1, 2, 3]}
+    for path, body in (("/v1/completions", {"prompt": "the river", "n": 2}),
+                       ("/v1/completions", {"prompt": "the river"}),
+                       ("/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "the river"}]})):
+        reply = post(client, path, {"model": PD_MODEL, "max_tokens": 4, "temperature": 0.7,
+                                    "seed": 1, "kv_transfer_params": hostile, **body})
+        assert reply.status == 400, reply.body
+        assert reply.body["error"]["param"] == "kv_transfer_params", reply.body
     assert client.get("/health").status_code == 200
 
 
