@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-CITIES = ["Paris", "Rome"]
+#: enough choices that two engines agreeing by chance is unlikely
+CITIES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Quito"]
 WEATHER_PARAMETERS = {"type": "object",
                       "properties": {"city": {"type": "string", "enum": CITIES}},
                       "required": ["city"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -104,6 +105,14 @@ def test_one_worker_engines_compute_in_their_engine_core(client: httpx.Client) -
     for engine, pids in engines().items():
         names = vllm_processes(pids)
         assert sorted(names.values()) == ["VLLM::EngineCore"], f"{engine}: {names}"
+        (core,) = names
+        environ = dict(line.split("=", 1) for line in
+                       Path(f"/proc/{core}/environ").read_text().split("\0") if "=" in line)
+        assert environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0", engine
+        # the OpenMP settings of the one core pdserve bound the engine to reached its process
+        bound = environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        assert bound is not None and environ.get("OMP_NUM_THREADS") == "1", (engine, environ)
+        assert psutil.Process(core).cpu_affinity() == [int(bound)], (engine, bound)
     name = f"{PD_MODEL}-decode"
     (replica,) = replicas_of(name)
     (core,) = vllm_processes(deployment(name).engine_processes.remote(replica=replica).result())

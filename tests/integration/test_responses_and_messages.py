@@ -5,6 +5,7 @@ come back as 4xx in each API's own error shape."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import anthropic
@@ -19,8 +20,6 @@ MODELS = (PD_MODEL, COLOCATED_MODEL)
 PROMPT = ("the river runs past the stone mill and the stone mill stands by the river; "
           "the river and the")
 MAX_TOKENS = 24
-#: Anthropic's SDK (2.x) has no `temperature` argument; vLLM's Messages API takes the field
-GREEDY = {"temperature": 0}
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +32,20 @@ def claude(serve_app: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=serve_app, api_key="unused", max_retries=0)
 
 
+def fresh() -> dict[str, str]:
+    """A prefix-cache namespace of its own, so each request prefills its whole prompt (on the
+    PD model: remotely, its KV moved over NIXL) instead of reusing the previous request's."""
+    return {"cache_salt": uuid.uuid4().hex}
+
+
+def greedy() -> dict[str, Any]:
+    """Anthropic's SDK (2.x) has no `temperature` argument; vLLM's Messages API takes it."""
+    return {"temperature": 0, **fresh()}
+
+
 def chat_answer(client: httpx.Client, model: str) -> dict[str, Any]:
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": MAX_TOKENS, "temperature": 0}
+            "max_tokens": MAX_TOKENS, "temperature": 0, **fresh()}
     reply = post(client, "/v1/chat/completions", body)
     assert reply.status == 200, reply.body
     return reply.body
@@ -48,7 +58,7 @@ def test_a_response_equals_the_chat_answer(client: httpx.Client, oai: openai.Ope
     expected = choice["message"]["content"]
     assert expected.strip(), "the chat answer is empty: nothing to compare"
     response = oai.responses.create(model=model, input=PROMPT, max_output_tokens=MAX_TOKENS,
-                                    temperature=0)
+                                    temperature=0, extra_body=fresh())
     # a chat cut at max_tokens is a response cut at max_output_tokens ("incomplete")
     if choice["finish_reason"] == "length":
         assert response.status == "incomplete", response
@@ -58,7 +68,7 @@ def test_a_response_equals_the_chat_answer(client: httpx.Client, oai: openai.Ope
     assert response.output_text == expected
     streamed = ""
     with oai.responses.stream(model=model, input=PROMPT, max_output_tokens=MAX_TOKENS,
-                              temperature=0) as events:
+                              temperature=0, extra_body=fresh()) as events:
         for event in events:
             if event.type == "response.output_text.delta":
                 streamed += event.delta
@@ -72,18 +82,20 @@ def test_a_message_equals_the_chat_answer(client: httpx.Client, claude: anthropi
                                           model: str) -> None:
     chat = chat_answer(client, model)
     expected = chat["choices"][0]["message"]["content"]
-    message = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
+    message = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=greedy(),
                                      messages=[{"role": "user", "content": PROMPT}])
     assert message.content[0].type == "text"
     assert message.content[0].text == expected
     assert message.stop_reason == ("max_tokens" if chat["choices"][0]["finish_reason"] == "length"
                                    else "end_turn")
-    # Anthropic counts prompt tokens read from the cache apart from `input_tokens`
+    # Anthropic's input is split: new, written to the cache (vLLM's external KV: a PD
+    # transfer) and read from it (none: a fresh namespace); together, chat's prompt tokens
     usage = message.usage
-    assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == (
+    assert not usage.cache_read_input_tokens, usage
+    assert usage.input_tokens + (usage.cache_creation_input_tokens or 0) == (
         chat["usage"]["prompt_tokens"]), usage
     assert message.usage.output_tokens == chat["usage"]["completion_tokens"]
-    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
+    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, extra_body=greedy(),
                                 messages=[{"role": "user", "content": PROMPT}]) as stream:
         streamed = "".join(stream.text_stream)
     assert streamed == expected
