@@ -28,7 +28,11 @@ from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.deployments.config.ray_serve_env import ray_start_env
-from pdserve.deployments.engine.placement import omp_threads_bind, single_process_env
+from pdserve.deployments.engine.placement import (
+    SINGLE_PROCESS_SWITCH,
+    omp_threads_bind,
+    single_process_env,
+)
 from pdserve.deployments.engine.sleeping_wait import DEFAULT_SPIN_S, SPIN_ENV
 from pdserve.kv_transfer.ports import EngineSlot
 
@@ -59,7 +63,7 @@ BASELINE = "vllm"
 #: (`placement.single_process_env`, bound to the core pdserve's one engine gets): what the graph
 #: costs over the same engine.
 SYSTEM_NAMES = ("vllm", "vllm-sleeping", "vllm-single", "rayllm", "rayllm-nobatch", "pdserve",
-                "pdserve-fast", "pdserve-haproxy")
+                "pdserve-fast", "pdserve-split", "pdserve-haproxy")
 #: Ray Serve's fast paths (and pdserve's body ceiling in Ray's proxy) in the environment of
 #: every Ray process (`pdserve-fast`), as `make serve` sets them. pdserve's deployments set the
 #: fast paths for themselves (app key `ray_serve_fast_path`, on by default), so `pdserve`
@@ -70,6 +74,9 @@ RAY_START_ENV = ray_start_env()
 #: request straight to an ingress replica's own HTTP server (direct ingress): one Python hop
 #: fewer per request and per streamed chunk.
 HAPROXY_ENV = {**RAY_START_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # as run in overhead-cpu-v6
+#: `pdserve-split`: `pdserve-fast` with vLLM's worker process kept beside each engine core (as
+#: every pdserve engine ran before overhead-cpu-v7): what the one-process engine is worth
+SPLIT_ENV = {**RAY_START_ENV, SINGLE_PROCESS_SWITCH: "0"}
 
 
 def pdserve_config(model: str) -> dict[str, Any]:
@@ -112,8 +119,9 @@ def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
         preload = ":".join(systems.find_preload_libs())  # what the server starts with
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env=single_process_env(core, ld_preload=preload))
-    if name in ("pdserve", "pdserve-fast", "pdserve-haproxy"):
-        env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-haproxy": HAPROXY_ENV}
+    if name in ("pdserve", "pdserve-fast", "pdserve-split", "pdserve-haproxy"):
+        env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-split": SPLIT_ENV,
+               "pdserve-haproxy": HAPROXY_ENV}
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
             ENGINE, env[name])
