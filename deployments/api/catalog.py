@@ -11,6 +11,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
 from pdserve.deployments.api.errors import not_found
+from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.api.keys import ANONYMOUS, Caller
 from pdserve.deployments.config.app import AppConfig
 from pdserve.deployments.config.models import ModelConfig
@@ -66,6 +67,19 @@ def refused(caller: Caller, model: str) -> ErrorResponse | None:
     return create_error_response(
         f"The API key `{caller.name}` may not use the model `{model}`.",
         err_type="PermissionDeniedError", status_code=HTTPStatus.FORBIDDEN, param="model")
+
+
+def model_front(raw_request: Request, model: str | None, hint: str = ""
+                ) -> ModelFrontend | ErrorResponse:
+    """The named model's front (the first generating model when none is named) for the
+    request's caller, on a route only models answer: a pipeline answers chat completions
+    alone, so it gets a 400 saying so (and `hint`)."""
+    frontend = catalog_of(raw_request).frontend(model, caller_of(raw_request.state))
+    if isinstance(frontend, PipelineFrontend):
+        return create_error_response(
+            f"`{model}` is a pipeline: it answers only chat completions (/v1/chat/completions)"
+            f"{hint}.", param="model")
+    return frontend
 
 
 def catalog_of(request: Request) -> Catalog:

@@ -29,11 +29,9 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_cancellation
 
-from pdserve.deployments.api.catalog import catalog_of
+from pdserve.deployments.api.catalog import catalog_of, model_front
 from pdserve.deployments.api.generation import resolve, tag_session
-from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.frontend.model import ModelFrontend
-from pdserve.deployments.pipelines.rag import PipelineFrontend
 
 router = APIRouter()
 
@@ -82,19 +80,10 @@ def messages_of(frontend: ModelFrontend) -> CheckedMessages:
     return handler
 
 
-def model_front(model: str, raw_request: Request) -> ModelFrontend | ErrorResponse:
-    frontend = catalog_of(raw_request).frontend(model, caller_of(raw_request.state))
-    if isinstance(frontend, PipelineFrontend):
-        return create_error_response(
-            f"pipeline `{model}` answers chat completions (/v1/chat/completions)",
-            param="model")
-    return frontend
-
-
 @router.post("/v1/messages", dependencies=[Depends(validate_json_request)])
 @with_cancellation
 async def create_message(request: AnthropicMessagesRequest, raw_request: Request) -> Response:
-    frontend = model_front(request.model, raw_request)
+    frontend = model_front(raw_request, request.model)
     if isinstance(frontend, ErrorResponse):
         return translate_error_response(frontend)
     result = await messages_of(frontend).create_messages(request, raw_request)
@@ -108,7 +97,7 @@ async def create_message(request: AnthropicMessagesRequest, raw_request: Request
 @router.post("/v1/messages/count_tokens", dependencies=[Depends(validate_json_request)])
 @with_cancellation
 async def count_tokens(request: AnthropicCountTokensRequest, raw_request: Request) -> Response:
-    frontend = model_front(request.model, raw_request)
+    frontend = model_front(raw_request, request.model)
     if isinstance(frontend, ErrorResponse):
         return translate_error_response(frontend)
     result = await messages_of(frontend).count_tokens(request, raw_request)

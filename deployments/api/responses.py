@@ -20,13 +20,12 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_cancellation
 
-from pdserve.deployments.api.catalog import catalog_of
+from pdserve.deployments.api.catalog import model_front
 from pdserve.deployments.api.errors import to_response
 from pdserve.deployments.api.generation import server_fields_refusal, tag_session
 from pdserve.deployments.api.guard import caller_of
 from pdserve.deployments.api.keys import tenant_cache_salt
 from pdserve.deployments.frontend.model import ModelFrontend
-from pdserve.deployments.pipelines.rag import PipelineFrontend
 
 router = APIRouter()
 
@@ -43,13 +42,9 @@ def checked(request: ResponsesRequest, raw_request: Request) -> ModelFrontend | 
     response, sets no server-only field and stays within the model's output cap; the request
     then runs in the caller's prefix-cache namespace."""
     caller = caller_of(raw_request.state)
-    frontend = catalog_of(raw_request).frontend(request.model, caller)
+    frontend = model_front(raw_request, request.model)
     if isinstance(frontend, ErrorResponse):
         return frontend
-    if isinstance(frontend, PipelineFrontend):
-        return create_error_response(
-            f"pipeline `{request.model}` answers chat completions (/v1/chat/completions)",
-            param="model")
     for param in ("previous_response_id", "background"):
         if getattr(request, param):
             return unstored(param)
