@@ -78,10 +78,13 @@ def routing_info(pending_request: PendingRequest | None) -> RoutingInfo | None:
 
 def without_avoided(candidates: list[Any], avoid: tuple[str, ...]) -> list[Any]:
     """The candidates a request may go to: not the replicas it lost (their engine died; Ray
-    replaces them after its health check) nor those being drained, unless no other is left."""
-    kept = [r for r in candidates if r.replica_id.unique_id not in avoid
-            and not (r.routing_stats or {}).get("draining")]
-    return kept or candidates
+    replaces them after its health check) nor those being drained. When only draining ones
+    are left besides the lost, a draining one: its flag reaches routers a stats period late
+    (it may be undrained already), while the request's own loss is certain. All of them when
+    nothing else is left."""
+    kept = [r for r in candidates if r.replica_id.unique_id not in avoid]
+    ready = [r for r in kept if not (r.routing_stats or {}).get("draining")]
+    return ready or kept or candidates
 
 
 class ScoredRouter(RequestRouter):

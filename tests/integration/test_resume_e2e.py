@@ -315,17 +315,27 @@ def drain(replica: str, **body: Any) -> dict[str, Any]:
     return response.json()
 
 
+def undrain(replica: str) -> None:
+    with httpx.Client(base_url=URL, timeout=60) as http:
+        response = http.post("/v1/admin/undrain", json={"model": MODEL, "replica": replica})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.timeout(900)
 def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
         app: Path, reference: list[list[int]]) -> None:
     assert_all_drained()
     before = ingress_stats()[MODEL]
     decodes = replicas_of(DECODE)
+    victim, target = decodes
     with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
-        requests, futures = streams_in_flight(http, pool)
-        in_flight = routing_state()[f"{MODEL}/decode"]["in_flight"]
-        victim = max(decodes, key=lambda r: in_flight.get(r, 0))
-        (target,) = [r for r in decodes if r != victim]
+        # Every stream starts on the victim: the target is drained (it holds nothing yet) until
+        # they all run, then undrained to take them over.
+        assert drain(target)["asked"] == 0
+        try:
+            requests, futures = streams_in_flight(http, pool)
+        finally:
+            undrain(target)
         pulled_before = metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", target)
         computed_before = metric_sum(DECODE, "vllm:prompt_tokens_by_source_total", victim,
                                      source="local_compute")
@@ -336,7 +346,7 @@ def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
     assert_exact(requests, reference)
     assert all(0 < n < MAX_TOKENS for n in at_drain), at_drain  # each stream was mid-way
     moved = result["moved_kv"]
-    assert moved == result["asked"] >= 4 and result["still_running"] == 0, result
+    assert moved == result["asked"] == STREAMS and result["still_running"] == 0, result
     after = ingress_stats()[MODEL]
     handoffs = sum(v - before.get(k, 0) for k, v in after.items()
                    if k.startswith("resume:draining:handoff"))
@@ -353,8 +363,7 @@ def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
             body = {"model": MODEL, "prompt": prompt, "max_tokens": 5, "temperature": 0}
             assert http.post("/v1/completions", json=body).status_code == 200
         assert metric_sum(DECODE, "vllm:request_success_total", victim) == served_before
-        assert http.post("/v1/admin/undrain", json={"model": MODEL, "replica": victim}
-                         ).status_code == 200
+        undrain(victim)
         unknown = http.post("/v1/admin/drain", json={"model": MODEL, "replica": "nope"})
         assert unknown.status_code == 404 and "replicas" in unknown.json()["error"]["message"]
     print(f"drain: {moved} streams moved with their KV ({pulled / 2**20:.1f} MiB pulled, "

@@ -36,7 +36,8 @@ def test_routers_skip_avoided_replicas_unless_none_is_left() -> None:
 def test_routers_skip_draining_replicas_unless_none_is_left() -> None:
     a, b, c = replica("a", draining=True), replica("b"), replica("c")
     assert without_avoided([a, b, c], ()) == [b, c]
-    assert without_avoided([a, b], ("b",)) == [a, b]  # only avoided or draining: all of them
+    assert without_avoided([a, b], ("b",)) == [a]  # a draining one before the one just lost
+    assert without_avoided([a, b], ("a", "b")) == [a, b]  # only avoided ones: all of them
     assert without_avoided([a], ()) == [a]
 
 
