@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_cancellation
@@ -81,19 +82,28 @@ def over_limits(catalog: Catalog, request: CompletionRequest | ChatCompletionReq
 COMPLETION_DEFAULT_MAX_TOKENS = CompletionRequest.model_fields["max_tokens"].default
 
 
+def output_bounds(request: Any) -> tuple[list[str], str]:
+    """A request's fields that bound its output, in the order vLLM reads them, and the one a
+    request naming none gets the cap in."""
+    if isinstance(request, ResponsesRequest):
+        return ["max_output_tokens"], "max_output_tokens"
+    if isinstance(request, ChatCompletionRequest):
+        return ["max_completion_tokens", "max_tokens"], "max_tokens"
+    return ["max_tokens"], "max_tokens"
+
+
 def cap_output(frontend: ModelFrontend | PipelineFrontend,
-               request: CompletionRequest | ChatCompletionRequest) -> ErrorResponse | None:
+               request: CompletionRequest | ChatCompletionRequest | ResponsesRequest
+               ) -> ErrorResponse | None:
     """400 past the model's `max_output_tokens`; a request naming no bound gets the cap."""
     model = (frontend.llm if isinstance(frontend, PipelineFrontend) else frontend).model
     cap = model.max_output_tokens
     if cap is None:
         return None
-    fields = ["max_tokens"]
-    if isinstance(request, ChatCompletionRequest):
-        fields.insert(0, "max_completion_tokens")
+    fields, default = output_bounds(request)
     asked = next((f for f in fields if getattr(request, f) is not None), None)
-    if asked is None:  # chat naming no bound
-        request.max_tokens = cap
+    if asked is None:  # chat or Responses naming no bound
+        setattr(request, default, cap)
         return None
     if asked == "max_tokens" and request.max_tokens == COMPLETION_DEFAULT_MAX_TOKENS:
         request.max_tokens = min(request.max_tokens, cap)  # (vLLM's default, maybe unasked)
@@ -123,10 +133,15 @@ def resolve(catalog: Catalog, request: CompletionRequest | ChatCompletionRequest
     caller = caller_of(raw_request.state)
     frontend = checked_frontend(catalog, request, caller)
     if not isinstance(frontend, ErrorResponse):
-        salt = tenant_cache_salt(caller, request.cache_salt)
-        if salt != request.cache_salt:
-            request.cache_salt = salt
+        run_in_namespace_of(caller, request)
     return frontend
+
+
+def run_in_namespace_of(caller: Caller, request: Any) -> None:
+    """The request runs in its caller's prefix-cache namespace (`keys.tenant_cache_salt`)."""
+    salt = tenant_cache_salt(caller, request.cache_salt)
+    if salt != request.cache_salt:
+        request.cache_salt = salt
 
 
 @router.post("/v1/completions", dependencies=[Depends(validate_json_request)])

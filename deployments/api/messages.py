@@ -74,9 +74,7 @@ def messages_of(frontend: ModelFrontend) -> CheckedMessages:
     if handler is None:
         handler = _HANDLERS[frontend] = CheckedMessages(
             frontend.client, frontend.registry, "assistant",
-            online_renderer=frontend.renderer, request_logger=None, chat_template=None,
-            chat_template_content_format="auto", enable_prompt_tokens_details=True,
-            **{**frontend.parsers, "reasoning_parser": frontend.model.reasoning_parser or ""})
+            online_renderer=frontend.renderer, **frontend.chat_kwargs)
     return handler
 
 

@@ -22,9 +22,13 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request, with_c
 
 from pdserve.deployments.api.catalog import model_front
 from pdserve.deployments.api.errors import to_response
-from pdserve.deployments.api.generation import server_fields_refusal, tag_session
+from pdserve.deployments.api.generation import (
+    cap_output,
+    run_in_namespace_of,
+    server_fields_refusal,
+    tag_session,
+)
 from pdserve.deployments.api.guard import caller_of
-from pdserve.deployments.api.keys import tenant_cache_salt
 from pdserve.deployments.frontend.model import ModelFrontend
 
 router = APIRouter()
@@ -50,15 +54,9 @@ def checked(request: ResponsesRequest, raw_request: Request) -> ModelFrontend | 
             return unstored(param)
     if (refused := server_fields_refusal(request)) is not None:
         return refused
-    cap = frontend.model.max_output_tokens
-    if cap is not None:
-        if request.max_output_tokens is None:
-            request.max_output_tokens = cap
-        elif request.max_output_tokens > cap:
-            return create_error_response(
-                f"max_output_tokens must be at most {cap} for the model "
-                f"`{frontend.model.model_id}` on this server", param="max_output_tokens")
-    request.cache_salt = tenant_cache_salt(caller, request.cache_salt)
+    if (refused := cap_output(frontend, request)) is not None:
+        return refused
+    run_in_namespace_of(caller, request)
     return frontend
 
 

@@ -82,27 +82,20 @@ class ModelFrontend:
             client, self.registry, online_renderer=renderer, request_logger=None,
             enable_prompt_tokens_details=True,
         )
-        self.chat = OpenAIServingChat(
-            client,
-            self.registry,
-            "assistant",
-            online_renderer=renderer,
-            request_logger=None,
-            chat_template=None,
-            chat_template_content_format="auto",
-            enable_prompt_tokens_details=True,
-            **{**parsers, "reasoning_parser": model.reasoning_parser or ""},
-        )
+        # what every chat-like serving class of this model takes (chat, Responses, and the
+        # Anthropic class `api/messages.py` builds over `self.renderer`)
+        self.renderer = renderer
+        self.chat_kwargs = {
+            "request_logger": None, "chat_template": None,
+            "chat_template_content_format": "auto", "enable_prompt_tokens_details": True,
+            **parsers, "reasoning_parser": model.reasoning_parser or ""}
+        self.chat = OpenAIServingChat(client, self.registry, "assistant",
+                                      online_renderer=renderer, **self.chat_kwargs)
         # `/v1/responses`: never stored here (`api/responses.py`: one replica's memory is not
         # the service's), whatever `VLLM_ENABLE_RESPONSES_API_STORE` says
-        self.responses = OpenAIServingResponses(
-            client, self.registry, renderer, request_logger=None, chat_template=None,
-            chat_template_content_format="auto", enable_prompt_tokens_details=True,
-            **{**parsers, "reasoning_parser": model.reasoning_parser or ""},
-        )
+        self.responses = OpenAIServingResponses(client, self.registry, renderer,
+                                                **self.chat_kwargs)
         self.responses.enable_store = False
-        # what `/v1/messages` builds vLLM's Anthropic class over (`api/messages.py`)
-        self.renderer, self.parsers = renderer, parsers
         # `/tokenize`, `/detokenize`: the same renderer, so counts match what generation sends
         self.tokenization = ServingTokenization(
             self.registry, renderer, chat_template=None, chat_template_content_format="auto",
