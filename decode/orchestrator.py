@@ -34,6 +34,7 @@ from vllm.inputs import EngineInput
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
+from pdserve import tracing
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import (
     Detokenize,
@@ -140,7 +141,10 @@ class Orchestrator:
         request_id: str,
         routing: RoutingInfo | None = None,
         prompt: str = "",
+        trace_parent: tracing.Span | None = None,
     ) -> AsyncIterator[RequestOutput]:
+        """`trace_parent`: the span the request's prefill and decode calls are traced under
+        (default: the current one)."""
         routing = routing or RoutingInfo()
         progress = Progress(engine_input, params, request_id, prompt, self.detokenize)
         engine_request_id = f"{request_id}-{secrets.token_hex(4)}"
@@ -156,10 +160,15 @@ class Orchestrator:
             if resumed is not None:
                 path = "handoff" if handoff else plan.kind if plan else "colocated"
                 self.on_resume(Resume(resumed[0], path, resumed[1]))
+                if trace_parent is not None:
+                    trace_parent.add_event("pdserve.resume", {
+                        "pdserve.resume.reason": resumed[0], "pdserve.resume.path": path,
+                        "pdserve.resume.recomputed_tokens": resumed[1]})
                 resumed = None
             try:
                 async with aclosing(self._attempt(attempt_input, attempt_params, attempt_id,
-                                                  routing, prompt, plan, handoff)) as outputs:
+                                                  routing, prompt, plan, handoff,
+                                                  trace_parent)) as outputs:
                     async for output in outputs:
                         if lost_at is not None:
                             self.on_resumed(time.perf_counter() - lost_at)
@@ -225,23 +234,36 @@ class Orchestrator:
     async def _attempt(
         self, engine_input: EngineInput, params: SamplingParams, request_id: str,
         routing: RoutingInfo, prompt: str, plan: Plan | None, handoff: KVHandoff | None = None,
+        trace_parent: tracing.Span | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """One try: prefill remotely if planned (or pull what a drained replica handed off),
         then stream from a generating replica."""
         kv_params = handoff.kv_transfer_params if handoff is not None else None
         if plan is not None and plan.kind == "remote":
             kv_params = await self._remote_prefill(
-                PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt)
-            )
+                PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt),
+                trace_parent)
         decode = DecodeRequest(request_id, engine_input, params, kv_params, routing, prompt,
                                self.caller)
-        pulled = False
+        span = tracing.start(
+            "pdserve.decode" if self.disaggregated else "pdserve.generate_call", trace_parent,
+            tracing.SpanKind.CLIENT, **{
+                "pdserve.request_id": request_id,
+                "pdserve.plan": "handoff" if handoff else plan.kind if plan else None,
+                "pdserve.plan.reason": plan.reason if plan else None,
+                "pdserve.kv_transfer.pull": kv_params is not None})
+        with tracing.current(span):  # the call carries the span to the replica
+            outputs = self.calls.generate(decode)
+        pulled, error = False, None
         try:
-            async with aclosing(self.calls.generate(decode)) as stream:
+            async with aclosing(outputs) as stream:
                 async for output in stream:
+                    if not pulled:
+                        span.add_event("pdserve.first_output")
                     pulled = True
                     yield output
-        except ReplicaLost:
+        except ReplicaLost as lost:
+            error = lost
             # Streamed outputs start once the KV is pulled; a non-streamed one only at the end,
             # so there a loss says nothing about the pull, and releasing pulled (freed) blocks
             # makes the prefill engine log an error: the lease frees those instead.
@@ -249,6 +271,12 @@ class Orchestrator:
                     params.output_kind != RequestOutputKind.FINAL_ONLY):
                 self._release(request_id, kv_params)
             raise
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            tracing.finish(span, error, **{
+                "pdserve.replica_lost": error.reason if isinstance(error, ReplicaLost) else None})
 
     def _release(self, request_id: str, kv_params: KVTransferParams) -> None:
         """The decode replica that was to pull this prefill's KV is gone: free it now rather
@@ -267,20 +295,33 @@ class Orchestrator:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _remote_prefill(self, request: PrefillRequest) -> KVTransferParams | None:
+    async def _remote_prefill(self, request: PrefillRequest,
+                              trace_parent: tracing.Span | None = None,
+                              ) -> KVTransferParams | None:
         """KV-transfer params from a prefill replica, or None (then decode prefills locally)."""
         assert self.calls.prefill is not None
         request_id = request.request_id.removesuffix("-prefill")
+        span = tracing.start("pdserve.prefill", trace_parent, tracing.SpanKind.CLIENT,
+                             **{"pdserve.request_id": request.request_id})
+        outcome, error = "cancelled", None
         try:
-            result = await asyncio.wait_for(self.calls.prefill(request), self.prefill_timeout_s)
-        except TimeoutError:
+            with tracing.current(span):  # the call carries the span to the replica
+                pending = self.calls.prefill(request)
+            result = await asyncio.wait_for(pending, self.prefill_timeout_s)
+            outcome = "ok"
+        except TimeoutError as exc:
+            outcome, error = "timeout", exc
             logger.warning("request %s: prefill timed out; decoding locally", request_id)
             self.on_fallback("timeout")
             return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            outcome, error = "error", exc
             logger.warning("request %s: prefill failed (%s); decoding locally", request_id, exc)
             self.on_fallback("error")
             return None
+        finally:
+            # a fallback is the request's path, not its failure: the span says which it took
+            tracing.finish(span, error, **{"pdserve.prefill.outcome": outcome})
         return result.kv_transfer_params

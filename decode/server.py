@@ -30,11 +30,12 @@ from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from pdserve import tracing
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import KVHandoff, ReplicaLost, extended_prompt_ids
 from pdserve.decode.stopping import wait_until_removed
 from pdserve.deployments.engine.host import EngineHost, pool_counter
-from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready
+from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready, offered_blocks
 from pdserve.prefill.request import prefill_params
 from pdserve.routing.pool_state import pool_state
 
@@ -86,41 +87,70 @@ class GeneratingHost(EngineHost):
         prefills the prompt itself."""
         if self.draining:
             raise ReplicaLost("draining", replica=self.replica_id)
+        span = self.span(f"pdserve.{self.role}.engine", **{
+            "pdserve.request_id": request.request_id,
+            "pdserve.kv_transfer.pull": request.kv_transfer_params is not None})
+        tokens, finish_reasons, error = 0, None, None
         try:
-            outputs = self._generate(request)
+            outputs = self._generate(request, span)
             if request.kv_transfer_params is not None:
-                try:
+                blocks = offered_blocks(request.kv_transfer_params)
+                pull = self.span("pdserve.kv_transfer", span, **{
+                    "pdserve.kv_transfer.blocks": blocks,
+                    "pdserve.kv_transfer.bytes": blocks * self.kv_block_bytes,
+                    "pdserve.kv_transfer.remote_engine_id":
+                        request.kv_transfer_params.get("remote_engine_id")})
+                outcome, first = "error", None
+                try:  # the pull ends when the engine, holding the KV, gives its first token
                     first = await asyncio.wait_for(anext(outputs),
                                                    self.model.kv_transfer.pull_timeout_s)
+                    outcome = "ok"
                 except TimeoutError:  # the stuck request is aborted once its transfer ends
+                    outcome = "timeout"
                     logger.warning("request %s: no token %g s after its KV pull began; "
                                    "prefilling locally", request.request_id,
                                    self.model.kv_transfer.pull_timeout_s)
                     self._pull_timeouts.inc()
                     outputs = self._generate(replace(
                         request, request_id=f"{request.request_id}-local",
-                        kv_transfer_params=None))
+                        kv_transfer_params=None), span)
                 except StopAsyncIteration:
-                    return
-                else:
+                    outcome = "ok"
+                finally:
+                    tracing.finish(pull, **{"pdserve.kv_transfer.outcome": outcome})
+                if outcome == "ok":
+                    if first is None:
+                        return
+                    tokens += sum(len(o.token_ids) for o in first.outputs)
                     yield first
             async with aclosing(outputs):
                 async for output in outputs:
+                    tokens += sum(len(o.token_ids) for o in output.outputs)
+                    if output.finished:
+                        finish_reasons = tuple(str(o.finish_reason) for o in output.outputs)
                     yield output
-        except EngineDeadError:
+        except EngineDeadError as exc:
+            error = exc
             # until Ray's health check replaces this replica, resumes must go elsewhere
             raise ReplicaLost("engine_dead", replica=self.replica_id) from None
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            tracing.finish(span, error, **{"pdserve.generated_tokens": tokens,
+                                           "gen_ai.response.finish_reasons": finish_reasons})
 
-    async def _generate(self, request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+    async def _generate(self, request: DecodeRequest,
+                        span: tracing.Span | None = None) -> AsyncIterator[RequestOutput]:
         pulling = request.kv_transfer_params is not None
         signals = self.track(request.routing, computes_prompt=not pulling)
         params = request.engine_params()
         delivered: list[int] = []  # token ids of the outputs the caller received
         hand_off = partial(self._hand_off, request, delivered) if movable(params) else None
         cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
-        async for output in self.stream.outputs(request.engine_input, params,
-                                                request.request_id, signals, pulling, hand_off,
-                                                request.caller):
+        async for output in self.stream.outputs(
+                request.engine_input, params, request.request_id, signals, pulling, hand_off,
+                request.caller, self.trace_headers(span) if span is not None else None):
             if hand_off is not None:
                 if cumulative:
                     delivered[:] = output.outputs[0].token_ids

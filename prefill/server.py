@@ -7,8 +7,9 @@ import logging
 
 from ray import serve
 
+from pdserve import tracing
 from pdserve.deployments.engine.host import EngineHost
-from pdserve.kv_transfer.params import is_pull_ready
+from pdserve.kv_transfer.params import is_pull_ready, offered_blocks
 from pdserve.prefill.request import PrefillFailed, PrefillRequest, PrefillResult, prefill_params
 
 logger = logging.getLogger(__name__)
@@ -20,16 +21,27 @@ class PrefillServer(EngineHost):
 
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         await self._maybe_inject_fault(request)
-        final = None
+        final, error = None, None
         signals = self.track(request.routing)  # this call's latency is the prefill pool's TTFT
+        span = self.span("pdserve.prefill.engine", **{"pdserve.request_id": request.request_id})
         try:
             async for output in self.engine.generate(
-                request.engine_input, prefill_params(request.sampling_params), request.request_id
+                request.engine_input, prefill_params(request.sampling_params), request.request_id,
+                trace_headers=self.trace_headers(span),
             ):
                 signals.on_output(sum(len(o.token_ids) for o in output.outputs))
                 final = output
+        except Exception as exc:
+            error = exc
+            raise
         finally:
             signals.finish()
+            blocks = offered_blocks(final.kv_transfer_params) if final is not None else 0
+            tracing.finish(span, error, **{
+                "gen_ai.usage.input_tokens": len(final.prompt_token_ids or []) if final else None,
+                "pdserve.cached_tokens": final.num_cached_tokens if final else None,
+                "pdserve.kv_transfer.blocks": blocks,
+                "pdserve.kv_transfer.bytes": blocks * self.kv_block_bytes})
         params = final.kv_transfer_params if final is not None else None
         if final is None or not is_pull_ready(params):
             raise PrefillFailed(f"request {request.request_id}: no KV-transfer params: {params}")

@@ -27,6 +27,7 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from pdserve import tracing
 from pdserve.routing.bookings import Bookings
 from pdserve.routing.pool_state import PoolState, pool_state
 from pdserve.routing.scorers import (
@@ -141,9 +142,29 @@ class ScoredRouter(RequestRouter):
             use_prefix = self._uses_prefix(info)
             self._book(pending_request, rid, info, hits.get(rid, 0) if use_prefix else None)
             lookup = len(info.block_hashes) if use_prefix else 0
-            self.metrics.record(lookup, min(hits.get(rid, 0), lookup),
-                                time.perf_counter() - started)
+            decided_s = time.perf_counter() - started
+            self.metrics.record(lookup, min(hits.get(rid, 0), lookup), decided_s)
+            self._trace(pending_request, info, rid, len(candidate_replicas), lookup,
+                        hits, decided_s)
         return [[best], others] if others else [[best]]
+
+    def _trace(self, pending_request: PendingRequest, info: RoutingInfo, chosen: str,
+               candidates: int, lookup: int, hits: dict[str, int], decided_s: float) -> None:
+        """The decision as a span under Ray's `route_to_replica` span of the call (whose
+        context Ray's router put in the request's metadata; this runs in its own task)."""
+        parent = tracing.context_of(getattr(pending_request.metadata, "tracing_context", None))
+        if parent is None:
+            return
+        end_ns = time.time_ns()
+        tracing.tracer().start_span(
+            f"pdserve.route {self._deployment_id.name}", context=parent,
+            start_time=end_ns - int(decided_s * 1e9), attributes={
+                "pdserve.route.replica": chosen, "pdserve.route.candidates": candidates,
+                "pdserve.route.plan": info.plan or "", "pdserve.route.lookup_blocks": lookup,
+                "pdserve.route.prefix_hit_blocks": min(hits.get(chosen, 0), lookup),
+                "pdserve.route.best_hit_blocks": min(max(hits.values(), default=0), lookup),
+                "pdserve.route.decision_s": decided_s,
+            }).end(end_ns)
 
     def choose(
         self, candidates: list[RunningReplica], info: RoutingInfo | None

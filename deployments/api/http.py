@@ -23,6 +23,7 @@ from pdserve.deployments.api.guard import EdgeGuard
 from pdserve.deployments.api.keys import KeyRing
 from pdserve.deployments.api.ledger import LedgerLink
 from pdserve.deployments.api.quotas import Quotas
+from pdserve.deployments.api.request_span import RequestSpan
 
 ROUTERS = (generation.router, responses.router, messages.router, tokenization.router,
            embeddings.router, documents.router, admin.router)
@@ -46,4 +47,5 @@ def create_app(catalog: Catalog, keys: KeyRing | None = None,
     app.add_middleware(EdgeGuard, auth=catalog.auth, limits=catalog.limits, keys=keys,
                        max_concurrent=catalog.max_concurrent, quotas=quotas, ledger=ledger,
                        default_hosts=default_hosts)
+    app.add_middleware(RequestSpan)  # outermost: refusals are traced too
     return app

@@ -11,6 +11,9 @@ Measured on the `bench` model (`benchmarks/results/overhead-cpu-v2`).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 #: Flag → value, as Ray 2.60 names them (`ray/serve/_private/constants.py`).
 RAY_SERVE_FAST_PATH_ENV: dict[str, str] = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
@@ -47,7 +50,30 @@ RAY_PROXY_ENV: dict[str, str] = {
 PROXY_CEILING_ENV = "PDSERVE_PROXY_MAX_BODY_BYTES"
 
 
-def ray_start_env() -> dict[str, str]:
+#: Ray Serve's tracing switch: the span exporter every Serve process loads (`pdserve.tracing`).
+#: Ray 2.60 starts its HTTP proxy without the serve config's `tracing_config`, so the proxy
+#: (which continues a client's `traceparent`) traces only through these variables; replicas
+#: read them too when the config has no `tracing_config`.
+TRACING_EXPORTER_ENV = "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH"
+TRACING_RATIO_ENV = "RAY_SERVE_TRACING_SAMPLING_RATIO"
+OTLP_EXPORTER = "pdserve.tracing:otlp_span_processors"
+#: where the OTLP exporters send spans (OpenTelemetry's names; the first is traces only)
+OTLP_ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def tracing_env(endpoint: str, sampling_ratio: float) -> dict[str, str]:
+    """Variables that trace every Serve process of a Ray started with them: pdserve's OTLP
+    exporter, `sampling_ratio` of the requests that come without a sampled `traceparent`."""
+    return {TRACING_EXPORTER_ENV: OTLP_EXPORTER, TRACING_RATIO_ENV: str(sampling_ratio),
+            OTLP_ENDPOINT_ENVS[0]: endpoint}
+
+
+def ray_start_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """What to export where Ray starts (`make serve`, `ray start`, a KubeRay pod): the fast
-    paths for Ray's proxy, and the proxy's body ceiling."""
-    return {**RAY_SERVE_FAST_PATH_ENV, **RAY_PROXY_ENV}
+    paths for Ray's proxy, and the proxy's body ceiling; and pdserve's span exporter when
+    `environ` names an OTLP endpoint (tracing stays off otherwise; Ray samples 1 % of requests
+    unless `RAY_SERVE_TRACING_SAMPLING_RATIO` says otherwise)."""
+    env = {**RAY_SERVE_FAST_PATH_ENV, **RAY_PROXY_ENV}
+    if any(environ.get(name) for name in OTLP_ENDPOINT_ENVS):
+        env.setdefault(TRACING_EXPORTER_ENV, environ.get(TRACING_EXPORTER_ENV) or OTLP_EXPORTER)
+    return env

@@ -23,6 +23,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
+from pdserve import tracing
 from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSignals
 from pdserve.deployments.config.binding import EngineBinding
 from pdserve.deployments.config.pools import Role
@@ -41,6 +42,7 @@ from pdserve.deployments.engine.reports import (
 from pdserve.deployments.engine.streaming import OutputStream
 from pdserve.deployments.engine.watchdog import StallWatchdog
 from pdserve.kv_transfer.connector import NIXL_STATE_EXTENSION
+from pdserve.kv_transfer.params import block_bytes
 from pdserve.kv_transfer.ports import EngineSlot
 from pdserve.routing.types import RoutingInfo
 
@@ -87,6 +89,10 @@ class EngineHost:
                           self.load.logger_factory()],
         )
         self.stream = OutputStream(self.engine, set())
+        self.kv_block_bytes = block_bytes(self.engine.vllm_config)
+        # vLLM's own request spans (`otlp_traces_endpoint` in engine_kwargs) join pdserve's
+        self._engine_traces = (
+            self.engine.vllm_config.observability_config.otlp_traces_endpoint is not None)
         self._reaper = guard_engine_processes()  # the engine dies with this replica, however
         self._routing_stats = engine_routing_stats(self.engine, self.replica_id)
         self.slo: SLOTargets | None = self.model.slo
@@ -123,6 +129,19 @@ class EngineHost:
         self._configure_signals()
         logger.info("engine %s: SLO targets %s, replica budget %s", self.engine_id,
                     self.slo, self.replica_budget)
+
+    def span(self, name: str, parent: tracing.Span | None = None,
+             **attributes: Any) -> tracing.Span:
+        """A span of this engine's work under `parent` (default: the calling request's span,
+        Ray's replica span)."""
+        return tracing.start(name, parent, **{"pdserve.replica": self.replica_id,
+                                      "pdserve.pool": f"{self.model.model_id}/{self.role}",
+                                      **attributes})
+
+    def trace_headers(self, span: tracing.Span) -> dict[str, str] | None:
+        """W3C headers that make vLLM's `llm_request` span a child of `span`, when this
+        engine traces (vLLM drops them, with a warning, when it does not)."""
+        return tracing.carrier(span) if self._engine_traces else None
 
     def track(self, routing: RoutingInfo, computes_prompt: bool = True) -> RequestSignals:
         """Start timing a request on this replica (TTFT, ITL, queued prefill tokens)."""

@@ -103,16 +103,20 @@ class OutputStream:
     async def outputs(self, engine_input: EngineInput, params: SamplingParams, request_id: str,
                       signals: RequestSignals, pulling: bool,
                       hand_off: HandOff | None = None,
-                      caller: Caller | None = None) -> AsyncIterator[RequestOutput]:
+                      caller: Caller | None = None,
+                      trace_headers: dict[str, str] | None = None,
+                      ) -> AsyncIterator[RequestOutput]:
         """The request's outputs, coalesced; `pulling`: its KV may still be in transfer until
         the first output, so an abort waits for that; `hand_off`: how this stream ends when
-        `hand_off_all` asks (None: it cannot be handed off); `caller`: who reads it."""
+        `hand_off_all` asks (None: it cannot be handed off); `caller`: who reads it;
+        `trace_headers`: the trace vLLM's own request span joins."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.live[request_id] = LiveStream(queue, hand_off, caller)
         first_output = asyncio.Event()
         aggregate = params.output_kind == RequestOutputKind.DELTA
         pump = asyncio.create_task(
-            self._pump(engine_input, params, request_id, queue, first_output, signals, aggregate),
+            self._pump(engine_input, params, request_id, queue, first_output, signals, aggregate,
+                       trace_headers),
             name=f"pump-{request_id}",
         )
         finished = False
@@ -141,10 +145,12 @@ class OutputStream:
     async def _pump(
         self, engine_input: EngineInput, params: SamplingParams, request_id: str,
         queue: asyncio.Queue, first: asyncio.Event, signals: RequestSignals, delta: bool,
+        trace_headers: dict[str, str] | None = None,
     ) -> None:
         seen = 0
         try:
-            async for output in self.engine.generate(engine_input, params, request_id):
+            async for output in self.engine.generate(engine_input, params, request_id,
+                                                     trace_headers=trace_headers):
                 first.set()
                 tokens = sum(len(o.token_ids) for o in output.outputs)
                 signals.on_output(tokens if delta else tokens - seen)

@@ -22,6 +22,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.input_processor import InputProcessor
 
+from pdserve import tracing
 from pdserve.decode.orchestrator import Orchestrator
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.frontend.metrics import RequestMetrics
@@ -104,16 +105,25 @@ class PoolGraphClient(EngineClient):
             session_id=session_id,
         )
         text = prompt.get("prompt") if isinstance(prompt, dict) else None
-        outcome = "error"
+        outcome, error, generated, finish_reasons = "error", None, 0, ()
         add_tokens(len(token_ids))  # the caller's token budget (per-key limits)
+        span = tracing.start(f"pdserve.generate {self.model_config.served_model_name}", **{
+            "gen_ai.request.model": self.model_config.served_model_name,
+            "gen_ai.request.max_tokens": params.max_tokens,
+            "gen_ai.request.temperature": params.temperature,
+            "gen_ai.usage.input_tokens": len(token_ids) or None,
+            "pdserve.request_id": request_id})
         try:
-            async with aclosing(
-                self.orchestrator.generate(prompt, params, request_id, routing, text or "")
-            ) as outputs:
+            async with aclosing(self.orchestrator.generate(
+                    prompt, params, request_id, routing, text or "", trace_parent=span,
+            )) as outputs:
                 async for output in outputs:
                     new_tokens = sum(len(c.token_ids) for c in output.outputs)
+                    generated += new_tokens
                     timer.on_tokens(new_tokens)
                     add_tokens(new_tokens)
+                    if output.finished:
+                        finish_reasons = tuple(str(c.finish_reason) for c in output.outputs)
                     yield output
             outcome = "ok"
         except GeneratorExit:
@@ -121,9 +131,14 @@ class PoolGraphClient(EngineClient):
             raise
         except BaseException as exc:
             outcome = "cancelled" if type(exc).__name__ == "CancelledError" else "error"
+            error = exc if outcome == "error" else None
             raise
         finally:
             timer.finish(outcome)
+            tracing.finish(span, error, **{
+                "gen_ai.usage.output_tokens": generated,
+                "gen_ai.response.finish_reasons": finish_reasons or None,
+                "pdserve.outcome": outcome})
 
     def validate(self, prompt: Any, params: SamplingParams, request_id: str) -> None:
         """Reject what the engines would reject, before any engine runs: vLLM's own input

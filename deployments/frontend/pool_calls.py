@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 from vllm.exceptions import RetryableRequestError
@@ -44,10 +45,15 @@ def pool_calls(
     generate_pool = handles[role]
     state = (states or {}).get(role)
 
-    async def generate(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+    def generate(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
+        # dispatched here, not at the first output: the call carries the caller's trace context
         cold = state is not None and state.num_replicas() == 0
         started = time.perf_counter()
-        responses = generate_pool.options(stream=True).generate.remote(request)
+        return outputs_of(generate_pool.options(stream=True).generate.remote(request), cold,
+                          started)
+
+    async def outputs_of(responses: Any, cold: bool,
+                         started: float) -> AsyncIterator[RequestOutput]:
         restore = PromptRestorer()
         done = False
         try:
@@ -84,8 +90,11 @@ def pool_calls(
 
     settling: set[asyncio.Task] = set()
 
-    async def prefill(request: PrefillRequest) -> PrefillResult:
-        response = handles["prefill"].prefill.remote(request)
+    def prefill(request: PrefillRequest) -> Awaitable[PrefillResult]:
+        # dispatched here, not when awaited: the call carries the caller's trace context
+        return result_of(handles["prefill"].prefill.remote(request), request)
+
+    async def result_of(response: Any, request: PrefillRequest) -> PrefillResult:
         try:
             return await response
         except asyncio.CancelledError:

@@ -20,6 +20,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
+from pdserve import tracing
 from pdserve.deployments.config.pipeline import PipelineConfig
 from pdserve.deployments.frontend.model import ModelFrontend
 from pdserve.deployments.pipelines.context import (
@@ -52,7 +53,9 @@ class PipelineFrontend:
     async def retrieve(self, query: str) -> Retrieval | ErrorResponse:
         """Hits in the configured order and retrieval timings, or a 503 if the store is down."""
         try:
-            retrieval = await self.retriever.retrieve.remote(query)
+            with tracing.active("pdserve.retrieve", tracing.SpanKind.CLIENT,
+                                **{"pdserve.pipeline": self.config.name}):
+                retrieval = await self.retriever.retrieve.remote(query)
         except StoreUnavailable as exc:
             return create_error_response(
                 f"pipeline {self.config.name!r}: retrieval failed, the vector store is "

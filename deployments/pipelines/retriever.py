@@ -17,6 +17,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pdserve import tracing
 from pdserve.deployments.config.pipeline import PipelineConfig
 from pdserve.deployments.pipelines.chunking import Document, chunk_document
 from pdserve.deployments.pipelines.context import Hit, Retrieval
@@ -48,10 +49,13 @@ class PipelineRetriever:
     async def retrieve(self, query: str, top_k: int | None = None) -> Retrieval:
         """The top-k chunks for `query`, best first, with the time each stage took."""
         started = time.perf_counter()
-        (vector,) = await self._embed([query])
+        with tracing.active("pdserve.embed"):
+            (vector,) = await self._embed([query])
         embedded = time.perf_counter()
-        hits: list[Hit] = await self._in_store(self.store.search, vector,
-                                               top_k or self.config.top_k)
+        with tracing.active("pdserve.search") as span:
+            hits: list[Hit] = await self._in_store(self.store.search, vector,
+                                                   top_k or self.config.top_k)
+            span.set_attribute("pdserve.search.hits", len(hits))
         return Retrieval(hits, embed_ms=(embedded - started) * 1e3,
                          search_ms=(time.perf_counter() - embedded) * 1e3)
 

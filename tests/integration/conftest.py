@@ -21,6 +21,7 @@ import httpx
 import pytest
 from cases import Case, build_cases
 from constrained import reference_specs
+from otlp_receiver import OTLPReceiver
 from prometheus_client.parser import text_string_to_metric_families
 from shapes import (
     APP_NAME,
@@ -35,7 +36,11 @@ from shapes import (
 )
 
 from pdserve.deployments.config.pools import PoolName
-from pdserve.deployments.config.ray_serve_env import PROXY_CEILING_ENV, ray_start_env
+from pdserve.deployments.config.ray_serve_env import (
+    PROXY_CEILING_ENV,
+    ray_start_env,
+    tracing_env,
+)
 from pdserve.models import resolve_model
 
 MAX_TOKENS = 16
@@ -116,8 +121,17 @@ def bare_constrained(bare_engine_run: BareEngineRun) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def otlp() -> Iterator[OTLPReceiver]:
+    """Where every process of the session app sends its spans (OTLP over HTTP)."""
+    receiver = OTLPReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
 def serve_app(
-    model_dir: str, bare_engine_run: BareEngineRun, tmp_path_factory: pytest.TempPathFactory
+    model_dir: str, bare_engine_run: BareEngineRun, otlp: OTLPReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     import ray
     from ray import serve
@@ -126,13 +140,21 @@ def serve_app(
 
     # Ray's proxy and controller read Serve's fast-path flags and the proxy's body ceiling from
     # the environment Ray starts in (pdserve's deployments set the flags for themselves), as
-    # `make serve` does.
+    # `make serve` does; the OTLP exporters read where to send spans from it too.
     os.environ.update(ray_start_env())
     os.environ[PROXY_CEILING_ENV] = str(PROXY_MAX_BODY_BYTES)
+    # The session app traces every request: Ray Serve's tracing variables (its proxy reads only
+    # these), pdserve's OTLP exporter, the receiver as the endpoint.
+    os.environ.update(tracing_env(otlp.endpoint, sampling_ratio=1.0))
+    os.environ.update({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                       "OTEL_BSP_SCHEDULE_DELAY": "200"})
     ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     stores = tmp_path_factory.mktemp("vector-stores")
-    serve.run(build_app(app_args(model_dir, str(stores))), name=APP_NAME, route_prefix="/")
+    args = app_args(model_dir, str(stores))
+    pd = next(m for m in args["models"] if m["model_id"] == PD_MODEL)  # vLLM's spans join ours
+    pd["engine_kwargs"] = {**pd["engine_kwargs"], "otlp_traces_endpoint": otlp.endpoint}
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{HTTP_PORT}"
     wait_for_routers(url)
     yield url

@@ -51,7 +51,7 @@ class SlowEngine:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    async def generate(self, engine_input, params, request_id):  # noqa: ANN001, ANN201
+    async def generate(self, engine_input, params, request_id, **_):  # noqa: ANN001, ANN003, ANN201
         try:
             for token in range(100):
                 await asyncio.sleep(0.01)

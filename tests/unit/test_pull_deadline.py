@@ -24,7 +24,7 @@ class StuckPullEngine:
         self.started: list[str] = []
         self.cancelled: list[str] = []
 
-    async def generate(self, engine_input, params, request_id):  # noqa: ANN001, ANN201
+    async def generate(self, engine_input, params, request_id, **_):  # noqa: ANN001, ANN003, ANN201
         self.started.append(request_id)
         try:
             if (params.extra_args or {}).get("kv_transfer_params"):
@@ -49,7 +49,9 @@ class Counter:
 
 def replica(engine: StuckPullEngine, timeout_s: float) -> DecodeServer:
     host = object.__new__(DecodeServer.func_or_class)  # no engine start: the logic only
-    host.model = SimpleNamespace(kv_transfer=SimpleNamespace(pull_timeout_s=timeout_s))
+    host.model = SimpleNamespace(kv_transfer=SimpleNamespace(pull_timeout_s=timeout_s),
+                                 model_id="m")
+    host.replica_id, host.role, host.kv_block_bytes, host._engine_traces = "r", "decode", 0, False
     host.stream = OutputStream(engine, set())  # type: ignore[arg-type]
     host.draining = False
     host.slo_signals = ReplicaSLOSignals()

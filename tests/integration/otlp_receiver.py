@@ -1,0 +1,102 @@
+"""An OTLP/HTTP trace receiver in the test process: what a collector would get from every Ray
+process of the session (the official exporters post protobuf `ExportTraceServiceRequest`s to
+`/v1/traces`), kept as flat span records for the tests to query."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+
+@dataclass(frozen=True)
+class SpanRecord:
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    start_ns: int
+    end_ns: int
+    status: int  # OpenTelemetry's status code: 0 unset, 1 ok, 2 error
+
+
+def _value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    return {a.key: _value(a.value) for a in items}
+
+
+class OTLPReceiver:
+    """Collects the spans posted to `endpoint` (http/protobuf) while it runs."""
+
+    def __init__(self) -> None:
+        self.spans: list[SpanRecord] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver._take(ExportTraceServiceRequest.FromString(body))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _take(self, request: ExportTraceServiceRequest) -> None:
+        records = []
+        for resource_spans in request.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    records.append(SpanRecord(
+                        span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
+                        span.name, _attributes(span.attributes), resource,
+                        span.start_time_unix_nano, span.end_time_unix_nano, span.status.code))
+        with self.lock:
+            self.spans.extend(records)
+
+    def trace(self, trace_id: str) -> list[SpanRecord]:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def wait_for(self, trace_id: str, names: set[str], timeout_s: float = 30.0
+                 ) -> list[SpanRecord]:
+        """The trace's spans once every name in `names` arrived (or at the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            spans = self.trace(trace_id)
+            if names <= {s.name for s in spans} or time.monotonic() > deadline:
+                return spans
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
