@@ -18,7 +18,7 @@ import psutil
 import ray
 from prometheus_client import REGISTRY, generate_latest
 from ray import serve
-from ray.serve.metrics import Counter
+from ray.serve.metrics import Counter, Gauge
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -107,6 +107,11 @@ class EngineHost:
         self._stalls = pool_counter(
             "pdserve_engine_stalls_total",
             "Engines found making no progress with requests in flight.", self.pool_tags)
+        # vLLM's own series (KV transfer, queue time, cache usage) carry its `ReplicaId`; this
+        # one joins them to their model and pool (`* on (ReplicaId) group_left (model, pool)`)
+        self._info = Gauge("pdserve_engine_info", "1 per engine replica: its model and pool.",
+                           tag_keys=("model", "pool", "ReplicaId"))
+        self._info.set(1, tags={**self.pool_tags, "ReplicaId": self.replica_id})
         self._orphans = pool_counter(
             "pdserve_orphaned_requests_aborted_total",
             "Requests aborted because the ingress replica streaming them died.", self.pool_tags)

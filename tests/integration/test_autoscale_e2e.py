@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 from conftest import busiest_processes, stop_session_app
+from dashboard_check import AUTOSCALING_PANELS, panels, wait_for_series
 
 from pdserve.benchmarks import systems
 from pdserve.tiny_model import recall_prompt_text
@@ -281,6 +282,21 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
     for pool in (f"{MODEL_B}-colocated", f"{MODEL_A}-decode"):  # started once, never changed
         assert log.count(f"Adding 1 replica to Deployment(name='{pool}'") == 1, pool
         assert f"Removing 1 replica from Deployment(name='{pool}'" not in log, pool
+    assert not autoscaling_panel_gaps()  # the dashboard's autoscaling panels have their data
+
+
+def autoscaling_panel_gaps() -> list[str]:
+    """What the dashboard's autoscaling panels query and this cluster's metrics lack."""
+    import ray
+
+    ray.init(address="auto", log_to_driver=False)
+    try:
+        port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    finally:
+        ray.shutdown()
+    exprs = [e for title, es in panels().items() if title in AUTOSCALING_PANELS for e in es]
+    assert exprs, "the dashboard lost its autoscaling panels"
+    return wait_for_series(f"http://127.0.0.1:{port}/metrics", exprs)
 
 
 
