@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from pdserve.benchmarks import report, rounds, systems, workloads
+from pdserve.benchmarks.otlp_sink import OTLPReceiver
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
-from pdserve.deployments.config.ray_serve_env import ray_start_env
+from pdserve.deployments.config.ray_serve_env import ray_start_env, tracing_env
 from pdserve.deployments.engine.placement import (
     SINGLE_PROCESS_SWITCH,
     omp_threads_bind,
@@ -63,7 +64,7 @@ BASELINE = "vllm"
 #: (`placement.single_process_env`, bound to the core pdserve's one engine gets): what the graph
 #: costs over the same engine.
 SYSTEM_NAMES = ("vllm", "vllm-sleeping", "vllm-single", "rayllm", "rayllm-nobatch", "pdserve",
-                "pdserve-fast", "pdserve-split", "pdserve-haproxy")
+                "pdserve-fast", "pdserve-split", "pdserve-haproxy", "pdserve-traced")
 #: Ray Serve's fast paths (and pdserve's body ceiling in Ray's proxy) in the environment of
 #: every Ray process (`pdserve-fast`), as `make serve` sets them. pdserve's deployments set the
 #: fast paths for themselves (app key `ray_serve_fast_path`, on by default), so `pdserve`
@@ -77,6 +78,14 @@ HAPROXY_ENV = {**RAY_START_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # as run in o
 #: `pdserve-split`: `pdserve-fast` with vLLM's worker process kept beside each engine core (as
 #: every pdserve engine ran before overhead-cpu-v7): what the one-process engine is worth
 SPLIT_ENV = {**RAY_START_ENV, SINGLE_PROCESS_SWITCH: "0"}
+#: `pdserve-traced`: `pdserve-fast` tracing every request (sampling ratio 1) to an OTLP sink in
+#: the harness that counts what it gets (`otlp_sink.py`): what tracing costs the graph.
+TRACE_SAMPLING_RATIO = 1.0
+
+
+def traced_env(endpoint: str) -> dict[str, str]:
+    return {**RAY_START_ENV, **tracing_env(endpoint, TRACE_SAMPLING_RATIO),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
 
 
 def pdserve_config(model: str) -> dict[str, Any]:
@@ -108,7 +117,8 @@ def rayllm_config(model_dir: str, batching_interval_ms: float | None) -> dict[st
             }]}
 
 
-def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
+def build_system(name: str, model: str, model_dir: str, out: Path,
+                 trace_endpoint: str = "") -> System:
     if name == "vllm":
         return systems.vllm_system(model_dir, MODEL_ID, ENGINE)
     if name == "vllm-sleeping":
@@ -119,9 +129,9 @@ def build_system(name: str, model: str, model_dir: str, out: Path) -> System:
         preload = ":".join(systems.find_preload_libs())  # what the server starts with
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env=single_process_env(core, ld_preload=preload))
-    if name in ("pdserve", "pdserve-fast", "pdserve-split", "pdserve-haproxy"):
+    if name in ("pdserve", "pdserve-fast", "pdserve-split", "pdserve-haproxy", "pdserve-traced"):
         env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-split": SPLIT_ENV,
-               "pdserve-haproxy": HAPROXY_ENV}
+               "pdserve-haproxy": HAPROXY_ENV, "pdserve-traced": traced_env(trace_endpoint)}
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
             ENGINE, env[name])
@@ -189,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = systems.resolve_model_dir(args.model)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    built = [build_system(n, args.model, model_dir, out) for n in names]
+    sink = OTLPReceiver(keep=False) if "pdserve-traced" in names else None
+    built = [build_system(n, args.model, model_dir, out, sink.endpoint if sink else "")
+             for n in names]
     command = shlex.join(["python", "-m", "pdserve.benchmarks.overhead_bench",
                           *(argv if argv is not None else sys.argv[1:])])
     meta = {**report.run_metadata(command, systems.REPO_ROOT), "run_name": out.name,
@@ -208,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     for n in range(first, first + args.rounds):
         rounds.run_round(n, built, loads, out, meta, rows, preload, args.ready_timeout,
                          on_step=lambda: write(out, meta, rows))
+    if sink is not None:
+        print(f"OTLP sink: {sink.requests} export requests, {sink.bytes / 2**20:.1f} MiB of spans")
+        sink.close()
     print((out / "report.md").read_text())
 
 

@@ -21,7 +21,6 @@ import httpx
 import pytest
 from cases import Case, build_cases
 from constrained import reference_specs
-from otlp_receiver import OTLPReceiver
 from prometheus_client.parser import text_string_to_metric_families
 from shapes import (
     APP_NAME,
@@ -35,6 +34,7 @@ from shapes import (
     app_args,
 )
 
+from pdserve.benchmarks.otlp_sink import OTLPReceiver
 from pdserve.deployments.config.pools import PoolName
 from pdserve.deployments.config.ray_serve_env import (
     PROXY_CEILING_ENV,

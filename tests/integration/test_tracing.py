@@ -18,9 +18,9 @@ import secrets
 from typing import Any
 
 import httpx
-from otlp_receiver import OTLPReceiver, SpanRecord
 from shapes import PD_MODEL, PIPELINE_LANCEDB
 
+from pdserve.benchmarks.otlp_sink import OTLPReceiver, SpanRecord
 from pdserve.tiny_model import recall_prompt_text
 
 GENERATE = f"pdserve.generate {PD_MODEL}"

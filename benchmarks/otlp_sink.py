@@ -1,6 +1,7 @@
-"""An OTLP/HTTP trace receiver in the test process: what a collector would get from every Ray
-process of the session (the official exporters post protobuf `ExportTraceServiceRequest`s to
-`/v1/traces`), kept as flat span records for the tests to query."""
+"""An OTLP/HTTP trace receiver in this process, standing in for a collector (the official
+exporters post protobuf `ExportTraceServiceRequest`s to `/v1/traces`): the tests keep every
+span as a flat record to query; the overhead benchmark's traced system sends its spans here
+too, counted only (`keep=False`), so tracing costs what it costs the graph, not a backend."""
 
 from __future__ import annotations
 
@@ -42,19 +43,26 @@ def _attributes(items: Any) -> dict[str, Any]:
 
 
 class OTLPReceiver:
-    """Collects the spans posted to `endpoint` (http/protobuf) while it runs."""
+    """Collects the spans posted to `endpoint` (http/protobuf) while it runs (`keep=False`:
+    counts the export requests and their bytes only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
         self.spans: list[SpanRecord] = []
+        self.keep = keep
+        self.requests = self.bytes = 0
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                receiver._take(ExportTraceServiceRequest.FromString(body))
+                with receiver.lock:
+                    receiver.requests += 1
+                    receiver.bytes += len(body)
+                if receiver.keep:
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    receiver._take(ExportTraceServiceRequest.FromString(body))
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
