@@ -252,10 +252,10 @@ class Orchestrator:
                 "pdserve.plan": "handoff" if handoff else plan.kind if plan else None,
                 "pdserve.plan.reason": plan.reason if plan else None,
                 "pdserve.kv_transfer.pull": kv_params is not None})
-        with tracing.current(span):  # the call carries the span to the replica
-            outputs = self.calls.generate(decode)
         pulled, error = False, None
         try:
+            with tracing.current(span):  # the call carries the span to the replica
+                outputs = self.calls.generate(decode)
             async with aclosing(outputs) as stream:
                 async for output in stream:
                     if not pulled:

@@ -91,6 +91,7 @@ class GeneratingHost(EngineHost):
             "pdserve.request_id": request.request_id,
             "pdserve.kv_transfer.pull": request.kv_transfer_params is not None})
         tokens, finish_reasons, error = 0, None, None
+        cumulative = request.sampling_params.output_kind == RequestOutputKind.CUMULATIVE
         try:
             outputs = self._generate(request, span)
             if request.kv_transfer_params is not None:
@@ -121,11 +122,11 @@ class GeneratingHost(EngineHost):
                 if outcome == "ok":
                     if first is None:
                         return
-                    tokens += sum(len(o.token_ids) for o in first.outputs)
+                    tokens = count_tokens(first, tokens, cumulative)
                     yield first
             async with aclosing(outputs):
                 async for output in outputs:
-                    tokens += sum(len(o.token_ids) for o in output.outputs)
+                    tokens = count_tokens(output, tokens, cumulative)
                     if output.finished:
                         finish_reasons = tuple(str(o.finish_reason) for o in output.outputs)
                     yield output
@@ -277,6 +278,12 @@ class GeneratingHost(EngineHost):
             return None
         cached = final.num_cached_tokens or 0
         return KVHandoff(params, len(ids), len(ids) - cached)  # type: ignore[arg-type]
+
+
+def count_tokens(output: RequestOutput, so_far: int, cumulative: bool) -> int:
+    """Tokens generated so far, after `output` (cumulative outputs repeat the earlier ones)."""
+    new = sum(len(o.token_ids) for o in output.outputs)
+    return new if cumulative else so_far + new
 
 
 @serve.deployment

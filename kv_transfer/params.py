@@ -58,19 +58,22 @@ def offered_blocks(params: KVTransferParams | dict[str, Any] | None) -> int:
 
 
 def block_bytes(vllm_config: Any) -> int:
-    """Bytes of one KV block across all layers of a plain attention model (K and V, each
-    block_size x kv_heads x head_size per layer, in the cache's dtype): what pulling a block
-    moves. 0 when the config does not say (then spans report blocks only)."""
+    """Bytes of one KV block of the whole model, what pulling a block moves across all of the
+    engine's ranks: K and V (one latent cache for MLA models) of block_size tokens x KV heads x
+    head size per layer, in the cache's dtype, times tensor x pipeline parallel ranks (vLLM
+    reports heads per tensor rank and layers per pipeline stage). 0 when the config does not
+    say (then spans report blocks only)."""
     try:
         import torch
-        from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE
+        from vllm.utils.torch_utils import get_kv_cache_torch_dtype
 
         model, cache = vllm_config.model_config, vllm_config.cache_config
         parallel = vllm_config.parallel_config
-        dtype = (model.dtype if cache.cache_dtype == "auto"
-                 else STR_DTYPE_TO_TORCH_DTYPE[cache.cache_dtype])
-        per_layer = 2 * cache.block_size * model.get_num_kv_heads(parallel) * model.get_head_size()
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return per_layer * model.get_num_layers(parallel) * itemsize
-    except (AttributeError, KeyError, TypeError):
+        dtype = get_kv_cache_torch_dtype(cache.cache_dtype, model.dtype)
+        caches = 1 if model.use_mla else 2
+        per_rank = (caches * cache.block_size * model.get_num_kv_heads(parallel)
+                    * model.get_head_size() * model.get_num_layers(parallel))
+        ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+        return per_rank * ranks * torch.empty((), dtype=dtype).element_size()
+    except (AttributeError, KeyError, TypeError, ValueError):
         return 0

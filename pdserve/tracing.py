@@ -1,8 +1,10 @@
 """pdserve's OpenTelemetry spans, on the one TracerProvider Ray Serve sets up per process.
 
-Ray Serve's `tracing_config` (top level of a serve config) turns tracing on: in every proxy
-and replica it installs a TracerProvider with a parent-based ratio sampler and the span
-processors its `exporter_import_path` returns, continues a client's W3C `traceparent`, and
+Ray Serve's tracing turns it on (`RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH` and
+`RAY_SERVE_TRACING_SAMPLING_RATIO` where Ray starts: `ray_serve_env.tracing_env`; a serve
+config's `tracing_config` reaches replicas but not Ray 2.60's HTTP proxy): in every proxy and
+replica it installs a TracerProvider with a parent-based ratio sampler and the span
+processors the exporter function returns, continues a client's W3C `traceparent`, and
 carries the context through the proxy, each replica and each handle call. pdserve's spans
 use that provider, so they join Ray's in one trace per request; with tracing off they are
 OpenTelemetry's no-op spans (nothing recorded, nothing exported, no exporter created).
@@ -36,9 +38,13 @@ PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
+#: OpenTelemetry's proxy tracer: it follows the provider Ray installs, whenever it does
+_TRACER = trace.get_tracer(TRACER_NAME)
+
+
 def tracer() -> trace.Tracer:
     """pdserve's tracer on the process's provider (Ray's when tracing is on; else a no-op)."""
-    return trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def otlp_span_processors() -> list[SpanProcessor]:
@@ -91,6 +97,16 @@ def start(name: str, parent: Span | None = None, kind: SpanKind = SpanKind.INTER
     context = trace.set_span_in_context(parent) if parent is not None else None
     return tracer().start_span(name, context=context, kind=kind,
                                attributes={k: v for k, v in attributes.items() if v is not None})
+
+
+def prepared() -> None:
+    """A `pdserve.prepare` span under the current one, from its start to now: called where a
+    request reaches its first engine call, it covers what came before in the ingress (body
+    parsing, chat template, tokenization in vLLM's OpenAI layer; the edge checks)."""
+    parent = trace.get_current_span()
+    started = getattr(parent, "start_time", None)  # an SDK span's start (ns); None if no-op
+    if started is not None and parent.is_recording():
+        tracer().start_span("pdserve.prepare", start_time=started).end()
 
 
 def finish(span: Span, error: BaseException | None = None, **attributes: Any) -> None:

@@ -152,7 +152,7 @@ class ScoredRouter(RequestRouter):
                candidates: int, lookup: int, hits: dict[str, int], decided_s: float) -> None:
         """The decision as a span under Ray's `route_to_replica` span of the call (whose
         context Ray's router put in the request's metadata; this runs in its own task)."""
-        parent = tracing.context_of(getattr(pending_request.metadata, "tracing_context", None))
+        parent = tracing.context_of(pending_request.metadata.tracing_context)
         if parent is None:
             return
         end_ns = time.time_ns()

@@ -24,7 +24,7 @@ class RequestSpan:
             await self.app(scope, receive, send)
             return
         method, route = scope.get("method", ""), route_path(scope)
-        span = tracing.start(f"{method} {route}", kind=tracing.SpanKind.SERVER, **{
+        span = tracing.start(f"{method}", kind=tracing.SpanKind.SERVER, **{
             "http.request.method": method, "url.path": route})
         trace_id = tracing.trace_id(span)
         status: int | None = None
@@ -46,6 +46,8 @@ class RequestSpan:
             error = exc
             raise
         finally:
+            route_template = getattr(scope.get("route"), "path", None)
+            span.update_name(f"{method} {route_template or 'unmatched'}")  # bounded names
             if error is None and status is not None and status >= 500:
                 error = RuntimeError(f"HTTP {status}")  # a server error fails the span
             tracing.finish(span, error, **{"http.response.status_code": status})

@@ -106,6 +106,8 @@ class PoolGraphClient(EngineClient):
         )
         text = prompt.get("prompt") if isinstance(prompt, dict) else None
         outcome, error, generated, finish_reasons = "error", None, 0, ()
+        cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
+        tracing.prepared()  # what vLLM's OpenAI layer did before this call, as a span
         add_tokens(len(token_ids))  # the caller's token budget (per-key limits)
         span = tracing.start(f"pdserve.generate {self.model_config.served_model_name}", **{
             "gen_ai.request.model": self.model_config.served_model_name,
@@ -119,7 +121,7 @@ class PoolGraphClient(EngineClient):
             )) as outputs:
                 async for output in outputs:
                     new_tokens = sum(len(c.token_ids) for c in output.outputs)
-                    generated += new_tokens
+                    generated = new_tokens if cumulative else generated + new_tokens
                     timer.on_tokens(new_tokens)
                     add_tokens(new_tokens)
                     if output.finished:

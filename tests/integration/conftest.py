@@ -120,6 +120,21 @@ def bare_constrained(bare_engine_run: BareEngineRun) -> dict[str, str]:
     return {spec["label"]: text for spec, text in zip(specs, texts, strict=True)}
 
 
+@contextlib.contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` in this process's environment for the block, then as they were."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def otlp() -> Iterator[OTLPReceiver]:
     """Where every process of the session app sends its spans (OTLP over HTTP)."""
@@ -144,11 +159,14 @@ def serve_app(
     os.environ.update(ray_start_env())
     os.environ[PROXY_CEILING_ENV] = str(PROXY_MAX_BODY_BYTES)
     # The session app traces every request: Ray Serve's tracing variables (its proxy reads only
-    # these), pdserve's OTLP exporter, the receiver as the endpoint.
-    os.environ.update(tracing_env(otlp.endpoint, sampling_ratio=1.0))
-    os.environ.update({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
-                       "OTEL_BSP_SCHEDULE_DELAY": "200"})
-    ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
+    # these), pdserve's OTLP exporter, the receiver as the endpoint. Only Ray's processes get
+    # them (they keep the environment Ray started in): the clusters of the own-cluster tests
+    # run with tracing off, as a graph does by default.
+    tracing = {**tracing_env(otlp.endpoint, sampling_ratio=1.0),
+               "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    with environment(tracing):
+        ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     stores = tmp_path_factory.mktemp("vector-stores")
     args = app_args(model_dir, str(stores))

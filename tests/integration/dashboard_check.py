@@ -23,30 +23,45 @@ FIRST_FAILURE_SERIES = {"ray_vllm_nixl_num_failed_transfers_total":
                         "vllm:nixl_num_failed_transfers_total"}
 
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
-            "or", "unless", "offset", "le"}
+            "or", "unless", "offset"}
 GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 
 
 def panels(path: Path = DASHBOARD) -> dict[str, list[str]]:
-    """Panel title → its query expressions."""
-    dashboard = json.loads(path.read_text())
-    return {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
+    """Panel title → its query expressions (panels inside collapsed rows too)."""
+    found: dict[str, list[str]] = {}
+
+    def walk(items: list[dict]) -> None:
+        for panel in items:
+            walk(panel.get("panels", []))
+            if panel.get("targets"):
+                found[panel["title"]] = [t["expr"] for t in panel["targets"]]
+
+    walk(json.loads(path.read_text())["panels"])
+    return found
 
 
-def selected_series(expr: str) -> tuple[set[str], set[str]]:
-    """The metric names an expression selects and the labels it groups or joins by."""
+def selected_series(expr: str) -> tuple[set[str], set[str], set[str]]:
+    """The metric names an expression selects; the labels it groups or matches by (`by`,
+    `on`, ...: every selected series must carry them); the labels a join copies over
+    (`group_left`/`group_right`: some selected series must carry them)."""
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    labels = {label.strip() for _, group in GROUPING.findall(text)
-              for label in group.split(",") if label.strip()}
+    if "$" in text or "__name__" in text:
+        raise ValueError(f"a query names its series indirectly; the check cannot: {expr}")
+    every: set[str] = set()
+    some: set[str] = set()
+    for kind, group in GROUPING.findall(text):
+        labels = {label.strip() for label in group.split(",") if label.strip()}
+        (some if kind.startswith("group_") else every).update(labels)
     text = GROUPING.sub(" ", text)
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", " ", text)  # range selectors
     names = set()
-    for match in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", text):
+    for match in re.finditer(r"(?<![0-9.A-Za-z_:])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", text):
         name, call = match.groups()
         if call is None and name not in KEYWORDS:
             names.add(name)
-    return names, labels - {"le"}
+    return names, every - some - {"le"}, some
 
 
 def exported(url: str) -> dict[str, set[str]]:
@@ -63,17 +78,24 @@ def missing(exprs: list[str], series: dict[str, set[str]],
     """What the expressions need and the endpoint lacks (empty: every query has its data)."""
     problems = []
     for expr in exprs:
-        names, labels = selected_series(expr)
-        found: set[str] = set()
-        for name in names:
+        names, every, some = selected_series(expr)
+        if not names:
+            problems.append(f"no series named (in {expr})")
+        carried: set[str] = set()
+        for name in sorted(names):
             if name in series:
-                found |= series[name]
+                labels = series[name]
             elif name in FIRST_FAILURE_SERIES and engine_series is not None and (
                     FIRST_FAILURE_SERIES[name] in engine_series):
-                found |= engine_series[FIRST_FAILURE_SERIES[name]] | {"ReplicaId"}
+                # Ray adds its ReplicaId to vLLM's labels
+                labels = engine_series[FIRST_FAILURE_SERIES[name]] | {"ReplicaId"}
             else:
                 problems.append(f"{name} (in {expr})")
-        problems += [f"label {label} (in {expr})" for label in sorted(labels - found)]
+                continue
+            carried |= labels
+            problems += [f"label {label} on {name} (in {expr})"
+                         for label in sorted(every - labels)]
+        problems += [f"label {label} (in {expr})" for label in sorted(some - carried)]
     return problems
 
 

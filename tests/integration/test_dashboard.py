@@ -15,6 +15,7 @@ from conftest import engine_metrics, metric_sum, replicas_of
 from dashboard_check import (
     AUTOSCALING_PANELS,
     exported,
+    missing,
     panels,
     selected_series,
     wait_for_series,
@@ -28,11 +29,17 @@ LONG = "the decode pool pulls the prompt's KV from the prefill pool over NIXL " 
 
 
 def test_the_query_parser_finds_series_and_labels() -> None:
-    names, labels = selected_series(
+    names, every, some = selected_series(
         'sum by (model, pool) (rate(ray_a_sum{x="y"}[1m]) * on (ReplicaId) '
-        'group_left (model, pool) ray_b_info) / histogram_quantile(0.5, ray_c_bucket)')
-    assert names == {"ray_a_sum", "ray_b_info", "ray_c_bucket"}
-    assert labels == {"model", "pool", "ReplicaId"}
+        'group_left (model, pool) ray_b_info) / histogram_quantile(0.5, ray_c_bucket) * 1e3 '
+        '+ ray_d offset 5m')
+    assert names == {"ray_a_sum", "ray_b_info", "ray_c_bucket", "ray_d"}
+    assert (every, some) == ({"ReplicaId"}, {"model", "pool"})
+    series = {"ray_a_sum": {"ReplicaId"}, "ray_b_info": {"ReplicaId", "model", "pool"},
+              "ray_c_bucket": {"ReplicaId", "le"}, "ray_d": {"ReplicaId"}}
+    assert missing(['sum by (pool) (ray_a_sum) / sum by (pool) (ray_b_info)'], series) == [
+        "label pool on ray_a_sum (in sum by (pool) (ray_a_sum) / sum by (pool) (ray_b_info))"]
+    assert missing(["vector(1)"], series) == ["no series named (in vector(1))"]
 
 
 def pulled_bytes() -> float:
