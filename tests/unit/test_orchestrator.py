@@ -363,3 +363,38 @@ def test_a_handoff_that_does_not_match_the_delivered_tokens_is_released_and_reco
     assert len(pools.prefills) == 2  # planned afresh: the prefill pool computes it
     assert pools.decodes[1].kv_transfer_params["remote_engine_id"] == "p0"
     assert len(pools.released) == 1  # the drained engine's KV is not left to its lease
+
+
+def test_each_attempt_and_resume_is_traced_under_the_requests_span() -> None:
+    """Spans go to the tracer the process has (Ray's in a replica); here a provider of the
+    test's own, its spans kept in memory."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    parent = provider.get_tracer("test").start_span("request")
+    pools = FakePools(lose_after=[2])
+    pd = orchestrator(pools, [], max_resumes=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pdserve.tracing._TRACER", provider.get_tracer("pdserve"))
+
+        async def collect() -> list[RequestOutput]:
+            prompt = {"type": "token", "prompt_token_ids": list(PROMPT)}
+            params = SamplingParams(max_tokens=STEPS, output_kind=RequestOutputKind.DELTA)
+            return [o async for o in pd.generate(prompt, params, "r1", trace_parent=parent)]
+
+        asyncio.run(collect())
+    parent.end()
+    spans = exporter.get_finished_spans()
+    calls = [s for s in spans if s.name in ("pdserve.prefill", "pdserve.decode")]
+    assert [s.name for s in calls] == ["pdserve.prefill", "pdserve.decode"] * 2
+    assert all(s.parent.span_id == parent.get_span_context().span_id for s in calls)
+    lost, resumed = [s for s in calls if s.name == "pdserve.decode"]
+    assert lost.attributes["pdserve.replica_lost"] == "replica_died"
+    assert resumed.attributes["pdserve.plan"] == "remote"
+    (event,) = [e for e in parent.events if e.name == "pdserve.resume"]
+    assert event.attributes["pdserve.resume.reason"] == "replica_died"
+    assert event.attributes["pdserve.resume.recomputed_tokens"] == 2
