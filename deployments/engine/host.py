@@ -48,6 +48,9 @@ from pdserve.routing.types import RoutingInfo
 
 logger = logging.getLogger(__name__)
 
+#: How often an engine replica re-sets `pdserve_engine_info` (under Ray's gauge lifetime).
+INFO_PERIOD_S = 5.0
+
 
 def pool_counter(name: str, description: str, tags: dict[str, str],
                  *extra_keys: str) -> Counter:
@@ -111,7 +114,7 @@ class EngineHost:
         # one joins them to their model and pool (`* on (ReplicaId) group_left (model, pool)`)
         self._info = Gauge("pdserve_engine_info", "1 per engine replica: its model and pool.",
                            tag_keys=("model", "pool", "ReplicaId"))
-        self._info.set(1, tags={**self.pool_tags, "ReplicaId": self.replica_id})
+        self._announcing: asyncio.Task | None = None
         self._orphans = pool_counter(
             "pdserve_orphaned_requests_aborted_total",
             "Requests aborted because the ingress replica streaming them died.", self.pool_tags)
@@ -170,6 +173,8 @@ class EngineHost:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # the first health check starts them
+        if self._announcing is None:
+            self._announcing = loop.create_task(self._announce())
         if self._watching_callers is None:
             self._watching_callers = loop.create_task(watch_callers(
                 self.stream.callers, self._caller_gone, self.model.health.caller_check_period_s,
@@ -179,6 +184,14 @@ class EngineHost:
         busy = self.engine.output_processor.get_num_unfinished_requests
         self._watching = loop.create_task(self.watchdog.run(lambda: busy() > 0,
                                                             self._stalled))
+
+    async def _announce(self) -> None:
+        """Keep `pdserve_engine_info` exported: Ray drops a gauge not set again within two
+        metrics-report intervals (20 s by default)."""
+        tags = {**self.pool_tags, "ReplicaId": self.replica_id}
+        while True:
+            self._info.set(1, tags=tags)
+            await asyncio.sleep(INFO_PERIOD_S)
 
     def _stalled(self, stalled_s: float) -> None:
         logger.error("engine %s made no step for %.0f s with requests in flight: stalled; "
