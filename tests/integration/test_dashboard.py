@@ -100,8 +100,8 @@ def test_every_panel_has_data_after_one_request_of_each_kind(client: httpx.Clien
     assert not problems, problems
     # the exported KV transfers are vLLM's own, not a second count: over these requests Ray's
     # series counted the transfers the decode engine's registry counted, and its bytes grew.
-    # (Not the bytes' sum itself: Ray 2.60 exports a histogram's `_sum` off the engine's own
-    # by 0.8-1.9x in three runs; `_count` matched.)
+    # (Not the bytes' sum itself: Ray 2.60's metrics agent rebuilds exported histograms at
+    # bucket midpoints, so its `_sum` is an estimate, 0.8-1.9x the engine's in three runs.)
     own = metric_sum(DECODE, "vllm:nixl_bytes_transferred_count") - own_before
     assert own > 0
     assert settled() - ray_before == own
