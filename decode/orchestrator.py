@@ -13,10 +13,11 @@ so a prefill replica that still caches the prompt computes only the delivered to
 new decode replica pulls the KV. After `max_resumes` losses the request fails with a
 retryable 503. A replica that is drained hands its requests off itself: their KV (prompt and
 delivered tokens) waits on its engine, and the next attempt pulls it on another decode replica
-instead of recomputing it (such migrations do not count against `max_resumes`; a replica that
-turns a request away while draining does). Every engine request id carries a random suffix,
-so two client requests with the same id never share one inside an engine (an abort of one
-would abort both).
+instead of recomputing it (such migrations do not count against `max_resumes`, nor does a
+replica being drained that turns a request away before its first output: routers learn of a
+drain a stats period late; up to `MAX_DRAIN_REFUSALS` such refusals per request). Every
+engine request id carries a random suffix, so two client requests with the same id never
+share one inside an engine (an abort of one would abort both).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ ReleaseCall = Callable[[str, KVTransferParams], Awaitable[None]]
 Planner = Callable[[RoutingInfo, str | None], Plan]
 #: token ids, cache salt → block hashes (`routing/block_hashes.py`)
 Hasher = Callable[[Sequence[int], str | None], tuple[int, ...]]
+#: How many replicas being drained may turn one request away before it fails (retryably).
+MAX_DRAIN_REFUSALS = 8
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class Orchestrator:
         progress = Progress(engine_input, params, request_id, prompt, self.detokenize)
         engine_request_id = f"{request_id}-{secrets.token_hex(4)}"
         attempt, losses, attempt_input, attempt_params = 0, 0, engine_input, params
+        refusals = 0  # turned away by a replica being drained, before any output
         lost_at: float | None = None
         resumed: tuple[str, int] | None = None  # (reason, delivered tokens) of a pending resume
         handoff: KVHandoff | None = None  # KV a drained replica left for this attempt
@@ -165,11 +169,13 @@ class Orchestrator:
                         "pdserve.resume.reason": resumed[0], "pdserve.resume.path": path,
                         "pdserve.resume.recomputed_tokens": resumed[1]})
                 resumed = None
+            answered = False  # this attempt gave an output
             try:
                 async with aclosing(self._attempt(attempt_input, attempt_params, attempt_id,
                                                   routing, prompt, plan, handoff,
                                                   trace_parent)) as outputs:
                     async for output in outputs:
+                        answered = True
                         if lost_at is not None:
                             self.on_resumed(time.perf_counter() - lost_at)
                             lost_at = None
@@ -179,8 +185,14 @@ class Orchestrator:
                 if progress.finished:
                     return
                 attempt += 1
-                losses += lost.handoff is None
+                refused = lost.reason == "draining" and lost.handoff is None and not answered
+                refusals += refused
+                losses += lost.handoff is None and not refused
                 handoff = None
+                if refusals > MAX_DRAIN_REFUSALS:
+                    raise RetryableRequestError(
+                        f"{refusals} replicas being drained turned this request away; "
+                        "retry it") from None
                 if losses > self.max_resumes:
                     logger.warning("request %s: %s; not resumed (%d resumes allowed)",
                                    request_id, lost, self.max_resumes)

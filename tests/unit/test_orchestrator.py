@@ -43,6 +43,8 @@ class FakePools:
         self.lose_after = list(lose_after or [])
         #: drain instead of dying: hand the KV off, covering this many tokens too many
         self.handoff_miscount: int | None = None
+        #: the first this-many generate calls find their replica being drained (turned away)
+        self.refusals = 0
         self.prefills: list[PrefillRequest] = []
         self.decodes: list[DecodeRequest] = []
         self.released: list[str] = []
@@ -58,6 +60,8 @@ class FakePools:
         lose_after = self.lose_after[len(self.decodes)] if len(self.decodes) < len(
             self.lose_after) else None
         self.decodes.append(request)
+        if len(self.decodes) <= self.refusals:
+            raise ReplicaLost("draining", replica=f"d{len(self.decodes) - 1}")
         params = request.sampling_params
         last = request.engine_input["prompt_token_ids"][-1]
         made: list[int] = []
@@ -398,3 +402,23 @@ def test_each_attempt_and_resume_is_traced_under_the_requests_span() -> None:
     (event,) = [e for e in parent.events if e.name == "pdserve.resume"]
     assert event.attributes["pdserve.resume.reason"] == "replica_died"
     assert event.attributes["pdserve.resume.recomputed_tokens"] == 2
+
+
+def test_replicas_being_drained_turning_a_request_away_use_none_of_its_resumes() -> None:
+    pools, resumes = FakePools(), []
+    pools.refusals = 3
+    pd = orchestrator(pools, [], max_resumes=0, on_resume=resumes.append)
+    assert run(pd, SamplingParams(max_tokens=STEPS)) == greedy_tokens()
+    assert [r.reason for r in resumes] == ["draining"] * 3
+    # each went elsewhere: the replicas that refused it are avoided
+    assert pools.decodes[-1].routing.avoid == ("d0", "d1", "d2")
+
+
+def test_refusals_beyond_their_limit_fail_with_a_retryable_error() -> None:
+    from pdserve.decode.orchestrator import MAX_DRAIN_REFUSALS
+
+    pools = FakePools()
+    pools.refusals = MAX_DRAIN_REFUSALS + 1
+    with pytest.raises(RetryableRequestError, match="being drained"):
+        run(orchestrator(pools, [], max_resumes=3), SamplingParams(max_tokens=STEPS))
+    assert len(pools.decodes) == MAX_DRAIN_REFUSALS + 1
