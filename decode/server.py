@@ -34,7 +34,7 @@ from pdserve import tracing
 from pdserve.decode.request import DecodeRequest
 from pdserve.decode.resume import KVHandoff, ReplicaLost, extended_prompt_ids
 from pdserve.decode.stopping import wait_until_removed
-from pdserve.deployments.engine.host import EngineHost, pool_counter
+from pdserve.deployments.engine.host import EngineHost, engine_timings, pool_counter
 from pdserve.kv_transfer.params import KVTransferParams, is_pull_ready, offered_blocks
 from pdserve.prefill.request import prefill_params
 from pdserve.routing.pool_state import pool_state
@@ -90,7 +90,7 @@ class GeneratingHost(EngineHost):
         span = self.span(f"pdserve.{self.role}.engine", **{
             "pdserve.request_id": request.request_id,
             "pdserve.kv_transfer.pull": request.kv_transfer_params is not None})
-        tokens, finish_reasons, error = 0, None, None
+        tokens, finish_reasons, error, last = 0, None, None, None
         cumulative = request.sampling_params.output_kind == RequestOutputKind.CUMULATIVE
         try:
             outputs = self._generate(request, span)
@@ -122,11 +122,11 @@ class GeneratingHost(EngineHost):
                 if outcome == "ok":
                     if first is None:
                         return
-                    tokens = count_tokens(first, tokens, cumulative)
+                    tokens, last = count_tokens(first, tokens, cumulative), first
                     yield first
             async with aclosing(outputs):
                 async for output in outputs:
-                    tokens = count_tokens(output, tokens, cumulative)
+                    tokens, last = count_tokens(output, tokens, cumulative), output
                     if output.finished:
                         finish_reasons = tuple(str(o.finish_reason) for o in output.outputs)
                     yield output
@@ -139,7 +139,8 @@ class GeneratingHost(EngineHost):
             raise
         finally:
             tracing.finish(span, error, **{"pdserve.generated_tokens": tokens,
-                                           "gen_ai.response.finish_reasons": finish_reasons})
+                                           "gen_ai.response.finish_reasons": finish_reasons,
+                                           **engine_timings(last)})
 
     async def _generate(self, request: DecodeRequest,
                         span: tracing.Span | None = None) -> AsyncIterator[RequestOutput]:

@@ -8,7 +8,7 @@ import logging
 from ray import serve
 
 from pdserve import tracing
-from pdserve.deployments.engine.host import EngineHost
+from pdserve.deployments.engine.host import EngineHost, engine_timings
 from pdserve.kv_transfer.params import is_pull_ready, offered_blocks
 from pdserve.prefill.request import PrefillFailed, PrefillRequest, PrefillResult, prefill_params
 
@@ -41,7 +41,8 @@ class PrefillServer(EngineHost):
                 "gen_ai.usage.input_tokens": len(final.prompt_token_ids or []) if final else None,
                 "pdserve.cached_tokens": final.num_cached_tokens if final else None,
                 "pdserve.kv_transfer.blocks": blocks,
-                "pdserve.kv_transfer.bytes": blocks * self.kv_block_bytes})
+                "pdserve.kv_transfer.bytes": blocks * self.kv_block_bytes,
+                **engine_timings(final)})
         params = final.kv_transfer_params if final is not None else None
         if final is None or not is_pull_ready(params):
             raise PrefillFailed(f"request {request.request_id}: no KV-transfer params: {params}")

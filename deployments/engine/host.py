@@ -52,6 +52,21 @@ logger = logging.getLogger(__name__)
 INFO_PERIOD_S = 5.0
 
 
+def engine_timings(output: Any) -> dict[str, float]:
+    """vLLM's own timestamps of a request (engine-core clock; `RequestOutput.metrics`) as span
+    attributes: seconds queued before first scheduled, from then to the first token (the
+    prefill, or the KV pull and first step of a decode that pulls), from it to the last."""
+    stats = getattr(output, "metrics", None)
+    if stats is None or not getattr(stats, "scheduled_ts", 0):
+        return {}
+    timings = {"pdserve.engine.queued_s": max(0.0, stats.scheduled_ts - stats.queued_ts)}
+    if stats.first_token_ts:
+        timings["pdserve.engine.to_first_token_s"] = stats.first_token_ts - stats.scheduled_ts
+        if stats.last_token_ts > stats.first_token_ts:
+            timings["pdserve.engine.decode_s"] = stats.last_token_ts - stats.first_token_ts
+    return timings
+
+
 def pool_counter(name: str, description: str, tags: dict[str, str],
                  *extra_keys: str) -> Counter:
     """A Ray counter tagged with its pool (`tags`) by default; `extra_keys` are set per call.

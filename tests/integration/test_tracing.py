@@ -96,6 +96,10 @@ def test_a_pd_request_is_one_trace_from_the_clients_span_to_the_kv_pull(
     assert prefill_call.attributes["pdserve.prefill.outcome"] == "ok"
     assert decode_call.attributes["pdserve.plan"] == "remote"
     assert prefill.attributes["pdserve.pool"] == f"{PD_MODEL}/prefill"
+    # vLLM's own timings of the request on each engine
+    assert prefill.attributes["pdserve.engine.to_first_token_s"] > 0
+    assert decode.attributes["pdserve.engine.decode_s"] > 0
+    assert prefill.attributes["pdserve.engine.queued_s"] >= 0
     assert decode.attributes["pdserve.pool"] == f"{PD_MODEL}/decode"
     pull = one(spans, "pdserve.kv_transfer")
     assert pull.parent_id == decode.span_id
