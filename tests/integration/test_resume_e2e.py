@@ -53,6 +53,7 @@ from failover_cluster import (
     redeploy,
     wait_for_every_replica,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.benchmarks import systems
 from pdserve.deployments.app import ROUTING_STATS_PERIOD_S
@@ -317,6 +318,16 @@ def drain(replica: str, **body: Any) -> dict[str, Any]:
     return response.json()
 
 
+def local_compute(handle: Any, replica: str) -> float:
+    """Prompt tokens the replica's engine computed itself (vLLM's own counter), through a
+    handle made beforehand."""
+    text = handle.vllm_metrics.remote(replica=replica).result()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "vllm:prompt_tokens_by_source_total"
+               and sample.labels.get("source") == "local_compute")
+
+
 def undrain(replica: str) -> None:
     with httpx.Client(base_url=URL, timeout=60) as http:
         response = http.post("/v1/admin/undrain", json={"model": MODEL, "replica": replica})
@@ -328,26 +339,23 @@ def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
         app: Path, reference: list[list[int]]) -> None:
     assert_all_drained()
     before = ingress_stats()[MODEL]
-    decodes = replicas_of(DECODE)
-    pulled_before = {r: metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", r) for r in decodes}
+    victim, target = replicas_of(DECODE)
+    pulled_before = metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", target)
+    victims_engine = deployment(DECODE)  # made and used now: a new handle takes a while
+    local_compute(victims_engine, victim)
     with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
-        # The streams start while one replica is drained (it holds nothing yet), then it is
+        # The streams start while the target is drained (it holds nothing yet), then it is
         # undrained to take them over. The routers learn of a drain with the next routing
         # stats: until then it would turn streams away. Six streams: with all eight on one
-        # engine (CI), the first ones had finished before the last one had its first token.
-        assert drain(decodes[1])["asked"] == 0
+        # engine (CI), the first ones had finished before the last one had its first token;
+        # nothing but one metrics read between the streams' start and the drain.
+        assert drain(target)["asked"] == 0
         time.sleep(2 * ROUTING_STATS_PERIOD_S + 1)
         try:
             requests, futures = streams_in_flight(http, pool, PROMPTS[:STREAMS])
         finally:
-            undrain(decodes[1])
-        # The victim: the replica running the most streams, by its engine's own count (once in
-        # CI, 3 of them ran on the replica drained while they started; cause not found).
-        running = {r: metric_sum(DECODE, "vllm:num_requests_running", r) for r in decodes}
-        victim = max(decodes, key=lambda r: running[r])
-        (target,) = [r for r in decodes if r != victim]
-        computed_before = metric_sum(DECODE, "vllm:prompt_tokens_by_source_total", victim,
-                                     source="local_compute")
+            undrain(target)
+        computed_before = local_compute(victims_engine, victim)
         at_drain = [len(r.token_ids) for r in requests]
         result = drain(victim)
         for future in futures:
@@ -355,16 +363,16 @@ def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
     assert_exact(requests, reference[:STREAMS])
     assert all(0 < n < MAX_TOKENS for n in at_drain), at_drain  # each stream was mid-way
     moved = result["moved_kv"]
-    assert moved == result["asked"] == running[victim] >= STREAMS // 2, (result, running)
-    assert result["still_running"] == 0, result
+    # every stream, but once in CI 3 of the 6 ran on the target while it was drained (no
+    # refusal logged; cause not found): at least half
+    assert moved == result["asked"] >= STREAMS // 2 and result["still_running"] == 0, result
     after = ingress_stats()[MODEL]
     handoffs = sum(v - before.get(k, 0) for k, v in after.items()
                    if k.startswith("resume:draining:handoff"))
     assert handoffs == moved, after
-    pulled = metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", target) - pulled_before[target]
+    pulled = metric_sum(DECODE, "vllm:nixl_bytes_transferred_sum", target) - pulled_before
     assert pulled > 0, pulled
-    computed = metric_sum(DECODE, "vllm:prompt_tokens_by_source_total", victim,
-                          source="local_compute") - computed_before
+    computed = local_compute(victims_engine, victim) - computed_before
     assert computed <= moved * BLOCK, (computed, moved)  # at most one block per stream
     # a drained replica takes nothing new until it is undrained
     served_before = metric_sum(DECODE, "vllm:request_success_total", victim)
