@@ -64,6 +64,7 @@ class GeneratingHost(EngineHost):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handoffs = {"kv": 0, "recompute": 0}  # streams handed off, by how they continue
+        self.handoff_recomputed = 0  # tokens this engine computed to hand KV off (vLLM's count)
         self._watching_stop: asyncio.Task | None = None
         tags = self.pool_tags
         self._pull_timeouts = pool_counter(
@@ -225,9 +226,10 @@ class GeneratingHost(EngineHost):
     async def drain(self, replica: str | None = None,
                     timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
         """Stop taking requests and move the live streams to other replicas (the ones that
-        cannot move finish here, up to `timeout_s`); what happened, per kind."""
+        cannot move finish here, up to `timeout_s`); what happened, per kind, and the prompt
+        tokens this engine computed to hand the streams' KV off (vLLM's cache-hit count)."""
         self.draining = True
-        before = dict(self.handoffs)
+        before, recomputed_before = dict(self.handoffs), self.handoff_recomputed
         asked = self.stream.hand_off_all()
         deadline = time.monotonic() + timeout_s
         while self.stream.live and time.monotonic() < deadline:
@@ -235,6 +237,7 @@ class GeneratingHost(EngineHost):
         logger.info("engine %s drained: %d streams asked to move", self.engine_id, asked)
         return {"replica": self.replica_id, "asked": asked,
                 **{f"moved_{k}": v - before[k] for k, v in self.handoffs.items()},
+                "recomputed_tokens": self.handoff_recomputed - recomputed_before,
                 "still_running": len(self.stream.live)}
 
     async def undrain(self, replica: str | None = None) -> None:
@@ -250,7 +253,9 @@ class GeneratingHost(EngineHost):
         self.handoffs[how] += 1
         self._migrations.inc(tags={"how": how})
         if handoff is not None:
-            self._handoff_recomputed.inc(handoff.recomputed)
+            self.handoff_recomputed += handoff.recomputed
+            if handoff.recomputed:
+                self._handoff_recomputed.inc(handoff.recomputed)
         return ReplicaLost("draining", replica=self.replica_id, handoff=handoff)
 
     async def _produce_kv(self, request: DecodeRequest,
