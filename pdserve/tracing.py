@@ -9,7 +9,8 @@ carries the context through the proxy, each replica and each handle call. pdserv
 use that provider, so they join Ray's in one trace per request; with tracing off they are
 OpenTelemetry's no-op spans (nothing recorded, nothing exported, no exporter created).
 
-`otlp_span_processors` is the exporter to name in `tracing_config`; it sends spans over OTLP
+`otlp_span_processors` is the exporter function Ray loads (`RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH`,
+or a `tracing_config`'s `exporter_import_path`); it sends spans over OTLP
 as the standard `OTEL_EXPORTER_OTLP_*` variables say (endpoint, protocol, headers). Span
 attribute names follow OpenTelemetry's GenAI conventions where one applies (`gen_ai.*`), and
 are `pdserve.*` otherwise.
