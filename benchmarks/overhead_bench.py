@@ -43,7 +43,7 @@ ENGINE: dict[str, Any] = {
     "block_size": 32, "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True, "seed": 0,
 }
 LOADS: dict[str, LoadSettings] = {
-    "c1": LoadSettings(num_prompts=16, input_len=512, output_len=32, max_concurrency=1,
+    "c1": LoadSettings(num_prompts=48, input_len=512, output_len=32, max_concurrency=1,
                        num_warmups=2),
     "c8": LoadSettings(num_prompts=64, input_len=512, output_len=32, max_concurrency=8,
                        num_warmups=8),
