@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 from vllm.exceptions import RetryableRequestError
 from vllm.inputs import EngineInput
+from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -57,8 +58,8 @@ PrefillCall = Callable[[PrefillRequest], Awaitable[PrefillResult]]
 GenerateCall = Callable[[DecodeRequest], AsyncIterator[RequestOutput]]
 ReleaseCall = Callable[[str, KVTransferParams], Awaitable[None]]
 Planner = Callable[[RoutingInfo, str | None], Plan]
-#: token ids, cache salt → block hashes (`routing/block_hashes.py`)
-Hasher = Callable[[Sequence[int], str | None], tuple[int, ...]]
+#: token ids, cache salt, LoRA adapter → block hashes (`routing/block_hashes.py`)
+Hasher = Callable[[Sequence[int], str | None, LoRARequest | None], tuple[int, ...]]
 #: How many replicas being drained may turn one request away before it fails (retryably).
 MAX_DRAIN_REFUSALS = 8
 
@@ -145,9 +146,10 @@ class Orchestrator:
         routing: RoutingInfo | None = None,
         prompt: str = "",
         trace_parent: tracing.Span | None = None,
+        adapter: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """`trace_parent`: the span the request's prefill and decode calls are traced under
-        (default: the current one)."""
+        (default: the current one); `adapter`: the LoRA adapter every engine call runs with."""
         routing = routing or RoutingInfo()
         progress = Progress(engine_input, params, request_id, prompt, self.detokenize)
         engine_request_id = f"{request_id}-{secrets.token_hex(4)}"
@@ -173,7 +175,7 @@ class Orchestrator:
             try:
                 async with aclosing(self._attempt(attempt_input, attempt_params, attempt_id,
                                                   routing, prompt, plan, handoff,
-                                                  trace_parent)) as outputs:
+                                                  trace_parent, adapter)) as outputs:
                     async for output in outputs:
                         answered = True
                         if lost_at is not None:
@@ -207,7 +209,7 @@ class Orchestrator:
                 if lost.handoff is not None:
                     handoff = self._usable(lost.handoff, attempt_input, attempt_id)
                     recomputed = handoff.recomputed if handoff else recomputed
-                routing = self._rerouted(routing, attempt_input)
+                routing = self._rerouted(routing, attempt_input, adapter)
                 if lost.replica is not None:
                     routing = replace(routing, avoid=(*routing.avoid, lost.replica))
                 resumed = (lost.reason, recomputed)
@@ -235,28 +237,31 @@ class Orchestrator:
         self.on_plan(plan)
         return plan
 
-    def _rerouted(self, routing: RoutingInfo, engine_input: EngineInput) -> RoutingInfo:
+    def _rerouted(self, routing: RoutingInfo, engine_input: EngineInput,
+                  adapter: LoRARequest | None) -> RoutingInfo:
         """Routing data of a continuation: its prompt holds the delivered tokens too."""
         ids = extended_prompt_ids(engine_input)
         if self.hasher is None or len(ids) == routing.prompt_tokens:
             return routing
         salt = engine_input.get("cache_salt") if isinstance(engine_input, dict) else None
-        return replace(routing, block_hashes=self.hasher(ids, salt), prompt_tokens=len(ids))
+        return replace(routing, block_hashes=self.hasher(ids, salt, adapter),
+                       prompt_tokens=len(ids))
 
     async def _attempt(
         self, engine_input: EngineInput, params: SamplingParams, request_id: str,
         routing: RoutingInfo, prompt: str, plan: Plan | None, handoff: KVHandoff | None = None,
-        trace_parent: tracing.Span | None = None,
+        trace_parent: tracing.Span | None = None, adapter: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """One try: prefill remotely if planned (or pull what a drained replica handed off),
         then stream from a generating replica."""
         kv_params = handoff.kv_transfer_params if handoff is not None else None
         if plan is not None and plan.kind == "remote":
             kv_params = await self._remote_prefill(
-                PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt),
+                PrefillRequest(f"{request_id}-prefill", engine_input, params, routing, prompt,
+                               adapter),
                 trace_parent)
         decode = DecodeRequest(request_id, engine_input, params, kv_params, routing, prompt,
-                               self.caller)
+                               self.caller, adapter)
         span = tracing.start(
             "pdserve.decode" if self.disaggregated else "pdserve.generate_call", trace_parent,
             tracing.SpanKind.CLIENT, **{

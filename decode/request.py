@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vllm.inputs import EngineInput
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import SamplingParams
 
 from pdserve.deployments.engine.callers import Caller
@@ -26,6 +27,8 @@ class DecodeRequest:
     prompt: str = ""
     #: the ingress replica streaming it (the engine aborts the request if that one dies)
     caller: Caller | None = None
+    #: the LoRA adapter it runs with (the prefill that made its KV ran with the same)
+    lora_request: LoRARequest | None = None
 
     def engine_params(self) -> SamplingParams:
         """The sampling params the engine runs: the client's, with this request's transfer

@@ -153,7 +153,8 @@ class GeneratingHost(EngineHost):
         cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
         async for output in self.stream.outputs(
                 request.engine_input, params, request.request_id, signals, pulling, hand_off,
-                request.caller, self.trace_headers(span) if span is not None else None):
+                request.caller, self.trace_headers(span) if span is not None else None,
+                request.lora_request):
             if hand_off is not None:
                 if cumulative:
                     delivered[:] = output.outputs[0].token_ids
@@ -274,7 +275,7 @@ class GeneratingHost(EngineHost):
             async with asyncio.timeout(self.model.kv_transfer.pull_timeout_s):
                 async for output in self.engine.generate(
                         engine_input, prefill_params(request.sampling_params),
-                        f"{request.request_id}-handoff"):
+                        f"{request.request_id}-handoff", lora_request=request.lora_request):
                     final = output
         except Exception as exc:  # the stream recomputes elsewhere instead
             logger.warning("request %s: KV handoff failed (%s)", request.request_id, exc)

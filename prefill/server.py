@@ -27,7 +27,7 @@ class PrefillServer(EngineHost):
         try:
             async for output in self.engine.generate(
                 request.engine_input, prefill_params(request.sampling_params), request.request_id,
-                trace_headers=self.trace_headers(span),
+                lora_request=request.lora_request, trace_headers=self.trace_headers(span),
             ):
                 signals.on_output(sum(len(o.token_ids) for o in output.outputs))
                 final = output

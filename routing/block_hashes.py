@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from vllm.lora.request import LoRARequest
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_utils import hash_block_tokens, resolve_none_hash_seed
 
@@ -43,16 +44,20 @@ class BlockHasher:
             )
         self._root = self._hash_fn(resolve_none_hash_seed(self._hash_fn))
 
-    def __call__(self, token_ids: Sequence[int], cache_salt: str | None = None
-                 ) -> tuple[int, ...]:
-        """64-bit hashes of every full block of `token_ids`, in order; a `cache_salt` enters
-        the first block's hash as vLLM's extra key (so every later block differs too)."""
+    def __call__(self, token_ids: Sequence[int], cache_salt: str | None = None,
+                 adapter: LoRARequest | None = None) -> tuple[int, ...]:
+        """64-bit hashes of every full block of `token_ids`, in order, with vLLM's extra keys:
+        a LoRA `adapter` enters every block's hash by its name and path (the request's own
+        `LoRARequest`'s, whatever path the engine loaded it from), a `cache_salt` the first
+        block's (so every later block differs too)."""
         hashes: list[int] = []
         parent = self._root
         size = self.block_size
-        extra = (("cache_salt", cache_salt),) if cache_salt else None
+        lora = (("lora", adapter.lora_name, adapter.lora_path),) if adapter else ()
+        first = (*lora, ("cache_salt", cache_salt)) if cache_salt else lora
         for start in range(0, len(token_ids) - size + 1, size):
+            extra = (first if start == 0 else lora) or None
             parent = hash_block_tokens(self._hash_fn, parent, token_ids[start : start + size],
-                                       extra if start == 0 else None)
+                                       extra)
             hashes.append(external_hash(parent))
         return tuple(hashes)

@@ -30,7 +30,8 @@ class Catalog:
         generating = [m for m in config.models if m.generates()]
         self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in generating}
         self.by_name: dict[str, Served] = {
-            name: self.frontends[m.model_id] for m in generating for name in m.names()}
+            name: self.frontends[m.model_id]
+            for m in generating for name in [*m.names(), *m.lora_modules]}
         self.embedders: dict[str, tuple[ModelConfig, DeploymentHandle]] = {
             name: (m, pools[m.model_id]["embed"])
             for m in config.models if m.mode == "embed" for name in m.names()}

@@ -73,8 +73,10 @@ class OpenAIIngress:
                 for role, state in f.pools.items()}
 
     def prefix_hits(self, model_id: str, role: Role, token_ids: list[int],
-                    cache_salt: str | None = None) -> dict[str, int]:
-        """Leading blocks of `token_ids` (under `cache_salt`) each replica of a pool holds,
-        per the index."""
+                    cache_salt: str | None = None, adapter: str | None = None
+                    ) -> dict[str, int]:
+        """Leading blocks of `token_ids` (under `cache_salt`, computed with the LoRA `adapter`
+        of that name) each replica of a pool holds, per the index."""
         frontend = self.catalog.frontends[model_id]
-        return frontend.pools[role].match(frontend.client.hasher(token_ids, cache_salt))
+        lora = frontend.registry.lora_requests[adapter] if adapter else None
+        return frontend.pools[role].match(frontend.client.hasher(token_ids, cache_salt, lora))

@@ -74,12 +74,12 @@ class AppConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_model_ids(self) -> AppConfig:
-        names = [name for m in self.models for name in m.names()]
+        names = [name for m in self.models for name in [*m.names(), *m.lora_modules]]
         names += [p.name for p in self.pipelines]
         dupes = sorted({i for i in names if names.count(i) > 1})
         if dupes:
-            raise ValueError(f"models: model_id/served_model_name/pipeline name used twice: "
-                             f"{dupes}")
+            raise ValueError(f"models: model_id/served_model_name/lora_modules/pipeline name "
+                             f"used twice: {dupes}")
         return self
 
     @model_validator(mode="after")

@@ -190,6 +190,12 @@ class ModelConfig(StrictModel):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments (its own names), passed through."
     )
+    lora_modules: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters of this model (vLLM's "
+        "`--lora-modules`): the name clients put in `model` -> the adapter (HF id, local "
+        "directory, or `pdserve://tiny/<adapter>`). Every engine of the model's pools loads "
+        "them; needs `enable_lora: true` (and vLLM's `max_loras`, `max_lora_rank`) in "
+        "`engine_kwargs`.")
     max_output_tokens: int | None = Field(
         None, ge=1, description="Largest `max_tokens` (`max_completion_tokens`) a request may "
         "ask of this model (400 beyond); a request naming none gets this many at most.")
@@ -256,6 +262,23 @@ class ModelConfig(StrictModel):
                 f"model {self.model_id!r}: engine_kwargs may not set {sorted(clash)} "
                 "(pdserve sets them per pool)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_have_an_engine(self) -> ModelConfig:
+        if not self.lora_modules:
+            return self
+        where = f"model {self.model_id!r}.lora_modules"
+        if self.mode == "embed":
+            raise ValueError(f"{where}: LoRA adapters apply to generating models")
+        if not self.engine_kwargs.get("enable_lora"):
+            raise ValueError(f"{where}: needs `enable_lora: true` in engine_kwargs (vLLM "
+                             "reserves LoRA slots only when asked)")
+        for name, path in self.lora_modules.items():
+            if not name.strip() or not path.strip():
+                raise ValueError(f"{where}: {name!r}: an adapter needs a name and a path")
+            if name in self.names():
+                raise ValueError(f"{where}: {name!r} is also a name of the model itself")
         return self
 
     def pools(self) -> dict[Role, PoolConfig]:

@@ -29,6 +29,7 @@ from pdserve.deployments.config.binding import EngineBinding
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.config.slo import SLOTargets
 from pdserve.deployments.engine.actors import actor_alive
+from pdserve.deployments.engine.adapters import static_adapters
 from pdserve.deployments.engine.args import engine_args, worker_processes
 from pdserve.deployments.engine.callers import Caller, CallerGone, watch_callers
 from pdserve.deployments.engine.placement import apply_engine_env
@@ -130,6 +131,10 @@ class EngineHost:
         self._info = Gauge("pdserve_engine_info", "1 per engine replica: its model and pool.",
                            tag_keys=("model", "pool", "ReplicaId"))
         self._announcing: asyncio.Task | None = None
+        # the model's LoRA adapters, loaded before requests name them (vLLM would load one on
+        # first use, from the path the request names: a bad path shows at start-up instead)
+        self.adapters = static_adapters(self.model) if self.role != "embed" else {}
+        self._loading_adapters: asyncio.Task | None = None
         self._orphans = pool_counter(
             "pdserve_orphaned_requests_aborted_total",
             "Requests aborted because the ingress replica streaming them died.", self.pool_tags)
@@ -190,6 +195,8 @@ class EngineHost:
             return  # the first health check starts them
         if self._announcing is None:
             self._announcing = loop.create_task(self._announce())
+        if self._loading_adapters is None and self.adapters:
+            self._loading_adapters = loop.create_task(self._load_adapters())
         if self._watching_callers is None:
             self._watching_callers = loop.create_task(watch_callers(
                 self.stream.callers, self._caller_gone, self.model.health.caller_check_period_s,
@@ -207,6 +214,11 @@ class EngineHost:
         while True:
             self._info.set(1, tags=tags)
             await asyncio.sleep(INFO_PERIOD_S)
+
+    async def _load_adapters(self) -> None:
+        for adapter in self.adapters.values():
+            await self.engine.add_lora(adapter)
+        logger.info("engine %s loaded LoRA adapters %s", self.engine_id, sorted(self.adapters))
 
     def _stalled(self, stalled_s: float) -> None:
         logger.error("engine %s made no step for %.0f s with requests in flight: stalled; "
@@ -228,6 +240,10 @@ class EngineHost:
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising makes Serve replace the replica."""
         self._watch()
+        loading = self._loading_adapters
+        if loading is not None and loading.done() and loading.exception() is not None:
+            raise RuntimeError(f"engine {self.engine_id} could not load its LoRA adapters: "
+                               f"{loading.exception()}")
         if self.watchdog.stalled:
             raise RuntimeError(f"engine {self.engine_id} stalled: no step for "
                                f"{self.watchdog.stalled_for:.0f} s with requests in flight")
@@ -249,6 +265,11 @@ class EngineHost:
         if self.engine.vllm_config.parallel_config.worker_extension_cls != NIXL_STATE_EXTENSION:
             return []
         return await self.engine.collective_rpc("pdserve_nixl_state")
+
+    async def loaded_adapters(self, replica: str | None = None) -> list[str]:
+        """Names of the LoRA adapters this engine holds loaded."""
+        ids = await self.engine.list_loras()
+        return sorted(a.lora_name for a in self.adapters.values() if a.lora_int_id in ids)
 
     def engine_processes(self, replica: str | None = None) -> list[int]:
         """This replica's process and the engine processes it started (core, workers)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm.inputs import EngineInput
+from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -105,18 +106,20 @@ class OutputStream:
                       hand_off: HandOff | None = None,
                       caller: Caller | None = None,
                       trace_headers: dict[str, str] | None = None,
+                      lora_request: LoRARequest | None = None,
                       ) -> AsyncIterator[RequestOutput]:
         """The request's outputs, coalesced; `pulling`: its KV may still be in transfer until
         the first output, so an abort waits for that; `hand_off`: how this stream ends when
         `hand_off_all` asks (None: it cannot be handed off); `caller`: who reads it;
-        `trace_headers`: the trace vLLM's own request span joins."""
+        `trace_headers`: the trace vLLM's own request span joins; `lora_request`: the LoRA
+        adapter it runs with."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.live[request_id] = LiveStream(queue, hand_off, caller)
         first_output = asyncio.Event()
         aggregate = params.output_kind == RequestOutputKind.DELTA
         pump = asyncio.create_task(
             self._pump(engine_input, params, request_id, queue, first_output, signals, aggregate,
-                       trace_headers),
+                       trace_headers, lora_request),
             name=f"pump-{request_id}",
         )
         finished = False
@@ -145,11 +148,12 @@ class OutputStream:
     async def _pump(
         self, engine_input: EngineInput, params: SamplingParams, request_id: str,
         queue: asyncio.Queue, first: asyncio.Event, signals: RequestSignals, delta: bool,
-        trace_headers: dict[str, str] | None = None,
+        trace_headers: dict[str, str] | None = None, lora_request: LoRARequest | None = None,
     ) -> None:
         seen = 0
         try:
             async for output in self.engine.generate(engine_input, params, request_id,
+                                                     lora_request=lora_request,
                                                      trace_headers=trace_headers):
                 first.set()
                 tokens = sum(len(o.token_ids) for o in output.outputs)

@@ -16,6 +16,7 @@ from typing import Any
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
+from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.renderers import renderer_from_config
 from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -92,16 +93,19 @@ class PoolGraphClient(EngineClient):
 
     # -- the one real operation -------------------------------------------------------------
     async def generate(  # type: ignore[override]
-        self, prompt: Any, sampling_params: SamplingParams, request_id: str, **_: Any
+        self, prompt: Any, sampling_params: SamplingParams, request_id: str,
+        lora_request: LoRARequest | None = None, **_: Any
     ) -> AsyncGenerator[RequestOutput, None]:
-        """Run the request through the pools, timing TTFT/ITL/e2e as the client sees them."""
+        """Run the request through the pools (with the LoRA adapter vLLM's OpenAI layer found
+        for its `model`), timing TTFT/ITL/e2e as the client sees them."""
         params, session_id = _split_client_extras(sampling_params)
-        self.validate(prompt, params, request_id)
+        self.validate(prompt, params, request_id, lora_request)
         timer = self.metrics.start(streaming=params.output_kind == RequestOutputKind.DELTA)
         token_ids = list(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else []
         salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         routing = RoutingInfo(
-            block_hashes=self.hasher(token_ids, salt), prompt_tokens=len(token_ids),
+            block_hashes=self.hasher(token_ids, salt, lora_request),
+            prompt_tokens=len(token_ids),
             session_id=session_id,
         )
         text = prompt.get("prompt") if isinstance(prompt, dict) else None
@@ -114,10 +118,12 @@ class PoolGraphClient(EngineClient):
             "gen_ai.request.max_tokens": params.max_tokens,
             "gen_ai.request.temperature": params.temperature,
             "gen_ai.usage.input_tokens": len(token_ids) or None,
+            "pdserve.lora": lora_request.lora_name if lora_request else None,
             "pdserve.request_id": request_id})
         try:
             async with aclosing(self.orchestrator.generate(
                     prompt, params, request_id, routing, text or "", trace_parent=span,
+                    adapter=lora_request,
             )) as outputs:
                 async for output in outputs:
                     new_tokens = sum(len(c.token_ids) for c in output.outputs)
@@ -142,13 +148,15 @@ class PoolGraphClient(EngineClient):
                 "gen_ai.response.finish_reasons": finish_reasons or None,
                 "pdserve.outcome": outcome})
 
-    def validate(self, prompt: Any, params: SamplingParams, request_id: str) -> None:
+    def validate(self, prompt: Any, params: SamplingParams, request_id: str,
+                 lora_request: LoRARequest | None = None) -> None:
         """Reject what the engines would reject, before any engine runs: vLLM's own input
         processing (sampling params, prompt length), as the engine applies it on admission.
         Otherwise a PD request with a bad parameter would fail on the decode engine after
         its prefill ran and pinned KV."""
         self.input_processor.process_inputs(
-            request_id, prompt, params, supported_tasks=("generate",))
+            request_id, prompt, params, supported_tasks=("generate",),
+            lora_request=lora_request)
 
     # -- state the OpenAI layer reads ---------------------------------------------------------
     @property

@@ -12,7 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
-from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
+from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
 from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.renderers.online_renderer import OnlineRenderer
@@ -21,6 +21,7 @@ from pdserve.decode.orchestrator import Orchestrator, always_remote
 from pdserve.deployments.config.models import ModelConfig
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.engine.actors import this_actor
+from pdserve.deployments.engine.adapters import static_adapters
 from pdserve.deployments.frontend.engine_client import ModelView, PoolGraphClient
 from pdserve.deployments.frontend.metrics import RequestMetrics
 from pdserve.deployments.frontend.pool_calls import make_planner, pool_calls, pool_states
@@ -57,11 +58,12 @@ class ModelFrontend:
         )
         client = PoolGraphClient(view, orchestrator, self.metrics)
         self.client = client
-        self.registry = OpenAIModelRegistry(
-            model_config=client.model_config,
-            base_model_paths=[BaseModelPath(name=name, model_path=model.model)
-                              for name in model.names()],
-        )
+        # vLLM's registry of the model's names and LoRA adapters: its serving classes look a
+        # request's `model` up in it and hand the adapter to `client.generate`
+        self.registry = OpenAIServingModels(
+            client, [BaseModelPath(name=name, model_path=model.model) for name in model.names()])
+        self.registry.lora_requests.update(static_adapters(model))
+        self.registry.lora_id_counter.inc(len(model.lora_modules))  # run-time ids follow
         # vLLM's tool and reasoning parsers: the renderer checks requests against them, the
         # chat class reads the model's output with them
         parsers = {"enable_auto_tools": model.enable_auto_tool_choice,

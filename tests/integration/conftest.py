@@ -21,6 +21,7 @@ import httpx
 import pytest
 from cases import Case, build_cases
 from constrained import reference_specs
+from lora_cases import LoraCase, lora_cases
 from prometheus_client.parser import text_string_to_metric_families
 from shapes import (
     APP_NAME,
@@ -98,8 +99,9 @@ class BareEngineRun:
 def bare_engine_run(
     model_dir: str, cases: list[Case], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BareEngineRun]:
-    run = BareEngineRun(model_dir, [*(c.reference_spec() for c in cases), *reference_specs()],
-                        tmp_path_factory.mktemp("bare"))
+    specs = [*(c.reference_spec() for c in cases), *reference_specs(),
+             *(c.reference_spec() for c in lora_cases())]
+    run = BareEngineRun(model_dir, specs, tmp_path_factory.mktemp("bare"))
     yield run
     if run.proc.poll() is None:  # its engine core and worker too
         os.killpg(run.proc.pid, signal.SIGKILL)
@@ -112,12 +114,21 @@ def bare_reference(bare_engine_run: BareEngineRun, cases: list[Case]) -> list[li
 
 
 @pytest.fixture(scope="session")
-def bare_constrained(bare_engine_run: BareEngineRun) -> dict[str, str]:
+def bare_constrained(bare_engine_run: BareEngineRun, cases: list[Case]) -> dict[str, str]:
     """The bare engine's text per tool-calling and structured-output request
     (`constrained.REFERENCE_SPECS`, by label)."""
     specs = reference_specs()
-    texts = bare_engine_run.result()["texts"][-len(specs):]
+    first = len(cases)  # the cases come first, then these
+    texts = bare_engine_run.result()["texts"][first:first + len(specs)]
     return {spec["label"]: text for spec, text in zip(specs, texts, strict=True)}
+
+
+@pytest.fixture(scope="session")
+def bare_lora(bare_engine_run: BareEngineRun) -> dict[LoraCase, list[int]]:
+    """The bare engine's greedy token ids per LoRA case (`lora_cases.py`): the last specs."""
+    cases = lora_cases()
+    ids = bare_engine_run.result()["token_ids"][-len(cases):]
+    return dict(zip(cases, ids, strict=True))
 
 
 @contextlib.contextmanager

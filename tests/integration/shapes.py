@@ -38,7 +38,22 @@ ENGINE_KWARGS: dict[str, Any] = {
     "seed": 0,
     # JSON without free whitespace: the tiny model would otherwise fill a schema's whitespace
     "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+    # the test adapters (`pdserve.tiny_lora`) on every engine, both in one batch
+    "enable_lora": True,
+    "max_loras": 2,
+    "max_lora_rank": 32,
 }
+
+#: The LoRA adapters both generating models serve (`pdserve://tiny/<adapter>`), named per model.
+ADAPTERS = ("no-recall", "shifted")
+
+
+def adapter_name(model: str, adapter: str) -> str:
+    return f"{model}-{adapter}"
+
+
+def lora_modules(model: str) -> dict[str, str]:
+    return {adapter_name(model, a): f"pdserve://tiny/{a}" for a in ADAPTERS}
 
 #: vLLM's tool-call reading for both generating models (the tiny model writes pythonic calls
 #: when its context shows some: an induction circuit)
@@ -82,6 +97,7 @@ def app_args(model_dir: str, store_dir: str) -> dict[str, Any]:
                 "model": model_dir,
                 "engine_kwargs": ENGINE_KWARGS,
                 "mode": "pd",
+                "lora_modules": lora_modules(PD_MODEL),
                 **TOOLS_KWARGS,
                 "kv_transfer": {"prefill_timeout_s": PREFILL_TIMEOUT_S},
                 "routing": {"local_prefill_below_tokens": LOCAL_PREFILL_BELOW_TOKENS,
@@ -94,6 +110,7 @@ def app_args(model_dir: str, store_dir: str) -> dict[str, Any]:
                                   "num_gpu_blocks_override": COLOCATED_GPU_BLOCKS},
                 "mode": "colocated",
                 "colocated": {"num_replicas": COLOCATED_REPLICAS},
+                "lora_modules": lora_modules(COLOCATED_MODEL),
                 **TOOLS_KWARGS,
             },
             {

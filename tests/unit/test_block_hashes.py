@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils
@@ -35,6 +36,24 @@ def test_a_cache_salt_changes_every_block_as_the_engine_salts_it() -> None:
     assert list(hasher(tokens, "tenant-a")) == engine
     plain, other = hasher(tokens), hasher(tokens, "tenant-b")
     assert all(a != b != c for a, b, c in zip(engine, plain, other, strict=True))
+
+
+@pytest.mark.parametrize("salt", [None, "tenant-a"])
+def test_an_adapter_keys_every_block_by_its_name_and_path_as_the_engine_does(
+        salt: str | None) -> None:
+    hash_fn = get_hash_fn_by_name("sha256")
+    kv_cache_utils.init_none_hash(hash_fn)
+    tokens = [(i * 7919) % 500 + 3 for i in range(64)]
+    adapter = LoRARequest("sql", 1, "/adapters/sql")
+    request = Request("r", tokens, SamplingParams(max_tokens=1), None, cache_salt=salt,
+                      lora_request=adapter,
+                      block_hasher=kv_cache_utils.get_request_block_hasher(16, hash_fn))
+    engine = [kv_cache_utils.maybe_convert_block_hash(h) for h in request.block_hashes]
+    hasher = BlockHasher(16)
+    assert list(hasher(tokens, salt, adapter)) == engine
+    moved = LoRARequest("sql", 1, "/elsewhere/sql")
+    base, elsewhere = hasher(tokens, salt), hasher(tokens, salt, moved)
+    assert all(a != b != c for a, b, c in zip(engine, base, elsewhere, strict=True))
 
 
 def test_only_full_blocks_are_hashed_and_prefixes_share_hashes() -> None:

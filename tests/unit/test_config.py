@@ -74,6 +74,29 @@ def test_duplicate_model_ids_are_rejected() -> None:
         AppConfig.model_validate({"models": [model, alias_clash]})
 
 
+LORA = {"enable_lora": True, "max_lora_rank": 32}
+
+
+def test_lora_adapters_are_named_models_of_an_engine_that_enables_lora() -> None:
+    config = AppConfig.model_validate(app_args(engine_kwargs=LORA,
+                                               lora_modules={"sql": "/adapters/sql"}))
+    assert config.models[0].lora_modules == {"sql": "/adapters/sql"}
+    with pytest.raises(ValidationError, match="lora_modules: needs `enable_lora: true`"):
+        AppConfig.model_validate(app_args(lora_modules={"sql": "/adapters/sql"}))
+    with pytest.raises(ValidationError, match="'tiny' is also a name of the model"):
+        AppConfig.model_validate(app_args(engine_kwargs=LORA, lora_modules={"tiny": "/a"}))
+    with pytest.raises(ValidationError, match="an adapter needs a name and a path"):
+        AppConfig.model_validate(app_args(engine_kwargs=LORA, lora_modules={"sql": " "}))
+    with pytest.raises(ValidationError, match="apply to generating models"):
+        AppConfig.model_validate(app_args(mode="embed", engine_kwargs=LORA,
+                                          lora_modules={"sql": "/a"}))
+    other = {"model_id": "other", "model": "m", "engine_kwargs": LORA,
+             "lora_modules": {"sql": "/b"}}
+    with pytest.raises(ValidationError, match="used twice: \\['sql'\\]"):
+        AppConfig.model_validate({"models": [app_args(engine_kwargs=LORA, lora_modules={
+            "sql": "/a"})["models"][0], other]})
+
+
 AUTOSCALED = {"min_replicas": 1, "max_replicas": 2}
 
 

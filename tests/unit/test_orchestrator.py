@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from vllm.exceptions import RetryableRequestError
+from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -116,6 +117,11 @@ def run(orchestrator: Orchestrator, params: SamplingParams) -> list[int]:
 UNDISTURBED = [13, 23]
 
 
+def token_ids(ids: list[int], salt: str | None = None, adapter: object = None) -> tuple:
+    """A hasher whose "hashes" are the token ids themselves."""
+    return tuple(ids)
+
+
 def orchestrator(pools: FakePools, fallbacks: list[str], timeout: float = 5,
                  **kwargs: object) -> Orchestrator:
     return Orchestrator(
@@ -205,7 +211,7 @@ def greedy_tokens(n: int = STEPS) -> list[int]:
                                   RequestOutputKind.FINAL_ONLY])
 def test_a_lost_replica_is_resumed_without_gap_or_repeat(kind: RequestOutputKind) -> None:
     pools, resumes, waits = FakePools(lose_after=[2, 3]), [], []
-    pd = orchestrator(pools, [], max_resumes=3, hasher=lambda ids, salt=None: tuple(ids),
+    pd = orchestrator(pools, [], max_resumes=3, hasher=token_ids,
                       on_resume=resumes.append, on_resumed=waits.append)
     got = outputs(pd, SamplingParams(max_tokens=STEPS, output_kind=kind))
     tokens = ([t for o in got for t in o.outputs[0].token_ids] if kind == RequestOutputKind.DELTA
@@ -238,13 +244,38 @@ def test_resume_is_planned_afresh_with_the_continuations_routing_data() -> None:
         from pdserve.routing.plan import Plan
         return Plan("remote", "test")
 
-    pd = orchestrator(pools, [], max_resumes=1, hasher=lambda ids, salt=None: tuple(ids),
+    pd = orchestrator(pools, [], max_resumes=1, hasher=token_ids,
                       planner=planner, on_resume=resumes.append)
     assert run(pd, streamed()) == greedy_tokens()
     assert [p.prompt_tokens for p in plans] == [0, 5]
     assert plans[1].block_hashes == tuple(PROMPT + greedy_tokens(2))
     assert len(pools.prefills) == 2  # the continuation prefilled remotely, then was pulled
     assert resumes == [Resume("replica_died", "remote", 2)]
+
+
+def test_every_call_of_a_request_and_of_its_resume_runs_with_its_lora_adapter() -> None:
+    pools, plans, hashed = FakePools(lose_after=[2]), [], []
+
+    def planner(info, forced):  # noqa: ANN001, ANN202
+        plans.append(info)
+        from pdserve.routing.plan import Plan
+        return Plan("remote", "test")
+
+    def hasher(ids, salt=None, adapter=None):  # noqa: ANN001, ANN202
+        hashed.append(adapter)
+        return tuple(ids)
+
+    adapter = LoRARequest("sql", 1, "/adapters/sql")
+    pd = orchestrator(pools, [], max_resumes=1, hasher=hasher, planner=planner)
+
+    async def collect() -> list[RequestOutput]:
+        prompt = {"type": "token", "prompt_token_ids": list(PROMPT)}
+        return [o async for o in pd.generate(prompt, streamed(), "r1", adapter=adapter)]
+
+    asyncio.run(collect())
+    assert len(pools.prefills) == len(pools.decodes) == 2  # the resume prefilled again
+    assert [r.lora_request for r in [*pools.prefills, *pools.decodes]] == [adapter] * 4
+    assert hashed == [adapter]  # the continuation's blocks are the adapter's blocks
 
 
 def test_a_lost_decode_that_never_pulled_releases_the_prefill_kv() -> None:
@@ -341,7 +372,7 @@ def test_text_vllm_held_back_for_a_stop_string_is_sent_after_a_resume() -> None:
 
 def test_a_drained_replicas_stream_continues_by_pulling_the_kv_it_handed_off() -> None:
     pools, resumes = FakePools(lose_after=[2, 3]).drains(), []
-    pd = orchestrator(pools, [], max_resumes=0, hasher=lambda ids, salt=None: tuple(ids),
+    pd = orchestrator(pools, [], max_resumes=0, hasher=token_ids,
                       on_resume=resumes.append)  # migrations are not losses
     assert run(pd, streamed()) == greedy_tokens()
     assert len(pools.prefills) == 1  # the continuations pull from the drained engines instead
