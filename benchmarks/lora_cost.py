@@ -46,7 +46,8 @@ def run_variant(name: str, requests: int) -> dict[str, float]:
     from pdserve.tiny_model import recall_prompt_text
 
     lora, adapter = VARIANTS[name]
-    llm = LLM(model=resolve_model("pdserve://tiny"), **ENGINE, **(LORA if lora else {}))
+    llm = LLM(model=resolve_model("pdserve://tiny"), disable_log_stats=False, **ENGINE,
+              **(LORA if lora else {}))
     request = (LoRARequest(adapter, 1, resolve_adapter(f"pdserve://tiny/{adapter}"))
                if adapter else None)
     params = SamplingParams(temperature=0.0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)

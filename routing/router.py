@@ -43,7 +43,8 @@ from pdserve.routing.types import RoutingInfo, RoutingStats
 logger = logging.getLogger(__name__)
 
 ADMIN_METHODS = frozenset({"drained", "vllm_metrics", "health", "nixl_state",
-                           "engine_processes", "drain", "undrain"})
+                           "engine_processes", "drain", "undrain", "sync_adapters",
+                           "loaded_adapters"})
 _ROUTE_BOUNDARIES = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2e-2]
 
 

@@ -44,14 +44,23 @@ class Catalog:
     def frontend(self, model: str | None, caller: Caller = ANONYMOUS) -> Served | ErrorResponse:
         """The front serving `model` (the first generating model when none is named), if
         `caller` may use it."""
-        frontend = self.by_name.get(model or self.default_model)
+        frontend = self.by_name.get(model or self.default_model) or self.adapter_owner(model)
         if frontend is not None:
             return refused(caller, model or self.default_model) or frontend
         if model in self.embedders:
             return create_error_response(
                 f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
-        served = [n for n in [*self.by_name, *self.embedders] if caller.may_use(n)]
+        served = [n for n in self.names() if caller.may_use(n)]
         return not_found("model", model, served, "model")
+
+    def adapter_owner(self, name: str | None) -> ModelFrontend | None:
+        """The model serving the LoRA adapter `name` (declared or loaded at run time)."""
+        return next((f for f in self.frontends.values() if name and f.adapter(name)), None)
+
+    def names(self) -> list[str]:
+        """Every name a client may send as `model` now, run-time adapters included."""
+        runtime = [n for f in self.frontends.values() for n in f.registry.lora_requests]
+        return list(dict.fromkeys([*self.by_name, *runtime, *self.embedders]))
 
     def pipeline(self, name: str, caller: Caller = ANONYMOUS) -> PipelineFrontend | ErrorResponse:
         pipeline = self.pipelines.get(name)

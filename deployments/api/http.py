@@ -9,6 +9,7 @@ from argparse import Namespace
 from fastapi import FastAPI
 
 from pdserve.deployments.api import (
+    adapters,
     admin,
     documents,
     embeddings,
@@ -26,24 +27,26 @@ from pdserve.deployments.api.quotas import Quotas
 from pdserve.deployments.api.request_span import RequestSpan
 
 ROUTERS = (generation.router, responses.router, messages.router, tokenization.router,
-           embeddings.router, documents.router, admin.router)
+           embeddings.router, documents.router, admin.router, adapters.router)
 
 
 def create_app(catalog: Catalog, keys: KeyRing | None = None,
-               ledger_app: str | None = None,
+               app_name: str | None = None,
                default_hosts: frozenset[str] | None = None) -> FastAPI:
     """`keys`: the API keys every route but `/health` needs (none: an open server);
-    `ledger_app`: the app whose ingress replicas share per-key budgets (none: this one only);
-    `default_hosts`: the `Host` names answered when `auth.allowed_hosts` names none."""
+    `app_name`: the Serve app whose ingress replicas share per-key budgets and run-time LoRA
+    adapters (none: this replica alone); `default_hosts`: the `Host` names answered when
+    `auth.allowed_hosts` names none."""
     app = FastAPI(title="pdserve")
     app.state.args = Namespace(log_error_stack=False)  # read by vLLM's handlers
     app.state.catalog = catalog
     app.state.health = admin.HealthProbe(catalog)
+    app.state.adapter_sync = adapters.AdapterSync(catalog, app_name or "local")
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     quotas = Quotas()
-    ledger = LedgerLink(quotas, ledger_app) if ledger_app else None
+    ledger = LedgerLink(quotas, app_name) if app_name else None
     app.add_middleware(EdgeGuard, auth=catalog.auth, limits=catalog.limits, keys=keys,
                        max_concurrent=catalog.max_concurrent, quotas=quotas, ledger=ledger,
                        default_hosts=default_hosts)

@@ -43,8 +43,16 @@ class OpenAIIngress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after `__init__`: this replica's app, over its catalog."""
-        return create_app(self.catalog, self.keys, serve.get_replica_context().app_name,
-                          self.default_hosts)
+        self.http_app = create_app(self.catalog, self.keys,
+                                   serve.get_replica_context().app_name, self.default_hosts)
+        return self.http_app
+
+    async def check_health(self) -> None:
+        """Ray Serve calls this periodically (on the replica's event loop): it starts following
+        the app's run-time LoRA adapters."""
+        app = getattr(self, "http_app", None)  # (Serve's ingress class owns `app`)
+        if app is not None:
+            app.state.adapter_sync.start()
 
     # -- the OpenAI API for Python callers holding a DeploymentHandle (no HTTP) -------------
     async def create_completion(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ _RULES: tuple[tuple[frozenset[str], re.Pattern[str], Scope], ...] = (
     (ANY - {"GET", "HEAD"}, re.compile(r"^/v1/pipelines/[^/]+/documents(/.*)?$"),
      "documents:write"),
     (ANY, re.compile(r"^/v1/(pools|admin)(/.*)?$"), "admin"),
+    (ANY, re.compile(r"^/v1/(load|unload)_lora_adapter$"), "admin"),
     (ANY, re.compile(r"^/metrics$"), "admin"),
 )
 

@@ -19,6 +19,7 @@ import ray
 from prometheus_client import REGISTRY, generate_latest
 from ray import serve
 from ray.serve.metrics import Counter, Gauge
+from vllm.lora.request import LoRARequest
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -29,6 +30,7 @@ from pdserve.deployments.config.binding import EngineBinding
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.config.slo import SLOTargets
 from pdserve.deployments.engine.actors import actor_alive
+from pdserve.deployments.engine.adapter_registry import SYNC_PERIOD_S, adapter_registry
 from pdserve.deployments.engine.adapters import static_adapters
 from pdserve.deployments.engine.args import engine_args, worker_processes
 from pdserve.deployments.engine.callers import Caller, CallerGone, watch_callers
@@ -132,9 +134,16 @@ class EngineHost:
                            tag_keys=("model", "pool", "ReplicaId"))
         self._announcing: asyncio.Task | None = None
         # the model's LoRA adapters, loaded before requests name them (vLLM would load one on
-        # first use, from the path the request names: a bad path shows at start-up instead)
+        # first use, from the path the request names: a bad path shows at start-up instead),
+        # and those loaded at run time through the app's registry
         self.adapters = static_adapters(self.model) if self.role != "embed" else {}
-        self._loading_adapters: asyncio.Task | None = None
+        self.runtime_adapters: dict[str, LoRARequest] = {}
+        self._lora = self.role != "embed" and self.engine.vllm_config.lora_config is not None
+        self._keeping_adapters: asyncio.Task | None = None
+        self._adapter_error: BaseException | None = None
+        self._registry: Any = None
+        self._registry_seen: tuple[str, int] | None = None
+        self._syncing_adapters = asyncio.Lock()  # the loop's syncs and the ingress's, one by one
         self._orphans = pool_counter(
             "pdserve_orphaned_requests_aborted_total",
             "Requests aborted because the ingress replica streaming them died.", self.pool_tags)
@@ -195,8 +204,8 @@ class EngineHost:
             return  # the first health check starts them
         if self._announcing is None:
             self._announcing = loop.create_task(self._announce())
-        if self._loading_adapters is None and self.adapters:
-            self._loading_adapters = loop.create_task(self._load_adapters())
+        if self._keeping_adapters is None and self._lora:
+            self._keeping_adapters = loop.create_task(self._keep_adapters())
         if self._watching_callers is None:
             self._watching_callers = loop.create_task(watch_callers(
                 self.stream.callers, self._caller_gone, self.model.health.caller_check_period_s,
@@ -215,10 +224,64 @@ class EngineHost:
             self._info.set(1, tags=tags)
             await asyncio.sleep(INFO_PERIOD_S)
 
-    async def _load_adapters(self) -> None:
-        for adapter in self.adapters.values():
-            await self.engine.add_lora(adapter)
+    async def _keep_adapters(self) -> None:
+        """Load the YAML's adapters (a failure fails the health check), then follow the app's
+        run-time adapters."""
+        try:
+            for adapter in self.adapters.values():
+                await self.engine.add_lora(adapter)
+        except Exception as exc:
+            logger.error("engine %s: LoRA adapters %s not loaded: %s", self.engine_id,
+                         sorted(self.adapters), exc)
+            self._adapter_error = exc
+            return
         logger.info("engine %s loaded LoRA adapters %s", self.engine_id, sorted(self.adapters))
+        while True:
+            try:
+                await self.sync_adapters(changed_only=True)
+            except Exception as exc:  # the registry restarts; try again next period
+                logger.warning("engine %s: run-time LoRA adapters not synced (%s)",
+                               self.engine_id, exc)
+                self._registry = self._registry_seen = None
+            await asyncio.sleep(SYNC_PERIOD_S)
+
+    async def sync_adapters(self, replica: str | None = None,
+                            changed_only: bool = False) -> dict[str, Any]:
+        """Load the run-time adapters the app's registry lists for this model, unload those it
+        no longer lists: the adapters held now, and those that failed to load (by name, with
+        the error's kind; the error itself is logged here). `changed_only`: nothing to do
+        while the registry is as it was at the last sync (no call into the engine)."""
+        async with self._syncing_adapters:
+            return await self._sync_adapters(changed_only)
+
+    async def _sync_adapters(self, changed_only: bool) -> dict[str, Any]:
+        if self._registry is None:  # (a GCS lookup: off the event loop)
+            app = serve.get_replica_context().app_name
+            self._registry = await asyncio.to_thread(adapter_registry, app)
+        snapshot = await self._registry.snapshot.remote()
+        seen = (snapshot.epoch, snapshot.version)
+        if changed_only and seen == self._registry_seen:
+            return {}
+        self._registry_seen = seen
+        wanted = await asyncio.to_thread(snapshot.of, self.model.model_id)
+        failed: dict[str, str] = {}
+        held = set(await self.engine.list_loras())  # (a list, whatever vLLM's hint says)
+        room = self.engine.vllm_config.lora_config.max_cpu_loras  # type: ignore[union-attr]
+        for name, adapter in wanted.items():
+            if adapter.lora_int_id in held or len(held) >= room:
+                continue  # (beyond vLLM's `max_cpu_loras`, it loads one on first use)
+            try:
+                await self.engine.add_lora(adapter)
+                held.add(adapter.lora_int_id)
+            except Exception as exc:
+                logger.error("engine %s: LoRA adapter %s not loaded: %s", self.engine_id, name,
+                             exc)
+                failed[name] = type(exc).__name__
+        for name, old in self.runtime_adapters.items():
+            if name not in wanted or wanted[name].lora_int_id != old.lora_int_id:
+                await self.engine.remove_lora(old.lora_int_id)
+        self.runtime_adapters = {n: a for n, a in wanted.items() if n not in failed}
+        return {"loaded": await self.loaded_adapters(), "failed": failed}
 
     def _stalled(self, stalled_s: float) -> None:
         logger.error("engine %s made no step for %.0f s with requests in flight: stalled; "
@@ -240,10 +303,9 @@ class EngineHost:
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising makes Serve replace the replica."""
         self._watch()
-        loading = self._loading_adapters
-        if loading is not None and loading.done() and loading.exception() is not None:
+        if self._adapter_error is not None:
             raise RuntimeError(f"engine {self.engine_id} could not load its LoRA adapters: "
-                               f"{loading.exception()}")
+                               f"{self._adapter_error}")
         if self.watchdog.stalled:
             raise RuntimeError(f"engine {self.engine_id} stalled: no step for "
                                f"{self.watchdog.stalled_for:.0f} s with requests in flight")
@@ -269,7 +331,8 @@ class EngineHost:
     async def loaded_adapters(self, replica: str | None = None) -> list[str]:
         """Names of the LoRA adapters this engine holds loaded."""
         ids = await self.engine.list_loras()
-        return sorted(a.lora_name for a in self.adapters.values() if a.lora_int_id in ids)
+        adapters = [*self.adapters.values(), *self.runtime_adapters.values()]
+        return sorted(a.lora_name for a in adapters if a.lora_int_id in ids)
 
     def engine_processes(self, replica: str | None = None) -> list[int]:
         """This replica's process and the engine processes it started (core, workers)."""

@@ -15,6 +15,7 @@ from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
 from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
+from vllm.lora.request import LoRARequest
 from vllm.renderers.online_renderer import OnlineRenderer
 
 from pdserve.decode.orchestrator import Orchestrator, always_remote
@@ -62,8 +63,8 @@ class ModelFrontend:
         # request's `model` up in it and hand the adapter to `client.generate`
         self.registry = OpenAIServingModels(
             client, [BaseModelPath(name=name, model_path=model.model) for name in model.names()])
-        self.registry.lora_requests.update(static_adapters(model))
-        self.registry.lora_id_counter.inc(len(model.lora_modules))  # run-time ids follow
+        self.static_adapters = static_adapters(model)
+        self.serve_adapters({})
         # vLLM's tool and reasoning parsers: the renderer checks requests against them, the
         # chat class reads the model's output with them
         parsers = {"enable_auto_tools": model.enable_auto_tool_choice,
@@ -103,3 +104,11 @@ class ModelFrontend:
             self.registry, renderer, chat_template=None, chat_template_content_format="auto",
             request_logger=None,
         )
+
+    def serve_adapters(self, runtime: dict[str, LoRARequest]) -> None:
+        """Serve the YAML's adapters and `runtime` (those loaded at run time, from the app's
+        adapter registry) by name: vLLM's serving classes look each request's `model` up here."""
+        self.registry.lora_requests = {**self.static_adapters, **runtime}
+
+    def adapter(self, name: str) -> LoRARequest | None:
+        return self.registry.lora_requests.get(name)

@@ -42,6 +42,7 @@ ENGINE_KWARGS: dict[str, Any] = {
     "enable_lora": True,
     "max_loras": 2,
     "max_lora_rank": 32,
+    "max_cpu_loras": 4,  # and one more loaded at run time
 }
 
 #: The LoRA adapters both generating models serve (`pdserve://tiny/<adapter>`), named per model.

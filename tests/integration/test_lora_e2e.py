@@ -14,11 +14,21 @@ from typing import Any
 import httpx
 import pytest
 from client import post
-from conftest import MAX_TOKENS, deployment, ingress_stats, metric_sum, replicas_of
+from conftest import (
+    MAX_TOKENS,
+    busiest_processes,
+    deployment,
+    ingress_stats,
+    metric_sum,
+    replicas_of,
+)
 from lora_cases import LoraCase, lora_cases
 from shapes import ADAPTERS, APP_NAME, BLOCK_SIZE, COLOCATED_MODEL, PD_MODEL, adapter_name
 
 PULLED = "vllm:prompt_tokens_by_source_total"
+COLOCATED_POOL = f"{COLOCATED_MODEL}-colocated"
+#: an adapter loaded at run time (the `shifted` weights under another name)
+LATE = adapter_name(COLOCATED_MODEL, "late")
 
 
 def served(model: str, adapter: str | None) -> str:
@@ -118,3 +128,87 @@ def test_an_unknown_adapter_is_404_naming_the_served_ones(client: httpx.Client,
     assert response.status_code == 404, response.text
     message = response.json()["error"]["message"]
     assert all(adapter_name(PD_MODEL, a) in message for a in ADAPTERS), message
+
+
+def loaded_on(replica: str) -> list[str]:
+    return deployment(COLOCATED_POOL).loaded_adapters.remote(replica=replica).result()
+
+
+def wait_for(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+    return value
+
+
+def test_run_time_adapter_calls_are_checked(client: httpx.Client, model_dir: str) -> None:
+    def load(**body: Any) -> httpx.Response:
+        return client.post("/v1/load_lora_adapter", json=body)
+
+    not_an_adapter = load(lora_name="tiny-colo-broken", lora_path=model_dir,
+                          model=COLOCATED_MODEL)
+    assert not_an_adapter.status_code == 400, not_an_adapter.text
+    assert "could not be loaded" in not_an_adapter.json()["error"]["message"]
+    assert "Traceback" not in not_an_adapter.text
+    taken = load(lora_name=PD_MODEL, lora_path="pdserve://tiny/shifted", model=COLOCATED_MODEL)
+    assert taken.status_code == 400 and "already served" in taken.text
+    unknown = load(lora_name="x", lora_path="pdserve://tiny/nothing", model=COLOCATED_MODEL)
+    assert unknown.status_code == 400 and "unknown adapter" in unknown.text
+    no_model = load(lora_name="x", lora_path="pdserve://tiny/shifted", model="nope")
+    assert no_model.status_code == 404
+    extra = load(lora_name="x", lora_path="pdserve://tiny/shifted", load_inplace=True)
+    assert extra.status_code == 400, extra.text
+    declared = client.post("/v1/unload_lora_adapter",
+                           json={"lora_name": adapter_name(PD_MODEL, ADAPTERS[0])})
+    assert declared.status_code == 400 and "declared in the config" in declared.text
+    ids = {card["id"] for card in client.get("/v1/models").json()["data"]}
+    assert "tiny-colo-broken" not in ids and "x" not in ids
+    for replica in replicas_of(COLOCATED_POOL):  # the broken one left nothing behind
+        assert "tiny-colo-broken" not in loaded_on(replica)
+
+
+@pytest.mark.disruptive
+def test_an_adapter_loaded_at_run_time_is_served_by_every_engine_and_a_replacement(
+    client: httpx.Client, bare_lora: dict[LoraCase, list[int]]
+) -> None:
+    import ray
+
+    (case, bare_ids) = next((c, ids) for c, ids in bare_lora.items()
+                            if c.kind == "completion" and c.adapter == "shifted")
+    loaded = client.post("/v1/load_lora_adapter", json={
+        "lora_name": LATE, "lora_path": "pdserve://tiny/shifted", "model": COLOCATED_MODEL})
+    assert loaded.status_code == 200, loaded.text
+    cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+    assert cards[LATE]["parent"] == COLOCATED_MODEL
+    body = {"model": LATE, "prompt": case.text, "max_tokens": MAX_TOKENS, "temperature": 0.0,
+            "return_token_ids": True}
+    reply = post(client, "/v1/completions", body)
+    assert reply.status == 200 and reply.token_ids == bare_ids, (reply.body, bare_ids)
+    for replica in replicas_of(COLOCATED_POOL):
+        assert LATE in loaded_on(replica), replica
+
+    # a replica started later loads it from the app's registry, before any request names it
+    survivors = replicas_of(COLOCATED_POOL)
+    victim = survivors.pop()
+    actor = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("SERVE_REPLICA::") and a["name"].endswith(victim))
+    ray.kill(ray.get_actor(actor, namespace="serve"), no_restart=True)
+    wait_for(lambda: victim not in replicas_of(COLOCATED_POOL), 60, "the victim dropped")
+    try:
+        (fresh,) = wait_for(lambda: set(replicas_of(COLOCATED_POOL)) - {*survivors, victim},
+                            600, "a replacement replica")
+    except AssertionError:
+        raise AssertionError(busiest_processes()) from None
+    wait_for(lambda: LATE in loaded_on(fresh), 60, "the replacement to load the adapter")
+
+    unloaded = client.post("/v1/unload_lora_adapter", json={"lora_name": LATE})
+    assert unloaded.status_code == 200, unloaded.text
+    gone = client.post("/v1/completions", json=body)
+    assert gone.status_code == 404, gone.text
+    assert LATE not in {card["id"] for card in client.get("/v1/models").json()["data"]}
+    for replica in replicas_of(COLOCATED_POOL):  # every engine dropped it
+        wait_for(lambda r=replica: LATE not in loaded_on(r), 30, f"{replica} to unload")
+    again = client.post("/v1/unload_lora_adapter", json={"lora_name": LATE})
+    assert again.status_code == 404, again.text

@@ -14,13 +14,15 @@ from shapes import (
     PIPELINE_DOWN,
     PIPELINE_LANCEDB,
     PIPELINE_QDRANT,
+    lora_modules,
 )
 
 
 def test_models_lists_every_served_model(client: httpx.Client) -> None:
     ids = {card["id"] for card in client.get("/v1/models").json()["data"]}
+    adapters = {*lora_modules(PD_MODEL), *lora_modules(COLOCATED_MODEL)}
     assert ids == {PD_MODEL, COLOCATED_MODEL, EMBED_MODEL, PIPELINE_LANCEDB, PIPELINE_QDRANT,
-                   PIPELINE_DOWN}
+                   PIPELINE_DOWN, *adapters}
 
 
 def test_health_reflects_every_pool(client: httpx.Client) -> None:

@@ -99,6 +99,8 @@ def test_scopes_deny_by_default() -> None:
     assert required_scope("GET", "/v1/pools") == "admin"
     assert required_scope("POST", "/v1/admin/drain") == "admin"
     assert required_scope("GET", "/metrics") == "admin"
+    assert required_scope("POST", "/v1/load_lora_adapter") == "admin"
+    assert required_scope("POST", "/v1/unload_lora_adapter") == "admin"
     assert required_scope("PROPFIND", "/v1/admin/drain") == "admin"
     assert required_scope("GET", "/not/a/route") == "inference"
 
