@@ -43,6 +43,7 @@ class PoolState:
         self._watched: dict[str, str] = {}
         self.synced = False  # whether a router has reported this pool's replicas yet
         self._kv_usage: dict[str, float] = {}
+        self._adapters: dict[str, frozenset[str]] = {}  # replica -> LoRA adapters it holds
         self._capacity: dict[str, int] = {}  # engine KV blocks per replica
         self._fill: dict[str, float] = {}
         self._fill_at = float("-inf")
@@ -65,6 +66,7 @@ class PoolState:
                 self._kv_usage[replica] = 0.0
                 continue
             self._kv_usage[replica] = stats.kv_cache_usage
+            self._adapters[replica] = frozenset(stats.adapters)
             if stats.num_gpu_blocks:
                 self._capacity[replica] = stats.num_gpu_blocks
             endpoint = stats.kv_events_endpoint
@@ -82,6 +84,7 @@ class PoolState:
         self.members -= {replica}
         self._watched.pop(replica, None)
         self._kv_usage.pop(replica, None)
+        self._adapters.pop(replica, None)
         self._capacity.pop(replica, None)
         if self.subscriber is not None:
             self.subscriber.unwatch(replica)
@@ -119,6 +122,10 @@ class PoolState:
 
     def kv_usage_all(self) -> dict[str, float]:
         return self._kv_usage
+
+    def adapter_holders(self, adapter: str) -> frozenset[str]:
+        """Replicas whose engines reported holding the LoRA adapter `adapter` loaded."""
+        return frozenset(r for r, held in self._adapters.items() if adapter in held)
 
     def cache_fill(self) -> dict[str, float]:
         """Share of each engine's KV blocks holding cached content (indexed / capacity).
@@ -203,7 +210,8 @@ class PoolState:
             blocks = {str(r): self.index.num_blocks(r) for r in self.index.replicas()}
             in_flight = {r: len(v) for r, v in self._in_flight.items()}
         return {"block_size": self.block_size, "replicas": sorted(self._watched),
-                "blocks": blocks, "streams": streams, "in_flight": in_flight}
+                "blocks": blocks, "streams": streams, "in_flight": in_flight,
+                "adapters": {r: sorted(a) for r, a in self._adapters.items()}}
 
 
 _REGISTRY: dict[tuple[str, str], PoolState] = {}

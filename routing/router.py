@@ -178,16 +178,19 @@ class ScoredRouter(RequestRouter):
         ids = [r.replica_id.unique_id for r in candidates]
         loads, usage = self.pool.loads(), self.pool.kv_usage_all()
         fill = self.pool.cache_fill() if self.settings.weights.get("cache_headroom") else {}
+        adapter = info.adapter if info is not None else None
+        holders = self.pool.adapter_holders(adapter) if adapter else frozenset()
         idle = (0, 0)
         views: list[ReplicaView] = [
             (rid, hits.get(rid, 0), *loads.get(rid, idle), usage.get(rid, 0.0),  # type: ignore[misc]
-             fill.get(rid, 0.0))
+             fill.get(rid, 0.0), rid in holders)
             for rid in ids
         ]
         request = RequestView(
             num_blocks=len(hashes),
             use_prefix=use_prefix,
             session_replica=self.pool.session_replica(info.session_id) if info else None,
+            adapter=adapter is not None,
         )
         best = choose_index(request, views, self.settings, self.rng)
         return candidates[best], candidates[:best] + candidates[best + 1 :], hits

@@ -23,6 +23,7 @@ class RequestView:
     num_blocks: int
     use_prefix: bool = True
     session_replica: Hashable | None = None  # where this session's last turn went
+    adapter: bool = False  # it runs with a LoRA adapter
 
 
 class ReplicaView(NamedTuple):
@@ -35,16 +36,18 @@ class ReplicaView(NamedTuple):
     pending_tokens: int = 0  # uncached prompt tokens routed to it and not yet finished
     kv_usage: float = 0.0  # engine's KV-cache usage, 0..1, from its last report
     cache_fill: float = 0.0  # share of its KV blocks holding cached prefixes (index), 0..1
+    holds_adapter: bool = False  # its engine holds the request's LoRA adapter loaded
 
 
 #: Default weights of the prefix-aware router (prefill and colocated pools): go where the
 #: prompt's prefix is cached, unless that replica is loaded.
 PREFIX_AWARE_WEIGHTS: dict[str, float] = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
                                           "kv_headroom": 0.5, "cache_headroom": 0.0,
-                                          "session": 1.0}
+                                          "session": 1.0, "adapter": 1.0}
 #: Default weights of the decode router: load and KV headroom first.
 DECODE_WEIGHTS: dict[str, float] = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5,
-                                    "kv_headroom": 2.0, "cache_headroom": 0.0, "session": 0.0}
+                                    "kv_headroom": 2.0, "cache_headroom": 0.0, "session": 0.0,
+                                    "adapter": 1.0}
 
 
 class RouterSettings(BaseModel):
@@ -55,7 +58,7 @@ class RouterSettings(BaseModel):
     weights: dict[str, float] = Field(
         default_factory=lambda: dict(PREFIX_AWARE_WEIGHTS),
         description="Weight per scorer (names: prefix, queue, tokens, kv_headroom, "
-        "cache_headroom, session).",
+        "cache_headroom, session, adapter).",
     )
     queue_scale: float = Field(8.0, gt=0, description="Queue length that scores 0 on `queue`.")
     token_scale: float = Field(
@@ -92,6 +95,8 @@ SCORERS: dict[str, str] = {
     "go where they evict least (opt-in: after a prefix-cache reset an idle engine publishes "
     "its AllBlocksCleared only at its next step, so its fill reads stale until then)",
     "session": "1 on the replica that served this session last",
+    "adapter": "1 on a replica whose engine holds the request's LoRA adapter loaded (others "
+    "would load it first, evicting another when full)",
 }
 
 
@@ -104,11 +109,12 @@ def total_scores(
     w_queue, w_tokens = w.get("queue", 0.0), w.get("tokens", 0.0)
     w_kv, w_session = w.get("kv_headroom", 0.0), w.get("session", 0.0)
     w_cache = w.get("cache_headroom", 0.0)
+    w_adapter = w.get("adapter", 0.0) if request.adapter else 0.0
     per_block = 1.0 / request.num_blocks if request.num_blocks else 0.0
     per_request, per_token = 1.0 / settings.queue_scale, 1.0 / settings.token_scale
     session = request.session_replica
     totals = []
-    for replica, hits, queue, tokens, kv_usage, cache_fill in replicas:
+    for replica, hits, queue, tokens, kv_usage, cache_fill, holds in replicas:
         prefix = hits * per_block
         load = 1.0 - queue * per_request
         pending = 1.0 - tokens * per_token
@@ -121,6 +127,7 @@ def total_scores(
             + w_kv * (0.0 if headroom < 0.0 else 1.0 if headroom > 1.0 else headroom)
             + w_cache * (0.0 if free < 0.0 else 1.0 if free > 1.0 else free)
             + (w_session if session is not None and replica == session else 0.0)
+            + (w_adapter if holds else 0.0)
         )
     return totals
 

@@ -25,6 +25,8 @@ class RoutingInfo:
     plan: PlanKind = "colocated"
     #: Replicas a resumed request must not go back to (their engine died) while others exist.
     avoid: tuple[str, ...] = ()
+    #: The LoRA adapter it runs with (routers prefer replicas that hold it loaded).
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class RoutingStats:
     num_waiting: int = 0
     #: Drained by an operator: it turns requests away, so routers leave it out.
     draining: bool = False
+    #: LoRA adapters its engine holds loaded (by name).
+    adapters: tuple[str, ...] = ()
 
     def encode(self) -> dict[str, Any]:
         """The dict Ray Serve carries from the replica to the routers."""

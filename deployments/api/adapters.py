@@ -44,10 +44,11 @@ class AdapterSync:
         self.known = Snapshot("", -1)
         self._registry: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()  # the loop's refreshes and the routes', in order
+        self.enabled = any(f.model.serves_lora() for f in catalog.frontends.values())
 
     def start(self) -> None:
-        if self._task is None and any(f.model.engine_kwargs.get("enable_lora")
-                                      for f in self.catalog.frontends.values()):
+        if self._task is None and self.enabled:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def registry(self) -> Any:
@@ -56,17 +57,21 @@ class AdapterSync:
         return self._registry
 
     async def refresh(self) -> Snapshot:
-        registry = await self.registry()
-        snapshot: Snapshot = await registry.snapshot.remote()
-        if snapshot.epoch != self.known.epoch and self.known.adapters:
-            logger.warning("LoRA adapter registry restarted; restoring %s", self.known.adapters)
-            await registry.restore.remote(self.known.adapters)
-            snapshot = await registry.snapshot.remote()
-        if (snapshot.epoch, snapshot.version) != (self.known.epoch, self.known.version):
-            for model_id, frontend in self.catalog.frontends.items():
-                frontend.serve_adapters(await asyncio.to_thread(snapshot.of, model_id))
-            self.known = snapshot
-        return snapshot
+        async with self._refreshing:
+            registry = await self.registry()
+            snapshot: Snapshot = await registry.snapshot.remote()
+            if snapshot.epoch != self.known.epoch and self.known.adapters:
+                logger.warning("LoRA adapter registry restarted; restoring %s",
+                               self.known.adapters)
+                await registry.restore.remote(self.known.adapters)
+                snapshot = await registry.snapshot.remote()
+            if (snapshot.epoch, snapshot.version) != (self.known.epoch, self.known.version):
+                for model_id, frontend in self.catalog.frontends.items():
+                    if frontend.model.serves_lora():
+                        frontend.serve_adapters(
+                            await asyncio.to_thread(snapshot.of, model_id))
+                self.known = snapshot
+            return self.known
 
     async def _run(self) -> None:
         while True:
@@ -89,8 +94,8 @@ class AdapterSync:
 
 
 async def sync_engines(frontend: ModelFrontend, adapter: str) -> list[str]:
-    """Have every engine of `frontend`'s model follow the registry now; why `adapter` is not
-    loaded where it should be (replica and the error's kind), if anywhere."""
+    """Have every engine of `frontend`'s model follow the registry now; which replicas could
+    not load `adapter` or did not answer, if any (their logs say why)."""
 
     failed = []
     # one call at a time: Ray's router hands a replica it picked to its oldest pending
@@ -136,34 +141,50 @@ def _bad(message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST,
                                              param=param))
 
 
+def _model_front(catalog: Catalog, model: str) -> ModelFrontend | None:
+    front = catalog.by_name.get(model)  # the id or an alias
+    return front if isinstance(front, ModelFrontend) else None
+
+
 @router.post("/v1/load_lora_adapter", dependencies=[Depends(validate_json_request)])
 async def load_lora_adapter(body: LoadAdapter, raw_request: Request) -> Response:
     """Load an adapter on every engine of its model (and of replicas started later); clients
     name it as `model` once this returns."""
     catalog, sync = catalog_of(raw_request), sync_of(raw_request)
-    sync.start()
     model = body.model or catalog.default_model
-    frontend = catalog.frontends.get(model)
+    frontend = _model_front(catalog, model)
     if frontend is None:
         return to_response(not_found("model", model, list(catalog.frontends), "model"))
-    if not frontend.model.engine_kwargs.get("enable_lora"):
+    if not frontend.model.serves_lora():
         return _bad(f"The model `{model}` does not serve LoRA adapters (its engine_kwargs do "
                     "not set enable_lora).", param="model")
+    if not all(state.synced for state in frontend.pools.values()):
+        return to_response(create_error_response(
+            f"The pools of `{model}` are not routed from this replica yet; retry in a moment.",
+            err_type="ServiceUnavailableError", status_code=HTTPStatus.SERVICE_UNAVAILABLE))
+    sync.start()
     await sync.refresh()  # what other replicas loaded counts too
-    if body.lora_name in catalog.names() or body.lora_name in catalog.pipelines:
+    if body.lora_name in catalog.names():
         return _bad(f"`{body.lora_name}` is already served; unload it first (or pick "
                     "another name).")
     try:  # (each engine resolves it again on its own node)
         await asyncio.to_thread(resolve_adapter, body.lora_path)
     except ValueError as exc:
         return _bad(str(exc), param="lora_path")
-    await sync.add(model, body.lora_name, body.lora_path)
-    failed = await sync_engines(frontend, body.lora_name)
+    model_id = frontend.model.model_id
+    try:
+        await sync.add(model_id, body.lora_name, body.lora_path)
+    except Exception:  # another load of this name won the race
+        return _bad(f"`{body.lora_name}` is already served; unload it first (or pick "
+                    "another name).")
+    try:
+        failed = await sync_engines(frontend, body.lora_name)
+    except BaseException:  # (a cancelled or broken call): nothing half-loaded stays recorded
+        await asyncio.shield(_undo(sync, frontend, model_id, body.lora_name))
+        raise
     if failed:
         logger.error("LoRA adapter %s not loaded: %s", body.lora_name, failed)
-        await sync.remove(model, body.lora_name)
-        await sync.refresh()
-        await sync_engines(frontend, body.lora_name)
+        await _undo(sync, frontend, model_id, body.lora_name)
         return _bad(f"The LoRA adapter `{body.lora_name}` could not be loaded "
                     f"({'; '.join(failed)}): check that `lora_path` names an adapter of "
                     f"`{model}` that every node can read.", param="lora_path")
@@ -171,10 +192,18 @@ async def load_lora_adapter(body: LoadAdapter, raw_request: Request) -> Response
     return Response(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
+async def _undo(sync: AdapterSync, frontend: ModelFrontend, model_id: str, name: str) -> None:
+    await sync.remove(model_id, name)
+    await sync.refresh()
+    await sync_engines(frontend, name)
+
+
 @router.post("/v1/unload_lora_adapter", dependencies=[Depends(validate_json_request)])
 async def unload_lora_adapter(body: UnloadAdapter, raw_request: Request) -> Response:
     """Stop serving an adapter loaded at run time; every engine of its model drops it."""
     catalog, sync = catalog_of(raw_request), sync_of(raw_request)
+    if not sync.enabled:
+        return to_response(not_found("LoRA adapter", body.lora_name, [], "lora_name"))
     sync.start()
     await sync.refresh()
     frontend = catalog.adapter_owner(body.lora_name)

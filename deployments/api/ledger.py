@@ -25,12 +25,12 @@ from pdserve.deployments.api.buckets import Bucket
 from pdserve.deployments.api.keys import Caller
 from pdserve.deployments.api.quotas import Quotas, Usage, full_buckets
 from pdserve.deployments.config.security import RateLimits
+from pdserve.deployments.engine.actors import PDSERVE_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
 EXCHANGE_PERIOD_S = 1.0
 MEET_TIMEOUT_S = 2.0
-LEDGER_NAMESPACE = "pdserve"
 
 
 class LedgerBooks:
@@ -129,7 +129,7 @@ class LedgerLink:
     def _connect(self) -> Any:
         if self._ledger is None:
             self._ledger = QuotaLedger.options(  # type: ignore[attr-defined]
-                name=ledger_name(self.app_name), namespace=LEDGER_NAMESPACE,
+                name=ledger_name(self.app_name), namespace=PDSERVE_NAMESPACE,
                 lifetime="detached", get_if_exists=True).remote()
         return self._ledger
 

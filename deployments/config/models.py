@@ -264,6 +264,10 @@ class ModelConfig(StrictModel):
             )
         return self
 
+    def serves_lora(self) -> bool:
+        """Whether its engines take LoRA adapters (vLLM's `enable_lora`)."""
+        return bool(self.engine_kwargs.get("enable_lora")) and self.mode != "embed"
+
     @model_validator(mode="after")
     def _adapters_have_an_engine(self) -> ModelConfig:
         if not self.lora_modules:
@@ -271,7 +275,7 @@ class ModelConfig(StrictModel):
         where = f"model {self.model_id!r}.lora_modules"
         if self.mode == "embed":
             raise ValueError(f"{where}: LoRA adapters apply to generating models")
-        if not self.engine_kwargs.get("enable_lora"):
+        if not self.serves_lora():
             raise ValueError(f"{where}: needs `enable_lora: true` in engine_kwargs (vLLM "
                              "reserves LoRA slots only when asked)")
         for name, path in self.lora_modules.items():

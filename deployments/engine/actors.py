@@ -11,6 +11,9 @@ from pdserve.deployments.engine.callers import Caller
 
 logger = logging.getLogger(__name__)
 
+#: Where pdserve's own per-app actors live (the quota ledger, the LoRA adapter registry).
+PDSERVE_NAMESPACE = "pdserve"
+
 
 def this_actor() -> Caller | None:
     """This process's actor, or None outside a named actor (a driver, a unit test).

@@ -16,11 +16,13 @@ from pdserve.deployments.config.models import ModelConfig
 from pdserve.models import resolve_adapter
 
 
+def adapter_request(name: str, lora_id: int, path: str, model_id: str) -> LoRARequest:
+    """An adapter as this process names it: `path` (as configured) resolved on this node."""
+    return LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=resolve_adapter(path),
+                       base_model_name=model_id)
+
+
 def static_adapters(model: ModelConfig) -> dict[str, LoRARequest]:
     """The adapters of `model`'s YAML (`lora_modules`), by name, ids 1.. in declared order."""
-    adapters = {}
-    for lora_id, (name, path) in enumerate(model.lora_modules.items(), start=1):
-        adapters[name] = LoRARequest(lora_name=name, lora_int_id=lora_id,
-                                     lora_path=resolve_adapter(path),
-                                     base_model_name=model.model_id)
-    return adapters
+    return {name: adapter_request(name, lora_id, path, model.model_id)
+            for lora_id, (name, path) in enumerate(model.lora_modules.items(), start=1)}

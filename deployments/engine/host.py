@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: How often an engine replica re-sets `pdserve_engine_info` (under Ray's gauge lifetime).
 INFO_PERIOD_S = 5.0
+#: Every how many adapter-sync periods an engine reads which adapters it holds, changed or not.
+HELD_REFRESH_PERIODS = 5
 
 
 def engine_timings(output: Any) -> dict[str, float]:
@@ -138,6 +140,7 @@ class EngineHost:
         # and those loaded at run time through the app's registry
         self.adapters = static_adapters(self.model) if self.role != "embed" else {}
         self.runtime_adapters: dict[str, LoRARequest] = {}
+        self.held_adapters: tuple[str, ...] = ()  # loaded now, as the routers learn it
         self._lora = self.role != "embed" and self.engine.vllm_config.lora_config is not None
         self._keeping_adapters: asyncio.Task | None = None
         self._adapter_error: BaseException | None = None
@@ -192,7 +195,7 @@ class EngineHost:
     def record_routing_stats(self) -> dict[str, Any]:
         """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""
         return replace(with_load(self._routing_stats, self.load),
-                       draining=self.draining).encode()
+                       draining=self.draining, adapters=self.held_adapters).encode()
 
     # -- health and administration ----------------------------------------------------------
     def _watch(self) -> None:
@@ -236,25 +239,35 @@ class EngineHost:
             self._adapter_error = exc
             return
         logger.info("engine %s loaded LoRA adapters %s", self.engine_id, sorted(self.adapters))
+        self.held_adapters = tuple(await self.loaded_adapters())
+        rounds = 0
         while True:
+            rounds += 1
             try:
-                await self.sync_adapters(changed_only=True)
+                # vLLM loads an adapter beyond `max_cpu_loras` on first use, evicting another:
+                # what it holds is read again every few periods even when nothing changed
+                async with self._syncing_adapters:
+                    await self._sync_adapters(
+                        changed_only=rounds % HELD_REFRESH_PERIODS != 0, bounded=True)
             except Exception as exc:  # the registry restarts; try again next period
                 logger.warning("engine %s: run-time LoRA adapters not synced (%s)",
                                self.engine_id, exc)
                 self._registry = self._registry_seen = None
             await asyncio.sleep(SYNC_PERIOD_S)
 
-    async def sync_adapters(self, replica: str | None = None,
-                            changed_only: bool = False) -> dict[str, Any]:
-        """Load the run-time adapters the app's registry lists for this model, unload those it
-        no longer lists: the adapters held now, and those that failed to load (by name, with
-        the error's kind; the error itself is logged here). `changed_only`: nothing to do
-        while the registry is as it was at the last sync (no call into the engine)."""
+    async def sync_adapters(self, replica: str | None = None) -> dict[str, Any]:
+        """Load every run-time adapter the app's registry lists for this model (how the ingress
+        checks a load), unload those it no longer lists: the adapters held now, and those that
+        failed to load (by name, with the error's kind; the error itself is logged here)."""
+        if replica is not None and replica != self.replica_id:
+            raise RuntimeError(f"sync_adapters for replica {replica} reached {self.replica_id}")
         async with self._syncing_adapters:
-            return await self._sync_adapters(changed_only)
+            return await self._sync_adapters(changed_only=False, bounded=False)
 
-    async def _sync_adapters(self, changed_only: bool) -> dict[str, Any]:
+    async def _sync_adapters(self, changed_only: bool, bounded: bool) -> dict[str, Any]:
+        """`changed_only`: nothing to do while the registry is as it was at the last sync;
+        `bounded`: load nothing beyond vLLM's `max_cpu_loras` (each load would evict another;
+        vLLM loads one on first use). The background loop's syncs are bounded."""
         if self._registry is None:  # (a GCS lookup: off the event loop)
             app = serve.get_replica_context().app_name
             self._registry = await asyncio.to_thread(adapter_registry, app)
@@ -268,8 +281,8 @@ class EngineHost:
         held = set(await self.engine.list_loras())  # (a list, whatever vLLM's hint says)
         room = self.engine.vllm_config.lora_config.max_cpu_loras  # type: ignore[union-attr]
         for name, adapter in wanted.items():
-            if adapter.lora_int_id in held or len(held) >= room:
-                continue  # (beyond vLLM's `max_cpu_loras`, it loads one on first use)
+            if adapter.lora_int_id in held or (bounded and len(held) >= room):
+                continue
             try:
                 await self.engine.add_lora(adapter)
                 held.add(adapter.lora_int_id)
@@ -277,11 +290,15 @@ class EngineHost:
                 logger.error("engine %s: LoRA adapter %s not loaded: %s", self.engine_id, name,
                              exc)
                 failed[name] = type(exc).__name__
-        for name, old in self.runtime_adapters.items():
-            if name not in wanted or wanted[name].lora_int_id != old.lora_int_id:
-                await self.engine.remove_lora(old.lora_int_id)
+        # whatever the engine holds that nobody serves now: unloaded adapters, also those vLLM
+        # loaded again for requests that were still queued when they were unloaded
+        keep = {a.lora_int_id for a in [*self.adapters.values(), *wanted.values()]}
+        for lora_id in held - keep:
+            await self.engine.remove_lora(lora_id)
         self.runtime_adapters = {n: a for n, a in wanted.items() if n not in failed}
-        return {"loaded": await self.loaded_adapters(), "failed": failed}
+        loaded = await self.loaded_adapters()
+        self.held_adapters = tuple(loaded)
+        return {"loaded": loaded, "failed": failed}
 
     def _stalled(self, stalled_s: float) -> None:
         logger.error("engine %s made no step for %.0f s with requests in flight: stalled; "
@@ -329,10 +346,12 @@ class EngineHost:
         return await self.engine.collective_rpc("pdserve_nixl_state")
 
     async def loaded_adapters(self, replica: str | None = None) -> list[str]:
-        """Names of the LoRA adapters this engine holds loaded."""
-        ids = await self.engine.list_loras()
-        adapters = [*self.adapters.values(), *self.runtime_adapters.values()]
-        return sorted(a.lora_name for a in adapters if a.lora_int_id in ids)
+        """Names of the LoRA adapters this engine holds loaded (`id:<n>` for one it holds
+        that this replica does not serve, which should not last)."""
+        ids = set(await self.engine.list_loras())
+        names = {a.lora_int_id: a.lora_name
+                 for a in [*self.adapters.values(), *self.runtime_adapters.values()]}
+        return sorted(names.get(i, f"id:{i}") for i in ids)
 
     def engine_processes(self, replica: str | None = None) -> list[int]:
         """This replica's process and the engine processes it started (core, workers)."""

@@ -105,7 +105,7 @@ class PoolGraphClient(EngineClient):
         salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         routing = RoutingInfo(
             block_hashes=self.hasher(token_ids, salt, lora_request),
-            prompt_tokens=len(token_ids),
+            prompt_tokens=len(token_ids), adapter=lora_request.lora_name if lora_request else None,
             session_id=session_id,
         )
         text = prompt.get("prompt") if isinstance(prompt, dict) else None

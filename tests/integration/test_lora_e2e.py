@@ -21,6 +21,7 @@ from conftest import (
     ingress_stats,
     metric_sum,
     replicas_of,
+    routing_state,
 )
 from lora_cases import LoraCase, lora_cases
 from shapes import ADAPTERS, APP_NAME, BLOCK_SIZE, COLOCATED_MODEL, PD_MODEL, adapter_name
@@ -45,6 +46,8 @@ def ask(client: httpx.Client, case: LoraCase, model: str) -> Any:
 
 
 def test_every_engine_loaded_the_adapters_of_its_model(serve_app: str) -> None:
+    """...and the routers know it (the engines' routing stats), to prefer replicas holding
+    a request's adapter."""
     for model, roles in ((PD_MODEL, ("prefill", "decode")), (COLOCATED_MODEL, ("colocated",))):
         expected = sorted(adapter_name(model, a) for a in ADAPTERS)
         for role in roles:
@@ -52,6 +55,9 @@ def test_every_engine_loaded_the_adapters_of_its_model(serve_app: str) -> None:
             for replica in replicas_of(pool):
                 loaded = deployment(pool).loaded_adapters.remote(replica=replica).result()
                 assert loaded == expected, (pool, replica, loaded)
+            label, want = f"{model}/{role}", dict.fromkeys(replicas_of(pool), expected)
+            wait_for(lambda at=label, w=want: routing_state()[at]["adapters"] == w, 15,
+                     f"the routers of {label} to learn its engines' adapters")
 
 
 def test_each_adapter_answers_as_a_bare_engine_with_it_on_pd_and_colocated(
@@ -165,8 +171,9 @@ def test_run_time_adapter_calls_are_checked(client: httpx.Client, model_dir: str
     assert declared.status_code == 400 and "declared in the config" in declared.text
     ids = {card["id"] for card in client.get("/v1/models").json()["data"]}
     assert "tiny-colo-broken" not in ids and "x" not in ids
-    for replica in replicas_of(COLOCATED_POOL):  # the broken one left nothing behind
-        assert "tiny-colo-broken" not in loaded_on(replica)
+    expected = sorted(adapter_name(COLOCATED_MODEL, a) for a in ADAPTERS)
+    for replica in replicas_of(COLOCATED_POOL):  # nothing behind: no name, no stray id
+        assert loaded_on(replica) == expected, replica
 
 
 @pytest.mark.disruptive
@@ -188,6 +195,8 @@ def test_an_adapter_loaded_at_run_time_is_served_by_every_engine_and_a_replaceme
     assert reply.status == 200 and reply.token_ids == bare_ids, (reply.body, bare_ids)
     for replica in replicas_of(COLOCATED_POOL):
         assert LATE in loaded_on(replica), replica
+    wait_for(lambda: all(LATE in held for held in routing_state()[
+        f"{COLOCATED_MODEL}/colocated"]["adapters"].values()), 15, "routers to learn of it")
 
     # a replica started later loads it from the app's registry, before any request names it
     survivors = replicas_of(COLOCATED_POOL)
@@ -202,13 +211,17 @@ def test_an_adapter_loaded_at_run_time_is_served_by_every_engine_and_a_replaceme
     except AssertionError:
         raise AssertionError(busiest_processes()) from None
     wait_for(lambda: LATE in loaded_on(fresh), 60, "the replacement to load the adapter")
+    for _ in range(2):  # (either replica may answer: both hold it)
+        again = post(client, "/v1/completions", body)
+        assert again.status == 200 and again.token_ids == bare_ids, again.body
 
     unloaded = client.post("/v1/unload_lora_adapter", json={"lora_name": LATE})
     assert unloaded.status_code == 200, unloaded.text
     gone = client.post("/v1/completions", json=body)
     assert gone.status_code == 404, gone.text
     assert LATE not in {card["id"] for card in client.get("/v1/models").json()["data"]}
-    for replica in replicas_of(COLOCATED_POOL):  # every engine dropped it
-        wait_for(lambda r=replica: LATE not in loaded_on(r), 30, f"{replica} to unload")
+    expected = sorted(adapter_name(COLOCATED_MODEL, a) for a in ADAPTERS)
+    for replica in replicas_of(COLOCATED_POOL):  # every engine dropped it (no stray id either)
+        wait_for(lambda r=replica: loaded_on(r) == expected, 30, f"{replica} to unload")
     again = client.post("/v1/unload_lora_adapter", json={"lora_name": LATE})
     assert again.status_code == 404, again.text

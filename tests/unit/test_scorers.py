@@ -33,6 +33,9 @@ REQUEST = RequestView(num_blocks=10)
         ("cache_headroom", REQUEST, ReplicaView("a", cache_fill=0.6), 0.4),
         ("session", RequestView(1, session_replica="a"), ReplicaView("a"), 1.0),
         ("session", RequestView(1, session_replica="b"), ReplicaView("a"), 0.0),
+        ("adapter", RequestView(1, adapter=True), ReplicaView("a", holds_adapter=True), 1.0),
+        ("adapter", RequestView(1, adapter=True), ReplicaView("a"), 0.0),
+        ("adapter", RequestView(1), ReplicaView("a", holds_adapter=True), 0.0),
     ],
 )
 def test_each_scorer(
@@ -58,6 +61,16 @@ def test_cached_prefix_beats_a_modestly_busier_replica() -> None:
     idle = ReplicaView("idle")
     assert [r.replica for r in rank(REQUEST, [idle, holder], SETTINGS, random.Random(0))] == [
         "holder", "idle"]
+
+
+def test_an_adapters_request_goes_where_its_adapter_is_loaded_unless_that_one_is_busier(
+) -> None:
+    lora = RequestView(num_blocks=10, adapter=True)
+    holder = ReplicaView("holder", holds_adapter=True)
+    other = ReplicaView("other")
+    assert rank(lora, [other, holder], SETTINGS, random.Random(0))[0].replica == "holder"
+    busy_holder = ReplicaView("holder", queue=6, pending_tokens=3000, holds_adapter=True)
+    assert rank(lora, [other, busy_holder], SETTINGS, random.Random(0))[0].replica == "other"
 
 
 def test_without_cached_prefix_the_less_loaded_replica_wins() -> None:
