@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from ray.exceptions import RayTaskError
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
@@ -134,11 +135,8 @@ class UnloadAdapter(BaseModel):
     lora_name: str = Field(min_length=1)
 
 
-def _bad(message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST,
-         param: str = "lora_name") -> JSONResponse:
-    err_type = "NotFoundError" if status == HTTPStatus.NOT_FOUND else "BadRequestError"
-    return to_response(create_error_response(message, err_type=err_type, status_code=status,
-                                             param=param))
+def _bad(message: str, param: str = "lora_name") -> JSONResponse:
+    return to_response(create_error_response(message, param=param))
 
 
 def _model_front(catalog: Catalog, model: str) -> ModelFrontend | None:
@@ -174,9 +172,11 @@ async def load_lora_adapter(body: LoadAdapter, raw_request: Request) -> Response
     model_id = frontend.model.model_id
     try:
         await sync.add(model_id, body.lora_name, body.lora_path)
-    except Exception:  # another load of this name won the race
+    except RayTaskError as exc:
+        if not isinstance(exc.cause, ValueError):
+            raise
         return _bad(f"`{body.lora_name}` is already served; unload it first (or pick "
-                    "another name).")
+                    "another name).")  # another load of this name won the race
     try:
         failed = await sync_engines(frontend, body.lora_name)
     except BaseException:  # (a cancelled or broken call): nothing half-loaded stays recorded

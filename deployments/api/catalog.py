@@ -30,8 +30,7 @@ class Catalog:
         generating = [m for m in config.models if m.generates()]
         self.frontends = {m.model_id: ModelFrontend(m, pools[m.model_id]) for m in generating}
         self.by_name: dict[str, Served] = {
-            name: self.frontends[m.model_id]
-            for m in generating for name in [*m.names(), *m.lora_modules]}
+            name: self.frontends[m.model_id] for m in generating for name in m.names()}
         self.embedders: dict[str, tuple[ModelConfig, DeploymentHandle]] = {
             name: (m, pools[m.model_id]["embed"])
             for m in config.models if m.mode == "embed" for name in m.names()}

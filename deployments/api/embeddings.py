@@ -39,7 +39,7 @@ async def embeddings(request: EmbeddingCompletionRequest, raw_request: Request) 
     caller = caller_of(raw_request.state)
     if request.model not in catalog.embedders:
         usable = [name for name in catalog.embedders if caller.may_use(name)]
-        if request.model in catalog.by_name:
+        if request.model in catalog.names():  # a generating model, adapter or pipeline
             return to_response(create_error_response(
                 f"The model `{request.model}` does not serve embeddings; embedding models: "
                 f"{', '.join(sorted(usable))}.", param="model"))

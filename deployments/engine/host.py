@@ -138,10 +138,10 @@ class EngineHost:
         # the model's LoRA adapters, loaded before requests name them (vLLM would load one on
         # first use, from the path the request names: a bad path shows at start-up instead),
         # and those loaded at run time through the app's registry
-        self.adapters = static_adapters(self.model) if self.role != "embed" else {}
+        self.adapters = static_adapters(self.model)
         self.runtime_adapters: dict[str, LoRARequest] = {}
         self.held_adapters: tuple[str, ...] = ()  # loaded now, as the routers learn it
-        self._lora = self.role != "embed" and self.engine.vllm_config.lora_config is not None
+        self._lora = self.model.serves_lora()
         self._keeping_adapters: asyncio.Task | None = None
         self._adapter_error: BaseException | None = None
         self._registry: Any = None
