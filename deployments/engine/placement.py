@@ -92,6 +92,9 @@ def apply_engine_env(
     env = {
         SPIN_ENV: os.environ.get(SPIN_ENV, DEFAULT_SPIN_S),
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
+        # the address vLLM binds its KV-event sockets on (`tcp://*:0` in `args.py`): this
+        # node's cluster address, not all interfaces (KV events carry prompt token ids)
+        "VLLM_HOST_IP": host,
         "VLLM_NIXL_SIDE_CHANNEL_PORT": str(
             first_free_port(preferred, pool_port_limit(base_port, slot), host)),
     }

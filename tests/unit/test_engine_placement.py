@@ -186,3 +186,14 @@ def test_vllm_takes_one_core_list_per_worker(monkeypatch: pytest.MonkeyPatch) ->
     manager = OMPProcessManager(SimpleNamespace(parallel_config=parallel,
                                                 kv_transfer_config=None))
     assert [list(map(int, cores)) for cores in manager.cpu_lists] == [[0], [1]]
+
+
+def test_engines_bind_their_sockets_on_the_nodes_cluster_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NIXL's side channel and vLLM's KV-event sockets (`tcp://*:0` binds `VLLM_HOST_IP`) use
+    the host's cluster address, not all interfaces: KV events carry prompt token ids."""
+    monkeypatch.setattr("os.environ", {})
+    env = apply_engine_env(slot=EngineSlot(0, 0), num_pools=1, base_port=20000,
+                           host="127.0.0.1", bind_cpus=False)
+    assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == env["VLLM_HOST_IP"] == "127.0.0.1"

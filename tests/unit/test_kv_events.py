@@ -179,3 +179,21 @@ def test_a_failing_subscription_is_retried_not_forgotten(
     subscriber.watch("r1", config.endpoint, config.replay_endpoint)
     eventually(lambda: index.match([4]) == {"r1": 1})
     assert calls == ["r1", "r1"]
+
+
+def test_a_wildcard_endpoint_binds_the_hosts_cluster_address_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pins vLLM's contract that `engine/args.py` relies on: `tcp://*:0` binds the one address
+    `VLLM_HOST_IP` names (set per engine to Ray's node IP), not every interface, and reports
+    the bound endpoint; a node's KV events (prompt token ids) stay off its other networks."""
+    monkeypatch.setenv("VLLM_HOST_IP", "127.0.0.1")
+    pub = ZmqEventPublisher(0, endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
+    try:
+        for endpoint in (pub._endpoint, pub._replay_endpoint):
+            assert endpoint is not None and endpoint.startswith("tcp://127.0.0.1:"), endpoint
+        assert pub._pub is not None
+        bound = pub._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        assert bound == pub._endpoint, bound
+    finally:
+        pub.shutdown()
