@@ -22,6 +22,7 @@ from pdserve.deployments.config import (
     check_cpu_budget,
     engine_binding,
 )
+from pdserve.deployments.config.nodes import NodeResources, check_node_placement
 from pdserve.deployments.config.ray_serve_env import RAY_SERVE_FAST_PATH_ENV
 from pdserve.deployments.pipelines.embedding import EmbeddingServer
 from pdserve.deployments.pipelines.retriever import PipelineRetriever
@@ -118,6 +119,8 @@ def _pool_options(
         "graceful_shutdown_timeout_s": pool.graceful_shutdown_timeout_s,
         "user_config": engine_user_config(config, model),
     }
+    if pool.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = pool.max_replicas_per_node
     routing = router_config(role, pool, name)
     if routing is not None:
         options["request_router_config"] = routing
@@ -133,6 +136,7 @@ def _check_cluster_cpus(config: AppConfig) -> None:
         logger.info("Ray not initialised yet; CPU budget is checked when replicas are placed")
         return
     check_cpu_budget(config, ray.cluster_resources().get("CPU", 0.0))
+    check_node_placement(config, NodeResources.alive(ray.nodes()))
 
 
 def _check_exposure(config: AppConfig) -> None:

@@ -26,6 +26,11 @@ class PoolConfig(StrictModel):
         default_factory=lambda: {"num_cpus": 0.5},
         description="Ray actor options per replica; `num_cpus` is checked against the cluster.",
     )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Ray Serve: at most this many replicas of the pool on one node "
+        "(1 spreads the pool over hosts). With a custom resource in `ray_actor_options` "
+        "(`resources: {host_a: 1}`), a pool is placed on the nodes that offer it.",
+    )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Ray Serve max in-flight requests per replica."
     )

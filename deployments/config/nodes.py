@@ -1,0 +1,106 @@
+"""Whether the cluster's nodes can hold the deployments where the config puts them.
+
+A pool is placed with Ray's own means (`ray_actor_options`: `num_cpus`, `num_gpus`, custom
+`resources` such as `host_a` that `ray start --resources` gives a node;
+`max_replicas_per_node`). Ray itself never refuses a placement it cannot make: the replicas
+wait for a node that is not there. So at start-up, with the cluster's nodes known, a pool that no
+node can hold, or that asks for more replicas than its nodes allow, or pools tied to one node
+that need more CPUs than it has, fail the build naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pdserve.deployments.config.app import AppConfig
+
+#: Ray's names for the resources a replica's `ray_actor_options` ask for by keyword.
+_KEYWORD_RESOURCES = {"num_cpus": "CPU", "num_gpus": "GPU"}
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """One alive node: its id and its total resources, as `ray.nodes()` reports them."""
+
+    node_id: str
+    resources: Mapping[str, float]
+
+    @classmethod
+    def alive(cls, ray_nodes: Iterable[Mapping[str, Any]]) -> list[NodeResources]:
+        return [cls(str(node.get("NodeManagerAddress") or node["NodeID"]),
+                    dict(node.get("Resources") or {}))
+                for node in ray_nodes if node.get("Alive")]
+
+    def holds(self, demand: Mapping[str, float]) -> bool:
+        return all(self.resources.get(name, 0.0) + 1e-9 >= amount
+                   for name, amount in demand.items())
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What one deployment asks of the nodes."""
+
+    field: str  # the config field that says it, for the error
+    replicas: int
+    demand: Mapping[str, float]  # per replica, by Ray's resource names
+    max_per_node: int | None
+
+
+def replica_demand(ray_actor_options: Mapping[str, Any], default_cpus: float) -> dict[str, float]:
+    """The resources one replica reserves on its node, by Ray's names (zeros left out)."""
+    demand = {"CPU": float(ray_actor_options.get("num_cpus", default_cpus))}
+    for keyword, name in _KEYWORD_RESOURCES.items():
+        if keyword != "num_cpus" and ray_actor_options.get(keyword):
+            demand[name] = float(ray_actor_options[keyword])
+    demand.update({name: float(amount)
+                   for name, amount in (ray_actor_options.get("resources") or {}).items()})
+    return {name: amount for name, amount in demand.items() if amount > 0}
+
+
+def placements(config: AppConfig) -> list[Placement]:
+    """Every engine pool at its maximum size, and the ingress."""
+    found = [Placement(f"models[{i}].{role}", pool.max_replicas(),
+                       replica_demand(pool.ray_actor_options, 1.0), pool.max_replicas_per_node)
+             for i, model in enumerate(config.models) for role, pool in model.pools().items()]
+    ingress = config.ingress
+    found.append(Placement("ingress", ingress.num_replicas,
+                           replica_demand(ingress.ray_actor_options, 0.0), None))
+    return found
+
+
+def check_node_placement(config: AppConfig, nodes: list[NodeResources]) -> None:
+    """Fail, naming the field, where the nodes cannot hold a deployment as configured."""
+    if not nodes:
+        return
+    tied: dict[str, float] = {}  # CPUs of the deployments only one node can hold
+    for placement in placements(config):
+        if placement.replicas == 0:
+            continue
+        hosts = [node for node in nodes if node.holds(placement.demand)]
+        if not hosts:
+            offered = "; ".join(f"{node.node_id}: {_resources(node.resources)}" for node in nodes)
+            raise ValueError(f"{placement.field}.ray_actor_options: no node of the cluster "
+                             f"offers {_resources(placement.demand)} for one replica "
+                             f"(nodes: {offered})")
+        if (placement.max_per_node is not None
+                and placement.max_per_node * len(hosts) < placement.replicas):
+            raise ValueError(f"{placement.field}.max_replicas_per_node: {placement.replicas} "
+                             f"replicas at {placement.max_per_node} per node need "
+                             f"{-(-placement.replicas // placement.max_per_node)} nodes, and "
+                             f"{len(hosts)} can hold one")
+        if len(hosts) == 1:
+            node = hosts[0].node_id
+            tied[node] = tied.get(node, 0.0) + placement.replicas * placement.demand.get("CPU", 0)
+    for node in nodes:
+        need, have = tied.get(node.node_id, 0.0), node.resources.get("CPU", 0.0)
+        if need > have + 1e-9:
+            raise ValueError(f"ray_actor_options.num_cpus: the deployments only node "
+                             f"{node.node_id} can hold need {need:g} CPUs there, and it has "
+                             f"{have:g}; lower num_cpus per replica or the replica counts")
+
+
+def _resources(resources: Mapping[str, float]) -> str:
+    return ", ".join(f"{name}={amount:g}" for name, amount in sorted(resources.items())
+                     if not name.startswith(("node:", "object_store_memory", "memory")))
