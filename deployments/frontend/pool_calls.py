@@ -37,9 +37,10 @@ def pool_calls(
 ) -> PoolCalls:
     """Wrap a model's Serve handles as the plain calls the orchestrator expects.
 
-    A request that finds the generating pool at zero replicas waits for Ray to start one (the
-    autoscaler sees it queued at the handle) up to `cold_start_timeout_s`, then fails with a
-    retryable 503; `on_cold_start(wait_s, timed_out)` reports the wait.
+    A request that finds the generating pool at zero replicas (scaled to zero, or every
+    replica lost with its node) waits for Ray to start one (the autoscaler sees it queued at
+    the handle) up to `cold_start_timeout_s`, then fails with a retryable 503;
+    `on_cold_start(wait_s, timed_out)` reports the wait.
     """
     role = "decode" if "decode" in handles else "colocated"
     generate_pool = handles[role]
@@ -66,7 +67,8 @@ def pool_calls(
                         on_cold_start(time.perf_counter() - started, True)
                     raise RetryableRequestError(
                         f"no replica of {generate_pool.deployment_name} became ready within "
-                        f"{cold_start_timeout_s:g} s (the pool was scaled to zero); retry later"
+                        f"{cold_start_timeout_s:g} s (the pool was scaled to zero, or its replicas "
+                        "died with their node); retry later"
                     ) from None
                 if on_cold_start:
                     on_cold_start(time.perf_counter() - started, False)
