@@ -55,8 +55,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
     # Tests that restart replicas run last, so the others never wait for a cold engine; tests
     # that need their own cluster (they stop the shared app) after those; a test that stops a
-    # shared cluster (`ray stop`) after every other, whatever order the files were named in.
-    items.sort(key=lambda item: (item.get_closest_marker("own_cluster") is not None,
+    # shared cluster (`ray stop`) after every other, whatever order the files were named in;
+    # the multi-node cluster last of all (a `ray stop` would stop its nodes' Ray too).
+    items.sort(key=lambda item: (item.get_closest_marker("separate_hosts") is not None,
+                                 item.get_closest_marker("own_cluster") is not None,
                                  item.get_closest_marker("disruptive") is not None,
                                  item.get_closest_marker("stops_cluster") is not None))
 
