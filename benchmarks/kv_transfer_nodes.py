@@ -124,9 +124,8 @@ def reader(exchange: str, sizes: list[int], layouts: dict[str, dict[str, int]], 
     """NIXL READs of each size from the source, per descriptor layout: `wall` GB/s from post
     to completion with this process polling, `telemetry` GB/s over NIXL's own transfer time;
     `moved_bytes` counts every byte read, warm-up transfers included (for the link counters)."""
-    import numpy as np
 
-    from pdserve.benchmarks.kv_transfer_probes import DECODE_CORE, page_backed, piece_bytes
+    from pdserve.benchmarks.kv_transfer_probes import DECODE_CORE, page_backed, timed_reads
 
     os.sched_setaffinity(0, {DECODE_CORE})
     folder = Path(exchange)
@@ -139,35 +138,9 @@ def reader(exchange: str, sizes: list[int], layouts: dict[str, dict[str, int]], 
     buffer = page_backed(size_max, 0, huge_pages)
     agent.register_memory([(buffer.data_ptr(), size_max, 0, "")], "DRAM")
     remote = agent.add_remote_agent(base64.b64decode(published["metadata"]))
-    out: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in layouts}
-    descriptors: dict[str, dict[str, int]] = {name: {} for name in layouts}
-    moved_total = 0
     try:
-        for size in sizes:
-            for name, layout in layouts.items():
-                piece = piece_bytes(size, layout)
-                offsets = np.arange(0, size - size % piece, piece, dtype=np.uint64)
-                local = np.stack([offsets + buffer.data_ptr(), np.full_like(offsets, piece),
-                                  np.zeros_like(offsets)], axis=1)
-                far = local.copy()
-                far[:, 0] = offsets + published["address"]
-                handle = agent.initialize_xfer("READ", agent.get_xfer_descs(local, "DRAM"),
-                                               agent.get_xfer_descs(far, "DRAM"), remote)
-                moved = len(offsets) * piece
-                wall, telemetry = [], []
-                for _ in range(reps + 1):  # the first one warms connections and caches
-                    started = time.perf_counter()
-                    state = agent.transfer(handle)
-                    while state == "PROC":
-                        state = agent.check_xfer_state(handle)
-                    if state != "DONE":
-                        raise RuntimeError(f"NIXL transfer failed: {state}")
-                    wall.append(moved / (time.perf_counter() - started) / 1e9)
-                    telemetry.append(moved / agent.get_xfer_telemetry(handle).xferDuration / 1e3)
-                    moved_total += moved
-                out[name][str(size)] = {"wall": wall[1:], "telemetry": telemetry[1:]}
-                descriptors[name][str(size)] = len(offsets)
-                agent.release_xfer_handle(handle)
+        out, descriptors, moved_total = timed_reads(
+            agent, buffer.data_ptr(), published["address"], remote, sizes, layouts, reps)
     finally:
         (folder / DONE_FILE).write_text("done")
     return {"gbps": out, "descriptors": descriptors, "moved_bytes": moved_total,

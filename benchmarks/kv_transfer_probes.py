@@ -95,6 +95,48 @@ def piece_bytes(size: int, layout: dict[str, int]) -> int:
     return layout["bytes"]
 
 
+def timed_reads(agent: Any, local_base: int, remote_base: int, remote: Any, sizes: list[int],
+                layouts: dict[str, dict[str, int]], reps: int
+                ) -> tuple[dict[str, dict[str, dict[str, list[float]]]],
+                           dict[str, dict[str, int]], int]:
+    """`reps` timed NIXL READs (after one that warms connections and registration caches) of
+    each size into `local_base` from `remote_base` of agent `remote`, per descriptor layout.
+    Returns GB/s per layout and size (`wall`: post to completion with this process polling;
+    `telemetry`: over NIXL's own transfer time), the descriptors per layout and size, and every
+    byte read (warm-ups included)."""
+    import numpy as np
+
+    out: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in layouts}
+    descriptors: dict[str, dict[str, int]] = {name: {} for name in layouts}
+    moved_total = 0
+    for size in sizes:
+        for name, layout in layouts.items():
+            piece = piece_bytes(size, layout)
+            offsets = np.arange(0, size - size % piece, piece, dtype=np.uint64)
+            local = np.stack([offsets + local_base, np.full_like(offsets, piece),
+                              np.zeros_like(offsets)], axis=1)
+            far = local.copy()
+            far[:, 0] = offsets + remote_base
+            handle = agent.initialize_xfer("READ", agent.get_xfer_descs(local, "DRAM"),
+                                           agent.get_xfer_descs(far, "DRAM"), remote)
+            moved = len(offsets) * piece
+            wall, telemetry = [], []
+            for _ in range(reps + 1):
+                started = time.perf_counter()
+                state = agent.transfer(handle)
+                while state == "PROC":
+                    state = agent.check_xfer_state(handle)
+                if state != "DONE":
+                    raise RuntimeError(f"NIXL transfer failed: {state}")
+                wall.append(moved / (time.perf_counter() - started) / 1e9)
+                telemetry.append(moved / agent.get_xfer_telemetry(handle).xferDuration / 1e3)
+                moved_total += moved
+            out[name][str(size)] = {"wall": wall[1:], "telemetry": telemetry[1:]}
+            descriptors[name][str(size)] = len(offsets)
+            agent.release_xfer_handle(handle)
+    return out, descriptors, moved_total
+
+
 def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
              delay_us: int, huge_pages: bool = True) -> dict[str, Any]:
     """GB/s of NIXL READs (UCX) of `size` bytes from another process, per descriptor layout:
@@ -103,7 +145,6 @@ def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
     configured as vLLM configures its own (UCX, 4 threads), and their progress threads poll
     every `delay_us` (0 would spin on both cores of this box). Both buffers are on huge pages
     unless `huge_pages` is false."""
-    import numpy as np
     from vllm.distributed.nixl_utils import NixlWrapper, nixl_agent_config
 
     os.sched_setaffinity(0, {DECODE_CORE})
@@ -120,31 +161,9 @@ def raw_nixl(sizes: list[int], layouts: dict[str, dict[str, int]], reps: int,
     buffer = page_backed(size_max, 0, huge_pages)
     agent.register_memory([(buffer.data_ptr(), size_max, 0, "")], "DRAM")
     remote = agent.add_remote_agent(metadata)
-    out: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in layouts}
     try:
-        for size in sizes:
-            for name, layout in layouts.items():
-                piece = piece_bytes(size, layout)
-                offsets = np.arange(0, size - size % piece, piece, dtype=np.uint64)
-                local = np.stack([offsets + buffer.data_ptr(), np.full_like(offsets, piece),
-                                  np.zeros_like(offsets)], axis=1)
-                far = local.copy()
-                far[:, 0] = offsets + remote_base
-                handle = agent.initialize_xfer("READ", agent.get_xfer_descs(local, "DRAM"),
-                                               agent.get_xfer_descs(far, "DRAM"), remote)
-                moved = len(offsets) * piece
-                wall, telemetry = [], []
-                for _ in range(reps + 1):  # the first one warms the registration caches
-                    started = time.perf_counter()
-                    state = agent.transfer(handle)
-                    while state == "PROC":
-                        state = agent.check_xfer_state(handle)
-                    if state != "DONE":
-                        raise RuntimeError(f"NIXL transfer failed: {state}")
-                    wall.append(moved / (time.perf_counter() - started) / 1e9)
-                    telemetry.append(moved / agent.get_xfer_telemetry(handle).xferDuration / 1e3)
-                out[name][str(size)] = {"wall": wall[1:], "telemetry": telemetry[1:]}
-                agent.release_xfer_handle(handle)
+        out, _, _ = timed_reads(agent, buffer.data_ptr(), remote_base, remote, sizes, layouts,
+                                reps)
     finally:
         parent.send("done")
         source.join(timeout=30)
