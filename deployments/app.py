@@ -136,7 +136,9 @@ def _check_cluster_cpus(config: AppConfig) -> None:
         logger.info("Ray not initialised yet; CPU budget is checked when replicas are placed")
         return
     check_cpu_budget(config, ray.cluster_resources().get("CPU", 0.0))
-    check_node_placement(config, NodeResources.alive(ray.nodes()))
+    for problem in check_node_placement(config, NodeResources.alive(ray.nodes())):
+        logger.warning("placement: %s (replicas wait until such a node joins; "
+                       "`node_placement: strict` makes this an error)", problem)
 
 
 def _check_exposure(config: AppConfig) -> None:

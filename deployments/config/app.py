@@ -26,6 +26,9 @@ class IngressConfig(StrictModel):
     )
     max_ongoing_requests: int = Field(256, ge=1, description="In-flight requests per replica.")
 
+    def cpus_per_replica(self) -> float:
+        return float(self.ray_actor_options.get("num_cpus", 0))
+
 
 class TestingConfig(StrictModel):
     """Config-gated fault injection; off unless a test config turns it on."""
@@ -64,6 +67,14 @@ class AppConfig(StrictModel):
         "deployments, user code and handle routers on each replica's main loop, buffered "
         "access logs) in every deployment's `runtime_env`; a flag a deployment sets itself "
         "is kept. Ray's proxy reads them from the environment Ray starts in.",
+    )
+    node_placement: Literal["warn", "strict"] = Field(
+        "warn",
+        description="What to do at start-up when the Ray nodes alive then cannot hold a pool "
+        "as its `ray_actor_options`/`max_replicas_per_node` ask (no node offers a custom "
+        "resource, too few hosts, too many CPUs tied to one host): `warn` logs it (nodes may "
+        "still join: KubeRay, Anyscale, an autoscaler); `strict` fails the build naming the "
+        "field (a static cluster, where Ray would leave the replicas pending forever).",
     )
     testing: TestingConfig = Field(default_factory=TestingConfig)
     replica_budget: int | None = Field(
@@ -140,8 +151,7 @@ class AppConfig(StrictModel):
         engines = sum(p.max_replicas() * p.cpus_per_replica() for p in pools)
         if self.replica_budget is not None:  # the policy never holds more than the budget
             engines = min(engines, self.replica_budget * max(p.cpus_per_replica() for p in pools))
-        ingress_cpus = float(self.ingress.ray_actor_options.get("num_cpus", 0))
-        ingress = self.ingress.num_replicas * ingress_cpus
+        ingress = self.ingress.num_replicas * self.ingress.cpus_per_replica()
         return engines + ingress
 
 

@@ -3,9 +3,12 @@
 A pool is placed with Ray's own means (`ray_actor_options`: `num_cpus`, `num_gpus`, custom
 `resources` such as `host_a` that `ray start --resources` gives a node;
 `max_replicas_per_node`). Ray itself never refuses a placement it cannot make: the replicas
-wait for a node that is not there. So at start-up, with the cluster's nodes known, a pool that no
+wait for a node that is not there. So at start-up, with the nodes alive now, a pool that no
 node can hold, or that asks for more replicas than its nodes allow, or pools tied to one node
-that need more CPUs than it has, fail the build naming the field.
+that need more CPUs than it has, are named (`placement_problems`). Nodes may still join (a
+KubeRay or Anyscale cluster starts its workers after the head; an autoscaler adds nodes on
+demand), so the app warns by default and fails the build only when the config says the
+cluster is static (`node_placement: strict`).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ class Placement:
     max_per_node: int | None
 
 
-def replica_demand(ray_actor_options: Mapping[str, Any], default_cpus: float) -> dict[str, float]:
-    """The resources one replica reserves on its node, by Ray's names (zeros left out)."""
-    demand = {"CPU": float(ray_actor_options.get("num_cpus", default_cpus))}
+def replica_demand(ray_actor_options: Mapping[str, Any], cpus: float) -> dict[str, float]:
+    """The resources one replica reserves on its node, by Ray's names (zeros left out); `cpus`:
+    its CPUs as the config resolves them (`PoolConfig.cpus_per_replica`)."""
+    demand = {"CPU": cpus}
     for keyword, name in _KEYWORD_RESOURCES.items():
         if keyword != "num_cpus" and ray_actor_options.get(keyword):
             demand[name] = float(ray_actor_options[keyword])
@@ -60,45 +64,73 @@ def replica_demand(ray_actor_options: Mapping[str, Any], default_cpus: float) ->
 
 
 def placements(config: AppConfig) -> list[Placement]:
-    """Every engine pool at its maximum size, and the ingress."""
-    found = [Placement(f"models[{i}].{role}", pool.max_replicas(),
-                       replica_demand(pool.ray_actor_options, 1.0), pool.max_replicas_per_node)
+    """Every engine pool at its maximum size (never above `replica_budget`), and the ingress."""
+    budget = config.replica_budget
+    found = [Placement(f"models[{i}].{role}",
+                       min(pool.max_replicas(), budget) if budget else pool.max_replicas(),
+                       replica_demand(pool.ray_actor_options, pool.cpus_per_replica()),
+                       pool.max_replicas_per_node)
              for i, model in enumerate(config.models) for role, pool in model.pools().items()]
     ingress = config.ingress
     found.append(Placement("ingress", ingress.num_replicas,
-                           replica_demand(ingress.ray_actor_options, 0.0), None))
+                           replica_demand(ingress.ray_actor_options, ingress.cpus_per_replica()),
+                           None))
     return found
 
 
-def check_node_placement(config: AppConfig, nodes: list[NodeResources]) -> None:
-    """Fail, naming the field, where the nodes cannot hold a deployment as configured."""
+def placement_problems(config: AppConfig, nodes: list[NodeResources]) -> list[str]:
+    """What the alive `nodes` cannot hold as configured, each naming its field."""
     if not nodes:
-        return
-    tied: dict[str, float] = {}  # CPUs of the deployments only one node can hold
+        return []
+    problems: list[str] = []
+    tied: dict[str, list[Placement]] = {}  # the deployments only one node can hold
     for placement in placements(config):
         if placement.replicas == 0:
             continue
         hosts = [node for node in nodes if node.holds(placement.demand)]
         if not hosts:
             offered = "; ".join(f"{node.node_id}: {_resources(node.resources)}" for node in nodes)
-            raise ValueError(f"{placement.field}.ray_actor_options: no node of the cluster "
-                             f"offers {_resources(placement.demand)} for one replica "
-                             f"(nodes: {offered})")
+            problems.append(f"{placement.field}.ray_actor_options: no node of the cluster "
+                            f"offers {_resources(placement.demand)} for one replica "
+                            f"(nodes: {offered})")
+            continue
         if (placement.max_per_node is not None
                 and placement.max_per_node * len(hosts) < placement.replicas):
-            raise ValueError(f"{placement.field}.max_replicas_per_node: {placement.replicas} "
-                             f"replicas at {placement.max_per_node} per node need "
-                             f"{-(-placement.replicas // placement.max_per_node)} nodes, and "
-                             f"{len(hosts)} can hold one")
+            problems.append(f"{placement.field}.max_replicas_per_node: {placement.replicas} "
+                            f"replicas at {placement.max_per_node} per node need "
+                            f"{-(-placement.replicas // placement.max_per_node)} nodes, and "
+                            f"{len(hosts)} can hold one")
         if len(hosts) == 1:
-            node = hosts[0].node_id
-            tied[node] = tied.get(node, 0.0) + placement.replicas * placement.demand.get("CPU", 0)
+            tied.setdefault(hosts[0].node_id, []).append(placement)
+    if len(nodes) == 1:  # the cluster-wide budget (`check_cpu_budget`) already said it
+        return problems
     for node in nodes:
-        need, have = tied.get(node.node_id, 0.0), node.resources.get("CPU", 0.0)
+        need = _cpus(tied.get(node.node_id, []), config.replica_budget)
+        have = node.resources.get("CPU", 0.0)
         if need > have + 1e-9:
-            raise ValueError(f"ray_actor_options.num_cpus: the deployments only node "
-                             f"{node.node_id} can hold need {need:g} CPUs there, and it has "
-                             f"{have:g}; lower num_cpus per replica or the replica counts")
+            problems.append(f"ray_actor_options.num_cpus: the deployments only node "
+                            f"{node.node_id} can hold need {need:g} CPUs there, and it has "
+                            f"{have:g}; lower num_cpus per replica or the replica counts")
+    return problems
+
+
+def _cpus(placements: list[Placement], budget: int | None) -> float:
+    """CPUs these deployments reserve at their largest; engine replicas never above the
+    `replica_budget` (as `AppConfig.cpu_demand` counts them)."""
+    engines = [p for p in placements if p.field != "ingress"]
+    cpus = sum(p.replicas * p.demand.get("CPU", 0.0) for p in engines)
+    if budget is not None and engines:
+        cpus = min(cpus, budget * max(p.demand.get("CPU", 0.0) for p in engines))
+    return cpus + sum(p.replicas * p.demand.get("CPU", 0.0) for p in placements
+                      if p.field == "ingress")
+
+
+def check_node_placement(config: AppConfig, nodes: list[NodeResources]) -> list[str]:
+    """Fail with every problem (`node_placement: strict`), or return them for a warning."""
+    problems = placement_problems(config, nodes)
+    if problems and config.node_placement == "strict":
+        raise ValueError("; ".join(problems))
+    return problems
 
 
 def _resources(resources: Mapping[str, float]) -> str:

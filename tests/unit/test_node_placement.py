@@ -10,6 +10,7 @@ from pdserve.deployments.config import AppConfig
 from pdserve.deployments.config.nodes import (
     NodeResources,
     check_node_placement,
+    placement_problems,
     replica_demand,
 )
 
@@ -26,9 +27,10 @@ def two_hosts(cpus: float = 2.0) -> list[NodeResources]:
 
 
 def config(prefill: dict[str, Any], decode: dict[str, Any] | None = None,
-           ingress: dict[str, Any] | None = None) -> AppConfig:
+           ingress: dict[str, Any] | None = None, **app: Any) -> AppConfig:
     args: dict[str, Any] = {"models": [{"model_id": "tiny", "model": "pdserve://tiny",
-                                        "prefill": prefill, "decode": decode or {}}]}
+                                        "prefill": prefill, "decode": decode or {}}],
+                            "node_placement": "strict", **app}
     if ingress is not None:
         args["ingress"] = ingress
     return AppConfig.model_validate(args)
@@ -36,9 +38,28 @@ def config(prefill: dict[str, Any], decode: dict[str, Any] | None = None,
 
 def test_a_replica_reserves_ray_resources_by_rays_names() -> None:
     assert replica_demand({"num_cpus": 0.5, "num_gpus": 1, "resources": {"host_a": 1}},
-                          1.0) == {"CPU": 0.5, "GPU": 1.0, "host_a": 1.0}
-    assert replica_demand({}, 1.0) == {"CPU": 1.0}  # Ray Serve's default for a replica
+                          0.5) == {"CPU": 0.5, "GPU": 1.0, "host_a": 1.0}
     assert replica_demand({"num_cpus": 0}, 0.0) == {}
+    # the CPUs as the config resolves them: Ray Serve's default of 1 for a pool without num_cpus
+    pools = config({"ray_actor_options": {"resources": {"host_a": 1}}}).models[0].pools()
+    assert pools["prefill"].cpus_per_replica() == 1.0
+
+
+def test_nodes_that_may_still_join_are_a_warning_by_default() -> None:
+    """KubeRay and Anyscale start workers after the head; an autoscaler adds nodes later."""
+    lenient = config({"ray_actor_options": {"resources": {"host_z": 1}}},
+                     node_placement="warn")
+    problems = check_node_placement(lenient, two_hosts())
+    assert len(problems) == 1 and "models[0].prefill.ray_actor_options" in problems[0]
+    assert AppConfig.model_validate(
+        {"models": [{"model_id": "t", "model": "m"}]}).node_placement == "warn"
+
+
+def test_the_replica_budget_bounds_what_one_host_must_hold() -> None:
+    on_a = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+            "ray_actor_options": {"num_cpus": 0.5, "resources": {"host_a": 1}}}
+    assert placement_problems(config(on_a, on_a), two_hosts())  # 8 x 0.5 CPU on a 2-CPU host
+    assert not placement_problems(config(on_a, on_a, replica_budget=2), two_hosts())
 
 
 def test_pools_pinned_to_hosts_that_exist_pass() -> None:
@@ -82,6 +103,14 @@ def test_pools_tied_to_one_host_must_fit_its_cpus() -> None:
     check_node_placement(config(on_a, on_a), two_hosts(cpus=4.0))
     # free to go anywhere: the cluster-wide budget (`check_cpu_budget`) covers them
     check_node_placement(config({"num_replicas": 3}, {"num_replicas": 0}), two_hosts())
+
+
+def test_one_node_leaves_the_cpus_to_the_cluster_wide_budget() -> None:
+    """On one node every pool is tied to it; `check_cpu_budget` (which knows the replica
+    budget's effect) says whether they fit."""
+    many = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+            "ray_actor_options": {"num_cpus": 0.5}}
+    assert not placement_problems(config(many, many), two_hosts()[:1])
 
 
 def test_no_nodes_known_checks_nothing() -> None:
