@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,11 @@ from pdserve.deployments.config.ray_serve_env import ray_start_env
 GCS_PORT = 6379
 #: UCX transports the nodes use: TCP only, so KV crosses the veth links (module docstring).
 NODE_UCX_TLS = "tcp"
+#: Cache locations of this machine's environment a node must not inherit: each node keeps its
+#: caches under its own HOME, as a fresh host would.
+HOST_CACHE_ENV = frozenset({"HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
+                            "TRANSFORMERS_CACHE", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR",
+                            "PDSERVE_HOME", "XDG_CACHE_HOME", "RAY_TMPDIR"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,14 @@ class NetnsCluster:
         return self.base_dir / f"{self.prefix}-node"
 
     @property
+    def auth_token_file(self) -> Path:
+        """Ray's token for this cluster, made by `up` (root-only): every node and every process
+        started on one gets it. The cluster's own, whatever the calling process's Ray uses (Ray
+        2.60 turns token auth on in a process that started a local cluster, and a node would
+        inherit that mode without a token to go with it)."""
+        return self.head.root / "ray_auth_token"
+
+    @property
     def bridge(self) -> str:
         return f"{self.prefix}-br"
 
@@ -142,6 +156,9 @@ class NetnsCluster:
             self._network_up()
             for node in self.nodes:
                 self._keeper_start(node)
+            descriptor = os.open(self.auth_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as token:
+                token.write(secrets.token_hex(32))
             if not start_ray:
                 return
             for node in self.nodes:
@@ -152,10 +169,12 @@ class NetnsCluster:
             raise
 
     def down(self) -> None:
-        """Kill every process in the nodes' namespaces, remove the namespaces, links, bridge and
-        directories. Safe to call whatever state things are in."""
+        """Kill every process in the nodes' namespaces, then remove the namespaces, links,
+        bridge and directories. Safe to call whatever state things are in; raises (after
+        removing everything it can) if a process of the cluster would not die."""
         for node in self.nodes:
             self.kill(node)
+        survivors = [pid for node in self.nodes for pid in self.pids(node)]
         for node in self.nodes:
             _ip("netns", "delete", node.namespace, check=False)
             _ip("link", "delete", node.host_link, check=False)
@@ -163,13 +182,16 @@ class NetnsCluster:
         _ip("link", "delete", self.bridge, check=False)
         with contextlib.suppress(OSError):
             self.node_dir.rmdir()
+        if survivors:
+            raise RuntimeError(f"processes of the cluster outlived SIGKILL: {survivors}")
 
-    def kill(self, node: Node, names: Sequence[str] = ()) -> list[int]:
+    def kill(self, node: Node, names: Sequence[str] = (), timeout_s: float = 30.0) -> list[int]:
         """SIGKILL the processes in `node`'s namespace (those whose command line contains one of
-        `names`, when given); returns their pids. Processes forked meanwhile are caught by
-        repeating until none is left (or for a few rounds)."""
+        `names`, when given) until none is left, for up to `timeout_s` (a process still
+        exiting, or forked meanwhile, is caught by the next round); returns the pids killed."""
         killed: list[int] = []
-        for _ in range(10):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
             pids = [pid for pid in self.pids(node) if not names or _cmdline_has(pid, names)]
             if not pids:
                 break
@@ -178,8 +200,9 @@ class NetnsCluster:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     continue
-                killed.append(pid)
-            time.sleep(0.2)
+                if pid not in killed:
+                    killed.append(pid)
+            time.sleep(0.1)
         return killed
 
     def pids(self, node: Node) -> list[int]:
@@ -192,8 +215,13 @@ class NetnsCluster:
     def node_env(self, node: Node) -> dict[str, str]:
         """The environment of every process started on `node`: its own HOME and caches, UCX on
         TCP, Ray's start flags for pdserve (`ray_start_env`), and the cluster's `env`."""
+        inherited = {name: value for name, value in os.environ.items()
+                     if name not in HOST_CACHE_ENV and not name.startswith("RAY_AUTH_")}
+        if self.auth_token_file.exists():
+            inherited |= {"RAY_AUTH_MODE": "token",
+                          "RAY_AUTH_TOKEN": self.auth_token_file.read_text().strip()}
         return {
-            **os.environ,
+            **inherited,
             **ray_start_env(),
             "HOME": str(node.home),
             "XDG_CACHE_HOME": str(node.home / ".cache"),
@@ -207,8 +235,16 @@ class NetnsCluster:
 
     def command(self, node: Node, argv: Sequence[str]) -> list[str]:
         """`argv` run on `node`: in its network and mount namespaces (pass
-        `env=self.node_env(node)` to run it)."""
+        `env=self.node_env(node)` to run it). Refuses a node whose keeper is gone (its pid
+        could belong to another process by now)."""
         keeper = int(node.keeper_pid_file.read_text())
+        try:
+            alive = (os.stat(f"/proc/{keeper}/ns/net").st_ino
+                     == os.stat(f"/run/netns/{node.namespace}").st_ino)
+        except OSError:
+            alive = False
+        if not alive:
+            raise RuntimeError(f"node {node.name} is gone (its namespace keeper exited)")
         return ["nsenter", "--target", str(keeper), "--net", "--mount", f"--wd={os.getcwd()}",
                 "--", *argv]
 
