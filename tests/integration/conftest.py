@@ -63,6 +63,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                  item.get_closest_marker("stops_cluster") is not None))
 
 
+#: The multi-node test's cluster (`test_multinode_e2e.py`): its own prefix and subnet.
+NETNS_PREFIX, NETNS_SUBNET = "pdt", "10.78.0"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Backstop for the multi-node test's own teardown (a timeout may cut it short): no
+    namespace, link or process of its cluster outlives the session."""
+    if Path(f"/run/netns/{NETNS_PREFIX}-a").exists():
+        from pdserve.netns_cluster import NetnsCluster
+
+        NetnsCluster(prefix=NETNS_PREFIX, subnet=NETNS_SUBNET).down()
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> str:
     return resolve_model("pdserve://tiny")

@@ -36,16 +36,16 @@ def answer(command: dict[str, Any]) -> Any:
     ingress = serve.get_app_handle(APP_NAME)
     call = command["call"]
     if call == "routing":
-        return ingress.routing.remote().result()
+        return ingress.routing.remote().result(timeout_s=120)
     if call == "stats":
-        return ingress.stats.remote().result()
+        return ingress.stats.remote().result(timeout_s=120)
     if call == "prefix_hits":
         return ingress.prefix_hits.remote(command["model"], command["role"],
                                           command["token_ids"],
-                                          command.get("cache_salt")).result()
+                                          command.get("cache_salt")).result(timeout_s=120)
     if call in ("vllm_metrics", "nixl_state"):
         handle = serve.get_deployment_handle(command["deployment"], APP_NAME)
-        return getattr(handle, call).remote(replica=command["replica"]).result()
+        return getattr(handle, call).remote(replica=command["replica"]).result(timeout_s=120)
     raise ValueError(f"unknown call {call!r}")
 
 
