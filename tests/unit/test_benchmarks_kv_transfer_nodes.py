@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pdserve.benchmarks.kv_transfer_nodes import (
-    SETTINGS,
-    link_delta,
-    markdown,
-    piece_size,
-    summarize,
-    transports,
-)
+from pdserve.benchmarks.kv_transfer_nodes import SETTINGS, link_delta, transports
+from pdserve.benchmarks.kv_transfer_nodes_report import markdown, piece_size, summarize
 
 MIB = 2**20
 
