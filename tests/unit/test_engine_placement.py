@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -23,6 +24,14 @@ from pdserve.kv_transfer.ports import (
     first_free_port,
     side_channel_port,
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`apply_engine_env` writes the engine's variables into `os.environ` (in an engine replica
+    that is the point); here they must not outlive the test: a later test's Ray cluster,
+    started from this process, would inherit them (`VLLM_HOST_IP=127.0.0.1` among them)."""
+    monkeypatch.setattr("os.environ", dict(os.environ))
 
 
 def test_side_channel_ports_are_unique_across_pools_and_ranks() -> None:
