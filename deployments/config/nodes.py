@@ -19,9 +19,6 @@ from typing import Any
 
 from pdserve.deployments.config.app import AppConfig
 
-#: Ray's names for the resources a replica's `ray_actor_options` ask for by keyword.
-_KEYWORD_RESOURCES = {"num_cpus": "CPU", "num_gpus": "GPU"}
-
 
 @dataclass(frozen=True)
 class NodeResources:
@@ -54,10 +51,7 @@ class Placement:
 def replica_demand(ray_actor_options: Mapping[str, Any], cpus: float) -> dict[str, float]:
     """The resources one replica reserves on its node, by Ray's names (zeros left out); `cpus`:
     its CPUs as the config resolves them (`PoolConfig.cpus_per_replica`)."""
-    demand = {"CPU": cpus}
-    for keyword, name in _KEYWORD_RESOURCES.items():
-        if keyword != "num_cpus" and ray_actor_options.get(keyword):
-            demand[name] = float(ray_actor_options[keyword])
+    demand = {"CPU": cpus, "GPU": float(ray_actor_options.get("num_gpus") or 0)}
     demand.update({name: float(amount)
                    for name, amount in (ray_actor_options.get("resources") or {}).items()})
     return {name: amount for name, amount in demand.items() if amount > 0}
