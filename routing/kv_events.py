@@ -260,16 +260,31 @@ class KVEventSubscriber:
                          stream.errors)
 
     def _apply_event(self, replica: Hashable, stream: StreamState, event: Any) -> None:
-        if isinstance(event, BlockStored):
-            if event.block_size != self.block_size and not stream.block_size_mismatch:
-                stream.block_size_mismatch = True
-                logger.error("kv events: %s stores %d-token blocks but the router hashes %d",
-                             replica, event.block_size, self.block_size)
-            self.index.store(replica, [external_hash(h) for h in event.block_hashes])
+        if isinstance(event, BlockStored) and event.block_size != self.block_size and (
+                not stream.block_size_mismatch):
+            stream.block_size_mismatch = True
+            logger.error("kv events: %s stores %d-token blocks but the router hashes %d",
+                         replica, event.block_size, self.block_size)
+        kind = index_event(self.index, replica, event)
+        if kind == "stored":
             stream.counts["stored"] += len(event.block_hashes)
-        elif isinstance(event, BlockRemoved):
-            self.index.remove(replica, [external_hash(h) for h in event.block_hashes])
+        elif kind == "removed":
             stream.counts["removed"] += len(event.block_hashes)
-        elif isinstance(event, AllBlocksCleared):
-            self.index.clear(replica)
+        elif kind == "cleared":
             stream.counts["cleared"] += 1
+
+
+def index_event(index: PrefixIndex, replica: Hashable, event: Any) -> str | None:
+    """Apply one vLLM KV-cache event of `replica` to the prefix index; returns its kind
+    (`stored`, `removed`, `cleared`, or None for events the index ignores). Used by the
+    subscriber and by the simulator, which collects the same events from vLLM's scheduler."""
+    if isinstance(event, BlockStored):
+        index.store(replica, [external_hash(h) for h in event.block_hashes])
+        return "stored"
+    if isinstance(event, BlockRemoved):
+        index.remove(replica, [external_hash(h) for h in event.block_hashes])
+        return "removed"
+    if isinstance(event, AllBlocksCleared):
+        index.clear(replica)
+        return "cleared"
+    return None
