@@ -50,6 +50,24 @@ def _new_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    """Measure the engine of a served model on this machine; write its profile file."""
+    from pdserve.simulation.profiler import profile
+    from pdserve.simulation.serve_config import load_app, pick_model
+
+    model = pick_model(load_app(args.config), args.model)
+    result = profile(model, args.out, cores=args.cores, repeats=args.repeats, quick=args.quick,
+                     kv_transfer=not args.no_kv_transfer, graph_report=args.graph_report,
+                     command="pdserve profile " + " ".join(sys.argv[2:]))
+    steps = result.step_times
+    print(f"wrote {args.out}: {steps.steps} steps, step model held-out error "
+          f"{steps.heldout_mape:.1f}% MAPE (p90 {steps.heldout_p90_ape:.1f}%), "
+          f"{result.kv_cache.num_blocks} KV blocks of {result.kv_cache.block_size} tokens"
+          + (f", KV pulls {result.kv_transfer.alpha_s * 1e3:.2f} ms + "
+             f"{result.kv_transfer.bytes_per_s / 1e9:.2f} GB/s" if result.kv_transfer else ""))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     """Argument parser with one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog="pdserve", description=__doc__)
@@ -74,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--concurrency", type=int, default=4,
                         help="with --ray-data: parallel senders (default: 4)")
     ingest.set_defaults(func=_ingest)
+    prof = sub.add_parser("profile", help="measure a served model's engine on this machine "
+                          "(step times, KV capacity, KV transfer) for `pdserve simulate`")
+    prof.add_argument("--config", type=Path, required=True, help="serve config YAML")
+    prof.add_argument("--model", default=None, help="model id (default: the config's only one)")
+    prof.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
+    prof.add_argument("--cores", default="0",
+                      help="cores the engine's threads are bound to, vLLM's syntax (default: 0)")
+    prof.add_argument("--repeats", type=int, default=2, help="runs of each sweep point")
+    prof.add_argument("--quick", action="store_true", help="a coarser sweep (tests, a look)")
+    prof.add_argument("--no-kv-transfer", action="store_true",
+                      help="skip the KV-transfer measurement (two more engines)")
+    prof.add_argument("--graph-report", type=Path, default=None,
+                      help="an overhead benchmark report.json: take the graph's per-request "
+                      "and per-token overhead from it")
+    prof.set_defaults(func=_profile)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     new = keys.add_parser("new", help="make a key; print it and its keys-file entry")
     new.add_argument("--name", required=True, help="who holds the key")

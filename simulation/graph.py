@@ -1,0 +1,275 @@
+"""The whole graph, simulated: a model's pools of simulated engines (vLLM's own scheduler,
+profiled step times), the project's own router scoring and PD plan, KV pulls over a shared
+link, and the graph's measured per-request overhead.
+
+What is imported, not re-implemented: the engines' scheduling (`engine.SimEngine`), replica
+scoring (`routing.scorers.choose_index`), the pool view a router scores from
+(`routing.pool_state.PoolState`: prefix index fed by the engines' own KV events, in-flight
+bookings), the KV-event semantics (`routing.kv_events.index_event`), prompt block hashes
+(`routing.block_hashes.BlockHasher`) and the PD plan (`routing.plan.decide`).
+
+What is modelled (stated, and measured by the validation table): each engine step takes what
+the profile's step model says; a KV pull of b bytes occupies one link shared by all pulls for
+alpha + b / bandwidth (FIFO); the graph adds `per_request_s` before a request reaches a pool
+and `per_token_s` per token streamed to the step that sampled it (the streaming path shares
+the host's cores with the engines); routers see each engine's KV usage as of its last step
+(a real router sees it as of the last stats report, every 2 s).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdserve.routing.block_hashes import BlockHasher
+from pdserve.routing.kv_events import index_event
+from pdserve.routing.plan import PlanInputs, PlanThresholds, decide
+from pdserve.routing.pool_state import PoolState
+from pdserve.routing.scorers import (
+    DECODE_WEIGHTS,
+    PREFIX_AWARE_WEIGHTS,
+    RequestView,
+    RouterSettings,
+    choose_index,
+)
+from pdserve.simulation.engine import SimEngine, StepBatch
+from pdserve.simulation.events import EventLoop
+from pdserve.simulation.profile_file import Profile
+from pdserve.simulation.step_model import StepModel
+from pdserve.simulation.traces import TraceRequest
+
+
+@dataclass
+class Outcome:
+    """One request as its client saw it."""
+
+    index: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    plan: str = ""  # colocated | remote | local
+    token_s: list[float] = field(default_factory=list)  # when each token reached the client
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.token_s[0] - self.arrival_s if self.token_s else None
+
+    @property
+    def itls_s(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_s, self.token_s[1:], strict=False)]
+
+    @property
+    def done(self) -> bool:
+        return len(self.token_s) >= self.output_tokens
+
+
+class Replica:
+    """One engine replica: a simulated engine stepping on the event loop."""
+
+    def __init__(self, sim: Simulation, pool: Pool, name: str, engine: SimEngine) -> None:
+        self.sim, self.pool, self.name, self.engine = sim, pool, name, engine
+        self.busy = False
+        self.busy_s = 0.0
+
+    def add(self, request_id: str, tokens: list[int], max_tokens: int,
+            transferred: bool = False) -> None:
+        self.engine.add(request_id, tokens, max_tokens, arrival_time=self.sim.loop.now,
+                        transferred=transferred)
+        if not self.busy:
+            self.busy = True
+            self._step()
+
+    def _step(self) -> None:
+        batch = self.engine.step()
+        if not batch.work:  # nothing schedulable now (e.g. waiting for KV space)
+            self.busy = False
+            return
+        seconds = (self.sim.step_model.seconds(batch.work.values())
+                   + self.sim.per_token_s * len(batch.sampled))
+        self.busy_s += seconds
+        self.sim.loop.after(seconds, self._done, batch)
+
+    def _done(self, batch: StepBatch) -> None:
+        self.pool.observe(self.name, self.engine.take_kv_events(), batch.kv_usage)
+        self.sim.on_step(self, batch)
+        if self.engine.has_work():
+            self._step()
+        else:
+            self.busy = False
+
+
+class Pool:
+    """A pool's replicas and the router's view of them (`PoolState`, as the real router)."""
+
+    def __init__(self, name: str, weights: dict[str, float], router_kwargs: dict[str, Any],
+                 block_size: int, prefix_only_when_local: bool, rng: random.Random) -> None:
+        kwargs = dict(router_kwargs)
+        kwargs.setdefault("weights", dict(weights))
+        self.settings = RouterSettings.model_validate(kwargs)
+        self.state = PoolState(name, self.settings.max_blocks_per_replica,
+                               follow_kv_events=False)
+        self.state.block_size = block_size
+        self.replicas: dict[str, Replica] = {}
+        self.kv_usage: dict[str, float] = {}
+        self.prefix_only_when_local = prefix_only_when_local
+        self.rng = rng
+
+    def add_replica(self, replica: Replica) -> None:
+        self.replicas[replica.name] = replica
+        self.state.sync_replicas(dict.fromkeys(self.replicas))
+        self.state.index.add_replica(replica.name)
+
+    def observe(self, replica: str, events: list, kv_usage: float) -> None:
+        with self.state.lock:
+            for event in events:
+                index_event(self.state.index, replica, event)
+        self.kv_usage[replica] = kv_usage
+
+    def choose(self, hashes: tuple[int, ...], plan: str) -> tuple[Replica, int]:
+        """The replica the router picks, and its cached-prefix blocks (as `router.choose`)."""
+        use_prefix = not self.prefix_only_when_local or plan != "remote"
+        hits = self.state.match(hashes) if use_prefix and hashes else {}
+        loads, idle = self.state.loads(), (0, 0)
+        names = list(self.replicas)
+        views = [(r, hits.get(r, 0), *loads.get(r, idle), self.kv_usage.get(r, 0.0), 0.0, False)
+                 for r in names]
+        request = RequestView(num_blocks=len(hashes), use_prefix=use_prefix)
+        best = names[choose_index(request, views, self.settings, self.rng)]
+        return self.replicas[best], hits.get(best, 0)
+
+
+class Simulation:
+    """One model's pools (as its `ModelConfig` says) over one trace."""
+
+    def __init__(self, profile: Profile, model: Any, trace: list[TraceRequest],
+                 seed: int = 0, replicas: dict[str, int] | None = None) -> None:
+        from vllm.engine.arg_utils import EngineArgs
+
+        from pdserve.models import resolve_model
+
+        self.loop = EventLoop()
+        self.profile, self.model, self.trace = profile, model, trace
+        self.step_model: StepModel = profile.step_times.model()
+        self.per_token_s = profile.graph_overhead.per_token_s
+        self.per_request_s = profile.graph_overhead.per_request_s
+        kwargs = {"model": str(resolve_model(model.model)), **profile.engine_kwargs}
+        self._engine_args = EngineArgs(**kwargs)
+        base = self._engine_args.create_engine_config()
+        self.block_size = base.cache_config.block_size
+        self.hasher = BlockHasher(self.block_size, base.cache_config.prefix_caching_hash_algo)
+        self.vocab = base.model_config.get_vocab_size()
+        self.rng = random.Random(seed)
+        self.outcomes = [Outcome(i, r.arrival_s, r.prompt_tokens, r.output_tokens)
+                         for i, r in enumerate(trace)]
+        self.pools: dict[str, Pool] = {}
+        counts = replicas or {}
+        if model.mode == "pd":
+            self._pool("prefill", PREFIX_AWARE_WEIGHTS, model.prefill, False,
+                       counts.get("prefill"))
+            self._pool("decode", DECODE_WEIGHTS, model.decode, True, counts.get("decode"))
+        elif model.mode == "colocated":
+            self._pool("colocated", PREFIX_AWARE_WEIGHTS, model.colocated, False,
+                       counts.get("colocated"))
+        else:
+            raise ValueError(f"mode {model.mode!r} has nothing to simulate")
+        routing = model.routing
+        self.thresholds = PlanThresholds(routing.local_prefill_below_tokens,
+                                         routing.max_prefill_queue_per_replica)
+        self.prefill_in_flight = 0
+        self.link_free_at = 0.0
+        self.transfers: list[tuple[float, float, int]] = []  # (start, end, bytes)
+        self._requests: dict[str, tuple[int, list[int], tuple[int, ...]]] = {}
+
+    # -- set-up -------------------------------------------------------------------------
+    def _pool(self, role: str, weights: dict[str, float], config: Any, prefix_only: bool,
+              count: int | None) -> None:
+        router = (config.request_router_config or {}).get("request_router_kwargs", {})
+        pool = Pool(role, weights, router, self.block_size, prefix_only, self.rng)
+        if count is None:
+            auto = config.autoscaling_config or {}
+            count = int(auto.get("initial_replicas", auto.get("min_replicas",
+                                                               config.num_replicas)))
+        for n in range(max(1, count)):
+            engine = SimEngine(self._engine_args.create_engine_config(),
+                               self.profile.kv_cache.num_blocks, kv_events=True,
+                               pulls_kv=role == "decode")
+            pool.add_replica(Replica(self, pool, f"{role}-{n}", engine))
+        self.pools[role] = pool
+
+    # -- requests -----------------------------------------------------------------------
+    def run(self, until_s: float | None = None) -> list[Outcome]:
+        for i, request in enumerate(self.trace):
+            self.loop.at(request.arrival_s + self.per_request_s, self._arrive, i)
+        self.loop.run(until_s)
+        return self.outcomes
+
+    def _arrive(self, i: int) -> None:
+        request = self.trace[i]
+        tokens = request.token_ids(i, self.vocab)
+        hashes = self.hasher(tokens)
+        key = f"r{i}"
+        self._requests[key] = (i, tokens, hashes)
+        if "colocated" in self.pools:
+            self.outcomes[i].plan = "colocated"
+            self._send(self.pools["colocated"], key, "colocated", request.output_tokens)
+            return
+        decode = self.pools["decode"]
+        plan = decide(PlanInputs(prompt_tokens=len(tokens), block_size=self.block_size,
+                                 decode_hit_blocks=decode.state.best_hit(hashes),
+                                 prefill_in_flight=self.prefill_in_flight,
+                                 prefill_replicas=len(self.pools["prefill"].replicas)),
+                      self.thresholds, None)
+        self.outcomes[i].plan = plan.kind
+        if plan.kind == "local":
+            self._send(decode, key, "local", request.output_tokens)
+        else:
+            self.prefill_in_flight += 1
+            self._send(self.pools["prefill"], key + ":p", "remote", 1)
+
+    def _send(self, pool: Pool, request_id: str, plan: str, max_tokens: int) -> None:
+        _, tokens, hashes = self._requests[request_id.split(":")[0]]
+        replica, hits = pool.choose(hashes, plan)
+        pool.state.begin(replica.name, request_id, max(0, len(tokens) - hits * self.block_size),
+                         hashes)
+        replica.add(request_id, tokens, max_tokens)
+
+    def on_step(self, replica: Replica, batch: StepBatch) -> None:
+        now = self.loop.now
+        for request_id in batch.sampled:
+            if not request_id.endswith(":p"):
+                self.outcomes[self._requests[request_id][0]].token_s.append(now)
+        for request_id in batch.finished:
+            replica.pool.state.end(replica.name, request_id,
+                                   self._requests[request_id.split(":")[0]][2])
+            if request_id.endswith(":p"):
+                self.prefill_in_flight -= 1
+                self._pull(request_id.removesuffix(":p"))
+
+    def _pull(self, key: str) -> None:
+        """The decode replica pulls the prompt's KV (what its prefix cache lacks) over the
+        shared link, then decodes."""
+        i, tokens, hashes = self._requests[key]
+        decode = self.pools["decode"]
+        replica, _ = decode.choose(hashes, "remote")
+        cached = decode.state.cached(hashes).get(replica.name, 0) * self.block_size
+        transfer = self.profile.kv_transfer
+        bytes_ = max(0, len(tokens) - cached) * (self.profile.kv_cache.bytes_per_token or 0)
+        seconds = (transfer.alpha_s + bytes_ / transfer.bytes_per_s) if transfer else 0.0
+        start = max(self.loop.now, self.link_free_at)
+        self.link_free_at = start + seconds
+        self.transfers.append((start, self.link_free_at, bytes_))
+        decode.state.begin(replica.name, key, 0, hashes)
+        self.loop.at(self.link_free_at, self._decode_after_pull, replica, key)
+
+    def _decode_after_pull(self, replica: Replica, key: str) -> None:
+        i, tokens, _ = self._requests[key]
+        replica.add(key, tokens, self.trace[i].output_tokens, transferred=True)
+
+    # -- results --------------------------------------------------------------------------
+    def replica_seconds(self) -> float:
+        end = max((o.token_s[-1] for o in self.outcomes if o.token_s), default=0.0)
+        return end * sum(len(p.replicas) for p in self.pools.values())
+
+    def busy_seconds(self) -> dict[str, float]:
+        return {name: r.busy_s for pool in self.pools.values() for name, r in pool.replicas.items()}

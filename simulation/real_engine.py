@@ -1,0 +1,90 @@
+"""The real engine, in this process, stepped one batch at a time: what `pdserve profile` times
+and what the simulated engine is checked against.
+
+vLLM's `LLMEngine` with `VLLM_ENABLE_V1_MULTIPROCESSING=0` runs its engine core in-process
+(as pdserve's one-worker engines do); each `step()` runs one `EngineCore.step`, which we wrap
+to time it and to read the batch `schedule()` returned (`StepRecord`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from pdserve.simulation.engine import describe
+from pdserve.simulation.step_model import Work
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One real engine step: its batch, as the simulated engine reports it, and its time."""
+
+    work: dict[str, Work]  # our request id -> its share of the step
+    preempted: frozenset[str]
+    seconds: float
+
+    @property
+    def scheduled(self) -> dict[str, int]:
+        return {r: w[0] for r, w in self.work.items()}
+
+
+class RealEngine:
+    """A vLLM engine of these engine arguments, stepped by hand in this process."""
+
+    def __init__(self, engine_kwargs: dict) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        self.engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs))
+        self.core = self.engine.engine_core.engine_core
+        self.scheduler = self.core.scheduler
+        self.vllm_config = self.core.vllm_config
+        self.records: list[StepRecord] = []
+        self._ids: dict[str, str] = {}  # engine's request id -> ours
+        self._batch = None
+        schedule, step = self.scheduler.schedule, self.core.step_fn
+
+        def recording_schedule(*args, **kwargs):
+            output = schedule(*args, **kwargs)  # read now: finished requests leave after
+            self._batch = (output, describe(self.scheduler, output))
+            return output
+
+        def timed_step():
+            self._batch = None
+            start = time.perf_counter()
+            result = step()
+            seconds = time.perf_counter() - start
+            if self._batch is not None and self._batch[0].total_num_scheduled_tokens:
+                self.records.append(self._record(*self._batch, seconds))
+            return result
+
+        self.scheduler.schedule = recording_schedule
+        self.core.step_fn = timed_step
+
+    @property
+    def num_blocks(self) -> int:
+        return self.scheduler.kv_cache_config.num_blocks
+
+    def _record(self, output, work: dict[str, Work], seconds: float) -> StepRecord:
+        name = self._ids.get
+        return StepRecord(work={name(r, r): w for r, w in work.items()},
+                          preempted=frozenset(name(r, r) for r in output.preempted_req_ids or ()),
+                          seconds=seconds)
+
+    def add(self, request_id: str, prompt_token_ids: list[int], max_tokens: int) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+        before = set(self.scheduler.requests)
+        self.engine.add_request(request_id, {"prompt_token_ids": list(prompt_token_ids)},
+                                params)
+        for engine_id in set(self.scheduler.requests) - before:
+            self._ids[engine_id] = request_id
+
+    def has_work(self) -> bool:
+        return self.engine.has_unfinished_requests()
+
+    def step(self) -> None:
+        self.engine.step()

@@ -1,0 +1,35 @@
+"""The app a `serve_configs/*.yaml` describes, read with the same pydantic models the app
+builder validates (so a bad field is named here too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pdserve.deployments.config.app import AppConfig
+from pdserve.deployments.config.models import ModelConfig
+
+
+def load_app(path: Path, application: int = 0) -> AppConfig:
+    doc = yaml.safe_load(Path(path).read_text())
+    try:
+        args = doc["applications"][application]["args"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"{path}: no applications[{application}].args") from e
+    return AppConfig.model_validate(args)
+
+
+def pick_model(app: AppConfig, model_id: str | None) -> ModelConfig:
+    """The model named `model_id` (its id or an alias), or the only generating model."""
+    generating = [m for m in app.models if m.mode != "embed"]
+    if model_id is None:
+        if len(generating) != 1:
+            raise ValueError("the config serves several models; name one with --model "
+                             f"({', '.join(m.model_id for m in generating)})")
+        return generating[0]
+    for model in generating:
+        if model_id in model.names():
+            return model
+    raise ValueError(f"no generating model {model_id!r} in the config "
+                     f"({', '.join(m.model_id for m in generating)})")

@@ -1,0 +1,97 @@
+"""How long one engine step takes, as a stated linear model of the batch it computes.
+
+    seconds = base
+            + per_prefill_token * prompt tokens computed
+            + per_prefill_pair * attention (query, key) pairs of those prompt tokens
+            + per_decode * decoding requests
+            + per_decode_context * tokens those decodes attend to
+            + per_new_request * requests entering the batch (new, or resumed after preemption)
+
+A prompt chunk of n tokens after c computed ones visits n × (c + (n + 1) / 2) pairs
+(quadratic); a decode reads its whole context once (linear). On this CPU a decode costs far
+more than a prompt token (a matrix-vector step per request), and a request entering the batch
+costs the model runner its state set-up; one shared per-token rate missed decode steps by 2×.
+Coefficients are fitted by non-negative least squares on relative error (a step never gets
+faster with more work, which keeps extrapolation sane), and the fit states its error on steps
+it did not see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+FEATURES = ("base", "per_prefill_token", "per_prefill_pair", "per_decode",
+            "per_decode_context", "per_new_request")
+
+#: One request's share of a step: (tokens computed, tokens computed before, is a prompt
+#: chunk, entered the batch this step).
+Work = tuple[int, int, bool, bool]
+
+
+def features(batch: Iterable[Work]) -> tuple[float, ...]:
+    """The model's inputs for one step, in `FEATURES` order."""
+    prefill_tokens = prefill_pairs = decodes = decode_context = new = 0.0
+    for tokens, context, prefill, entered in batch:
+        if prefill:
+            prefill_tokens += tokens
+            prefill_pairs += tokens * (context + (tokens + 1) / 2)
+        else:
+            decodes += 1
+            decode_context += context + tokens
+        new += entered
+    return (1.0, prefill_tokens, prefill_pairs, decodes, decode_context, new)
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Fitted coefficients (seconds per unit of each feature)."""
+
+    base: float
+    per_prefill_token: float
+    per_prefill_pair: float
+    per_decode: float
+    per_decode_context: float
+    per_new_request: float
+
+    def seconds(self, batch: Iterable[Work]) -> float:
+        return sum(c * x for c, x in zip(self.coefficients(), features(batch), strict=True))
+
+    def coefficients(self) -> tuple[float, ...]:
+        return tuple(getattr(self, name) for name in FEATURES)
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in FEATURES}
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: StepModel
+    train_mape: float  # mean absolute percentage error on the steps fitted, %
+    heldout_mape: float  # ... on steps held out of the fit, %
+    heldout_p90_ape: float  # 90th percentile of the held-out absolute percentage errors
+    train_steps: int
+    heldout_steps: int
+
+
+def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5) -> Fit:
+    """Fit on all steps (batch, seconds) but every `heldout_every`-th, and report the error on
+    those."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    if len(samples) < 2 * heldout_every:
+        raise ValueError(f"need at least {2 * heldout_every} steps to fit, got {len(samples)}")
+    x = np.array([features(batch) for batch, _ in samples], dtype=float)
+    y = np.array([t for _, t in samples], dtype=float)
+    held = np.arange(len(samples)) % heldout_every == heldout_every - 1
+    # Relative error is what matters (a 5 ms decode step and a 300 ms prefill alike):
+    # weigh each row by 1/y, so NNLS minimises the squared relative residuals.
+    weights = 1.0 / y[~held]
+    coef, _ = nnls(x[~held] * weights[:, None], y[~held] * weights)
+    model = StepModel(*(float(c) for c in coef))
+    ape = np.abs(x @ coef - y) / y * 100.0
+    return Fit(model=model, train_mape=float(ape[~held].mean()),
+               heldout_mape=float(ape[held].mean()),
+               heldout_p90_ape=float(np.percentile(ape[held], 90)),
+               train_steps=int((~held).sum()), heldout_steps=int(held.sum()))
