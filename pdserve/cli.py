@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pdserve.simulation.traces import ARRIVALS  # standard library only
+
 
 def _tiny_model(args: argparse.Namespace) -> int:
     """Build (or reuse) a tiny test model and print only its directory on stdout."""
@@ -57,15 +59,44 @@ def _profile(args: argparse.Namespace) -> int:
 
     model = pick_model(load_app(args.config), args.model)
     result = profile(model, args.out, cores=args.cores, repeats=args.repeats, quick=args.quick,
-                     kv_transfer=not args.no_kv_transfer, graph_report=args.graph_report,
+                     kv_transfer=not args.no_kv_transfer, graph_runs=args.graph_runs,
                      command="pdserve profile " + " ".join(sys.argv[2:]))
     steps = result.step_times
+    noise = "" if steps.noise_mape is None else f"; host noise {steps.noise_mape:.1f}%"
     print(f"wrote {args.out}: {steps.steps} steps, step model held-out error "
-          f"{steps.heldout_mape:.1f}% MAPE (p90 {steps.heldout_p90_ape:.1f}%), "
+          f"{steps.heldout_mape:.1f}% MAPE (p90 {steps.heldout_p90_ape:.1f}%{noise}), "
           f"{result.kv_cache.num_blocks} KV blocks of {result.kv_cache.block_size} tokens"
           + (f", KV pulls {result.kv_transfer.alpha_s * 1e3:.2f} ms + "
              f"{result.kv_transfer.bytes_per_s / 1e9:.2f} GB/s" if result.kv_transfer else ""))
     return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """Simulate a served model over a trace with a profile; write the report and plots."""
+    from pdserve.simulation import simulate, traces
+
+    if args.trace is not None:
+        trace = traces.read(args.trace)
+    elif args.rate is not None:
+        trace = simulate.generated_trace(args.arrivals, args.rate, args.num_requests,
+                                         args.duration, args.prompt_tokens, args.output_tokens,
+                                         args.mixed, args.seed)
+    else:
+        raise ValueError("give --trace FILE or --rate R (with --arrivals, lengths)")
+    replicas = dict(_replica_count(v) for v in args.replicas or [])
+    result = simulate.simulate(args.profile, args.config, trace, args.out, args.model,
+                               args.seed, args.slo_ttft_ms, args.slo_itl_ms, replicas or None,
+                               command="pdserve simulate " + " ".join(sys.argv[2:]))
+    print((args.out / "report.md").read_text(), end="")
+    return 0 if result["summary"]["completed"] else 1
+
+
+def _replica_count(value: str) -> tuple[str, int]:
+    pool, _, count = value.partition("=")
+    if pool not in ("prefill", "decode", "colocated") or not count.isdigit():
+        raise ValueError(f"--replicas {value!r}: expected POOL=N, POOL one of prefill, "
+                         "decode, colocated")
+    return pool, int(count)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,10 +134,37 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--quick", action="store_true", help="a coarser sweep (tests, a look)")
     prof.add_argument("--no-kv-transfer", action="store_true",
                       help="skip the KV-transfer measurement (two more engines)")
-    prof.add_argument("--graph-report", type=Path, default=None,
-                      help="an overhead benchmark report.json: take the graph's per-request "
-                      "and per-token overhead from it")
+    prof.add_argument("--graph-runs", type=Path, nargs="+", default=None, metavar="RESULT",
+                      help="vLLM serving-benchmark results (--save-detailed) of concurrency-1 "
+                      "runs against this config served: the graph's overhead over the bare "
+                      "engine is calibrated from them")
     prof.set_defaults(func=_profile)
+    sim = sub.add_parser("simulate", help="simulate a served model over a trace with a "
+                         "profile (vLLM's own scheduler, the graph's router and PD plan)")
+    sim.add_argument("--profile", type=Path, required=True, help="profile file (JSON)")
+    sim.add_argument("--config", type=Path, required=True, help="serve config YAML")
+    sim.add_argument("--model", default=None, help="model id (default: the config's only one)")
+    sim.add_argument("--trace", type=Path, default=None,
+                     help="trace: JSONL (arrival_s, prompt_tokens, output_tokens, optional "
+                     "prefix_id/prefix_tokens) or a vLLM serving-benchmark result file")
+    sim.add_argument("--rate", type=float, default=None, help="or generate: requests/s")
+    sim.add_argument("--arrivals", default="poisson", choices=ARRIVALS,
+                     help="generated arrivals (default: poisson)")
+    sim.add_argument("--num-requests", type=int, default=200)
+    sim.add_argument("--duration", type=float, default=None,
+                     help="diurnal: seconds (one period; default: num-requests / rate)")
+    sim.add_argument("--prompt-tokens", type=int, default=512)
+    sim.add_argument("--output-tokens", type=int, default=64)
+    sim.add_argument("--mixed", action="store_true",
+                     help="half long prompts (--prompt-tokens, 16 out), half 64-token "
+                     "prompts with --output-tokens out")
+    sim.add_argument("--replicas", nargs="*", metavar="POOL=N",
+                     help="replica counts instead of the config's (prefill=1 decode=2)")
+    sim.add_argument("--slo-ttft-ms", type=float, default=None)
+    sim.add_argument("--slo-itl-ms", type=float, default=None)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", type=Path, required=True, help="report folder")
+    sim.set_defaults(func=_simulate)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     new = keys.add_parser("new", help="make a key; print it and its keys-file entry")
     new.add_argument("--name", required=True, help="who holds the key")

@@ -9,16 +9,21 @@ bookings), the KV-event semantics (`routing.kv_events.index_event`), prompt bloc
 (`routing.block_hashes.BlockHasher`) and the PD plan (`routing.plan.decide`).
 
 What is modelled (stated, and measured by the validation table): each engine step takes what
-the profile's step model says; a KV pull of b bytes occupies one link shared by all pulls for
-alpha + b / bandwidth (FIFO); the graph adds `per_request_s` before a request reaches a pool
-and `per_token_s` per token streamed to the step that sampled it (the streaming path shares
-the host's cores with the engines); routers see each engine's KV usage as of its last step
-(a real router sees it as of the last stats report, every 2 s).
+the profile's step model says, times the served engine's step scale plus its per-step
+overhead; a KV pull of b bytes occupies one link shared by all pulls for alpha + b /
+bandwidth (FIFO); the graph adds `per_request_s` before a request reaches a pool; on a host
+whose cores the graph's own processes share with the engines, the graph's CPU demand (its CPU
+per request and per streamed token times their rates over the last `CPU_WINDOW_S`) first
+fills the cores no engine is stepping on, and what is left is taken from the busy engines
+alike, stretching their steps; routers see each engine's KV usage as of its last step (a
+real router sees it as of the last stats report, every 2 s); a prefill engine frees a
+request's blocks when it finishes (a real one holds them until the decode side pulled them).
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +44,11 @@ from pdserve.simulation.profile_file import Profile
 from pdserve.simulation.step_model import StepModel
 from pdserve.simulation.traces import TraceRequest
 
+#: The window over which the graph's CPU demand is estimated from recent arrivals.
+CPU_WINDOW_S = 2.0
+#: The largest share of an engine's core the graph's processes can take.
+MAX_CPU_SHARE = 0.8
+
 
 @dataclass
 class Outcome:
@@ -49,6 +59,7 @@ class Outcome:
     prompt_tokens: int
     output_tokens: int
     plan: str = ""  # colocated | remote | local
+    replica: str = ""  # the replica that streamed its tokens
     token_s: list[float] = field(default_factory=list)  # when each token reached the client
 
     @property
@@ -70,6 +81,7 @@ class Replica:
     def __init__(self, sim: Simulation, pool: Pool, name: str, engine: SimEngine) -> None:
         self.sim, self.pool, self.name, self.engine = sim, pool, name, engine
         self.busy = False
+        self.stepping = False
         self.busy_s = 0.0
 
     def add(self, request_id: str, tokens: list[int], max_tokens: int,
@@ -85,12 +97,14 @@ class Replica:
         if not batch.work:  # nothing schedulable now (e.g. waiting for KV space)
             self.busy = False
             return
-        seconds = (self.sim.step_model.seconds(batch.work.values())
-                   + self.sim.per_token_s * len(batch.sampled))
+        self.stepping = True
+        seconds = ((self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
+                    + self.sim.per_step_s) * self.sim.slowdown())
         self.busy_s += seconds
         self.sim.loop.after(seconds, self._done, batch)
 
     def _done(self, batch: StepBatch) -> None:
+        self.stepping = False
         self.pool.observe(self.name, self.engine.take_kv_events(), batch.kv_usage)
         self.sim.on_step(self, batch)
         if self.engine.has_work():
@@ -151,8 +165,17 @@ class Simulation:
         self.loop = EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
-        self.per_token_s = profile.graph_overhead.per_token_s
-        self.per_request_s = profile.graph_overhead.per_request_s
+        overhead = profile.graph_overhead
+        self.per_step_s = overhead.per_step_s
+        self.step_scale = overhead.step_scale
+        self.per_request_s = overhead.per_request_s
+        self.cpu_per_request_s = overhead.cpu_per_request_s
+        self.cpu_per_token_s = overhead.cpu_per_token_s
+        self._recent_tokens: deque[tuple[float, int]] = deque()
+        self._recent_token_count = 0
+        self.background_cores = overhead.background_cores
+        self.host_cores = overhead.host_cores
+        self._recent_arrivals: deque[float] = deque()
         kwargs = {"model": str(resolve_model(model.model)), **profile.engine_kwargs}
         self._engine_args = EngineArgs(**kwargs)
         base = self._engine_args.create_engine_config()
@@ -164,15 +187,12 @@ class Simulation:
                          for i, r in enumerate(trace)]
         self.pools: dict[str, Pool] = {}
         counts = replicas or {}
-        if model.mode == "pd":
-            self._pool("prefill", PREFIX_AWARE_WEIGHTS, model.prefill, False,
-                       counts.get("prefill"))
-            self._pool("decode", DECODE_WEIGHTS, model.decode, True, counts.get("decode"))
-        elif model.mode == "colocated":
-            self._pool("colocated", PREFIX_AWARE_WEIGHTS, model.colocated, False,
-                       counts.get("colocated"))
-        else:
-            raise ValueError(f"mode {model.mode!r} has nothing to simulate")
+        if model.mode == "embed":
+            raise ValueError(f"model {model.model_id!r} embeds: nothing to simulate")
+        weights = {"prefill": PREFIX_AWARE_WEIGHTS, "decode": DECODE_WEIGHTS,
+                   "colocated": PREFIX_AWARE_WEIGHTS}
+        for role, config in model.pools().items():
+            self._pool(role, weights[role], config, role == "decode", counts.get(role))
         routing = model.routing
         self.thresholds = PlanThresholds(routing.local_prefill_below_tokens,
                                          routing.max_prefill_queue_per_replica)
@@ -204,7 +224,28 @@ class Simulation:
         self.loop.run(until_s)
         return self.outcomes
 
+    def slowdown(self) -> float:
+        """How much longer a step takes than alone, while the graph's processes want more CPU
+        than the cores no engine is stepping on (1.0 when the graph has cores to spare)."""
+        if not self.host_cores or not (self.cpu_per_request_s or self.cpu_per_token_s
+                                       or self.background_cores):
+            return 1.0
+        recent, now = self._recent_arrivals, self.loop.now
+        while recent and recent[0] < now - CPU_WINDOW_S:
+            recent.popleft()
+        tokens = self._recent_tokens
+        while tokens and tokens[0][0] < now - CPU_WINDOW_S:
+            self._recent_token_count -= tokens.popleft()[1]
+        demand = (self.background_cores  # cores
+                  + (self.cpu_per_request_s * len(recent)
+                     + self.cpu_per_token_s * self._recent_token_count) / CPU_WINDOW_S)
+        stepping = sum(r.stepping for p in self.pools.values() for r in p.replicas.values())
+        spare = max(0, self.host_cores - stepping)
+        share = min(MAX_CPU_SHARE, max(0.0, demand - spare) / max(1, stepping))
+        return 1.0 / (1.0 - share)
+
     def _arrive(self, i: int) -> None:
+        self._recent_arrivals.append(self.loop.now)
         request = self.trace[i]
         tokens = request.token_ids(i, self.vocab)
         hashes = self.hasher(tokens)
@@ -230,12 +271,17 @@ class Simulation:
     def _send(self, pool: Pool, request_id: str, plan: str, max_tokens: int) -> None:
         _, tokens, hashes = self._requests[request_id.split(":")[0]]
         replica, hits = pool.choose(hashes, plan)
+        if not request_id.endswith(":p"):
+            self.outcomes[self._requests[request_id][0]].replica = replica.name
         pool.state.begin(replica.name, request_id, max(0, len(tokens) - hits * self.block_size),
                          hashes)
         replica.add(request_id, tokens, max_tokens)
 
     def on_step(self, replica: Replica, batch: StepBatch) -> None:
         now = self.loop.now
+        if batch.sampled:
+            self._recent_tokens.append((now, len(batch.sampled)))
+            self._recent_token_count += len(batch.sampled)
         for request_id in batch.sampled:
             if not request_id.endswith(":p"):
                 self.outcomes[self._requests[request_id][0]].token_s.append(now)
@@ -252,6 +298,7 @@ class Simulation:
         i, tokens, hashes = self._requests[key]
         decode = self.pools["decode"]
         replica, _ = decode.choose(hashes, "remote")
+        self.outcomes[i].replica = replica.name
         cached = decode.state.cached(hashes).get(replica.name, 0) * self.block_size
         transfer = self.profile.kv_transfer
         bytes_ = max(0, len(tokens) - cached) * (self.profile.kv_cache.bytes_per_token or 0)

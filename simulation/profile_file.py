@@ -31,6 +31,9 @@ class StepTimes(_Strict):
     heldout_mape: float | None = Field(None, description="% error on steps not fitted")
     heldout_p90_ape: float | None = None
     train_mape: float | None = None
+    noise_mape: float | None = Field(
+        None, description="% deviation of repeated identical batches from their median: the "
+        "host's own step-to-step noise, a floor for any model's error")
     steps: int | None = Field(None, description="steps measured")
 
     def model(self) -> StepModel:
@@ -54,10 +57,28 @@ class KVTransfer(_Strict):
 
 
 class GraphOverhead(_Strict):
-    """What the serving graph adds over a bare engine, per request and per streamed token."""
+    """What the served graph adds over the profiled bare engine.
+
+    - `per_request_s`: latency before a request reaches a pool (HTTP, proxy, ingress,
+      tokenization, routing, the stream's first hop): added to every request's arrival.
+    - `step_scale`: every engine step takes this many times the profiled time (a served
+      engine shares its host with the graph: measured 1.5–2x on a 2-core box at concurrency 1).
+    - `per_step_s`: added to every engine step (what a served engine does per step that the
+      profiled one does not: KV events, the KV connector, handing outputs to its replica).
+    - `cpu_per_request_s`, `cpu_per_token_s` and `host_cores`: the graph's own processes
+      (proxy, ingress, replicas, Ray) use this much CPU per request and per streamed token, on
+      a host of this many cores; when that
+      demand (plus `background_cores`, Ray's own upkeep) exceeds the cores the engines leave
+      idle, busy engines share theirs and their steps stretch (0: the graph runs on cores of
+      its own)."""
 
     per_request_s: float = Field(0.0, ge=0)
-    per_token_s: float = Field(0.0, ge=0)
+    step_scale: float = Field(1.0, gt=0)
+    per_step_s: float = Field(0.0, ge=0)
+    cpu_per_request_s: float = Field(0.0, ge=0)
+    cpu_per_token_s: float = Field(0.0, ge=0, description="graph CPU per streamed token")
+    background_cores: float = Field(0.0, ge=0, description="the graph's CPU when idle (Ray)")
+    host_cores: int | None = Field(None, ge=1)
     source: str = "not measured (0)"
 
 

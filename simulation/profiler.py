@@ -8,6 +8,7 @@ process bound to one core (`--cores`), as a pdserve engine replica runs on a 2-c
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -18,7 +19,6 @@ from typing import Any
 
 from pdserve.simulation import step_model, sweep
 from pdserve.simulation.profile_file import (
-    GraphOverhead,
     KVCache,
     KVTransfer,
     Profile,
@@ -103,31 +103,9 @@ def kv_transfer_from_probe(model_dir: str, engine_kwargs: dict[str, Any], delay_
                       "least squares")
 
 
-def graph_overhead_from_report(path: Path, system: str = "pdserve-fast") -> GraphOverhead:
-    """Per-request and per-token graph overhead from an overhead benchmark report: `system`'s
-    TTFT p50 and TPOT p50 at concurrency 1 minus plain vLLM's, medians over its rounds."""
-    import statistics
-
-    report = json.loads(Path(path).read_text())
-    rows = [r for r in report["results"] if r.get("load") == "c1"]
-
-    def median(name: str, key: str) -> float:
-        values = [r["summary"][key] for r in rows
-                  if r["system"] == name and r["summary"].get(key) is not None]
-        if not values:
-            raise ValueError(f"{path}: no {key} for system {name!r}")
-        return statistics.median(values)
-
-    ttft = median(system, "p50_ttft_ms") - median("vllm", "p50_ttft_ms")
-    tpot = median(system, "p50_tpot_ms") - median("vllm", "p50_tpot_ms")
-    return GraphOverhead(per_request_s=max(ttft, 0.0) / 1e3, per_token_s=max(tpot, 0.0) / 1e3,
-                         source=f"{path}: {system} minus plain vLLM, TTFT/TPOT p50 at "
-                         "concurrency 1, medians over rounds")
-
-
 def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bool = False,
             kv_transfer: bool = True, transfer_lengths: tuple[int, ...] = (256, 1024, 1792),
-            transfer_reps: int = 3, graph_report: Path | None = None,
+            transfer_reps: int = 3, graph_runs: list[Path] | None = None,
             command: str = "") -> Profile:
     from tqdm import tqdm
 
@@ -156,6 +134,10 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
             if point.key in done:
                 continue
             rng = random.Random(point.key)
+            # As vLLM's engine core does after start-up: collect, then freeze what survives,
+            # so a collection during a timed step does not scan the records kept so far.
+            gc.collect()
+            gc.freeze()
             done[point.key] = run_point(engine, point, rng, vocab)
             log.write(json.dumps({"fingerprint": fingerprint, "point": point.key,
                                   "steps": done[point.key]}) + "\n")
@@ -177,11 +159,15 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
                          bytes_per_token=kv_bytes_per_token(config)),
         step_times=StepTimes(**fitted.model.as_dict(), heldout_mape=fitted.heldout_mape,
                              heldout_p90_ape=fitted.heldout_p90_ape,
-                             train_mape=fitted.train_mape, steps=len(samples)),
+                             train_mape=fitted.train_mape, noise_mape=fitted.noise_mape,
+                             steps=len(samples)),
         kv_transfer=transfer,
-        graph_overhead=(graph_overhead_from_report(graph_report) if graph_report
-                        else GraphOverhead()),
         startup_s=startup_s)
+    if graph_runs:
+        from pdserve.simulation.calibration import graph_overhead
+
+        result = result.model_copy(update={
+            "graph_overhead": graph_overhead(result, model, list(graph_runs))})
     result.save(out)
     return result
 

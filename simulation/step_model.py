@@ -72,6 +72,7 @@ class Fit:
     heldout_p90_ape: float  # 90th percentile of the held-out absolute percentage errors
     train_steps: int
     heldout_steps: int
+    noise_mape: float | None  # repeated identical batches vs their median: the floor, %
 
 
 def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5) -> Fit:
@@ -94,4 +95,23 @@ def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5)
     return Fit(model=model, train_mape=float(ape[~held].mean()),
                heldout_mape=float(ape[held].mean()),
                heldout_p90_ape=float(np.percentile(ape[held], 90)),
-               train_steps=int((~held).sum()), heldout_steps=int(held.sum()))
+               train_steps=int((~held).sum()), heldout_steps=int(held.sum()),
+               noise_mape=noise_floor(samples))
+
+
+def noise_floor(samples: Sequence[tuple[Sequence[Work], float]], repeats: int = 3
+                ) -> float | None:
+    """How much the same batch's time varies on this host: the mean absolute percentage
+    deviation of steps from the median of all steps with the same features (groups of at
+    least `repeats`). No model can predict single steps better than this."""
+    import statistics
+
+    groups: dict[tuple[int, ...], list[float]] = {}
+    for batch, seconds in samples:
+        groups.setdefault(tuple(round(x) for x in features(batch)), []).append(seconds)
+    deviations = []
+    for times in groups.values():
+        if len(times) >= repeats:
+            middle = statistics.median(times)
+            deviations += [abs(t - middle) / middle * 100.0 for t in times]
+    return statistics.fmean(deviations) if deviations else None

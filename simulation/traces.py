@@ -87,6 +87,8 @@ def read(path: Path) -> list[TraceRequest]:
 
 
 # -- generators ---------------------------------------------------------------------------
+#: Generated arrival patterns `pdserve simulate --arrivals` offers.
+ARRIVALS = ("poisson", "bursty", "diurnal")
 Lengths = Callable[[random.Random], tuple[int, int]]
 
 

@@ -1,0 +1,91 @@
+"""What the served graph adds over the profiled bare engine, from runs of the served graph:
+the difference a concurrency-1 run shows (latency per request, time per engine step), and
+what the graph's own processes spent in CPU (per request, and at rest).
+
+Measured at concurrency 1 only, so a validation at load predicts rather than fits."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from pdserve.simulation.graph import Simulation
+from pdserve.simulation.metrics import summarize
+from pdserve.simulation.profile_file import GraphOverhead, Profile
+from pdserve.simulation.traces import read_vllm_result
+
+#: Process roles (`benchmarks/process_cpu.py`) whose CPU follows the traffic (the load
+#: generator too, where it shares the host), and Ray's own upkeep, which runs whether or not
+#: requests do.
+TRAFFIC_ROLES = ("replica ", "serve proxy", "harness")
+UPKEEP_ROLES = ("ray system", "serve controller", "ray::DashboardAgent", "serve run driver",
+                "ray::RuntimeEnvAgent")
+
+
+def simulated(profile: Profile, model: Any, result_file: Path,
+              overhead: GraphOverhead) -> dict[str, Any]:
+    """The run's own requests through the simulated graph with this overhead."""
+    sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model,
+                     read_vllm_result(result_file))
+    return summarize(sim.run())
+
+
+def graph_overhead(profile: Profile, model: Any, runs: list[Path],
+                   cpu_by_role: list[dict[str, float]] | None = None,
+                   host_cores: int | None = None, scale_steps: bool = True) -> GraphOverhead:
+    """Medians over concurrency-1 runs (vLLM benchmark result files). `scale_steps`: the
+    served engine's steps are the measured TPOT p50 over the simulated bare engine's times the
+    profiled ones, and the rest of the measured TTFT p50 is latency per request; else steps
+    keep their profiled time plus the TPOT difference per step. With `cpu_by_role` (per run,
+    CPU seconds by process role): the graph's CPU per request and at rest."""
+    if not runs:
+        raise ValueError("no concurrency-1 runs to calibrate with")
+    per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
+    for n, path in enumerate(runs):
+        measured = json.loads(Path(path).read_text())
+        bare = simulated(profile, model, path, GraphOverhead())
+        if scale_steps:
+            factor = measured["p50_tpot_ms"] / bare["p50_tpot_ms"]
+            scaled = simulated(profile, model, path, GraphOverhead(step_scale=factor))
+            scale.append(factor)
+            per_request.append((measured["p50_ttft_ms"] - scaled["p50_ttft_ms"]) / 1e3)
+        else:
+            per_request.append((measured["p50_ttft_ms"] - bare["p50_ttft_ms"]) / 1e3)
+            per_step.append((measured["p50_tpot_ms"] - bare["p50_tpot_ms"]) / 1e3)
+        if cpu_by_role:
+            roles = cpu_by_role[n]
+            traffic.append((measured["completed"], measured["total_output_tokens"],
+                            sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))))
+            upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
+    per_request_cpu, per_token_cpu = split_cpu(traffic)
+    return GraphOverhead(
+        per_request_s=max(0.0, statistics.median(per_request)),
+        step_scale=max(1.0, statistics.median(scale)) if scale else 1.0,
+        per_step_s=max(0.0, statistics.median(per_step)) if per_step else 0.0,
+        cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
+        background_cores=statistics.median(upkeep) if upkeep else 0.0,
+        host_cores=host_cores if traffic else None,
+        source=f"{len(runs)} concurrency-1 runs of the served graph against the simulated bare "
+        "engine: " + ("TPOT p50 ratio (step scale), then TTFT p50 difference (per request)"
+                      if scale_steps else "TTFT p50 and TPOT p50 differences") + ", medians"
+        + ("; graph CPU per request, per token and at rest from process accounting"
+           if traffic else ""))
+
+
+def split_cpu(runs: list[tuple[int, int, float]]) -> tuple[float, float]:
+    """(CPU per request, CPU per streamed token) from runs of (requests, tokens, CPU seconds):
+    non-negative least squares when the runs differ in tokens per request, else all of it per
+    request."""
+    if not runs:
+        return 0.0, 0.0
+    import numpy as np
+    from scipy.optimize import nnls
+
+    x = np.array([[r, t] for r, t, _ in runs], dtype=float)
+    y = np.array([c for _, _, c in runs], dtype=float)
+    if len({round(t / max(r, 1)) for r, t, _ in runs}) < 2:
+        return float(statistics.median(y / np.maximum(x[:, 0], 1))), 0.0
+    (per_request, per_token), _ = nnls(x, y)
+    return float(per_request), float(per_token)

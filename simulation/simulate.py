@@ -1,0 +1,120 @@
+"""`pdserve simulate`: one model of a serve config over a trace, simulated with a profile;
+writes `report.json`, `report.md` (vLLM's summary fields, goodput and SLO attainment,
+replica-seconds) and `timeline.png` (TTFT and ITL distributions, engine occupancy)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pdserve.simulation import profile_file, traces
+from pdserve.simulation.graph import Simulation
+from pdserve.simulation.metrics import summarize
+from pdserve.simulation.serve_config import load_app, pick_model
+from pdserve.simulation.traces import ARRIVALS
+
+
+def generated_trace(arrivals: str, rate: float, count: int, duration_s: float | None,
+                    prompt: int, output: int, mixed: bool, seed: int) -> list:
+    lengths = (traces.mixed_lengths(prompt, 16, 64, output) if mixed
+               else traces.fixed_lengths(prompt, output))
+    if arrivals == "poisson":
+        return traces.poisson(rate, count, lengths, seed)
+    if arrivals == "bursty":
+        return traces.gamma(rate, count, lengths, burstiness=0.25, seed=seed)
+    if arrivals == "diurnal":
+        span = duration_s or count / rate
+        return traces.diurnal(rate, span, period_s=span, lengths=lengths, seed=seed)
+    raise ValueError(f"unknown arrivals {arrivals!r}; known: {', '.join(ARRIVALS)}")
+
+
+def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id: str | None,
+             seed: int, slo_ttft_ms: float | None, slo_itl_ms: float | None,
+             replicas: dict[str, int] | None = None, command: str = "") -> dict[str, Any]:
+    profile = profile_file.load(profile_path)
+    model = pick_model(load_app(config), model_id)
+    started = time.perf_counter()
+    sim = Simulation(profile, model, trace, seed=seed, replicas=replicas)
+    outcomes = sim.run()
+    wall_s = time.perf_counter() - started
+    summary = summarize(outcomes, slo_ttft_ms, slo_itl_ms, sim.replica_seconds())
+    span = max((o.token_s[-1] for o in outcomes if o.token_s), default=0.0)
+    result = {
+        "command": command, "profile": str(profile_path), "config": str(config),
+        "model": model.model_id, "mode": model.mode, "seed": seed, "requests": len(trace),
+        "replicas": {name: len(pool.replicas) for name, pool in sim.pools.items()},
+        "slo": {"ttft_ms": slo_ttft_ms, "itl_ms": slo_itl_ms},
+        "simulated_s": span, "wall_s": wall_s,
+        "speedup": span / wall_s if wall_s else None,
+        "busy_share": {name: busy / span if span else None
+                       for name, busy in sim.busy_seconds().items()},
+        "transfers": len(sim.transfers), "summary": summary,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(result))
+    plot(outcomes, sim, out / "timeline.png", f"{model.model_id} ({model.mode})")
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["summary"]
+
+    def ms(key: str) -> str:
+        return "—" if s.get(key) is None else f"{s[key]:.1f}"
+
+    lines = [f"# Simulated: {result['model']} ({result['mode']})", "",
+             f"- command: `{result['command']}`", f"- profile: `{result['profile']}`",
+             f"- config: `{result['config']}`, replicas {json.dumps(result['replicas'])}",
+             f"- requests: {result['requests']}, simulated {result['simulated_s']:.1f} s in "
+             f"{result['wall_s']:.1f} s of wall time ({result['speedup']:.0f}× real time), "
+             f"seed {result['seed']}",
+             f"- plans: {json.dumps(s['plans'])}; KV pulls: {result['transfers']}",
+             "- engine occupancy: " + ", ".join(f"{k} {v:.0%}" for k, v in
+                                                 result["busy_share"].items() if v is not None),
+             "", "| metric | p50 | p90 | p99 | mean |", "|---|---|---|---|---|"]
+    for name in ("ttft", "itl", "tpot"):
+        lines.append(f"| {name.upper()} ms | {ms(f'p50_{name}_ms')} | {ms(f'p90_{name}_ms')} | "
+                     f"{ms(f'p99_{name}_ms')} | {ms(f'mean_{name}_ms')} |")
+    lines += ["", f"- completed {s['completed']}, failed {s['failed']}, "
+              f"{s['request_throughput'] or 0:.2f} req/s, "
+              f"replica-seconds {s.get('replica_seconds', 0):.1f}"]
+    if "slo_goodput" in s:
+        slo = result["slo"]
+        lines.append(f"- SLO (TTFT ≤ {slo['ttft_ms']} ms, every gap ≤ {slo['itl_ms']} ms): "
+                     f"goodput {s['slo_goodput'] or 0:.2f} req/s, met {s['slo_met_pct']:.1f}%")
+    return "\n".join(lines) + "\n"
+
+
+def plot(outcomes: list, sim: Simulation, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    done = [o for o in outcomes if o.token_s]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, values, name in ((axes[0], [o.ttft_s * 1e3 for o in done], "TTFT ms"),
+                             (axes[1], [g * 1e3 for o in done for g in o.itls_s], "ITL ms")):
+        if values:
+            xs = np.sort(values)
+            ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs))
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("share of requests ≤ x" if name.startswith("TTFT") else "share of gaps")
+        ax.grid(alpha=0.3)
+    arrivals = [o.arrival_s for o in outcomes]
+    firsts = [o.token_s[0] for o in done]
+    axes[2].plot(arrivals, np.arange(1, len(arrivals) + 1), label="arrived")
+    axes[2].plot(sorted(firsts), np.arange(1, len(firsts) + 1), label="first token")
+    axes[2].set_xlabel("simulated s")
+    axes[2].set_ylabel("requests")
+    axes[2].legend()
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
