@@ -64,7 +64,7 @@ def test_import_linter_sees_every_module_of_every_subpackage(
     assert set(seen) == set(modules), sorted(set(modules) ^ set(seen))
     for subpackage in ("deployments.api", "deployments.engine", "deployments.config",
                        "deployments.autoscaling", "prefill", "decode", "kv_transfer",
-                       "routing", "benchmarks"):
+                       "routing", "benchmarks", "simulation"):
         assert any(m.startswith(f"pdserve.{subpackage}.") for m in seen), subpackage
 
 
