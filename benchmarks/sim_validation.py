@@ -7,8 +7,10 @@ Measuring runs the mixed benchmark's two systems (`pd`: one prefill and one deco
 `colocated`: two engines; `bench` model, one core per engine) under four loads, systems
 interleaved per round:
 
-- `c1`: concurrency 1, 512-token prompts, 32 out: calibrates the graph's overhead over the
-  bare engine (per request, per streamed token) for the simulator; not a validation point.
+- `c1`: concurrency 1, 512-token prompts, 32 out, and `c1-long`: concurrency 1, 64-token
+  prompts, 256 out: calibrate the graph's overhead over the bare engine for the simulator
+  (served step time, latency per request, the graph's CPU per request and per token); not
+  validation points. `--loads c1,c1-long` runs only these (a calibration run of its own).
 - `poisson`: open-loop Poisson arrivals, 512-token prompts, 64 out.
 - `bursty`: the same lengths and mean rate, gamma inter-arrivals of shape 0.25 (vLLM's
   `--burstiness`: coefficient of variation 2).
@@ -17,9 +19,10 @@ interleaved per round:
 
 Comparing replays each measured run's own requests (arrival times and lengths from vLLM's
 detailed result) through `pdserve simulate`'s graph with the profile's step model, the
-system's serve config, and the overhead calibrated on the same system's `c1` runs (median
-over rounds). Per (system, load): measured median (min–max) over rounds, simulated median,
-and the error of the simulated median against the measured median, for TTFT and ITL p50/p90.
+system's serve config, and the overhead calibrated on the same system's concurrency-1 runs
+(`--calibration DIR`: those of another run). Per (system, load): measured median (min–max)
+over rounds, simulated median, and the error of the simulated median against the measured
+median, for TTFT and ITL p50/p90 (and ITL p99, requests/s).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from pdserve.benchmarks import mixed_bench, report, rounds, systems, workloads
 from pdserve.benchmarks.workloads import LoadSettings
 
 SYSTEMS = ("pd", "colocated")
-LOADS = ("c1", "poisson", "bursty", "mixed")
+LOADS = ("c1", "c1-long", "poisson", "bursty", "mixed")
+#: Loads the simulator is calibrated on (never compared).
+CALIBRATION_LOADS = ("c1", "c1-long")
+VALIDATION_LOADS = ("poisson", "bursty", "mixed")
 COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("p50_ttft_ms", "TTFT p50 ms", False),
     report.Metric("p90_ttft_ms", "TTFT p90 ms", False),
@@ -57,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--more", action="store_true", help="add rounds to the report in --out")
     p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--loads", default=",".join(LOADS),
+                   type=lambda v: [x for x in v.split(",") if x])
     p.add_argument("--model", default="pdserve://bench")
     p.add_argument("--rate", type=float, default=2.0, help="poisson/bursty requests/s")
     p.add_argument("--num-prompts", type=int, default=120, help="poisson/bursty requests")
@@ -67,6 +75,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", action="store_true",
                    help="simulate every measured run in --out and write the validation table")
     p.add_argument("--profile", type=Path, help="with --compare: the profile to simulate with")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="with --compare: the run whose concurrency-1 loads calibrate the "
+                   "graph's overhead (default: --out)")
+    p.add_argument("--no-cpu-model", dest="cpu_model", action="store_false",
+                   help="with --compare: leave out the graph's CPU (engines on cores of their "
+                   "own), to see what it explains")
+    p.add_argument("--step-model", choices=("scaled", "added"), default="scaled",
+                   help="with --compare: calibrate the served engine's steps as the profiled "
+                   "ones times a factor (scaled) or plus a constant (added)")
+    p.add_argument("--suffix", default="", help="with --compare: validation<suffix>.md/json")
     args = p.parse_args(argv)
     # The mixed benchmark's settings, for its configs and dataset.
     args.max_num_batched_tokens = mixed_bench.ENGINE["max_num_batched_tokens"]
@@ -75,11 +93,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+#: Each load draws its prompts with its own seed: vLLM's random dataset with one seed and one
+#: length gives the same prompts, which a later load would find in the prefix cache (the
+#: simulator replays lengths, not contents, so every measured prompt must be new).
+LOAD_SEEDS = {"c1": 1, "poisson": 2, "bursty": 3, "mixed": 4, "c1-long": 5}
+
+
 def load_argv(load: str, system: systems.System, args: argparse.Namespace,
               dataset: Path) -> list[str]:
-    base = dict(slo_ttft_ms=3000.0, num_warmups=2, seed=args.seed)
+    base = dict(slo_ttft_ms=3000.0, num_warmups=2, seed=args.seed * 10 + LOAD_SEEDS[load])
     if load == "c1":
         s = LoadSettings(num_prompts=24, input_len=512, output_len=32, max_concurrency=1,
+                         **base)
+        extra = workloads.random_args(s)
+    elif load == "c1-long":
+        s = LoadSettings(num_prompts=12, input_len=64, output_len=256, max_concurrency=1,
                          **base)
         extra = workloads.random_args(s)
     elif load in ("poisson", "bursty"):
@@ -107,7 +135,10 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     mixed.num_prompts = args.mixed_prompts
     mixed_bench.write_dataset(dataset, model_dir, mixed)
     built = [mixed_bench.build_system(n, args, model_dir, out) for n in names]
-    for load in LOADS:
+    unknown = sorted(set(args.loads) - set(LOADS))
+    if unknown:
+        raise SystemExit(f"unknown loads {unknown}; known: {', '.join(LOADS)}")
+    for load in args.loads:
         workloads.parse_bench_args(load_argv(load, built[0], args, dataset))
     command = shlex.join(["python", "-m", "pdserve.benchmarks.sim_validation",
                           *(argv if argv is not None else sys.argv[1:])])
@@ -128,7 +159,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
         rounds.write(out, meta, rows, COLUMNS, "colocated", measured_markdown(meta, rows))
 
     loads = {load: (lambda system, load=load: load_argv(load, system, args, dataset))
-             for load in LOADS}
+             for load in args.loads}
     preload = systems.find_preload_libs()
     for n in range(first, first + args.rounds):
         rounds.run_round(n, built, loads, out, meta, rows, preload, args.ready_timeout,
@@ -161,26 +192,8 @@ def simulate_run(profile: Any, model: Any, raw: Path, overhead: Any | None = Non
     return summarize(sim.run(), replica_seconds=sim.replica_seconds())
 
 
-def calibrate(profile: Any, model: Any, c1_runs: list[Path]) -> Any:
-    """The graph's overhead over the simulated bare engine at concurrency 1: measured TTFT
-    p50 minus simulated (per request), measured TPOT p50 minus simulated (per token), median
-    over the runs."""
-    from pdserve.simulation.profile_file import GraphOverhead
-
-    per_request, per_token = [], []
-    for raw in c1_runs:
-        measured = json.loads(raw.read_text())
-        simulated = simulate_run(profile, model, raw, GraphOverhead())
-        per_request.append((measured["p50_ttft_ms"] - simulated["p50_ttft_ms"]) / 1e3)
-        per_token.append((measured["p50_tpot_ms"] - simulated["p50_tpot_ms"]) / 1e3)
-    return GraphOverhead(per_request_s=max(0.0, statistics.median(per_request)),
-                         per_token_s=max(0.0, statistics.median(per_token)),
-                         source=f"concurrency-1 runs ({len(c1_runs)}): measured minus "
-                         "simulated bare engine, TTFT p50 and TPOT p50, median")
-
-
 def compare(args: argparse.Namespace) -> None:
-    from pdserve.simulation import profile_file
+    from pdserve.simulation import calibration, profile_file
     from pdserve.simulation.serve_config import load_app, pick_model
 
     out = args.out
@@ -190,9 +203,19 @@ def compare(args: argparse.Namespace) -> None:
     for system in measured["systems"]:
         model = pick_model(load_app(out / "configs" / f"{system}.yaml"), None)
         raws = {load: sorted((out / "raw").glob(f"{system}__{load}__r*.json"))
-                for load in LOADS}
-        overhead = calibrate(profile, model, raws["c1"])
-        for load in LOADS[1:]:
+                for load in VALIDATION_LOADS}
+        calibration_dir = args.calibration or out
+        calibrating = json.loads((calibration_dir / "report.json").read_text())
+        c1_rows = sorted((r for r in calibrating["results"]
+                          if r["system"] == system and r["load"] in CALIBRATION_LOADS
+                          and r.get("summary")), key=lambda r: (r["round"], r["load"]))
+        runs = [calibration_dir / "raw" / f"{system}__{r['load']}__r{r['round']}.json"
+                for r in c1_rows]
+        cores = measured["machine"].get("cpu_affinity") or measured["machine"]["cpu_count"]
+        overhead = calibration.graph_overhead(
+            profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
+            cores, scale_steps=args.step_model == "scaled")
+        for load in VALIDATION_LOADS:
             runs = []
             for raw in raws[load]:
                 real = json.loads(raw.read_text())
@@ -208,12 +231,14 @@ def compare(args: argparse.Namespace) -> None:
                 row[key] = {"measured": m, "low": min(real_values), "high": max(real_values),
                             "simulated": s, "error_pct": 100 * (s - m) / m if m else None}
             table.append(row)
-    result = {"profile": str(args.profile), "step_times": profile.step_times.model_dump(),
+    result = {"profile": str(args.profile), "calibration": str(args.calibration or out),
+              "step_times": profile.step_times.model_dump(),
               "kv_transfer": profile.kv_transfer and profile.kv_transfer.model_dump(),
               "rows": table}
-    (out / "validation.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "validation.md").write_text(validation_markdown(result, measured))
-    print((out / "validation.md").read_text())
+    (out / f"validation{args.suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"validation{args.suffix}.md").write_text(validation_markdown(result, measured))
+    plot_validation(result, out / f"validation{args.suffix}.png")
+    print((out / f"validation{args.suffix}.md").read_text())
 
 
 def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
@@ -225,7 +250,8 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
              f"{steps.get('heldout_mape', 0):.1f}% MAPE, "
              f"p90 {steps.get('heldout_p90_ape', 0):.1f}%)",
              "- simulated: each measured run's own requests (arrivals, lengths) replayed; graph "
-             "overhead calibrated on the system's concurrency-1 runs", "",
+             f"overhead calibrated on the system's concurrency-1 runs in "
+             f"`{result['calibration']}`", "",
              "Measured: median (min–max) over rounds; simulated: median over the same rounds' "
              "traces; error: simulated median vs measured median.", "",
              "| system | load | metric | measured | simulated | error |",
@@ -243,8 +269,56 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
             seen.add(row["system"])
             o = row["overhead"]
             lines.append(f"- {row['system']}: {o['per_request_s'] * 1e3:.1f} ms per request, "
-                         f"{o['per_token_s'] * 1e3:.2f} ms per streamed token")
+                         f"engine steps ×{o['step_scale']:.2f} + {o['per_step_s'] * 1e3:.2f} ms, "
+                         "graph CPU "
+                         f"{o['cpu_per_request_s'] * 1e3:.0f} ms per request + "
+                         f"{o['cpu_per_token_s'] * 1e3:.2f} ms per token + "
+                         f"{o['background_cores']:.2f} cores at rest on "
+                         f"{o['host_cores'] or '—'} cores")
     return "\n".join(lines) + "\n"
+
+
+def plot_validation(result: dict[str, Any], path: Path) -> None:
+    """Simulated against measured, one point per (system, load, metric), log-log, with the
+    y = x line and a ±15 % band; the bars are the measured min–max over rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    markers = {"poisson": "o", "bursty": "s", "mixed": "^"}
+    for ax, prefix in zip(axes, ("ttft", "itl"), strict=True):
+        values = []
+        for row in result["rows"]:
+            for key in (k for k in (*COMPARED, "p99_itl_ms") if f"_{prefix}_" in k):
+                cell = row[key]
+                m, s = cell["measured"], cell["simulated"]
+                values += [m, s]
+                color = "C0" if row["system"] == "pd" else "C1"
+                ax.errorbar(m, s, xerr=[[m - cell["low"]], [cell["high"] - m]], fmt=markers[
+                    row["load"]], color=color, alpha=0.8)
+                ax.annotate(key.split("_")[0], (m, s), fontsize=7, alpha=0.7)
+        if values:
+            low, high = min(values) * 0.8, max(values) * 1.25
+            ax.plot([low, high], [low, high], "k-", lw=0.8)
+            ax.fill_between([low, high], [low * 0.85, high * 0.85], [low * 1.15, high * 1.15],
+                            color="0.9")
+            ax.set_xlim(low, high)
+            ax.set_ylim(low, high)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured {prefix.upper()} ms")
+        ax.set_ylabel(f"simulated {prefix.upper()} ms")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color="C0", marker="o", ls="", label="pd"),
+               plt.Line2D([], [], color="C1", marker="o", ls="", label="colocated"),
+               *(plt.Line2D([], [], color="0.4", marker=m, ls="", label=load)
+                 for load, m in markers.items())]
+    fig.legend(handles=handles, loc="upper center", ncols=5)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
