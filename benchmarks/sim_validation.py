@@ -215,6 +215,10 @@ def compare(args: argparse.Namespace) -> None:
         overhead = calibration.graph_overhead(
             profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
             cores, scale_steps=args.step_model == "scaled")
+        # The profile as `pdserve simulate` takes it for this system: measured engine plus the
+        # served graph's calibrated overhead.
+        profile.model_copy(update={"graph_overhead": overhead}).save(
+            out / f"profile-{system}{args.suffix}.json")
         for load in VALIDATION_LOADS:
             runs = []
             for raw in raws[load]:
@@ -262,13 +266,14 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
             lines.append(f"| {row['system']} | {row['load']} | {key} | {cell['measured']:.1f} "
                          f"({cell['low']:.1f}–{cell['high']:.1f}) | {cell['simulated']:.1f} | "
                          f"{cell['error_pct']:+.1f}% |")
-    lines += ["", "Graph overhead used (calibrated per system on `c1`):", ""]
+    lines += ["", "Graph overhead used (calibrated per system on its concurrency-1 runs):", ""]
     seen = set()
     for row in result["rows"]:
         if row["system"] not in seen:
             seen.add(row["system"])
             o = row["overhead"]
-            lines.append(f"- {row['system']}: {o['per_request_s'] * 1e3:.1f} ms per request, "
+            lines.append(f"- {row['system']}: {o['per_request_s'] * 1e3:.1f} ms per request + "
+                         f"{o['per_prompt_token_s'] * 1e3:.3f} ms per prompt token, "
                          f"engine steps ×{o['step_scale']:.2f} + {o['per_step_s'] * 1e3:.2f} ms, "
                          "graph CPU "
                          f"{o['cpu_per_request_s'] * 1e3:.0f} ms per request + "

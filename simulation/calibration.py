@@ -43,8 +43,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
+    prompt_tokens: list[float] = []
     for n, path in enumerate(runs):
         measured = json.loads(Path(path).read_text())
+        prompt_tokens.append(statistics.median(measured["input_lens"]))
         bare = simulated(profile, model, path, GraphOverhead())
         if scale_steps:
             factor = measured["p50_tpot_ms"] / bare["p50_tpot_ms"]
@@ -60,18 +62,37 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                             sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))))
             upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
     per_request_cpu, per_token_cpu = split_cpu(traffic)
+    fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
     return GraphOverhead(
-        per_request_s=max(0.0, statistics.median(per_request)),
+        per_request_s=fixed, per_prompt_token_s=per_prompt_token,
         step_scale=max(1.0, statistics.median(scale)) if scale else 1.0,
         per_step_s=max(0.0, statistics.median(per_step)) if per_step else 0.0,
         cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
         background_cores=statistics.median(upkeep) if upkeep else 0.0,
         host_cores=host_cores if traffic else None,
         source=f"{len(runs)} concurrency-1 runs of the served graph against the simulated bare "
-        "engine: " + ("TPOT p50 ratio (step scale), then TTFT p50 difference (per request)"
-                      if scale_steps else "TTFT p50 and TPOT p50 differences") + ", medians"
+        "engine: " + ("TPOT p50 ratio (step scale, median), then TTFT p50 difference"
+                      if scale_steps else "TPOT p50 difference (median), TTFT p50 difference")
+        + " fitted as per request + per prompt token"
         + ("; graph CPU per request, per token and at rest from process accounting"
            if traffic else ""))
+
+
+def split_latency(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(latency per request, per prompt token) from runs of (prompt tokens, TTFT the engine
+    does not explain): non-negative least squares when the runs' prompts differ in length,
+    else the median, all per request."""
+    if not runs:
+        return 0.0, 0.0
+    import numpy as np
+    from scipy.optimize import nnls
+
+    if len({round(n) for n, _ in runs}) < 2:
+        return max(0.0, float(statistics.median(r for _, r in runs))), 0.0
+    x = np.array([[1.0, n] for n, _ in runs])
+    y = np.array([max(0.0, r) for _, r in runs])
+    (fixed, per_token), _ = nnls(x, y)
+    return float(fixed), float(per_token)
 
 
 def split_cpu(runs: list[tuple[int, int, float]]) -> tuple[float, float]:

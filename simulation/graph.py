@@ -11,7 +11,8 @@ bookings), the KV-event semantics (`routing.kv_events.index_event`), prompt bloc
 What is modelled (stated, and measured by the validation table): each engine step takes what
 the profile's step model says, times the served engine's step scale plus its per-step
 overhead; a KV pull of b bytes occupies one link shared by all pulls for alpha + b /
-bandwidth (FIFO); the graph adds `per_request_s` before a request reaches a pool; on a host
+bandwidth (FIFO); the graph adds its latency per request (and per prompt token) before a
+request reaches a pool; on a host
 whose cores the graph's own processes share with the engines, the graph's CPU demand (its CPU
 per request and per streamed token times their rates over the last `CPU_WINDOW_S`) first
 fills the cores no engine is stepping on, and what is left is taken from the busy engines
@@ -169,6 +170,7 @@ class Simulation:
         self.per_step_s = overhead.per_step_s
         self.step_scale = overhead.step_scale
         self.per_request_s = overhead.per_request_s
+        self.per_prompt_token_s = overhead.per_prompt_token_s
         self.cpu_per_request_s = overhead.cpu_per_request_s
         self.cpu_per_token_s = overhead.cpu_per_token_s
         self._recent_tokens: deque[tuple[float, int]] = deque()
@@ -220,7 +222,8 @@ class Simulation:
     # -- requests -----------------------------------------------------------------------
     def run(self, until_s: float | None = None) -> list[Outcome]:
         for i, request in enumerate(self.trace):
-            self.loop.at(request.arrival_s + self.per_request_s, self._arrive, i)
+            self.loop.at(request.arrival_s + self.per_request_s
+                         + self.per_prompt_token_s * request.prompt_tokens, self._arrive, i)
         self.loop.run(until_s)
         return self.outcomes
 

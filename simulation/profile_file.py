@@ -59,8 +59,9 @@ class KVTransfer(_Strict):
 class GraphOverhead(_Strict):
     """What the served graph adds over the profiled bare engine.
 
-    - `per_request_s`: latency before a request reaches a pool (HTTP, proxy, ingress,
-      tokenization, routing, the stream's first hop): added to every request's arrival.
+    - `per_request_s` + `per_prompt_token_s` × prompt tokens: latency before a request
+      reaches a pool (HTTP, proxy, ingress, tokenization, hashing, routing, the stream's first
+      hop): added to every request's arrival.
     - `step_scale`: every engine step takes this many times the profiled time (a served
       engine shares its host with the graph: measured 1.5–2x on a 2-core box at concurrency 1).
     - `per_step_s`: added to every engine step (what a served engine does per step that the
@@ -73,6 +74,7 @@ class GraphOverhead(_Strict):
       its own)."""
 
     per_request_s: float = Field(0.0, ge=0)
+    per_prompt_token_s: float = Field(0.0, ge=0)
     step_scale: float = Field(1.0, gt=0)
     per_step_s: float = Field(0.0, ge=0)
     cpu_per_request_s: float = Field(0.0, ge=0)
