@@ -41,7 +41,6 @@ class StepBatch:
     work: dict[str, Work]  # request id -> its share of the step (`step_model.Work`)
     preempted: frozenset[str] = frozenset()
     sampled: tuple[str, ...] = ()  # requests that sampled a token (their next output)
-    first_tokens: tuple[str, ...] = ()  # requests that sampled their first token
     finished: tuple[str, ...] = ()  # requests that finished (length reached)
     kv_usage: float = 0.0
 
@@ -76,7 +75,6 @@ class SimEngine:
     kv_events: bool = False
     pulls_kv: bool = False
     _block_hasher: object = field(init=False, repr=False)
-    _started: set[str] = field(init=False, default_factory=set)  # sampled a token already
 
     def __post_init__(self) -> None:
         config = self.vllm_config
@@ -136,16 +134,8 @@ class SimEngine:
             sampling_params=params, pooling_params=None, arrival_time=arrival_time,
             block_hasher=self._block_hasher))
 
-    def abort(self, request_id: str) -> None:
-        from vllm.v1.request import RequestStatus
-
-        self.scheduler.finish_requests(request_id, RequestStatus.FINISHED_ABORTED)
-
     def has_work(self) -> bool:
         return self.scheduler.has_requests()
-
-    def unfinished(self) -> int:
-        return self.scheduler.get_num_unfinished_requests()
 
     # -- one step ------------------------------------------------------------------------
     def step(self) -> StepBatch:
@@ -163,19 +153,13 @@ class SimEngine:
         runner_output = ModelRunnerOutput(
             req_ids=sampled_ids, req_id_to_index={r: i for i, r in enumerate(sampled_ids)},
             sampled_token_ids=samples)
-        first, finished = [], []
-        for outputs in scheduler.update_from_output(output, runner_output).values():
-            for out in outputs.outputs:
-                if out.new_token_ids and out.request_id not in self._started:
-                    self._started.add(out.request_id)
-                    first.append(out.request_id)
-                if out.finish_reason is not None:
-                    finished.append(out.request_id)
-                    self._started.discard(out.request_id)
+        finished = [out.request_id
+                    for outputs in scheduler.update_from_output(output, runner_output).values()
+                    for out in outputs.outputs if out.finish_reason is not None]
         return StepBatch(work=work, preempted=frozenset(output.preempted_req_ids or ()),
                          sampled=tuple(r for r, t in zip(sampled_ids, samples, strict=True)
                                        if t),
-                         first_tokens=tuple(first), finished=tuple(finished),
+                         finished=tuple(finished),
                          kv_usage=scheduler.kv_cache_manager.usage)
 
     def take_kv_events(self) -> list:

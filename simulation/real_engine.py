@@ -24,10 +24,6 @@ class StepRecord:
     preempted: frozenset[str]
     seconds: float
 
-    @property
-    def scheduled(self) -> dict[str, int]:
-        return {r: w[0] for r, w in self.work.items()}
-
 
 class RealEngine:
     """A vLLM engine of these engine arguments, stepped by hand in this process."""
@@ -88,3 +84,11 @@ class RealEngine:
 
     def step(self) -> None:
         self.engine.step()
+
+    def close(self) -> None:
+        """Stop the engine and drop the wrappers that tie it to this object (a cycle), so its
+        KV cache is freed before another engine starts."""
+        self.core.step_fn = self.core.step
+        self.scheduler.__dict__.pop("schedule", None)
+        self.engine.engine_core.shutdown()
+        self.engine = self.core = self.scheduler = None

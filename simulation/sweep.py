@@ -12,7 +12,7 @@ Points are pure data, so a run can be resumed point by point.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,6 @@ class Point:
     def key(self) -> str:
         return (f"{self.kind}-b{self.batch}-c{self.context}-o{self.output}-j{self.joiner}"
                 f"-r{self.repeat}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _grid(limit: int, values: list[int]) -> list[int]:
@@ -53,9 +50,10 @@ def design(max_model_len: int, max_num_seqs: int, kv_tokens: int, repeats: int =
     points += [Point("decode", b, c, output, repeat=r)
                for r in range(repeats) for b in batches for c in contexts
                if b * (c + output) <= kv_tokens * 0.9]
-    joiners = _grid(longest, [256, 1024, longest])
+    joiners = _grid(longest - output, [256, 1024, longest - output])  # decodes 2 × output
     points += [Point("mixed", b, c, output * 2, joiner=j, repeat=r)
                for r in range(max(1, repeats // 2)) for b in batches[1::2] for c in contexts[::2]
                for j in joiners
-               if b * (c + 2 * output) + j + output <= kv_tokens * 0.9]
+               if c + 2 * output < max_model_len
+               and b * (c + 2 * output) + j + 2 * output <= kv_tokens * 0.9]
     return points
