@@ -54,13 +54,21 @@ def _new_key(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     """Measure the engine of a served model on this machine; write its profile file."""
-    from pdserve.simulation.profiler import profile
+    from pdserve.simulation.profiler import profile, refit
     from pdserve.simulation.serve_config import load_app, pick_model
 
+    if args.refit:
+        result = refit(args.out)
+        steps = result.step_times
+        print(f"refitted {args.out}: {steps.steps} steps, held-out error "
+              f"{steps.heldout_mape:.1f}% MAPE; host noise {steps.noise_mape or 0:.1f}%")
+        return 0
+    if args.config is None:
+        raise ValueError("--config is required (unless --refit)")
     model = pick_model(load_app(args.config), args.model)
     result = profile(model, args.out, cores=args.cores, repeats=args.repeats, quick=args.quick,
                      kv_transfer=not args.no_kv_transfer, graph_runs=args.graph_runs,
-                     command="pdserve profile " + " ".join(sys.argv[2:]))
+                     command=args.command_line)
     steps = result.step_times
     noise = "" if steps.noise_mape is None else f"; host noise {steps.noise_mape:.1f}%"
     print(f"wrote {args.out}: {steps.steps} steps, step model held-out error "
@@ -86,7 +94,7 @@ def _simulate(args: argparse.Namespace) -> int:
     replicas = dict(_replica_count(v) for v in args.replicas or [])
     result = simulate.simulate(args.profile, args.config, trace, args.out, args.model,
                                args.seed, args.slo_ttft_ms, args.slo_itl_ms, replicas or None,
-                               command="pdserve simulate " + " ".join(sys.argv[2:]))
+                               command=args.command_line)
     print((args.out / "report.md").read_text(), end="")
     return 0 if result["summary"]["completed"] else 1
 
@@ -125,13 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
     prof = sub.add_parser("profile", help="measure a served model's engine on this machine "
                           "(step times, KV capacity, KV transfer) for `pdserve simulate`")
-    prof.add_argument("--config", type=Path, required=True, help="serve config YAML")
+    prof.add_argument("--config", type=Path, default=None, help="serve config YAML")
     prof.add_argument("--model", default=None, help="model id (default: the config's only one)")
     prof.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
     prof.add_argument("--cores", default="0",
                       help="cores the engine's threads are bound to, vLLM's syntax (default: 0)")
     prof.add_argument("--repeats", type=int, default=2, help="runs of each sweep point")
     prof.add_argument("--quick", action="store_true", help="a coarser sweep (tests, a look)")
+    prof.add_argument("--refit", action="store_true",
+                      help="only fit the step model of --out again from its steps log")
     prof.add_argument("--no-kv-transfer", action="store_true",
                       help="skip the KV-transfer measurement (two more engines)")
     prof.add_argument("--graph-runs", type=Path, nargs="+", default=None, metavar="RESULT",
@@ -180,10 +190,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pdserve`` console script."""
     args = _parser().parse_args(argv)
+    args.command_line = "pdserve " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"pdserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"pdserve {args.command}: error: {exc.name or exc} is not installed "
+              "(pip install 'pdserve[sim]' for profile and simulate)", file=sys.stderr)
         return 2
 
 

@@ -103,6 +103,29 @@ def kv_transfer_from_probe(model_dir: str, engine_kwargs: dict[str, Any], delay_
                       "least squares")
 
 
+def step_times(samples: list, groups: list[int]) -> StepTimes:
+    fitted = step_model.fit(samples, groups=groups)
+    return StepTimes(**fitted.model.as_dict(), heldout_mape=fitted.heldout_mape,
+                     heldout_p90_ape=fitted.heldout_p90_ape, train_mape=fitted.train_mape,
+                     noise_mape=fitted.noise_mape, steps=len(samples))
+
+
+def refit(out: Path) -> Profile:
+    """Fit the step model of the profile `out` again from its steps log (every point in it,
+    in the order measured), keeping the rest of the profile."""
+    from pdserve.simulation.profile_file import load
+
+    profile = load(out)
+    samples, groups = [], []
+    for n, line in enumerate(out.with_name(out.name + ".steps.jsonl").read_text().splitlines()):
+        for step in json.loads(line)["steps"]:
+            samples.append(([tuple(w) for w in step["work"]], step["s"]))
+            groups.append(n)
+    result = profile.model_copy(update={"step_times": step_times(samples, groups)})
+    result.save(out)
+    return result
+
+
 def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bool = False,
             kv_transfer: bool = True, transfer_lengths: tuple[int, ...] = (256, 1024, 1792),
             transfer_reps: int = 3, graph_runs: list[Path] | None = None,
@@ -114,7 +137,7 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
 
     bind_engine_threads(cores)
     kwargs = engine_kwargs_of(model)
-    fingerprint = json.dumps(kwargs, sort_keys=True)
+    fingerprint = json.dumps({**kwargs, "cores": cores}, sort_keys=True)
     steps_path = out.with_name(out.name + ".steps.jsonl")
     done = load_done(steps_path, fingerprint)
     started = time.perf_counter()
@@ -144,10 +167,14 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
             log.flush()
     samples = [([tuple(w) for w in step["work"]], step["s"])
                for p in points for step in done[p.key]]
-    fitted = step_model.fit(samples)
+    groups = [n for n, p in enumerate(points) for _ in done[p.key]]  # hold out whole points
+    times = step_times(samples, groups)
+    blocks = engine.num_blocks
+    engine.close()  # the KV probe starts two engines of its own
+    gc.unfreeze()
+    gc.collect()
     transfer = None
     if kv_transfer:
-        del engine  # the probe starts two engines of its own
         transfer = kv_transfer_from_probe(kwargs["model"], kwargs,
                                           model.kv_transfer.progress_thread_delay_us,
                                           list(transfer_lengths), transfer_reps,
@@ -155,12 +182,9 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
     result = Profile(
         created=datetime.now(UTC).isoformat(timespec="seconds"), source=command,
         machine=machine_info(), model=model.model, engine_kwargs=dict(model.engine_kwargs),
-        kv_cache=KVCache(num_blocks=engine_blocks(config), block_size=block_size,
+        kv_cache=KVCache(num_blocks=blocks, block_size=block_size,
                          bytes_per_token=kv_bytes_per_token(config)),
-        step_times=StepTimes(**fitted.model.as_dict(), heldout_mape=fitted.heldout_mape,
-                             heldout_p90_ape=fitted.heldout_p90_ape,
-                             train_mape=fitted.train_mape, noise_mape=fitted.noise_mape,
-                             steps=len(samples)),
+        step_times=times,
         kv_transfer=transfer,
         startup_s=startup_s)
     if graph_runs:
@@ -172,18 +196,15 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
     return result
 
 
-def engine_blocks(config: Any) -> int:
-    return int(config.cache_config.num_gpu_blocks)
-
-
 def kv_bytes_per_token(config: Any) -> int:
     """K and V of every layer for one token, in the KV cache's dtype."""
     import torch
+    from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE
 
     model = config.model_config
     dtype = config.cache_config.cache_dtype
-    element = (torch.tensor([], dtype=model.dtype).element_size() if dtype == "auto"
-               else 1)
+    torch_dtype = model.dtype if dtype == "auto" else STR_DTYPE_TO_TORCH_DTYPE.get(dtype)
+    element = torch.tensor([], dtype=torch_dtype).element_size() if torch_dtype else 1  # fp8
     layers = model.get_num_layers(config.parallel_config)
     return 2 * layers * model.get_num_kv_heads(config.parallel_config) * model.get_head_size() \
         * element

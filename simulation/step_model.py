@@ -75,9 +75,12 @@ class Fit:
     noise_mape: float | None  # repeated identical batches vs their median: the floor, %
 
 
-def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5) -> Fit:
-    """Fit on all steps (batch, seconds) but every `heldout_every`-th, and report the error on
-    those."""
+def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5,
+        groups: Sequence[int] | None = None) -> Fit:
+    """Fit on all steps (batch, seconds) but a held-out fifth, and report the error on those.
+    `groups` (one id per step, e.g. its sweep point) holds out whole groups, every
+    `heldout_every`-th: steps of one sweep point look alike (a decode's context grows by one a
+    step), so holding out single steps would test on near-copies of what was fitted."""
     import numpy as np
     from scipy.optimize import nnls
 
@@ -85,7 +88,10 @@ def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5)
         raise ValueError(f"need at least {2 * heldout_every} steps to fit, got {len(samples)}")
     x = np.array([features(batch) for batch, _ in samples], dtype=float)
     y = np.array([t for _, t in samples], dtype=float)
-    held = np.arange(len(samples)) % heldout_every == heldout_every - 1
+    ids = np.arange(len(samples)) if groups is None else np.asarray(groups)
+    held = ids % heldout_every == heldout_every - 1
+    if held.all() or not held.any():
+        raise ValueError("too few groups to hold any out")
     # Relative error is what matters (a 5 ms decode step and a 300 ms prefill alike):
     # weigh each row by 1/y, so NNLS minimises the squared relative residuals.
     weights = 1.0 / y[~held]
@@ -99,11 +105,11 @@ def fit(samples: Sequence[tuple[Sequence[Work], float]], heldout_every: int = 5)
                noise_mape=noise_floor(samples))
 
 
-def noise_floor(samples: Sequence[tuple[Sequence[Work], float]], repeats: int = 3
-                ) -> float | None:
-    """How much the same batch's time varies on this host: the mean absolute percentage
-    deviation of steps from the median of all steps with the same features (groups of at
-    least `repeats`). No model can predict single steps better than this."""
+def noise_floor(samples: Sequence[tuple[Sequence[Work], float]]) -> float | None:
+    """How much the same batch's time varies on this host: for every step whose batch
+    features recur (the sweep runs each point twice, with other prompt tokens), its absolute
+    percentage deviation from the mean of the other steps with those features, averaged. No
+    model predicts single steps better than this."""
     import statistics
 
     groups: dict[tuple[int, ...], list[float]] = {}
@@ -111,7 +117,10 @@ def noise_floor(samples: Sequence[tuple[Sequence[Work], float]], repeats: int = 
         groups.setdefault(tuple(round(x) for x in features(batch)), []).append(seconds)
     deviations = []
     for times in groups.values():
-        if len(times) >= repeats:
-            middle = statistics.median(times)
-            deviations += [abs(t - middle) / middle * 100.0 for t in times]
+        if len(times) < 2:
+            continue
+        total = sum(times)
+        for t in times:
+            others = (total - t) / (len(times) - 1)
+            deviations.append(abs(t - others) / others * 100.0)
     return statistics.fmean(deviations) if deviations else None
