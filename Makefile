@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir --upgrade pip
-	$(PY) -m pip install -q --no-cache-dir --no-compile -e ".[cpu,dev,bench,rag]"
+	$(PY) -m pip install -q --no-cache-dir --no-compile -e ".[cpu,dev,bench,rag,sim]"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)

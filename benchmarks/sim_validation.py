@@ -4,8 +4,8 @@
     python -m pdserve.benchmarks.sim_validation --compare --profile P --out OUT
 
 Measuring runs the mixed benchmark's two systems (`pd`: one prefill and one decode engine;
-`colocated`: two engines; `bench` model, one core per engine) under four loads, systems
-interleaved per round:
+`colocated`: two engines; `bench` model, one core per engine) under five loads (`--loads`),
+systems interleaved per round:
 
 - `c1`: concurrency 1, 512-token prompts, 32 out, and `c1-long`: concurrency 1, 64-token
   prompts, 256 out: calibrate the graph's overhead over the bare engine for the simulator
@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 #: Each load draws its prompts with its own seed: vLLM's random dataset with one seed and one
 #: length gives the same prompts, which a later load would find in the prefix cache (the
-#: simulator replays lengths, not contents, so every measured prompt must be new).
+#: simulator replays lengths, not contents). With the `bench` model's 512-token vocabulary
+#: about one prompt in ten still repeats one drawn before (a random offset into the vocabulary).
 LOAD_SEEDS = {"c1": 1, "poisson": 2, "bursty": 3, "mixed": 4, "c1-long": 5}
 
 
@@ -245,14 +246,18 @@ def compare(args: argparse.Namespace) -> None:
     print((out / f"validation{args.suffix}.md").read_text())
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}%"
+
+
 def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
     steps = result["step_times"]
     lines = [f"# Simulator validation: {measured.get('run_name', '')}", "",
              f"- measured: `{measured['command']}` at {measured.get('git_revision')}, "
              f"{measured.get('rounds')} rounds",
              f"- profile: `{result['profile']}` (step model held-out error "
-             f"{steps.get('heldout_mape', 0):.1f}% MAPE, "
-             f"p90 {steps.get('heldout_p90_ape', 0):.1f}%)",
+             f"{_pct(steps.get('heldout_mape'))} MAPE, p90 {_pct(steps.get('heldout_p90_ape'))}; "
+             f"host noise {_pct(steps.get('noise_mape'))})",
              "- simulated: each measured run's own requests (arrivals, lengths) replayed; graph "
              f"overhead calibrated on the system's concurrency-1 runs in "
              f"`{result['calibration']}`", "",
@@ -263,9 +268,10 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
     for row in result["rows"]:
         for key in (*COMPARED, "p99_itl_ms", "request_throughput"):
             cell = row[key]
+            error = "—" if cell["error_pct"] is None else f"{cell['error_pct']:+.1f}%"
             lines.append(f"| {row['system']} | {row['load']} | {key} | {cell['measured']:.1f} "
                          f"({cell['low']:.1f}–{cell['high']:.1f}) | {cell['simulated']:.1f} | "
-                         f"{cell['error_pct']:+.1f}% |")
+                         f"{error} |")
     lines += ["", "Graph overhead used (calibrated per system on its concurrency-1 runs):", ""]
     seen = set()
     for row in result["rows"]:

@@ -36,9 +36,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    cpu_by_role: list[dict[str, float]] | None = None,
                    host_cores: int | None = None, scale_steps: bool = True) -> GraphOverhead:
     """Medians over concurrency-1 runs (vLLM benchmark result files). `scale_steps`: the
-    served engine's steps are the measured TPOT p50 over the simulated bare engine's times the
-    profiled ones, and the rest of the measured TTFT p50 is latency per request; else steps
-    keep their profiled time plus the TPOT difference per step. With `cpu_by_role` (per run,
+    served engine's steps are the measured TPOT p50 over the simulated bare engine's (at
+    least 1) times the profiled ones, and the rest of the measured TTFT p50 is latency per
+    request (fixed + per prompt token, over runs of different prompt lengths); else steps keep
+    their profiled time plus the TPOT difference per step. With `cpu_by_role` (per run,
     CPU seconds by process role): the graph's CPU per request and at rest."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
@@ -49,7 +50,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         prompt_tokens.append(statistics.median(measured["input_lens"]))
         bare = simulated(profile, model, path, GraphOverhead())
         if scale_steps:
-            factor = measured["p50_tpot_ms"] / bare["p50_tpot_ms"]
+            factor = max(1.0, measured["p50_tpot_ms"] / bare["p50_tpot_ms"])
             scaled = simulated(profile, model, path, GraphOverhead(step_scale=factor))
             scale.append(factor)
             per_request.append((measured["p50_ttft_ms"] - scaled["p50_ttft_ms"]) / 1e3)
@@ -65,7 +66,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
     return GraphOverhead(
         per_request_s=fixed, per_prompt_token_s=per_prompt_token,
-        step_scale=max(1.0, statistics.median(scale)) if scale else 1.0,
+        step_scale=statistics.median(scale) if scale else 1.0,
         per_step_s=max(0.0, statistics.median(per_step)) if per_step else 0.0,
         cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
         background_cores=statistics.median(upkeep) if upkeep else 0.0,

@@ -142,7 +142,9 @@ class Pool:
         self.kv_usage[replica] = kv_usage
 
     def choose(self, hashes: tuple[int, ...], plan: str) -> tuple[Replica, int]:
-        """The replica the router picks, and its cached-prefix blocks (as `router.choose`)."""
+        """The replica the router picks, and its cached-prefix blocks (as `router.choose`,
+        without LoRA adapters, sessions or the opt-in `cache_headroom` scorer: every request
+        is plain, and cache fill reads 0)."""
         use_prefix = not self.prefix_only_when_local or plan != "remote"
         hits = self.state.match(hashes) if use_prefix and hashes else {}
         loads, idle = self.state.loads(), (0, 0)
@@ -152,6 +154,17 @@ class Pool:
         request = RequestView(num_blocks=len(hashes), use_prefix=use_prefix)
         best = names[choose_index(request, views, self.settings, self.rng)]
         return self.replicas[best], hits.get(best, 0)
+
+
+def check_profile_fits(profile: Profile, model: Any) -> None:
+    """The profile must be of the model and engine arguments the config serves: the simulated
+    engines are built from the profile, the pools and routing from the config."""
+    if profile.model != model.model or profile.engine_kwargs != model.engine_kwargs:
+        differs = sorted(k for k in set(profile.engine_kwargs) | set(model.engine_kwargs)
+                         if profile.engine_kwargs.get(k) != model.engine_kwargs.get(k))
+        raise ValueError(f"the profile is of {profile.model!r} with other engine arguments "
+                         f"({', '.join(differs) or 'none'}) than model {model.model_id!r} of the "
+                         f"config ({model.model!r}): profile that config")
 
 
 class Simulation:
@@ -178,6 +191,7 @@ class Simulation:
         self.background_cores = overhead.background_cores
         self.host_cores = overhead.host_cores
         self._recent_arrivals: deque[float] = deque()
+        check_profile_fits(profile, model)
         kwargs = {"model": str(resolve_model(model.model)), **profile.engine_kwargs}
         self._engine_args = EngineArgs(**kwargs)
         base = self._engine_args.create_engine_config()
@@ -198,7 +212,7 @@ class Simulation:
         routing = model.routing
         self.thresholds = PlanThresholds(routing.local_prefill_below_tokens,
                                          routing.max_prefill_queue_per_replica)
-        self.prefill_in_flight = 0
+        self.prefill_in_flight = 0  # what the ingress counts for the plan (PlanInputs)
         self.link_free_at = 0.0
         self.transfers: list[tuple[float, float, int]] = []  # (start, end, bytes)
         self._requests: dict[str, tuple[int, list[int], tuple[int, ...]]] = {}
@@ -212,7 +226,9 @@ class Simulation:
             auto = config.autoscaling_config or {}
             count = int(auto.get("initial_replicas", auto.get("min_replicas",
                                                                config.num_replicas)))
-        for n in range(max(1, count)):
+        if count < 1 and role != "prefill":
+            raise ValueError(f"the {role} pool needs at least one replica to simulate")
+        for n in range(count):  # a PD model without prefill replicas prefills locally
             engine = SimEngine(self._engine_args.create_engine_config(),
                                self.profile.kv_cache.num_blocks, kv_events=True,
                                pulls_kv=role == "decode")
@@ -248,7 +264,8 @@ class Simulation:
         return 1.0 / (1.0 - share)
 
     def _arrive(self, i: int) -> None:
-        self._recent_arrivals.append(self.loop.now)
+        if self.host_cores:
+            self._recent_arrivals.append(self.loop.now)
         request = self.trace[i]
         tokens = request.token_ids(i, self.vocab)
         hashes = self.hasher(tokens)
@@ -282,7 +299,7 @@ class Simulation:
 
     def on_step(self, replica: Replica, batch: StepBatch) -> None:
         now = self.loop.now
-        if batch.sampled:
+        if batch.sampled and self.host_cores:
             self._recent_tokens.append((now, len(batch.sampled)))
             self._recent_token_count += len(batch.sampled)
         for request_id in batch.sampled:

@@ -1,6 +1,7 @@
 """`pdserve simulate`: one model of a serve config over a trace, simulated with a profile;
 writes `report.json`, `report.md` (vLLM's summary fields, goodput and SLO attainment,
-replica-seconds) and `timeline.png` (TTFT and ITL distributions, engine occupancy)."""
+replica-seconds, engine occupancy) and `timeline.png` (TTFT and ITL distributions, arrivals
+against first tokens)."""
 
 from __future__ import annotations
 
