@@ -16,10 +16,11 @@ from pathlib import Path
 from pdserve.models import resolve_model
 
 #: Small KV (12 blocks of 32 tokens) and 64-token steps: prompts are chunked, and requests
-#: are preempted when decodes outgrow the cache.
+#: are preempted when decodes outgrow the cache. A small memory share: vLLM's CPU worker
+#: refuses to start when less than that share of the host's memory is free (other engines).
 ENGINE = {"dtype": "float32", "max_model_len": 320, "max_num_batched_tokens": 64,
-          "block_size": 32, "num_gpu_blocks_override": 12, "enforce_eager": True, "seed": 0,
-          "max_num_seqs": 8}
+          "block_size": 32, "num_gpu_blocks_override": 12, "gpu_memory_utilization": 0.05,
+          "enforce_eager": True, "seed": 0, "max_num_seqs": 8}
 
 
 def schedule(count: int = 60, seed: int = 1) -> list[tuple[int, str, list[int], int]]:

@@ -26,7 +26,10 @@ def test_simulated_engine_makes_the_real_engines_batches(tmp_path: Path) -> None
     # The schedule exercises what the test is for: chunked prompts, preemption, 60 requests.
     assert len({r for step in real for r in step["work"]}) == 60
     assert sum(1 for step in real if step["preempted"]) >= 3
-    assert any(w[2] and w[1] > 0 for step in real for w in step["work"].values())  # a chunk
+    # a prompt chunk after the first (chunked prefill) and a request entering the batch with
+    # computed tokens already (its first 64 prompt tokens found in the prefix cache)
+    assert any(w[2] and w[1] > 0 and not w[3] for step in real for w in step["work"].values())
+    assert any(w[3] and w[1] >= 64 for step in real for w in step["work"].values())
     assert len(real) == len(simulated)
     for n, (a, b) in enumerate(zip(real, simulated, strict=True)):
         assert a == b, f"step {n}: real {a} != simulated {b}"

@@ -92,3 +92,17 @@ def test_graph_cpu_on_a_full_host_stretches_engine_steps() -> None:
     spare_cores = itl_p50(cpu_per_request_s=0.1, cpu_per_token_s=0.002, host_cores=8)
     assert busy_host > alone * 1.1
     assert spare_cores == alone
+
+
+def test_a_profile_of_other_engine_arguments_is_refused() -> None:
+    other = PROFILE.model_copy(update={"engine_kwargs": {**ENGINE, "block_size": 64}})
+    with pytest.raises(ValueError, match="block_size"):
+        Simulation(other, model("colocated"), [traces.TraceRequest(0.0, 10, 1)])
+
+
+def test_a_pd_model_without_prefill_replicas_prefills_on_decode() -> None:
+    trace = traces.poisson(2.0, 10, traces.fixed_lengths(600, 4), seed=6)
+    sim = Simulation(PROFILE, model("pd"), trace, replicas={"prefill": 0})
+    outcomes = sim.run()
+    assert {o.plan for o in outcomes} == {"local"} and all(o.done for o in outcomes)
+    assert not sim.transfers
