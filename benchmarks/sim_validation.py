@@ -89,7 +89,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # The mixed benchmark's settings, for its configs and dataset.
     args.max_num_batched_tokens = mixed_bench.ENGINE["max_num_batched_tokens"]
     args.local_prefill_below_tokens = 256
-    args.num_prompts_mixed = args.mixed_prompts
     return args
 
 
@@ -181,18 +180,6 @@ def measured_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 # -- the comparison --------------------------------------------------------------------------
-def simulate_run(profile: Any, model: Any, raw: Path, overhead: Any | None = None
-                 ) -> dict[str, Any]:
-    from pdserve.simulation import traces
-    from pdserve.simulation.graph import Simulation
-    from pdserve.simulation.metrics import summarize
-
-    if overhead is not None:
-        profile = profile.model_copy(update={"graph_overhead": overhead})
-    sim = Simulation(profile, model, traces.read(raw))
-    return summarize(sim.run(), replica_seconds=sim.replica_seconds())
-
-
 def compare(args: argparse.Namespace) -> None:
     from pdserve.simulation import calibration, profile_file
     from pdserve.simulation.serve_config import load_app, pick_model
@@ -224,7 +211,7 @@ def compare(args: argparse.Namespace) -> None:
             runs = []
             for raw in raws[load]:
                 real = json.loads(raw.read_text())
-                runs.append((real, simulate_run(profile, model, raw, overhead)))
+                runs.append((real, calibration.simulated(profile, model, raw, overhead)))
             if not runs:
                 continue
             row: dict[str, Any] = {"system": system, "load": load, "rounds": len(runs),

@@ -19,6 +19,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 CONNECTOR_NAME = "SimTransferredKVConnector"
 MODULE_PATH = __name__
+WORKER_SIDE_ERROR = (f"{CONNECTOR_NAME} is scheduler-side only (pdserve's simulator); "
+                     "it cannot move KV in a real engine")
 
 
 class SimTransferredKVConnector(KVConnectorBase_V1):
@@ -47,16 +49,17 @@ class SimTransferredKVConnector(KVConnectorBase_V1):
         self._loaded.discard(request.request_id)
         return False, None
 
-    # -- worker side: never built in a simulation -------------------------------------------
+    # -- worker side: vLLM's base class requires these; a simulation builds no worker, so a
+    # call means the connector was configured on a real engine, which must fail loudly.
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("simulation connector: no worker side")
+        raise RuntimeError(WORKER_SIDE_ERROR)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        raise NotImplementedError("simulation connector: no worker side")
+        raise RuntimeError(WORKER_SIDE_ERROR)
 
     def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
                       **kwargs: Any) -> None:
-        raise NotImplementedError("simulation connector: no worker side")
+        raise RuntimeError(WORKER_SIDE_ERROR)
 
     def wait_for_save(self) -> None:
-        raise NotImplementedError("simulation connector: no worker side")
+        raise RuntimeError(WORKER_SIDE_ERROR)
