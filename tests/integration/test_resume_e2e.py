@@ -301,14 +301,23 @@ def test_a_stopped_decode_engine_is_found_stalled_its_streams_resume_and_it_is_r
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(core, signal.SIGCONT)
-    after = ingress_stats()[MODEL]
-    stalled = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("resume:stalled:"))
-    assert stalled >= in_flight.get(victim, 0) >= 1, (after, in_flight)
     assert not wait_gone([core], 30), "the stalled engine outlived its replica"
-    print(f"stall: {stalled} streams resumed after {STALL_S} s without a step; all done "
-          f"{finished_s:.1f} s after SIGSTOP, replica replaced after {replaced_s:.1f} s")
     wait_for_every_replica()
     assert_all_drained()
+    after = ingress_stats()[MODEL]
+
+    def resumed(reason: str) -> int:
+        return sum(v - before.get(k, 0) for k, v in after.items()
+                   if k.startswith(f"resume:{reason}:"))
+
+    # The watchdog finds the stall first; a stream it has not reached yet when Ray's health
+    # check replaces the replica resumes as `replica_died` (a race the run decides, not a loss).
+    stalled, died = resumed("stalled"), resumed("replica_died")
+    assert stalled >= 1, (after, in_flight)
+    assert stalled + died >= in_flight.get(victim, 0) >= 1, (after, in_flight)
+    print(f"stall: {stalled} streams resumed after {STALL_S} s without a step ({died} as their "
+          f"replica died); all done {finished_s:.1f} s after SIGSTOP, replica replaced after "
+          f"{replaced_s:.1f} s")
 
 
 def drain(replica: str, **body: Any) -> dict[str, Any]:
