@@ -94,7 +94,9 @@ def _simulate(args: argparse.Namespace) -> int:
     replicas = dict(_replica_count(v) for v in args.replicas or [])
     result = simulate.simulate(args.profile, args.config, trace, args.out, args.model,
                                args.seed, args.slo_ttft_ms, args.slo_itl_ms, replicas or None,
-                               command=args.command_line)
+                               command=args.command_line,
+                               autoscaling=None if args.autoscaling == "off" else args.autoscaling,
+                               startup_s=args.startup_s)
     print((args.out / "report.md").read_text(), end="")
     return 0 if result["summary"]["completed"] else 1
 
@@ -170,6 +172,13 @@ def _parser() -> argparse.ArgumentParser:
                      "prompts with --output-tokens out")
     sim.add_argument("--replicas", nargs="*", metavar="POOL=N",
                      help="replica counts instead of the config's (prefill=1 decode=2)")
+    sim.add_argument("--autoscaling", default="config",
+                     choices=("config", "slo_app", "slo", "ray_default", "off"),
+                     help="autoscaled pools follow: the policy the config runs (default), "
+                     "pdserve's SLO policy (app-level or per pool), Ray Serve's default, or "
+                     "stay at their initial count (off); ignored with --replicas")
+    sim.add_argument("--startup-s", type=float, default=None,
+                     help="a new replica's start-up time (default: the profile's startup_s)")
     sim.add_argument("--slo-ttft-ms", type=float, default=None)
     sim.add_argument("--slo-itl-ms", type=float, default=None)
     sim.add_argument("--seed", type=int, default=0)

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSignals
+from pdserve.deployments.config.slo import SLOTargets
 from pdserve.routing.block_hashes import BlockHasher
 from pdserve.routing.kv_events import index_event
 from pdserve.routing.plan import PlanInputs, PlanThresholds, decide
@@ -77,16 +80,36 @@ class Outcome:
 
 
 class Replica:
-    """One engine replica: a simulated engine stepping on the event loop."""
+    """One engine replica: a simulated engine stepping on the event loop, with the latency
+    and load signals its host reports to the autoscaler (`ReplicaSLOSignals`, on simulated
+    time). It counts toward replica-seconds from when its start was decided (`started_s`) to
+    when it stopped; it serves from `ready_s`; once draining it takes no new requests and
+    stops when its last one ended."""
 
-    def __init__(self, sim: Simulation, pool: Pool, name: str, engine: SimEngine) -> None:
+    def __init__(self, sim: Simulation, pool: Pool, name: str, engine: SimEngine,
+                 started_s: float = 0.0) -> None:
         self.sim, self.pool, self.name, self.engine = sim, pool, name, engine
         self.busy = False
         self.stepping = False
         self.busy_s = 0.0
+        self.started_s = started_s
+        self.ready_s: float | None = None
+        self.stopped_s: float | None = None
+        self.draining = False
+        slo = sim.slo
+        self.signals = ReplicaSLOSignals(slo.window_s, slo.warmup_requests,
+                                         clock=lambda: sim.loop.now)
+        self.tracked: dict[str, RequestSignals] = {}
+
+    def track(self, request_id: str, computed_prompt_tokens: int) -> None:
+        """Time a request on this replica from now, as its host does (TTFT, ITL, queued
+        prompt tokens)."""
+        self.tracked[request_id] = self.signals.start(computed_prompt_tokens)
 
     def add(self, request_id: str, tokens: list[int], max_tokens: int,
             transferred: bool = False) -> None:
+        if request_id not in self.tracked:
+            self.track(request_id, 0 if transferred else len(tokens))
         self.engine.add(request_id, tokens, max_tokens, arrival_time=self.sim.loop.now,
                         transferred=transferred)
         if not self.busy:
@@ -107,11 +130,29 @@ class Replica:
     def _done(self, batch: StepBatch) -> None:
         self.stepping = False
         self.pool.observe(self.name, self.engine.take_kv_events(), batch.kv_usage)
+        for request_id in batch.sampled:
+            if request_id in self.tracked:
+                self.tracked[request_id].on_output(1)
+        for request_id in batch.finished:
+            signals = self.tracked.pop(request_id, None)
+            if signals is not None:
+                signals.finish()
         self.sim.on_step(self, batch)
         if self.engine.has_work():
             self._step()
         else:
             self.busy = False
+            self.stop_if_drained()
+
+    def stop_if_drained(self) -> None:
+        if self.draining and self.stopped_s is None and not self.busy and not self.tracked:
+            self.stopped_s = self.sim.loop.now
+            self.pool.draining.pop(self.name, None)
+
+    @property
+    def ongoing(self) -> int:
+        """Requests on this replica (Ray's ongoing requests)."""
+        return len(self.tracked)
 
 
 class Pool:
@@ -125,17 +166,42 @@ class Pool:
         self.state = PoolState(name, self.settings.max_blocks_per_replica,
                                follow_kv_events=False)
         self.state.block_size = block_size
-        self.replicas: dict[str, Replica] = {}
+        self.replicas: dict[str, Replica] = {}  # serving: what the router picks from
+        self.starting: dict[str, Replica] = {}
+        self.draining: dict[str, Replica] = {}
+        self.history: list[Replica] = []
+        self.waiting: deque[Callable[[], None]] = deque()  # held at the handle: no replica
         self.kv_usage: dict[str, float] = {}
         self.prefix_only_when_local = prefix_only_when_local
         self.rng = rng
 
     def add_replica(self, replica: Replica) -> None:
+        """`replica` serves from now: routable, and what waited for a replica is sent."""
+        replica.ready_s = replica.sim.loop.now
+        self.starting.pop(replica.name, None)
         self.replicas[replica.name] = replica
         self.state.sync_replicas(dict.fromkeys(self.replicas))
         self.state.index.add_replica(replica.name)
+        while self.waiting and self.replicas:
+            self.waiting.popleft()()
+
+    def drain(self, replica: Replica) -> None:
+        """Stop routing to `replica` (the router forgets it); it stops once idle."""
+        del self.replicas[replica.name]
+        self.state.forget(replica.name)
+        self.state.sync_replicas(dict.fromkeys(self.replicas))
+        self.kv_usage.pop(replica.name, None)
+        replica.draining = True
+        self.draining[replica.name] = replica
+        replica.stop_if_drained()
+
+    def all_replicas(self) -> list[Replica]:
+        """Every replica this pool ever had (started, serving, draining or stopped)."""
+        return self.history
 
     def observe(self, replica: str, events: list, kv_usage: float) -> None:
+        if replica not in self.replicas:  # draining: the router forgot it
+            return
         with self.state.lock:
             for event in events:
                 index_event(self.state.index, replica, event)
@@ -171,7 +237,13 @@ class Simulation:
     """One model's pools (as its `ModelConfig` says) over one trace."""
 
     def __init__(self, profile: Profile, model: Any, trace: list[TraceRequest],
-                 seed: int = 0, replicas: dict[str, int] | None = None) -> None:
+                 seed: int = 0, replicas: dict[str, int] | None = None,
+                 autoscaling: str | None = None, startup_s: float | None = None,
+                 replica_budget: int | None = None) -> None:
+        """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
+        `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
+        `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
+        replica's start-up time (default: the profile's)."""
         from vllm.engine.arg_utils import EngineArgs
 
         from pdserve.models import resolve_model
@@ -199,6 +271,9 @@ class Simulation:
         self.hasher = BlockHasher(self.block_size, base.cache_config.prefix_caching_hash_algo)
         self.vocab = base.model_config.get_vocab_size()
         self.rng = random.Random(seed)
+        self.slo: SLOTargets = model.slo or SLOTargets()
+        self.startup_s = (profile.startup_s or 0.0) if startup_s is None else startup_s
+        self.completed = 0
         self.outcomes = [Outcome(i, r.arrival_s, r.prompt_tokens, r.output_tokens)
                          for i, r in enumerate(trace)]
         self.pools: dict[str, Pool] = {}
@@ -216,27 +291,71 @@ class Simulation:
         self.link_free_at = 0.0
         self.transfers: list[tuple[float, float, int]] = []  # (start, end, bytes)
         self._requests: dict[str, tuple[int, list[int], tuple[int, ...]]] = {}
+        self.autoscaler = None
+        if autoscaling is not None and replicas is None:
+            from pdserve.simulation.autoscaler import Autoscaler
+
+            scaled = {role: config.autoscaling_config for role, config in model.pools().items()
+                      if config.autoscaling_config}
+            if scaled:
+                self.autoscaler = Autoscaler(self, autoscaling, scaled, replica_budget)
+        idle = [role for role, pool in self.pools.items() if role != "prefill"
+                and not pool.replicas and (self.autoscaler is None
+                                           or role not in self.autoscaler.pools)]
+        if idle:
+            raise ValueError(f"the {idle[0]} pool needs at least one replica to simulate "
+                             "(or autoscaling from zero)")
 
     # -- set-up -------------------------------------------------------------------------
     def _pool(self, role: str, weights: dict[str, float], config: Any, prefix_only: bool,
               count: int | None) -> None:
         router = (config.request_router_config or {}).get("request_router_kwargs", {})
         pool = Pool(role, weights, router, self.block_size, prefix_only, self.rng)
+        auto = config.autoscaling_config
         if count is None:
-            auto = config.autoscaling_config or {}
-            count = int(auto.get("initial_replicas", auto.get("min_replicas",
-                                                               config.num_replicas)))
-        if count < 1 and role != "prefill":
-            raise ValueError(f"the {role} pool needs at least one replica to simulate")
-        for n in range(count):  # a PD model without prefill replicas prefills locally
-            engine = SimEngine(self._engine_args.create_engine_config(),
-                               self.profile.kv_cache.num_blocks, kv_events=True,
-                               pulls_kv=role == "decode")
-            pool.add_replica(Replica(self, pool, f"{role}-{n}", engine))
+            count = (int(auto.get("initial_replicas") or auto.get("min_replicas", 1)) if auto
+                     else config.num_replicas)
         self.pools[role] = pool
+        for _ in range(count):  # a PD model without prefill replicas prefills locally
+            self.start_replica(role, ready=True)
+
+    def start_replica(self, role: str, ready: bool = False) -> Replica:
+        """A new replica of pool `role`: serving now (`ready`) or after the start-up time."""
+        pool = self.pools[role]
+        engine = SimEngine(self._engine_args.create_engine_config(),
+                           self.profile.kv_cache.num_blocks, kv_events=True,
+                           pulls_kv=role == "decode")
+        replica = Replica(self, pool, f"{role}-{len(pool.history)}", engine, self.loop.now)
+        pool.history.append(replica)
+        if ready or self.startup_s <= 0:
+            pool.add_replica(replica)
+        else:
+            pool.starting[replica.name] = replica
+            self.loop.after(self.startup_s, self._ready, replica)
+        return replica
+
+    def _ready(self, replica: Replica) -> None:
+        if replica.stopped_s is None:  # not stopped while starting
+            replica.pool.add_replica(replica)
+
+    def stop_replica(self, role: str) -> Replica | None:
+        """Stop one replica of pool `role`, as Ray does: a starting one first (the newest),
+        else the newest serving one, which drains."""
+        pool = self.pools[role]
+        if pool.starting:
+            replica = pool.starting.pop(list(pool.starting)[-1])
+            replica.stopped_s = self.loop.now
+            return replica
+        if not pool.replicas:
+            return None
+        replica = pool.replicas[list(pool.replicas)[-1]]
+        pool.drain(replica)
+        return replica
 
     # -- requests -----------------------------------------------------------------------
     def run(self, until_s: float | None = None) -> list[Outcome]:
+        if self.autoscaler is not None:
+            self.autoscaler.start()
         for i, request in enumerate(self.trace):
             self.loop.at(request.arrival_s + self.per_request_s
                          + self.per_prompt_token_s * request.prompt_tokens, self._arrive, i)
@@ -244,10 +363,10 @@ class Simulation:
         return self.outcomes
 
     def slowdown(self) -> float:
-        """How much longer a step takes than alone, while the graph's processes want more CPU
-        than the cores no engine is stepping on (1.0 when the graph has cores to spare)."""
-        if not self.host_cores or not (self.cpu_per_request_s or self.cpu_per_token_s
-                                       or self.background_cores):
+        """How much longer a step takes than alone on a host of `host_cores`: while more
+        engines step than there are cores, and while the graph's processes want more CPU than
+        the cores no engine is stepping on (1.0 when each has a core)."""
+        if not self.host_cores:  # each engine on hardware of its own (a GPU), the graph apart
             return 1.0
         recent, now = self._recent_arrivals, self.loop.now
         while recent and recent[0] < now - CPU_WINDOW_S:
@@ -258,10 +377,13 @@ class Simulation:
         demand = (self.background_cores  # cores
                   + (self.cpu_per_request_s * len(recent)
                      + self.cpu_per_token_s * self._recent_token_count) / CPU_WINDOW_S)
-        stepping = sum(r.stepping for p in self.pools.values() for r in p.replicas.values())
+        stepping = sum(r.stepping for p in self.pools.values() for r in p.history)
         spare = max(0, self.host_cores - stepping)
         share = min(MAX_CPU_SHARE, max(0.0, demand - spare) / max(1, stepping))
-        return 1.0 / (1.0 - share)
+        # More engines stepping than cores: they share the cores alike (a replica started on
+        # a host without a free core adds no capacity).
+        engine_share = min(1.0, self.host_cores / max(1, stepping))
+        return 1.0 / (engine_share * (1.0 - share))
 
     def _arrive(self, i: int) -> None:
         if self.host_cores:
@@ -289,6 +411,9 @@ class Simulation:
             self._send(self.pools["prefill"], key + ":p", "remote", 1)
 
     def _send(self, pool: Pool, request_id: str, plan: str, max_tokens: int) -> None:
+        if not pool.replicas:  # none serving (scaled to zero, or starting): the handle holds it
+            pool.waiting.append(lambda: self._send(pool, request_id, plan, max_tokens))
+            return
         _, tokens, hashes = self._requests[request_id.split(":")[0]]
         replica, hits = pool.choose(hashes, plan)
         if not request_id.endswith(":p"):
@@ -304,7 +429,10 @@ class Simulation:
             self._recent_token_count += len(batch.sampled)
         for request_id in batch.sampled:
             if not request_id.endswith(":p"):
-                self.outcomes[self._requests[request_id][0]].token_s.append(now)
+                outcome = self.outcomes[self._requests[request_id][0]]
+                outcome.token_s.append(now)
+                if len(outcome.token_s) == outcome.output_tokens:
+                    self.completed += 1
         for request_id in batch.finished:
             replica.pool.state.end(replica.name, request_id,
                                    self._requests[request_id.split(":")[0]][2])
@@ -317,7 +445,11 @@ class Simulation:
         shared link, then decodes."""
         i, tokens, hashes = self._requests[key]
         decode = self.pools["decode"]
+        if not decode.replicas:
+            decode.waiting.append(lambda: self._pull(key))
+            return
         replica, _ = decode.choose(hashes, "remote")
+        replica.track(key, 0)
         self.outcomes[i].replica = replica.name
         cached = decode.state.cached(hashes).get(replica.name, 0) * self.block_size
         transfer = self.profile.kv_transfer
@@ -335,8 +467,15 @@ class Simulation:
 
     # -- results --------------------------------------------------------------------------
     def replica_seconds(self) -> float:
+        """Replica lifetimes up to the last token (from a start's decision to its stop)."""
         end = max((o.token_s[-1] for o in self.outcomes if o.token_s), default=0.0)
-        return end * sum(len(p.replicas) for p in self.pools.values())
+        return sum(max(0.0, min(end, r.stopped_s if r.stopped_s is not None else end)
+                       - r.started_s)
+                   for pool in self.pools.values() for r in pool.history)
+
+    @property
+    def all_done(self) -> bool:
+        return self.completed == len(self.outcomes)
 
     def busy_seconds(self) -> dict[str, float]:
-        return {name: r.busy_s for pool in self.pools.values() for name, r in pool.replicas.items()}
+        return {r.name: r.busy_s for pool in self.pools.values() for r in pool.history}

@@ -33,3 +33,27 @@ def pick_model(app: AppConfig, model_id: str | None) -> ModelConfig:
             return model
     raise ValueError(f"no generating model {model_id!r} in the config "
                      f"({', '.join(m.model_id for m in generating)})")
+
+
+SLO_APP_POLICY = "pdserve.deployments.autoscaling.policy:SLOAutoscalingPolicy"
+SLO_POOL_POLICY = "pdserve.deployments.autoscaling.policy:pool_policy"
+
+
+def autoscaling_policy(path: Path, model: ModelConfig, application: int = 0) -> str:
+    """Which of `autoscaler.POLICIES` the config runs for `model`'s autoscaled pools: the
+    application's `SLOAutoscalingPolicy`, else the per-pool SLO policy the app builder sets
+    for a model with `slo`, else Ray Serve's default. Another policy cannot be simulated."""
+    doc = yaml.safe_load(Path(path).read_text())
+    app_policy = (doc["applications"][application].get("autoscaling_policy") or {})
+    function = app_policy.get("policy_function")
+    if function is not None:
+        if function != SLO_APP_POLICY:
+            raise ValueError(f"{path}: autoscaling_policy {function!r} cannot be simulated "
+                             f"(known: {SLO_APP_POLICY})")
+        return "slo_app"
+    pool_policies = {(p.autoscaling_config or {}).get("policy", {}).get("policy_function")
+                     for p in model.pools().values()} - {None}
+    if pool_policies - {SLO_POOL_POLICY}:
+        raise ValueError(f"{path}: autoscaling_config.policy {sorted(pool_policies)} cannot be "
+                         f"simulated (known: {SLO_POOL_POLICY})")
+    return "slo" if model.slo is not None or pool_policies else "ray_default"

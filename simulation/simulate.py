@@ -13,7 +13,7 @@ from typing import Any
 from pdserve.simulation import profile_file, traces
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.serve_config import load_app, pick_model
+from pdserve.simulation.serve_config import autoscaling_policy, load_app, pick_model
 from pdserve.simulation.traces import ARRIVALS
 
 
@@ -33,11 +33,20 @@ def generated_trace(arrivals: str, rate: float, count: int, duration_s: float | 
 
 def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id: str | None,
              seed: int, slo_ttft_ms: float | None, slo_itl_ms: float | None,
-             replicas: dict[str, int] | None = None, command: str = "") -> dict[str, Any]:
+             replicas: dict[str, int] | None = None, command: str = "",
+             autoscaling: str | None = "config", startup_s: float | None = None
+             ) -> dict[str, Any]:
+    """`autoscaling`: "config" (the policy the config runs), one of `autoscaler.POLICIES`,
+    or None (pools stay at their initial counts)."""
     profile = profile_file.load(profile_path)
-    model = pick_model(load_app(config), model_id)
+    app = load_app(config)
+    model = pick_model(app, model_id)
+    if autoscaling == "config":
+        autoscaling = autoscaling_policy(config, model)
     started = time.perf_counter()
-    sim = Simulation(profile, model, trace, seed=seed, replicas=replicas)
+    sim = Simulation(profile, model, trace, seed=seed, replicas=replicas,
+                     autoscaling=autoscaling, startup_s=startup_s,
+                     replica_budget=app.replica_budget)
     outcomes = sim.run()
     wall_s = time.perf_counter() - started
     summary = summarize(outcomes, slo_ttft_ms, slo_itl_ms, sim.replica_seconds())
@@ -45,12 +54,17 @@ def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id:
     result = {
         "command": command, "profile": str(profile_path), "config": str(config),
         "model": model.model_id, "mode": model.mode, "seed": seed, "requests": len(trace),
-        "replicas": {name: len(pool.replicas) for name, pool in sim.pools.items()},
+        "replicas": {name: sum(r.started_s == 0 for r in pool.history)  # at the start
+                     for name, pool in sim.pools.items()},
+        "autoscaling": None if sim.autoscaler is None else {
+            "policy": sim.autoscaler.policy, "startup_s": sim.startup_s,
+            "actions": [vars(a) for a in sim.autoscaler.actions],
+            "peak_replicas": {name: peak_replicas(pool.history)
+                              for name, pool in sim.pools.items()}},
         "slo": {"ttft_ms": slo_ttft_ms, "itl_ms": slo_itl_ms},
         "simulated_s": span, "wall_s": wall_s,
         "speedup": span / wall_s if wall_s else None,
-        "busy_share": {name: busy / span if span else None
-                       for name, busy in sim.busy_seconds().items()},
+        "busy_share": busy_shares(sim, span),
         "transfers": len(sim.transfers), "summary": summary,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +72,41 @@ def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id:
     (out / "report.md").write_text(markdown(result))
     plot(outcomes, sim, out / "timeline.png", f"{model.model_id} ({model.mode})")
     return result
+
+
+def busy_shares(sim: Simulation, span: float) -> dict[str, float | None]:
+    """Each replica's share of its life (within the run) spent stepping."""
+    out: dict[str, float | None] = {}
+    for pool in sim.pools.values():
+        for r in pool.history:
+            life = min(span, r.stopped_s if r.stopped_s is not None else span) - r.started_s
+            out[r.name] = r.busy_s / life if life > 0 else None
+    return out
+
+
+def peak_replicas(replicas: list) -> int:
+    """Most replicas alive at once (started, not yet stopped)."""
+    changes = sorted([(r.started_s, 1) for r in replicas]
+                     + [(r.stopped_s, -1) for r in replicas if r.stopped_s is not None],
+                     key=lambda c: (c[0], c[1]))
+    alive = peak = 0
+    for _, change in changes:
+        alive += change
+        peak = max(peak, alive)
+    return peak
+
+
+def autoscaling_lines(result: dict[str, Any]) -> list[str]:
+    scaling = result.get("autoscaling")
+    if not scaling:
+        return ["- autoscaling: off (replicas fixed)"]
+    actions = scaling["actions"]
+    shown = ", ".join(f"{a['time_s']:.0f} s {a['pool']} {a['replicas_from']}→{a['replicas_to']} "
+                      f"({a['reason']})" for a in actions[:12])
+    more = f" … ({len(actions) - 12} more)" if len(actions) > 12 else ""
+    return [f"- autoscaling: `{scaling['policy']}`, replica start-up {scaling['startup_s']:.0f} s, "
+            f"peak replicas {json.dumps(scaling['peak_replicas'])}; "
+            f"{len(actions)} scaling actions" + (f": {shown}{more}" if actions else "")]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -75,6 +124,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"- plans: {json.dumps(s['plans'])}; KV pulls: {result['transfers']}",
              "- engine occupancy: " + ", ".join(f"{k} {v:.0%}" for k, v in
                                                  result["busy_share"].items() if v is not None),
+             *autoscaling_lines(result),
              "", "| metric | p50 | p90 | p99 | mean |", "|---|---|---|---|---|"]
     for name in ("ttft", "itl", "tpot"):
         lines.append(f"| {name.upper()} ms | {ms(f'p50_{name}_ms')} | {ms(f'p90_{name}_ms')} | "
@@ -97,7 +147,8 @@ def plot(outcomes: list, sim: Simulation, path: Path, title: str) -> None:
     import numpy as np
 
     done = [o for o in outcomes if o.token_s]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    scaled = sim.autoscaler is not None
+    fig, axes = plt.subplots(1, 4 if scaled else 3, figsize=(20 if scaled else 15, 4))
     for ax, values, name in ((axes[0], [o.ttft_s * 1e3 for o in done], "TTFT ms"),
                              (axes[1], [g * 1e3 for o in done for g in o.itls_s], "ITL ms")):
         if values:
@@ -115,6 +166,18 @@ def plot(outcomes: list, sim: Simulation, path: Path, title: str) -> None:
     axes[2].set_ylabel("requests")
     axes[2].legend()
     axes[2].grid(alpha=0.3)
+    if scaled:
+        for role in sim.autoscaler.pools:
+            points = [(t, serving, target) for t, r, serving, target in sim.autoscaler.timeline
+                      if r == role]
+            if points:
+                ts, serving, target = zip(*points, strict=True)
+                axes[3].step(ts, serving, where="post", label=f"{role} serving")
+                axes[3].step(ts, target, where="post", linestyle="--", label=f"{role} target")
+        axes[3].set_xlabel("simulated s")
+        axes[3].set_ylabel("replicas")
+        axes[3].legend()
+        axes[3].grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
