@@ -23,10 +23,13 @@ request's blocks when it finishes (a real one holds them until the decode side p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSignals
@@ -233,6 +236,19 @@ def check_profile_fits(profile: Profile, model: Any) -> None:
                          f"config ({model.model!r}): profile that config")
 
 
+def architecture_dir(hf_config: dict[str, Any]) -> Path:
+    """A folder holding only `config.json` (what vLLM's engine config reads), kept in the
+    cache under its content's hash."""
+    text = json.dumps(hf_config, sort_keys=True, indent=1)
+    folder = Path.home() / ".cache" / "pdserve" / "architectures" / hashlib.sha256(
+        text.encode()).hexdigest()[:16]
+    if not (folder / "config.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json.tmp").write_text(text)
+        (folder / "config.json.tmp").replace(folder / "config.json")
+    return folder
+
+
 class Simulation:
     """One model's pools (as its `ModelConfig` says) over one trace."""
 
@@ -264,7 +280,11 @@ class Simulation:
         self.host_cores = overhead.host_cores
         self._recent_arrivals: deque[float] = deque()
         check_profile_fits(profile, model)
-        kwargs = {"model": str(resolve_model(model.model)), **profile.engine_kwargs}
+        path = (architecture_dir(profile.hf_config) if profile.hf_config is not None
+                else resolve_model(model.model))
+        kwargs = {"model": str(path), **profile.engine_kwargs}
+        if profile.hf_config is not None:  # an architecture without its tokenizer
+            kwargs["skip_tokenizer_init"] = True
         self._engine_args = EngineArgs(**kwargs)
         base = self._engine_args.create_engine_config()
         self.block_size = base.cache_config.block_size

@@ -97,7 +97,13 @@ class Profile(_Strict):
     step_times: StepTimes
     kv_transfer: KVTransfer | None = None
     graph_overhead: GraphOverhead = Field(default_factory=GraphOverhead)
-    startup_s: float | None = Field(None, ge=0, description="engine replica start-up time")
+    startup_s: float | None = Field(
+        None, ge=0, description="a replica's start-up time: what `pdserve profile` measures is "
+        "the engine's own (in-process); a served replica adds its Ray actor and processes")
+    hf_config: dict[str, Any] | None = Field(
+        None, description="the model's `config.json` (its published architecture): the "
+        "simulator builds vLLM's scheduler from it instead of fetching the model (a profile "
+        "written for a model this machine does not hold)")
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Profiles written by hand from published figures, for hardware this machine lacks."""
