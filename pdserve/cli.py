@@ -85,12 +85,17 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.trace is not None:
         trace = traces.read(args.trace)
+    elif args.vllm_dataset is not None:
+        trace = simulate.dataset_trace(args.config, args.model, args.vllm_dataset,
+                                       args.tokenizer, args.arrivals, args.rate, args.duration,
+                                       args.seed)
     elif args.rate is not None:
         trace = simulate.generated_trace(args.arrivals, args.rate, args.num_requests,
                                          args.duration, args.prompt_tokens, args.output_tokens,
                                          args.mixed, args.seed)
     else:
-        raise ValueError("give --trace FILE or --rate R (with --arrivals, lengths)")
+        raise ValueError("give --trace FILE, --vllm-dataset OPTIONS or --rate R (with "
+                         "--arrivals, lengths)")
     replicas = dict(_replica_count(v) for v in args.replicas or [])
     result = simulate.simulate(args.profile, args.config, trace, args.out, args.model,
                                args.seed, args.slo_ttft_ms, args.slo_itl_ms, replicas or None,
@@ -159,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--trace", type=Path, default=None,
                      help="trace: JSONL (arrival_s, prompt_tokens, output_tokens, optional "
                      "prefix_id/prefix_tokens) or a vLLM serving-benchmark result file")
+    sim.add_argument("--vllm-dataset", default=None, metavar="OPTIONS",
+                     help="or sample a dataset with vLLM's serving benchmark, its options in "
+                     "one string: \"--dataset-name sharegpt --dataset-path x.json "
+                     "--num-prompts 500\" (arrivals: the dataset's own, or --rate/--arrivals)")
+    sim.add_argument("--tokenizer", default=None,
+                     help="with --vllm-dataset: tokenizer name or path (default: the model's)")
     sim.add_argument("--rate", type=float, default=None, help="or generate: requests/s")
     sim.add_argument("--arrivals", default="poisson", choices=ARRIVALS,
                      help="generated arrivals (default: poisson)")

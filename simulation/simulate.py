@@ -31,6 +31,25 @@ def generated_trace(arrivals: str, rate: float, count: int, duration_s: float | 
     raise ValueError(f"unknown arrivals {arrivals!r}; known: {', '.join(ARRIVALS)}")
 
 
+def dataset_trace(config: Path, model_id: str | None, arguments: str, tokenizer: str | None,
+                  arrivals: str, rate: float | None, duration_s: float | None,
+                  seed: int) -> list:
+    """Requests from a vLLM benchmark dataset (tokenized with the served model's tokenizer
+    unless told), at the dataset's own times (timed traces) or at generated arrivals."""
+    from pdserve.models import resolve_model
+
+    if tokenizer is None:
+        tokenizer = str(resolve_model(pick_model(load_app(config), model_id).model))
+    requests = traces.read_vllm_dataset(arguments, tokenizer)
+    timed = any(r.arrival_s for r in requests)
+    if rate is None:
+        if not timed:
+            raise ValueError("this dataset has no arrival times: give --rate (and --arrivals)")
+        return requests
+    times = generated_trace(arrivals, rate, len(requests), duration_s, 1, 1, False, seed)
+    return traces.with_arrivals(requests, times)
+
+
 def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id: str | None,
              seed: int, slo_ttft_ms: float | None, slo_itl_ms: float | None,
              replicas: dict[str, int] | None = None, command: str = "",

@@ -9,9 +9,12 @@ shared-prefix id and its length). JSONL, one request per line:
 
 Also read: a result file of vLLM's serving benchmark (`vllm bench serve --save-result
 --save-detailed`: `start_times`, `input_lens`, `output_lens`), which replays exactly the
-requests a measured run sent. Generated: Poisson, bursty (gamma inter-arrivals with a
-coefficient of variation above 1, as vLLM's `--burstiness` below 1) and diurnal (a sinusoidal
-rate, by thinning) arrivals.
+requests a measured run sent; and any dataset vLLM's serving benchmark samples (`sharegpt`,
+`random`, `prefix_repetition`, `burstgpt`, timed traces, ...), sampled by vLLM's own code with
+its own arguments and the served model's tokenizer, each prompt's own tokens kept (so prefix
+sharing in the dataset reaches the prefix caches and the router). Generated: Poisson, bursty
+(gamma inter-arrivals with a coefficient of variation above 1, as vLLM's `--burstiness` below
+1) and diurnal (a sinusoidal rate, by thinning) arrivals.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -31,10 +34,13 @@ class TraceRequest:
     output_tokens: int
     prefix_id: str | None = None
     prefix_tokens: int = 0
+    prompt_ids: tuple[int, ...] | None = None  # the prompt's own tokens, when a dataset gave it
 
     def token_ids(self, index: int, vocab: int) -> list[int]:
-        """Deterministic prompt tokens: the shared prefix (the same for every request naming
-        `prefix_id`), then tokens of this request alone."""
+        """The prompt's own tokens when known, else deterministic ones: the shared prefix (the
+        same for every request naming `prefix_id`), then tokens of this request alone."""
+        if self.prompt_ids is not None:
+            return list(self.prompt_ids)
         low, high = 10, max(11, vocab - 10)
         shared = min(self.prefix_tokens, self.prompt_tokens) if self.prefix_id else 0
         prefix_rng = random.Random(f"prefix:{self.prefix_id}")
@@ -49,7 +55,10 @@ def read_jsonl(path: Path) -> list[TraceRequest]:
         if not line.strip():
             continue
         try:
-            out.append(TraceRequest(**json.loads(line)))
+            row = json.loads(line)
+            if row.get("prompt_ids") is not None:
+                row["prompt_ids"] = tuple(row["prompt_ids"])
+            out.append(TraceRequest(**row))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}:{n}: not a trace request ({e})") from e
     return sorted(out, key=lambda r: r.arrival_s)
@@ -84,6 +93,59 @@ def read(path: Path) -> list[TraceRequest]:
     if text.lstrip().startswith("{") and '"start_times"' in text[:2_000_000]:
         return read_vllm_result(path)
     return read_jsonl(path)
+
+
+def read_vllm_dataset(arguments: str, tokenizer: str) -> list[TraceRequest]:
+    """Requests sampled from a dataset by vLLM's serving benchmark's own code: `arguments` are
+    its dataset options (`--dataset-name sharegpt --dataset-path x.json --num-prompts 500
+    --seed 0`, ...), `tokenizer` a name or path. Arrival times are the dataset's (timed traces)
+    or 0 (give the trace arrivals with `with_arrivals`)."""
+    import argparse
+    import shlex
+
+    from vllm.benchmarks.datasets import get_samples
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.tokenizers import get_tokenizer
+
+    parser = argparse.ArgumentParser(prog="vLLM dataset options", add_help=False,
+                                     exit_on_error=False)
+    add_cli_args(parser)
+    try:
+        args, unknown = parser.parse_known_args(shlex.split(arguments))
+    except (argparse.ArgumentError, SystemExit) as e:
+        raise ValueError(f"vLLM dataset options {arguments!r}: {e}") from e
+    if unknown:
+        raise ValueError(f"vLLM dataset options: unknown {' '.join(unknown)}")
+    tok = get_tokenizer(tokenizer)
+    out = []
+    for sample in get_samples(args, tok):
+        prompt = sample.prompt
+        if isinstance(prompt, str):
+            ids = tok(prompt).input_ids
+        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            ids = prompt
+        else:
+            raise ValueError(f"dataset {args.dataset_name!r}: prompts of type "
+                             f"{type(prompt).__name__} (multimodal or chat) are not simulated")
+        out.append(TraceRequest(arrival_s=float(sample.timestamp or 0.0),
+                                prompt_tokens=len(ids), output_tokens=int(
+                                    sample.expected_output_len), prompt_ids=tuple(ids)))
+    if not out:
+        raise ValueError(f"vLLM dataset options {arguments!r}: no requests sampled")
+    if any(r.arrival_s for r in out):
+        first = min(r.arrival_s for r in out)
+        out = [replace(r, arrival_s=r.arrival_s - first) for r in out]
+    return sorted(out, key=lambda r: r.arrival_s)
+
+
+def with_arrivals(requests: Sequence[TraceRequest], arrivals: Sequence[TraceRequest]
+                  ) -> list[TraceRequest]:
+    """`requests` (their prompts and lengths, in order, cycled when fewer) at the arrival
+    times of `arrivals` (a generated trace)."""
+    if not requests:
+        raise ValueError("no requests to give arrival times")
+    return [replace(requests[i % len(requests)], arrival_s=a.arrival_s)
+            for i, a in enumerate(arrivals)]
 
 
 # -- generators ---------------------------------------------------------------------------

@@ -60,3 +60,44 @@ def test_requests_naming_one_prefix_share_its_tokens() -> None:
     c = traces.TraceRequest(0, 100, 1, None).token_ids(2, 1000)
     assert len(a) == 100 and len(b) == 90
     assert a[:64] == b[:64] and a[64:74] != b[64:74] and a[:64] != c[:64]
+
+
+def _tokenizer() -> str:
+    from pdserve.models import resolve_model
+
+    return str(resolve_model("pdserve://tiny"))
+
+
+def test_a_sharegpt_file_is_sampled_by_vllms_own_code_with_the_models_tokenizer(
+        tmp_path) -> None:
+    from vllm.tokenizers import get_tokenizer
+
+    conversations = [{"conversations": [
+        {"from": "human", "value": f"question {i}: " + "tell me about the sea " * (i + 2)},
+        {"from": "gpt", "value": "the sea is large and deep " * (i + 3)}]} for i in range(8)]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(conversations))
+    trace = traces.read_vllm_dataset(
+        f"--dataset-name sharegpt --dataset-path {path} --num-prompts 6 --seed 1", _tokenizer())
+    assert len(trace) == 6 and all(r.arrival_s == 0 for r in trace)
+    tok = get_tokenizer(_tokenizer())
+    by_prompt = {tuple(tok(c["conversations"][0]["value"]).input_ids):
+                 len(tok(c["conversations"][1]["value"]).input_ids) for c in conversations}
+    for r in trace:  # each request: a prompt of the file, its answer's length as output
+        assert by_prompt[r.prompt_ids] == r.output_tokens
+        assert r.prompt_tokens == len(r.prompt_ids)
+        assert r.token_ids(0, 100) == list(r.prompt_ids)
+    traces.write_jsonl(tmp_path / "trace.jsonl", trace)  # kept with its prompts' tokens
+    assert traces.read_jsonl(tmp_path / "trace.jsonl") == trace
+
+
+def test_a_dataset_without_times_gets_generated_arrivals_and_bad_options_are_named() -> None:
+    requests = traces.read_vllm_dataset(
+        "--dataset-name random --random-input-len 40 --random-output-len 5 --num-prompts 4",
+        _tokenizer())
+    times = traces.poisson(2.0, 10, traces.fixed_lengths(1, 1), seed=0)
+    trace = traces.with_arrivals(requests, times)
+    assert [r.arrival_s for r in trace] == [t.arrival_s for t in times]
+    assert [r.prompt_ids for r in trace[:4]] == [r.prompt_ids for r in trace[4:8]]  # cycled
+    with pytest.raises(ValueError, match="--not-an-option"):
+        traces.read_vllm_dataset("--dataset-name random --not-an-option 3", _tokenizer())
