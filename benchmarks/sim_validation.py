@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--step-model", choices=("scaled", "added"), default="scaled",
                    help="with --compare: calibrate the served engine's steps as the profiled "
                    "ones times a factor (scaled) or plus a constant (added)")
+    p.add_argument("--lengths-only", dest="prompts", action="store_false",
+                   help="with --compare: replay lengths only (simulated prompts share no "
+                   "tokens), not the prompts the runs sent")
     p.add_argument("--suffix", default="", help="with --compare: validation<suffix>.md/json")
     args = p.parse_args(argv)
     # The mixed benchmark's settings, for its configs and dataset.
@@ -202,16 +205,20 @@ def compare(args: argparse.Namespace) -> None:
         cores = measured["machine"].get("cpu_affinity") or measured["machine"]["cpu_count"]
         overhead = calibration.graph_overhead(
             profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
-            cores, scale_steps=args.step_model == "scaled")
+            cores, scale_steps=args.step_model == "scaled",
+            prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
+                     for r in c1_rows] if args.prompts else None)
         # The profile as `pdserve simulate` takes it for this system: measured engine plus the
         # served graph's calibrated overhead.
         profile.model_copy(update={"graph_overhead": overhead}).save(
             out / f"profile-{system}{args.suffix}.json")
         for load in VALIDATION_LOADS:
+            prompts = sent_prompts(load, measured, out, model.model) if args.prompts else None
             runs = []
             for raw in raws[load]:
                 real = json.loads(raw.read_text())
-                runs.append((real, calibration.simulated(profile, model, raw, overhead)))
+                runs.append((real, calibration.simulated(profile, model, raw, overhead,
+                                                         prompts)))
             if not runs:
                 continue
             row: dict[str, Any] = {"system": system, "load": load, "rounds": len(runs),
@@ -226,11 +233,24 @@ def compare(args: argparse.Namespace) -> None:
     result = {"profile": str(args.profile), "calibration": str(args.calibration or out),
               "step_times": profile.step_times.model_dump(),
               "kv_transfer": profile.kv_transfer and profile.kv_transfer.model_dump(),
-              "rows": table}
+              "prompts": args.prompts, "rows": table}
     (out / f"validation{args.suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"validation{args.suffix}.md").write_text(validation_markdown(result, measured))
     plot_validation(result, out / f"validation{args.suffix}.png")
     print((out / f"validation{args.suffix}.md").read_text())
+
+
+def sent_prompts(load: str, measured: dict[str, Any], out: Path, model: str) -> list:
+    """The prompts a load sent, token for token: its dataset sampled again by vLLM's own code
+    with the options and seed of the measured run (every round sent the same ones)."""
+    from pdserve.simulation import traces
+
+    model_dir = systems.resolve_model_dir(model)
+    target = argparse.Namespace(base_url="http://127.0.0.1:1", model_name="replay",
+                                model_dir=str(model_dir))
+    argv = load_argv(load, target, argparse.Namespace(**measured["load"]),  # type: ignore[arg-type]
+                     out / "mixed_dataset.jsonl")
+    return traces.read_vllm_dataset(shlex.join(argv), str(model_dir))
 
 
 def _pct(value: float | None) -> str:
@@ -245,8 +265,11 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
              f"- profile: `{result['profile']}` (step model held-out error "
              f"{_pct(steps.get('heldout_mape'))} MAPE, p90 {_pct(steps.get('heldout_p90_ape'))}; "
              f"host noise {_pct(steps.get('noise_mape'))})",
-             "- simulated: each measured run's own requests (arrivals, lengths) replayed; graph "
-             f"overhead calibrated on the system's concurrency-1 runs in "
+             "- simulated: each measured run's own requests replayed ("
+             + ("arrival times and lengths from its result, prompt tokens from its dataset "
+                "sampled again with its options and seed" if result.get("prompts") else
+                "arrival times and lengths only: simulated prompts share no tokens")
+             + "); graph overhead calibrated on the system's concurrency-1 runs in "
              f"`{result['calibration']}`", "",
              "Measured: median (min–max) over rounds; simulated: median over the same rounds' "
              "traces; error: simulated median vs measured median.", "",

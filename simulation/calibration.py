@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
 from pdserve.simulation.profile_file import GraphOverhead, Profile
-from pdserve.simulation.traces import read_vllm_result
+from pdserve.simulation.traces import TraceRequest, read_vllm_result
 
 #: Process roles (`benchmarks/process_cpu.py`) whose CPU follows the traffic (the load
 #: generator too, where it shares the host), and Ray's own upkeep, which runs whether or not
@@ -24,23 +25,32 @@ UPKEEP_ROLES = ("ray system", "serve controller", "ray::DashboardAgent", "serve 
                 "ray::RuntimeEnvAgent")
 
 
-def simulated(profile: Profile, model: Any, result_file: Path,
-              overhead: GraphOverhead) -> dict[str, Any]:
-    """The run's own requests through the simulated graph with this overhead."""
-    sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model,
-                     read_vllm_result(result_file))
+def simulated(profile: Profile, model: Any, result_file: Path, overhead: GraphOverhead,
+              prompts: list[TraceRequest] | None = None) -> dict[str, Any]:
+    """The run's own requests through the simulated graph with this overhead: their arrival
+    times and lengths from the result file, their tokens from `prompts` (the dataset the run
+    sent, in order) when given."""
+    trace = read_vllm_result(result_file, skip_failed=prompts is None)
+    if prompts is not None:
+        if [r.prompt_tokens for r in trace] != [p.prompt_tokens for p in prompts]:
+            raise ValueError(f"{result_file}: the prompts given are not the ones the run sent")
+        trace = [replace(r, prompt_ids=p.prompt_ids) for r, p in zip(trace, prompts,
+                                                                      strict=True)]
+    sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model, trace)
     return summarize(sim.run())
 
 
 def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    cpu_by_role: list[dict[str, float]] | None = None,
-                   host_cores: int | None = None, scale_steps: bool = True) -> GraphOverhead:
+                   host_cores: int | None = None, scale_steps: bool = True,
+                   prompts: list[list[TraceRequest] | None] | None = None) -> GraphOverhead:
     """Medians over concurrency-1 runs (vLLM benchmark result files). `scale_steps`: the
     served engine's steps are the measured TPOT p50 over the simulated bare engine's (at
     least 1) times the profiled ones, and the rest of the measured TTFT p50 is latency per
     request (fixed + per prompt token, over runs of different prompt lengths); else steps keep
     their profiled time plus the TPOT difference per step. With `cpu_by_role` (per run,
-    CPU seconds by process role): the graph's CPU per request and at rest."""
+    CPU seconds by process role): the graph's CPU per request and at rest. `prompts`: per run,
+    the prompts it sent (see `simulated`)."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
@@ -48,10 +58,11 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     for n, path in enumerate(runs):
         measured = json.loads(Path(path).read_text())
         prompt_tokens.append(statistics.median(measured["input_lens"]))
-        bare = simulated(profile, model, path, GraphOverhead())
+        sent = prompts[n] if prompts else None
+        bare = simulated(profile, model, path, GraphOverhead(), sent)
         if scale_steps:
             factor = max(1.0, measured["p50_tpot_ms"] / bare["p50_tpot_ms"])
-            scaled = simulated(profile, model, path, GraphOverhead(step_scale=factor))
+            scaled = simulated(profile, model, path, GraphOverhead(step_scale=factor), sent)
             scale.append(factor)
             per_request.append((measured["p50_ttft_ms"] - scaled["p50_ttft_ms"]) / 1e3)
         else:
