@@ -79,8 +79,8 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    """Simulate a served model over a trace with a profile; write the report and plots."""
+def _trace(args: argparse.Namespace) -> list:
+    """The trace `simulate` and `plan` were given: a file, a vLLM dataset or a generator."""
     from pdserve.simulation import simulate, traces
 
     if args.trace is not None:
@@ -96,6 +96,14 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give --trace FILE, --vllm-dataset OPTIONS or --rate R (with "
                          "--arrivals, lengths)")
+    return trace
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """Simulate a served model over a trace with a profile; write the report and plots."""
+    from pdserve.simulation import simulate
+
+    trace = _trace(args)
     replicas = dict(_replica_count(v) for v in args.replicas or [])
     result = simulate.simulate(args.profile, args.config, trace, args.out, args.model,
                                args.seed, args.slo_ttft_ms, args.slo_itl_ms, replicas or None,
@@ -106,12 +114,49 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0 if result["summary"]["completed"] else 1
 
 
+def _plan(args: argparse.Namespace) -> int:
+    """Search colocated and PD deployments of a model for a trace and an SLO; write the
+    frontier and the recommended serve config."""
+    from pdserve.simulation import planner
+
+    result = planner.run(args.profile, args.config, args.model, _trace(args), args.slo_ttft_ms,
+                         args.slo_itl_ms, args.attainment, args.budget, args.out,
+                         search_rate=args.search_rate, seed=args.seed,
+                         command=args.command_line)
+    print((args.out / "plan.md").read_text(), end="")
+    return 0 if result["recommended"] else 1
+
+
 def _replica_count(value: str) -> tuple[str, int]:
     pool, _, count = value.partition("=")
     if pool not in ("prefill", "decode", "colocated") or not count.isdigit():
         raise ValueError(f"--replicas {value!r}: expected POOL=N, POOL one of prefill, "
                          "decode, colocated")
     return pool, int(count)
+
+
+def _trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trace options `simulate` and `plan` share."""
+    parser.add_argument("--trace", type=Path, default=None,
+                     help="trace: JSONL (arrival_s, prompt_tokens, output_tokens, optional "
+                     "prefix_id/prefix_tokens) or a vLLM serving-benchmark result file")
+    parser.add_argument("--vllm-dataset", default=None, metavar="OPTIONS",
+                     help="or sample a dataset with vLLM's serving benchmark, its options in "
+                     "one string: \"--dataset-name sharegpt --dataset-path x.json "
+                     "--num-prompts 500\" (arrivals: the dataset's own, or --rate/--arrivals)")
+    parser.add_argument("--tokenizer", default=None,
+                     help="with --vllm-dataset: tokenizer name or path (default: the model's)")
+    parser.add_argument("--rate", type=float, default=None, help="or generate: requests/s")
+    parser.add_argument("--arrivals", default="poisson", choices=ARRIVALS,
+                     help="generated arrivals (default: poisson)")
+    parser.add_argument("--num-requests", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=None,
+                     help="diurnal: seconds (one period; default: num-requests / rate)")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument("--mixed", action="store_true",
+                     help="half long prompts (--prompt-tokens, 16 out), half 64-token "
+                     "prompts with --output-tokens out")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,26 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--profile", type=Path, required=True, help="profile file (JSON)")
     sim.add_argument("--config", type=Path, required=True, help="serve config YAML")
     sim.add_argument("--model", default=None, help="model id (default: the config's only one)")
-    sim.add_argument("--trace", type=Path, default=None,
-                     help="trace: JSONL (arrival_s, prompt_tokens, output_tokens, optional "
-                     "prefix_id/prefix_tokens) or a vLLM serving-benchmark result file")
-    sim.add_argument("--vllm-dataset", default=None, metavar="OPTIONS",
-                     help="or sample a dataset with vLLM's serving benchmark, its options in "
-                     "one string: \"--dataset-name sharegpt --dataset-path x.json "
-                     "--num-prompts 500\" (arrivals: the dataset's own, or --rate/--arrivals)")
-    sim.add_argument("--tokenizer", default=None,
-                     help="with --vllm-dataset: tokenizer name or path (default: the model's)")
-    sim.add_argument("--rate", type=float, default=None, help="or generate: requests/s")
-    sim.add_argument("--arrivals", default="poisson", choices=ARRIVALS,
-                     help="generated arrivals (default: poisson)")
-    sim.add_argument("--num-requests", type=int, default=200)
-    sim.add_argument("--duration", type=float, default=None,
-                     help="diurnal: seconds (one period; default: num-requests / rate)")
-    sim.add_argument("--prompt-tokens", type=int, default=512)
-    sim.add_argument("--output-tokens", type=int, default=64)
-    sim.add_argument("--mixed", action="store_true",
-                     help="half long prompts (--prompt-tokens, 16 out), half 64-token "
-                     "prompts with --output-tokens out")
+    _trace_arguments(sim)
     sim.add_argument("--replicas", nargs="*", metavar="POOL=N",
                      help="replica counts instead of the config's (prefill=1 decode=2)")
     sim.add_argument("--autoscaling", default="config",
@@ -195,6 +221,27 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", type=Path, required=True, help="report folder")
     sim.set_defaults(func=_simulate)
+    plan = sub.add_parser("plan", help="search colocated and PD deployments of a model for a "
+                          "trace and an SLO (closed-form pruning, then simulation); write the "
+                          "recommended serve config")
+    plan.add_argument("--profile", type=Path, required=True, help="profile file (JSON)")
+    plan.add_argument("--config", type=Path, required=True,
+                      help="serve config YAML (the model, its engine arguments and pools)")
+    plan.add_argument("--model", default=None, help="model id (default: the config's only one)")
+    _trace_arguments(plan)
+    plan.add_argument("--slo-ttft-ms", type=float, required=True)
+    plan.add_argument("--slo-itl-ms", type=float, required=True,
+                      help="every gap between a request's tokens within this")
+    plan.add_argument("--attainment", type=float, default=90.0,
+                      help="%% of requests that must meet the SLO (default: 90)")
+    plan.add_argument("--budget", type=int, default=None,
+                      help="most engines (default: the config's replica_budget, else 4)")
+    plan.add_argument("--search-rate", action="store_true",
+                      help="also find each candidate's largest sustainable rate (×7 runs)")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--out", type=Path, required=True,
+                      help="folder for plan.{json,md} and serve_config.yaml")
+    plan.set_defaults(func=_plan)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     new = keys.add_parser("new", help="make a key; print it and its keys-file entry")
     new.add_argument("--name", required=True, help="who holds the key")

@@ -249,6 +249,21 @@ def architecture_dir(hf_config: dict[str, Any]) -> Path:
     return folder
 
 
+def engine_args(profile: Profile, model: Any) -> Any:
+    """vLLM's `EngineArgs` of the profiled engine (the simulated schedulers are built from
+    them): the served model, or the architecture the profile carries."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from pdserve.models import resolve_model
+
+    path = (architecture_dir(profile.hf_config) if profile.hf_config is not None
+            else resolve_model(model.model))
+    kwargs = {"model": str(path), **profile.engine_kwargs}
+    if profile.hf_config is not None:  # an architecture without its tokenizer
+        kwargs["skip_tokenizer_init"] = True
+    return EngineArgs(**kwargs)
+
+
 class Simulation:
     """One model's pools (as its `ModelConfig` says) over one trace."""
 
@@ -260,10 +275,6 @@ class Simulation:
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
         replica's start-up time (default: the profile's)."""
-        from vllm.engine.arg_utils import EngineArgs
-
-        from pdserve.models import resolve_model
-
         self.loop = EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
@@ -280,12 +291,7 @@ class Simulation:
         self.host_cores = overhead.host_cores
         self._recent_arrivals: deque[float] = deque()
         check_profile_fits(profile, model)
-        path = (architecture_dir(profile.hf_config) if profile.hf_config is not None
-                else resolve_model(model.model))
-        kwargs = {"model": str(path), **profile.engine_kwargs}
-        if profile.hf_config is not None:  # an architecture without its tokenizer
-            kwargs["skip_tokenizer_init"] = True
-        self._engine_args = EngineArgs(**kwargs)
+        self._engine_args = engine_args(profile, model)
         base = self._engine_args.create_engine_config()
         self.block_size = base.cache_config.block_size
         self.hasher = BlockHasher(self.block_size, base.cache_config.prefix_caching_hash_algo)

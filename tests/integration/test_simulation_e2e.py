@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from pdserve.deployments.config.app import AppConfig
+
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 PDSERVE = Path(sys.executable).with_name("pdserve")
@@ -69,3 +71,16 @@ def test_profile_then_simulate(tmp_path: Path) -> None:
     assert summary["completed"] == 60 and summary["p50_ttft_ms"] > 0
     assert summary["plans"].get("remote", 0) > 0  # 300-token prompts prefill remotely
     assert (report / "timeline.png").stat().st_size > 0
+    # ... and plans a deployment from the same profile: a runnable config comes out.
+    planned = tmp_path / "plan"
+    done = subprocess.run(
+        [str(PDSERVE), "plan", "--profile", str(profile), "--config", str(config),
+         "--rate", "1", "--num-requests", "40", "--prompt-tokens", "300",
+         "--output-tokens", "20", "--slo-ttft-ms", "3000", "--slo-itl-ms", "500",
+         "--budget", "2", "--out", str(planned)], check=True, timeout=600,
+        capture_output=True, text=True)
+    assert "Recommended:" in done.stdout
+    plan = json.loads((planned / "plan.json").read_text())
+    assert plan["estimated"] == 3 and plan["recommended"] is not None
+    written = yaml.safe_load((planned / "serve_config.yaml").read_text())
+    AppConfig.model_validate(written["applications"][0]["args"])

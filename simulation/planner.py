@@ -1,0 +1,403 @@
+"""`pdserve plan`: how many engines of which kind a model needs to hold a trace to an SLO.
+
+Candidates are colocated (n engines) and PD (p prefill + d decode engines) within a budget of
+engines. Each is first estimated in closed form from the profile — the prefill pool as M/D/1
+queues (a mean prompt's chunked prefill is the service time), the decode batch from Little's
+law (B = λ·output·step(B), a fixed point), colocated engines carrying both — which prunes what
+cannot hold the load and keeps the few smallest of each kind that can; those are simulated
+(the whole graph, `graph.Simulation`, fixed replica counts) on the trace, optionally with a
+rate search (the largest rate scale whose SLO attainment still meets the target). The smallest
+candidate that meets the target is recommended and written as a ready-to-run serve config.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdserve.simulation.graph import Simulation
+from pdserve.simulation.metrics import summarize
+from pdserve.simulation.profile_file import Profile
+from pdserve.simulation.traces import TraceRequest
+
+#: Candidates of each kind simulated beyond the smallest the estimate finds feasible.
+KEEP_ABOVE_SMALLEST = 2
+#: Estimates within this factor of a target are simulated anyway (closed forms are rough).
+MARGIN = 1.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mode: str  # colocated | pd
+    prefill: int  # engines computing prompts (colocated: all of them)
+    decode: int  # engines decoding (colocated: the same engines)
+
+    @property
+    def engines(self) -> int:
+        return self.prefill if self.mode == "colocated" else self.prefill + self.decode
+
+    @property
+    def replicas(self) -> dict[str, int]:
+        if self.mode == "colocated":
+            return {"colocated": self.prefill}
+        return {"prefill": self.prefill, "decode": self.decode}
+
+    def label(self) -> str:
+        return (f"colocated ×{self.prefill}" if self.mode == "colocated"
+                else f"pd {self.prefill}P+{self.decode}D")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Closed-form load of a candidate: utilisations, queueing TTFT, decode batch and ITL."""
+
+    prefill_util: float
+    decode_util: float
+    ttft_s: float
+    itl_s: float
+    batch: float
+
+    def feasible(self, ttft_s: float, itl_s: float, margin: float = MARGIN) -> bool:
+        return (self.prefill_util < 1 and self.decode_util < 1
+                and self.ttft_s <= ttft_s * margin and self.itl_s <= itl_s * margin)
+
+
+@dataclass
+class Evaluation:
+    candidate: Candidate
+    estimate: Estimate
+    summary: dict[str, Any] = field(default_factory=dict)
+    max_rate_scale: float | None = None  # with a rate search
+
+    @property
+    def attainment(self) -> float:
+        return float(self.summary.get("slo_met_pct") or 0.0)
+
+    @property
+    def goodput(self) -> float:
+        return float(self.summary.get("slo_goodput") or 0.0)
+
+
+@dataclass(frozen=True)
+class Workload:
+    rate: float  # requests/s
+    prompt: float  # mean prompt tokens
+    output: float  # mean output tokens
+
+    @classmethod
+    def of(cls, trace: list[TraceRequest]) -> Workload:
+        span = max(r.arrival_s for r in trace) - min(r.arrival_s for r in trace)
+        return cls(rate=(len(trace) - 1) / span if span > 0 else float(len(trace)),
+                   prompt=statistics.fmean(r.prompt_tokens for r in trace),
+                   output=statistics.fmean(r.output_tokens for r in trace))
+
+
+def candidates(budget: int, modes: tuple[str, ...] = ("colocated", "pd")) -> list[Candidate]:
+    out = []
+    if "colocated" in modes:
+        out += [Candidate("colocated", n, n) for n in range(1, budget + 1)]
+    if "pd" in modes:
+        out += [Candidate("pd", p, d) for p in range(1, budget) for d in range(1, budget - p + 1)]
+    return out
+
+
+def prefill_seconds(profile: Profile, prompt: int, chunk: int) -> float:
+    """A prompt's prefill alone on an engine: its chunks, one step each."""
+    step = profile.step_times.model()
+    seconds, done = 0.0, 0
+    while done < prompt:
+        n = min(chunk, prompt - done)
+        seconds += step.seconds([(n, done, True, done == 0)])
+        done += n
+    return seconds
+
+
+def estimate(profile: Profile, workload: Workload, candidate: Candidate, chunk: int,
+             max_num_seqs: int) -> Estimate:
+    """Closed-form estimate, per engine. Decode: the batch B = λ_d·output·t(B) (Little's law)
+    with t(B) = base + B·c, c = per_decode + context·per_decode_context, so
+    B = λ_d·output·base / (1 − λ_d·output·c); it holds while λ_d·output·c < 1, B fits
+    `max_num_seqs` and the KV cache (`decode_util`: the tightest of the three). Prefill: M/D/1,
+    waiting ρ·S / (2(1 − ρ)) for a mean prompt's chunked prefill S; on a colocated engine each
+    chunk's step also carries the decodes (S grows by a decode step per chunk) and a chunk
+    lengthens the decodes' gaps in proportion to the time spent on prompts."""
+    times, overhead = profile.step_times, profile.graph_overhead
+    scale = overhead.step_scale
+    prompt = max(1, round(workload.prompt))
+    chunks = math.ceil(prompt / chunk)
+    service = prefill_seconds(profile, prompt, chunk) * scale + chunks * overhead.per_step_s
+    context = workload.prompt + workload.output / 2
+    per_decode = (times.per_decode + context * times.per_decode_context) * scale
+    base = times.base * scale + overhead.per_step_s
+    demand = workload.rate / candidate.decode * workload.output  # decode tokens/s per engine
+    if demand * per_decode >= 1:
+        return Estimate(0.0, math.inf, math.inf, math.inf, math.inf)
+    batch = demand * base / (1 - demand * per_decode)
+    itl = base + batch * per_decode
+    kv_tokens = profile.kv_cache.num_blocks * profile.kv_cache.block_size
+    decode_util = max(demand * per_decode, batch / max_num_seqs,
+                      batch * (workload.prompt + workload.output) / kv_tokens)
+    if candidate.mode == "colocated":
+        service += chunks * batch * per_decode  # the decodes riding each chunk's step
+    rho = workload.rate / candidate.prefill * service
+    wait = rho * service / (2 * (1 - rho)) if rho < 1 else math.inf
+    transfer = 0.0
+    if candidate.mode == "pd" and profile.kv_transfer is not None:
+        kv = profile.kv_cache.bytes_per_token or 0
+        transfer = profile.kv_transfer.alpha_s + prompt * kv / profile.kv_transfer.bytes_per_s
+    if candidate.mode == "colocated":
+        itl += min(1.0, rho) * service / chunks
+    ttft = (overhead.per_request_s + overhead.per_prompt_token_s * workload.prompt + service
+            + wait + transfer + itl)
+    return Estimate(prefill_util=rho, decode_util=decode_util, ttft_s=ttft, itl_s=itl,
+                    batch=batch)
+
+
+def prune(estimates: dict[Candidate, Estimate], ttft_s: float, itl_s: float,
+          keep: int = KEEP_ABOVE_SMALLEST) -> list[Candidate]:
+    """Feasible candidates (within `MARGIN` of the targets), per kind the smallest engine
+    counts only: the smallest feasible and `keep` more."""
+    out = []
+    for mode in ("colocated", "pd"):
+        feasible = sorted((c for c, e in estimates.items()
+                           if c.mode == mode and e.feasible(ttft_s, itl_s)),
+                          key=lambda c: (c.engines, c.prefill))
+        if feasible:
+            limit = feasible[0].engines + keep
+            out += [c for c in feasible if c.engines <= limit]
+    return out
+
+
+def simulate(profile: Profile, model: Any, trace: list[TraceRequest], candidate: Candidate,
+             ttft_ms: float, itl_ms: float, seed: int) -> dict[str, Any]:
+    """The candidate's graph over the trace, fixed replica counts."""
+    sim = Simulation(profile, as_mode(model, candidate.mode), trace, seed=seed,
+                     replicas=candidate.replicas)
+    return summarize(sim.run(), ttft_ms, itl_ms, sim.replica_seconds())
+
+
+def scaled(trace: list[TraceRequest], factor: float) -> list[TraceRequest]:
+    """The trace `factor` times as fast (arrivals closer together)."""
+    return [replace(r, arrival_s=r.arrival_s / factor) for r in trace]
+
+
+def max_rate_scale(profile: Profile, model: Any, trace: list[TraceRequest],
+                   candidate: Candidate, ttft_ms: float, itl_ms: float, attainment: float,
+                   seed: int, steps: int = 6) -> float:
+    """The largest factor (bisected between 1/8 and 8) by which the trace can be sped up and
+    still meet `attainment` % of requests within the SLO."""
+    def ok(factor: float) -> bool:
+        summary = simulate(profile, model, scaled(trace, factor), candidate, ttft_ms, itl_ms,
+                           seed)
+        return (summary.get("slo_met_pct") or 0.0) >= attainment
+
+    low, high = 0.125, 8.0
+    if not ok(low):
+        return 0.0
+    if ok(high):
+        return high
+    for _ in range(steps):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if ok(middle) else (low, middle)
+    return low
+
+
+def as_mode(model: Any, mode: str) -> Any:
+    """The model served in `mode`, its pools' settings carried over (a PD model's decode pool
+    becomes the colocated pool and serves as both pools the other way round)."""
+    if model.mode == mode:
+        return model
+    data = model.model_dump(exclude_unset=True)
+    pools = {role: data.pop(role, None) for role in ("prefill", "decode", "colocated")}
+    if mode == "colocated":
+        data["colocated"] = pools["decode"] or pools["prefill"] or {}
+    else:
+        data["prefill"] = pools["colocated"] or {}
+        data["decode"] = pools["colocated"] or {}
+    data["mode"] = mode
+    return type(model).model_validate(data)
+
+
+def recommend(evaluations: list[Evaluation], attainment: float) -> Evaluation | None:
+    """The fewest engines meeting the attainment target (ties: the higher goodput)."""
+    meeting = [e for e in evaluations if e.attainment >= attainment]
+    if not meeting:
+        return None
+    return min(meeting, key=lambda e: (e.candidate.engines, -e.goodput))
+
+
+def frontier(evaluations: list[Evaluation]) -> list[Evaluation]:
+    """Candidates no other beats on both goodput per engine and SLO attainment."""
+    def per_engine(e: Evaluation) -> float:
+        return e.goodput / e.candidate.engines
+
+    return sorted((e for e in evaluations
+                   if not any(per_engine(o) >= per_engine(e) and o.attainment >= e.attainment
+                              and (per_engine(o), o.attainment) != (per_engine(e), e.attainment)
+                              for o in evaluations)),
+                  key=lambda e: -per_engine(e))
+
+
+def write_config(source: Path, model_id: str, candidate: Candidate, out: Path,
+                 application: int = 0) -> dict[str, Any]:
+    """The source serve config with the model served as `candidate` says: fixed pools get
+    `num_replicas`, autoscaled ones that floor as `min_replicas` (their maximum raised to it
+    if lower). Validated by the app's own models before it is written."""
+    from pdserve.deployments.config.app import AppConfig
+
+    doc = yaml.safe_load(Path(source).read_text())
+    args = doc["applications"][application]["args"]
+    (entry,) = [m for m in args["models"] if m["model_id"] == model_id]
+    pools = {role: entry.pop(role, None) for role in ("prefill", "decode", "colocated")}
+    template = pools["decode"] or pools["colocated"] or pools["prefill"] or {}
+    entry["mode"] = candidate.mode
+    for role, count in candidate.replicas.items():
+        pool = dict(pools.get(role) or template)
+        scaling = pool.get("autoscaling_config")
+        if scaling:
+            pool["autoscaling_config"] = {
+                **scaling, "min_replicas": count,
+                "max_replicas": max(count, int(scaling.get("max_replicas", count)))}
+            pool["autoscaling_config"].pop("initial_replicas", None)
+            pool.pop("num_replicas", None)
+        else:
+            pool["num_replicas"] = count
+        entry[role] = pool
+    if args.get("replica_budget") is not None:  # room for the new floors beside the others'
+        before = sum(_floor(pool) for pool in pools.values() if pool)
+        after = sum(_floor(entry[role]) for role in candidate.replicas)
+        args["replica_budget"] = max(int(args["replica_budget"]),
+                                     int(args["replica_budget"]) - before + after)
+    AppConfig.model_validate(args)
+    out.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
+    return doc
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes shared values out in full (no `&id001` anchors where the source had `<<:`)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _floor(pool: dict[str, Any]) -> int:
+    scaling = pool.get("autoscaling_config")
+    return int(scaling.get("min_replicas", 1)) if scaling else int(pool.get("num_replicas", 1))
+
+
+def plan(profile: Profile, model: Any, trace: list[TraceRequest], ttft_ms: float,
+         itl_ms: float, attainment: float, budget: int, search_rate: bool = False,
+         seed: int = 0, modes: tuple[str, ...] = ("colocated", "pd"),
+         progress: Any = None) -> tuple[list[Evaluation], dict[Candidate, Estimate]]:
+    """Estimate every candidate within `budget` engines, simulate those the estimate keeps."""
+    from pdserve.simulation.graph import check_profile_fits, engine_args
+
+    check_profile_fits(profile, model)
+    config = engine_args(profile, model).create_engine_config()
+    chunk = config.scheduler_config.max_num_batched_tokens
+    seqs = config.scheduler_config.max_num_seqs
+    workload = Workload.of(trace)
+    estimates = {c: estimate(profile, workload, c, chunk, seqs)
+                 for c in candidates(budget, modes)}
+    kept = prune(estimates, ttft_ms / 1e3, itl_ms / 1e3)
+    evaluations = []
+    for candidate in progress(kept) if progress else kept:
+        evaluation = Evaluation(candidate, estimates[candidate],
+                                simulate(profile, model, trace, candidate, ttft_ms, itl_ms,
+                                         seed))
+        if search_rate:
+            evaluation.max_rate_scale = max_rate_scale(profile, model, trace, candidate,
+                                                       ttft_ms, itl_ms, attainment, seed)
+        evaluations.append(evaluation)
+    return evaluations, estimates
+
+
+def markdown(result: dict[str, Any]) -> str:
+    w = result["workload"]
+    lines = [f"# Plan: {result['model']}", "",
+             f"- command: `{result['command']}`", f"- profile: `{result['profile']}`",
+             f"- workload: {result['requests']} requests, {w['rate']:.2f} req/s, mean prompt "
+             f"{w['prompt']:.0f} tokens, mean output {w['output']:.0f} tokens",
+             f"- SLO: TTFT ≤ {result['slo']['ttft_ms']:g} ms and every gap ≤ "
+             f"{result['slo']['itl_ms']:g} ms for ≥ {result['slo']['attainment']:g} % of requests;"
+             f" budget {result['budget']} engines",
+             f"- candidates: {result['estimated']} estimated in closed form, "
+             f"{len(result['evaluations'])} simulated", "",
+             "| candidate | engines | est. prefill ρ | est. decode ρ | est. TTFT ms | "
+             "est. ITL ms | SLO met | goodput req/s | goodput / engine | TTFT p90 ms | "
+             "ITL p90 ms | max rate × |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in result["evaluations"]:
+        est, s = e["estimate"], e["summary"]
+
+        def ms(v: float | None) -> str:
+            return "—" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+        lines.append(
+            f"| {e['label']} | {e['engines']} | {est['prefill_util']:.2f} | "
+            f"{est['decode_util']:.2f} | {ms(est['ttft_s'] * 1e3)} | {ms(est['itl_s'] * 1e3)} | "
+            f"{s.get('slo_met_pct') or 0:.1f} % | {s.get('slo_goodput') or 0:.2f} | "
+            f"{(s.get('slo_goodput') or 0) / e['engines']:.2f} | {ms(s.get('p90_ttft_ms'))} | "
+            f"{ms(s.get('p90_itl_ms'))} | "
+            + ("—" if e["max_rate_scale"] is None else f"{e['max_rate_scale']:.2f}") + " |")
+    lines += ["", "Frontier (no other candidate has both more goodput per engine and more "
+              "SLO attainment): " + (", ".join(result["frontier"]) or "—"), ""]
+    rec = result["recommended"]
+    lines.append(f"**Recommended: {rec['label']}** ({rec['engines']} engines), written to "
+                 f"`{result['config_out']}`" if rec else
+                 "**No candidate meets the target** within the budget: raise --budget, relax "
+                 "the SLO, or lower the rate.")
+    return "\n".join(lines) + "\n"
+
+
+def run(profile_path: Path, config: Path, model_id: str | None, trace: list[TraceRequest],
+        ttft_ms: float, itl_ms: float, attainment: float, budget: int | None, out: Path,
+        search_rate: bool = False, seed: int = 0, command: str = "") -> dict[str, Any]:
+    """`pdserve plan`: writes plan.json, plan.md and, when a candidate meets the target, the
+    recommended serve config (`serve_config.yaml`)."""
+    import json
+
+    from tqdm import tqdm
+
+    from pdserve.simulation import profile_file
+    from pdserve.simulation.serve_config import load_app, pick_model
+
+    profile = profile_file.load(profile_path)
+    app = load_app(config)
+    model = pick_model(app, model_id)
+    budget = budget or app.replica_budget or 4
+    evaluations, estimates = plan(
+        profile, model, trace, ttft_ms, itl_ms, attainment, budget, search_rate, seed,
+        progress=lambda xs: tqdm(xs, desc="simulating candidates", unit="candidate"))
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = recommend(evaluations, attainment)
+    config_out = out / "serve_config.yaml"
+    if chosen is not None:
+        write_config(config, model.model_id, chosen.candidate, config_out)
+
+    def row(e: Evaluation) -> dict[str, Any]:
+        return {"label": e.candidate.label(), "mode": e.candidate.mode,
+                "replicas": e.candidate.replicas, "engines": e.candidate.engines,
+                "estimate": vars(e.estimate), "summary": e.summary,
+                "max_rate_scale": e.max_rate_scale}
+
+    workload = Workload.of(trace)
+    result = {
+        "command": command, "profile": str(profile_path), "config": str(config),
+        "model": model.model_id, "requests": len(trace), "workload": vars(workload),
+        "slo": {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "attainment": attainment},
+        "budget": budget, "estimated": len(estimates),
+        "evaluations": [row(e) for e in sorted(evaluations,
+                                               key=lambda e: (e.candidate.engines,
+                                                              e.candidate.mode))],
+        "frontier": [e.candidate.label() for e in frontier(evaluations)],
+        "recommended": row(chosen) if chosen else None,
+        "config_out": str(config_out) if chosen else None,
+    }
+    (out / "plan.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "plan.md").write_text(markdown(result))
+    return result
