@@ -13,3 +13,8 @@ for model in llama8b llama8b-colo; do
       --mixed --slo-ttft-ms 1000 --slo-itl-ms 50 --out $OUT/$model-$policy > /dev/null
   done
 done
+# The planner's answer for a steady 20 req/s (benchmarks/results/plan-gpu-h100-v1), fixed, on
+# the same diurnal traffic (peaking at 36 req/s):
+.venv/bin/pdserve simulate --profile $P --config $C --model llama8b --replicas prefill=1 decode=1 \
+  --rate 20 --arrivals diurnal --duration 600 --prompt-tokens 2048 --output-tokens 256 \
+  --mixed --slo-ttft-ms 1000 --slo-itl-ms 50 --out $OUT/llama8b-fixed-1P1D > /dev/null
