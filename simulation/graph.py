@@ -12,7 +12,7 @@ What is modelled (stated, and measured by the validation table): each engine ste
 the profile's step model says, times the served engine's step scale plus its per-step
 overhead; a KV pull of b bytes occupies one link shared by all pulls for alpha + b /
 bandwidth (FIFO); the graph adds its latency per request (and per prompt token) before a
-request reaches a pool; on a host
+request reaches a pool, stretched like the engines' steps on an oversubscribed host; on a host
 whose cores the graph's own processes share with the engines, the graph's CPU demand (its CPU
 per request and per streamed token times their rates over the last `CPU_WINDOW_S`) first
 fills the cores no engine is stepping on, and what is left is taken from the busy engines
@@ -383,10 +383,16 @@ class Simulation:
         if self.autoscaler is not None:
             self.autoscaler.start()
         for i, request in enumerate(self.trace):
-            self.loop.at(request.arrival_s + self.per_request_s
-                         + self.per_prompt_token_s * request.prompt_tokens, self._arrive, i)
+            self.loop.at(request.arrival_s, self._enter, i)
         self.loop.run(until_s)
         return self.outcomes
+
+    def _enter(self, i: int) -> None:
+        """A request reaches the graph: its latency before a pool (HTTP, ingress,
+        tokenization, routing) is CPU work of the graph's processes, stretched as the engines'
+        steps are while the host's cores are oversubscribed."""
+        latency = self.per_request_s + self.per_prompt_token_s * self.trace[i].prompt_tokens
+        self.loop.after(latency * self.slowdown(), self._arrive, i)
 
     def slowdown(self) -> float:
         """How much longer a step takes than alone on a host of `host_cores`: while more

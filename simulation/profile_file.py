@@ -61,7 +61,8 @@ class GraphOverhead(_Strict):
 
     - `per_request_s` + `per_prompt_token_s` × prompt tokens: latency before a request
       reaches a pool (HTTP, proxy, ingress, tokenization, hashing, routing, the stream's first
-      hop): added to every request's arrival.
+      hop): added to every request's arrival (stretched as engine steps are while the graph
+      and the engines want more CPU than the host has).
     - `step_scale`: every engine step takes this many times the profiled time (a served
       engine shares its host with the graph: measured 1.5–2x on a 2-core box at concurrency 1).
     - `per_step_s`: added to every engine step (what a served engine does per step that the
