@@ -11,13 +11,13 @@ import pytest
 from ray.serve._private.constants import CONTROL_LOOP_INTERVAL_S
 from ray.serve.autoscaling_policy import _apply_delay_logic, _apply_scaling_factors
 from ray.serve.config import AutoscalingConfig
+from sim_profiles import PROFILE, model
 
 from pdserve.simulation import traces
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
 from pdserve.simulation.profile_file import GraphOverhead
 from pdserve.simulation.serve_config import autoscaling_policy, load_app, pick_model
-from tests.unit.test_sim_graph import PROFILE, model
 
 SCALING = {"min_replicas": 1, "max_replicas": 3, "metrics_interval_s": 2,
            "look_back_period_s": 10, "upscale_delay_s": 5, "downscale_delay_s": 20,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sim_profiles import PROFILE, model
 
 from pdserve.deployments.config.app import AppConfig
 from pdserve.simulation import planner, traces
 from pdserve.simulation.planner import Candidate, Estimate, Evaluation, Workload
-from tests.unit.test_sim_graph import PROFILE, model
 
 ROOT = Path(__file__).resolve().parents[2]
 
