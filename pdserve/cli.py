@@ -237,7 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--budget", type=int, default=None,
                       help="most engines (default: the config's replica_budget, else 4)")
     plan.add_argument("--search-rate", action="store_true",
-                      help="also find each candidate's largest sustainable rate (×7 runs)")
+                      help="also find each candidate's largest sustainable rate (up to 8 more "
+                      "simulations each)")
     plan.add_argument("--seed", type=int, default=0)
     plan.add_argument("--out", type=Path, required=True,
                       help="folder for plan.{json,md} and serve_config.yaml")

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 #: `slo`: the per-pool `pool_policy` (a model with `slo` and no application policy);
 #: `ray_default`: Ray Serve's queue-length policy (`target_ongoing_requests`).
 POLICIES = ("slo_app", "slo", "ray_default")
+#: `report.SMOOTHED` (the load signals Ray averages), as `ReplicaSignals` names them.
 SMOOTHED_FIELDS = ("queued_prefill_tokens", "kv_cache_usage", "running", "waiting")
 
 
@@ -70,7 +71,7 @@ class PoolScaler:
     def window(self, now: float) -> float:
         return now - self.config.look_back_period_s
 
-    def signals(self, name: str, now: float) -> ReplicaSignals | None:
+    def signals(self, name: str) -> ReplicaSignals | None:
         """A replica's latest report, its load signals averaged over the look-back window."""
         series = self.reports.get(name)
         if not series:
@@ -123,9 +124,9 @@ class Autoscaler:
         self.timeline.append((now, scaler.role, len(pool.replicas), scaler.target))
 
     # -- decisions ----------------------------------------------------------------------
-    def _snapshot(self, scaler: PoolScaler, now: float) -> PoolSnapshot:
+    def _snapshot(self, scaler: PoolScaler) -> PoolSnapshot:
         pool = self.sim.pools[scaler.role]
-        signals = [scaler.signals(name, now) for name in pool.replicas]
+        signals = [scaler.signals(name) for name in pool.replicas]
         return PoolSnapshot(
             model=self.sim.model.model_id, role=scaler.role,  # type: ignore[arg-type]
             running=len(pool.replicas), target=scaler.target,
@@ -133,7 +134,7 @@ class Autoscaler:
             replicas=tuple(s for s in signals if s is not None),
             requests=max(scaler.mean_requests(), float(len(pool.waiting))))
 
-    def _wanted(self, now: float) -> dict[str, tuple[float, str]]:
+    def _wanted(self) -> dict[str, tuple[float, str]]:
         """Each pool's replicas as the policy wants them, before Ray's delays and bounds."""
         if self.policy == "ray_default":
             out = {}
@@ -145,7 +146,7 @@ class Autoscaler:
                 desired, _ = replica_queue_length_autoscaling_policy(ctx)
                 out[role] = (desired, "ongoing_requests")
             return out
-        snapshots = {role: self._snapshot(s, now) for role, s in self.pools.items()}
+        snapshots = {role: self._snapshot(s) for role, s in self.pools.items()}
         targets = {self.sim.model.model_id: self.sim.slo}
         if self.policy == "slo_app":
             decisions = decide(Snapshot(tuple(snapshots.values()), targets, self.budget))
@@ -177,12 +178,15 @@ class Autoscaler:
             if now + 1e-9 >= scaler.next_report_s:
                 self._report(scaler, now)
                 scaler.next_report_s = now + scaler.config.metrics_interval_s
-        for role, (desired, reason) in self._wanted(now).items():
+        for role, (desired, reason) in self._wanted().items():
             scaler = self.pools[role]
             final = self._apply_ray(scaler, desired, now)
             if final != scaler.target:
                 self._scale(scaler, final, reason, now)
-        if not self.sim.all_done:
+        # Ticks end with the run: every request ended, or nothing left that could move one on
+        # (no step, pull, arrival or start pending: a prompt the KV cache cannot hold waits
+        # forever, and is reported failed).
+        if not self.sim.all_done and self.sim.loop.pending():
             self.sim.loop.after(CONTROL_LOOP_INTERVAL_S, self._tick)
 
     def _scale(self, scaler: PoolScaler, replicas: int, reason: str, now: float) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,7 @@ def simulated(profile: Profile, model: Any, result_file: Path, overhead: GraphOv
     """The run's own requests through the simulated graph with this overhead: their arrival
     times and lengths from the result file, their tokens from `prompts` (the dataset the run
     sent, in order) when given."""
-    trace = read_vllm_result(result_file, skip_failed=prompts is None)
-    if prompts is not None:
-        if [r.prompt_tokens for r in trace] != [p.prompt_tokens for p in prompts]:
-            raise ValueError(f"{result_file}: the prompts given are not the ones the run sent")
-        trace = [replace(r, prompt_ids=p.prompt_ids) for r, p in zip(trace, prompts,
-                                                                      strict=True)]
+    trace = read_vllm_result(result_file, prompts=prompts)
     sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model, trace)
     return summarize(sim.run())
 

@@ -150,7 +150,6 @@ class Replica:
     def stop_if_drained(self) -> None:
         if self.draining and self.stopped_s is None and not self.busy and not self.tracked:
             self.stopped_s = self.sim.loop.now
-            self.pool.draining.pop(self.name, None)
 
     @property
     def ongoing(self) -> int:
@@ -171,7 +170,6 @@ class Pool:
         self.state.block_size = block_size
         self.replicas: dict[str, Replica] = {}  # serving: what the router picks from
         self.starting: dict[str, Replica] = {}
-        self.draining: dict[str, Replica] = {}
         self.history: list[Replica] = []
         self.waiting: deque[Callable[[], None]] = deque()  # held at the handle: no replica
         self.kv_usage: dict[str, float] = {}
@@ -195,12 +193,7 @@ class Pool:
         self.state.sync_replicas(dict.fromkeys(self.replicas))
         self.kv_usage.pop(replica.name, None)
         replica.draining = True
-        self.draining[replica.name] = replica
         replica.stop_if_drained()
-
-    def all_replicas(self) -> list[Replica]:
-        """Every replica this pool ever had (started, serving, draining or stopped)."""
-        return self.history
 
     def observe(self, replica: str, events: list, kv_usage: float) -> None:
         if replica not in self.replicas:  # draining: the router forgot it
@@ -299,7 +292,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.slo: SLOTargets = model.slo or SLOTargets()
         self.startup_s = (profile.startup_s or 0.0) if startup_s is None else startup_s
-        self.completed = 0
+        self.ended = 0  # requests their engine finished (all their tokens, or stopped short)
         self.outcomes = [Outcome(i, r.arrival_s, r.prompt_tokens, r.output_tokens)
                          for i, r in enumerate(trace)]
         self.pools: dict[str, Pool] = {}
@@ -310,6 +303,7 @@ class Simulation:
                    "colocated": PREFIX_AWARE_WEIGHTS}
         for role, config in model.pools().items():
             self._pool(role, weights[role], config, role == "decode", counts.get(role))
+        self.initial_replicas = {role: len(pool.replicas) for role, pool in self.pools.items()}
         routing = model.routing
         self.thresholds = PlanThresholds(routing.local_prefill_below_tokens,
                                          routing.max_prefill_queue_per_replica)
@@ -461,13 +455,12 @@ class Simulation:
             self._recent_token_count += len(batch.sampled)
         for request_id in batch.sampled:
             if not request_id.endswith(":p"):
-                outcome = self.outcomes[self._requests[request_id][0]]
-                outcome.token_s.append(now)
-                if len(outcome.token_s) == outcome.output_tokens:
-                    self.completed += 1
+                self.outcomes[self._requests[request_id][0]].token_s.append(now)
         for request_id in batch.finished:
             replica.pool.state.end(replica.name, request_id,
                                    self._requests[request_id.split(":")[0]][2])
+            if not request_id.endswith(":p"):
+                self.ended += 1  # done, or stopped short (e.g. at max_model_len)
             if request_id.endswith(":p"):
                 self.prefill_in_flight -= 1
                 self._pull(request_id.removesuffix(":p"))
@@ -507,7 +500,7 @@ class Simulation:
 
     @property
     def all_done(self) -> bool:
-        return self.completed == len(self.outcomes)
+        return self.ended == len(self.outcomes)
 
     def busy_seconds(self) -> dict[str, float]:
         return {r.name: r.busy_s for pool in self.pools.values() for r in pool.history}

@@ -1,9 +1,10 @@
 """`pdserve plan`: how many engines of which kind a model needs to hold a trace to an SLO.
 
 Candidates are colocated (n engines) and PD (p prefill + d decode engines) within a budget of
-engines. Each is first estimated in closed form from the profile — the prefill pool as M/D/1
-queues (a mean prompt's chunked prefill is the service time), the decode batch from Little's
-law (B = λ·output·step(B), a fixed point), colocated engines carrying both — which prunes what
+engines. Each is first estimated in closed form from the profile — prefill as M/G/1 queues
+over the trace's own mix of prompts' chunked prefill times, the decode batch from Little's law
+(B = λ·output·step(B), a fixed point), engines that compute prompts beside their decodes
+(colocated; PD's short prompts kept local) carrying both — which prunes what
 cannot hold the load and keeps the few smallest of each kind that can; those are simulated
 (the whole graph, `graph.Simulation`, fixed replica counts) on the trace, optionally with a
 rate search (the largest rate scale whose SLO attainment still meets the target). The smallest
@@ -88,13 +89,15 @@ class Workload:
     rate: float  # requests/s
     prompt: float  # mean prompt tokens
     output: float  # mean output tokens
+    prompts: tuple[int, ...] = ()  # every request's prompt tokens (the service-time mix)
 
     @classmethod
     def of(cls, trace: list[TraceRequest]) -> Workload:
         span = max(r.arrival_s for r in trace) - min(r.arrival_s for r in trace)
         return cls(rate=(len(trace) - 1) / span if span > 0 else float(len(trace)),
                    prompt=statistics.fmean(r.prompt_tokens for r in trace),
-                   output=statistics.fmean(r.output_tokens for r in trace))
+                   output=statistics.fmean(r.output_tokens for r in trace),
+                   prompts=tuple(r.prompt_tokens for r in trace))
 
 
 def candidates(budget: int, modes: tuple[str, ...] = ("colocated", "pd")) -> list[Candidate]:
@@ -118,19 +121,21 @@ def prefill_seconds(profile: Profile, prompt: int, chunk: int) -> float:
 
 
 def estimate(profile: Profile, workload: Workload, candidate: Candidate, chunk: int,
-             max_num_seqs: int) -> Estimate:
+             max_num_seqs: int, local_below: int = 0) -> Estimate:
     """Closed-form estimate, per engine. Decode: the batch B = λ_d·output·t(B) (Little's law)
     with t(B) = base + B·c, c = per_decode + context·per_decode_context, so
     B = λ_d·output·base / (1 − λ_d·output·c); it holds while λ_d·output·c < 1, B fits
-    `max_num_seqs` and the KV cache (`decode_util`: the tightest of the three). Prefill: M/D/1,
-    waiting ρ·S / (2(1 − ρ)) for a mean prompt's chunked prefill S; on a colocated engine each
-    chunk's step also carries the decodes (S grows by a decode step per chunk) and a chunk
-    lengthens the decodes' gaps in proportion to the time spent on prompts."""
+    `max_num_seqs` and the KV cache (`decode_util`: the tightest of the three). Prefill: M/G/1
+    (Pollaczek–Khinchine), waiting λ·E[S²] / (2(1 − ρ)) over the trace's own mix of prompts'
+    chunked prefill times S. Prompts the engine computes beside its decodes (every prompt
+    colocated; PD: those under `local_below` tokens, which the plan keeps on the decode pool)
+    ride the decodes' steps: S grows by a decode step per chunk, and the decodes' gaps grow by
+    the share of time spent on prompt chunks times a chunk's time."""
     times, overhead = profile.step_times, profile.graph_overhead
     scale = overhead.step_scale
-    prompt = max(1, round(workload.prompt))
-    chunks = math.ceil(prompt / chunk)
-    service = prefill_seconds(profile, prompt, chunk) * scale + chunks * overhead.per_step_s
+    prompts = workload.prompts or (max(1, round(workload.prompt)),)
+    alone = {n: prefill_seconds(profile, n, chunk) * scale
+             + math.ceil(n / chunk) * overhead.per_step_s for n in set(prompts)}
     context = workload.prompt + workload.output / 2
     per_decode = (times.per_decode + context * times.per_decode_context) * scale
     base = times.base * scale + overhead.per_step_s
@@ -142,20 +147,46 @@ def estimate(profile: Profile, workload: Workload, candidate: Candidate, chunk: 
     kv_tokens = profile.kv_cache.num_blocks * profile.kv_cache.block_size
     decode_util = max(demand * per_decode, batch / max_num_seqs,
                       batch * (workload.prompt + workload.output) / kv_tokens)
-    if candidate.mode == "colocated":
-        service += chunks * batch * per_decode  # the decodes riding each chunk's step
-    rho = workload.rate / candidate.prefill * service
-    wait = rho * service / (2 * (1 - rho)) if rho < 1 else math.inf
-    transfer = 0.0
-    if candidate.mode == "pd" and profile.kv_transfer is not None:
-        kv = profile.kv_cache.bytes_per_token or 0
-        transfer = profile.kv_transfer.alpha_s + prompt * kv / profile.kv_transfer.bytes_per_s
-    if candidate.mode == "colocated":
-        itl += min(1.0, rho) * service / chunks
-    ttft = (overhead.per_request_s + overhead.per_prompt_token_s * workload.prompt + service
-            + wait + transfer + itl)
-    return Estimate(prefill_util=rho, decode_util=decode_util, ttft_s=ttft, itl_s=itl,
-                    batch=batch)
+    beside = prompts if candidate.mode == "colocated" else [n for n in prompts if n < local_below]
+    remote = [] if candidate.mode == "colocated" else [n for n in prompts if n >= local_below]
+    ttft_parts = []
+    stall = 0.0  # share of a decode engine's time spent on prompt chunks
+    if beside:
+        ride = {n: alone[n] + math.ceil(n / chunk) * batch * per_decode for n in set(beside)}
+        rate = workload.rate * len(beside) / len(prompts) / candidate.decode
+        rho, wait = _mg1(rate, [ride[n] for n in beside])
+        stall = min(1.0, rate * statistics.fmean(alone[n] for n in beside))
+        chunk_s = statistics.fmean(alone[n] / math.ceil(n / chunk) for n in beside)
+        ttft_parts.append((len(beside), statistics.fmean(ride[n] for n in beside) + wait))
+    else:
+        rho, chunk_s = 0.0, 0.0
+    prefill_util = rho
+    if remote:
+        rate = workload.rate * len(remote) / len(prompts) / candidate.prefill
+        rho_p, wait = _mg1(rate, [alone[n] for n in remote])
+        prefill_util = max(prefill_util, rho_p)
+        transfer = 0.0
+        if profile.kv_transfer is not None:
+            kv = profile.kv_cache.bytes_per_token or 0
+            transfer = profile.kv_transfer.alpha_s + statistics.fmean(
+                n * kv for n in remote) / profile.kv_transfer.bytes_per_s
+        ttft_parts.append((len(remote), statistics.fmean(alone[n] for n in remote) + wait
+                           + transfer + itl))  # then one decode step for the first token
+    itl += stall * chunk_s
+    decode_util = max(decode_util, stall)
+    queued = sum(k * t for k, t in ttft_parts) / sum(k for k, _ in ttft_parts)
+    ttft = overhead.per_request_s + overhead.per_prompt_token_s * workload.prompt + queued
+    return Estimate(prefill_util=prefill_util, decode_util=decode_util, ttft_s=ttft,
+                    itl_s=itl, batch=batch)
+
+
+def _mg1(rate: float, services: list[float]) -> tuple[float, float]:
+    """(utilisation, mean wait) of an M/G/1 queue with these service times."""
+    mean = statistics.fmean(services)
+    rho = rate * mean
+    if rho >= 1:
+        return rho, math.inf
+    return rho, rate * statistics.fmean(s * s for s in services) / (2 * (1 - rho))
 
 
 def prune(estimates: dict[Candidate, Estimate], ttft_s: float, itl_s: float,
@@ -232,7 +263,8 @@ def recommend(evaluations: list[Evaluation], attainment: float) -> Evaluation | 
 
 
 def frontier(evaluations: list[Evaluation]) -> list[Evaluation]:
-    """Candidates no other beats on both goodput per engine and SLO attainment."""
+    """Candidates no other matches on both goodput per engine and SLO attainment while beating
+    them on one (the Pareto front)."""
     def per_engine(e: Evaluation) -> float:
         return e.goodput / e.candidate.engines
 
@@ -268,11 +300,9 @@ def write_config(source: Path, model_id: str, candidate: Candidate, out: Path,
         else:
             pool["num_replicas"] = count
         entry[role] = pool
-    if args.get("replica_budget") is not None:  # room for the new floors beside the others'
-        before = sum(_floor(pool) for pool in pools.values() if pool)
-        after = sum(_floor(entry[role]) for role in candidate.replicas)
-        args["replica_budget"] = max(int(args["replica_budget"]),
-                                     int(args["replica_budget"]) - before + after)
+    if args.get("replica_budget") is not None:  # raised only if the new floors do not fit
+        floors = AppConfig.model_validate({**args, "replica_budget": None}).minimum_replicas()
+        args["replica_budget"] = max(int(args["replica_budget"]), floors)
     AppConfig.model_validate(args)
     out.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
     return doc
@@ -283,11 +313,6 @@ class _PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
-
-
-def _floor(pool: dict[str, Any]) -> int:
-    scaling = pool.get("autoscaling_config")
-    return int(scaling.get("min_replicas", 1)) if scaling else int(pool.get("num_replicas", 1))
 
 
 def plan(profile: Profile, model: Any, trace: list[TraceRequest], ttft_ms: float,
@@ -302,7 +327,8 @@ def plan(profile: Profile, model: Any, trace: list[TraceRequest], ttft_ms: float
     chunk = config.scheduler_config.max_num_batched_tokens
     seqs = config.scheduler_config.max_num_seqs
     workload = Workload.of(trace)
-    estimates = {c: estimate(profile, workload, c, chunk, seqs)
+    local_below = model.routing.local_prefill_below_tokens
+    estimates = {c: estimate(profile, workload, c, chunk, seqs, local_below)
                  for c in candidates(budget, modes)}
     kept = prune(estimates, ttft_ms / 1e3, itl_ms / 1e3)
     evaluations = []
@@ -344,8 +370,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{(s.get('slo_goodput') or 0) / e['engines']:.2f} | {ms(s.get('p90_ttft_ms'))} | "
             f"{ms(s.get('p90_itl_ms'))} | "
             + ("—" if e["max_rate_scale"] is None else f"{e['max_rate_scale']:.2f}") + " |")
-    lines += ["", "Frontier (no other candidate has both more goodput per engine and more "
-              "SLO attainment): " + (", ".join(result["frontier"]) or "—"), ""]
+    lines += ["", "Frontier (no other candidate is at least as good on both goodput per engine "
+              "and SLO attainment and better on one): " + (", ".join(result["frontier"]) or "—"),
+              ""]
     rec = result["recommended"]
     lines.append(f"**Recommended: {rec['label']}** ({rec['engines']} engines), written to "
                  f"`{result['config_out']}`" if rec else

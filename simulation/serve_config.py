@@ -35,8 +35,11 @@ def pick_model(app: AppConfig, model_id: str | None) -> ModelConfig:
                      f"({', '.join(m.model_id for m in generating)})")
 
 
-SLO_APP_POLICY = "pdserve.deployments.autoscaling.policy:SLOAutoscalingPolicy"
-SLO_POOL_POLICY = "pdserve.deployments.autoscaling.policy:pool_policy"
+#: The SLO policies' import paths: the module's, and the older top-level one kept for configs.
+SLO_APP_POLICIES = ("pdserve.deployments.autoscaling.policy:SLOAutoscalingPolicy",
+                    "pdserve.deployments.autoscaling_policy:SLOAutoscalingPolicy")
+SLO_POOL_POLICIES = ("pdserve.deployments.autoscaling.policy:pool_policy",
+                     "pdserve.deployments.autoscaling_policy:pool_policy")
 
 
 def autoscaling_policy(path: Path, model: ModelConfig, application: int = 0) -> str:
@@ -47,13 +50,13 @@ def autoscaling_policy(path: Path, model: ModelConfig, application: int = 0) -> 
     app_policy = (doc["applications"][application].get("autoscaling_policy") or {})
     function = app_policy.get("policy_function")
     if function is not None:
-        if function != SLO_APP_POLICY:
+        if function not in SLO_APP_POLICIES:
             raise ValueError(f"{path}: autoscaling_policy {function!r} cannot be simulated "
-                             f"(known: {SLO_APP_POLICY})")
+                             f"(known: {SLO_APP_POLICIES[0]})")
         return "slo_app"
     pool_policies = {(p.autoscaling_config or {}).get("policy", {}).get("policy_function")
                      for p in model.pools().values()} - {None}
-    if pool_policies - {SLO_POOL_POLICY}:
+    if pool_policies - set(SLO_POOL_POLICIES):
         raise ValueError(f"{path}: autoscaling_config.policy {sorted(pool_policies)} cannot be "
-                         f"simulated (known: {SLO_POOL_POLICY})")
+                         f"simulated (known: {SLO_POOL_POLICIES[0]})")
     return "slo" if model.slo is not None or pool_policies else "ray_default"

@@ -61,7 +61,7 @@ def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id:
     app = load_app(config)
     model = pick_model(app, model_id)
     if autoscaling == "config":
-        autoscaling = autoscaling_policy(config, model)
+        autoscaling = None if replicas else autoscaling_policy(config, model)
     started = time.perf_counter()
     sim = Simulation(profile, model, trace, seed=seed, replicas=replicas,
                      autoscaling=autoscaling, startup_s=startup_s,
@@ -73,8 +73,7 @@ def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id:
     result = {
         "command": command, "profile": str(profile_path), "config": str(config),
         "model": model.model_id, "mode": model.mode, "seed": seed, "requests": len(trace),
-        "replicas": {name: sum(r.started_s == 0 for r in pool.history)  # at the start
-                     for name, pool in sim.pools.items()},
+        "replicas": sim.initial_replicas,
         "autoscaling": None if sim.autoscaler is None else {
             "policy": sim.autoscaler.policy, "startup_s": sim.startup_s,
             "actions": [vars(a) for a in sim.autoscaler.actions],

@@ -72,8 +72,11 @@ def write_jsonl(path: Path, trace: Iterable[TraceRequest]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def read_vllm_result(path: Path, skip_failed: bool = True) -> list[TraceRequest]:
-    """The requests a run of vLLM's serving benchmark sent (its detailed result file)."""
+def read_vllm_result(path: Path, skip_failed: bool = True,
+                     prompts: Sequence[TraceRequest] | None = None) -> list[TraceRequest]:
+    """The requests a run of vLLM's serving benchmark sent (its detailed result file);
+    `prompts`: the dataset it sent, in order, whose tokens the requests then carry (their
+    lengths must be the result's)."""
     data = json.loads(Path(path).read_text())
     starts, inputs, outputs = (data.get(k) for k in ("start_times", "input_lens", "output_lens"))
     if not starts or not inputs or not outputs:
@@ -81,8 +84,12 @@ def read_vllm_result(path: Path, skip_failed: bool = True) -> list[TraceRequest]
                          "with --save-result --save-detailed)")
     errors = data.get("errors") or [""] * len(starts)
     first = min(starts)
-    trace = [TraceRequest(arrival_s=s - first, prompt_tokens=int(i), output_tokens=int(o))
-             for s, i, o, e in zip(starts, inputs, outputs, errors, strict=False)
+    if prompts is not None and [p.prompt_tokens for p in prompts] != [int(i) for i in inputs]:
+        raise ValueError(f"{path}: the prompts given are not the ones the run sent")
+    ids = [p.prompt_ids for p in prompts] if prompts is not None else [None] * len(starts)
+    trace = [TraceRequest(arrival_s=s - first, prompt_tokens=int(i), output_tokens=int(o),
+                          prompt_ids=t)
+             for s, i, o, e, t in zip(starts, inputs, outputs, errors, ids, strict=False)
              if not (skip_failed and e) and o > 0]
     return sorted(trace, key=lambda r: r.arrival_s)
 
@@ -120,6 +127,9 @@ def read_vllm_dataset(arguments: str, tokenizer: str) -> list[TraceRequest]:
     out = []
     for sample in get_samples(args, tok):
         prompt = sample.prompt
+        if sample.multi_modal_data or sample.chat_messages:
+            raise ValueError(f"dataset {args.dataset_name!r}: multimodal and chat samples are "
+                             "not simulated")
         if isinstance(prompt, str):
             ids = tok(prompt).input_ids
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):

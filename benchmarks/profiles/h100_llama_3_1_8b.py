@@ -55,7 +55,7 @@ KV_BYTES_PER_TOKEN = 2 * LAYERS * KV_HEADS * HEAD_DIM * BF16  # K and V: 131072 
 # -- the hardware: NVIDIA H100 SXM5 80 GB datasheet --
 PEAK_BF16_FLOPS = 989e12  # dense BF16 tensor-core peak
 HBM_BYTES_PER_S = 3.35e12  # HBM3 bandwidth
-HBM_BYTES = 80e9
+HBM_BYTES = 81559 * 2**20  # "80 GB": the total nvidia-smi and torch report, 81559 MiB
 
 # -- assumptions (not published for this engine; stated so they can be replaced) --
 GEMM_EFFICIENCY = 0.6  # share of peak the model's GEMMs reach at prefill/decode batch sizes

@@ -127,15 +127,20 @@ class AppConfig(StrictModel):
         return (self.limits.max_concurrent_requests
                 or max(1, self.ingress.max_ongoing_requests * 3 // 4))
 
-    @model_validator(mode="after")
-    def _budget_covers_minimums(self) -> AppConfig:
-        if self.replica_budget is None:
-            return self
-        minimum = sum(
+    def minimum_replicas(self) -> int:
+        """Engine replicas every pool of every model holds at least (fixed counts, or an
+        autoscaled pool's `min_replicas`)."""
+        return sum(
             int(p.autoscaling_config.get("min_replicas", 1)) if p.autoscaling_config
             else p.num_replicas
             for m in self.models for p in m.pools().values()
         )
+
+    @model_validator(mode="after")
+    def _budget_covers_minimums(self) -> AppConfig:
+        if self.replica_budget is None:
+            return self
+        minimum = self.minimum_replicas()
         if minimum > self.replica_budget:
             raise ValueError(f"replica_budget: {self.replica_budget} is less than the pools' "
                              f"minimum replicas together ({minimum})")

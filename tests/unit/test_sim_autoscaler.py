@@ -91,7 +91,11 @@ def test_an_idle_pool_shrinks_after_the_downscale_delay_and_its_replica_drains()
     for replica in stopped:  # nothing sent to it after it began draining, all of it finished
         served = [o for o in outcomes if o.replica == replica.name]
         assert all(o.token_s[-1] <= replica.stopped_s for o in served)
-    assert sim.replica_seconds() < len(sim.pools["colocated"].history) * trace[-1].arrival_s
+    end = max(o.token_s[-1] for o in outcomes)
+    assert any(r.stopped_s < end for r in stopped)
+    assert sim.replica_seconds() == pytest.approx(sum(
+        (r.stopped_s if r.stopped_s is not None else end) - r.started_s
+        for r in sim.pools["colocated"].history))
 
 
 def test_a_request_to_a_pool_scaled_to_zero_waits_for_a_replica_to_start() -> None:
@@ -159,3 +163,15 @@ def test_same_seed_same_scaling() -> None:
     for sim in runs:
         sim.run()
     assert runs[0].autoscaler.actions == runs[1].autoscaler.actions
+
+
+def test_a_run_with_requests_that_cannot_finish_still_ends() -> None:
+    """A request stopped at `max_model_len` (1024 here) ends short; the autoscaler's ticks stop
+    with the run instead of waiting for it forever, and it counts as failed."""
+    trace = [traces.TraceRequest(0.0, 1020, 10), traces.TraceRequest(0.5, 64, 4)]
+    sim = Simulation(PROFILE, model("colocated", colocated={"autoscaling_config": SCALING}),
+                     trace, autoscaling="ray_default", startup_s=8)
+    outcomes = sim.run()
+    assert len(outcomes[0].token_s) < 10 and outcomes[1].done
+    summary = summarize(outcomes)
+    assert (summary["completed"], summary["failed"]) == (1, 1)

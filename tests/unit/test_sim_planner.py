@@ -42,6 +42,22 @@ def test_the_decode_batch_is_littles_fixed_point_and_prefill_queues_as_md1() -> 
     assert math.isinf(overloaded.decode_util) and not overloaded.feasible(10, 10)
 
 
+def test_a_mix_of_prompts_queues_longer_than_its_mean_and_short_ones_stay_on_decode() -> None:
+    mixed = Workload(rate=3.0, prompt=320, output=40, prompts=(600, 40) * 50)
+    mean_only = Workload(rate=3.0, prompt=320, output=40, prompts=(320,) * 100)
+    pd = Candidate("pd", 1, 1)
+    remote_all = planner.estimate(PROFILE, mixed, pd, chunk=256, max_num_seqs=16)
+    assert remote_all.ttft_s > planner.estimate(PROFILE, mean_only, pd, chunk=256,
+                                                max_num_seqs=16).ttft_s  # E[S²] > E[S]²
+    local_short = planner.estimate(PROFILE, mixed, pd, chunk=256, max_num_seqs=16,
+                                   local_below=128)
+    assert local_short.prefill_util < remote_all.prefill_util  # the 40-token half stays local
+    assert local_short.itl_s > remote_all.itl_s  # ... and rides the decodes' steps
+    colocated = planner.estimate(PROFILE, mixed, Candidate("colocated", 1, 1), chunk=256,
+                                 max_num_seqs=16)
+    assert colocated.itl_s > local_short.itl_s
+
+
 def test_pruning_keeps_the_smallest_feasible_of_each_kind_and_a_few_more() -> None:
     ok, bad = Estimate(0.5, 0.5, 0.1, 0.01, 2), Estimate(1.2, 0.5, 9, 0.01, 2)
     estimates = {Candidate("colocated", n, n): ok if n >= 2 else bad for n in range(1, 7)}
@@ -99,9 +115,14 @@ def test_the_recommended_config_is_ready_to_run(tmp_path: Path) -> None:
     assert llama.mode == "colocated" and llama.prefill is None
     assert llama.colocated.autoscaling_config["min_replicas"] == 3
     assert llama.colocated.ray_actor_options["num_gpus"] == 1
-    assert app.replica_budget >= 3 + 1  # the colocated model's floor beside it
+    assert app.replica_budget == 8  # 3 + the colocated model's 1 fit the 8 GPUs
     planner.write_config(ROOT / "serve_configs" / "default.yaml", "tiny",
                          Candidate("pd", 2, 1), out)
     app = AppConfig.model_validate(yaml.safe_load(out.read_text())["applications"][0]["args"])
     (tiny,) = app.models
     assert (tiny.prefill.num_replicas, tiny.decode.num_replicas) == (2, 1)
+    multi = ROOT / "serve_configs" / "multi_model.yaml"  # budget 4; tiny-colo's floor is 0
+    for candidate, budget in ((Candidate("pd", 2, 2), 4), (Candidate("pd", 3, 2), 5)):
+        planner.write_config(multi, "tiny", candidate, out)
+        args = yaml.safe_load(out.read_text())["applications"][0]["args"]
+        assert AppConfig.model_validate(args).replica_budget == budget
