@@ -1,0 +1,218 @@
+"""Validate `pdserve plan` on this machine: serve each candidate of a plan as the config the
+planner writes for it, send it the plan's load with vLLM's serving benchmark, and compare.
+
+    python -m pdserve.benchmarks.plan_validation --plan benchmarks/results/plan-cpu-v1 \
+        --rounds 3 --out benchmarks/results/plan-validation-cpu-v1
+    python -m pdserve.benchmarks.plan_validation --plan ... --out ... --compare
+
+Measured per candidate and round: SLO attainment and goodput under the plan's SLO (TTFT, and
+every gap between tokens, from vLLM's detailed per-request results). Compared: each measured
+run's own requests (arrivals, lengths, the prompts it sent) through the simulated graph with
+the plan's profile and the candidate's replicas; the recommendation's measured goodput against
+the best measured candidate's. Like every benchmark here, ratios and errors, no timed asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from pdserve.benchmarks import report, rounds, systems, workloads
+from pdserve.benchmarks.workloads import LoadSettings
+
+LOAD = "plan"
+
+
+def slug(evaluation: dict[str, Any]) -> str:
+    """A candidate's system name: `colocated-2`, `pd-1-2`."""
+    replicas = evaluation["replicas"]
+    if evaluation["mode"] == "colocated":
+        return f"colocated-{replicas['colocated']}"
+    return f"pd-{replicas['prefill']}-{replicas['decode']}"
+
+
+def attainment(result: dict[str, Any], ttft_ms: float, itl_ms: float) -> tuple[float, float]:
+    """(% of requests within the SLO, such requests per second) of a vLLM detailed result:
+    TTFT within `ttft_ms` and every gap between tokens within `itl_ms`; failed ones miss."""
+    ttfts, itls = result.get("ttfts") or [], result.get("itls") or []
+    errors = result.get("errors") or [""] * len(ttfts)
+    met = sum(1 for t, gaps, e in zip(ttfts, itls, errors, strict=False)
+              if not e and t * 1e3 <= ttft_ms and all(g * 1e3 <= itl_ms for g in gaps))
+    total = len(ttfts)
+    duration = result.get("duration") or 0.0
+    return (100.0 * met / total if total else 0.0), (met / duration if duration else 0.0)
+
+
+def load_settings(plan: dict[str, Any], args: argparse.Namespace) -> LoadSettings:
+    w = plan["workload"]
+    return LoadSettings(num_prompts=args.num_prompts or plan["requests"],
+                        input_len=round(w["prompt"]), output_len=round(w["output"]),
+                        request_rate=w["rate"], max_concurrency=None,
+                        slo_ttft_ms=plan["slo"]["ttft_ms"], num_warmups=2, seed=args.seed)
+
+
+def bench_argv(plan: dict[str, Any], args: argparse.Namespace, system: Any) -> list[str]:
+    s = load_settings(plan, args)
+    return (workloads.common_args(s, system.base_url, system.model_name, system.model_dir)
+            + workloads.random_args(s))
+
+
+def chosen(plan: dict[str, Any], labels: str | None, max_engines: int) -> list[dict[str, Any]]:
+    wanted = {x.strip() for x in labels.split(",")} if labels else None
+    return [e for e in plan["evaluations"]
+            if (wanted is None or slug(e) in wanted) and e["engines"] <= max_engines]
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
+    from pdserve.deployments.config.ray_serve_env import ray_start_env
+    from pdserve.simulation.planner import Candidate, write_config
+    from pdserve.simulation.serve_config import load_app, pick_model
+
+    plan = json.loads((args.plan / "plan.json").read_text())
+    source = Path(plan["config"])
+    model = pick_model(load_app(source), plan["model"])
+    model_dir = systems.resolve_model_dir(model.model)
+    out = args.out
+    built = []
+    for e in chosen(plan, args.candidates, args.max_engines):
+        r = e["replicas"]
+        candidate = Candidate(e["mode"], r.get("prefill", r.get("colocated")),
+                              r.get("decode", r.get("colocated")))
+        path = out / "configs" / f"{slug(e)}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = write_config(source, model.model_id, candidate, path)
+        built.append(systems.serve_run_system(slug(e), doc, path, model_dir, model.model_id,
+                                              model.engine_kwargs, ray_start_env()))
+    if not built:
+        raise SystemExit("no candidate of the plan selected")
+    command = shlex.join(["python", "-m", "pdserve.benchmarks.plan_validation",
+                          *(argv if argv is not None else sys.argv[1:])])
+    meta = {**report.run_metadata(command, systems.REPO_ROOT), "run_name": out.name,
+            "plan": str(args.plan), "load": vars(load_settings(plan, args)),
+            "systems": {s.name: {"command": shlex.join(s.command), "env": s.env,
+                                 "config": f"configs/{s.name}.yaml"} for s in built}}
+    rows: list[dict[str, Any]] = []
+    meta["rounds"] = args.rounds
+    loads = {LOAD: lambda system: bench_argv(plan, args, system)}
+    preload = systems.find_preload_libs()
+    for n in range(1, args.rounds + 1):
+        rounds.run_round(n, built, loads, out, meta, rows, preload, args.ready_timeout,
+                         on_step=lambda: (out / "report.json").write_text(json.dumps(
+                             {**meta, "results": rows}, indent=1, default=str) + "\n"))
+    compare(args)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Measured attainment and goodput per candidate (median, min–max over rounds) beside the
+    simulation of the same runs' requests; writes validation.{json,md}."""
+    from pdserve.simulation import profile_file, traces
+    from pdserve.simulation.graph import Simulation
+    from pdserve.simulation.metrics import summarize
+    from pdserve.simulation.planner import as_mode
+    from pdserve.simulation.serve_config import load_app, pick_model
+
+    plan = json.loads((args.plan / "plan.json").read_text())
+    measured = json.loads((args.out / "report.json").read_text())
+    profile = profile_file.load(Path(plan["profile"]))
+    model = pick_model(load_app(Path(plan["config"])), plan["model"])
+    ttft_ms, itl_ms = plan["slo"]["ttft_ms"], plan["slo"]["itl_ms"]
+    model_dir = systems.resolve_model_dir(model.model)
+    rows = []
+    for e in chosen(plan, args.candidates, args.max_engines):
+        name = slug(e)
+        raws = sorted((args.out / "raw").glob(f"{name}__{LOAD}__r*.json"))
+        if not raws:
+            continue
+        target = argparse.Namespace(base_url="http://127.0.0.1:1", model_name="replay",
+                                    model_dir=str(model_dir))
+        prompts = traces.read_vllm_dataset(
+            shlex.join(bench_argv(plan, argparse.Namespace(**{
+                "num_prompts": measured["load"]["num_prompts"],
+                "seed": measured["load"]["seed"]}), target)), str(model_dir))
+        real, simulated = [], []
+        for raw in raws:
+            result = json.loads(raw.read_text())
+            real.append(attainment(result, ttft_ms, itl_ms))
+            sim = Simulation(profile, as_mode(model, e["mode"]),
+                             traces.read_vllm_result(raw, prompts=prompts),
+                             replicas=e["replicas"])
+            s = summarize(sim.run(), ttft_ms, itl_ms)
+            simulated.append((s["slo_met_pct"] or 0.0, s["slo_goodput"] or 0.0))
+        row = {"candidate": e["label"], "system": name, "engines": e["engines"],
+               "rounds": len(raws)}
+        for i, key in enumerate(("attainment_pct", "goodput")):
+            values = [r[i] for r in real]
+            m, s = statistics.median(values), statistics.median(x[i] for x in simulated)
+            row[key] = {"measured": m, "low": min(values), "high": max(values),
+                        "simulated": s, "error_pct": 100 * (s - m) / m if m else None}
+        rows.append(row)
+    recommended = plan["recommended"] and plan["recommended"]["label"]
+    best = max(rows, key=lambda r: r["goodput"]["measured"], default=None)
+    mine = next((r for r in rows if r["candidate"] == recommended), None)
+    result = {"plan": str(args.plan), "slo": plan["slo"], "recommended": recommended,
+              "best_measured": best and best["candidate"],
+              "recommended_vs_best_goodput": (mine["goodput"]["measured"]
+                                              / best["goodput"]["measured"]
+                                              if mine and best and best["goodput"]["measured"]
+                                              else None),
+              "rows": rows}
+    (args.out / "validation.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "validation.md").write_text(markdown(result, measured))
+    print((args.out / "validation.md").read_text())
+    return result
+
+
+def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
+    lines = [f"# Plan validation: {measured.get('run_name', '')}", "",
+             f"- measured: `{measured.get('command')}` at {measured.get('git_revision')}, "
+             f"{measured.get('rounds')} rounds", f"- plan: `{result['plan']}`, SLO "
+             f"{json.dumps(result['slo'])}",
+             f"- recommended: {result['recommended']}; best measured goodput: "
+             f"{result['best_measured']}; recommended / best: "
+             + ("—" if result["recommended_vs_best_goodput"] is None
+                else f"{result['recommended_vs_best_goodput']:.2f}"), "",
+             "| candidate | engines | SLO met % measured | simulated | goodput req/s measured |"
+             " simulated | error |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        a, g = r["attainment_pct"], r["goodput"]
+        error = "—" if g["error_pct"] is None else f"{g['error_pct']:+.0f} %"
+        lines.append(f"| {r['candidate']} | {r['engines']} | {a['measured']:.1f} "
+                     f"({a['low']:.1f}–{a['high']:.1f}) | {a['simulated']:.1f} | "
+                     f"{g['measured']:.2f} ({g['low']:.2f}–{g['high']:.2f}) | "
+                     f"{g['simulated']:.2f} | {error} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.plan_validation",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--plan", type=Path, required=True, help="a `pdserve plan --out` folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--candidates", default=None,
+                   help="systems to measure, e.g. colocated-1,pd-1-1 (default: every one "
+                   "the plan simulated, up to --max-engines)")
+    p.add_argument("--max-engines", type=int, default=3)
+    p.add_argument("--num-prompts", type=int, default=None,
+                   help="requests per run (default: the plan's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--compare", action="store_true", help="compare the runs in --out only")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.compare:
+        compare(args)
+    else:
+        measure(args, argv)
+
+
+if __name__ == "__main__":
+    main()

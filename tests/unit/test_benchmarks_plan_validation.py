@@ -1,0 +1,44 @@
+"""The plan validation benchmark's pure parts: candidate names, attainment from vLLM's
+detailed results, the selection of candidates and the load vLLM's benchmark accepts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pdserve.benchmarks import plan_validation, workloads
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = json.loads((ROOT / "benchmarks/results/plan-cpu-v1/plan.json").read_text())
+
+
+def test_candidates_are_named_and_selected_by_size_or_name() -> None:
+    names = [plan_validation.slug(e) for e in PLAN["evaluations"]]
+    assert names[:3] == ["colocated-1", "colocated-2", "pd-1-1"]
+    small = plan_validation.chosen(PLAN, None, max_engines=2)
+    assert [plan_validation.slug(e) for e in small] == ["colocated-1", "colocated-2", "pd-1-1"]
+    named = plan_validation.chosen(PLAN, "pd-2-1, colocated-3", max_engines=3)
+    assert sorted(plan_validation.slug(e) for e in named) == ["colocated-3", "pd-2-1"]
+
+
+def test_attainment_counts_a_request_only_with_its_ttft_and_every_gap_in_the_slo() -> None:
+    result = {"ttfts": [0.5, 0.5, 1.5, 0.2], "itls": [[0.01, 0.02], [0.01, 0.09], [0.01], []],
+              "errors": ["", "", "", "boom"], "duration": 10.0}
+    met_pct, goodput = plan_validation.attainment(result, ttft_ms=1000, itl_ms=50)
+    assert met_pct == pytest.approx(25.0) and goodput == pytest.approx(0.1)
+
+
+def test_the_load_is_the_plans_and_vllms_benchmark_accepts_it() -> None:
+    args = argparse.Namespace(num_prompts=None, seed=3)
+    system = SimpleNamespace(base_url="http://127.0.0.1:8000", model_name="bench",
+                             model_dir="/models/bench")
+    argv = plan_validation.bench_argv(PLAN, args, system)
+    parsed = workloads.parse_bench_args(argv)
+    assert parsed.num_prompts == PLAN["requests"] and parsed.seed == 3
+    assert parsed.request_rate == pytest.approx(PLAN["workload"]["rate"])
+    assert parsed.random_input_len == round(PLAN["workload"]["prompt"])
+    assert parsed.dataset_name == "random"
