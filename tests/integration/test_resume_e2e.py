@@ -310,11 +310,13 @@ def test_a_stopped_decode_engine_is_found_stalled_its_streams_resume_and_it_is_r
         return sum(v - before.get(k, 0) for k, v in after.items()
                    if k.startswith(f"resume:{reason}:"))
 
-    # The watchdog finds the stall first; a stream it has not reached yet when Ray's health
-    # check replaces the replica resumes as `replica_died` (a race the run decides, not a loss).
+    # Every stream came back whole (above). The watchdog found the stall; how many streams
+    # it resumed is the run's to decide: the in-flight count is read before the SIGSTOP (a
+    # stream may end in between: 2 of 4 in a clean-clone run), and one the watchdog has not
+    # reached when Ray's health check replaces the replica resumes as `replica_died`.
     stalled, died = resumed("stalled"), resumed("replica_died")
+    assert in_flight.get(victim, 0) >= 1, in_flight
     assert stalled >= 1, (after, in_flight)
-    assert stalled + died >= in_flight.get(victim, 0) >= 1, (after, in_flight)
     print(f"stall: {stalled} streams resumed after {STALL_S} s without a step ({died} as their "
           f"replica died); all done {finished_s:.1f} s after SIGSTOP, replica replaced after "
           f"{replaced_s:.1f} s")
