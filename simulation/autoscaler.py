@@ -37,7 +37,8 @@ from pdserve.deployments.autoscaling.report import ReplicaSignals
 from pdserve.deployments.engine.reports import LoadReport, replica_report
 
 if TYPE_CHECKING:
-    from pdserve.simulation.graph import Replica, Simulation
+    from pdserve.simulation.graph import Simulation
+    from pdserve.simulation.replicas import Replica
 
 #: `slo_app`: the application-level `SLOAutoscalingPolicy` (P:D ratio, replica budget);
 #: `slo`: the per-pool `pool_policy` (a model with `slo` and no application policy);

@@ -1,4 +1,5 @@
-"""The planner: its closed forms, its pruning, its choice, and the serve config it writes."""
+"""The planner: its closed forms (`estimates.py`), its pruning, its choice, and the serve
+config it writes."""
 
 from __future__ import annotations
 
@@ -10,34 +11,35 @@ import yaml
 from sim_profiles import PROFILE, model
 
 from pdserve.deployments.config.app import AppConfig
-from pdserve.simulation import planner, traces
-from pdserve.simulation.planner import Candidate, Estimate, Evaluation, Workload
+from pdserve.simulation import estimates, planner, traces
+from pdserve.simulation.estimates import Candidate, Estimate, Workload
+from pdserve.simulation.planner import Evaluation
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_candidates_within_a_budget() -> None:
-    labels = [c.label() for c in planner.candidates(3)]
+    labels = [c.label() for c in estimates.candidates(3)]
     assert labels == ["colocated ×1", "colocated ×2", "colocated ×3", "pd 1P+1D", "pd 1P+2D",
                       "pd 2P+1D"]
-    assert [c.engines for c in planner.candidates(3)] == [1, 2, 3, 2, 3, 3]
+    assert [c.engines for c in estimates.candidates(3)] == [1, 2, 3, 2, 3, 3]
 
 
 def test_the_decode_batch_is_littles_fixed_point_and_prefill_queues_as_md1() -> None:
     load = Workload(rate=4.0, prompt=200, output=50)
-    est = planner.estimate(PROFILE, load, Candidate("pd", 1, 2), chunk=256, max_num_seqs=16)
+    est = estimates.estimate(PROFILE, load, Candidate("pd", 1, 2), chunk=256, max_num_seqs=16)
     t, per_step = PROFILE.step_times, PROFILE.graph_overhead.per_step_s
     c = t.per_decode + (200 + 25) * t.per_decode_context
     demand = 4.0 / 2 * 50
     base = t.base + per_step
     assert demand * (base + est.batch * c) == pytest.approx(est.batch)  # B = λ·out·t(B)
     assert est.itl_s == pytest.approx(base + est.batch * c)
-    service = planner.prefill_seconds(PROFILE, 200, 256) + per_step
+    service = estimates.prefill_seconds(PROFILE, 200, 256) + per_step
     assert est.prefill_util == pytest.approx(4.0 * service)
     wait = est.prefill_util * service / (2 * (1 - est.prefill_util))
     transfer = PROFILE.kv_transfer.alpha_s + 200 * 4096 / PROFILE.kv_transfer.bytes_per_s
     assert est.ttft_s == pytest.approx(0.05 + service + wait + transfer + est.itl_s)
-    overloaded = planner.estimate(PROFILE, Workload(rate=400.0, prompt=200, output=50),
+    overloaded = estimates.estimate(PROFILE, Workload(rate=400.0, prompt=200, output=50),
                                   Candidate("pd", 1, 1), chunk=256, max_num_seqs=16)
     assert math.isinf(overloaded.decode_util) and not overloaded.feasible(10, 10)
 
@@ -46,23 +48,23 @@ def test_a_mix_of_prompts_queues_longer_than_its_mean_and_short_ones_stay_on_dec
     mixed = Workload(rate=3.0, prompt=320, output=40, prompts=(600, 40) * 50)
     mean_only = Workload(rate=3.0, prompt=320, output=40, prompts=(320,) * 100)
     pd = Candidate("pd", 1, 1)
-    remote_all = planner.estimate(PROFILE, mixed, pd, chunk=256, max_num_seqs=16)
-    assert remote_all.ttft_s > planner.estimate(PROFILE, mean_only, pd, chunk=256,
+    remote_all = estimates.estimate(PROFILE, mixed, pd, chunk=256, max_num_seqs=16)
+    assert remote_all.ttft_s > estimates.estimate(PROFILE, mean_only, pd, chunk=256,
                                                 max_num_seqs=16).ttft_s  # E[S²] > E[S]²
-    local_short = planner.estimate(PROFILE, mixed, pd, chunk=256, max_num_seqs=16,
+    local_short = estimates.estimate(PROFILE, mixed, pd, chunk=256, max_num_seqs=16,
                                    local_below=128)
     assert local_short.prefill_util < remote_all.prefill_util  # the 40-token half stays local
     assert local_short.itl_s > remote_all.itl_s  # ... and rides the decodes' steps
-    colocated = planner.estimate(PROFILE, mixed, Candidate("colocated", 1, 1), chunk=256,
+    colocated = estimates.estimate(PROFILE, mixed, Candidate("colocated", 1, 1), chunk=256,
                                  max_num_seqs=16)
     assert colocated.itl_s > local_short.itl_s
 
 
 def test_pruning_keeps_the_smallest_feasible_of_each_kind_and_a_few_more() -> None:
     ok, bad = Estimate(0.5, 0.5, 0.1, 0.01, 2), Estimate(1.2, 0.5, 9, 0.01, 2)
-    estimates = {Candidate("colocated", n, n): ok if n >= 2 else bad for n in range(1, 7)}
-    estimates[Candidate("pd", 1, 1)] = ok
-    kept = planner.prune(estimates, ttft_s=1.0, itl_s=0.05, keep=2)
+    by_candidate = {Candidate("colocated", n, n): ok if n >= 2 else bad for n in range(1, 7)}
+    by_candidate[Candidate("pd", 1, 1)] = ok
+    kept = estimates.prune(by_candidate, ttft_s=1.0, itl_s=0.05, keep=2)
     assert [c.label() for c in kept] == ["colocated ×2", "colocated ×3", "colocated ×4",
                                          "pd 1P+1D"]
 
@@ -87,8 +89,8 @@ def test_more_load_needs_more_engines_and_the_plan_is_simulated() -> None:
     config = model("pd")
     chosen = []
     for trace in (light, heavy):
-        evaluations, estimates = planner.plan(PROFILE, config, trace, 1000, 100, 90, budget=4)
-        assert len(estimates) == 10 and evaluations
+        evaluations, estimated = planner.plan(PROFILE, config, trace, 1000, 100, 90, budget=4)
+        assert len(estimated) == 10 and evaluations
         assert all(e.summary["completed"] == len(trace) for e in evaluations)
         chosen.append(planner.recommend(evaluations, 90))
     assert chosen[0] is not None and chosen[1] is not None
