@@ -122,18 +122,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     model = pick_model(load_app(Path(plan["config"])), plan["model"])
     ttft_ms, itl_ms = plan["slo"]["ttft_ms"], plan["slo"]["itl_ms"]
     model_dir = systems.resolve_model_dir(model.model)
+    # Every candidate was sent the same prompts: sample them again once, as the runs did.
+    target = argparse.Namespace(base_url="http://127.0.0.1:1", model_name="replay",
+                                model_dir=str(model_dir))
+    prompts = traces.read_vllm_dataset(
+        shlex.join(bench_argv(plan, argparse.Namespace(**{
+            "num_prompts": measured["load"]["num_prompts"],
+            "seed": measured["load"]["seed"]}), target)), str(model_dir))
     rows = []
     for e in chosen(plan, args.candidates, args.max_engines):
         name = slug(e)
         raws = sorted((args.out / "raw").glob(f"{name}__{LOAD}__r*.json"))
         if not raws:
             continue
-        target = argparse.Namespace(base_url="http://127.0.0.1:1", model_name="replay",
-                                    model_dir=str(model_dir))
-        prompts = traces.read_vllm_dataset(
-            shlex.join(bench_argv(plan, argparse.Namespace(**{
-                "num_prompts": measured["load"]["num_prompts"],
-                "seed": measured["load"]["seed"]}), target)), str(model_dir))
         real, simulated = [], []
         for raw in raws:
             result = json.loads(raw.read_text())
