@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.workloads import LoadSettings
@@ -68,6 +72,27 @@ def chosen(plan: dict[str, Any], labels: str | None, max_engines: int) -> list[d
             if (wanted is None or slug(e) in wanted) and e["engines"] <= max_engines]
 
 
+def fit_to_cpus(doc: dict[str, Any], path: Path, cpus: float | None = None) -> dict[str, Any]:
+    """Ray places every engine of the candidate on this box: each pool's `num_cpus` lowered to
+    the box's CPUs over the app's engines at their maximum (engines beyond the cores share
+    them, as the simulation models); rewritten to `path`, checked as the app build checks."""
+    from pdserve.deployments.config.app import AppConfig, check_cpu_budget
+    from pdserve.simulation.planner import _PlainDumper
+
+    cpus = float(cpus or os.cpu_count() or 1)
+    args = doc["applications"][0]["args"]
+    app = AppConfig.model_validate(args)
+    engines = sum(p.max_replicas() for m in app.models for p in m.pools().values())
+    each = math.floor(100 * cpus / max(1, engines)) / 100
+    for entry, config in zip(args["models"], app.models, strict=True):
+        for role, pool in config.pools().items():
+            options = entry.setdefault(role, {}).setdefault("ray_actor_options", {})
+            options["num_cpus"] = min(pool.cpus_per_replica(), each)
+    check_cpu_budget(AppConfig.model_validate(args), cpus)
+    path.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
+    return doc
+
+
 def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     from pdserve.deployments.config.ray_serve_env import ray_start_env
     from pdserve.simulation.planner import Candidate, write_config
@@ -85,7 +110,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
                               r.get("decode", r.get("colocated")))
         path = out / "configs" / f"{slug(e)}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        doc = write_config(source, model.model_id, candidate, path)
+        doc = fit_to_cpus(write_config(source, model.model_id, candidate, path), path)
         built.append(systems.serve_run_system(slug(e), doc, path, model_dir, model.model_id,
                                               model.engine_kwargs, ray_start_env()))
     if not built:

@@ -42,3 +42,21 @@ def test_the_load_is_the_plans_and_vllms_benchmark_accepts_it() -> None:
     assert parsed.request_rate == pytest.approx(PLAN["workload"]["rate"])
     assert parsed.random_input_len == round(PLAN["workload"]["prompt"])
     assert parsed.dataset_name == "random"
+
+
+def test_a_candidate_with_more_engines_than_cores_is_placed_sharing_them(tmp_path: Path) -> None:
+    """Ray must place every engine of a candidate on this box (or the app fails to build):
+    `num_cpus` is lowered to the CPUs over the engines; candidates that fit keep theirs."""
+    import yaml
+
+    from pdserve.deployments.config import AppConfig
+    from pdserve.simulation.planner import Candidate, write_config
+
+    source = ROOT / "benchmarks/results/sim-validation-cpu-v1/configs/pd.yaml"
+    for candidate, want in ((Candidate("pd", 1, 1), 1.0), (Candidate("pd", 2, 1), 0.66),
+                            (Candidate("colocated", 3, 3), 0.66)):
+        path = tmp_path / "c.yaml"
+        plan_validation.fit_to_cpus(write_config(source, "bench", candidate, path), path, 2)
+        args = yaml.safe_load(path.read_text())["applications"][0]["args"]
+        (model,) = AppConfig.model_validate(args).models
+        assert {p.cpus_per_replica() for p in model.pools().values()} == {want}
