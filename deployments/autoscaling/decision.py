@@ -13,8 +13,12 @@ Rules, per pool:
   `scale_down_below` (hysteresis: steady load in between changes nothing); to zero only when
   idle (colocated pools with `min_replicas: 0`), and from zero as soon as a request waits;
 - hold while replicas are starting or stopping (no decision stacks on one in progress);
+- never below the pool's planner floor (`floor.py`, the slow loop): grow to it at once;
 then per model the P:D ratio bounds, then the shared replica budget: each pool's minimum
-first, the rest to the pools with the largest SLO deficit (pressure) first.
+first, the rest to the pools with the largest SLO deficit (pressure) first; then the nodes'
+physical room (`free_engine_slots`): engines that would share a core with another add no
+compute, so such growth is cut, largest deficit served first, and reported
+(`no_physical_capacity`) unless the app oversubscribes on purpose.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ class PoolSnapshot:
     max_replicas: int
     replicas: tuple[ReplicaSignals, ...] = ()
     requests: float = 0.0  # ongoing + queued at handles (Ray's `total_num_requests`)
+    floor: int = 0  # the planner's minimum for the load observed (slow loop)
+
+    @property
+    def lowest(self) -> int:
+        """What the pool may shrink to: its minimum, or the planner floor within its max."""
+        return max(self.min_replicas, min(self.floor, self.max_replicas))
 
     @property
     def key(self) -> tuple[str, Role]:
@@ -50,6 +60,8 @@ class Snapshot:
     pools: tuple[PoolSnapshot, ...]
     targets: dict[str, SLOTargets] = field(default_factory=dict)  # by model
     replica_budget: int | None = None
+    free_engine_slots: int | None = None  # engines the nodes still hold physically (None: unknown)
+    oversubscribe: bool = False  # grow beyond `free_engine_slots` anyway (flagged, not cut)
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class Decision:
     reason: str
     pressure: float = 0.0
     signals: dict[str, float] = field(default_factory=dict)  # signal → value / target
+    beyond_physical: int = 0  # replicas added past the nodes' free engine slots
 
 
 def _mean(values: list[float]) -> float | None:
@@ -93,6 +106,8 @@ def decide_pool(pool: PoolSnapshot, targets: SLOTargets) -> Decision:
         if pool.requests > 0:
             return Decision(max(1, pool.min_replicas), UP, "scale_from_zero")
         return Decision(max(0, pool.min_replicas), HOLD, "idle")
+    if n < pool.lowest:
+        return Decision(pool.lowest, UP, "planner_floor")
     if not any(r.warm for r in pool.replicas) and pool.replicas:
         return Decision(n, HOLD, "warming")
     signals = pressures(pool, targets)
@@ -103,7 +118,7 @@ def decide_pool(pool: PoolSnapshot, targets: SLOTargets) -> Decision:
         if replicas > n:
             return Decision(replicas, UP, signal, pressure, signals)
         return Decision(n, HOLD, "max_replicas", pressure, signals)
-    if n > pool.min_replicas:
+    if n > pool.lowest:
         if n == 1:
             idle = pool.requests == 0 and not any(r.busy for r in pool.replicas)
             if idle:
@@ -181,4 +196,35 @@ def decide(snapshot: Snapshot) -> dict[tuple[str, Role], Decision]:
         )
     if snapshot.replica_budget is not None:
         decisions = _apply_budget(pools, decisions, snapshot.replica_budget)
+    if snapshot.free_engine_slots is not None:
+        decisions = _apply_physical_room(pools, decisions, snapshot.free_engine_slots,
+                                         snapshot.oversubscribe)
     return decisions
+
+
+def _apply_physical_room(
+    pools: dict[tuple[str, Role], PoolSnapshot],
+    decisions: dict[tuple[str, Role], Decision],
+    free: int,
+    oversubscribe: bool,
+) -> dict[tuple[str, Role], Decision]:
+    """Growth beyond what Ray already steers to, within `free` engine slots, largest deficit
+    first; the rest cut back to the current target (or, oversubscribing, kept and flagged)."""
+    left = max(0, free)
+    out = dict(decisions)
+    for key in sorted(decisions, key=lambda k: (-decisions[k].pressure, k)):
+        decision, target = decisions[key], pools[key].target
+        growth = decision.replicas - target
+        if growth <= 0:
+            continue
+        fits = min(growth, left)
+        left -= fits
+        if fits == growth:
+            continue
+        if oversubscribe:
+            out[key] = replace(decision, beyond_physical=growth - fits)
+        else:
+            out[key] = replace(decision, replicas=target + fits, beyond_physical=growth - fits,
+                               direction=_direction(target + fits, pools[key]),
+                               reason="no_physical_capacity")
+    return out

@@ -5,6 +5,10 @@ in the YAML): one call sees every pool of every model, so a model's prefill and 
 move together and all models share `replica_budget`. `pool_policy` is the same rule for one
 pool alone, the per-deployment default (what `serve.run` in Python can use).
 
+The application-level policy also runs the slow loop (`floor.py`: each pool's planner floor
+from the load its replicas saw, for models with `planner`) and bounds growth by the nodes'
+physical room (`room.py`: CPU engines pinned to cores; alive nodes from `ray.nodes()`).
+
 Both run in the Serve controller, many times a second. They read what replicas pushed with
 `record_autoscaling_stats` (`ReplicaReport`, the latest value per replica), including the
 model's live SLO targets, so a `user_config` change retunes them without restarting an engine.
@@ -14,6 +18,7 @@ Ray applies its `upscale_delay_s`/`downscale_delay_s`, factors and `min/max_repl
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pdserve.deployments.autoscaling.decision import (
@@ -24,11 +29,20 @@ from pdserve.deployments.autoscaling.decision import (
     decide,
     decide_pool,
 )
-from pdserve.deployments.autoscaling.report import SMOOTHED, ReplicaReport
+from pdserve.deployments.autoscaling.floor import Floor, PlannerFloors
+from pdserve.deployments.autoscaling.report import (
+    SMOOTHED,
+    ReplicaReport,
+    ReplicaSignals,
+    node_key,
+)
+from pdserve.deployments.autoscaling.room import free_engine_slots
 from pdserve.deployments.config.pools import GENERATING_ROLES, PoolName
 from pdserve.deployments.config.slo import SLOTargets
 
 logger = logging.getLogger("ray.serve")
+#: How long the policy trusts its list of alive nodes (`ray.nodes()` is a GCS call).
+NODES_TTL_S = 30.0
 
 
 def pool_of(deployment_name: str) -> PoolName | None:
@@ -94,15 +108,31 @@ class DecisionMetrics:
         self.pressure = Gauge("pdserve_autoscale_pressure",
                               description="Each SLO signal the policy used, as a fraction of "
                               "its target (1 = at target).", tag_keys=("model", "pool", "signal"))
+        self.beyond = Counter("pdserve_autoscale_beyond_physical_total",
+                              description="Replicas the SLO policy wanted past the nodes' "
+                              "physical engine slots: skipped, or added anyway "
+                              "(oversubscribe_cores).", tag_keys=("model", "pool", "action"))
         self.last: dict[tuple[str, str], int] = {}
+        self.last_beyond: dict[tuple[str, str], int] = {}
 
     def record(self, pool: PoolSnapshot, decision: Decision) -> None:
         tags = {"model": pool.model, "pool": pool.role}
         self.replicas.set(pool.running, tags={**tags, "kind": "running"})
         self.replicas.set(pool.target, tags={**tags, "kind": "target"})
         self.replicas.set(decision.replicas, tags={**tags, "kind": "wanted"})
+        self.replicas.set(pool.floor, tags={**tags, "kind": "floor"})
         for signal, value in decision.signals.items():
             self.pressure.set(value, tags={**tags, "signal": signal})
+        beyond, before = decision.beyond_physical, self.last_beyond.get(pool.key, 0)
+        self.last_beyond[pool.key] = beyond
+        if beyond and beyond != before:
+            action = "skipped" if decision.reason == "no_physical_capacity" else "added"
+            self.beyond.inc(beyond, tags={**tags, "action": action})
+            logger.warning(
+                "pdserve autoscaling %s/%s: %d replica(s) wanted beyond the nodes' physical "
+                "engine slots: %s", pool.model, pool.role, beyond,
+                "skipped (no_physical_capacity)" if action == "skipped"
+                else "added anyway (oversubscribe_cores), sharing cores")
         previous = self.last.get(pool.key)
         self.last[pool.key] = decision.replicas
         if decision.direction != HOLD and previous != decision.replicas:
@@ -111,6 +141,12 @@ class DecisionMetrics:
             logger.info("pdserve autoscaling %s/%s: %d -> %d (%s, pressure %.2f, %s)",
                         pool.model, pool.role, pool.target, decision.replicas, decision.reason,
                         decision.pressure, decision.signals)
+
+
+def _log_floor(pool: PoolSnapshot, before: int, floor: Floor) -> None:
+    logger.info("pdserve autoscaling %s/%s: planner floor %d -> %d (%.2f req/s offered, "
+                "%.2f req/s per engine within the SLO)", pool.model, pool.role, before,
+                floor.replicas, floor.arrivals_per_s, floor.capacity_rps)
 
 
 def _metrics() -> DecisionMetrics | None:
@@ -129,21 +165,58 @@ class SLOAutoscalingPolicy:
         self.targets: dict[str, SLOTargets] = {}  # last targets each model's replicas reported
         self.budget: int | None = None
         self.metrics = _metrics()
+        self.floors = PlannerFloors()
+        self._nodes: tuple[float, dict[int, int] | None] | None = None  # (read at, alive nodes)
 
     def snapshot(self, contexts: dict[Any, Any]) -> tuple[Snapshot, dict[tuple[str, str], Any]]:
         pools: list[PoolSnapshot] = []
         ids: dict[tuple[str, str], Any] = {}
+        engines: list[ReplicaSignals] = []  # every engine pool's, embedding pools included
+        starting, oversubscribe = 0, False
         for deployment_id, ctx in contexts.items():
-            pool = pool_of(ctx.deployment_name)
-            if pool is None:
+            name = PoolName.parse(ctx.deployment_name)
+            if name is None:
                 continue
             reports = read_reports(ctx)
+            engines += [r.signals for r in reports]
+            starting += max(0, int(ctx.target_num_replicas) - int(ctx.current_num_replicas))
+            oversubscribe |= any(r.oversubscribe_cores for r in reports)
+            if pool_of(ctx.deployment_name) is None:
+                continue
             for report in reports:
-                self._remember(pool.model, report)
-            pools.append(pool_snapshot(pool, ctx, reports))
-            ids[(pool.model, pool.role)] = deployment_id
+                self._remember(name.model, report)
+            pool = pool_snapshot(name, ctx, reports)
+            interval = next((r.planner_interval_s for r in reports if r.planner_interval_s),
+                            None)
+            before = self.floors.apply(pool).floor
+            floor = self.floors.update(pool, interval)
+            if floor is not None and floor.replicas != before:
+                _log_floor(pool, before, floor)
+            pools.append(self.floors.apply(pool))
+            ids[(name.model, name.role)] = deployment_id
+        free = None
+        if any(e.engine_slots is not None for e in engines):
+            alive = self._alive_nodes()
+            free = free_engine_slots(engines, starting, alive) if alive is not None else None
         return Snapshot(pools=tuple(pools), targets=dict(self.targets),
-                        replica_budget=self.budget), ids
+                        replica_budget=self.budget, free_engine_slots=free,
+                        oversubscribe=oversubscribe), ids
+
+    def _alive_nodes(self) -> dict[int, int] | None:
+        """{node key: CPUs} of the cluster's alive nodes (cached `NODES_TTL_S`); None when
+        Ray cannot say (then growth is not bounded by physical room)."""
+        now = time.monotonic()
+        if self._nodes is None or now - self._nodes[0] > NODES_TTL_S:
+            try:
+                import ray
+
+                nodes = {node_key(n["NodeID"]): int(n.get("Resources", {}).get("CPU", 0))
+                         for n in ray.nodes() if n.get("Alive")}
+            except Exception as exc:  # the policy loop must keep running
+                logger.warning("pdserve autoscaling: alive nodes unknown: %s", exc)
+                nodes = None
+            self._nodes = (now, nodes)
+        return self._nodes[1]
 
     def _remember(self, model: str, report: ReplicaReport) -> None:
         """Keep the latest targets and budget replicas report (logged when they change)."""

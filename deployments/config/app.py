@@ -77,6 +77,13 @@ class AppConfig(StrictModel):
         "field (a static cluster, where Ray would leave the replicas pending forever).",
     )
     testing: TestingConfig = Field(default_factory=TestingConfig)
+    oversubscribe_cores: bool = Field(
+        False,
+        description="Let pdserve's autoscaling policy add a CPU engine to nodes whose cores "
+        "are all bound to engines already (it then shares a core: more replicas, no more "
+        "compute). Off, such a scale-out is skipped and reported (`no_physical_capacity`); "
+        "GPU engines are placed by Ray's `num_gpus` either way.",
+    )
     replica_budget: int | None = Field(
         None, ge=1,
         description="Engine replicas all autoscaled pools may hold together; shared by "
