@@ -99,7 +99,8 @@ def engine_user_config(config: AppConfig, model: ModelConfig) -> dict[str, Any]:
     override of a pool deployment retunes it without restarting the engine."""
     return {"slo": model.slo.model_dump(mode="json") if model.slo else None,
             "replica_budget": config.replica_budget,
-            "oversubscribe_cores": config.oversubscribe_cores}
+            "oversubscribe_cores": config.oversubscribe_cores,
+            "fixed_engines": config.fixed_engines()}
 
 
 def planner_profile(config: AppConfig, index: int) -> dict[str, Any] | None:

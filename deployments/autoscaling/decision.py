@@ -14,11 +14,13 @@ Rules, per pool:
   idle (colocated pools with `min_replicas: 0`), and from zero as soon as a request waits;
 - hold while replicas are starting or stopping (no decision stacks on one in progress);
 - never below the pool's planner floor (`floor.py`, the slow loop): grow to it at once;
-then per model the P:D ratio bounds, then the shared replica budget: each pool's minimum
-first, the rest to the pools with the largest SLO deficit (pressure) first; then the nodes'
+then per model the P:D ratio bounds (a trim stops at the floor), then the shared replica
+budget: each pool's minimum first, the rest to restoring growth (from zero, to a minimum or a
+floor) and then to the pools with the largest SLO deficit (pressure) first; then the nodes'
 physical room (`free_engine_slots`): engines that would share a core with another add no
-compute, so such growth is cut, largest deficit served first, and reported
-(`no_physical_capacity`) unless the app oversubscribes on purpose.
+compute, so such growth is cut, in the same order, and reported (`no_physical_capacity`)
+unless the app oversubscribes on purpose. The budget and the room are hard: a floor beyond
+them is held only as far as they reach.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def decide_pool(pool: PoolSnapshot, targets: SLOTargets) -> Decision:
             return Decision(max(1, pool.min_replicas), UP, "scale_from_zero")
         return Decision(max(0, pool.min_replicas), HOLD, "idle")
     if n < pool.lowest:
-        return Decision(pool.lowest, UP, "planner_floor")
+        return Decision(pool.lowest, UP, "planner_floor" if pool.floor > pool.min_replicas
+                        else "min_replicas")
     if not any(r.warm for r in pool.replicas) and pool.replicas:
         return Decision(n, HOLD, "warming")
     signals = pressures(pool, targets)
@@ -141,16 +144,26 @@ def _apply_ratio(
         if need <= decode.max_replicas:
             d = replace(d, replicas=need, direction=_direction(need, decode), reason="ratio")
         else:
-            keep = max(prefill.min_replicas, math.floor(d.replicas * high))
+            keep = max(prefill.lowest, math.floor(d.replicas * high))
             p = replace(p, replicas=keep, direction=_direction(keep, prefill), reason="ratio")
     if low is not None and p.replicas / d.replicas < low - 1e-9:
         need = math.ceil(d.replicas * low)
         if need <= prefill.max_replicas:
             p = replace(p, replicas=need, direction=_direction(need, prefill), reason="ratio")
         else:
-            keep = max(decode.min_replicas, math.floor(p.replicas / low))
+            keep = max(decode.lowest, math.floor(p.replicas / low))
             d = replace(d, replicas=keep, direction=_direction(keep, decode), reason="ratio")
     return p, d
+
+
+#: Growth that restores what a pool must hold comes before growth for SLO pressure when
+#: replicas are scarce (budget, physical room): a pool at zero with requests waiting, one
+#: below its minimum or its planner floor.
+RESTORING = ("scale_from_zero", "min_replicas", "planner_floor")
+
+
+def _priority(decision: Decision, key: tuple[str, Role]) -> tuple[bool, float, tuple[str, Role]]:
+    return (decision.reason not in RESTORING, -decision.pressure, key)
 
 
 def _direction(replicas: int, pool: PoolSnapshot) -> str:
@@ -165,7 +178,7 @@ def _apply_budget(
     """Each pool's minimum first, then the rest in order of SLO deficit (largest first)."""
     grant = {key: min(pools[key].min_replicas, d.replicas) for key, d in decisions.items()}
     left = budget - sum(grant.values())
-    order = sorted(decisions, key=lambda k: (-decisions[k].pressure, k))
+    order = sorted(decisions, key=lambda k: _priority(decisions[k], k))
     out = dict(decisions)
     for key in order:
         extra = max(0, min(decisions[key].replicas - grant[key], left))
@@ -212,7 +225,7 @@ def _apply_physical_room(
     first; the rest cut back to the current target (or, oversubscribing, kept and flagged)."""
     left = max(0, free)
     out = dict(decisions)
-    for key in sorted(decisions, key=lambda k: (-decisions[k].pressure, k)):
+    for key in sorted(decisions, key=lambda k: _priority(decisions[k], k)):
         decision, target = decisions[key], pools[key].target
         growth = decision.replicas - target
         if growth <= 0:

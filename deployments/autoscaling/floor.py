@@ -4,7 +4,8 @@ Every `interval_s` (what the pool's replicas report), a pool's floor becomes the
 second its replicas saw over what one engine of it carries within the SLO for the lengths they
 saw (each replica's `capacity_rps`, the planner's closed forms): ceil(Σ arrivals / mean
 capacity). Between recomputations the floor holds, so a lull of a few seconds does not undo it
-and the fast loop (`decision.py`, every tick) only ever adds to it. Pure: the clock is given.
+and the fast loop (`decision.py`, every tick) only ever adds to it; a pool whose replicas give
+no estimate when it is due has no floor. Pure: the clock is given.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class PlannerFloors:
         if last is not None and now - last.at < interval_s:
             return None
         capacities = [r.capacity_rps for r in pool.replicas if r.capacity_rps]
-        if not capacities:
-            return None  # no estimate yet: no floor, look again next tick
+        if not capacities:  # no estimate (none yet, or the targets out of reach): no floor
+            self.floors.pop(key, None)
+            return None
         capacity = statistics.fmean(capacities)
         arrivals = sum(r.arrivals_per_s for r in pool.replicas)
         floor = Floor(math.ceil(arrivals / capacity - 1e-9), arrivals, capacity, now)

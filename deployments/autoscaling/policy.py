@@ -73,7 +73,7 @@ def read_reports(ctx: Any) -> list[ReplicaReport]:
     for replica, values in latest_values(ctx).items():
         try:
             reports.append(ReplicaReport.decode(values))
-        except ValueError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             logger.warning("pdserve autoscaling: bad report from %s: %s", replica, exc)
     return reports
 
@@ -113,7 +113,6 @@ class DecisionMetrics:
                               "physical engine slots: skipped, or added anyway "
                               "(oversubscribe_cores).", tag_keys=("model", "pool", "action"))
         self.last: dict[tuple[str, str], int] = {}
-        self.last_beyond: dict[tuple[str, str], int] = {}
 
     def record(self, pool: PoolSnapshot, decision: Decision) -> None:
         tags = {"model": pool.model, "pool": pool.role}
@@ -123,16 +122,6 @@ class DecisionMetrics:
         self.replicas.set(pool.floor, tags={**tags, "kind": "floor"})
         for signal, value in decision.signals.items():
             self.pressure.set(value, tags={**tags, "signal": signal})
-        beyond, before = decision.beyond_physical, self.last_beyond.get(pool.key, 0)
-        self.last_beyond[pool.key] = beyond
-        if beyond and beyond != before:
-            action = "skipped" if decision.reason == "no_physical_capacity" else "added"
-            self.beyond.inc(beyond, tags={**tags, "action": action})
-            logger.warning(
-                "pdserve autoscaling %s/%s: %d replica(s) wanted beyond the nodes' physical "
-                "engine slots: %s", pool.model, pool.role, beyond,
-                "skipped (no_physical_capacity)" if action == "skipped"
-                else "added anyway (oversubscribe_cores), sharing cores")
         previous = self.last.get(pool.key)
         self.last[pool.key] = decision.replicas
         if decision.direction != HOLD and previous != decision.replicas:
@@ -141,6 +130,17 @@ class DecisionMetrics:
             logger.info("pdserve autoscaling %s/%s: %d -> %d (%s, pressure %.2f, %s)",
                         pool.model, pool.role, pool.target, decision.replicas, decision.reason,
                         decision.pressure, decision.signals)
+
+
+def beyond_action(decision: Decision) -> str:
+    return "skipped" if decision.reason == "no_physical_capacity" else "added"
+
+
+def _log_beyond(pool: PoolSnapshot, decision: Decision) -> None:
+    logger.warning("pdserve autoscaling %s/%s: %d replica(s) wanted beyond the nodes' "
+                   "physical engine slots: %s", pool.model, pool.role, decision.beyond_physical,
+                   "skipped (no_physical_capacity)" if beyond_action(decision) == "skipped"
+                   else "added anyway (oversubscribe_cores), sharing cores")
 
 
 def _log_floor(pool: PoolSnapshot, before: int, floor: Floor) -> None:
@@ -167,12 +167,16 @@ class SLOAutoscalingPolicy:
         self.metrics = _metrics()
         self.floors = PlannerFloors()
         self._nodes: tuple[float, dict[int, int] | None] | None = None  # (read at, alive nodes)
+        self._beyond: dict[tuple[str, str], int] = {}  # last reported growth past the room
 
-    def snapshot(self, contexts: dict[Any, Any]) -> tuple[Snapshot, dict[tuple[str, str], Any]]:
+    def snapshot(self, contexts: dict[Any, Any], room: bool = True
+                 ) -> tuple[Snapshot, dict[tuple[str, str], Any]]:
+        """Every pool as the decision sees it, planner floors applied; with `room`, the nodes'
+        free engine slots (the app-level policy's bound)."""
         pools: list[PoolSnapshot] = []
         ids: dict[tuple[str, str], Any] = {}
         engines: list[ReplicaSignals] = []  # every engine pool's, embedding pools included
-        starting, oversubscribe = 0, False
+        starting, oversubscribe, fixed = 0, False, 0
         for deployment_id, ctx in contexts.items():
             name = PoolName.parse(ctx.deployment_name)
             if name is None:
@@ -181,6 +185,7 @@ class SLOAutoscalingPolicy:
             engines += [r.signals for r in reports]
             starting += max(0, int(ctx.target_num_replicas) - int(ctx.current_num_replicas))
             oversubscribe |= any(r.oversubscribe_cores for r in reports)
+            fixed = max([fixed, *(r.fixed_engines for r in reports)])
             if pool_of(ctx.deployment_name) is None:
                 continue
             for report in reports:
@@ -195,9 +200,10 @@ class SLOAutoscalingPolicy:
             pools.append(self.floors.apply(pool))
             ids[(name.model, name.role)] = deployment_id
         free = None
-        if any(e.engine_slots is not None for e in engines):
+        if room and any(e.engine_slots is not None for e in engines):
             alive = self._alive_nodes()
-            free = free_engine_slots(engines, starting, alive) if alive is not None else None
+            if alive is not None:
+                free = free_engine_slots(engines, starting, alive, fixed)
         return Snapshot(pools=tuple(pools), targets=dict(self.targets),
                         replica_budget=self.budget, free_engine_slots=free,
                         oversubscribe=oversubscribe), ids
@@ -235,9 +241,20 @@ class SLOAutoscalingPolicy:
         for key, decision in decisions.items():
             out[ids[key]] = decision.replicas
             state[ids[key]] = {"pdserve_reason": decision.reason}
+            self._report_beyond(by_key[key], decision)
             if self.metrics is not None:
                 self.metrics.record(by_key[key], decision)
         return out, state
+
+    def _report_beyond(self, pool: PoolSnapshot, decision: Decision) -> None:
+        """Growth past the nodes' room, logged and counted when it changes (not every tick)."""
+        beyond = decision.beyond_physical
+        if beyond and beyond != self._beyond.get(pool.key, 0):
+            _log_beyond(pool, decision)
+            if self.metrics is not None:
+                self.metrics.beyond.inc(beyond, tags={"model": pool.model, "pool": pool.role,
+                                                      "action": beyond_action(decision)})
+        self._beyond[pool.key] = beyond
 
 
 _pool_policy_state: SLOAutoscalingPolicy | None = None
@@ -252,7 +269,7 @@ def pool_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
         return ctx.target_num_replicas, {}
     if _pool_policy_state is None:  # remembers each model's reported targets and metrics
         _pool_policy_state = SLOAutoscalingPolicy()
-    snapshot, _ = _pool_policy_state.snapshot({name: ctx})
+    snapshot, _ = _pool_policy_state.snapshot({name: ctx}, room=False)
     (pool,) = snapshot.pools
     decision = decide_pool(pool, snapshot.targets.get(name.model, SLOTargets()))
     if _pool_policy_state.metrics is not None:

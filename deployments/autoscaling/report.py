@@ -19,6 +19,7 @@ QUEUED, KV_USAGE = "queued_prefill_tokens", "kv_cache_usage"
 RUNNING, WAITING, BUDGET = "num_running", "num_waiting", "replica_budget"
 ARRIVALS, CAPACITY, FLOOR_INTERVAL = "arrivals_per_s", "capacity_rps", "planner_interval_s"
 NODE, ENGINE_SLOTS, OVERSUBSCRIBE = "node", "node_engine_slots", "oversubscribe_cores"
+FIXED_ENGINES = "fixed_engines"
 TARGET_PREFIX = "slo_"
 #: Load signals, which the policy averages over Ray's look-back window (one report can catch a
 #: quiet instant); latencies are already windowed on the replica and targets must be the live
@@ -54,13 +55,15 @@ class ReplicaReport:
     replica_budget: int | None = None
     planner_interval_s: float | None = None  # the model's slow loop (planner floor) period
     oversubscribe_cores: bool = False
+    fixed_engines: int = 0  # engines of the app's pools Ray does not autoscale (no report)
 
     def encode(self) -> dict[str, float]:
         s = self.signals
         out = {WARM: float(s.warm), QUEUED: float(s.queued_prefill_tokens),
                KV_USAGE: float(s.kv_cache_usage), RUNNING: float(s.running),
                WAITING: float(s.waiting), ARRIVALS: float(s.arrivals_per_s),
-               OVERSUBSCRIBE: float(self.oversubscribe_cores)}
+               OVERSUBSCRIBE: float(self.oversubscribe_cores),
+               FIXED_ENGINES: float(self.fixed_engines)}
         for name, value in ((TTFT, s.ttft_ms), (ITL, s.itl_ms), (BUDGET, self.replica_budget),
                             (CAPACITY, s.capacity_rps), (NODE, s.node),
                             (ENGINE_SLOTS, s.engine_slots),
@@ -88,11 +91,11 @@ class ReplicaReport:
         budget = values.get(BUDGET)
         return cls(signals, SLOTargets.model_validate(targets) if targets else None,
                    _int(budget), values.get(FLOOR_INTERVAL),
-                   values.get(OVERSUBSCRIBE, 0.0) >= 1.0)
+                   values.get(OVERSUBSCRIBE, 0.0) >= 1.0, _int(values.get(FIXED_ENGINES)) or 0)
 
 
 def _int(value: float | None) -> int | None:
-    return int(value) if value is not None else None
+    return round(value) if value is not None else None
 
 
 def node_key(node_id: str) -> int:

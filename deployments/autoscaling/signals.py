@@ -77,11 +77,12 @@ class ReplicaSLOSignals:
         self.warmup_requests = warmup_requests
 
     def arrival_rate(self) -> float:
-        """Requests per second that reached this replica over the window (over its life, while
-        younger than the window)."""
-        now = self.clock()
-        span = min(self.prompts.window_s, now - self.created)
-        return len(self.prompts.values()) / span if span > 0 else 0.0
+        """Requests per second that reached this replica over the window (over its life while
+        younger, but over half a window at least: a new replica draining what queued for it
+        at the handle would otherwise report a multiple of the steady rate)."""
+        window = self.prompts.window_s
+        span = min(window, max(window / 2, self.clock() - self.created))
+        return len(self.prompts.values()) / span
 
     def recent_prompts(self) -> list[int]:
         return [int(v) for v in self.prompts.values()]

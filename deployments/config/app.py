@@ -134,6 +134,12 @@ class AppConfig(StrictModel):
         return (self.limits.max_concurrent_requests
                 or max(1, self.ingress.max_ongoing_requests * 3 // 4))
 
+    def fixed_engines(self) -> int:
+        """Engines of pools with a fixed replica count (Ray's autoscaling policies see no
+        context of them: the app-level policy learns of them from the others' reports)."""
+        return sum(p.num_replicas for m in self.models for p in m.pools().values()
+                   if not p.autoscaling_config)
+
     def minimum_replicas(self) -> int:
         """Engine replicas every pool of every model holds at least (fixed counts, or an
         autoscaled pool's `min_replicas`)."""

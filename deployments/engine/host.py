@@ -123,6 +123,7 @@ class EngineHost:
         self.slo: SLOTargets | None = self.model.slo
         self.replica_budget: int | None = None
         self.oversubscribe_cores = False
+        self.fixed_engines = 0
         self.slo_signals = ReplicaSLOSignals()
         self.capacity = capacity_of(binding, self.engine.vllm_config.scheduler_config)
         self.node = node_key(ray.get_runtime_context().get_node_id())
@@ -176,6 +177,7 @@ class EngineHost:
         self.slo = SLOTargets.model_validate(slo) if slo is not None else None
         self.replica_budget = user_config.get("replica_budget")
         self.oversubscribe_cores = bool(user_config.get("oversubscribe_cores", False))
+        self.fixed_engines = int(user_config.get("fixed_engines", 0))
         self._configure_signals()
         logger.info("engine %s: SLO targets %s, replica budget %s", self.engine_id,
                     self.slo, self.replica_budget)
@@ -200,13 +202,25 @@ class EngineHost:
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve pushes these to the autoscaling policy every `metrics_interval_s`."""
-        capacity = (self.capacity.rps(self.slo_signals, self.slo)
-                    if self.capacity is not None and self.slo is not None else None)
+        capacity = await self._capacity_rps()
         return replica_report(
             self.slo_signals, self.load, self.slo, self.replica_budget, capacity_rps=capacity,
             node=self.node, engine_slots=self.engine_slots,
             planner_interval_s=self.model.planner.interval_s if self.model.planner else None,
-            oversubscribe_cores=self.oversubscribe_cores).encode()
+            oversubscribe_cores=self.oversubscribe_cores,
+            fixed_engines=self.fixed_engines).encode()
+
+    async def _capacity_rps(self) -> float | None:
+        """The planner floor's estimate: recomputed when due, in a thread (it takes tens of
+        milliseconds this loop must spend streaming)."""
+        if self.capacity is None or self.slo is None:
+            return None
+        if self.capacity.due(self.slo):
+            inputs = self.capacity.inputs(self.slo_signals, self.slo)
+            if inputs is not None:
+                value = await asyncio.to_thread(self.capacity.compute, inputs)
+                self.capacity.record(value, inputs.slo)
+        return self.capacity.value
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""

@@ -71,7 +71,7 @@ def replica_report(signals: ReplicaSLOSignals, load: LoadReport, slo: SLOTargets
                    replica_budget: int | None, *, capacity_rps: float | None = None,
                    node: int | None = None, engine_slots: int | None = None,
                    planner_interval_s: float | None = None,
-                   oversubscribe_cores: bool = False) -> ReplicaReport:
+                   oversubscribe_cores: bool = False, fixed_engines: int = 0) -> ReplicaReport:
     """Latencies at the model's percentile over the recent window, the peak of queued prefill
     tokens since the last report, the engine's load, the load offered to the replica (and what
     one engine carries of it, with a planner floor), where it runs, and the live targets and
@@ -85,4 +85,4 @@ def replica_report(signals: ReplicaSLOSignals, load: LoadReport, slo: SLOTargets
             waiting=float(load.num_waiting), running=float(load.num_running),
             arrivals_per_s=signals.arrival_rate(), capacity_rps=capacity_rps, node=node,
             engine_slots=engine_slots),
-        slo, replica_budget, planner_interval_s, oversubscribe_cores)
+        slo, replica_budget, planner_interval_s, oversubscribe_cores, fixed_engines)

@@ -12,6 +12,7 @@ from sim_profiles import PROFILE, model
 from test_slo_signals import SLO, Clock, context
 
 from pdserve.deployments.app import planner_profile
+from pdserve.deployments.autoscaling import policy as policy_module
 from pdserve.deployments.autoscaling.decision import (
     HOLD,
     UP,
@@ -27,6 +28,7 @@ from pdserve.deployments.autoscaling.report import ReplicaReport, ReplicaSignals
 from pdserve.deployments.autoscaling.room import free_engine_slots
 from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals
 from pdserve.deployments.config import AppConfig, SLOTargets
+from pdserve.deployments.engine import capacity as capacity_module
 from pdserve.deployments.engine.capacity import EngineCapacity
 from pdserve.simulation import traces
 from pdserve.simulation.estimates import Workload, engine_capacity, estimate, pool_candidate
@@ -41,11 +43,13 @@ PROMPTS = (400,) * 20 + (1200,) * 5
 def test_a_replica_counts_the_load_offered_whether_or_not_it_computes_the_prompt() -> None:
     clock = Clock()
     signals = ReplicaSLOSignals(window_s=10, warmup_requests=0, clock=clock)
-    clock.now = 2.0  # younger than the window: the rate is over its life
+    clock.now = 2.0  # younger than the window: the rate is over half a window at least
     pulled = signals.start(500, computes_prompt=False)  # a decode replica pulling its KV
     local = signals.start(100)
     assert signals.queued_prefill_tokens == 100
-    assert signals.arrival_rate() == pytest.approx(1.0)
+    assert signals.arrival_rate() == pytest.approx(2 / 5)
+    clock.now = 8.0
+    assert signals.arrival_rate() == pytest.approx(2 / 8)
     assert signals.recent_prompts() == [500, 100]
     for request, tokens in ((pulled, 30), (local, 10)):
         request.on_output(tokens)
@@ -90,6 +94,26 @@ def test_a_replica_estimates_its_capacity_once_per_interval() -> None:
     assert capacity.rps(signals, T) == first
     clock.now = 61.0
     assert capacity.rps(signals, T) < first  # longer prompts: fewer per second
+    looser = SLOTargets(ttft_ms=5000, itl_ms=500)
+    assert capacity.due(looser) and capacity.rps(signals, looser) > capacity.value * 0.999
+    assert capacity.slo == looser  # new targets: estimated again at once
+
+
+def test_an_estimate_never_fails_a_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    signals = ReplicaSLOSignals(window_s=30)
+    signals.start(0).finish()  # a request whose prompt length was not known
+    capacity = EngineCapacity(PROFILE, "colocated", 256, 16, 0, interval_s=60)
+    assert capacity.inputs(signals, T) is None
+    signals.start(400).finish()
+    inputs = capacity.inputs(signals, T)
+    assert inputs.prompts == (400,)
+    assert capacity.compute(inputs) > 0
+
+    def broken(*args, **kwargs) -> float:
+        raise ZeroDivisionError("a profile the closed forms cannot use")
+
+    monkeypatch.setattr(capacity_module, "engine_capacity", broken)
+    assert capacity.compute(inputs) is None
 
 
 def test_report_round_trip_of_load_capacity_and_placement() -> None:
@@ -125,7 +149,11 @@ def test_the_floor_is_the_offered_rate_over_one_engines_capacity_held_for_an_int
     assert floors.apply(pool(1, quiet)).floor == 4
     clock.now = 61.0
     assert floors.update(pool(1, quiet), 60.0).replicas == 1
-    assert floors.update(pool(1, (ReplicaSignals(arrivals_per_s=5.0),)), 1.0) is None
+    clock.now = 122.0  # due again, and no replica has an estimate: the floor lapses
+    assert floors.update(pool(1, (ReplicaSignals(arrivals_per_s=5.0),)), 60.0) is None
+    assert floors.apply(pool(1, quiet)).floor == 0
+    floors.update(pool(1, quiet), 60.0)
+    assert floors.apply(pool(1, quiet)).floor == 1
     floors.update(pool(1, quiet), None)  # the planner was turned off: no floor
     assert floors.apply(pool(1, quiet)).floor == 0
 
@@ -141,6 +169,21 @@ def test_the_decision_grows_to_the_floor_at_once_and_never_shrinks_below_it() ->
     assert brief(decide_pool(pool(3, idle * 3, floor=3), T))[:2] == (3, HOLD)
     assert decide_pool(pool(3, idle * 3, floor=2), T).replicas == 2  # idle: shrink to it
     assert decide_pool(pool(2, idle * 2, floor=2, target=3), T).reason == "starting"
+    assert brief(decide_pool(pool(1, idle, min_replicas=2), T)) == (2, UP, "min_replicas")
+
+
+def test_a_floor_is_held_within_the_budget_and_the_ratio_trim_stops_at_it() -> None:
+    idle = (ReplicaSignals(),)
+    slow = (ReplicaSignals(ttft_ms=5000),)
+    out = decide(Snapshot((pool(1, idle, model="a", floor=3), pool(1, slow, model="b")),
+                          {"a": T, "b": T}, replica_budget=4))
+    # a's floor restores first (2 of its 3 fit beside b's minimum), b's deficit gets nothing
+    assert brief(out[("a", "colocated")]) == (3, UP, "planner_floor")
+    assert out[("b", "colocated")].replicas == 1 and out[("b", "colocated")].reason == "budget"
+    ratio = SLOTargets(ttft_ms=1000, itl_ms=100, max_prefill_decode_ratio=1)
+    out = decide(Snapshot((pool(3, idle * 3, role="prefill", floor=3),
+                           pool(2, idle * 2, role="decode", max_replicas=2)), {"a": ratio}))
+    assert out[("a", "prefill")].replicas == 3  # not trimmed to 2 below its floor
 
 
 # -- physical room -------------------------------------------------------------------------
@@ -154,6 +197,9 @@ def test_free_engine_slots_per_node() -> None:
     assert free_engine_slots([on(1)], starting=0, idle_nodes={1: 8, 3: 4}) == 5
     assert free_engine_slots([on(1), on(2, None)], starting=0) is None  # a GPU/unpinned engine
     assert free_engine_slots([], starting=0) is None
+    # a running replica whose first report has not come, and fixed pools' engines, hold a core
+    assert free_engine_slots([on(1), ReplicaSignals()], starting=0, idle_nodes={3: 4}) == 4
+    assert free_engine_slots([on(1)], starting=0, idle_nodes={3: 4}, fixed=2) == 3
 
 
 SLOW = ReplicaSignals(ttft_ms=3000, itl_ms=50)
@@ -174,6 +220,11 @@ def test_growth_beyond_the_nodes_physical_room_is_skipped_and_reported() -> None
     assert out[("b", "colocated")].beyond_physical == 1
     out = decide(snapshot(free=0, oversubscribe=True))
     assert [(d.replicas, d.beyond_physical) for d in out.values()] == [(2, 1), (2, 1)]
+    # requests wait for a first replica of c: restoring growth comes first
+    waiting = pool(0, (), model="c", min_replicas=0, requests=3.0)
+    out = decide(Snapshot((*snapshot(free=1).pools, waiting), {"a": T, "b": T, "c": T}, None, 1))
+    assert brief(out[("c", "colocated")]) == (1, UP, "scale_from_zero")
+    assert out[("a", "colocated")].reason == "no_physical_capacity"
 
 
 # -- the Ray policy adapter ----------------------------------------------------------------
@@ -202,6 +253,27 @@ def test_the_app_policy_runs_the_slow_loop_and_bounds_growth_by_the_nodes(
     monkeypatch.setattr(policy, "_alive_nodes", lambda: {7: 2})
     contexts["id-a"] = context("a-colocated", oversubscribed, capacity_adjusted_max_replicas=4)
     assert policy(contexts)[0]["id-a"] == 4
+
+
+def test_a_pool_policy_never_asks_ray_for_the_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = SLOAutoscalingPolicy()
+    state.metrics = None
+
+    def no_call() -> None:
+        raise AssertionError("pool_policy bounds nothing by room")
+
+    monkeypatch.setattr(state, "_alive_nodes", no_call)
+    monkeypatch.setattr(policy_module, "_pool_policy_state", state)
+    placed = {"warm": 1.0, "node": 7.0, "node_engine_slots": 1.0, "ttft_ms": 900.0, **SLO}
+    assert policy_module.pool_policy(context("a-colocated", {"c1": placed}))[0] == 2
+
+
+def test_a_report_that_does_not_decode_is_skipped_not_raised() -> None:
+    policy = SLOAutoscalingPolicy()
+    policy.metrics = None
+    bad = {"warm": 1.0, "node": float("inf"), **SLO}
+    targets, _ = policy({"id-a": context("a-colocated", {"c1": bad})})
+    assert targets == {"id-a": 1}
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -245,18 +317,21 @@ def simulated(tmp_path: Path, planner: bool, cores: int | None = None,
                       oversubscribe_cores=oversubscribe)
 
 
-def test_the_simulated_slow_loop_sets_the_floor_from_the_load_and_the_fast_loop_adds(
-        tmp_path: Path) -> None:
+def test_the_simulated_slow_loop_sets_the_floor_from_the_load_it_saw(tmp_path: Path) -> None:
+    """20 requests/s of 800-token prompts, one engine carrying ~8.1/s within the targets: the
+    floor is 3, and once set no decision goes below it (the fast loop adds above it)."""
     sim = simulated(tmp_path, planner=True)
     sim.run()
-    floors = [a for a in sim.autoscaler.actions if a.reason == "planner_floor"]
-    assert floors, sim.autoscaler.actions
-    capacity = next(iter(sim.autoscaler.capacities.values())).value
+    scaler = sim.autoscaler
+    capacity = next(iter(scaler.capacities.values())).value
     assert capacity == pytest.approx(8.1, rel=0.05)  # the closed form (800-token prompts)
-    assert floors[0].replicas_to == 3  # ceil(20 / 8.1): before the SLO signals ask for more
+    floor = scaler.floors.floors[("tiny", "colocated")]
+    assert floor.replicas == 3 and 16 < floor.arrivals_per_s < 24
+    assert floor.capacity_rps == pytest.approx(capacity, rel=0.01)
+    assert all(a.replicas_to >= 3 for a in scaler.actions if a.time_s >= floor.at)
     without = simulated(tmp_path, planner=False)
     without.run()
-    assert not [a for a in without.autoscaler.actions if a.reason == "planner_floor"]
+    assert not without.autoscaler.floors.floors and not without.autoscaler.capacities
 
 
 def test_the_simulated_policy_adds_no_engine_to_a_host_without_a_free_core(
