@@ -1,10 +1,12 @@
 """SLO autoscaling benchmark: pdserve's policy vs Ray Serve's default queue-length policy.
 
 The same two-model app (A: PD, B: colocated, the `bench` model) and the same time-varying
-trace (ramp up, plateau, spike, ramp down, open-loop Poisson arrivals per model) run once under
-each policy, one after the other on fresh engines. Only the policy differs: pdserve's
-application-level `SLOAutoscalingPolicy` with per-model `slo` targets, or Ray's default policy
-with `target_ongoing_requests`; pools, bounds and Ray's delays are identical.
+trace (ramp up, plateau, spike, ramp down, open-loop Poisson arrivals per model) run under each
+policy, one after the other on fresh engines, `--rounds` times (alternating). Only the policy
+differs: pdserve's application-level `SLOAutoscalingPolicy` with per-model `slo` targets and
+planner floors (`planner.profile`: the calibrated profiles of the `bench` model on this box;
+`--no-planner` leaves them out), bounded by the box's cores; or Ray's default policy with
+`target_ongoing_requests`; pools, bounds and Ray's delays are identical.
 
     .venv/bin/python -m pdserve.benchmarks.autoscale_bench --out benchmarks/results/autoscale-cpu-v1
 
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -113,7 +116,16 @@ def prompts(model: str, n: int, seed: int) -> list[str]:
     return [recall_prompt_from_words(words(), 8) for _ in range(n)]
 
 
-def serve_config(policy: str, model_dir: str) -> dict[str, Any]:
+#: The `planner.profile` of each model under pdserve's policy (the slow loop's floor): what
+#: `pdserve profile` measured of the `bench` model on this box, calibrated to the served graph.
+PLANNER_PROFILES = {
+    MODEL_A: "benchmarks/results/sim-validation-cpu-v1/profile-pd.json",
+    MODEL_B: "benchmarks/results/sim-validation-cpu-v1/profile-colocated.json",
+}
+PLANNER_INTERVAL_S = 30.0
+
+
+def serve_config(policy: str, model_dir: str, planner: bool = True) -> dict[str, Any]:
     def pool(role: str) -> dict[str, Any]:
         lo, hi = BOUNDS[role]
         scaling: dict[str, Any] = {"min_replicas": lo, "max_replicas": hi, **RAY_SCALING}
@@ -122,7 +134,13 @@ def serve_config(policy: str, model_dir: str) -> dict[str, Any]:
         return {"autoscaling_config": scaling, "ray_actor_options": {"num_cpus": 0.4}}
 
     def slo(model: str) -> dict[str, Any]:
-        return {"slo": {**SLO[model], "percentile": 90}} if policy == "pdserve_slo" else {}
+        if policy != "pdserve_slo":
+            return {}
+        out: dict[str, Any] = {"slo": {**SLO[model], "percentile": 90}}
+        if planner:  # absolute: the app is built in a Ray task, wherever its cwd is
+            out["planner"] = {"profile": str(systems.REPO_ROOT / PLANNER_PROFILES[model]),
+                              "interval_s": PLANNER_INTERVAL_S}
+        return out
 
     args = {"models": [
         {"model_id": MODEL_A, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
@@ -255,19 +273,44 @@ def report(rows: list[dict[str, Any]], command: str, phases: list[Phase]) -> str
              "ITL p99 | failed | replica-s | scaling actions |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        label = row["policy"] + (f" r{row['round']}" if "round" in row else "")
         for model in (MODEL_A, MODEL_B):
             m = row[model]
             lines.append(
-                f"| {row['policy']} | {_f(100 * row['slo_attainment'], 1)}% | {model} | "
+                f"| {label} | {_f(100 * row['slo_attainment'], 1)}% | {model} | "
                 f"{_f(100 * (m['slo_attainment'] or 0), 1)}% | {_f(m['ttft_p50_ms'])} | "
                 f"{_f(m['ttft_p99_ms'])} | {_f(m['itl_p50_ms'], 1)} | {_f(m['itl_p99_ms'], 1)} | "
                 f"{m['failed']} | {_f(row['replica_seconds'])} | {row['scaling_actions']} |")
-    if len(rows) == 2:
-        ours, ray = rows
-        lines += ["", f"Attainment {100 * ours['slo_attainment']:.1f}% vs "
-                  f"{100 * ray['slo_attainment']:.1f}%; replica-seconds "
-                  f"{ours['replica_seconds'] / max(ray['replica_seconds'], 1e-9):.2f}x of Ray's."]
+    medians = {policy: median_of([r for r in rows if r["policy"] == policy])
+               for policy in dict.fromkeys(r["policy"] for r in rows)}
+    if len(rows) > len(medians):
+        lines += ["", "Medians over the rounds (min–max):", "",
+                  "| policy | rounds | SLO attainment % | replica-s |", "|---|---|---|---|"]
+        for policy, m in medians.items():
+            lines.append(f"| {policy} | {m['rounds']} | {_spread(m['slo_attainment'], 100, 1)}"
+                         f" | {_spread(m['replica_seconds'])} |")
+    if set(medians) == set(POLICIES):
+        ours, ray = medians["pdserve_slo"], medians["ray_default"]
+        a, b = ours["slo_attainment"][0], ray["slo_attainment"][0]
+        ratio = ours["replica_seconds"][0] / max(ray["replica_seconds"][0], 1e-9)
+        lines += ["", f"Attainment {100 * a:.1f}% vs {100 * b:.1f}%; replica-seconds "
+                  f"{ratio:.2f}x of Ray's (medians)."]
     return "\n".join(lines) + "\n"
+
+
+def median_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """(median, min, max) of each policy's attainment and replica-seconds over its rounds."""
+    def spread(key: str) -> tuple[float, float, float]:
+        values = [r[key] for r in rows if r[key] is not None]
+        return statistics.median(values), min(values), max(values)
+
+    return {"rounds": len(rows), "slo_attainment": spread("slo_attainment"),
+            "replica_seconds": spread("replica_seconds")}
+
+
+def _spread(v: tuple[float, float, float], scale: float = 1.0, digits: int = 0) -> str:
+    median, low, high = (x * scale for x in v)
+    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -304,18 +347,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def run_policy(policy: str, model_dir: str, phases: list[Phase], seed: int,
-               out: Path) -> dict[str, Any]:
+               out: Path, run: str = "", planner: bool = True) -> dict[str, Any]:
     config_path = out / f"config-{policy}.yaml"
-    config_path.write_text(yaml.safe_dump(serve_config(policy, model_dir), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(serve_config(policy, model_dir, planner),
+                                          sort_keys=False))
     system = systems.System(
         name=policy, command=[str(systems.VENV_BIN / "serve"), "run", str(config_path)],
         base_url=systems.PDSERVE_URL, model_name=MODEL_A, model_dir=model_dir,
         engine_kwargs=ENGINE, config_path=str(config_path), ray_cluster=True)
-    with systems.running(system, out / f"serve-{policy}.log", systems.find_preload_libs(),
-                         ready_timeout_s=900) as started:
+    with systems.running(system, out / f"serve-{policy}{run}.log",
+                         systems.find_preload_libs(), ready_timeout_s=900) as started:
         records, timeline = asyncio.run(drive(phases, seed))
-    (out / f"raw-{policy}.json").write_text(json.dumps({"records": records,
-                                                        "timeline": timeline}))
+    (out / f"raw-{policy}{run}.json").write_text(json.dumps({"records": records,
+                                                             "timeline": timeline}))
     return {"startup_s": started.startup_s, "records": records, "timeline": timeline,
             "summary": summarize(policy, records, timeline)}
 
@@ -328,21 +372,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="multiply every phase's length (0.2 for a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each policy, alternating (the report gives medians)")
+    parser.add_argument("--no-planner", action="store_true",
+                        help="pdserve's policy without the planner floor (its fast loop only)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = systems.resolve_model_dir(args.model)
     phases = default_phases(args.phase_scale)
-    results = {}
-    for policy in args.policies:
-        results[policy] = run_policy(policy, model_dir, phases, args.seed, args.out)
-        print(json.dumps(results[policy]["summary"], indent=1), flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
+    for k in range(args.rounds):
+        for policy in args.policies:
+            suffix = f"-r{k + 1}" if args.rounds > 1 else ""
+            runs[policy].append(run_policy(policy, model_dir, phases, args.seed, args.out,
+                                           suffix, planner=not args.no_planner))
+            print(json.dumps(runs[policy][-1]["summary"], indent=1), flush=True)
+    results = {p: r[0] for p, r in runs.items()}  # the first round's timelines are plotted
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=systems.REPO_ROOT).stdout.strip()
     command = ("python -m pdserve.benchmarks.autoscale_bench "
                + " ".join(argv if argv is not None else __import__("sys").argv[1:]))
-    rows = [results[p]["summary"] for p in args.policies]
+    rows = [{**run["summary"], "round": k + 1} for k in range(args.rounds)
+            for p in args.policies for run in [runs[p][k]]]
     (args.out / "results.json").write_text(json.dumps(
         {"commit": commit, "phases": [asdict(p) for p in phases], "slo": SLO,
+         "rounds": {p: [r["summary"] for r in rs] for p, rs in runs.items()},
          "results": results}, indent=1))
     (args.out / "report.md").write_text(report(rows, command, phases))
     plot(results, args.out / "timeline.png")

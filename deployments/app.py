@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -29,6 +30,7 @@ from pdserve.deployments.pipelines.retriever import PipelineRetriever
 from pdserve.deployments.pipelines.stores import check_store_kind
 from pdserve.prefill.server import PrefillServer
 from pdserve.routing.scorers import RouterSettings
+from pdserve.simulation.profile_file import load as load_profile
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,21 @@ def engine_user_config(config: AppConfig, model: ModelConfig) -> dict[str, Any]:
     """What engine replicas report to the autoscaler next to their signals; a `user_config`
     override of a pool deployment retunes it without restarting the engine."""
     return {"slo": model.slo.model_dump(mode="json") if model.slo else None,
-            "replica_budget": config.replica_budget}
+            "replica_budget": config.replica_budget,
+            "oversubscribe_cores": config.oversubscribe_cores,
+            "fixed_engines": config.fixed_engines()}
+
+
+def planner_profile(config: AppConfig, index: int) -> dict[str, Any] | None:
+    """Model `index`'s `planner.profile`, read and validated now (a bad file fails the build
+    naming the field); replicas get its contents."""
+    planner = config.models[index].planner
+    if planner is None:
+        return None
+    try:
+        return load_profile(Path(planner.profile)).model_dump(mode="json")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"models[{index}].planner.profile: {exc}") from exc
 
 
 def _autoscaling_config(pool: PoolConfig, model: ModelConfig) -> dict[str, Any]:
@@ -171,13 +187,15 @@ def build_pd_app(config: AppConfig) -> Application:
     _check_exposure(config)
     check_chat_parsers(config)
     pools: dict[str, dict[Role, Application]] = {}
-    for model in config.models:
+    for i, model in enumerate(config.models):
         pools[model.model_id] = {}
+        profile = planner_profile(config, i)
         for role, pool in model.pools().items():
             name = PoolName(model.model_id, role).deployment
             deployment = POOL_CLASSES[role].options(
                 **_pool_options(name, role, pool, model, config))
-            pools[model.model_id][role] = deployment.bind(engine_binding(config, model, role))
+            pools[model.model_id][role] = deployment.bind(
+                engine_binding(config, model, role, profile))
     retrievers = {}
     for i, pipeline in enumerate(config.pipelines):
         try:

@@ -8,6 +8,11 @@ over each replica's `ReplicaSLOSignals`, on the simulated clock); Ray Serve's de
 factors and up/down delays (`_apply_scaling_factors`, `_apply_delay_logic`: private, pinned by
 `tests/unit/test_sim_autoscaler.py`), the cold-start path from zero, min/max bounds.
 
+The application policy's slow loop runs too (`floor.PlannerFloors` on the simulated clock,
+each replica's `capacity_rps` from `engine.capacity.EngineCapacity` over the model's
+`planner.profile`), and its bound by physical room: the simulated host's `host_cores` (one
+engine per core, as CPU engines are pinned), unless the app sets `oversubscribe_cores`.
+
 What is modelled: the controller decides every `CONTROL_LOOP_INTERVAL_S` (Ray's); replicas
 report every `metrics_interval_s`; the load signals Ray averages over `look_back_period_s`
 (`report.SMOOTHED`, and requests per pool: ongoing at replicas plus held at the handle) are
@@ -33,8 +38,12 @@ from ray.serve.autoscaling_policy import (
 from ray.serve.config import AutoscalingConfig
 
 from pdserve.deployments.autoscaling.decision import PoolSnapshot, Snapshot, decide, decide_pool
+from pdserve.deployments.autoscaling.floor import PlannerFloors
 from pdserve.deployments.autoscaling.report import ReplicaSignals
+from pdserve.deployments.autoscaling.room import free_engine_slots
+from pdserve.deployments.engine.capacity import EngineCapacity
 from pdserve.deployments.engine.reports import LoadReport, replica_report
+from pdserve.simulation.profile_file import Profile
 
 if TYPE_CHECKING:
     from pdserve.simulation.graph import Simulation
@@ -89,13 +98,21 @@ class Autoscaler:
     """Steers the simulation's autoscaled pools with `policy` (one of `POLICIES`)."""
 
     def __init__(self, sim: Simulation, policy: str, configs: dict[str, dict[str, Any]],
-                 replica_budget: int | None = None) -> None:
+                 replica_budget: int | None = None, oversubscribe_cores: bool = False,
+                 planner_profile: Profile | None = None) -> None:
+        """`planner_profile`: the model's `planner.profile` (the slow loop runs with it)."""
         if policy not in POLICIES:
             raise ValueError(f"unknown autoscaling policy {policy!r}; known: "
                              f"{', '.join(POLICIES)}")
         self.sim, self.policy, self.budget = sim, policy, replica_budget
+        self.oversubscribe = oversubscribe_cores
         self.pools = {role: PoolScaler(role, config, len(sim.pools[role].replicas))
                       for role, config in configs.items()}
+        planner = sim.model.planner
+        self.planner_interval_s = planner.interval_s if planner and planner_profile else None
+        self.planner_profile = planner_profile if self.planner_interval_s else None
+        self.capacities: dict[str, EngineCapacity] = {}  # by replica
+        self.floors = PlannerFloors(clock=lambda: sim.loop.now)
         self.actions: list[ScalingAction] = []
         #: (time, role, serving replicas, target) at every report: the replica timeline.
         self.timeline: list[tuple[float, str, int, int]] = []
@@ -111,7 +128,13 @@ class Autoscaler:
             load = LoadReport()
             load.kv_cache_usage = pool.kv_usage.get(replica.name, 0.0)
             load.num_running, load.num_waiting = _engine_counts(replica)
-            report = replica_report(replica.signals, load, slo, self.budget)
+            capacity = self._capacity(scaler.role, replica.name)
+            report = replica_report(
+                replica.signals, load, slo, self.budget,
+                capacity_rps=capacity.rps(replica.signals, slo) if capacity else None,
+                node=0, engine_slots=self.sim.host_cores,
+                planner_interval_s=self.planner_interval_s,
+                oversubscribe_cores=self.oversubscribe)
             series = scaler.reports.setdefault(replica.name, deque())
             series.append((now, report.signals))
             while series and series[0][0] < scaler.window(now):
@@ -124,16 +147,41 @@ class Autoscaler:
             scaler.requests.popleft()
         self.timeline.append((now, scaler.role, len(pool.replicas), scaler.target))
 
+    def _capacity(self, role: str, replica: str) -> EngineCapacity | None:
+        """The replica's estimator, as its host builds it (`capacity_of`)."""
+        if self.planner_profile is None or self.planner_interval_s is None:
+            return None
+        if replica not in self.capacities:
+            scheduler = self.sim.scheduler_config
+            self.capacities[replica] = EngineCapacity(
+                self.planner_profile, role, scheduler.max_num_batched_tokens,
+                scheduler.max_num_seqs, self.sim.model.routing.local_prefill_below_tokens,
+                self.planner_interval_s, clock=lambda: self.sim.loop.now)
+        return self.capacities[replica]
+
     # -- decisions ----------------------------------------------------------------------
     def _snapshot(self, scaler: PoolScaler) -> PoolSnapshot:
+        """The pool as the policy sees it, its planner floor updated (slow loop)."""
         pool = self.sim.pools[scaler.role]
         signals = [scaler.signals(name) for name in pool.replicas]
-        return PoolSnapshot(
+        snapshot = PoolSnapshot(
             model=self.sim.model.model_id, role=scaler.role,  # type: ignore[arg-type]
             running=len(pool.replicas), target=scaler.target,
             min_replicas=scaler.config.min_replicas, max_replicas=scaler.config.max_replicas,
             replicas=tuple(s for s in signals if s is not None),
             requests=max(scaler.mean_requests(), float(len(pool.waiting))))
+        self.floors.update(snapshot, self.planner_interval_s)
+        return self.floors.apply(snapshot)
+
+    def _free_engine_slots(self, snapshots: dict[str, PoolSnapshot]) -> int | None:
+        """Room on the simulated host (one node), as the policy counts it: every serving
+        engine, fixed pools' included, less the replicas still starting."""
+        engines = [s for snap in snapshots.values() for s in snap.replicas]
+        engines += [ReplicaSignals(node=0, engine_slots=self.sim.host_cores)
+                    for role, pool in self.sim.pools.items() if role not in snapshots
+                    for _ in pool.replicas]
+        starting = sum(len(pool.starting) for pool in self.sim.pools.values())
+        return free_engine_slots(engines, starting)
 
     def _wanted(self) -> dict[str, tuple[float, str]]:
         """Each pool's replicas as the policy wants them, before Ray's delays and bounds."""
@@ -150,7 +198,9 @@ class Autoscaler:
         snapshots = {role: self._snapshot(s) for role, s in self.pools.items()}
         targets = {self.sim.model.model_id: self.sim.slo}
         if self.policy == "slo_app":
-            decisions = decide(Snapshot(tuple(snapshots.values()), targets, self.budget))
+            decisions = decide(Snapshot(tuple(snapshots.values()), targets, self.budget,
+                                        self._free_engine_slots(snapshots),
+                                        self.oversubscribe))
             by_role = {role: decisions[snap.key] for role, snap in snapshots.items()}
         else:
             by_role = {role: decide_pool(snap, self.sim.slo) for role, snap in snapshots.items()}

@@ -84,6 +84,7 @@ def candidates(budget: int, modes: tuple[str, ...] = ("colocated", "pd")) -> lis
 def prefill_seconds(profile: Profile, prompt: int, chunk: int) -> float:
     """A prompt's prefill alone on an engine: its chunks, one step each."""
     step = profile.step_times.model()
+    chunk = max(1, chunk)
     seconds, done = 0.0, 0
     while done < prompt:
         n = min(chunk, prompt - done)
@@ -174,3 +175,61 @@ def prune(estimates: dict[Candidate, Estimate], ttft_s: float, itl_s: float,
             limit = feasible[0].engines + keep
             out += [c for c in feasible if c.engines <= limit]
     return out
+
+
+#: Engines on the pool's other side when one pool's capacity is estimated alone: enough that
+#: the other side adds only its unloaded latency.
+_UNBOUNDED = 10**6
+
+
+def pool_candidate(role: str) -> Candidate:
+    """One engine of a `role` pool, the other PD pool never the bottleneck."""
+    if role == "colocated":
+        return Candidate("colocated", 1, 1)
+    return Candidate("pd", 1, _UNBOUNDED) if role == "prefill" else Candidate("pd", _UNBOUNDED, 1)
+
+
+#: Prompt lengths a capacity estimate keeps of a mix (evenly spaced order statistics): the
+#: estimate's cost grows with the distinct lengths, the mix's shape needs few.
+MIX_SAMPLE = 48
+
+
+def mix_sample(prompts: tuple[int, ...], size: int = MIX_SAMPLE) -> tuple[int, ...]:
+    """`size` evenly spaced order statistics of the prompts (each standing for an equal share
+    of them); prompts without a token are left out."""
+    ordered = sorted(p for p in prompts if p >= 1)
+    if len(ordered) <= size:
+        return tuple(ordered)
+    return tuple(ordered[(2 * i + 1) * len(ordered) // (2 * size)] for i in range(size))
+
+
+def engine_capacity(profile: Profile, role: str, prompts: tuple[int, ...], output: float,
+                    chunk: int, max_num_seqs: int, local_below: int, ttft_s: float,
+                    itl_s: float, iterations: int = 16) -> float:
+    """Requests per second one engine of a `role` pool carries with the closed-form mean TTFT
+    and ITL within the targets, for this mix of prompts (`mix_sample` of it) and mean output
+    (bisection: the estimate worsens as the rate grows; 0 when even one request at a time
+    misses). A prefill engine sees only the prompts it computes (`local_below` is the decode
+    side's business), so its mix is taken as given. The targets are met on average: a floor
+    from it is a lower bound, which the SLO policy's percentile signals build on."""
+    candidate = pool_candidate(role)
+    local = 0 if role == "prefill" else local_below
+    prompts = mix_sample(prompts)
+
+    def holds(rate: float) -> bool:
+        workload = Workload(rate=rate, prompt=statistics.fmean(prompts), output=output,
+                            prompts=prompts)
+        return estimate(profile, workload, candidate, chunk, max_num_seqs,
+                        local).feasible(ttft_s, itl_s, margin=1.0)
+
+    if not prompts or not holds(1e-9):
+        return 0.0  # not even one request at a time meets the targets
+    low, high = 0.0, 1.0
+    while holds(high):
+        low, high = high, high * 2
+        if high > 1e9:
+            return math.inf
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if holds(middle) else (low, middle)
+    return low

@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pdserve.deployments.config.slo import SLOTargets
@@ -37,6 +38,7 @@ from pdserve.simulation.engine import SimEngine, StepBatch
 from pdserve.simulation.engine_config import check_profile_fits, engine_args
 from pdserve.simulation.events import EventLoop
 from pdserve.simulation.profile_file import Profile
+from pdserve.simulation.profile_file import load as load_profile
 from pdserve.simulation.replicas import Pool, Replica
 from pdserve.simulation.step_model import StepModel
 from pdserve.simulation.traces import TraceRequest
@@ -78,11 +80,12 @@ class Simulation:
     def __init__(self, profile: Profile, model: Any, trace: list[TraceRequest],
                  seed: int = 0, replicas: dict[str, int] | None = None,
                  autoscaling: str | None = None, startup_s: float | None = None,
-                 replica_budget: int | None = None) -> None:
+                 replica_budget: int | None = None, oversubscribe_cores: bool = False) -> None:
         """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
-        replica's start-up time (default: the profile's)."""
+        replica's start-up time (default: the profile's). `replica_budget`,
+        `oversubscribe_cores`: the app's."""
         self.loop = EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
@@ -102,6 +105,7 @@ class Simulation:
         self._engine_args = engine_args(profile, model)
         base = self._engine_args.create_engine_config()
         self.block_size = base.cache_config.block_size
+        self.scheduler_config = base.scheduler_config
         self.hasher = BlockHasher(self.block_size, base.cache_config.prefix_caching_hash_algo)
         self.vocab = base.model_config.get_vocab_size()
         self.rng = random.Random(seed)
@@ -133,7 +137,9 @@ class Simulation:
             scaled = {role: config.autoscaling_config for role, config in model.pools().items()
                       if config.autoscaling_config}
             if scaled:
-                self.autoscaler = Autoscaler(self, autoscaling, scaled, replica_budget)
+                planner = load_profile(Path(model.planner.profile)) if model.planner else None
+                self.autoscaler = Autoscaler(self, autoscaling, scaled, replica_budget,
+                                             oversubscribe_cores, planner)
         idle = [role for role, pool in self.pools.items() if role != "prefill"
                 and not pool.replicas and (self.autoscaler is None
                                            or role not in self.autoscaler.pools)]
@@ -289,7 +295,7 @@ class Simulation:
             decode.waiting.append(lambda: self._pull(key))
             return
         replica, _ = decode.choose(hashes, "remote")
-        replica.track(key, 0)
+        replica.track(key, len(tokens), computes_prompt=False)
         self.outcomes[i].replica = replica.name
         cached = decode.state.cached(hashes).get(replica.name, 0) * self.block_size
         transfer = self.profile.kv_transfer

@@ -42,15 +42,15 @@ class Replica:
                                          clock=lambda: sim.loop.now)
         self.tracked: dict[str, RequestSignals] = {}
 
-    def track(self, request_id: str, computed_prompt_tokens: int) -> None:
+    def track(self, request_id: str, prompt_tokens: int, computes_prompt: bool = True) -> None:
         """Time a request on this replica from now, as its host does (TTFT, ITL, queued
-        prompt tokens)."""
-        self.tracked[request_id] = self.signals.start(computed_prompt_tokens)
+        prompt tokens, the load offered)."""
+        self.tracked[request_id] = self.signals.start(prompt_tokens, computes_prompt)
 
     def add(self, request_id: str, tokens: list[int], max_tokens: int,
             transferred: bool = False) -> None:
         if request_id not in self.tracked:
-            self.track(request_id, 0 if transferred else len(tokens))
+            self.track(request_id, len(tokens), computes_prompt=not transferred)
         self.engine.add(request_id, tokens, max_tokens, arrival_time=self.sim.loop.now,
                         transferred=transferred)
         if not self.busy:

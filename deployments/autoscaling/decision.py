@@ -13,8 +13,14 @@ Rules, per pool:
   `scale_down_below` (hysteresis: steady load in between changes nothing); to zero only when
   idle (colocated pools with `min_replicas: 0`), and from zero as soon as a request waits;
 - hold while replicas are starting or stopping (no decision stacks on one in progress);
-then per model the P:D ratio bounds, then the shared replica budget: each pool's minimum
-first, the rest to the pools with the largest SLO deficit (pressure) first.
+- never below the pool's planner floor (`floor.py`, the slow loop): grow to it at once;
+then per model the P:D ratio bounds (a trim stops at the floor), then the shared replica
+budget: each pool's minimum first, the rest to restoring growth (from zero, to a minimum or a
+floor) and then to the pools with the largest SLO deficit (pressure) first; then the nodes'
+physical room (`free_engine_slots`): engines that would share a core with another add no
+compute, so such growth is cut, in the same order, and reported (`no_physical_capacity`)
+unless the app oversubscribes on purpose. The budget and the room are hard: a floor beyond
+them is held only as far as they reach.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ class PoolSnapshot:
     max_replicas: int
     replicas: tuple[ReplicaSignals, ...] = ()
     requests: float = 0.0  # ongoing + queued at handles (Ray's `total_num_requests`)
+    floor: int = 0  # the planner's minimum for the load observed (slow loop)
+
+    @property
+    def lowest(self) -> int:
+        """What the pool may shrink to: its minimum, or the planner floor within its max."""
+        return max(self.min_replicas, min(self.floor, self.max_replicas))
 
     @property
     def key(self) -> tuple[str, Role]:
@@ -50,6 +62,8 @@ class Snapshot:
     pools: tuple[PoolSnapshot, ...]
     targets: dict[str, SLOTargets] = field(default_factory=dict)  # by model
     replica_budget: int | None = None
+    free_engine_slots: int | None = None  # engines the nodes still hold physically (None: unknown)
+    oversubscribe: bool = False  # grow beyond `free_engine_slots` anyway (flagged, not cut)
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class Decision:
     reason: str
     pressure: float = 0.0
     signals: dict[str, float] = field(default_factory=dict)  # signal → value / target
+    beyond_physical: int = 0  # replicas added past the nodes' free engine slots
 
 
 def _mean(values: list[float]) -> float | None:
@@ -93,6 +108,9 @@ def decide_pool(pool: PoolSnapshot, targets: SLOTargets) -> Decision:
         if pool.requests > 0:
             return Decision(max(1, pool.min_replicas), UP, "scale_from_zero")
         return Decision(max(0, pool.min_replicas), HOLD, "idle")
+    if n < pool.lowest:
+        return Decision(pool.lowest, UP, "planner_floor" if pool.floor > pool.min_replicas
+                        else "min_replicas")
     if not any(r.warm for r in pool.replicas) and pool.replicas:
         return Decision(n, HOLD, "warming")
     signals = pressures(pool, targets)
@@ -103,7 +121,7 @@ def decide_pool(pool: PoolSnapshot, targets: SLOTargets) -> Decision:
         if replicas > n:
             return Decision(replicas, UP, signal, pressure, signals)
         return Decision(n, HOLD, "max_replicas", pressure, signals)
-    if n > pool.min_replicas:
+    if n > pool.lowest:
         if n == 1:
             idle = pool.requests == 0 and not any(r.busy for r in pool.replicas)
             if idle:
@@ -126,16 +144,26 @@ def _apply_ratio(
         if need <= decode.max_replicas:
             d = replace(d, replicas=need, direction=_direction(need, decode), reason="ratio")
         else:
-            keep = max(prefill.min_replicas, math.floor(d.replicas * high))
+            keep = max(prefill.lowest, math.floor(d.replicas * high))
             p = replace(p, replicas=keep, direction=_direction(keep, prefill), reason="ratio")
     if low is not None and p.replicas / d.replicas < low - 1e-9:
         need = math.ceil(d.replicas * low)
         if need <= prefill.max_replicas:
             p = replace(p, replicas=need, direction=_direction(need, prefill), reason="ratio")
         else:
-            keep = max(decode.min_replicas, math.floor(p.replicas / low))
+            keep = max(decode.lowest, math.floor(p.replicas / low))
             d = replace(d, replicas=keep, direction=_direction(keep, decode), reason="ratio")
     return p, d
+
+
+#: Growth that restores what a pool must hold comes before growth for SLO pressure when
+#: replicas are scarce (budget, physical room): a pool at zero with requests waiting, one
+#: below its minimum or its planner floor.
+RESTORING = ("scale_from_zero", "min_replicas", "planner_floor")
+
+
+def _priority(decision: Decision, key: tuple[str, Role]) -> tuple[bool, float, tuple[str, Role]]:
+    return (decision.reason not in RESTORING, -decision.pressure, key)
 
 
 def _direction(replicas: int, pool: PoolSnapshot) -> str:
@@ -150,7 +178,7 @@ def _apply_budget(
     """Each pool's minimum first, then the rest in order of SLO deficit (largest first)."""
     grant = {key: min(pools[key].min_replicas, d.replicas) for key, d in decisions.items()}
     left = budget - sum(grant.values())
-    order = sorted(decisions, key=lambda k: (-decisions[k].pressure, k))
+    order = sorted(decisions, key=lambda k: _priority(decisions[k], k))
     out = dict(decisions)
     for key in order:
         extra = max(0, min(decisions[key].replicas - grant[key], left))
@@ -181,4 +209,35 @@ def decide(snapshot: Snapshot) -> dict[tuple[str, Role], Decision]:
         )
     if snapshot.replica_budget is not None:
         decisions = _apply_budget(pools, decisions, snapshot.replica_budget)
+    if snapshot.free_engine_slots is not None:
+        decisions = _apply_physical_room(pools, decisions, snapshot.free_engine_slots,
+                                         snapshot.oversubscribe)
     return decisions
+
+
+def _apply_physical_room(
+    pools: dict[tuple[str, Role], PoolSnapshot],
+    decisions: dict[tuple[str, Role], Decision],
+    free: int,
+    oversubscribe: bool,
+) -> dict[tuple[str, Role], Decision]:
+    """Growth beyond what Ray already steers to, within `free` engine slots, largest deficit
+    first; the rest cut back to the current target (or, oversubscribing, kept and flagged)."""
+    left = max(0, free)
+    out = dict(decisions)
+    for key in sorted(decisions, key=lambda k: _priority(decisions[k], k)):
+        decision, target = decisions[key], pools[key].target
+        growth = decision.replicas - target
+        if growth <= 0:
+            continue
+        fits = min(growth, left)
+        left -= fits
+        if fits == growth:
+            continue
+        if oversubscribe:
+            out[key] = replace(decision, beyond_physical=growth - fits)
+        else:
+            out[key] = replace(decision, replicas=target + fits, beyond_physical=growth - fits,
+                               direction=_direction(target + fits, pools[key]),
+                               reason="no_physical_capacity")
+    return out

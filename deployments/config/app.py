@@ -77,6 +77,13 @@ class AppConfig(StrictModel):
         "field (a static cluster, where Ray would leave the replicas pending forever).",
     )
     testing: TestingConfig = Field(default_factory=TestingConfig)
+    oversubscribe_cores: bool = Field(
+        False,
+        description="Let pdserve's autoscaling policy add a CPU engine to nodes whose cores "
+        "are all bound to engines already (it then shares a core: more replicas, no more "
+        "compute). Off, such a scale-out is skipped and reported (`no_physical_capacity`); "
+        "GPU engines are placed by Ray's `num_gpus` either way.",
+    )
     replica_budget: int | None = Field(
         None, ge=1,
         description="Engine replicas all autoscaled pools may hold together; shared by "
@@ -126,6 +133,12 @@ class AppConfig(StrictModel):
         """Requests one ingress replica admits at once (`limits.max_concurrent_requests`)."""
         return (self.limits.max_concurrent_requests
                 or max(1, self.ingress.max_ongoing_requests * 3 // 4))
+
+    def fixed_engines(self) -> int:
+        """Engines of pools with a fixed replica count (Ray's autoscaling policies see no
+        context of them: the app-level policy learns of them from the others' reports)."""
+        return sum(p.num_replicas for m in self.models for p in m.pools().values()
+                   if not p.autoscaling_config)
 
     def minimum_replicas(self) -> int:
         """Engine replicas every pool of every model holds at least (fixed counts, or an

@@ -6,7 +6,7 @@ neither re-validates other models nor looks its own up by id.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,17 +25,21 @@ class EngineBinding(StrictModel):
     num_pools: int = Field(..., ge=1, description="Pools in the app (CPU binding spreads them).")
     cpu_binding: Literal["auto", "nobind"] = "auto"
     fault_injection: bool = False
+    capacity_profile: dict[str, Any] | None = Field(
+        None, description="The model's `planner.profile`, as the app builder read and "
+        "validated it (replicas on other nodes need not hold the file).")
 
     @property
     def pool(self) -> PoolName:
         return PoolName(self.model.model_id, self.role)
 
 
-def engine_binding(config: AppConfig, model: ModelConfig, role: Role) -> EngineBinding:
+def engine_binding(config: AppConfig, model: ModelConfig, role: Role,
+                   capacity_profile: dict[str, Any] | None = None) -> EngineBinding:
     """The binding of `model`'s `role` pool in `config`."""
     names = config.pool_names()
     return EngineBinding(
         model=model, role=role, pool_index=names.index(PoolName(model.model_id, role)),
         num_pools=len(names), cpu_binding=config.cpu_binding,
-        fault_injection=config.testing.fault_injection,
+        fault_injection=config.testing.fault_injection, capacity_profile=capacity_profile,
     )

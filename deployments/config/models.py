@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pdserve.deployments.config.base import StrictModel
+from pdserve.deployments.config.planner import PlannerFloor
 from pdserve.deployments.config.pools import Role
 from pdserve.deployments.config.slo import SLOTargets
 
@@ -226,6 +227,9 @@ class ModelConfig(StrictModel):
         description="Autoscale this model's pools to these targets (each pool then needs "
         "`autoscaling_config` with `min_replicas`/`max_replicas`).",
     )
+    planner: PlannerFloor | None = Field(
+        None, description="The autoscaler's slow loop: keep each pool at least at what the "
+        "profile says its observed load needs (needs `slo`).")
 
     def names(self) -> list[str]:
         """Every name clients may use for this model: its id first, then its aliases."""
@@ -257,6 +261,9 @@ class ModelConfig(StrictModel):
             if getattr(self, role) is not None and role not in allowed[self.mode]:
                 raise ValueError(f"model {self.model_id!r}: `{role}` pool given in mode "
                                  f"`{self.mode}` (it takes {sorted(allowed[self.mode])})")
+        if self.planner is not None and self.slo is None:
+            raise ValueError(f"model {self.model_id!r}.planner: needs `slo` (the floor is "
+                             "what one engine carries within the model's targets)")
         if self.mode == "embed" and self.slo is not None:
             raise ValueError(f"model {self.model_id!r}.slo: latency targets apply to "
                              "generating models, not `embed` pools")

@@ -25,6 +25,7 @@ from vllm.v1.metrics.loggers import PrometheusStatLogger
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from pdserve import tracing
+from pdserve.deployments.autoscaling.report import node_key
 from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSignals
 from pdserve.deployments.config.binding import EngineBinding
 from pdserve.deployments.config.pools import Role
@@ -34,7 +35,8 @@ from pdserve.deployments.engine.adapter_registry import SYNC_PERIOD_S, adapter_r
 from pdserve.deployments.engine.adapters import static_adapters
 from pdserve.deployments.engine.args import engine_args, worker_processes
 from pdserve.deployments.engine.callers import Caller, CallerGone, watch_callers
-from pdserve.deployments.engine.placement import apply_engine_env
+from pdserve.deployments.engine.capacity import capacity_of
+from pdserve.deployments.engine.placement import apply_engine_env, physical_engine_slots
 from pdserve.deployments.engine.reaper import guard_engine_processes
 from pdserve.deployments.engine.reports import (
     LoadReport,
@@ -120,7 +122,14 @@ class EngineHost:
         self._routing_stats = engine_routing_stats(self.engine, self.replica_id)
         self.slo: SLOTargets | None = self.model.slo
         self.replica_budget: int | None = None
+        self.oversubscribe_cores = False
+        self.fixed_engines = 0
         self.slo_signals = ReplicaSLOSignals()
+        self.capacity = capacity_of(binding, self.engine.vllm_config.scheduler_config)
+        self.node = node_key(ray.get_runtime_context().get_node_id())
+        self.engine_slots = physical_engine_slots(
+            binding.cpu_binding == "auto", worker_processes(self.model.engine_kwargs),
+            self.engine.vllm_config.device_config.device_type == "cpu")
         self._configure_signals()
         self.watchdog = StallWatchdog(self.model.health.stall_timeout_s)
         self.load.on_step = self.watchdog.stepped
@@ -158,7 +167,8 @@ class EngineHost:
             self.slo_signals.configure(self.slo.window_s, self.slo.warmup_requests)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Ray Serve `user_config`: the model's SLO targets and the replica budget.
+        """Ray Serve `user_config`: the model's SLO targets, the replica budget and whether
+        the policy may put more CPU engines on a node than it has cores.
 
         Ray applies a `user_config` change without restarting the replica, so targets are
         retuned live (`deployments: [{name: <model>-<role>, user_config: {...}}]` in the YAML).
@@ -166,6 +176,8 @@ class EngineHost:
         slo = user_config.get("slo")
         self.slo = SLOTargets.model_validate(slo) if slo is not None else None
         self.replica_budget = user_config.get("replica_budget")
+        self.oversubscribe_cores = bool(user_config.get("oversubscribe_cores", False))
+        self.fixed_engines = int(user_config.get("fixed_engines", 0))
         self._configure_signals()
         logger.info("engine %s: SLO targets %s, replica budget %s", self.engine_id,
                     self.slo, self.replica_budget)
@@ -184,13 +196,31 @@ class EngineHost:
         return tracing.carrier(span) if self._engine_traces else None
 
     def track(self, routing: RoutingInfo, computes_prompt: bool = True) -> RequestSignals:
-        """Start timing a request on this replica (TTFT, ITL, queued prefill tokens)."""
-        return self.slo_signals.start(routing.prompt_tokens if computes_prompt else 0)
+        """Start timing a request on this replica (TTFT, ITL, queued prefill tokens, the load
+        offered)."""
+        return self.slo_signals.start(routing.prompt_tokens, computes_prompt)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve pushes these to the autoscaling policy every `metrics_interval_s`."""
-        return replica_report(self.slo_signals, self.load, self.slo,
-                              self.replica_budget).encode()
+        capacity = await self._capacity_rps()
+        return replica_report(
+            self.slo_signals, self.load, self.slo, self.replica_budget, capacity_rps=capacity,
+            node=self.node, engine_slots=self.engine_slots,
+            planner_interval_s=self.model.planner.interval_s if self.model.planner else None,
+            oversubscribe_cores=self.oversubscribe_cores,
+            fixed_engines=self.fixed_engines).encode()
+
+    async def _capacity_rps(self) -> float | None:
+        """The planner floor's estimate: recomputed when due, in a thread (it takes tens of
+        milliseconds this loop must spend streaming)."""
+        if self.capacity is None or self.slo is None:
+            return None
+        if self.capacity.due(self.slo):
+            inputs = self.capacity.inputs(self.slo_signals, self.slo)
+            if inputs is not None:
+                value = await asyncio.to_thread(self.capacity.compute, inputs)
+                self.capacity.record(value, inputs.slo)
+        return self.capacity.value
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""

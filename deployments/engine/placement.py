@@ -108,3 +108,12 @@ def apply_engine_env(
         env |= single_process_env(bind)
     os.environ.update(env)
     return env
+
+
+def physical_engine_slots(bind_cpus: bool, workers: int, on_cpu: bool) -> int | None:
+    """Engines this host holds without two sharing a core: its cores over each engine's
+    workers (one core each, `omp_threads_bind`). None where that is not the bound: engines
+    not pinned to cores, or on accelerators (Ray places those by `num_gpus`)."""
+    if not (bind_cpus and on_cpu):
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))

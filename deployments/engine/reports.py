@@ -68,14 +68,21 @@ def with_load(stats: RoutingStats, load: LoadReport) -> RoutingStats:
 
 
 def replica_report(signals: ReplicaSLOSignals, load: LoadReport, slo: SLOTargets | None,
-                   replica_budget: int | None) -> ReplicaReport:
+                   replica_budget: int | None, *, capacity_rps: float | None = None,
+                   node: int | None = None, engine_slots: int | None = None,
+                   planner_interval_s: float | None = None,
+                   oversubscribe_cores: bool = False, fixed_engines: int = 0) -> ReplicaReport:
     """Latencies at the model's percentile over the recent window, the peak of queued prefill
-    tokens since the last report, the engine's load, and the live targets and budget."""
+    tokens since the last report, the engine's load, the load offered to the replica (and what
+    one engine carries of it, with a planner floor), where it runs, and the live targets and
+    budget."""
     q = slo.percentile if slo else SLOTargets().percentile
     return ReplicaReport(
         ReplicaSignals(
             warm=signals.warm, ttft_ms=signals.ttft.percentile(q),
             itl_ms=signals.itl.percentile(q), kv_cache_usage=load.kv_cache_usage,
             queued_prefill_tokens=float(signals.take_peak_queued_prefill_tokens()),
-            waiting=float(load.num_waiting), running=float(load.num_running)),
-        slo, replica_budget)
+            waiting=float(load.num_waiting), running=float(load.num_running),
+            arrivals_per_s=signals.arrival_rate(), capacity_rps=capacity_rps, node=node,
+            engine_slots=engine_slots),
+        slo, replica_budget, planner_interval_s, oversubscribe_cores, fixed_engines)

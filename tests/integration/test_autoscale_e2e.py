@@ -42,13 +42,16 @@ SCALING = {"metrics_interval_s": 1, "look_back_period_s": 2, "upscale_delay_s": 
 def config(model_dir: str) -> dict[str, Any]:
     """A: PD, prefill 1..2, scaled on queued prefill tokens (150 per replica: a burst of long
     prompts is far above, one ~30-token request at a time far below). B: colocated, targets it
-    never misses. Budget 4 = every engine at 0.5 CPU on 2 cores."""
+    never misses. Budget 4 = every engine at 0.5 CPU on 2 cores. Three engines already hold
+    the box's 2 cores, so A's growth is allowed past its physical room (`oversubscribe_cores`),
+    and the policy says so."""
     pd_pool = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, **SCALING},
                "ray_actor_options": {"num_cpus": 0.5}, "graceful_shutdown_timeout_s": 120}
     fixed = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, **SCALING},
              "ray_actor_options": {"num_cpus": 0.5}}
     return systems.serve_config_doc({
         "replica_budget": 4,
+        "oversubscribe_cores": True,
         "models": [
             {"model_id": MODEL_A, "model": model_dir, "mode": "pd", "engine_kwargs": ENGINE,
              "slo": {"ttft_ms": 60000, "itl_ms": 60000, "max_queued_prefill_tokens": 150,
@@ -144,6 +147,10 @@ class Ledger:
 
 
 ADD_PREFILL = f"Adding 1 replica to Deployment(name='{MODEL_A}-prefill'"
+#: What the policy logs when it grows a pool past the engines the node's cores hold (every
+#: engine reports its node and the engines its cores hold; the policy counts them).
+BEYOND_CORES = (f"pdserve autoscaling {MODEL_A}/prefill: 1 replica(s) wanted beyond the nodes' "
+                "physical engine slots: added anyway (oversubscribe_cores)")
 SHRINK_PREFILL = f"pdserve autoscaling {MODEL_A}/prefill: 2 -> 1 (headroom"
 
 
@@ -225,6 +232,7 @@ def test_burst_grows_one_models_prefill_pool_and_shrinks_back_losing_nothing(app
             workers = [pool.submit(load_a, i) for i in range(10)] + [pool.submit(trickle_b)]
             try:
                 wait_for_log(app, ADD_PREFILL, added_before + 1, 720)
+                assert BEYOND_CORES in app.read_text()
             finally:
                 burst.clear()
                 for worker in workers:

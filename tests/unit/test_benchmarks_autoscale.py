@@ -11,10 +11,12 @@ from pdserve.benchmarks.autoscale_bench import (
     prompts,
     rate_at,
     replica_seconds,
+    report,
     scaling_actions,
     serve_config,
     summarize,
 )
+from pdserve.deployments.app import planner_profile
 from pdserve.deployments.config import AppConfig
 
 
@@ -66,3 +68,28 @@ def test_prompts_are_long_enough_and_deterministic() -> None:
     a = prompts(MODEL_A, 2, seed=0)
     assert a == prompts(MODEL_A, 2, seed=0) and a[0] != a[1]
     assert len(a[0].split()) > 380 and len(prompts(MODEL_B, 1, seed=0)[0].split()) > 60
+
+
+def test_our_policy_runs_with_planner_floors_from_profiles_in_the_repository() -> None:
+    config = AppConfig.model_validate(serve_config("pdserve_slo", "/m")["applications"][0]["args"])
+    for i, model in enumerate(config.models):
+        assert model.planner is not None and planner_profile(config, i)["model"]
+    bare = serve_config("pdserve_slo", "/m", planner=False)["applications"][0]["args"]
+    assert all("planner" not in m for m in bare["models"])
+
+
+def test_the_report_gives_each_policys_median_over_rounds() -> None:
+    def row(policy: str, k: int, attainment: float, seconds: float) -> dict:
+        per_model = {"slo_attainment": attainment, "ttft_p50_ms": 1.0, "ttft_p99_ms": 2.0,
+                     "itl_p50_ms": 1.0, "itl_p99_ms": 2.0, "failed": 0}
+        return {"policy": policy, "round": k, "slo_attainment": attainment,
+                "replica_seconds": seconds, "scaling_actions": 1,
+                MODEL_A: per_model, MODEL_B: per_model}
+
+    rows = [row("pdserve_slo", 1, 0.9, 100), row("ray_default", 1, 0.5, 300),
+            row("pdserve_slo", 2, 0.7, 140), row("ray_default", 2, 0.6, 200),
+            row("pdserve_slo", 3, 0.8, 120), row("ray_default", 3, 0.4, 250)]
+    text = report(rows, "cmd", default_phases())
+    assert "| pdserve_slo | 3 | 80.0 (70.0–90.0) | 120 (100–140) |" in text
+    assert "| ray_default r2 |" in text
+    assert "Attainment 80.0% vs 50.0%; replica-seconds 0.48x of Ray's (medians)." in text
