@@ -103,6 +103,8 @@ def _simulate(args: argparse.Namespace) -> int:
     """Simulate a served model over a trace with a profile; write the report and plots."""
     from pdserve.simulation import simulate
 
+    if args.also_model:
+        return _simulate_app(args)
     trace = _trace(args)
     replicas = dict(_replica_count(v) for v in args.replicas or [])
     result = simulate.simulate(args.profile, args.config, trace, args.out, args.model,
@@ -110,6 +112,29 @@ def _simulate(args: argparse.Namespace) -> int:
                                command=args.command_line,
                                autoscaling=None if args.autoscaling == "off" else args.autoscaling,
                                startup_s=args.startup_s)
+    print((args.out / "report.md").read_text(), end="")
+    return 0 if result["summary"]["completed"] else 1
+
+
+def _simulate_app(args: argparse.Namespace) -> int:
+    """Several models of the config on one clock, each its own generated trace (the same
+    options, the seed advanced per model)."""
+    from pdserve.simulation import app_sim, simulate
+
+    if args.rate is None or args.trace or args.vllm_dataset or args.replicas:
+        raise ValueError("--also-model simulates generated traces (--rate ...) of autoscaled "
+                         "models: no --trace, --vllm-dataset or --replicas")
+    if args.model is None:
+        raise ValueError("--also-model needs --model (the first model)")
+    models = [args.model, *args.also_model]
+    traces = {model: simulate.generated_trace(args.arrivals, args.rate, args.num_requests,
+                                              args.duration, args.prompt_tokens,
+                                              args.output_tokens, args.mixed, args.seed + i)
+              for i, model in enumerate(models)}
+    result = app_sim.simulate_app(
+        args.profile, args.config, traces, args.out, args.seed, args.slo_ttft_ms,
+        args.slo_itl_ms, None if args.autoscaling == "off" else args.autoscaling,
+        args.startup_s, command=args.command_line)
     print((args.out / "report.md").read_text(), end="")
     return 0 if result["summary"]["completed"] else 1
 
@@ -206,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--profile", type=Path, required=True, help="profile file (JSON)")
     sim.add_argument("--config", type=Path, required=True, help="serve config YAML")
     sim.add_argument("--model", default=None, help="model id (default: the config's only one)")
+    sim.add_argument("--also-model", nargs="+", default=None, metavar="MODEL",
+                     help="more models of the config, simulated with --model on one clock "
+                     "under one autoscaler (the app-level policy shares the budget); each gets "
+                     "a trace of the same generator options, its seed advanced")
     _trace_arguments(sim)
     sim.add_argument("--replicas", nargs="*", metavar="POOL=N",
                      help="replica counts instead of the config's (prefill=1 decode=2)")

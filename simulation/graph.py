@@ -80,13 +80,15 @@ class Simulation:
     def __init__(self, profile: Profile, model: Any, trace: list[TraceRequest],
                  seed: int = 0, replicas: dict[str, int] | None = None,
                  autoscaling: str | None = None, startup_s: float | None = None,
-                 replica_budget: int | None = None, oversubscribe_cores: bool = False) -> None:
+                 replica_budget: int | None = None, oversubscribe_cores: bool = False,
+                 loop: EventLoop | None = None) -> None:
         """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
         replica's start-up time (default: the profile's). `replica_budget`,
-        `oversubscribe_cores`: the app's."""
-        self.loop = EventLoop()
+        `oversubscribe_cores`: the app's. `loop`: a clock shared with the app's other models
+        (`app_sim.AppSimulation`, which then autoscales them all together)."""
+        self.loop = loop or EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
         overhead = profile.graph_overhead
@@ -134,15 +136,15 @@ class Simulation:
         if autoscaling is not None and replicas is None:
             from pdserve.simulation.autoscaler import Autoscaler
 
-            scaled = {role: config.autoscaling_config for role, config in model.pools().items()
-                      if config.autoscaling_config}
-            if scaled:
-                planner = load_profile(Path(model.planner.profile)) if model.planner else None
-                self.autoscaler = Autoscaler(self, autoscaling, scaled, replica_budget,
-                                             oversubscribe_cores, planner)
+            if any(config.autoscaling_config for config in model.pools().values()):
+                self.autoscaler = Autoscaler(self, autoscaling, replica_budget,
+                                             oversubscribe_cores, planner_profiles([model]))
+        # a pool without replicas is served once the autoscaler starts one (this model's, or
+        # the app's when the clock is shared)
+        scaled = ({role for role, c in model.pools().items() if c.autoscaling_config}
+                  if self.autoscaler is not None or loop is not None else set())
         idle = [role for role, pool in self.pools.items() if role != "prefill"
-                and not pool.replicas and (self.autoscaler is None
-                                           or role not in self.autoscaler.pools)]
+                and not pool.replicas and role not in scaled]
         if idle:
             raise ValueError(f"the {idle[0]} pool needs at least one replica to simulate "
                              "(or autoscaling from zero)")
@@ -197,10 +199,14 @@ class Simulation:
     def run(self, until_s: float | None = None) -> list[Outcome]:
         if self.autoscaler is not None:
             self.autoscaler.start()
-        for i, request in enumerate(self.trace):
-            self.loop.at(request.arrival_s, self._enter, i)
+        self.schedule()
         self.loop.run(until_s)
         return self.outcomes
+
+    def schedule(self) -> None:
+        """Put the trace's arrivals on the clock."""
+        for i, request in enumerate(self.trace):
+            self.loop.at(request.arrival_s, self._enter, i)
 
     def _enter(self, i: int) -> None:
         """A request reaches the graph: its latency before a pool (HTTP, ingress,
@@ -325,3 +331,8 @@ class Simulation:
 
     def busy_seconds(self) -> dict[str, float]:
         return {r.name: r.busy_s for pool in self.pools.values() for r in pool.history}
+
+
+def planner_profiles(models: list[Any]) -> dict[str, Profile]:
+    """Each model's `planner.profile`, read (a path relative to where this runs)."""
+    return {m.model_id: load_profile(Path(m.planner.profile)) for m in models if m.planner}

@@ -186,9 +186,10 @@ def plot(outcomes: list, sim: Simulation, path: Path, title: str) -> None:
     axes[2].legend()
     axes[2].grid(alpha=0.3)
     if scaled:
-        for role in sim.autoscaler.pools:
-            points = [(t, serving, target) for t, r, serving, target in sim.autoscaler.timeline
-                      if r == role]
+        for key in sim.autoscaler.pools:
+            role = key[1]
+            points = [(t, serving, target) for t, k, serving, target in sim.autoscaler.timeline
+                      if k == key]
             if points:
                 ts, serving, target = zip(*points, strict=True)
                 axes[3].step(ts, serving, where="post", label=f"{role} serving")

@@ -121,7 +121,7 @@ def test_the_slo_policy_grows_the_pd_pool_whose_target_is_missed() -> None:
     sim.run()
     grown = {a.pool for a in sim.autoscaler.actions if a.replicas_to > a.replicas_from}
     assert "prefill" in grown, sim.autoscaler.actions
-    targets = {role: s.target for role, s in sim.autoscaler.pools.items()}
+    targets = {role: s.target for (_, role), s in sim.autoscaler.pools.items()}
     assert targets["prefill"] / targets["decode"] <= 2
 
 
