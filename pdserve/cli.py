@@ -111,7 +111,7 @@ def _simulate(args: argparse.Namespace) -> int:
                                args.seed, args.slo_ttft_ms, args.slo_itl_ms, replicas or None,
                                command=args.command_line,
                                autoscaling=None if args.autoscaling == "off" else args.autoscaling,
-                               startup_s=args.startup_s)
+                               startup_s=args.startup_s, planner_profile=args.planner_profile)
     print((args.out / "report.md").read_text(), end="")
     return 0 if result["summary"]["completed"] else 1
 
@@ -134,7 +134,7 @@ def _simulate_app(args: argparse.Namespace) -> int:
     result = app_sim.simulate_app(
         args.profile, args.config, traces, args.out, args.seed, args.slo_ttft_ms,
         args.slo_itl_ms, None if args.autoscaling == "off" else args.autoscaling,
-        args.startup_s, command=args.command_line)
+        args.startup_s, command=args.command_line, planner_profile=args.planner_profile)
     print((args.out / "report.md").read_text(), end="")
     return 0 if result["summary"]["completed"] else 1
 
@@ -243,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="autoscaled pools follow: the policy the config runs (default), "
                      "pdserve's SLO policy (app-level or per pool), Ray Serve's default, or "
                      "stay at their initial count (off); ignored with --replicas")
+    sim.add_argument("--planner-profile", type=Path, default=None,
+                     help="run the autoscaler's slow loop on this profile (as the config's "
+                     "`planner.profile` would; interval 60 s)")
     sim.add_argument("--startup-s", type=float, default=None,
                      help="a new replica's start-up time (default: the profile's startup_s)")
     sim.add_argument("--slo-ttft-ms", type=float, default=None)

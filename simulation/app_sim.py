@@ -20,7 +20,12 @@ from pdserve.simulation.autoscaler import Autoscaler
 from pdserve.simulation.events import EventLoop
 from pdserve.simulation.graph import Outcome, Simulation, planner_profiles
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.serve_config import autoscaling_policy, load_app, pick_model
+from pdserve.simulation.serve_config import (
+    autoscaling_policy,
+    load_app,
+    pick_model,
+    with_planner,
+)
 from pdserve.simulation.traces import TraceRequest
 
 
@@ -54,12 +59,12 @@ class AppSimulation:
 def simulate_app(profile_path: Path, config: Path, traces: dict[str, list[TraceRequest]],
                  out: Path, seed: int, slo_ttft_ms: float | None, slo_itl_ms: float | None,
                  autoscaling: str | None = "config", startup_s: float | None = None,
-                 command: str = "") -> dict[str, Any]:
+                 command: str = "", planner_profile: Path | None = None) -> dict[str, Any]:
     """Simulate the models of `traces` together; write `report.json`, `report.md`: per model
     and for the app (SLO attainment over every request, replica-seconds of every engine)."""
     profile = profile_file.load(profile_path)
     app = load_app(config)
-    models = [pick_model(app, model_id) for model_id in traces]
+    models = [with_planner(pick_model(app, model_id), planner_profile) for model_id in traces]
     if autoscaling == "config":
         policies = {autoscaling_policy(config, m) for m in models}
         if len(policies) > 1:

@@ -60,3 +60,15 @@ def autoscaling_policy(path: Path, model: ModelConfig, application: int = 0) -> 
         raise ValueError(f"{path}: autoscaling_config.policy {sorted(pool_policies)} cannot be "
                          f"simulated (known: {SLO_POOL_POLICIES[0]})")
     return "slo" if model.slo is not None or pool_policies else "ray_default"
+
+
+def with_planner(model: ModelConfig, profile: Path | None, interval_s: float = 60.0
+                 ) -> ModelConfig:
+    """`model` with its autoscaler's slow loop run on `profile` (as `planner:` in the config
+    would); unchanged without one."""
+    if profile is None:
+        return model
+    from pdserve.deployments.config.planner import PlannerFloor
+
+    return model.model_copy(update={"planner": PlannerFloor(profile=str(profile),
+                                                            interval_s=interval_s)})

@@ -13,7 +13,12 @@ from typing import Any
 from pdserve.simulation import profile_file, traces
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.serve_config import autoscaling_policy, load_app, pick_model
+from pdserve.simulation.serve_config import (
+    autoscaling_policy,
+    load_app,
+    pick_model,
+    with_planner,
+)
 from pdserve.simulation.traces import ARRIVALS
 
 
@@ -53,13 +58,14 @@ def dataset_trace(config: Path, model_id: str | None, arguments: str, tokenizer:
 def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id: str | None,
              seed: int, slo_ttft_ms: float | None, slo_itl_ms: float | None,
              replicas: dict[str, int] | None = None, command: str = "",
-             autoscaling: str | None = "config", startup_s: float | None = None
-             ) -> dict[str, Any]:
+             autoscaling: str | None = "config", startup_s: float | None = None,
+             planner_profile: Path | None = None) -> dict[str, Any]:
     """`autoscaling`: "config" (the policy the config runs), one of `autoscaler.POLICIES`,
-    or None (pools stay at their initial counts)."""
+    or None (pools stay at their initial counts). `planner_profile`: the model's slow loop runs
+    on it (as the config's `planner.profile`)."""
     profile = profile_file.load(profile_path)
     app = load_app(config)
-    model = pick_model(app, model_id)
+    model = with_planner(pick_model(app, model_id), planner_profile)
     if autoscaling == "config":
         autoscaling = None if replicas else autoscaling_policy(config, model)
     started = time.perf_counter()

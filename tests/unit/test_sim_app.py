@@ -81,3 +81,18 @@ def test_the_cli_simulates_models_of_one_config_together(tmp_path: Path) -> None
                  "--slo-ttft-ms", "500", "--slo-itl-ms", "100", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "| busy | 40 |" in report and "| quiet | 40 |" in report and "| **app** | 80 |" in report
+
+
+def test_a_planner_profile_given_to_the_simulator_runs_the_slow_loop(tmp_path: Path) -> None:
+    from pdserve.simulation.graph import Simulation
+    from pdserve.simulation.serve_config import with_planner
+
+    PROFILE.save(tmp_path / "profile.json")
+    model = app(3).models[0]
+    assert with_planner(model, None) is model
+    planned = with_planner(model, tmp_path / "profile.json")
+    assert planned.planner.profile == str(tmp_path / "profile.json")
+    sim = Simulation(PROFILE, planned, QUIET, autoscaling="slo_app")
+    assert sim.autoscaler.planners["busy"][1] == 60.0
+    sim.run()
+    assert sim.autoscaler.capacities  # each replica estimated what an engine carries

@@ -9,17 +9,8 @@ set -euo pipefail
 OUT=benchmarks/results/sim-gpu-h100-app-v1
 P=benchmarks/profiles/h100-llama-3.1-8b.json
 C=serve_configs/llama8b_h100.yaml
-.venv/bin/python - "$C" "$P" "$OUT/config-planner.yaml" <<'PY'
-import sys, yaml
-source, profile, out = sys.argv[1:]
-doc = yaml.safe_load(open(source))
-for model in doc["applications"][0]["args"]["models"]:
-    model["planner"] = {"profile": profile, "interval_s": 60}
-yaml.Dumper.ignore_aliases = lambda *_: True
-open(out, "w").write(yaml.dump(doc, sort_keys=False))
-PY
 LOAD="--model llama8b --also-model llama8b-colo --rate 20 --arrivals diurnal --duration 600 --prompt-tokens 2048 --output-tokens 256 --mixed --slo-ttft-ms 1000 --slo-itl-ms 50"
-.venv/bin/pdserve simulate --profile $P --config $OUT/config-planner.yaml --autoscaling config \
+.venv/bin/pdserve simulate --profile $P --config $C --planner-profile $P --autoscaling config \
   $LOAD --out $OUT/slo-planner > /dev/null
 .venv/bin/pdserve simulate --profile $P --config $C --autoscaling config $LOAD --out $OUT/slo \
   > /dev/null

@@ -2,23 +2,15 @@
 # The autoscaler's slow loop at a scale this box cannot hold: Llama 3.1 8B PD on H100s,
 # simulated from the hand-written profile, the same 10 minutes of diurnal traffic as
 # sim-gpu-h100-v1 (mean 20 req/s, half 2048-token prompts with 16 out, half 64-token prompts
-# with 256 out), under pdserve's SLO policy with its planner floor (the config plus
-# `planner.profile`), the SLO policy alone (the config as shipped) and Ray Serve's default.
+# with 256 out), under pdserve's SLO policy with its planner floor (`--planner-profile`: as
+# `planner.profile` in the config), the SLO policy alone (the config as shipped) and Ray
+# Serve's default.
 set -euo pipefail
 OUT=benchmarks/results/sim-gpu-h100-v2
 P=benchmarks/profiles/h100-llama-3.1-8b.json
 C=serve_configs/llama8b_h100.yaml
-.venv/bin/python - "$C" "$P" "$OUT/config-planner.yaml" <<'PY'
-import sys, yaml
-source, profile, out = sys.argv[1:]
-doc = yaml.safe_load(open(source))
-for model in doc["applications"][0]["args"]["models"]:
-    model["planner"] = {"profile": profile, "interval_s": 60}
-yaml.Dumper.ignore_aliases = lambda *_: True
-open(out, "w").write(yaml.dump(doc, sort_keys=False))
-PY
 LOAD="--rate 20 --arrivals diurnal --duration 600 --prompt-tokens 2048 --output-tokens 256 --mixed --slo-ttft-ms 1000 --slo-itl-ms 50"
-.venv/bin/pdserve simulate --profile $P --config $OUT/config-planner.yaml --model llama8b \
+.venv/bin/pdserve simulate --profile $P --config $C --planner-profile $P --model llama8b \
   --autoscaling config $LOAD --out $OUT/llama8b-slo-planner > /dev/null
 .venv/bin/pdserve simulate --profile $P --config $C --model llama8b --autoscaling config $LOAD \
   --out $OUT/llama8b-slo > /dev/null
