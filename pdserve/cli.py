@@ -127,6 +127,8 @@ def _simulate_app(args: argparse.Namespace) -> int:
     if args.model is None:
         raise ValueError("--also-model needs --model (the first model)")
     models = [args.model, *args.also_model]
+    if len(set(models)) < len(models):
+        raise ValueError(f"a model was named twice: {models}")
     traces = {model: simulate.generated_trace(args.arrivals, args.rate, args.num_requests,
                                               args.duration, args.prompt_tokens,
                                               args.output_tokens, args.mixed, args.seed + i)

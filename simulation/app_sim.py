@@ -3,9 +3,10 @@ model's pools simulated as `graph.Simulation` does, one autoscaler over all of t
 application-level policy shares the app's replica budget between the models as it does
 served (`SLOAutoscalingPolicy`: restoring growth, then the largest SLO deficit first).
 
-Each model gets its own trace; engines of different models do not share a CPU host's cores
-in this model of the graph (each model's CPU sharing is its own): GPU profiles, where every
-engine has its device, are what it is for.
+Each model gets its own trace; every model runs on the one profile given (the same engines);
+engines of different models do not share a CPU host's cores in this model of the graph (each
+model's CPU sharing is its own): GPU profiles, where every engine has its device, are what it
+is for. Replica-seconds run to the app's last token, for every model.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ class AppSimulation:
                  traces: dict[str, list[TraceRequest]], autoscaling: str | None,
                  seed: int = 0, startup_s: float | None = None) -> None:
         self.loop = EventLoop()
+        scaled = autoscaling is not None and any(
+            c.autoscaling_config for m in models for c in m.pools().values())
         self.sims = {m.model_id: Simulation(profile, m, traces[m.model_id], seed=seed,
-                                            startup_s=startup_s, loop=self.loop)
+                                            startup_s=startup_s, loop=self.loop,
+                                            scaled_by_app=scaled)
                      for m in models}
         self.autoscaler = None
-        if autoscaling is not None:
+        if scaled:
             self.autoscaler = Autoscaler(list(self.sims.values()), autoscaling,
                                          app.replica_budget, app.oversubscribe_cores,
                                          planner_profiles(models))
@@ -65,8 +69,12 @@ def simulate_app(profile_path: Path, config: Path, traces: dict[str, list[TraceR
     profile = profile_file.load(profile_path)
     app = load_app(config)
     models = [with_planner(pick_model(app, model_id), planner_profile) for model_id in traces]
+    if len({m.model_id for m in models}) < len(models):
+        raise ValueError("a model was named twice (or by an alias of another name given)")
+    traces = {m.model_id: trace for m, trace in zip(models, traces.values(), strict=True)}
     if autoscaling == "config":
-        policies = {autoscaling_policy(config, m) for m in models}
+        policies = {autoscaling_policy(config, m) for m in models
+                    if any(c.autoscaling_config for c in m.pools().values())} or {"slo_app"}
         if len(policies) > 1:
             raise ValueError(f"the models' pools run different policies {sorted(policies)}")
         (autoscaling,) = policies
@@ -74,8 +82,9 @@ def simulate_app(profile_path: Path, config: Path, traces: dict[str, list[TraceR
     app_sim = AppSimulation(profile, app, models, traces, autoscaling, seed, startup_s)
     outcomes = app_sim.run()
     wall_s = time.perf_counter() - started
-    per_model = {model: summarize(outcomes[model], slo_ttft_ms, slo_itl_ms,
-                                  app_sim.sims[model].replica_seconds()) for model in traces}
+    end = max(sim.last_token_s() for sim in app_sim.sims.values())  # the app's engines run
+    per_model = {model: summarize(outcomes[model], slo_ttft_ms, slo_itl_ms,  # until then
+                                  app_sim.sims[model].replica_seconds(end)) for model in traces}
     every = [o for model in traces for o in outcomes[model]]
     total = summarize(every, slo_ttft_ms, slo_itl_ms,
                       sum(s["replica_seconds"] for s in per_model.values()))
@@ -97,8 +106,9 @@ def simulate_app(profile_path: Path, config: Path, traces: dict[str, list[TraceR
 def markdown(result: dict[str, Any]) -> str:
     def row(name: str, s: dict[str, Any]) -> str:
         met = s.get("slo_met_pct")
+        goodput = s.get("slo_goodput")
         return (f"| {name} | {s['completed']} | {'—' if met is None else f'{met:.1f}'} | "
-                f"{s.get('slo_goodput') or 0:.2f} | {s['p90_ttft_ms'] or 0:.0f} | "
+                f"{'—' if goodput is None else f'{goodput:.2f}'} | {s['p90_ttft_ms'] or 0:.0f} | "
                 f"{s['p90_itl_ms'] or 0:.1f} | {s['replica_seconds']:.0f} |")
 
     lines = [f"# Simulated app: {', '.join(result['models'])} ({result['policy']})", "",

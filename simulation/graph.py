@@ -81,13 +81,13 @@ class Simulation:
                  seed: int = 0, replicas: dict[str, int] | None = None,
                  autoscaling: str | None = None, startup_s: float | None = None,
                  replica_budget: int | None = None, oversubscribe_cores: bool = False,
-                 loop: EventLoop | None = None) -> None:
+                 loop: EventLoop | None = None, scaled_by_app: bool = False) -> None:
         """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
         replica's start-up time (default: the profile's). `replica_budget`,
         `oversubscribe_cores`: the app's. `loop`: a clock shared with the app's other models
-        (`app_sim.AppSimulation`, which then autoscales them all together)."""
+        (`app_sim.AppSimulation`); `scaled_by_app`: its autoscaler steers this model's pools."""
         self.loop = loop or EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
@@ -142,7 +142,7 @@ class Simulation:
         # a pool without replicas is served once the autoscaler starts one (this model's, or
         # the app's when the clock is shared)
         scaled = ({role for role, c in model.pools().items() if c.autoscaling_config}
-                  if self.autoscaler is not None or loop is not None else set())
+                  if self.autoscaler is not None or scaled_by_app else set())
         idle = [role for role, pool in self.pools.items() if role != "prefill"
                 and not pool.replicas and role not in scaled]
         if idle:
@@ -318,9 +318,13 @@ class Simulation:
         replica.add(key, tokens, self.trace[i].output_tokens, transferred=True)
 
     # -- results --------------------------------------------------------------------------
-    def replica_seconds(self) -> float:
-        """Replica lifetimes up to the last token (from a start's decision to its stop)."""
-        end = max((o.token_s[-1] for o in self.outcomes if o.token_s), default=0.0)
+    def last_token_s(self) -> float:
+        return max((o.token_s[-1] for o in self.outcomes if o.token_s), default=0.0)
+
+    def replica_seconds(self, end: float | None = None) -> float:
+        """Replica lifetimes up to `end` (default: the last token; from a start's decision to
+        its stop)."""
+        end = self.last_token_s() if end is None else end
         return sum(max(0.0, min(end, r.stopped_s if r.stopped_s is not None else end)
                        - r.started_s)
                    for pool in self.pools.values() for r in pool.history)

@@ -70,5 +70,7 @@ def with_planner(model: ModelConfig, profile: Path | None, interval_s: float = 6
         return model
     from pdserve.deployments.config.planner import PlannerFloor
 
+    if model.planner is not None:  # the config's own period stays
+        interval_s = model.planner.interval_s
     return model.model_copy(update={"planner": PlannerFloor(profile=str(profile),
                                                             interval_s=interval_s)})

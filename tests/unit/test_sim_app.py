@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from sim_profiles import ENGINE, PROFILE
 
@@ -96,3 +97,26 @@ def test_a_planner_profile_given_to_the_simulator_runs_the_slow_loop(tmp_path: P
     assert sim.autoscaler.planners["busy"][1] == 60.0
     sim.run()
     assert sim.autoscaler.capacities  # each replica estimated what an engine carries
+
+
+def test_a_model_that_keeps_arriving_after_the_other_ended_is_still_scaled() -> None:
+    """The quiet model ends at ~50 s; the busy one starts its burst at 60 s: the shared
+    autoscaler keeps ticking for it, and every engine of the app counts until the last token."""
+    late = [traces.TraceRequest(40 + r.arrival_s, r.prompt_tokens, r.output_tokens)
+            for r in BUSY]
+    config = app(3)
+    sim = AppSimulation(PROFILE, config, config.models, {"busy": late, "quiet": QUIET},
+                        "slo_app", startup_s=5)
+    outcomes = sim.run()
+    assert all(o.done for trace in outcomes.values() for o in trace)
+    ups = [a for a in sim.autoscaler.actions if a.replicas_to > a.replicas_from]
+    quiet_end = max(o.token_s[-1] for o in outcomes["quiet"])
+    assert ups and min(a.time_s for a in ups) > quiet_end
+    end = max(o.token_s[-1] for o in outcomes["busy"])
+    assert sim.sims["quiet"].replica_seconds(end) == pytest.approx(end)  # its one engine
+
+
+def test_models_are_named_once_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["simulate", "--profile", "p", "--config", "c", "--model", "busy",
+                 "--also-model", "busy", "--rate", "1", "--out", str(tmp_path)]) == 2
+    assert "named twice" in capsys.readouterr().err
