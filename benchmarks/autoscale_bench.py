@@ -272,8 +272,9 @@ def report(rows: list[dict[str, Any]], command: str, phases: list[Phase]) -> str
              "| policy | SLO attainment | model | attainment | TTFT p50 | TTFT p99 | ITL p50 | "
              "ITL p99 | failed | replica-s | scaling actions |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    several = any(row.get("round", 1) > 1 for row in rows)
     for row in rows:
-        label = row["policy"] + (f" r{row['round']}" if "round" in row else "")
+        label = row["policy"] + (f" r{row['round']}" if several else "")
         for model in (MODEL_A, MODEL_B):
             m = row[model]
             lines.append(
@@ -294,14 +295,14 @@ def report(rows: list[dict[str, Any]], command: str, phases: list[Phase]) -> str
         a, b = ours["slo_attainment"][0], ray["slo_attainment"][0]
         ratio = ours["replica_seconds"][0] / max(ray["replica_seconds"][0], 1e-9)
         lines += ["", f"Attainment {100 * a:.1f}% vs {100 * b:.1f}%; replica-seconds "
-                  f"{ratio:.2f}x of Ray's (medians)."]
+                  f"{ratio:.2f}x of Ray's" + (" (medians)." if several else ".")]
     return "\n".join(lines) + "\n"
 
 
 def median_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """(median, min, max) of each policy's attainment and replica-seconds over its rounds."""
     def spread(key: str) -> tuple[float, float, float]:
-        values = [r[key] for r in rows if r[key] is not None]
+        values = [r[key] for r in rows if r[key] is not None] or [0.0]  # no request: 0
         return statistics.median(values), min(values), max(values)
 
     return {"rounds": len(rows), "slo_attainment": spread("slo_attainment"),
