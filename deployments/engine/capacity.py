@@ -11,6 +11,7 @@ failed report.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -76,6 +77,15 @@ class EngineCapacity:
     def record(self, value: float | None, slo: SLOTargets) -> float | None:
         self.value, self.slo, self.computed_at = value, slo, self.clock()
         return value
+
+    async def current(self, signals: ReplicaSLOSignals, slo: SLOTargets) -> float | None:
+        """The latest estimate, recomputed when due in a thread (it takes tens of milliseconds
+        the caller's loop must spend streaming)."""
+        if self.due(slo):
+            inputs = self.inputs(signals, slo)
+            if inputs is not None:
+                self.record(await asyncio.to_thread(self.compute, inputs), inputs.slo)
+        return self.value
 
     def rps(self, signals: ReplicaSLOSignals, slo: SLOTargets) -> float | None:
         """The latest estimate, recomputed here when due (the simulator's synchronous path)."""

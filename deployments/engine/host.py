@@ -202,25 +202,14 @@ class EngineHost:
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve pushes these to the autoscaling policy every `metrics_interval_s`."""
-        capacity = await self._capacity_rps()
+        capacity = (await self.capacity.current(self.slo_signals, self.slo)
+                    if self.capacity is not None and self.slo is not None else None)
         return replica_report(
             self.slo_signals, self.load, self.slo, self.replica_budget, capacity_rps=capacity,
             node=self.node, engine_slots=self.engine_slots,
             planner_interval_s=self.model.planner.interval_s if self.model.planner else None,
             oversubscribe_cores=self.oversubscribe_cores,
             fixed_engines=self.fixed_engines).encode()
-
-    async def _capacity_rps(self) -> float | None:
-        """The planner floor's estimate: recomputed when due, in a thread (it takes tens of
-        milliseconds this loop must spend streaming)."""
-        if self.capacity is None or self.slo is None:
-            return None
-        if self.capacity.due(self.slo):
-            inputs = self.capacity.inputs(self.slo_signals, self.slo)
-            if inputs is not None:
-                value = await asyncio.to_thread(self.capacity.compute, inputs)
-                self.capacity.record(value, inputs.slo)
-        return self.capacity.value
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Ray Serve pulls this every `request_routing_stats_period_s` for the routers."""

@@ -99,6 +99,20 @@ def test_a_replica_estimates_its_capacity_once_per_interval() -> None:
     assert capacity.slo == looser  # new targets: estimated again at once
 
 
+def test_a_replica_estimates_off_its_loop_when_due_and_keeps_the_value_between() -> None:
+    import asyncio
+
+    clock = Clock()
+    signals = ReplicaSLOSignals(window_s=30, clock=clock)
+    capacity = EngineCapacity(PROFILE, "colocated", 256, 16, 0, interval_s=60, clock=clock)
+    assert asyncio.run(capacity.current(signals, T)) is None  # nothing seen yet
+    signals.start(400).finish()
+    first = asyncio.run(capacity.current(signals, T))
+    assert first is not None and first == capacity.rps(signals, T)
+    signals.start(1000).finish()
+    assert asyncio.run(capacity.current(signals, T)) == first  # not due within the interval
+
+
 def test_an_estimate_never_fails_a_report(monkeypatch: pytest.MonkeyPatch) -> None:
     signals = ReplicaSLOSignals(window_s=30)
     signals.start(0).finish()  # a request whose prompt length was not known
