@@ -5,15 +5,18 @@ from __future__ import annotations
 from pdserve.benchmarks.autoscale_bench import (
     MODEL_A,
     MODEL_B,
+    SLO,
     Phase,
     arrivals,
     default_phases,
     prompts,
     rate_at,
+    serve_config,
+)
+from pdserve.benchmarks.autoscale_report import (
     replica_seconds,
     report,
     scaling_actions,
-    serve_config,
     summarize,
 )
 from pdserve.deployments.app import planner_profile
@@ -46,7 +49,7 @@ def test_attainment_needs_both_targets_and_counts_failures_as_misses() -> None:
         {"model": MODEL_A, "ok": True, "ttft_ms": 100.0, "itl_ms": 900.0},
         {"model": MODEL_B, "ok": False, "error": "HTTP 503"},
     ]
-    summary = summarize("x", records, [{"t": 0.0, "p": 1}, {"t": 1.0, "p": 1}])
+    summary = summarize("x", records, [{"t": 0.0, "p": 1}, {"t": 1.0, "p": 1}], SLO)
     assert summary[MODEL_A]["slo_attainment"] == 1 / 3
     assert summary[MODEL_B]["failed"] == 1 and summary["slo_attainment"] == 1 / 4
 
@@ -89,7 +92,7 @@ def test_the_report_gives_each_policys_median_over_rounds() -> None:
     rows = [row("pdserve_slo", 1, 0.9, 100), row("ray_default", 1, 0.5, 300),
             row("pdserve_slo", 2, 0.7, 140), row("ray_default", 2, 0.6, 200),
             row("pdserve_slo", 3, 0.8, 120), row("ray_default", 3, 0.4, 250)]
-    text = report(rows, "cmd", default_phases())
+    text = report(rows, "cmd", default_phases(), SLO)
     assert "| pdserve_slo | 3 | 80.0 (70.0–90.0) | 120 (100–140) |" in text
     assert "| ray_default r2 |" in text
     assert "Attainment 80.0% vs 50.0%; replica-seconds 0.48x of Ray's (medians)." in text
