@@ -186,7 +186,7 @@ class SLOAutoscalingPolicy:
             starting += max(0, int(ctx.target_num_replicas) - int(ctx.current_num_replicas))
             oversubscribe |= any(r.oversubscribe_cores for r in reports)
             fixed = max([fixed, *(r.fixed_engines for r in reports)])
-            if pool_of(ctx.deployment_name) is None:
+            if name.role not in GENERATING_ROLES:  # an embedding pool: counted for room only
                 continue
             for report in reports:
                 self._remember(name.model, report)
