@@ -13,19 +13,17 @@ What is modelled (stated, and measured by the validation table): each engine ste
 the profile's step model says, times the served engine's step scale plus its per-step
 overhead; a KV pull of b bytes occupies one link shared by all pulls for alpha + b /
 bandwidth (FIFO); the graph adds its latency per request (and per prompt token) before a
-request reaches a pool, stretched like the engines' steps on an oversubscribed host; on a host
-whose cores the graph's own processes share with the engines, the graph's CPU demand (its CPU
-per request and per streamed token times their rates over the last `CPU_WINDOW_S`) first
-fills the cores no engine is stepping on, and what is left is taken from the busy engines
-alike, stretching their steps; routers see each engine's KV usage as of its last step (a
-real router sees it as of the last stats report, every 2 s); a prefill engine frees a
-request's blocks when it finishes (a real one holds them until the decode side pulled them).
+request reaches a pool; on a CPU host the engines share the cores they are pinned to with each
+other and with the graph's own processes (`host_cpu.HostCPU`); routers see each engine's KV
+usage as of its last step (a real router sees it as of the last stats report, every 2 s); a
+prefill engine frees a request's blocks when it finishes (a real one holds them until the
+decode side pulled them).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,16 +35,12 @@ from pdserve.routing.scorers import DECODE_WEIGHTS, PREFIX_AWARE_WEIGHTS
 from pdserve.simulation.engine import SimEngine, StepBatch
 from pdserve.simulation.engine_config import check_profile_fits, engine_args
 from pdserve.simulation.events import EventLoop
+from pdserve.simulation.host_cpu import HostCPU
 from pdserve.simulation.profile_file import Profile
 from pdserve.simulation.profile_file import load as load_profile
 from pdserve.simulation.replicas import Pool, Replica
 from pdserve.simulation.step_model import StepModel
 from pdserve.simulation.traces import TraceRequest
-
-#: The window over which the graph's CPU demand is estimated from recent arrivals.
-CPU_WINDOW_S = 2.0
-#: The largest share of an engine's core the graph's processes can take.
-MAX_CPU_SHARE = 0.8
 
 
 @dataclass
@@ -81,13 +75,15 @@ class Simulation:
                  seed: int = 0, replicas: dict[str, int] | None = None,
                  autoscaling: str | None = None, startup_s: float | None = None,
                  replica_budget: int | None = None, oversubscribe_cores: bool = False,
-                 loop: EventLoop | None = None, scaled_by_app: bool = False) -> None:
+                 loop: EventLoop | None = None, scaled_by_app: bool = False,
+                 pinned_cores: bool = True) -> None:
         """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
         replica's start-up time (default: the profile's). `replica_budget`,
         `oversubscribe_cores`: the app's. `loop`: a clock shared with the app's other models
-        (`app_sim.AppSimulation`); `scaled_by_app`: its autoscaler steers this model's pools."""
+        (`app_sim.AppSimulation`); `scaled_by_app`: its autoscaler steers this model's pools.
+        `pinned_cores`: the app's `cpu_binding` is `auto` (each CPU engine pinned to a core)."""
         self.loop = loop or EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
@@ -96,13 +92,8 @@ class Simulation:
         self.step_scale = overhead.step_scale
         self.per_request_s = overhead.per_request_s
         self.per_prompt_token_s = overhead.per_prompt_token_s
-        self.cpu_per_request_s = overhead.cpu_per_request_s
-        self.cpu_per_token_s = overhead.cpu_per_token_s
-        self._recent_tokens: deque[tuple[float, int]] = deque()
-        self._recent_token_count = 0
-        self.background_cores = overhead.background_cores
         self.host_cores = overhead.host_cores
-        self._recent_arrivals: deque[float] = deque()
+        self.cpu = HostCPU(self.loop, overhead, pinned_cores)
         check_profile_fits(profile, model)
         self._engine_args = engine_args(profile, model)
         base = self._engine_args.create_engine_config()
@@ -168,7 +159,14 @@ class Simulation:
         engine = SimEngine(self._engine_args.create_engine_config(),
                            self.profile.kv_cache.num_blocks, kv_events=True,
                            pulls_kv=role == "decode")
-        replica = Replica(self, pool, f"{role}-{len(pool.history)}", engine, self.loop.now)
+        # its rank among the pool's replicas alive, and so its core (as Ray Serve ranks them
+        # and the engine host pins them)
+        ranks = {r.rank for r in pool.history if r.stopped_s is None}
+        rank = next(i for i in itertools.count() if i not in ranks)
+        roles = list(self.model.pools())
+        core = self.cpu.core_of(roles.index(role), rank, len(roles))
+        replica = Replica(self, pool, f"{role}-{len(pool.history)}", engine, self.loop.now,
+                          rank, core)
         pool.history.append(replica)
         if ready or self.startup_s <= 0:
             pool.add_replica(replica)
@@ -210,37 +208,13 @@ class Simulation:
 
     def _enter(self, i: int) -> None:
         """A request reaches the graph: its latency before a pool (HTTP, ingress,
-        tokenization, routing) is CPU work of the graph's processes, stretched as the engines'
-        steps are while the host's cores are oversubscribed."""
+        tokenization, routing) is CPU work of the graph's processes, stretched while the host's
+        cores are short (`HostCPU.graph_slowdown`)."""
         latency = self.per_request_s + self.per_prompt_token_s * self.trace[i].prompt_tokens
-        self.loop.after(latency * self.slowdown(), self._arrive, i)
-
-    def slowdown(self) -> float:
-        """How much longer a step takes than alone on a host of `host_cores`: while more
-        engines step than there are cores, and while the graph's processes want more CPU than
-        the cores no engine is stepping on (1.0 when each has a core)."""
-        if not self.host_cores:  # each engine on hardware of its own (a GPU), the graph apart
-            return 1.0
-        recent, now = self._recent_arrivals, self.loop.now
-        while recent and recent[0] < now - CPU_WINDOW_S:
-            recent.popleft()
-        tokens = self._recent_tokens
-        while tokens and tokens[0][0] < now - CPU_WINDOW_S:
-            self._recent_token_count -= tokens.popleft()[1]
-        demand = (self.background_cores  # cores
-                  + (self.cpu_per_request_s * len(recent)
-                     + self.cpu_per_token_s * self._recent_token_count) / CPU_WINDOW_S)
-        stepping = sum(r.stepping for p in self.pools.values() for r in p.history)
-        spare = max(0, self.host_cores - stepping)
-        share = min(MAX_CPU_SHARE, max(0.0, demand - spare) / max(1, stepping))
-        # More engines stepping than cores: they share the cores alike (a replica started on
-        # a host without a free core adds no capacity).
-        engine_share = min(1.0, self.host_cores / max(1, stepping))
-        return 1.0 / (engine_share * (1.0 - share))
+        self.loop.after(latency * self.cpu.graph_slowdown(), self._arrive, i)
 
     def _arrive(self, i: int) -> None:
-        if self.host_cores:
-            self._recent_arrivals.append(self.loop.now)
+        self.cpu.request_arrived()
         request = self.trace[i]
         tokens = request.token_ids(i, self.vocab)
         hashes = self.hasher(tokens)
@@ -277,9 +251,7 @@ class Simulation:
 
     def on_step(self, replica: Replica, batch: StepBatch) -> None:
         now = self.loop.now
-        if batch.sampled and self.host_cores:
-            self._recent_tokens.append((now, len(batch.sampled)))
-            self._recent_token_count += len(batch.sampled)
+        self.cpu.tokens_streamed(len(batch.sampled))
         for request_id in batch.sampled:
             if not request_id.endswith(":p"):
                 self.outcomes[self._requests[request_id][0]].token_s.append(now)

@@ -15,6 +15,7 @@ from pdserve.routing.kv_events import index_event
 from pdserve.routing.pool_state import PoolState
 from pdserve.routing.scorers import RequestView, RouterSettings, choose_index
 from pdserve.simulation.engine import SimEngine, StepBatch
+from pdserve.simulation.host_cpu import UNPINNED
 
 if TYPE_CHECKING:
     from pdserve.simulation.graph import Simulation
@@ -28,10 +29,10 @@ class Replica:
     stops when its last one ended."""
 
     def __init__(self, sim: Simulation, pool: Pool, name: str, engine: SimEngine,
-                 started_s: float = 0.0) -> None:
+                 started_s: float = 0.0, rank: int = 0, core: int = UNPINNED) -> None:
         self.sim, self.pool, self.name, self.engine = sim, pool, name, engine
+        self.rank, self.core = rank, core  # its local rank, and the cores it steps on
         self.busy = False
-        self.stepping = False
         self.busy_s = 0.0
         self.started_s = started_s
         self.ready_s: float | None = None
@@ -62,14 +63,12 @@ class Replica:
         if not batch.work:  # nothing schedulable now (e.g. waiting for KV space)
             self.busy = False
             return
-        self.stepping = True
-        seconds = ((self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
-                    + self.sim.per_step_s) * self.sim.slowdown())
-        self.busy_s += seconds
-        self.sim.loop.after(seconds, self._done, batch)
+        seconds = (self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
+                   + self.sim.per_step_s)
+        self.sim.cpu.run_step(self.core, seconds, lambda elapsed: self._done(batch, elapsed))
 
-    def _done(self, batch: StepBatch) -> None:
-        self.stepping = False
+    def _done(self, batch: StepBatch, elapsed_s: float) -> None:
+        self.busy_s += elapsed_s
         self.pool.observe(self.name, self.engine.take_kv_events(), batch.kv_usage)
         for request_id in batch.sampled:
             if request_id in self.tracked:

@@ -1,0 +1,194 @@
+"""A simulated CPU host's cores, shared by the engines pinned to them and the graph's processes.
+
+A CPU engine's threads are pinned (`placement.omp_threads_bind`, the serving code's own rule:
+engines spread round-robin over the cores by pool and rank, so on two cores the third engine
+shares a core with the first). Engines on one core share it as the OS scheduler shares it:
+processor sharing, each step in progress there advancing at 1/n of the core's speed while n
+steps run on it, recomputed whenever a step starts or ends anywhere on the host. Engines not
+pinned (`cpu_binding: nobind`) share all the cores alike. Measured on this 2-core box
+(`plan-validation-cpu-v1`): two decode engines pinned to one core stepped at twice pd 1P+1D's
+inter-token latency, where sharing all cores alike had predicted almost none.
+
+The graph's processes (proxy, ingress, replicas, Ray) are not pinned: their CPU demand (CPU per
+request and per streamed token times their rates over the last `CPU_WINDOW_S`, plus Ray's upkeep)
+first fills the cores no engine steps on; what is left is taken from the busy cores alike.
+
+Without `host_cores` (each engine on hardware of its own, a GPU) a step takes its time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+
+from pdserve.deployments.engine.placement import cpu_list, omp_threads_bind
+from pdserve.kv_transfer.ports import EngineSlot
+from pdserve.simulation.events import EventLoop
+from pdserve.simulation.profile_file import GraphOverhead
+
+#: The window over which the graph's CPU demand is estimated from recent arrivals.
+CPU_WINDOW_S = 2.0
+#: The largest share of an engine's core the graph's processes can take.
+MAX_CPU_SHARE = 0.8
+#: The cores group of engines that are not pinned.
+UNPINNED = -1
+
+
+@dataclass
+class _Step:
+    remaining_s: float  # of work, at a core's full speed
+    done: Callable[[float], None]  # called with the step's elapsed time
+    started_s: float
+    since_s: float = 0.0  # when `remaining_s` was last brought up to date
+    rate: float = 1.0
+    version: int = 0  # its completion events older than this are stale
+
+
+@dataclass
+class _Cores:
+    """Cores that a set of steps shares alike: one pinned core, or all of an unpinned host."""
+
+    capacity: int
+    steps: dict[int, _Step] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> int:
+        return min(self.capacity, len(self.steps))
+
+
+class HostCPU:
+    """The host's cores over simulated time (module docstring)."""
+
+    def __init__(self, loop: EventLoop, overhead: GraphOverhead, pinned: bool = True) -> None:
+        self.loop, self.overhead = loop, overhead
+        self.cores = overhead.host_cores
+        self.pinned = pinned
+        self._groups: dict[int, _Cores] = {}
+        self._ids = count()
+        self._arrivals: deque[float] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._token_count = 0
+
+    # -- where an engine runs ---------------------------------------------------------------
+    def core_of(self, pool_index: int, rank: int, num_pools: int) -> int:
+        """The cores group of the engine at `pool_index` (of the app's `num_pools`) with local
+        rank `rank`: its pinned core, as the engine host binds it; `UNPINNED` otherwise."""
+        if not self.cores or not self.pinned:
+            return UNPINNED
+        bind = omp_threads_bind(EngineSlot(pool_index, rank), num_pools, list(range(self.cores)))
+        return cpu_list(bind.split("|")[0])[0]
+
+    # -- the graph's demand ---------------------------------------------------------------
+    def request_arrived(self) -> None:
+        if self.cores:
+            self._arrivals.append(self.loop.now)
+
+    def tokens_streamed(self, n: int) -> None:
+        if self.cores and n:
+            self._tokens.append((self.loop.now, n))
+            self._token_count += n
+
+    def demand(self) -> float:
+        """Cores the graph's processes want now."""
+        now, arrivals, tokens = self.loop.now, self._arrivals, self._tokens
+        while arrivals and arrivals[0] < now - CPU_WINDOW_S:
+            arrivals.popleft()
+        while tokens and tokens[0][0] < now - CPU_WINDOW_S:
+            self._token_count -= tokens.popleft()[1]
+        o = self.overhead
+        return o.background_cores + (o.cpu_per_request_s * len(arrivals)
+                                     + o.cpu_per_token_s * self._token_count) / CPU_WINDOW_S
+
+    def graph_shares(self) -> dict[int, float]:
+        """The share of each busy cores group the graph's processes take now: their demand
+        fills the cores no engine steps on, then, as the OS balances runnable threads, goes to
+        the least loaded cores first (water-filling engines + graph per core), at most
+        `MAX_CPU_SHARE` of a core."""
+        busy = {g: c for g, c in self._groups.items() if c.steps}
+        if not busy:
+            return {}
+        spare = max(0, (self.cores or 0) - sum(c.busy for c in busy.values()))
+        left = max(0.0, self.demand() - spare)
+        if UNPINNED in busy:  # the engines float too: every core alike
+            return {UNPINNED: min(MAX_CPU_SHARE, left / busy[UNPINNED].busy)}
+        return water_fill({g: len(c.steps) for g, c in busy.items()}, left, MAX_CPU_SHARE)
+
+    def graph_slowdown(self) -> float:
+        """How much longer the graph's own work takes than on an idle host: its processes
+        float over the cores, stretched while more engines step than there are cores and by
+        the share the engines leave them (1.0 without `host_cores`)."""
+        if not self.cores:
+            return 1.0
+        stepping = sum(len(g.steps) for g in self._groups.values())
+        engine_share = min(1.0, self.cores / max(1, stepping))
+        shares = self.graph_shares()
+        graph_share = sum(shares.values()) / len(shares) if shares else 0.0
+        return 1.0 / (engine_share * (1.0 - graph_share))
+
+    # -- steps ----------------------------------------------------------------------------
+    def run_step(self, group: int, seconds: float, done: Callable[[float], None]) -> None:
+        """Run a step of `seconds` (at a core's full speed) on `group`'s cores; `done` is
+        called with its elapsed time when it ends."""
+        if not self.cores:
+            self.loop.after(seconds, done, seconds)
+            return
+        capacity = 1 if group != UNPINNED else self.cores
+        cores = self._groups.setdefault(group, _Cores(capacity))
+        self._advance()
+        now = self.loop.now
+        cores.steps[next(self._ids)] = _Step(seconds, done, started_s=now, since_s=now)
+        self._reshare()
+
+    def _advance(self) -> None:
+        """Bring every step's remaining work up to now at the rates it ran at."""
+        now = self.loop.now
+        for cores in self._groups.values():
+            for step in cores.steps.values():
+                step.remaining_s = max(0.0, step.remaining_s - (now - step.since_s) * step.rate)
+                step.since_s = now
+
+    def _reshare(self) -> None:
+        """New rates for every step (the sharing changed), and their ends scheduled anew."""
+        shares = self.graph_shares()
+        now = self.loop.now
+        for group, cores in self._groups.items():
+            if not cores.steps:
+                continue
+            rate = min(1.0, cores.capacity / len(cores.steps)) * (1.0 - shares[group])
+            for key, step in cores.steps.items():
+                step.rate, step.version = rate, step.version + 1
+                self.loop.at(now + step.remaining_s / rate, self._end, group, key, step.version)
+
+    def _end(self, group: int, key: int, version: int) -> None:
+        step = self._groups[group].steps.get(key)
+        if step is None or step.version != version:
+            return  # rescheduled since
+        self._advance()
+        del self._groups[group].steps[key]
+        self._reshare()
+        step.done(self.loop.now - step.started_s)
+
+    def stepping(self) -> int:
+        """Steps in progress on the host."""
+        return sum(len(g.steps) for g in self._groups.values())
+
+
+def water_fill(loads: dict[int, int], amount: float, cap: float) -> dict[int, float]:
+    """Spread `amount` over cores of these loads (steps on each) so that the least loaded
+    get it first, levelling load + share, each share at most `cap`."""
+    shares = dict.fromkeys(loads, 0.0)
+    open_ = set(loads)
+    while amount > 1e-12 and open_:
+        low = min(loads[g] + shares[g] for g in open_)
+        lowest = [g for g in open_ if loads[g] + shares[g] <= low + 1e-12]
+        higher = [loads[g] + shares[g] for g in open_ if loads[g] + shares[g] > low + 1e-12]
+        room = min([cap - shares[g] for g in lowest] + ([min(higher) - low] if higher else []))
+        step = min(room, amount / len(lowest))
+        for g in lowest:
+            shares[g] += step
+            if shares[g] >= cap - 1e-12:
+                open_.discard(g)
+        amount -= step * len(lowest)
+    return shares
