@@ -4,9 +4,9 @@ application-level policy shares the app's replica budget between the models as i
 served (`SLOAutoscalingPolicy`: restoring growth, then the largest SLO deficit first).
 
 Each model gets its own trace; every model runs on the one profile given (the same engines);
-engines of different models do not share a CPU host's cores in this model of the graph (each
-model's CPU sharing is its own): GPU profiles, where every engine has its device, are what it
-is for. Replica-seconds run to the app's last token, for every model.
+on a CPU host all models' engines and graph share its cores (`host_cpu.HostCPU`, the app's
+pools numbered in the app's order, as the engine host binds them). Replica-seconds run to the
+app's last token, for every model.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pdserve.simulation import profile_file
 from pdserve.simulation.autoscaler import Autoscaler
 from pdserve.simulation.events import EventLoop
 from pdserve.simulation.graph import Outcome, Simulation, planner_profiles
+from pdserve.simulation.host_cpu import HostCPU
 from pdserve.simulation.metrics import summarize
 from pdserve.simulation.serve_config import (
     autoscaling_policy,
@@ -39,9 +40,11 @@ class AppSimulation:
         self.loop = EventLoop()
         scaled = autoscaling is not None and any(
             c.autoscaling_config for m in models for c in m.pools().values())
+        cpu = HostCPU(self.loop, profile.graph_overhead,
+                      [(p.model, p.role) for p in app.pool_names()], app.cpu_binding == "auto")
         self.sims = {m.model_id: Simulation(profile, m, traces[m.model_id], seed=seed,
                                             startup_s=startup_s, loop=self.loop,
-                                            scaled_by_app=scaled)
+                                            scaled_by_app=scaled, cpu=cpu)
                      for m in models}
         self.autoscaler = None
         if scaled:

@@ -76,14 +76,15 @@ class Simulation:
                  autoscaling: str | None = None, startup_s: float | None = None,
                  replica_budget: int | None = None, oversubscribe_cores: bool = False,
                  loop: EventLoop | None = None, scaled_by_app: bool = False,
-                 pinned_cores: bool = True) -> None:
+                 pinned_cores: bool = True, cpu: HostCPU | None = None) -> None:
         """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
         replica's start-up time (default: the profile's). `replica_budget`,
         `oversubscribe_cores`: the app's. `loop`: a clock shared with the app's other models
         (`app_sim.AppSimulation`); `scaled_by_app`: its autoscaler steers this model's pools.
-        `pinned_cores`: the app's `cpu_binding` is `auto` (each CPU engine pinned to a core)."""
+        `pinned_cores`: the app's `cpu_binding` is `auto` (each CPU engine pinned to a core);
+        `cpu`: the host shared with the app's other models (default: one of this model's)."""
         self.loop = loop or EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
@@ -93,7 +94,8 @@ class Simulation:
         self.per_request_s = overhead.per_request_s
         self.per_prompt_token_s = overhead.per_prompt_token_s
         self.host_cores = overhead.host_cores
-        self.cpu = HostCPU(self.loop, overhead, pinned_cores)
+        self.cpu = cpu or HostCPU(self.loop, overhead,
+                                  [(model.model_id, role) for role in model.pools()], pinned_cores)
         check_profile_fits(profile, model)
         self._engine_args = engine_args(profile, model)
         base = self._engine_args.create_engine_config()
@@ -163,8 +165,7 @@ class Simulation:
         # and the engine host pins them)
         ranks = {r.rank for r in pool.history if r.stopped_s is None}
         rank = next(i for i in itertools.count() if i not in ranks)
-        roles = list(self.model.pools())
-        core = self.cpu.core_of(roles.index(role), rank, len(roles))
+        core = self.cpu.core_of(self.model.model_id, role, rank)
         replica = Replica(self, pool, f"{role}-{len(pool.history)}", engine, self.loop.now,
                           rank, core)
         pool.history.append(replica)

@@ -11,7 +11,14 @@ inter-token latency, where sharing all cores alike had predicted almost none.
 
 The graph's processes (proxy, ingress, replicas, Ray) are not pinned: their CPU demand (CPU per
 request and per streamed token times their rates over the last `CPU_WINDOW_S`, plus Ray's upkeep)
-first fills the cores no engine steps on; what is left is taken from the busy cores alike.
+first fills the cores no engine steps on; what is left goes to the least loaded busy cores
+first (as the OS balances runnable threads), at most `MAX_CPU_SHARE` of each; the demand is
+re-read when a step starts or ends, not between.
+
+One host holds all of an app's models (`app_sim`): its pools are numbered in the app's order,
+as the engine host numbers them. Ray Serve gives a new replica the lowest free rank, as here;
+when it renumbers ranks to close a gap, a running engine keeps the cores of its old rank, which
+this model does not follow (it is optimistic then: a later replica may share that core).
 
 Without `host_cores` (each engine on hardware of its own, a GPU) a step takes its time.
 """
@@ -61,10 +68,13 @@ class _Cores:
 class HostCPU:
     """The host's cores over simulated time (module docstring)."""
 
-    def __init__(self, loop: EventLoop, overhead: GraphOverhead, pinned: bool = True) -> None:
+    def __init__(self, loop: EventLoop, overhead: GraphOverhead, pools: list[tuple[str, str]],
+                 pinned: bool = True) -> None:
+        """`pools`: the app's pools as (model id, role), in the app's order
+        (`AppConfig.pool_names`); `pinned`: the app's `cpu_binding` is `auto`."""
         self.loop, self.overhead = loop, overhead
         self.cores = overhead.host_cores
-        self.pinned = pinned
+        self.pools, self.pinned = pools, pinned
         self._groups: dict[int, _Cores] = {}
         self._ids = count()
         self._arrivals: deque[float] = deque()
@@ -72,12 +82,13 @@ class HostCPU:
         self._token_count = 0
 
     # -- where an engine runs ---------------------------------------------------------------
-    def core_of(self, pool_index: int, rank: int, num_pools: int) -> int:
-        """The cores group of the engine at `pool_index` (of the app's `num_pools`) with local
-        rank `rank`: its pinned core, as the engine host binds it; `UNPINNED` otherwise."""
+    def core_of(self, model_id: str, role: str, rank: int) -> int:
+        """The cores group of `model_id`'s `role` engine of local rank `rank`: its pinned
+        core, as the engine host binds it; `UNPINNED` otherwise."""
         if not self.cores or not self.pinned:
             return UNPINNED
-        bind = omp_threads_bind(EngineSlot(pool_index, rank), num_pools, list(range(self.cores)))
+        slot = EngineSlot(self.pools.index((model_id, role)), rank)
+        bind = omp_threads_bind(slot, len(self.pools), list(range(self.cores)))
         return cpu_list(bind.split("|")[0])[0]
 
     # -- the graph's demand ---------------------------------------------------------------
@@ -116,16 +127,20 @@ class HostCPU:
         return water_fill({g: len(c.steps) for g, c in busy.items()}, left, MAX_CPU_SHARE)
 
     def graph_slowdown(self) -> float:
-        """How much longer the graph's own work takes than on an idle host: its processes
-        float over the cores, stretched while more engines step than there are cores and by
-        the share the engines leave them (1.0 without `host_cores`)."""
+        """How much longer the graph's own work takes than on an idle host: none while the
+        cores no engine steps on hold its demand; otherwise stretched as the busy engines are,
+        by how many step per core and the share of a busy core it takes (1.0 without
+        `host_cores`)."""
         if not self.cores:
             return 1.0
-        stepping = sum(len(g.steps) for g in self._groups.values())
-        engine_share = min(1.0, self.cores / max(1, stepping))
+        busy = [g for g in self._groups.values() if g.steps]
+        spare = self.cores - sum(g.busy for g in busy)
+        if not busy or self.demand() <= spare:
+            return 1.0
+        stepping = sum(len(g.steps) for g in busy)
         shares = self.graph_shares()
-        graph_share = sum(shares.values()) / len(shares) if shares else 0.0
-        return 1.0 / (engine_share * (1.0 - graph_share))
+        graph_share = sum(shares.values()) / len(shares)
+        return 1.0 / (min(1.0, self.cores / stepping) * (1.0 - graph_share))
 
     # -- steps ----------------------------------------------------------------------------
     def run_step(self, group: int, seconds: float, done: Callable[[float], None]) -> None:
@@ -134,6 +149,9 @@ class HostCPU:
         if not self.cores:
             self.loop.after(seconds, done, seconds)
             return
+        if (group == UNPINNED) == self.pinned:
+            raise ValueError(f"cores group {group} on a host whose engines are "
+                             f"{'pinned' if self.pinned else 'not pinned'}")
         capacity = 1 if group != UNPINNED else self.cores
         cores = self._groups.setdefault(group, _Cores(capacity))
         self._advance()
@@ -150,7 +168,8 @@ class HostCPU:
                 step.since_s = now
 
     def _reshare(self) -> None:
-        """New rates for every step (the sharing changed), and their ends scheduled anew."""
+        """New rates for the steps (the sharing changed); a step whose rate changed, or a new
+        one, has its end scheduled anew."""
         shares = self.graph_shares()
         now = self.loop.now
         for group, cores in self._groups.items():
@@ -158,6 +177,8 @@ class HostCPU:
                 continue
             rate = min(1.0, cores.capacity / len(cores.steps)) * (1.0 - shares[group])
             for key, step in cores.steps.items():
+                if step.version and abs(rate - step.rate) <= 1e-12 * rate:
+                    continue  # its scheduled end still holds
                 step.rate, step.version = rate, step.version + 1
                 self.loop.at(now + step.remaining_s / rate, self._end, group, key, step.version)
 
@@ -169,10 +190,6 @@ class HostCPU:
         del self._groups[group].steps[key]
         self._reshare()
         step.done(self.loop.now - step.started_s)
-
-    def stepping(self) -> int:
-        """Steps in progress on the host."""
-        return sum(len(g.steps) for g in self._groups.values())
 
 
 def water_fill(loads: dict[int, int], amount: float, cap: float) -> dict[int, float]:

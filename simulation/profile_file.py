@@ -71,8 +71,9 @@ class GraphOverhead(_Strict):
       (proxy, ingress, replicas, Ray) use this much CPU per request and per streamed token, on
       a host of this many cores; when that
       demand (plus `background_cores`, Ray's own upkeep) exceeds the cores the engines leave
-      idle, busy engines share theirs and their steps stretch (0: the graph runs on cores of
-      its own)."""
+      idle, it takes from the least loaded busy cores and their engines' steps stretch; engines
+      pinned to one core share it (`host_cpu.HostCPU`; None: each engine and the graph on
+      hardware of its own)."""
 
     per_request_s: float = Field(0.0, ge=0)
     per_prompt_token_s: float = Field(0.0, ge=0)

@@ -1,0 +1,168 @@
+"""A simulated CPU host's cores: engines pinned as the engine host pins them, processor sharing
+on a shared core, the graph's processes on the least loaded cores first."""
+
+from __future__ import annotations
+
+import pytest
+from sim_profiles import ENGINE, PROFILE, model
+
+from pdserve.deployments.config import AppConfig
+from pdserve.deployments.config.binding import engine_binding
+from pdserve.deployments.engine.placement import omp_threads_bind
+from pdserve.kv_transfer.ports import EngineSlot
+from pdserve.simulation import traces
+from pdserve.simulation.app_sim import AppSimulation
+from pdserve.simulation.events import EventLoop
+from pdserve.simulation.graph import Simulation
+from pdserve.simulation.host_cpu import UNPINNED, HostCPU, water_fill
+from pdserve.simulation.metrics import summarize
+from pdserve.simulation.profile_file import GraphOverhead
+
+PD = [("m", "prefill"), ("m", "decode")]
+
+
+def host(cores: int | None = 2, pinned: bool = True, **overhead: float) -> HostCPU:
+    return HostCPU(EventLoop(), GraphOverhead(host_cores=cores, **overhead), PD, pinned)
+
+
+def run_steps(cpu: HostCPU, steps: list[tuple[float, int, float]]) -> dict[int, float]:
+    """Start each (at, group, seconds) step; return when each ended, by position."""
+    ended: dict[int, float] = {}
+    for i, (at, group, seconds) in enumerate(steps):
+        cpu.loop.at(at, cpu.run_step, group, seconds,
+                    lambda _elapsed, i=i: ended.__setitem__(i, cpu.loop.now))
+    cpu.loop.run()
+    return ended
+
+
+def test_an_engine_gets_the_core_the_engine_host_binds() -> None:
+    """Two models of one app on a 3-core host: each engine's core is the one the engine host
+    binds for its pool's place in the app (`engine_binding`) and its rank."""
+    def entry(name: str, mode: str) -> dict:
+        return {"model_id": name, "model": "pdserve://tiny", "mode": mode, "engine_kwargs": ENGINE}
+
+    config = AppConfig.model_validate({"models": [entry("a", "pd"), entry("b", "colocated")]})
+    cpu = HostCPU(EventLoop(), GraphOverhead(host_cores=3),
+                  [(p.model, p.role) for p in config.pool_names()])
+    for m in config.models:
+        for role in m.pools():
+            binding = engine_binding(config, m, role)
+            for rank in range(3):
+                bind = omp_threads_bind(EngineSlot(binding.pool_index, rank),
+                                        binding.num_pools, [0, 1, 2])
+                assert cpu.core_of(m.model_id, role, rank) == int(bind)
+    assert [cpu.core_of("b", "colocated", r) for r in range(3)] == [2, 2, 2]
+    two = host(cores=2)
+    assert two.core_of("m", "decode", 1) == two.core_of("m", "decode", 0) == 1  # pd 1P+2D
+    assert host(cores=2, pinned=False).core_of("m", "prefill", 0) == UNPINNED
+    assert host(cores=None).core_of("m", "prefill", 0) == UNPINNED
+
+
+def test_an_app_s_models_share_one_host() -> None:
+    def entry(name: str) -> dict:
+        return {"model_id": name, "model": "pdserve://tiny", "mode": "colocated",
+                "engine_kwargs": ENGINE, "colocated": {"num_replicas": 1}}
+
+    config = AppConfig.model_validate({"models": [entry("a"), entry("b")]})
+    profile = PROFILE.model_copy(update={"graph_overhead": GraphOverhead(host_cores=2)})
+    trace = [traces.TraceRequest(0.0, 10, 1)]
+    sim = AppSimulation(profile, config, config.models, {"a": trace, "b": trace}, None)
+    a, b = sim.sims["a"], sim.sims["b"]
+    assert a.cpu is b.cpu
+    assert [a.pools["colocated"].history[0].core, b.pools["colocated"].history[0].core] == [0, 1]
+
+
+def test_steps_on_one_core_share_it_and_steps_on_two_do_not() -> None:
+    # B starts half way through A: both at half speed until A ends, then B alone
+    ended = run_steps(host(), [(0.0, 0, 1.0), (0.5, 0, 1.0)])
+    assert ended[0] == pytest.approx(1.5) and ended[1] == pytest.approx(2.0)
+    ended = run_steps(host(), [(0.0, 0, 1.0), (0.5, 1, 1.0)])
+    assert ended[0] == pytest.approx(1.0) and ended[1] == pytest.approx(1.5)
+
+
+def test_unpinned_engines_share_all_cores_alike() -> None:
+    ended = run_steps(host(pinned=False), [(0.0, UNPINNED, 1.0)] * 3)
+    assert list(ended.values()) == pytest.approx([1.5] * 3)
+
+
+def test_without_host_cores_a_step_takes_its_time() -> None:
+    ended = run_steps(host(cores=None, background_cores=1.5), [(0.0, UNPINNED, 1.0)] * 3)
+    assert list(ended.values()) == pytest.approx([1.0] * 3)
+
+
+def test_a_third_step_changes_the_rates_mid_step() -> None:
+    # A (2 s) and B (1 s) on core 0 from 0 s, C (1 s) joins at 1 s:
+    ended = run_steps(host(), [(0.0, 0, 2.0), (0.0, 0, 1.0), (1.0, 0, 1.0)])
+    # 0–1 s: A, B at 1/2 (0.5 done each); 1–2.5 s: A, B, C at 1/3 (B's last 0.5 done, A at
+    # 1.0, C at 0.5); 2.5–3.5 s: A, C at 1/2 (C's last 0.5 done, A at 1.5); A alone: 4.0 s
+    assert [ended[1], ended[2], ended[0]] == pytest.approx([2.5, 3.5, 4.0])
+
+
+def test_the_graph_runs_on_an_idle_core_unstretched() -> None:
+    cpu = host(background_cores=0.9)
+    stretch: list[float] = []
+    cpu.loop.at(0.0, cpu.run_step, 1, 1.0, lambda _: None)
+    cpu.loop.at(0.0, cpu.run_step, 1, 1.0, lambda _: None)
+    cpu.loop.at(0.5, lambda: stretch.append(cpu.graph_slowdown()))
+    cpu.loop.run()
+    assert stretch == [1.0]  # two engines step on core 1, core 0 holds the graph
+    busy = host(background_cores=0.5)
+    busy.loop.at(0.0, busy.run_step, 0, 1.0, lambda _: None)
+    busy.loop.at(0.0, busy.run_step, 1, 1.0, lambda _: None)
+    busy.loop.at(0.5, lambda: stretch.append(busy.graph_slowdown()))
+    busy.loop.run()
+    assert stretch[1] == pytest.approx(1 / 0.75)  # a quarter of each busy core
+
+
+def test_a_step_on_the_wrong_kind_of_cores_is_refused() -> None:
+    with pytest.raises(ValueError, match="pinned"):
+        host().run_step(UNPINNED, 1.0, lambda _: None)
+    with pytest.raises(ValueError, match="not pinned"):
+        host(pinned=False).run_step(0, 1.0, lambda _: None)
+
+
+def test_the_graph_takes_the_least_loaded_core_first() -> None:
+    # two steps on core 0, one on core 1: the graph's quarter core comes out of core 1
+    ended = run_steps(host(background_cores=0.25),
+                      [(0.0, 0, 1.0), (0.0, 0, 1.0), (0.0, 1, 1.0)])
+    assert ended[0] == pytest.approx(2.0) and ended[1] == pytest.approx(2.0)
+    assert ended[2] == pytest.approx(1.0 / 0.75)
+    # a core no engine steps on absorbs it
+    ended = run_steps(host(background_cores=0.9), [(0.0, 0, 1.0)])
+    assert ended[0] == pytest.approx(1.0)
+
+
+def test_water_fill_levels_the_least_loaded_first_up_to_the_cap() -> None:
+    assert water_fill({0: 2, 1: 1}, 0.7, 0.8) == pytest.approx({0: 0.0, 1: 0.7})
+    assert water_fill({0: 1, 1: 1}, 0.7, 0.8) == pytest.approx({0: 0.35, 1: 0.35})
+    assert water_fill({0: 2, 1: 1}, 1.5, 0.8) == pytest.approx({0: 0.7, 1: 0.8})
+    assert water_fill({0: 1, 1: 2}, 5.0, 0.8) == pytest.approx({0: 0.8, 1: 0.8})
+    assert water_fill({0: 3, 1: 1, 2: 2}, 1.5, 0.8) == pytest.approx({0: 0.0, 1: 0.8, 2: 0.7})
+    assert water_fill({0: 1}, 0.0, 0.8) == {0: 0.0}
+    assert water_fill({}, 1.0, 0.8) == {}
+
+
+def test_two_decode_engines_pinned_to_one_core_decode_slower_than_on_two() -> None:
+    """pd 1P+2D on two cores: the decode engines share core 1 (the engine host's round-robin);
+    on four cores each has its own."""
+    trace = traces.poisson(8.0, 60, traces.fixed_lengths(300, 100), seed=7)
+
+    def itl_p50(cores: int) -> float:
+        profile = PROFILE.model_copy(
+            update={"graph_overhead": GraphOverhead(host_cores=cores)})
+        sim = Simulation(profile, model("pd"), trace, replicas={"prefill": 1, "decode": 2})
+        assert [r.core for r in sim.pools["decode"].history] == ([1, 1] if cores == 2
+                                                                 else [1, 3])
+        return summarize(sim.run())["p50_itl_ms"]
+
+    assert itl_p50(2) > 1.5 * itl_p50(4)
+
+
+def test_a_replica_started_after_a_stop_takes_the_freed_rank() -> None:
+    profile = PROFILE.model_copy(update={"graph_overhead": GraphOverhead(host_cores=2)})
+    sim = Simulation(profile, model("colocated", colocated={"num_replicas": 2}),
+                     [traces.TraceRequest(0.0, 10, 1)])
+    stopped = sim.stop_replica("colocated")  # the newest (rank 1), idle: stops at once
+    assert stopped is not None and stopped.stopped_s == 0.0
+    replica = sim.start_replica("colocated", ready=True)
+    assert (replica.rank, replica.core) == (1, 1)
