@@ -52,6 +52,18 @@ def attainment(result: dict[str, Any], ttft_ms: float, itl_ms: float) -> tuple[f
     return (100.0 * met / total if total else 0.0), (met / duration if duration else 0.0)
 
 
+def misses(ttfts: list[float | None], gaps: list[list[float]], ttft_ms: float,
+           itl_ms: float, errors: list[str] | None = None) -> tuple[int, int]:
+    """(requests whose TTFT missed `ttft_ms`, requests with a gap over `itl_ms`): why requests
+    missed the SLO (one can miss both; a failed request, or one without a first token, misses
+    its TTFT)."""
+    errors = errors or [""] * len(ttfts)
+    late = sum(1 for t, e in zip(ttfts, errors, strict=False)
+               if e or t is None or t * 1e3 > ttft_ms)
+    gappy = sum(1 for g in gaps if any(x * 1e3 > itl_ms for x in g))
+    return late, gappy
+
+
 def load_settings(plan: dict[str, Any], args: argparse.Namespace) -> LoadSettings:
     w = plan["workload"]
     return LoadSettings(num_prompts=args.num_prompts or plan["requests"],
@@ -160,15 +172,20 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         raws = sorted((args.out / "raw").glob(f"{name}__{LOAD}__r*.json"))
         if not raws:
             continue
-        real, simulated = [], []
+        real, simulated, real_misses, sim_misses = [], [], [], []
         for raw in raws:
             result = json.loads(raw.read_text())
             real.append(attainment(result, ttft_ms, itl_ms))
+            real_misses.append(misses(result["ttfts"], result["itls"], ttft_ms, itl_ms,
+                                      result.get("errors")))
             sim = Simulation(profile, as_mode(model, e["mode"]),
                              traces.read_vllm_result(raw, prompts=prompts),
                              replicas=e["replicas"])
-            s = summarize(sim.run(), ttft_ms, itl_ms)
+            outcomes = sim.run()
+            s = summarize(outcomes, ttft_ms, itl_ms)
             simulated.append((s["slo_met_pct"] or 0.0, s["slo_goodput"] or 0.0))
+            sim_misses.append(misses([o.ttft_s for o in outcomes],
+                                     [o.itls_s for o in outcomes], ttft_ms, itl_ms))
         row = {"candidate": e["label"], "system": name, "engines": e["engines"],
                "rounds": len(raws)}
         for i, key in enumerate(("attainment_pct", "goodput")):
@@ -176,6 +193,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             m, s = statistics.median(values), statistics.median(x[i] for x in simulated)
             row[key] = {"measured": m, "low": min(values), "high": max(values),
                         "simulated": s, "error_pct": 100 * (s - m) / m if m else None}
+        row["misses"] = {key: {"measured": statistics.median(x[i] for x in real_misses),
+                               "simulated": statistics.median(x[i] for x in sim_misses)}
+                         for i, key in enumerate(("ttft", "gap"))}
         rows.append(row)
     recommended = plan["recommended"] and plan["recommended"]["label"]
     best = max(rows, key=lambda r: r["goodput"]["measured"], default=None)
@@ -211,6 +231,14 @@ def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
                      f"({a['low']:.1f}–{a['high']:.1f}) | {a['simulated']:.1f} | "
                      f"{g['measured']:.2f} ({g['low']:.2f}–{g['high']:.2f}) | "
                      f"{g['simulated']:.2f} | {error} |")
+    if all("misses" in r for r in result["rows"]):
+        lines += ["", "Why requests missed (median requests per run; one can miss both):", "",
+                  "| candidate | TTFT over target, measured | simulated | a gap over target, "
+                  "measured | simulated |", "|---|---|---|---|---|"]
+        for r in result["rows"]:
+            t, g = r["misses"]["ttft"], r["misses"]["gap"]
+            lines.append(f"| {r['candidate']} | {t['measured']:g} | {t['simulated']:g} | "
+                         f"{g['measured']:g} | {g['simulated']:g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,10 @@ def test_attainment_counts_a_request_only_with_its_ttft_and_every_gap_in_the_slo
               "errors": ["", "", "", "boom"], "duration": 10.0}
     met_pct, goodput = plan_validation.attainment(result, ttft_ms=1000, itl_ms=50)
     assert met_pct == pytest.approx(25.0) and goodput == pytest.approx(0.1)
+    # why: one late first token and one failed request; one request with a long gap
+    assert plan_validation.misses(result["ttfts"], result["itls"], 1000, 50,
+                                  result["errors"]) == (2, 1)
+    assert plan_validation.misses([None, 0.1], [[], [0.06, 0.07]], 1000, 50) == (1, 1)
 
 
 def test_the_load_is_the_plans_and_vllms_benchmark_accepts_it() -> None:
@@ -60,3 +64,17 @@ def test_a_candidate_with_more_engines_than_cores_is_placed_sharing_them(tmp_pat
         args = yaml.safe_load(path.read_text())["applications"][0]["args"]
         (model,) = AppConfig.model_validate(args).models
         assert {p.cpus_per_replica() for p in model.pools().values()} == {want}
+
+
+def test_the_report_says_why_requests_missed() -> None:
+    def pair(m: float, s: float) -> dict:
+        return {"measured": m, "low": m, "high": m, "simulated": s, "error_pct": 0.0}
+
+    row = {"candidate": "pd 1P+2D", "engines": 3, "attainment_pct": pair(50, 75),
+           "goodput": pair(1.0, 1.5),
+           "misses": {"ttft": {"measured": 8, "simulated": 29},
+                      "gap": {"measured": 56, "simulated": 0}}}
+    result = {"plan": "p", "slo": {}, "recommended": "pd 1P+1D", "best_measured": "pd 1P+2D",
+              "recommended_vs_best_goodput": None, "rows": [row]}
+    text = plan_validation.markdown(result, {"run_name": "r", "rounds": 3})
+    assert "| pd 1P+2D | 8 | 29 | 56 | 0 |" in text
