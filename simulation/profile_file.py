@@ -71,7 +71,7 @@ class GraphOverhead(_Strict):
       (proxy, ingress, replicas, Ray) use this much CPU per request and per streamed token, on
       a host of this many cores; when that
       demand (plus `background_cores`, Ray's own upkeep) exceeds the cores the engines leave
-      idle, it takes from the least loaded busy cores and their engines' steps stretch; engines
+      idle, it takes from the busy cores alike and their engines' steps stretch; engines
       pinned to one core share it (`host_cpu.HostCPU`; None: each engine and the graph on
       hardware of its own)."""
 
