@@ -156,7 +156,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     plan = json.loads((args.plan / "plan.json").read_text())
     measured = json.loads((args.out / "report.json").read_text())
     profile = profile_file.load(Path(plan["profile"]))
-    model = pick_model(load_app(Path(plan["config"])), plan["model"])
+    app = load_app(Path(plan["config"]))
+    model = pick_model(app, plan["model"])
     ttft_ms, itl_ms = plan["slo"]["ttft_ms"], plan["slo"]["itl_ms"]
     model_dir = systems.resolve_model_dir(model.model)
     # Every candidate was sent the same prompts: sample them again once, as the runs did.
@@ -176,11 +177,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for raw in raws:
             result = json.loads(raw.read_text())
             real.append(attainment(result, ttft_ms, itl_ms))
-            real_misses.append(misses(result["ttfts"], result["itls"], ttft_ms, itl_ms,
+            real_misses.append(misses(result.get("ttfts") or [], result.get("itls") or [],
+                                      ttft_ms, itl_ms,
                                       result.get("errors")))
             sim = Simulation(profile, as_mode(model, e["mode"]),
                              traces.read_vllm_result(raw, prompts=prompts),
-                             replicas=e["replicas"])
+                             replicas=e["replicas"], app=app)
             outcomes = sim.run()
             s = summarize(outcomes, ttft_ms, itl_ms)
             simulated.append((s["slo_met_pct"] or 0.0, s["slo_goodput"] or 0.0))
@@ -200,7 +202,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     recommended = plan["recommended"] and plan["recommended"]["label"]
     best = max(rows, key=lambda r: r["goodput"]["measured"], default=None)
     mine = next((r for r in rows if r["candidate"] == recommended), None)
-    result = {"plan": str(args.plan), "slo": plan["slo"], "recommended": recommended,
+    result = {"plan": str(args.plan), "slo": plan["slo"],
+              "simulated_at": report.git_revision(systems.REPO_ROOT), "recommended": recommended,
               "best_measured": best and best["candidate"],
               "recommended_vs_best_goodput": (mine["goodput"]["measured"]
                                               / best["goodput"]["measured"]
@@ -216,7 +219,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
     lines = [f"# Plan validation: {measured.get('run_name', '')}", "",
              f"- measured: `{measured.get('command')}` at {measured.get('git_revision')}, "
-             f"{measured.get('rounds')} rounds", f"- plan: `{result['plan']}`, SLO "
+             f"{measured.get('rounds')} rounds",
+             f"- simulated at {result.get('simulated_at')} (`--compare`)",
+             f"- plan: `{result['plan']}`, SLO "
              f"{json.dumps(result['slo'])}",
              f"- recommended: {result['recommended']}; best measured goodput: "
              f"{result['best_measured']}; recommended / best: "

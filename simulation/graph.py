@@ -13,7 +13,7 @@ What is modelled (stated, and measured by the validation table): each engine ste
 the profile's step model says, times the served engine's step scale plus its per-step
 overhead; a KV pull of b bytes occupies one link shared by all pulls for alpha + b /
 bandwidth (FIFO); the graph adds its latency per request (and per prompt token) before a
-request reaches a pool; on a CPU host the engines share the cores they are pinned to with each
+request reaches a pool (stretched while the host's cores are short); on a CPU host the engines share the cores they are pinned to with each
 other and with the graph's own processes (`host_cpu.HostCPU`); routers see each engine's KV
 usage as of its last step (a real router sees it as of the last stats report, every 2 s); a
 prefill engine frees a request's blocks when it finishes (a real one holds them until the
@@ -35,7 +35,7 @@ from pdserve.routing.scorers import DECODE_WEIGHTS, PREFIX_AWARE_WEIGHTS
 from pdserve.simulation.engine import SimEngine, StepBatch
 from pdserve.simulation.engine_config import check_profile_fits, engine_args
 from pdserve.simulation.events import EventLoop
-from pdserve.simulation.host_cpu import HostCPU
+from pdserve.simulation.host_cpu import HostCPU, app_pools
 from pdserve.simulation.profile_file import Profile
 from pdserve.simulation.profile_file import load as load_profile
 from pdserve.simulation.replicas import Pool, Replica
@@ -76,15 +76,16 @@ class Simulation:
                  autoscaling: str | None = None, startup_s: float | None = None,
                  replica_budget: int | None = None, oversubscribe_cores: bool = False,
                  loop: EventLoop | None = None, scaled_by_app: bool = False,
-                 pinned_cores: bool = True, cpu: HostCPU | None = None) -> None:
+                 app: Any = None, cpu: HostCPU | None = None) -> None:
         """`replicas`: fixed counts per role (no autoscaling); otherwise pools with an
         `autoscaling_config` start at its initial (or minimum) count and are autoscaled by
         `autoscaling` (`autoscaler.POLICIES`; None: fixed at that count). `startup_s`: a new
         replica's start-up time (default: the profile's). `replica_budget`,
         `oversubscribe_cores`: the app's. `loop`: a clock shared with the app's other models
         (`app_sim.AppSimulation`); `scaled_by_app`: its autoscaler steers this model's pools.
-        `pinned_cores`: the app's `cpu_binding` is `auto` (each CPU engine pinned to a core);
-        `cpu`: the host shared with the app's other models (default: one of this model's)."""
+        `app`: the model's app (its `cpu_binding` and pool order place the engines on a CPU
+        host's cores as the engine host does; default: the model alone, pinned); `cpu`: the
+        host shared with the app's other models (default: one of this model's)."""
         self.loop = loop or EventLoop()
         self.profile, self.model, self.trace = profile, model, trace
         self.step_model: StepModel = profile.step_times.model()
@@ -94,8 +95,8 @@ class Simulation:
         self.per_request_s = overhead.per_request_s
         self.per_prompt_token_s = overhead.per_prompt_token_s
         self.host_cores = overhead.host_cores
-        self.cpu = cpu or HostCPU(self.loop, overhead,
-                                  [(model.model_id, role) for role in model.pools()], pinned_cores)
+        self.cpu = cpu or HostCPU(self.loop, overhead, app_pools(app, model),
+                                  app is None or app.cpu_binding == "auto")
         check_profile_fits(profile, model)
         self._engine_args = engine_args(profile, model)
         base = self._engine_args.create_engine_config()

@@ -1,8 +1,9 @@
 """A simulated CPU host's cores, shared by the engines pinned to them and the graph's processes.
 
 A CPU engine's threads are pinned (`placement.omp_threads_bind`, the serving code's own rule:
-engines spread round-robin over the cores by pool and rank, so on two cores the third engine
-shares a core with the first). Engines on one core share it as the OS scheduler shares it:
+core (rank × pools + pool) mod cores, one worker per engine here; so on two cores pd's prefill
+engines all share core 0 and its decode engines core 1, and colocated ×3's third engine shares
+the first one's core). Engines on one core share it as the OS scheduler shares it:
 processor sharing, each step in progress there advancing at 1/n of the core's speed while n
 steps run on it, recomputed whenever a step starts or ends anywhere on the host. Engines not
 pinned (`cpu_binding: nobind`) share all the cores alike. Measured on this 2-core box
@@ -31,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Any
 
 from pdserve.deployments.engine.placement import cpu_list, omp_threads_bind
 from pdserve.kv_transfer.ports import EngineSlot
@@ -190,3 +192,16 @@ class HostCPU:
         del self._groups[group].steps[key]
         self._reshare()
         step.done(self.loop.now - step.started_s)
+
+
+def app_pools(app: Any, model: Any) -> list[tuple[str, str]]:
+    """The pools of `model`'s app as (model id, role), in the app's order
+    (`AppConfig.pool_names`), with `model`'s own as simulated (a planner's candidate may run it
+    in another mode); `model`'s alone without an app."""
+    own = [(model.model_id, role) for role in model.pools()]
+    if app is None:
+        return own
+    pools: list[tuple[str, str]] = []
+    for m in app.models:
+        pools += own if m.model_id == model.model_id else [(m.model_id, r) for r in m.pools()]
+    return pools if own[0] in pools else pools + own

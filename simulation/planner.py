@@ -50,11 +50,11 @@ class Evaluation:
 
 def simulate(profile: Profile, model: Any, trace: list[TraceRequest], candidate: Candidate,
              ttft_ms: float, itl_ms: float, seed: int,
-             pinned_cores: bool = True) -> dict[str, Any]:
-    """The candidate's graph over the trace, fixed replica counts (`pinned_cores`: the app's
-    `cpu_binding` is `auto`)."""
+             app: Any = None) -> dict[str, Any]:
+    """The candidate's graph over the trace, fixed replica counts (`app`: the model's, which
+    places engines on a CPU host's cores)."""
     sim = Simulation(profile, as_mode(model, candidate.mode), trace, seed=seed,
-                     replicas=candidate.replicas, pinned_cores=pinned_cores)
+                     replicas=candidate.replicas, app=app)
     return summarize(sim.run(), ttft_ms, itl_ms, sim.replica_seconds())
 
 
@@ -65,12 +65,12 @@ def scaled(trace: list[TraceRequest], factor: float) -> list[TraceRequest]:
 
 def max_rate_scale(profile: Profile, model: Any, trace: list[TraceRequest],
                    candidate: Candidate, ttft_ms: float, itl_ms: float, attainment: float,
-                   seed: int, steps: int = 6, pinned_cores: bool = True) -> float:
+                   seed: int, steps: int = 6, app: Any = None) -> float:
     """The largest factor (bisected between 1/8 and 8) by which the trace can be sped up and
     still meet `attainment` % of requests within the SLO."""
     def ok(factor: float) -> bool:
         summary = simulate(profile, model, scaled(trace, factor), candidate, ttft_ms, itl_ms,
-                           seed, pinned_cores)
+                           seed, app)
         return (summary.get("slo_met_pct") or 0.0) >= attainment
 
     low, high = 0.125, 8.0
@@ -164,7 +164,7 @@ class _PlainDumper(yaml.SafeDumper):
 def plan(profile: Profile, model: Any, trace: list[TraceRequest], ttft_ms: float,
          itl_ms: float, attainment: float, budget: int, search_rate: bool = False,
          seed: int = 0, modes: tuple[str, ...] = ("colocated", "pd"),
-         progress: Any = None, pinned_cores: bool = True,
+         progress: Any = None, app: Any = None,
          ) -> tuple[list[Evaluation], dict[Candidate, Estimate]]:
     """Estimate every candidate within `budget` engines, simulate those the estimate keeps."""
     from pdserve.simulation.engine_config import check_profile_fits, engine_args
@@ -182,11 +182,11 @@ def plan(profile: Profile, model: Any, trace: list[TraceRequest], ttft_ms: float
     for candidate in progress(kept) if progress else kept:
         evaluation = Evaluation(candidate, estimates[candidate],
                                 simulate(profile, model, trace, candidate, ttft_ms, itl_ms,
-                                         seed, pinned_cores))
+                                         seed, app))
         if search_rate:
             evaluation.max_rate_scale = max_rate_scale(
                 profile, model, trace, candidate, ttft_ms, itl_ms, attainment, seed,
-                pinned_cores=pinned_cores)
+                app=app)
         evaluations.append(evaluation)
     return evaluations, estimates
 
@@ -248,7 +248,7 @@ def run(profile_path: Path, config: Path, model_id: str | None, trace: list[Trac
     evaluations, estimates = plan(
         profile, model, trace, ttft_ms, itl_ms, attainment, budget, search_rate, seed,
         progress=lambda xs: tqdm(xs, desc="simulating candidates", unit="candidate"),
-        pinned_cores=app.cpu_binding == "auto")
+        app=app)
     out.mkdir(parents=True, exist_ok=True)
     chosen = recommend(evaluations, attainment)
     config_out = out / "serve_config.yaml"

@@ -73,7 +73,7 @@ def simulate(profile_path: Path, config: Path, trace: list, out: Path, model_id:
                      autoscaling=autoscaling, startup_s=startup_s,
                      replica_budget=app.replica_budget,
                      oversubscribe_cores=app.oversubscribe_cores,
-                     pinned_cores=app.cpu_binding == "auto")
+                     app=app)
     outcomes = sim.run()
     wall_s = time.perf_counter() - started
     summary = summarize(outcomes, slo_ttft_ms, slo_itl_ms, sim.replica_seconds())

@@ -14,7 +14,7 @@ from pdserve.simulation import traces
 from pdserve.simulation.app_sim import AppSimulation
 from pdserve.simulation.events import EventLoop
 from pdserve.simulation.graph import Simulation
-from pdserve.simulation.host_cpu import MAX_CPU_SHARE, UNPINNED, HostCPU
+from pdserve.simulation.host_cpu import MAX_CPU_SHARE, UNPINNED, HostCPU, app_pools
 from pdserve.simulation.metrics import summarize
 from pdserve.simulation.profile_file import GraphOverhead
 
@@ -153,11 +153,38 @@ def test_two_decode_engines_pinned_to_one_core_decode_slower_than_on_two() -> No
     assert itl_p50(2) > 1.5 * itl_p50(4)
 
 
-def test_a_replica_started_after_a_stop_takes_the_freed_rank() -> None:
+def test_a_replica_started_after_a_stop_takes_the_lowest_freed_rank() -> None:
+    """Ranks 0, 1, 3 alive after rank 2 stopped: the next replica is rank 2 (as Ray Serve
+    ranks them), not rank 3 (a count of the live ones)."""
     profile = PROFILE.model_copy(update={"graph_overhead": GraphOverhead(host_cores=2)})
-    sim = Simulation(profile, model("colocated", colocated={"num_replicas": 2}),
+    sim = Simulation(profile, model("colocated", colocated={"num_replicas": 4}),
                      [traces.TraceRequest(0.0, 10, 1)])
-    stopped = sim.stop_replica("colocated")  # the newest (rank 1), idle: stops at once
-    assert stopped is not None and stopped.stopped_s == 0.0
+    pool = sim.pools["colocated"]
+    rank_two = pool.history[2]
+    pool.drain(rank_two)  # idle: stops at once
+    assert rank_two.stopped_s == 0.0
     replica = sim.start_replica("colocated", ready=True)
-    assert (replica.rank, replica.core) == (1, 1)
+    assert (replica.rank, replica.core) == (2, 0)
+
+
+def test_one_model_of_an_app_is_placed_as_the_app_places_it() -> None:
+    """`pdserve simulate --model b` of an app whose model `a` comes first: b's engines sit on
+    the cores the engine host gives b's pool in the whole app (3 cores: core 2), and a
+    planner's candidate in another mode takes its model's place in the app's order."""
+    def entry(name: str, mode: str) -> dict:
+        return {"model_id": name, "model": "pdserve://tiny", "mode": mode, "engine_kwargs": ENGINE}
+
+    config = AppConfig.model_validate({"models": [entry("a", "pd"), entry("b", "colocated")]})
+    profile = PROFILE.model_copy(update={"graph_overhead": GraphOverhead(host_cores=3)})
+    b = config.models[1]
+    sim = Simulation(profile, b, [traces.TraceRequest(0.0, 10, 1)],
+                     replicas={"colocated": 2}, app=config)
+    assert [r.core for r in sim.pools["colocated"].history] == [2, 2]
+    alone = Simulation(profile, b, [traces.TraceRequest(0.0, 10, 1)], replicas={"colocated": 2})
+    assert [r.core for r in alone.pools["colocated"].history] == [0, 1]
+    a_colocated = config.models[0].model_copy(update={"mode": "colocated"})
+    assert app_pools(config, a_colocated) == [("a", "colocated"), ("b", "colocated")]
+    nobind = config.model_copy(update={"cpu_binding": "nobind"})
+    loose = Simulation(profile, b, [traces.TraceRequest(0.0, 10, 1)],
+                       replicas={"colocated": 2}, app=nobind)
+    assert {r.core for r in loose.pools["colocated"].history} == {UNPINNED}
