@@ -13,11 +13,11 @@ What is modelled (stated, and measured by the validation table): each engine ste
 the profile's step model says, times the served engine's step scale plus its per-step
 overhead; a KV pull of b bytes occupies one link shared by all pulls for alpha + b /
 bandwidth (FIFO); the graph adds its latency per request (and per prompt token) before a
-request reaches a pool (stretched while the host's cores are short); on a CPU host the engines share the cores they are pinned to with each
-other and with the graph's own processes (`host_cpu.HostCPU`); routers see each engine's KV
-usage as of its last step (a real router sees it as of the last stats report, every 2 s); a
-prefill engine frees a request's blocks when it finishes (a real one holds them until the
-decode side pulled them).
+request reaches a pool (stretched while the host's cores are short); on a CPU host the
+engines share the cores they are pinned to with each other and with the graph's own processes
+(`host_cpu.HostCPU`); routers see each engine's KV usage as of its last step (a real router
+sees it as of the last stats report, every 2 s); a prefill engine frees a request's blocks
+when it finishes (a real one holds them until the decode side pulled them).
 """
 
 from __future__ import annotations
