@@ -94,7 +94,6 @@ class Simulation:
         self.step_scale = overhead.step_scale
         self.per_request_s = overhead.per_request_s
         self.per_prompt_token_s = overhead.per_prompt_token_s
-        self.host_cores = overhead.host_cores
         self.cpu = cpu or HostCPU(self.loop, overhead, app_pools(app, model),
                                   app is None or app.cpu_binding == "auto")
         check_profile_fits(profile, model)
@@ -142,6 +141,11 @@ class Simulation:
         if idle:
             raise ValueError(f"the {idle[0]} pool needs at least one replica to simulate "
                              "(or autoscaling from zero)")
+
+    @property
+    def host_cores(self) -> int | None:
+        """The CPU host's cores (None: each engine on hardware of its own)."""
+        return self.cpu.cores
 
     # -- set-up -------------------------------------------------------------------------
     def _pool(self, role: str, weights: dict[str, float], config: Any, prefix_only: bool,

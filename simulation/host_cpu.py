@@ -133,14 +133,10 @@ class HostCPU:
         cores no engine steps on hold its demand; otherwise stretched as the busy engines are,
         by how many step per core and the share of a busy core it takes (1.0 without
         `host_cores`)."""
-        if not self.cores:
-            return 1.0
-        busy = [g for g in self._groups.values() if g.steps]
-        spare = self.cores - sum(g.busy for g in busy)
-        if not busy or self.demand() <= spare:
-            return 1.0
-        stepping = sum(len(g.steps) for g in busy)
         shares = self.graph_shares()
+        if not self.cores or not any(shares.values()):  # idle cores hold its demand
+            return 1.0
+        stepping = sum(len(g.steps) for g in self._groups.values())
         graph_share = sum(shares.values()) / len(shares)
         return 1.0 / (min(1.0, self.cores / stepping) * (1.0 - graph_share))
 

@@ -15,7 +15,6 @@ from pdserve.routing.kv_events import index_event
 from pdserve.routing.pool_state import PoolState
 from pdserve.routing.scorers import RequestView, RouterSettings, choose_index
 from pdserve.simulation.engine import SimEngine, StepBatch
-from pdserve.simulation.host_cpu import UNPINNED
 
 if TYPE_CHECKING:
     from pdserve.simulation.graph import Simulation
@@ -29,7 +28,7 @@ class Replica:
     stops when its last one ended."""
 
     def __init__(self, sim: Simulation, pool: Pool, name: str, engine: SimEngine,
-                 started_s: float = 0.0, rank: int = 0, core: int = UNPINNED) -> None:
+                 started_s: float, rank: int, core: int) -> None:
         self.sim, self.pool, self.name, self.engine = sim, pool, name, engine
         self.rank, self.core = rank, core  # its local rank, and the cores it steps on
         self.busy = False
