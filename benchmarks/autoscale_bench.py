@@ -54,11 +54,13 @@ class Phase:
     end_rps: dict[str, float]
 
 
-def default_phases(scale: float = 1.0) -> list[Phase]:
-    """Ramp up, plateau, spike, ramp down (seconds × `scale`): model A carries the swings,
-    model B a steady load with its own smaller spike."""
-    low, mid, high = {MODEL_A: 0.1, MODEL_B: 0.05}, {MODEL_A: 0.3, MODEL_B: 0.1}, \
-        {MODEL_A: 0.8, MODEL_B: 0.25}
+def default_phases(scale: float = 1.0, rate_scale: float = 1.0) -> list[Phase]:
+    """Ramp up, plateau, spike, ramp down (seconds × `scale`, requests/s × `rate_scale`): model
+    A carries the swings, model B a steady load with its own smaller spike."""
+    def rps(a: float, b: float) -> dict[str, float]:
+        return {MODEL_A: a * rate_scale, MODEL_B: b * rate_scale}
+
+    low, mid, high = rps(0.1, 0.05), rps(0.3, 0.1), rps(0.8, 0.25)
     return [
         Phase("ramp up", 150 * scale, low, mid),
         Phase("plateau", 150 * scale, mid, mid),
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="pdserve://bench")
     parser.add_argument("--phase-scale", type=float, default=1.0,
                         help="multiply every phase's length (0.2 for a smoke run)")
+    parser.add_argument("--rate-scale", type=float, default=1.0,
+                        help="multiply every phase's request rate (a heavier trace: the "
+                        "default one no longer makes either policy scale on this box)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--rounds", type=int, default=1,
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = systems.resolve_model_dir(args.model)
-    phases = default_phases(args.phase_scale)
+    phases = default_phases(args.phase_scale, args.rate_scale)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in args.policies}
     for k in range(args.rounds):
         for policy in args.policies:

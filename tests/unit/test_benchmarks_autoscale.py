@@ -96,3 +96,13 @@ def test_the_report_gives_each_policys_median_over_rounds() -> None:
     assert "| pdserve_slo | 3 | 80.0 (70.0–90.0) | 120 (100–140) |" in text
     assert "| ray_default r2 |" in text
     assert "Attainment 80.0% vs 50.0%; replica-seconds 0.48x of Ray's (medians)." in text
+
+
+def test_rate_scale_multiplies_every_rate_and_keeps_the_shape() -> None:
+    base, heavy = default_phases(), default_phases(rate_scale=4.0)
+    assert [p.seconds for p in heavy] == [p.seconds for p in base]
+    for b, h in zip(base, heavy, strict=True):
+        for model in (MODEL_A, MODEL_B):
+            assert h.start_rps[model] == 4.0 * b.start_rps[model]
+            assert h.end_rps[model] == 4.0 * b.end_rps[model]
+    assert len(arrivals(heavy, MODEL_A, 0)) > 3 * len(arrivals(base, MODEL_A, 0))
