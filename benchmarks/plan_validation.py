@@ -155,7 +155,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
     plan = json.loads((args.plan / "plan.json").read_text())
     measured = json.loads((args.out / "report.json").read_text())
-    profile = profile_file.load(Path(plan["profile"]))
+    profile_path = args.profile or Path(plan["profile"])
+    profile = profile_file.load(profile_path)
     app = load_app(Path(plan["config"]))
     model = pick_model(app, plan["model"])
     ttft_ms, itl_ms = plan["slo"]["ttft_ms"], plan["slo"]["itl_ms"]
@@ -203,7 +204,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["goodput"]["measured"], default=None)
     mine = next((r for r in rows if r["candidate"] == recommended), None)
     result = {"plan": str(args.plan), "slo": plan["slo"],
-              "simulated_at": report.git_revision(systems.REPO_ROOT), "recommended": recommended,
+              "simulated_at": report.git_revision(systems.REPO_ROOT),
+              "profile": str(profile_path),
+              "profile_cpu": profile.machine.get("cpu_model"),
+              "measured_cpu": measured.get("machine", {}).get("cpu_model"),
+              "recommended": recommended,
               "best_measured": best and best["candidate"],
               "recommended_vs_best_goodput": (mine["goodput"]["measured"]
                                               / best["goodput"]["measured"]
@@ -221,6 +226,7 @@ def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
              f"- measured: `{measured.get('command')}` at {measured.get('git_revision')}, "
              f"{measured.get('rounds')} rounds",
              f"- simulated at {result.get('simulated_at')} (`--compare`)",
+             *profile_lines(result),
              f"- plan: `{result['plan']}`, SLO "
              f"{json.dumps(result['slo'])}",
              f"- recommended: {result['recommended']}; best measured goodput: "
@@ -247,6 +253,20 @@ def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profile_lines(result: dict[str, Any]) -> list[str]:
+    """Which profile simulated the runs, and a warning when it was measured on another CPU than
+    the runs were: a profile's step times hold for the machine that measured them only."""
+    if "profile" not in result:
+        return []
+    ran, profiled = result.get("measured_cpu"), result.get("profile_cpu")
+    line = f"- profile: `{result['profile']}`, measured on {profiled or 'an unrecorded CPU'}"
+    if ran and profiled and ran != profiled:
+        return [line, f"- **the runs were measured on another CPU ({ran}): the simulation "
+                "predicts the profile's machine, not this one; profile this one "
+                "(`pdserve profile`) and compare again with `--profile`**"]
+    return [line]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.plan_validation",
                                 description=__doc__.split("\n\n")[0])
@@ -262,6 +282,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--compare", action="store_true", help="compare the runs in --out only")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="with --compare: simulate with this profile instead of the plan's "
+                   "(one measured on the machine the runs were measured on)")
     return p.parse_args(argv)
 
 

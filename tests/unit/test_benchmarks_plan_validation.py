@@ -78,3 +78,21 @@ def test_the_report_says_why_requests_missed() -> None:
               "recommended_vs_best_goodput": None, "rows": [row]}
     text = plan_validation.markdown(result, {"run_name": "r", "rounds": 3})
     assert "| pd 1P+2D | 8 | 29 | 56 | 0 |" in text
+
+
+def test_the_report_warns_when_the_profile_is_of_another_cpu() -> None:
+    result = {"plan": "p", "slo": {}, "recommended": None, "best_measured": None,
+              "recommended_vs_best_goodput": None, "rows": [], "profile": "prof.json",
+              "profile_cpu": "AMD EPYC", "measured_cpu": "Intel(R) Xeon(R) Processor"}
+    text = plan_validation.markdown(result, {"run_name": "r", "rounds": 3})
+    assert "`prof.json`, measured on AMD EPYC" in text
+    assert "another CPU (Intel(R) Xeon(R) Processor)" in text
+    same = plan_validation.markdown({**result, "measured_cpu": "AMD EPYC"}, {})
+    assert "`prof.json`, measured on AMD EPYC" in same and "another CPU" not in same
+
+
+def test_compare_takes_another_profile() -> None:
+    args = plan_validation.parse_args(["--plan", "p", "--out", "o", "--compare",
+                                       "--profile", "x.json"])
+    assert args.compare and args.profile == Path("x.json")
+    assert plan_validation.parse_args(["--plan", "p", "--out", "o"]).profile is None
