@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-planner", action="store_true",
                         help="pdserve's policy without the planner floor (its fast loop only)")
     args = parser.parse_args(argv)
+    if args.rate_scale <= 0 or args.phase_scale <= 0:
+        parser.error("--rate-scale and --phase-scale must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = systems.resolve_model_dir(args.model)
     phases = default_phases(args.phase_scale, args.rate_scale)

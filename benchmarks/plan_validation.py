@@ -207,7 +207,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
               "simulated_at": report.git_revision(systems.REPO_ROOT),
               "profile": str(profile_path),
               "profile_cpu": profile.machine.get("cpu_model"),
-              "measured_cpu": measured.get("machine", {}).get("cpu_model"),
+              "measured_cpu": (measured.get("machine") or {}).get("cpu_model"),
               "recommended": recommended,
               "best_measured": best and best["candidate"],
               "recommended_vs_best_goodput": (mine["goodput"]["measured"]
@@ -215,9 +215,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                                               if mine and best and best["goodput"]["measured"]
                                               else None),
               "rows": rows}
-    (args.out / "validation.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "validation.md").write_text(markdown(result, measured))
-    print((args.out / "validation.md").read_text())
+    name = args.report_name
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(result, measured))
+    print((args.out / f"{name}.md").read_text())
     return result
 
 
@@ -260,11 +261,14 @@ def profile_lines(result: dict[str, Any]) -> list[str]:
         return []
     ran, profiled = result.get("measured_cpu"), result.get("profile_cpu")
     line = f"- profile: `{result['profile']}`, measured on {profiled or 'an unrecorded CPU'}"
-    if ran and profiled and ran != profiled:
+    if not (ran and profiled):
+        return [line, "- the profile's or the runs' CPU is not recorded: whether the profile "
+                "holds for the runs' machine cannot be checked"]
+    if ran != profiled:
         return [line, f"- **the runs were measured on another CPU ({ran}): the simulation "
                 "predicts the profile's machine, not this one; profile this one "
                 "(`pdserve profile`) and compare again with `--profile`**"]
-    return [line]
+    return [line + " (the runs' CPU model too; a VM's model name may hide a different host)"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -283,8 +287,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--compare", action="store_true", help="compare the runs in --out only")
     p.add_argument("--profile", type=Path, default=None,
-                   help="with --compare: simulate with this profile instead of the plan's "
-                   "(one measured on the machine the runs were measured on)")
+                   help="simulate with this profile instead of the plan's (one measured on "
+                   "the machine the runs were measured on); the comparison after measuring "
+                   "uses it too")
+    p.add_argument("--report-name", default="validation",
+                   help="the comparison's file names in --out (NAME.json, NAME.md): keep "
+                   "comparisons with other profiles side by side")
     return p.parse_args(argv)
 
 

@@ -106,3 +106,13 @@ def test_rate_scale_multiplies_every_rate_and_keeps_the_shape() -> None:
             assert h.start_rps[model] == 4.0 * b.start_rps[model]
             assert h.end_rps[model] == 4.0 * b.end_rps[model]
     assert len(arrivals(heavy, MODEL_A, 0)) > 3 * len(arrivals(base, MODEL_A, 0))
+
+
+def test_a_rate_scale_of_zero_is_refused(tmp_path) -> None:
+    import pytest
+
+    from pdserve.benchmarks.autoscale_bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--rate-scale", "0"])
+    assert not any(tmp_path.iterdir())

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pdserve.benchmarks.core_sharing_probe import computes_a_prompt
+from pathlib import Path
+
+from pdserve.benchmarks.core_sharing_probe import CONFIG, computes_a_prompt, engine_args
 from pdserve.simulation.real_engine import StepRecord
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_step_with_a_prompt_chunk_is_a_prefill_step() -> None:
@@ -13,3 +17,12 @@ def test_a_step_with_a_prompt_chunk_is_a_prefill_step() -> None:
                        preempted=frozenset(), seconds=0.4)
     assert not computes_a_prompt(decode)
     assert computes_a_prompt(mixed)
+
+
+def test_the_probe_runs_the_engine_the_profile_was_measured_with() -> None:
+    import json
+
+    kwargs = engine_args(ROOT / CONFIG)
+    profile = json.loads((ROOT / "benchmarks/results/sim-calibration-cpu-v2/profile.json")
+                         .read_text())
+    assert {k: v for k, v in kwargs.items() if k != "model"} == profile["engine_kwargs"]

@@ -89,10 +89,14 @@ def test_the_report_warns_when_the_profile_is_of_another_cpu() -> None:
     assert "another CPU (Intel(R) Xeon(R) Processor)" in text
     same = plan_validation.markdown({**result, "measured_cpu": "AMD EPYC"}, {})
     assert "`prof.json`, measured on AMD EPYC" in same and "another CPU" not in same
+    unknown = plan_validation.markdown({**result, "measured_cpu": None}, {})
+    assert "cannot be checked" in unknown and "another CPU" not in unknown
 
 
 def test_compare_takes_another_profile() -> None:
     args = plan_validation.parse_args(["--plan", "p", "--out", "o", "--compare",
                                        "--profile", "x.json"])
     assert args.compare and args.profile == Path("x.json")
-    assert plan_validation.parse_args(["--plan", "p", "--out", "o"]).profile is None
+    assert args.report_name == "validation"
+    plain = plan_validation.parse_args(["--plan", "p", "--out", "o", "--report-name", "v-amd"])
+    assert plain.profile is None and plain.report_name == "v-amd"
