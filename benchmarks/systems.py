@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from pdserve.benchmarks.process_cpu import process_tree
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PDSERVE_URL = "http://127.0.0.1:8000"
+#: Where a local Ray cluster's dashboard (and Ray Serve's REST API) listens.
+RAY_DASHBOARD_URL = "http://127.0.0.1:8265"
 VLLM_PORT = 8100
 
 # Engine settings that only make sense inside the PD deployment; the plain vLLM
@@ -266,23 +269,90 @@ def completion_ok(base_url: str, model: str, timeout: float) -> bool:
         return False
 
 
+def apps_running(details: dict[str, Any] | None) -> bool:
+    """Whether Ray Serve's instance details (its REST API's `GET /api/serve/applications/`) say
+    every application is RUNNING: each of its deployments at its target number of replicas,
+    every replica constructed (a pdserve engine replica is constructed once its engine is
+    up)."""
+    apps = (details or {}).get("applications")
+    return bool(apps) and isinstance(apps, dict) and all(
+        isinstance(a, dict) and a.get("status") == "RUNNING" for a in apps.values())
+
+
+def apps_status(details: dict[str, Any]) -> dict[str, Any]:
+    """Each application's status and, per deployment, its status and replicas by state (of
+    its target): why it is not ready."""
+    def replicas(dep: dict[str, Any]) -> str:
+        states = Counter(r.get("state") for r in dep.get("replicas") or [])
+        shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        return f"{dep.get('status')}: {shown or 'no replica'} of {dep.get('target_num_replicas')}"
+
+    return {name: {"status": app.get("status"),
+                   "deployments": {d: replicas(dep or {})
+                                   for d, dep in (app.get("deployments") or {}).items()}}
+            for name, app in (details.get("applications") or {}).items()
+            if isinstance(app, dict)}
+
+
+def ray_auth_token(env: dict[str, str] | None = None) -> str | None:
+    """The local cluster's token where Ray's token authentication keeps it (`RAY_AUTH_TOKEN`,
+    else the file at `RAY_AUTH_TOKEN_PATH`, else `~/.ray/auth_token`, which a local cluster
+    writes when it starts); None without one (a cluster without authentication)."""
+    env = os.environ if env is None else env
+    if env.get("RAY_AUTH_TOKEN"):
+        return env["RAY_AUTH_TOKEN"].strip()
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def serve_details(dashboard_url: str = RAY_DASHBOARD_URL, timeout: float = 10.0
+                  ) -> dict[str, Any] | None:
+    """Ray Serve's instance details from its REST API (what `serve status` prints, without
+    that command's interpreter start: 12 s of CPU each on this box); None when the dashboard
+    does not answer."""
+    headers = {"Authorization": f"Bearer {token}"} if (token := ray_auth_token()) else {}
+    req = urllib.request.Request(f"{dashboard_url}/api/serve/applications/", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            details = json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return details if isinstance(details, dict) else None
+
+
 def wait_ready(system: System, proc: subprocess.Popen, timeout_s: float) -> float:
-    """Wait until `/v1/models` lists the model AND a 1-token completion succeeds.
+    """Wait until `/v1/models` lists the model AND a 1-token completion succeeds AND, for a Ray
+    Serve system, Serve reports every application RUNNING.
 
     `/v1/models` alone is not enough for Ray Serve: its ingress answers while the engine
-    replicas are still starting. Returns seconds waited; fails fast if the process exits.
+    replicas are still starting. One completion is not enough either: it needs one engine
+    replica, and Ray starts the others one after another (measured in
+    `plan-validation-cpu-v3`: a three-engine candidate took its first 15 s of load on one engine
+    while the other two started beside it). Returns seconds waited; fails fast if the process
+    exits.
     """
     start = time.monotonic()
+    served, details = False, None
     while (left := timeout_s - (time.monotonic() - start)) > 0:
         if proc.poll() is not None:
             raise RuntimeError(f"{system.name} exited with code {proc.returncode} before ready")
-        ids = models_ready(system.base_url)
-        if ids and system.model_name not in ids:
-            raise RuntimeError(f"{system.name} serves {ids}, not {system.model_name!r}")
-        if ids and completion_ok(system.base_url, system.model_name, timeout=min(left, 60.0)):
+        if not served:
+            ids = models_ready(system.base_url)
+            if ids and system.model_name not in ids:
+                raise RuntimeError(f"{system.name} serves {ids}, not {system.model_name!r}")
+            served = bool(ids) and completion_ok(system.base_url, system.model_name,
+                                                 timeout=min(left, 60.0))
+        if served and system.ray_cluster:
+            details = serve_details(timeout=min(left, 10.0))
+        if served and (not system.ray_cluster or apps_running(details)):
             return time.monotonic() - start
         time.sleep(2.0)
-    raise TimeoutError(f"{system.name} not ready after {timeout_s:.0f} s")
+    why = (f"; Ray Serve's applications: {apps_status(details)}" if details else
+           f"; Ray's dashboard ({RAY_DASHBOARD_URL}) did not answer" if served else "")
+    raise TimeoutError(f"{system.name} not ready after {timeout_s:.0f} s{why}")
 
 
 def start(system: System, log: TextIO, preload: list[str]) -> subprocess.Popen:

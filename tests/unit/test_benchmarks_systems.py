@@ -165,3 +165,70 @@ def test_stop_kills_a_process_that_left_the_systems_group(tmp_path: Path) -> Non
         systems.stop(system, proc, log, grace_s=2.0)
     child.wait(timeout=10)  # raises if it is still running
     assert "outlived its system's stop" in (tmp_path / "log").read_text()
+
+
+def serve_details(app_status: str, states: list[str]) -> dict:
+    """The shape of Ray Serve's `GET /api/serve/applications/` (fields this module reads)."""
+    replicas = [{"replica_id": f"r{i}", "state": s} for i, s in enumerate(states)]
+    return {"applications": {"pdserve": {"status": app_status, "deployments": {
+        "bench-colocated": {"status": "UPDATING" if app_status != "RUNNING" else "HEALTHY",
+                            "target_num_replicas": 3, "replicas": replicas}}}}}
+
+
+def test_apps_running_needs_every_application_running() -> None:
+    """One engine replica up answers completions, but the app is ready only when Serve says
+    every application RUNNING (all replicas of every deployment up)."""
+    starting = serve_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"])
+    assert not systems.apps_running(starting)
+    assert systems.apps_running(serve_details("RUNNING", ["RUNNING"] * 3))
+    two = serve_details("RUNNING", ["RUNNING"] * 3)
+    two["applications"]["other"] = {"status": "DEPLOY_FAILED"}
+    assert not systems.apps_running(two)
+    for nothing in (None, {}, {"applications": {}}, {"applications": []}):
+        assert not systems.apps_running(nothing)
+    assert systems.apps_status(starting) == {"pdserve": {
+        "status": "DEPLOYING",
+        "deployments": {"bench-colocated": "UPDATING: 1 RUNNING, 2 STARTING of 3"}}}
+
+
+def test_ray_auth_token_where_ray_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert systems.ray_auth_token({}) is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    assert systems.ray_auth_token({}) == "home-token"
+    (tmp_path / "elsewhere").write_text("path-token")
+    assert systems.ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "elsewhere")}) \
+        == "path-token"
+    assert systems.ray_auth_token({"RAY_AUTH_TOKEN": "env-token",
+                                   "RAY_AUTH_TOKEN_PATH": str(tmp_path / "elsewhere")}) \
+        == "env-token"
+
+
+def test_wait_ready_waits_for_every_serve_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray Serve system is ready when a completion succeeds and Serve reports every replica
+    up; a plain server when the completion succeeds."""
+    import subprocess
+    import sys
+
+    polls = iter([serve_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"]),
+                  None, serve_details("RUNNING", ["RUNNING"] * 3)])
+    seen: list[object] = []
+    monkeypatch.setattr(systems, "models_ready", lambda url: ["m"])
+    monkeypatch.setattr(systems, "completion_ok", lambda url, model, timeout: True)
+    monkeypatch.setattr(systems, "serve_details", lambda timeout: seen.append(1) or next(polls))
+    monkeypatch.setattr(systems.time, "sleep", lambda s: None)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        serve = systems.System(name="s", command=[], base_url="http://x", model_name="m",
+                               model_dir="/m", ray_cluster=True)
+        systems.wait_ready(serve, proc, timeout_s=60)
+        assert len(seen) == 3
+        plain = systems.System(name="p", command=[], base_url="http://x", model_name="m",
+                               model_dir="/m")
+        systems.wait_ready(plain, proc, timeout_s=60)
+        assert len(seen) == 3
+    finally:
+        proc.kill()
+        proc.wait()
