@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -271,9 +271,10 @@ def completion_ok(base_url: str, model: str, timeout: float) -> bool:
 
 def apps_running(details: dict[str, Any] | None) -> bool:
     """Whether Ray Serve's instance details (its REST API's `GET /api/serve/applications/`) say
-    every application is RUNNING: each of its deployments at its target number of replicas,
-    every replica constructed (a pdserve engine replica is constructed once its engine is
-    up)."""
+    every application is RUNNING: every deployment has had all the replicas it first asked for
+    (its `num_replicas`, or its autoscaling start) constructed, and a pdserve engine replica is
+    constructed once its engine is up. (An autoscaled deployment scaling later leaves its app
+    RUNNING.)"""
     apps = (details or {}).get("applications")
     return bool(apps) and isinstance(apps, dict) and all(
         isinstance(a, dict) and a.get("status") == "RUNNING" for a in apps.values())
@@ -294,13 +295,13 @@ def apps_status(details: dict[str, Any]) -> dict[str, Any]:
             if isinstance(app, dict)}
 
 
-def ray_auth_token(env: dict[str, str] | None = None) -> str | None:
+def ray_auth_token(env: Mapping[str, str] | None = None) -> str | None:
     """The local cluster's token where Ray's token authentication keeps it (`RAY_AUTH_TOKEN`,
     else the file at `RAY_AUTH_TOKEN_PATH`, else `~/.ray/auth_token`, which a local cluster
     writes when it starts); None without one (a cluster without authentication)."""
     env = os.environ if env is None else env
-    if env.get("RAY_AUTH_TOKEN"):
-        return env["RAY_AUTH_TOKEN"].strip()
+    if token := (env.get("RAY_AUTH_TOKEN") or "").strip():
+        return token
     path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     try:
         return path.read_text().strip() or None
@@ -308,19 +309,35 @@ def ray_auth_token(env: dict[str, str] | None = None) -> str | None:
         return None
 
 
-def serve_details(dashboard_url: str = RAY_DASHBOARD_URL, timeout: float = 10.0
-                  ) -> dict[str, Any] | None:
+class ServeStatusUnavailable(RuntimeError):
+    """Ray Serve's REST API did not give the instance details; the message says why."""
+
+
+def serve_details(dashboard_url: str = RAY_DASHBOARD_URL, timeout: float = 10.0,
+                  env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Ray Serve's instance details from its REST API (what `serve status` prints, without
-    that command's interpreter start: 12 s of CPU each on this box); None when the dashboard
-    does not answer."""
-    headers = {"Authorization": f"Bearer {token}"} if (token := ray_auth_token()) else {}
+    that command's interpreter start: ~12 s of CPU a call on this box), sent with the local
+    cluster's token (Ray 2.60's local clusters turn token authentication on)."""
+    token = ray_auth_token(env)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     req = urllib.request.Request(f"{dashboard_url}/api/serve/applications/", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             details = json.loads(resp.read())
-    except (OSError, ValueError, urllib.error.URLError):
-        return None
-    return details if isinstance(details, dict) else None
+    except urllib.error.HTTPError as e:
+        raise ServeStatusUnavailable(f"Ray's dashboard at {dashboard_url} answered HTTP "
+                                     f"{e.code} ({e.reason})") from None
+    except (OSError, ValueError) as e:
+        raise ServeStatusUnavailable(f"Ray's dashboard at {dashboard_url} did not answer "
+                                     f"({type(e).__name__})") from None
+    if not isinstance(details, dict):
+        raise ServeStatusUnavailable(f"Ray's dashboard at {dashboard_url} answered no object")
+    return details
+
+
+#: How long a served Ray system's dashboard may fail to give Serve's status before the wait
+#: gives up (it starts with the cluster, before any replica: a minute is ample).
+DASHBOARD_GRACE_S = 60.0
 
 
 def wait_ready(system: System, proc: subprocess.Popen, timeout_s: float) -> float:
@@ -328,30 +345,38 @@ def wait_ready(system: System, proc: subprocess.Popen, timeout_s: float) -> floa
     Serve system, Serve reports every application RUNNING.
 
     `/v1/models` alone is not enough for Ray Serve: its ingress answers while the engine
-    replicas are still starting. One completion is not enough either: it needs one engine
-    replica, and Ray starts the others one after another (measured in
-    `plan-validation-cpu-v3`: a three-engine candidate took its first 15 s of load on one engine
-    while the other two started beside it). Returns seconds waited; fails fast if the process
-    exits.
+    replicas are still starting. One completion is not enough either: it needs one engine per
+    pool on its path, and Ray starts a deployment's replicas side by side, one coming up
+    before the others (`plan-validation-cpu-v3`: colocated ×3's last engine came up 11–14 s
+    after the load began). Returns seconds waited; fails fast if the process exits, or if
+    Ray's dashboard gives no status for `DASHBOARD_GRACE_S` once the system serves.
     """
     start = time.monotonic()
-    served, details = False, None
+    served_at: float | None = None
+    details: dict[str, Any] | None = None
     while (left := timeout_s - (time.monotonic() - start)) > 0:
         if proc.poll() is not None:
             raise RuntimeError(f"{system.name} exited with code {proc.returncode} before ready")
-        if not served:
+        if served_at is None:
             ids = models_ready(system.base_url)
             if ids and system.model_name not in ids:
                 raise RuntimeError(f"{system.name} serves {ids}, not {system.model_name!r}")
-            served = bool(ids) and completion_ok(system.base_url, system.model_name,
-                                                 timeout=min(left, 60.0))
-        if served and system.ray_cluster:
-            details = serve_details(timeout=min(left, 10.0))
-        if served and (not system.ray_cluster or apps_running(details)):
+            if ids and completion_ok(system.base_url, system.model_name,
+                                     timeout=min(left, 60.0)):
+                served_at = time.monotonic()
+        if served_at is not None and not system.ray_cluster:
             return time.monotonic() - start
+        if served_at is not None:
+            try:
+                details = serve_details(timeout=min(left, 10.0))
+            except ServeStatusUnavailable as e:
+                if time.monotonic() - served_at > DASHBOARD_GRACE_S:
+                    raise RuntimeError(f"{system.name} serves, but its Ray Serve status is "
+                                       f"unknown: {e}") from None
+            if apps_running(details):
+                return time.monotonic() - start
         time.sleep(2.0)
-    why = (f"; Ray Serve's applications: {apps_status(details)}" if details else
-           f"; Ray's dashboard ({RAY_DASHBOARD_URL}) did not answer" if served else "")
+    why = f"; Ray Serve's applications: {apps_status(details)}" if details else ""
     raise TimeoutError(f"{system.name} not ready after {timeout_s:.0f} s{why}")
 
 

@@ -1,5 +1,8 @@
 """Pure parts of pdserve.benchmarks.systems: config reading and engine-args -> CLI flags."""
 
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -167,21 +170,37 @@ def test_stop_kills_a_process_that_left_the_systems_group(tmp_path: Path) -> Non
     assert "outlived its system's stop" in (tmp_path / "log").read_text()
 
 
-def serve_details(app_status: str, states: list[str]) -> dict:
-    """The shape of Ray Serve's `GET /api/serve/applications/` (fields this module reads)."""
-    replicas = [{"replica_id": f"r{i}", "state": s} for i, s in enumerate(states)]
-    return {"applications": {"pdserve": {"status": app_status, "deployments": {
-        "bench-colocated": {"status": "UPDATING" if app_status != "RUNNING" else "HEALTHY",
-                            "target_num_replicas": 3, "replicas": replicas}}}}}
+
+def instance_details(app_status: str, states: list[str]) -> dict:
+    """Ray Serve's instance details as its REST API gives them (the fields read here), built
+    with Ray's own schema so that a renamed field fails this test."""
+    from ray.serve.schema import ServeInstanceDetails
+
+    replicas = [{"replica_id": f"r{i}", "state": s, "actor_name": f"a{i}", "node_id": "n",
+                 "node_ip": "127.0.0.1", "node_instance_id": "", "actor_id": f"i{i}",
+                 "worker_id": "w", "log_file_path": "/l", "pid": i, "start_time_s": 0.0}
+                for i, s in enumerate(states)]
+    deployment = {"name": "bench-colocated", "message": "",
+                  "status": "HEALTHY" if app_status == "RUNNING" else "UPDATING",
+                  "status_trigger": "CONFIG_UPDATE_STARTED", "target_num_replicas": 3,
+                  "required_resources": {}, "replicas": replicas,
+                  "deployment_config": {"name": "bench-colocated"}}
+    app = {"name": "pdserve", "route_prefix": "/", "docs_path": None, "status": app_status,
+           "message": "", "last_deployed_time_s": 0.0, "deployed_app_config": None,
+           "source": "declarative", "external_scaler_enabled": False,
+           "deployments": {"bench-colocated": deployment}}
+    details = {"proxies": {}, "applications": {"pdserve": app}}
+    ServeInstanceDetails(**details)  # raises if Ray's schema no longer reads it so
+    return details
 
 
 def test_apps_running_needs_every_application_running() -> None:
     """One engine replica up answers completions, but the app is ready only when Serve says
     every application RUNNING (all replicas of every deployment up)."""
-    starting = serve_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"])
+    starting = instance_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"])
     assert not systems.apps_running(starting)
-    assert systems.apps_running(serve_details("RUNNING", ["RUNNING"] * 3))
-    two = serve_details("RUNNING", ["RUNNING"] * 3)
+    assert systems.apps_running(instance_details("RUNNING", ["RUNNING"] * 3))
+    two = instance_details("RUNNING", ["RUNNING"] * 3)
     two["applications"]["other"] = {"status": "DEPLOY_FAILED"}
     assert not systems.apps_running(two)
     for nothing in (None, {}, {"applications": {}}, {"applications": []}):
@@ -198,6 +217,7 @@ def test_ray_auth_token_where_ray_keeps_it(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
     assert systems.ray_auth_token({}) == "home-token"
+    assert systems.ray_auth_token({"RAY_AUTH_TOKEN": "  "}) == "home-token"
     (tmp_path / "elsewhere").write_text("path-token")
     assert systems.ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "elsewhere")}) \
         == "path-token"
@@ -206,29 +226,117 @@ def test_ray_auth_token_where_ray_keeps_it(tmp_path: Path, monkeypatch: pytest.M
         == "env-token"
 
 
-def test_wait_ready_waits_for_every_serve_replica(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Ray Serve system is ready when a completion succeeds and Serve reports every replica
-    up; a plain server when the completion succeeds."""
-    import subprocess
-    import sys
+@contextlib.contextmanager
+def dashboard(token: str, body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server standing in for Ray's dashboard: `body` for Serve's details path
+    with the right bearer token, 401 without it, 404 elsewhere; yields its URL and the paths
+    asked for."""
+    import http.server
+    import threading
 
-    polls = iter([serve_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"]),
-                  None, serve_details("RUNNING", ["RUNNING"] * 3)])
-    seen: list[object] = []
-    monkeypatch.setattr(systems, "models_ready", lambda url: ["m"])
-    monkeypatch.setattr(systems, "completion_ok", lambda url, model, timeout: True)
-    monkeypatch.setattr(systems, "serve_details", lambda timeout: seen.append(1) or next(polls))
-    monkeypatch.setattr(systems.time, "sleep", lambda s: None)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the base class's name)
+            asked.append(self.path)
+            if self.path != "/api/serve/applications/":
+                self.send_error(404)
+            elif self.headers.get("Authorization") != f"Bearer {token}":
+                self.send_error(401, "Unauthorized")
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        serve = systems.System(name="s", command=[], base_url="http://x", model_name="m",
-                               model_dir="/m", ray_cluster=True)
-        systems.wait_ready(serve, proc, timeout_s=60)
-        assert len(seen) == 3
-        plain = systems.System(name="p", command=[], base_url="http://x", model_name="m",
-                               model_dir="/m")
-        systems.wait_ready(plain, proc, timeout_s=60)
-        assert len(seen) == 3
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
     finally:
-        proc.kill()
-        proc.wait()
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_details_asks_the_rest_api_with_the_clusters_token() -> None:
+    import json
+
+    details = instance_details("RUNNING", ["RUNNING"] * 3)
+    with dashboard("t0k", json.dumps(details).encode()) as (url, asked):
+        assert systems.serve_details(url, env={"RAY_AUTH_TOKEN": "t0k"}) == details
+        assert asked == ["/api/serve/applications/"]
+        with pytest.raises(systems.ServeStatusUnavailable, match="HTTP 401"):
+            systems.serve_details(url, env={"RAY_AUTH_TOKEN": "wrong"})
+    with (dashboard("t0k", b"[]") as (url, _),
+          pytest.raises(systems.ServeStatusUnavailable, match="no object")):
+        systems.serve_details(url, env={"RAY_AUTH_TOKEN": "t0k"})
+    with pytest.raises(systems.ServeStatusUnavailable, match="did not answer"):
+        systems.serve_details(url, timeout=2.0, env={"RAY_AUTH_TOKEN": "t0k"})
+
+
+class Running:
+    """A process that has not exited (what `wait_ready` asks of one)."""
+
+    returncode = None
+
+    def poll(self) -> None:
+        return None
+
+
+def serving(monkeypatch: pytest.MonkeyPatch, polls: Iterable[object]) -> list[str]:
+    """Every system answers its model list and a completion at once; Serve's details come
+    from `polls` in turn (an exception is raised); returns the order of the checks."""
+    order: list[str] = []
+    queue = iter(polls)
+
+    def details(timeout: float) -> object:
+        order.append("serve")
+        item = next(queue)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    monkeypatch.setattr(systems, "models_ready", lambda url: ["m"])
+    monkeypatch.setattr(systems, "completion_ok",
+                        lambda url, model, timeout: order.append("completion") or True)
+    monkeypatch.setattr(systems, "serve_details", details)
+    monkeypatch.setattr(systems.time, "sleep", lambda s: None)
+    return order
+
+
+def system(ray_cluster: bool) -> systems.System:
+    return systems.System(name="s", command=[], base_url="http://x", model_name="m",
+                          model_dir="/m", ray_cluster=ray_cluster)
+
+
+def test_wait_ready_waits_for_every_serve_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray Serve system is ready when a completion succeeds and then Serve reports every
+    replica up (a dashboard that fails for a moment is waited for); a plain server when the
+    completion succeeds."""
+    order = serving(monkeypatch, [
+        instance_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"]),
+        systems.ServeStatusUnavailable("a moment"), instance_details("RUNNING", ["RUNNING"] * 3)])
+    systems.wait_ready(system(True), Running(), timeout_s=60)
+    assert order == ["completion", "serve", "serve", "serve"]
+    order.clear()
+    systems.wait_ready(system(False), Running(), timeout_s=60)
+    assert order == ["completion"]
+
+
+def test_wait_ready_says_why_a_serve_system_is_not_ready(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    starting = instance_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"])
+    serving(monkeypatch, itertools.repeat(starting))
+    with pytest.raises(TimeoutError, match="1 RUNNING, 2 STARTING of 3"):
+        systems.wait_ready(system(True), Running(), timeout_s=0.2)
+    clock = itertools.count(0, 30)  # each look at the clock, 30 s later
+    monkeypatch.setattr(systems.time, "monotonic", lambda: float(next(clock)))
+    refused = systems.ServeStatusUnavailable("HTTP 401 (Unauthorized)")
+    serving(monkeypatch, itertools.repeat(refused))
+    with pytest.raises(RuntimeError, match="serves, but its Ray Serve status is unknown: "
+                       "HTTP 401"):
+        systems.wait_ready(system(True), Running(), timeout_s=9_000)
