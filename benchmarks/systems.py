@@ -348,8 +348,9 @@ def wait_ready(system: System, proc: subprocess.Popen, timeout_s: float) -> floa
     replicas are still starting. One completion is not enough either: it needs one engine per
     pool on its path, and Ray starts a deployment's replicas side by side, one coming up
     before the others (`plan-validation-cpu-v3`: colocated ×3's last engine came up 11–14 s
-    after the load began). Returns seconds waited; fails fast if the process exits, or if
-    Ray's dashboard gives no status for `DASHBOARD_GRACE_S` once the system serves.
+    after the completion alone had passed). Returns seconds waited; fails fast if the process
+    exits, or if Ray's dashboard gives no status for `DASHBOARD_GRACE_S` once the system
+    serves.
     """
     start = time.monotonic()
     served_at: float | None = None
