@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdserve.benchmarks import systems
+from pdserve.benchmarks import readiness, systems
 
 ENGINE_KWARGS = {
     "dtype": "float32",
@@ -198,14 +198,14 @@ def test_apps_running_needs_every_application_running() -> None:
     """One engine replica up answers completions, but the app is ready only when Serve says
     every application RUNNING (all replicas of every deployment up)."""
     starting = instance_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"])
-    assert not systems.apps_running(starting)
-    assert systems.apps_running(instance_details("RUNNING", ["RUNNING"] * 3))
+    assert not readiness.apps_running(starting)
+    assert readiness.apps_running(instance_details("RUNNING", ["RUNNING"] * 3))
     two = instance_details("RUNNING", ["RUNNING"] * 3)
     two["applications"]["other"] = {"status": "DEPLOY_FAILED"}
-    assert not systems.apps_running(two)
+    assert not readiness.apps_running(two)
     for nothing in (None, {}, {"applications": {}}, {"applications": []}):
-        assert not systems.apps_running(nothing)
-    assert systems.apps_status(starting) == {"pdserve": {
+        assert not readiness.apps_running(nothing)
+    assert readiness.apps_status(starting) == {"pdserve": {
         "status": "DEPLOYING",
         "deployments": {"bench-colocated": "UPDATING: 1 RUNNING, 2 STARTING of 3"}}}
 
@@ -213,15 +213,15 @@ def test_apps_running_needs_every_application_running() -> None:
 def test_ray_auth_token_where_ray_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                            ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert systems.ray_auth_token({}) is None
+    assert readiness.ray_auth_token({}) is None
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
-    assert systems.ray_auth_token({}) == "home-token"
-    assert systems.ray_auth_token({"RAY_AUTH_TOKEN": "  "}) == "home-token"
+    assert readiness.ray_auth_token({}) == "home-token"
+    assert readiness.ray_auth_token({"RAY_AUTH_TOKEN": "  "}) == "home-token"
     (tmp_path / "elsewhere").write_text("path-token")
-    assert systems.ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "elsewhere")}) \
+    assert readiness.ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "elsewhere")}) \
         == "path-token"
-    assert systems.ray_auth_token({"RAY_AUTH_TOKEN": "env-token",
+    assert readiness.ray_auth_token({"RAY_AUTH_TOKEN": "env-token",
                                    "RAY_AUTH_TOKEN_PATH": str(tmp_path / "elsewhere")}) \
         == "env-token"
 
@@ -267,15 +267,15 @@ def test_serve_details_asks_the_rest_api_with_the_clusters_token() -> None:
 
     details = instance_details("RUNNING", ["RUNNING"] * 3)
     with dashboard("t0k", json.dumps(details).encode()) as (url, asked):
-        assert systems.serve_details(url, env={"RAY_AUTH_TOKEN": "t0k"}) == details
+        assert readiness.serve_details(url, env={"RAY_AUTH_TOKEN": "t0k"}) == details
         assert asked == ["/api/serve/applications/"]
-        with pytest.raises(systems.ServeStatusUnavailable, match="HTTP 401"):
-            systems.serve_details(url, env={"RAY_AUTH_TOKEN": "wrong"})
+        with pytest.raises(readiness.ServeStatusUnavailable, match="HTTP 401"):
+            readiness.serve_details(url, env={"RAY_AUTH_TOKEN": "wrong"})
     with (dashboard("t0k", b"[]") as (url, _),
-          pytest.raises(systems.ServeStatusUnavailable, match="no object")):
-        systems.serve_details(url, env={"RAY_AUTH_TOKEN": "t0k"})
-    with pytest.raises(systems.ServeStatusUnavailable, match="did not answer"):
-        systems.serve_details(url, timeout=2.0, env={"RAY_AUTH_TOKEN": "t0k"})
+          pytest.raises(readiness.ServeStatusUnavailable, match="no object")):
+        readiness.serve_details(url, env={"RAY_AUTH_TOKEN": "t0k"})
+    with pytest.raises(readiness.ServeStatusUnavailable, match="did not answer"):
+        readiness.serve_details(url, timeout=2.0, env={"RAY_AUTH_TOKEN": "t0k"})
 
 
 class Running:
@@ -300,11 +300,11 @@ def serving(monkeypatch: pytest.MonkeyPatch, polls: Iterable[object]) -> list[st
             raise item
         return item
 
-    monkeypatch.setattr(systems, "models_ready", lambda url: ["m"])
-    monkeypatch.setattr(systems, "completion_ok",
+    monkeypatch.setattr(readiness, "models_ready", lambda url: ["m"])
+    monkeypatch.setattr(readiness, "completion_ok",
                         lambda url, model, timeout: order.append("completion") or True)
-    monkeypatch.setattr(systems, "serve_details", details)
-    monkeypatch.setattr(systems.time, "sleep", lambda s: None)
+    monkeypatch.setattr(readiness, "serve_details", details)
+    monkeypatch.setattr(readiness.time, "sleep", lambda s: None)
     return order
 
 
@@ -319,11 +319,11 @@ def test_wait_ready_waits_for_every_serve_replica(monkeypatch: pytest.MonkeyPatc
     completion succeeds."""
     order = serving(monkeypatch, [
         instance_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"]),
-        systems.ServeStatusUnavailable("a moment"), instance_details("RUNNING", ["RUNNING"] * 3)])
-    systems.wait_ready(system(True), Running(), timeout_s=60)
+        readiness.ServeStatusUnavailable("a moment"), instance_details("RUNNING", ["RUNNING"] * 3)])
+    readiness.wait_ready(system(True), Running(), timeout_s=60)
     assert order == ["completion", "serve", "serve", "serve"]
     order.clear()
-    systems.wait_ready(system(False), Running(), timeout_s=60)
+    readiness.wait_ready(system(False), Running(), timeout_s=60)
     assert order == ["completion"]
 
 
@@ -332,11 +332,11 @@ def test_wait_ready_says_why_a_serve_system_is_not_ready(monkeypatch: pytest.Mon
     starting = instance_details("DEPLOYING", ["RUNNING", "STARTING", "STARTING"])
     serving(monkeypatch, itertools.repeat(starting))
     with pytest.raises(TimeoutError, match="1 RUNNING, 2 STARTING of 3"):
-        systems.wait_ready(system(True), Running(), timeout_s=0.2)
+        readiness.wait_ready(system(True), Running(), timeout_s=0.2)
     clock = itertools.count(0, 30)  # each look at the clock, 30 s later
-    monkeypatch.setattr(systems.time, "monotonic", lambda: float(next(clock)))
-    refused = systems.ServeStatusUnavailable("HTTP 401 (Unauthorized)")
+    monkeypatch.setattr(readiness.time, "monotonic", lambda: float(next(clock)))
+    refused = readiness.ServeStatusUnavailable("HTTP 401 (Unauthorized)")
     serving(monkeypatch, itertools.repeat(refused))
     with pytest.raises(RuntimeError, match="serves, but its Ray Serve status is unknown: "
                        "HTTP 401"):
-        systems.wait_ready(system(True), Running(), timeout_s=9_000)
+        readiness.wait_ready(system(True), Running(), timeout_s=9_000)
