@@ -1,14 +1,20 @@
-"""How much slower an engine steps when another engine is pinned to its core: what the
-simulator's CPU host assumes (time-sharing: 2× with two engines on a core) checked on the box
-at hand.
+"""How much slower an engine steps when other engines step beside it: on its own core (what
+the simulator's CPU host assumes: time-sharing, 2× with two engines on a core) and on the
+host's other cores (which it assumes cost nothing), checked on the box at hand.
 
     python -m pdserve.benchmarks.core_sharing_probe --out benchmarks/results/X/core-sharing.json
+    python -m pdserve.benchmarks.core_sharing_probe --cores 0,1 --repeats 3 --out ...
 
 Runs one engine of `--config`'s model (the profiler's engine arguments and thread binding)
-alone on `--core`, then `--engines` of them at once, each its own process pinned to the same
-core, started together once all have loaded and stopped at the same deadline; each steps
-rounds of `--batch` fresh 512-token prompts with 64 out for `--seconds`. Reports decode and
-prefill step p50 alone, shared, and the ratio.
+alone on the first of `--cores`, then `--engines` of them at once, each its own process, the
+k-th pinned to the k-th of `--cores` (round robin: one core listed puts them all on it),
+started together once all have loaded and stopped at the same deadline; each steps rounds of
+`--batch` fresh 512-token prompts with 64 out for `--seconds`. `--repeats` measures
+alone-then-shared pairs, so that each ratio compares two measurements minutes apart (this VM's
+speed drifts by more than the effect within tens of minutes). Reports, per pair and as
+medians, decode and prefill step p50 alone and shared and their ratios, in elapsed time and in
+the stepping thread's CPU time: sharing a core stretches the first and not the second unless
+the engines also slow each other's work (caches, memory bandwidth), which both show.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +54,7 @@ def run_engine(kwargs: dict[str, Any], core: str, batch: int, seconds: float, re
                queue: Any, seed: int) -> None:
     """One engine on `core`: rounds of `batch` prompts of 512 fresh random tokens (never a
     cached prefix) with 64 out each, from when every engine has loaded (`ready`, a barrier)
-    until `seconds` later; puts (decode step times, prefill step times)."""
+    until `seconds` later; puts its decode and prefill steps' (elapsed, CPU) times."""
     import random
 
     from pdserve.simulation.profiler import bind_engine_threads
@@ -66,18 +74,20 @@ def run_engine(kwargs: dict[str, Any], core: str, batch: int, seconds: float, re
             n += 1
         while engine.has_work() and time.perf_counter() < deadline:
             engine.step()
-    decode = [r.seconds for r in engine.records if not computes_a_prompt(r)]
-    prefill = [r.seconds for r in engine.records if computes_a_prompt(r)]
+    decode = [(r.seconds, r.cpu_seconds) for r in engine.records if not computes_a_prompt(r)]
+    prefill = [(r.seconds, r.cpu_seconds) for r in engine.records if computes_a_prompt(r)]
     engine.close()
-    queue.put((decode, prefill))
+    queue.put((core, decode, prefill))
 
 
-def measure(kwargs: dict[str, Any], engines: int, core: str, batch: int,
+def measure(kwargs: dict[str, Any], engines: int, cores: list[str], batch: int,
             seconds: float) -> dict[str, Any]:
+    """`engines` engines at once, the k-th pinned to `cores[k % len(cores)]`: their steps'
+    p50s (a child that fails to report ends the probe)."""
     ctx = multiprocessing.get_context("spawn")
     queue, ready = ctx.Queue(), ctx.Barrier(engines)
     procs = [ctx.Process(target=run_engine,
-                         args=(kwargs, core, batch, seconds, ready, queue, k))
+                         args=(kwargs, cores[k % len(cores)], batch, seconds, ready, queue, k))
              for k in range(engines)]
     for p in procs:
         p.start()
@@ -91,14 +101,77 @@ def measure(kwargs: dict[str, Any], engines: int, core: str, batch: int,
                          f"{type(exc).__name__}") from exc
     for p in procs:
         p.join()
-    decode = [x for d, _ in results for x in d]
-    prefill = [x for _, p in results for x in p]
-    if not decode or not prefill:
-        raise SystemExit(f"too short to time both kinds of step ({len(decode)} decode, "
-                         f"{len(prefill)} prefill steps): raise --seconds")
-    return {"engines": engines, "decode_step_p50_ms": 1e3 * statistics.median(decode),
-            "prefill_step_p50_ms": 1e3 * statistics.median(prefill),
+    summary = p50s(results)
+    if not summary["decode_steps"] or not summary["prefill_steps"]:
+        raise SystemExit(f"too short to time both kinds of step ({summary['decode_steps']} "
+                         f"decode, {summary['prefill_steps']} prefill steps): raise --seconds")
+    by_core = {core: p50s([r for r in results if r[0] == core])
+               for core in sorted({r[0] for r in results})}
+    return {"engines": engines, "cores": [cores[k % len(cores)] for k in range(engines)],
+            **summary, **({"by_core": by_core} if len(by_core) > 1 else {})}
+
+
+def p50s(results: list[tuple[str, list, list]]) -> dict[str, Any]:
+    """Step p50s (elapsed and CPU, decode and prefill) over the engines' (core, decode steps,
+    prefill steps)."""
+    decode = [x for _, d, _ in results for x in d]
+    prefill = [x for _, _, p in results for x in p]
+
+    def p50_ms(steps: list[tuple[float, float]], i: int) -> float | None:
+        return 1e3 * statistics.median(step[i] for step in steps) if steps else None
+
+    return {"decode_step_p50_ms": p50_ms(decode, 0), "prefill_step_p50_ms": p50_ms(prefill, 0),
+            "decode_cpu_p50_ms": p50_ms(decode, 1), "prefill_cpu_p50_ms": p50_ms(prefill, 1),
             "decode_steps": len(decode), "prefill_steps": len(prefill)}
+
+
+#: The ratios a pair reports: (name, the p50 compared).
+RATIOS = (("decode_ratio", "decode_step_p50_ms"), ("prefill_ratio", "prefill_step_p50_ms"),
+          ("decode_cpu_ratio", "decode_cpu_p50_ms"), ("prefill_cpu_ratio", "prefill_cpu_p50_ms"))
+
+
+def pair(alone: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """One alone-then-shared measurement and how much slower sharing stepped."""
+    return {"alone": alone, "shared": shared,
+            **{name: shared[key] / alone[key] for name, key in RATIOS}}
+
+
+def medians(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each ratio's median over the pairs, with its range."""
+    return {name: {"median": statistics.median(p[name] for p in pairs),
+                   "low": min(p[name] for p in pairs), "high": max(p[name] for p in pairs)}
+            for name, _ in RATIOS}
+
+
+def contention_kind(cores: list[str]) -> str | None:
+    """The `profile_file.CoreContention` scales a run of the probe measures: engines all on
+    one core time-share it; each on a core of its own they step side by side; None for a mix
+    (both at once: reported, not written)."""
+    if len(set(cores)) == 1:
+        return "shared_core_scale"
+    return "other_core_scale" if len(set(cores)) == len(cores) else None
+
+
+def write_contention(profile_path: Path, result: dict[str, Any], command: str) -> Path:
+    """Set the profile's contention scales this run measured (decode's and prefill's median
+    CPU-time ratios; a ratio below 1 is drift, written as 1) and say where they came from."""
+    from pdserve.simulation import profile_file
+
+    kind = contention_kind(result["cores"])
+    if kind is None:
+        raise SystemExit(f"cores {result['cores']} mix sharing a core with stepping beside "
+                         "one: list one core, or as many distinct cores as engines")
+    profile = profile_file.load(profile_path)
+    decode, prefill = result["decode_cpu_ratio"], result["prefill_cpu_ratio"]
+    before = profile.core_contention.source
+    contention = profile.core_contention.model_copy(update={
+        kind: max(1.0, decode["median"]), f"prefill_{kind}": max(1.0, prefill["median"]),
+        "source": (f"{before}; " if before != profile_file.CoreContention().source else "")
+        + f"{kind}: `{command}` ({len(result['pairs'])} pairs; CPU ratio medians: decode "
+        f"{decode['median']:.3f} ({decode['low']:.3f}–{decode['high']:.3f}), prefill "
+        f"{prefill['median']:.3f} ({prefill['low']:.3f}–{prefill['high']:.3f}))"})
+    profile.model_copy(update={"core_contention": contention}).save(profile_path)
+    return profile_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,26 +179,41 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--core", default="1")
+    p.add_argument("--cores", default="1",
+                   help="comma-separated cores the engines are pinned to, round robin")
     p.add_argument("--engines", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--repeats", type=int, default=1, help="alone-then-shared pairs")
     p.add_argument("--config", type=Path, default=CONFIG,
                    help="serve config whose only model's engine arguments to run")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="a profile of the same engine and machine to write the measured "
+                   "contention into (`core_contention`: one core listed measures "
+                   "`shared_core_scale`, one core per engine `other_core_scale`)")
     args = p.parse_args(argv)
-    if args.engines < 2 or args.batch < 1 or args.seconds <= 0:
-        p.error("--engines ≥ 2, --batch ≥ 1 and --seconds > 0")
+    cores = [c.strip() for c in args.cores.split(",") if c.strip()]
+    if args.engines < 2 or args.batch < 1 or args.seconds <= 0 or args.repeats < 1 or not cores:
+        p.error("--engines ≥ 2, --batch ≥ 1, --seconds > 0, --repeats ≥ 1 and a core")
+    if args.profile and contention_kind([cores[k % len(cores)] for k in range(args.engines)]) \
+            is None:
+        p.error("--profile: list one core, or one core per engine")
     kwargs = engine_args(args.config)
-    alone = measure(kwargs, 1, args.core, args.batch, args.seconds)
-    shared = measure(kwargs, args.engines, args.core, args.batch, args.seconds)
+    pairs = []
+    for _ in range(args.repeats):
+        alone = measure(kwargs, 1, cores, args.batch, args.seconds)
+        pairs.append(pair(alone, measure(kwargs, args.engines, cores, args.batch, args.seconds)))
     result = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
-              "engine": kwargs,
-              "alone": alone, "shared": shared,
-              "decode_ratio": shared["decode_step_p50_ms"] / alone["decode_step_p50_ms"],
-              "prefill_ratio": shared["prefill_step_p50_ms"] / alone["prefill_step_p50_ms"]}
+              "engine": kwargs, "cores": [cores[k % len(cores)] for k in range(args.engines)],
+              "pairs": pairs, **medians(pairs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
+    if args.profile:
+        command = "python -m pdserve.benchmarks.core_sharing_probe " + shlex.join(
+            argv if argv is not None else sys.argv[1:])
+        written = write_contention(args.profile, result, command)
+        print(f"wrote {contention_kind(result['cores'])} into {written}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ class StepRecord:
     work: dict[str, Work]  # our request id -> its share of the step
     preempted: frozenset[str]
     seconds: float
+    cpu_seconds: float | None = None  # this thread's CPU time in the step (one-thread engines:
+    # the step's compute; unlike `seconds`, not stretched while another process has the core)
 
 
 class RealEngine:
@@ -49,11 +51,11 @@ class RealEngine:
 
         def timed_step():
             self._batch = None
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             result = step()
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
             if self._batch is not None and self._batch[0].total_num_scheduled_tokens:
-                self.records.append(self._record(*self._batch, seconds))
+                self.records.append(self._record(*self._batch, seconds, cpu))
             return result
 
         self.scheduler.schedule = recording_schedule
@@ -63,11 +65,12 @@ class RealEngine:
     def num_blocks(self) -> int:
         return self.scheduler.kv_cache_config.num_blocks
 
-    def _record(self, output, work: dict[str, Work], seconds: float) -> StepRecord:
+    def _record(self, output, work: dict[str, Work], seconds: float,
+                cpu_seconds: float) -> StepRecord:
         name = self._ids.get
         return StepRecord(work={name(r, r): w for r, w in work.items()},
                           preempted=frozenset(name(r, r) for r in output.preempted_req_ids or ()),
-                          seconds=seconds)
+                          seconds=seconds, cpu_seconds=cpu_seconds)
 
     def add(self, request_id: str, prompt_token_ids: list[int], max_tokens: int) -> None:
         from vllm import SamplingParams

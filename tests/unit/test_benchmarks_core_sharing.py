@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pdserve.benchmarks.core_sharing_probe import CONFIG, computes_a_prompt, engine_args
 from pdserve.simulation.real_engine import StepRecord
 
@@ -26,3 +28,58 @@ def test_the_probe_runs_the_engine_the_profile_was_measured_with() -> None:
     profile = json.loads((ROOT / "benchmarks/results/sim-calibration-cpu-v2/profile.json")
                          .read_text())
     assert {k: v for k, v in kwargs.items() if k != "model"} == profile["engine_kwargs"]
+
+
+def _p50s(scale: float) -> dict[str, float]:
+    return {key: scale * base for key, base in (
+        ("decode_step_p50_ms", 10.0), ("prefill_step_p50_ms", 400.0),
+        ("decode_cpu_p50_ms", 9.0), ("prefill_cpu_p50_ms", 390.0))}
+
+
+def test_a_pair_reports_how_much_slower_sharing_stepped_in_time_and_in_cpu() -> None:
+    from pdserve.benchmarks.core_sharing_probe import pair
+
+    alone, shared = _p50s(1.0), {**_p50s(2.0), "decode_cpu_p50_ms": 9.9}
+    got = pair(alone, shared)
+    assert got["decode_ratio"] == got["prefill_ratio"] == got["prefill_cpu_ratio"] == 2.0
+    assert abs(got["decode_cpu_ratio"] - 1.1) < 1e-9
+    assert got["alone"] is alone and got["shared"] is shared
+
+
+def test_medians_over_pairs_keep_their_range() -> None:
+    from pdserve.benchmarks.core_sharing_probe import medians, pair
+
+    pairs = [pair(_p50s(1.0), _p50s(s)) for s in (2.4, 1.7, 2.0)]
+    got = medians(pairs)
+    assert got["decode_ratio"] == {"median": 2.0, "low": 1.7, "high": 2.4}
+    assert set(got) == {"decode_ratio", "prefill_ratio", "decode_cpu_ratio", "prefill_cpu_ratio"}
+
+
+def test_the_probe_writes_what_it_measured_into_a_profile(tmp_path: Path) -> None:
+    """One core listed measures time-sharing's extra cost, two cores the cost of stepping side
+    by side; each run sets its own field and keeps the other's and where it came from."""
+    import shutil
+
+    from pdserve.benchmarks.core_sharing_probe import contention_kind, write_contention
+    from pdserve.simulation import profile_file
+
+    path = tmp_path / "p.json"
+    shutil.copy(ROOT / "benchmarks/results/sim-calibration-cpu-v2/profile-pd.json", path)
+    assert contention_kind(["1"]) == contention_kind(["1", "1"]) == "shared_core_scale"
+    assert contention_kind(["0", "1"]) == "other_core_scale"
+    assert contention_kind(["1", "1", "0"]) is None
+
+    def result(cores: list[str], decode: float) -> dict:
+        ratio = {"median": decode, "low": decode - 0.1, "high": decode + 0.1}
+        return {"cores": cores, "pairs": [{}, {}, {}], "decode_cpu_ratio": ratio,
+                "prefill_cpu_ratio": {"median": 1.01, "low": 1.0, "high": 1.02}}
+
+    write_contention(path, result(["1", "1"], 1.12), "probe --cores 1")
+    write_contention(path, result(["0", "1"], 0.97), "probe --cores 0,1")
+    got = profile_file.load(path).core_contention
+    assert (got.shared_core_scale, got.prefill_shared_core_scale) == (1.12, 1.01)
+    assert got.other_core_scale == 1.0  # a ratio below 1 is drift, not a speed-up
+    assert got.prefill_other_core_scale == 1.01
+    assert "probe --cores 1" in got.source and "probe --cores 0,1" in got.source
+    with pytest.raises(SystemExit, match="mix"):
+        write_contention(path, result(["1", "1", "0"], 1.5), "probe --cores 1,1,0")
