@@ -41,7 +41,8 @@ class AppSimulation:
         scaled = autoscaling is not None and any(
             c.autoscaling_config for m in models for c in m.pools().values())
         cpu = HostCPU(self.loop, profile.graph_overhead,
-                      [(p.model, p.role) for p in app.pool_names()], app.cpu_binding == "auto")
+                      [(p.model, p.role) for p in app.pool_names()], app.cpu_binding == "auto",
+                      profile.core_contention)
         self.sims = {m.model_id: Simulation(profile, m, traces[m.model_id], seed=seed,
                                             startup_s=startup_s, loop=self.loop,
                                             scaled_by_app=scaled, cpu=cpu)

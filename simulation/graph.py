@@ -95,7 +95,8 @@ class Simulation:
         self.per_request_s = overhead.per_request_s
         self.per_prompt_token_s = overhead.per_prompt_token_s
         self.cpu = cpu or HostCPU(self.loop, overhead, app_pools(app, model),
-                                  app is None or app.cpu_binding == "auto")
+                                  app is None or app.cpu_binding == "auto",
+                                  profile.core_contention)
         check_profile_fits(profile, model)
         self._engine_args = engine_args(profile, model)
         base = self._engine_args.create_engine_config()

@@ -23,6 +23,14 @@ as the engine host numbers them. Ray Serve gives a new replica the lowest free r
 when it renumbers ranks to close a gap, a running engine keeps the cores of its old rank, which
 this model does not follow (it is optimistic then: a later replica may share that core).
 
+Engines stepping at once also slow each other's work, beyond sharing a core's time: they
+compete for caches and memory bandwidth (`profile_file.CoreContention`, measured by
+`benchmarks/core_sharing_probe.py`): a step's remaining work advances slower by its kind's
+(prefill or decode) scale for each other core an engine steps on meanwhile, and by another
+while its own core is time-shared. Measured on this 2-core box: served
+engines used 1.07–1.28× the CPU their simulated steps accounted for whenever two or more engines
+ran, 1.0× with one (`plan-validation-cpu-v4`'s per-process CPU).
+
 Without `host_cores` (each engine on hardware of its own, a GPU) a step takes its time.
 """
 
@@ -37,7 +45,7 @@ from typing import Any
 from pdserve.deployments.engine.placement import cpu_list, omp_threads_bind
 from pdserve.kv_transfer.ports import EngineSlot
 from pdserve.simulation.events import EventLoop
-from pdserve.simulation.profile_file import GraphOverhead
+from pdserve.simulation.profile_file import CoreContention, GraphOverhead
 
 #: The window over which the graph's CPU demand is estimated from recent arrivals.
 CPU_WINDOW_S = 2.0
@@ -53,6 +61,7 @@ class _Step:
     done: Callable[[float], None]  # called with the step's elapsed time
     started_s: float
     since_s: float = 0.0  # when `remaining_s` was last brought up to date
+    prefill: bool = False  # it computes prompt tokens (contention differs)
     rate: float = 1.0
     version: int = 0  # its completion events older than this are stale
 
@@ -73,10 +82,11 @@ class HostCPU:
     """The host's cores over simulated time (module docstring)."""
 
     def __init__(self, loop: EventLoop, overhead: GraphOverhead, pools: list[tuple[str, str]],
-                 pinned: bool = True) -> None:
+                 pinned: bool = True, contention: CoreContention | None = None) -> None:
         """`pools`: the app's pools as (model id, role), in the app's order
         (`AppConfig.pool_names`); `pinned`: the app's `cpu_binding` is `auto`."""
         self.loop, self.overhead = loop, overhead
+        self.contention = contention or CoreContention()
         self.cores = overhead.host_cores
         self.pools, self.pinned = pools, pinned
         self._groups: dict[int, _Cores] = {}
@@ -141,9 +151,11 @@ class HostCPU:
         return 1.0 / (min(1.0, self.cores / stepping) * (1.0 - graph_share))
 
     # -- steps ----------------------------------------------------------------------------
-    def run_step(self, group: int, seconds: float, done: Callable[[float], None]) -> None:
-        """Run a step of `seconds` (at a core's full speed) on `group`'s cores; `done` is
-        called with its elapsed time when it ends."""
+    def run_step(self, group: int, seconds: float, done: Callable[[float], None],
+                 prefill: bool = False) -> None:
+        """Run a step of `seconds` (at a core's full speed, alone on the host) on `group`'s
+        cores; `done` is called with its elapsed time when it ends. `prefill`: the step
+        computes prompt tokens."""
         if not self.cores:
             self.loop.after(seconds, done, seconds)
             return
@@ -154,7 +166,8 @@ class HostCPU:
         cores = self._groups.setdefault(group, _Cores(capacity))
         self._advance()
         now = self.loop.now
-        cores.steps[next(self._ids)] = _Step(seconds, done, started_s=now, since_s=now)
+        cores.steps[next(self._ids)] = _Step(seconds, done, started_s=now, since_s=now,
+                                             prefill=prefill)
         self._reshare()
 
     def _advance(self) -> None:
@@ -170,11 +183,14 @@ class HostCPU:
         one, has its end scheduled anew."""
         shares = self.graph_shares()
         now = self.loop.now
+        busy = sum(c.busy for c in self._groups.values())
         for group, cores in self._groups.items():
             if not cores.steps:
                 continue
-            rate = min(1.0, cores.capacity / len(cores.steps)) * (1.0 - shares[group])
+            share = min(1.0, cores.capacity / len(cores.steps)) * (1.0 - shares[group])
+            time_shared = len(cores.steps) > cores.capacity
             for key, step in cores.steps.items():
+                rate = share / self.contention.scale(step.prefill, busy - 1, time_shared)
                 if step.version and abs(rate - step.rate) <= 1e-12 * rate:
                     continue  # its scheduled end still holds
                 step.rate, step.version = rate, step.version + 1

@@ -86,6 +86,33 @@ class GraphOverhead(_Strict):
     source: str = "not measured (0)"
 
 
+class CoreContention(_Strict):
+    """How much more CPU an engine's step takes while other engines step on the same host
+    (`benchmarks/core_sharing_probe.py`'s CPU-time ratios; a CPU host only, with
+    `graph_overhead.host_cores`): they compete for caches and memory bandwidth, decode steps
+    (which stream the weights once per token) more than prefill steps (which reuse them).
+
+    - `other_core_scale`: × a decode step's CPU time while an engine steps on another core
+      of the host (measured with one other core; each further one is assumed to add as much).
+    - `shared_core_scale`: × a decode step's CPU time while engines time-share its core (on
+      top of time-sharing itself, which gives each of n steps 1/n of the core).
+    - `prefill_*`: the same for a step that computes prompt tokens.
+    Both at once multiply (measured by the probe with engines on one core and on another)."""
+
+    other_core_scale: float = Field(1.0, ge=1.0)
+    shared_core_scale: float = Field(1.0, ge=1.0)
+    prefill_other_core_scale: float = Field(1.0, ge=1.0)
+    prefill_shared_core_scale: float = Field(1.0, ge=1.0)
+    source: str = "not measured (1)"
+
+    def scale(self, prefill: bool, other_busy_cores: int, time_shared: bool) -> float:
+        """How many times its CPU time a step takes, with `other_busy_cores` other cores
+        stepping engines and its own core time-shared or not."""
+        other, shared = ((self.prefill_other_core_scale, self.prefill_shared_core_scale)
+                         if prefill else (self.other_core_scale, self.shared_core_scale))
+        return (1.0 + (other - 1.0) * other_busy_cores) * (shared if time_shared else 1.0)
+
+
 class Profile(_Strict):
     version: int = PROFILE_VERSION
     created: str
@@ -99,6 +126,7 @@ class Profile(_Strict):
     step_times: StepTimes
     kv_transfer: KVTransfer | None = None
     graph_overhead: GraphOverhead = Field(default_factory=GraphOverhead)
+    core_contention: CoreContention = Field(default_factory=CoreContention)
     startup_s: float | None = Field(
         None, ge=0, description="a replica's start-up time: what `pdserve profile` measures is "
         "the engine's own (in-process); a served replica adds its Ray actor and processes")

@@ -64,7 +64,9 @@ class Replica:
             return
         seconds = (self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
                    + self.sim.per_step_s)
-        self.sim.cpu.run_step(self.core, seconds, lambda elapsed: self._done(batch, elapsed))
+        prefill = any(is_prompt for _, _, is_prompt, _ in batch.work.values())
+        self.sim.cpu.run_step(self.core, seconds, lambda elapsed: self._done(batch, elapsed),
+                              prefill)
 
     def _done(self, batch: StepBatch, elapsed_s: float) -> None:
         self.busy_s += elapsed_s

@@ -16,13 +16,15 @@ from pdserve.simulation.events import EventLoop
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.host_cpu import MAX_CPU_SHARE, UNPINNED, HostCPU, app_pools
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.profile_file import GraphOverhead
+from pdserve.simulation.profile_file import CoreContention, GraphOverhead
 
 PD = [("m", "prefill"), ("m", "decode")]
 
 
-def host(cores: int | None = 2, pinned: bool = True, **overhead: float) -> HostCPU:
-    return HostCPU(EventLoop(), GraphOverhead(host_cores=cores, **overhead), PD, pinned)
+def host(cores: int | None = 2, pinned: bool = True, contention: CoreContention | None = None,
+         **overhead: float) -> HostCPU:
+    return HostCPU(EventLoop(), GraphOverhead(host_cores=cores, **overhead), PD, pinned,
+                   contention)
 
 
 def run_steps(cpu: HostCPU, steps: list[tuple[float, int, float]]) -> dict[int, float]:
@@ -78,6 +80,24 @@ def test_steps_on_one_core_share_it_and_steps_on_two_do_not() -> None:
     assert ended[0] == pytest.approx(1.5) and ended[1] == pytest.approx(2.0)
     ended = run_steps(host(), [(0.0, 0, 1.0), (0.5, 1, 1.0)])
     assert ended[0] == pytest.approx(1.0) and ended[1] == pytest.approx(1.5)
+
+
+def test_engines_stepping_at_once_slow_each_other_as_the_profile_measured() -> None:
+    contention = CoreContention(other_core_scale=1.25, shared_core_scale=1.1)
+    # B on the other core from 0.5 s: A's last 0.5 s of work takes 0.625 s (1.25x), in which
+    # B does 0.5 of its work; B's last 0.5 alone
+    ended = run_steps(host(contention=contention), [(0.0, 0, 1.0), (0.5, 1, 1.0)])
+    assert ended[0] == pytest.approx(1.125) and ended[1] == pytest.approx(1.625)
+    # two on one core: each at 1/2 of the core and 1/1.1 of its speed; no other core busy
+    ended = run_steps(host(contention=contention), [(0.0, 0, 1.0), (0.0, 0, 1.0)])
+    assert list(ended.values()) == pytest.approx([2.2, 2.2])
+    # one engine alone, or no host cores (a GPU): nothing changes
+    assert run_steps(host(contention=contention), [(0.0, 1, 1.0)])[0] == pytest.approx(1.0)
+    ended = run_steps(host(cores=None, contention=contention), [(0.0, UNPINNED, 1.0)] * 2)
+    assert list(ended.values()) == pytest.approx([1.0, 1.0])
+    # unpinned: three steps on two cores share both, time-shared, both cores busy
+    ended = run_steps(host(pinned=False, contention=contention), [(0.0, UNPINNED, 1.0)] * 3)
+    assert list(ended.values()) == pytest.approx([1.5 * 1.25 * 1.1] * 3)
 
 
 def test_unpinned_engines_share_all_cores_alike() -> None:
