@@ -168,13 +168,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         shlex.join(bench_argv(plan, argparse.Namespace(**{
             "num_prompts": measured["load"]["num_prompts"],
             "seed": measured["load"]["seed"]}), target)), str(model_dir))
+    engine_cpu = {(r["system"], r["round"]): engine_cpu_s(r.get("cpu_s"))
+                  for r in measured.get("results", [])}
     rows = []
     for e in chosen(plan, args.candidates, args.max_engines):
         name = slug(e)
         raws = sorted((args.out / "raw").glob(f"{name}__{LOAD}__r*.json"))
         if not raws:
             continue
-        real, simulated, real_misses, sim_misses = [], [], [], []
+        real, simulated, real_misses, sim_misses, cpu = [], [], [], [], []
         for raw in raws:
             result = json.loads(raw.read_text())
             real.append(attainment(result, ttft_ms, itl_ms))
@@ -185,6 +187,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                              traces.read_vllm_result(raw, prompts=prompts),
                              replicas=e["replicas"], app=app)
             outcomes = sim.run()
+            cpu.append((engine_cpu.get((name, round_of(raw))), sim.cpu.engine_cpu_s))
             s = summarize(outcomes, ttft_ms, itl_ms)
             simulated.append((s["slo_met_pct"] or 0.0, s["slo_goodput"] or 0.0))
             sim_misses.append(misses([o.ttft_s for o in outcomes],
@@ -196,6 +199,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             m, s = statistics.median(values), statistics.median(x[i] for x in simulated)
             row[key] = {"measured": m, "low": min(values), "high": max(values),
                         "simulated": s, "error_pct": 100 * (s - m) / m if m else None}
+        pairs = [(m, s) for m, s in cpu if m]
+        if pairs:
+            row["engine_cpu_s"] = {"measured": statistics.median(m for m, _ in pairs),
+                                   "simulated": statistics.median(s for _, s in pairs),
+                                   "ratio": statistics.median(m / s for m, s in pairs)}
         row["misses"] = {key: {"measured": statistics.median(x[i] for x in real_misses),
                                "simulated": statistics.median(x[i] for x in sim_misses)}
                          for i, key in enumerate(("ttft", "gap"))}
@@ -220,6 +228,18 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     (args.out / f"{name}.md").write_text(markdown(result, measured))
     print((args.out / f"{name}.md").read_text())
     return result
+
+
+def engine_cpu_s(cpu_by_role: dict[str, float] | None) -> float | None:
+    """CPU seconds a run's vLLM engine processes used (`process_cpu` roles), or None."""
+    if not cpu_by_role:
+        return None
+    return sum(v for k, v in cpu_by_role.items() if k.startswith("vllm engine core"))
+
+
+def round_of(raw: Path) -> int:
+    """The round a raw result file (`{system}__{load}__r{n}.json`) was measured in."""
+    return int(raw.stem.rsplit("__r", 1)[1])
 
 
 def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
@@ -251,6 +271,15 @@ def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
             t, g = r["misses"]["ttft"], r["misses"]["gap"]
             lines.append(f"| {r['candidate']} | {t['measured']:g} | {t['simulated']:g} | "
                          f"{g['measured']:g} | {g['simulated']:g} |")
+    if all("engine_cpu_s" in r for r in result["rows"]):
+        lines += ["", "CPU the engines used (median seconds per run; measured: the vLLM engine "
+                  "processes' user + system time; simulated: the cores their steps held):", "",
+                  "| candidate | measured | simulated | measured / simulated |",
+                  "|---|---|---|---|"]
+        for r in result["rows"]:
+            c = r["engine_cpu_s"]
+            lines.append(f"| {r['candidate']} | {c['measured']:.1f} | {c['simulated']:.1f} | "
+                         f"{c['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,7 @@ class _Step:
     started_s: float
     since_s: float = 0.0  # when `remaining_s` was last brought up to date
     prefill: bool = False  # it computes prompt tokens (contention differs)
+    share: float = 1.0  # of a core it has now (its work advances at `rate`, contention less)
     rate: float = 1.0
     version: int = 0  # its completion events older than this are stale
 
@@ -87,6 +88,9 @@ class HostCPU:
         (`AppConfig.pool_names`); `pinned`: the app's `cpu_binding` is `auto`."""
         self.loop, self.overhead = loop, overhead
         self.contention = contention or CoreContention()
+        #: CPU seconds the engines' steps have used so far (what per-process accounting of a
+        #: real run's engines measures; contention raises it, time-sharing does not).
+        self.engine_cpu_s = 0.0
         self.cores = overhead.host_cores
         self.pools, self.pinned = pools, pinned
         self._groups: dict[int, _Cores] = {}
@@ -157,6 +161,7 @@ class HostCPU:
         cores; `done` is called with its elapsed time when it ends. `prefill`: the step
         computes prompt tokens."""
         if not self.cores:
+            self.engine_cpu_s += seconds
             self.loop.after(seconds, done, seconds)
             return
         if (group == UNPINNED) == self.pinned:
@@ -176,6 +181,7 @@ class HostCPU:
         for cores in self._groups.values():
             for step in cores.steps.values():
                 step.remaining_s = max(0.0, step.remaining_s - (now - step.since_s) * step.rate)
+                self.engine_cpu_s += (now - step.since_s) * step.share
                 step.since_s = now
 
     def _reshare(self) -> None:
@@ -190,6 +196,7 @@ class HostCPU:
             share = min(1.0, cores.capacity / len(cores.steps)) * (1.0 - shares[group])
             time_shared = len(cores.steps) > cores.capacity
             for key, step in cores.steps.items():
+                step.share = share
                 rate = share / self.contention.scale(step.prefill, busy - 1, time_shared)
                 if step.version and abs(rate - step.rate) <= 1e-12 * rate:
                     continue  # its scheduled end still holds

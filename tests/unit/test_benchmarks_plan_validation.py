@@ -78,6 +78,18 @@ def test_the_report_says_why_requests_missed() -> None:
               "recommended_vs_best_goodput": None, "rows": [row]}
     text = plan_validation.markdown(result, {"run_name": "r", "rounds": 3})
     assert "| pd 1P+2D | 8 | 29 | 56 | 0 |" in text
+    assert "CPU the engines used" not in text  # runs without per-process CPU
+    row["engine_cpu_s"] = {"measured": 76.5, "simulated": 60.0, "ratio": 1.275}
+    assert "| pd 1P+2D | 76.5 | 60.0 | 1.27 |" in plan_validation.markdown(result, {})
+
+
+def test_engine_cpu_is_read_from_the_runs_per_process_roles() -> None:
+    roles = {"vllm engine core": 61.5, "replica bench-decode": 7.2, "ray system": 3.9}
+    assert plan_validation.engine_cpu_s(roles) == 61.5
+    assert plan_validation.engine_cpu_s({"vllm engine core": 1.0,
+                                         "vllm engine core (x)": 2.0}) == 3.0
+    assert plan_validation.engine_cpu_s(None) is None
+    assert plan_validation.round_of(Path("raw/pd-1-2__plan__r3.json")) == 3
 
 
 def test_the_report_warns_when_the_profile_is_of_another_cpu() -> None:

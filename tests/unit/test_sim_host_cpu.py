@@ -83,14 +83,27 @@ def test_steps_on_one_core_share_it_and_steps_on_two_do_not() -> None:
 
 
 def test_engines_stepping_at_once_slow_each_other_as_the_profile_measured() -> None:
-    contention = CoreContention(other_core_scale=1.25, shared_core_scale=1.1)
+    contention = CoreContention(other_core_scale=1.25, shared_core_scale=1.1,
+                                prefill_other_core_scale=1.05)
     # B on the other core from 0.5 s: A's last 0.5 s of work takes 0.625 s (1.25x), in which
-    # B does 0.5 of its work; B's last 0.5 alone
-    ended = run_steps(host(contention=contention), [(0.0, 0, 1.0), (0.5, 1, 1.0)])
+    # B does 0.5 of its work; B's last 0.5 alone. CPU used: 1.125 + 1.125 s
+    cpu = host(contention=contention)
+    ended = run_steps(cpu, [(0.0, 0, 1.0), (0.5, 1, 1.0)])
     assert ended[0] == pytest.approx(1.125) and ended[1] == pytest.approx(1.625)
-    # two on one core: each at 1/2 of the core and 1/1.1 of its speed; no other core busy
-    ended = run_steps(host(contention=contention), [(0.0, 0, 1.0), (0.0, 0, 1.0)])
+    assert cpu.engine_cpu_s == pytest.approx(2.25)
+    # two on one core: each at 1/2 of the core and 1/1.1 of its speed; no other core busy;
+    # the core was busy 2.2 s
+    cpu = host(contention=contention)
+    ended = run_steps(cpu, [(0.0, 0, 1.0), (0.0, 0, 1.0)])
     assert list(ended.values()) == pytest.approx([2.2, 2.2])
+    assert cpu.engine_cpu_s == pytest.approx(2.2)
+    # a prefill step beside a decode step on the other core: each by its own kind's scale
+    cpu, ended = host(contention=contention), {}
+    cpu.run_step(0, 1.0, lambda _e: ended.setdefault("prefill", cpu.loop.now), prefill=True)
+    cpu.run_step(1, 1.0, lambda _e: ended.setdefault("decode", cpu.loop.now))
+    cpu.loop.run()
+    assert ended["prefill"] == pytest.approx(1.05)
+    assert ended["decode"] == pytest.approx(1.05 + (1.0 - 1.05 / 1.25))
     # one engine alone, or no host cores (a GPU): nothing changes
     assert run_steps(host(contention=contention), [(0.0, 1, 1.0)])[0] == pytest.approx(1.0)
     ended = run_steps(host(cores=None, contention=contention), [(0.0, UNPINNED, 1.0)] * 2)
