@@ -26,10 +26,10 @@ this model does not follow (it is optimistic then: a later replica may share tha
 Engines stepping at once also slow each other's work, beyond sharing a core's time: they
 compete for caches and memory bandwidth (`profile_file.CoreContention`, measured by
 `benchmarks/core_sharing_probe.py`): a step's remaining work advances slower by its kind's
-(prefill or decode) scale for each other core an engine steps on meanwhile, and by another
-while its own core is time-shared. Measured on this 2-core box: served
-engines used 1.07–1.28× the CPU their simulated steps accounted for whenever two or more engines
-ran, 1.0× with one (`plan-validation-cpu-v4`'s per-process CPU).
+(prefill or decode) scale while engines step on other cores, and by another while its own core
+is time-shared. On this 2-core box, served engines used 1.13–1.27× the CPU their simulated
+steps held whenever two or more engines ran and 0.98× with one; 1.03–1.20× with the probe's
+scales (`plan-validation-cpu-v4/validation*.md`).
 
 Without `host_cores` (each engine on hardware of its own, a GPU) a step takes its time.
 """
@@ -85,7 +85,8 @@ class HostCPU:
     def __init__(self, loop: EventLoop, overhead: GraphOverhead, pools: list[tuple[str, str]],
                  pinned: bool = True, contention: CoreContention | None = None) -> None:
         """`pools`: the app's pools as (model id, role), in the app's order
-        (`AppConfig.pool_names`); `pinned`: the app's `cpu_binding` is `auto`."""
+        (`AppConfig.pool_names`); `pinned`: the app's `cpu_binding` is `auto`; `contention`:
+        the profile's measured slow-down of engines stepping at once (none if not given)."""
         self.loop, self.overhead = loop, overhead
         self.contention = contention or CoreContention()
         #: CPU seconds the engines' steps have used so far (what per-process accounting of a

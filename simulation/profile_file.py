@@ -88,16 +88,19 @@ class GraphOverhead(_Strict):
 
 class CoreContention(_Strict):
     """How much more CPU an engine's step takes while other engines step on the same host
-    (`benchmarks/core_sharing_probe.py`'s CPU-time ratios; a CPU host only, with
-    `graph_overhead.host_cores`): they compete for caches and memory bandwidth, decode steps
-    (which stream the weights once per token) more than prefill steps (which reuse them).
+    (`benchmarks/core_sharing_probe.py`'s CPU-time ratios with two engines; a CPU host only,
+    with `graph_overhead.host_cores`): they compete for caches and memory bandwidth, decode
+    steps (which stream the weights once per token) more than prefill steps (which reuse them).
 
-    - `other_core_scale`: × a decode step's CPU time while an engine steps on another core
-      of the host (measured with one other core; each further one is assumed to add as much).
+    - `other_core_scale`: × a decode step's CPU time while engines step on other cores of the
+      host (measured with one other; assumed not to grow with more: on a larger host, measure
+      there).
     - `shared_core_scale`: × a decode step's CPU time while engines time-share its core (on
       top of time-sharing itself, which gives each of n steps 1/n of the core).
     - `prefill_*`: the same for a step that computes prompt tokens.
-    Both at once multiply (measured by the probe with engines on one core and on another)."""
+    Both at once are assumed to multiply; the one placement measured with both
+    (`core-contention-cpu-v1/core-sharing-mixed.json`, minutes later) gave less than the
+    product of the scales measured apart, on a box whose contention drifts that much."""
 
     other_core_scale: float = Field(1.0, ge=1.0)
     shared_core_scale: float = Field(1.0, ge=1.0)
@@ -110,7 +113,7 @@ class CoreContention(_Strict):
         stepping engines and its own core time-shared or not."""
         other, shared = ((self.prefill_other_core_scale, self.prefill_shared_core_scale)
                          if prefill else (self.other_core_scale, self.shared_core_scale))
-        return (1.0 + (other - 1.0) * other_busy_cores) * (shared if time_shared else 1.0)
+        return (other if other_busy_cores else 1.0) * (shared if time_shared else 1.0)
 
 
 class Profile(_Strict):

@@ -23,8 +23,9 @@ class StepRecord:
     work: dict[str, Work]  # our request id -> its share of the step
     preempted: frozenset[str]
     seconds: float
-    cpu_seconds: float | None = None  # this thread's CPU time in the step (one-thread engines:
-    # the step's compute; unlike `seconds`, not stretched while another process has the core)
+    #: This thread's CPU time in the step (a one-thread engine's compute): unlike `seconds`,
+    #: not stretched while another process has the core.
+    cpu_seconds: float | None = None
 
 
 class RealEngine:

@@ -64,7 +64,8 @@ class Replica:
             return
         seconds = (self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
                    + self.sim.per_step_s)
-        prefill = any(is_prompt for _, _, is_prompt, _ in batch.work.values())
+        # computes a prompt chunk (one token is a pulled or cached prompt's last: a decode's cost)
+        prefill = any(is_prompt and n > 1 for n, _, is_prompt, _ in batch.work.values())
         self.sim.cpu.run_step(self.core, seconds, lambda elapsed: self._done(batch, elapsed),
                               prefill)
 

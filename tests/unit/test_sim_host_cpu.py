@@ -108,6 +108,10 @@ def test_engines_stepping_at_once_slow_each_other_as_the_profile_measured() -> N
     assert run_steps(host(contention=contention), [(0.0, 1, 1.0)])[0] == pytest.approx(1.0)
     ended = run_steps(host(cores=None, contention=contention), [(0.0, UNPINNED, 1.0)] * 2)
     assert list(ended.values()) == pytest.approx([1.0, 1.0])
+    # on a larger host, more busy cores slow it no more than the one other measured
+    three = HostCPU(EventLoop(), GraphOverhead(host_cores=3), PD, True, contention)
+    assert list(run_steps(three, [(0.0, 0, 1.0), (0.0, 1, 1.0), (0.0, 2, 1.0)]).values()) \
+        == pytest.approx([1.25] * 3)
     # unpinned: three steps on two cores share both, time-shared, both cores busy
     ended = run_steps(host(pinned=False, contention=contention), [(0.0, UNPINNED, 1.0)] * 3)
     assert list(ended.values()) == pytest.approx([1.5 * 1.25 * 1.1] * 3)
