@@ -1,6 +1,7 @@
-"""How much slower an engine steps when other engines step beside it: on its own core (what
-the simulator's CPU host assumes: time-sharing, 2× with two engines on a core) and on the
-host's other cores (which it assumes cost nothing), checked on the box at hand.
+"""How much slower an engine steps when other engines step beside it: on its own core
+(time-sharing, 2× with two engines on a core, plus what they cost each other) and on the host's
+other cores (caches, memory bandwidth), on the box at hand: what the simulator's
+`core_contention` scales are measured with.
 
     python -m pdserve.benchmarks.core_sharing_probe --out benchmarks/results/X/core-sharing.json
     python -m pdserve.benchmarks.core_sharing_probe --cores 0,1 --repeats 3 --out ...
@@ -12,9 +13,10 @@ started together once all have loaded and stopped at the same deadline; each ste
 `--batch` fresh 512-token prompts with 64 out for `--seconds`. `--repeats` measures
 alone-then-shared pairs, so that each ratio compares two measurements minutes apart (this VM's
 speed drifts by more than the effect within tens of minutes). Reports, per pair and as
-medians, decode and prefill step p50 alone and shared and their ratios, in elapsed time and in
-the stepping thread's CPU time: sharing a core stretches the first and not the second unless
-the engines also slow each other's work (caches, memory bandwidth), which both show.
+medians (and per core when the engines are on several), decode and prefill step p50 alone and
+shared and their ratios, in elapsed time and in the stepping thread's CPU time: sharing a core
+stretches the first and not the second unless the engines also slow each other's work, which
+both show. `--profile P` writes the CPU-time ratios of a two-engine run into P.
 """
 
 from __future__ import annotations
@@ -80,15 +82,14 @@ def run_engine(kwargs: dict[str, Any], core: str, batch: int, seconds: float, re
     queue.put((core, decode, prefill))
 
 
-def measure(kwargs: dict[str, Any], engines: int, cores: list[str], batch: int,
+def measure(kwargs: dict[str, Any], placement: list[str], batch: int,
             seconds: float) -> dict[str, Any]:
-    """`engines` engines at once, the k-th pinned to `cores[k % len(cores)]`: their steps'
-    p50s (a child that fails to report ends the probe)."""
+    """One engine per entry of `placement` (the core it is pinned to), all at once: their
+    steps' p50s, per core too when on several (a child that fails to report ends the probe)."""
     ctx = multiprocessing.get_context("spawn")
-    queue, ready = ctx.Queue(), ctx.Barrier(engines)
-    procs = [ctx.Process(target=run_engine,
-                         args=(kwargs, cores[k % len(cores)], batch, seconds, ready, queue, k))
-             for k in range(engines)]
+    queue, ready = ctx.Queue(), ctx.Barrier(len(placement))
+    procs = [ctx.Process(target=run_engine, args=(kwargs, core, batch, seconds, ready, queue, k))
+             for k, core in enumerate(placement)]
     for p in procs:
         p.start()
     try:
@@ -105,9 +106,8 @@ def measure(kwargs: dict[str, Any], engines: int, cores: list[str], batch: int,
     if not summary["decode_steps"] or not summary["prefill_steps"]:
         raise SystemExit(f"too short to time both kinds of step ({summary['decode_steps']} "
                          f"decode, {summary['prefill_steps']} prefill steps): raise --seconds")
-    by_core = {core: p50s([r for r in results if r[0] == core])
-               for core in sorted({r[0] for r in results})}
-    return {"engines": engines, "cores": [cores[k % len(cores)] for k in range(engines)],
+    by_core = {core: p50s([r for r in results if r[0] == core]) for core in sorted(set(placement))}
+    return {"engines": len(placement), "cores": placement,
             **summary, **({"by_core": by_core} if len(by_core) > 1 else {})}
 
 
@@ -131,45 +131,80 @@ RATIOS = (("decode_ratio", "decode_step_p50_ms"), ("prefill_ratio", "prefill_ste
 
 
 def pair(alone: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
-    """One alone-then-shared measurement and how much slower sharing stepped."""
-    return {"alone": alone, "shared": shared,
-            **{name: shared[key] / alone[key] for name, key in RATIOS}}
+    """One alone-then-shared measurement and how much slower sharing stepped (on each core
+    too, against the same lone engine, when the shared engines were on several)."""
+    def ratios(p50: dict[str, Any]) -> dict[str, float | None]:
+        return {name: p50[key] / alone[key] if p50[key] is not None else None
+                for name, key in RATIOS}
+
+    by_core = {core: ratios(p50) for core, p50 in shared.get("by_core", {}).items()}
+    return {"alone": alone, "shared": shared, **ratios(shared),
+            **({"by_core": by_core} if by_core else {})}
 
 
 def medians(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each ratio's median over the pairs, with its range."""
-    return {name: {"median": statistics.median(p[name] for p in pairs),
-                   "low": min(p[name] for p in pairs), "high": max(p[name] for p in pairs)}
-            for name, _ in RATIOS}
+    """Each ratio's median over the pairs, with its range (per core too, if measured)."""
+    def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out = {}
+        for name, _ in RATIOS:
+            values = [r[name] for r in rows if r.get(name) is not None]
+            out[name] = ({"median": statistics.median(values), "low": min(values),
+                          "high": max(values)} if values else None)
+        return out
+
+    cores = sorted({c for p in pairs for c in p.get("by_core", {})})
+    by_core = {c: spread([p["by_core"][c] for p in pairs if c in p.get("by_core", {})])
+               for c in cores}
+    return {**spread(pairs), **({"by_core": by_core} if by_core else {})}
 
 
-def contention_kind(cores: list[str]) -> str | None:
-    """The `profile_file.CoreContention` scales a run of the probe measures: engines all on
-    one core time-share it; each on a core of its own they step side by side; None for a mix
-    (both at once: reported, not written)."""
-    if len(set(cores)) == 1:
-        return "shared_core_scale"
-    return "other_core_scale" if len(set(cores)) == len(cores) else None
+def contention_kind(placement: list[str]) -> str | None:
+    """The `profile_file.CoreContention` scales a two-engine run measures: both on one core
+    time-share it; on two cores they step side by side; None otherwise (more engines, whose
+    ratios are not what the scales mean: reported, not written)."""
+    if len(placement) != 2:
+        return None
+    return "shared_core_scale" if placement[0] == placement[1] else "other_core_scale"
+
+
+def check_profile(profile_path: Path, kwargs: dict[str, Any]) -> None:
+    """Refuse, before minutes of measuring, a profile that is unreadable or of another engine
+    or CPU than the probe runs: its scales must hold for its own step times."""
+    from pdserve.benchmarks.report import machine_info
+    from pdserve.simulation import profile_file
+
+    profile = profile_file.load(profile_path)
+    engine = {k: v for k, v in kwargs.items() if k != "model"}
+    if profile.engine_kwargs != engine:
+        raise SystemExit(f"{profile_path} profiles other engine arguments "
+                         f"({profile.engine_kwargs}) than --config's ({engine})")
+    here, there = machine_info().get("cpu_model"), profile.machine.get("cpu_model")
+    if here != there:
+        raise SystemExit(f"{profile_path} was measured on {there!r}, this is {here!r}")
 
 
 def write_contention(profile_path: Path, result: dict[str, Any], command: str) -> Path:
     """Set the profile's contention scales this run measured (decode's and prefill's median
-    CPU-time ratios; a ratio below 1 is drift, written as 1) and say where they came from."""
+    CPU-time ratios; a ratio below 1 is drift, written as 1) and say where they came from
+    (replacing what an earlier run said for the same scales)."""
     from pdserve.simulation import profile_file
 
     kind = contention_kind(result["cores"])
     if kind is None:
-        raise SystemExit(f"cores {result['cores']} mix sharing a core with stepping beside "
-                         "one: list one core, or as many distinct cores as engines")
+        raise SystemExit(f"cores {result['cores']}: a profile's scales are measured with two "
+                         "engines, on one core or on two")
     profile = profile_file.load(profile_path)
     decode, prefill = result["decode_cpu_ratio"], result["prefill_cpu_ratio"]
-    before = profile.core_contention.source
+    unmeasured = profile_file.CoreContention().source
+    kept = [e for e in profile.core_contention.source.split("; ")
+            if e != unmeasured and not e.startswith(f"{kind}: ")]
     contention = profile.core_contention.model_copy(update={
         kind: max(1.0, decode["median"]), f"prefill_{kind}": max(1.0, prefill["median"]),
-        "source": (f"{before}; " if before != profile_file.CoreContention().source else "")
-        + f"{kind}: `{command}` ({len(result['pairs'])} pairs; CPU ratio medians: decode "
-        f"{decode['median']:.3f} ({decode['low']:.3f}–{decode['high']:.3f}), prefill "
-        f"{prefill['median']:.3f} ({prefill['low']:.3f}–{prefill['high']:.3f}))"})
+        "source": "; ".join([*kept, f"{kind}: `{command}` ({len(result['pairs'])} pairs; CPU "
+                             f"ratio medians: decode {decode['median']:.3f} "
+                             f"({decode['low']:.3f}–{decode['high']:.3f}), prefill "
+                             f"{prefill['median']:.3f} ({prefill['low']:.3f}–"
+                             f"{prefill['high']:.3f}))"])})
     profile.model_copy(update={"core_contention": contention}).save(profile_path)
     return profile_path
 
@@ -195,16 +230,18 @@ def main(argv: list[str] | None = None) -> None:
     cores = [c.strip() for c in args.cores.split(",") if c.strip()]
     if args.engines < 2 or args.batch < 1 or args.seconds <= 0 or args.repeats < 1 or not cores:
         p.error("--engines ≥ 2, --batch ≥ 1, --seconds > 0, --repeats ≥ 1 and a core")
-    if args.profile and contention_kind([cores[k % len(cores)] for k in range(args.engines)]) \
-            is None:
-        p.error("--profile: list one core, or one core per engine")
+    placement = [cores[k % len(cores)] for k in range(args.engines)]
+    if args.profile and contention_kind(placement) is None:
+        p.error("--profile: two engines (--engines 2), on one core or on two")
     kwargs = engine_args(args.config)
+    if args.profile:
+        check_profile(args.profile, kwargs)
     pairs = []
     for _ in range(args.repeats):
-        alone = measure(kwargs, 1, cores, args.batch, args.seconds)
-        pairs.append(pair(alone, measure(kwargs, args.engines, cores, args.batch, args.seconds)))
+        alone = measure(kwargs, placement[:1], args.batch, args.seconds)
+        pairs.append(pair(alone, measure(kwargs, placement, args.batch, args.seconds)))
     result = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
-              "engine": kwargs, "cores": [cores[k % len(cores)] for k in range(args.engines)],
+              "engine": kwargs, "cores": placement, "alone_core": placement[0],
               "pairs": pairs, **medians(pairs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -213,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m pdserve.benchmarks.core_sharing_probe " + shlex.join(
             argv if argv is not None else sys.argv[1:])
         written = write_contention(args.profile, result, command)
-        print(f"wrote {contention_kind(result['cores'])} into {written}")
+        print(f"wrote {contention_kind(placement)} into {written}")
 
 
 if __name__ == "__main__":

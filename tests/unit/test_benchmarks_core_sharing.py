@@ -43,7 +43,27 @@ def test_a_pair_reports_how_much_slower_sharing_stepped_in_time_and_in_cpu() -> 
     got = pair(alone, shared)
     assert got["decode_ratio"] == got["prefill_ratio"] == got["prefill_cpu_ratio"] == 2.0
     assert abs(got["decode_cpu_ratio"] - 1.1) < 1e-9
-    assert got["alone"] is alone and got["shared"] is shared
+    assert "by_core" not in got
+
+
+def test_engines_on_several_cores_are_also_reported_per_core() -> None:
+    """Each engine reports (core, decode steps, prefill steps), steps as (elapsed, CPU): the
+    per-core p50s and ratios keep the cores apart."""
+    from pdserve.benchmarks.core_sharing_probe import medians, p50s, pair
+
+    results = [("1", [(0.020, 0.011)] * 3, [(1.0, 0.5)]), ("1", [(0.022, 0.012)] * 3, []),
+               ("0", [(0.010, 0.010)] * 5, [(0.45, 0.45)])]
+    core1 = p50s([r for r in results if r[0] == "1"])
+    assert core1["decode_step_p50_ms"] == 21.0 and core1["decode_cpu_p50_ms"] == 11.5
+    assert core1["prefill_cpu_p50_ms"] == 500.0 and core1["decode_steps"] == 6
+    alone = _p50s(1.0)
+    shared = {**p50s(results), "by_core": {"0": p50s(results[2:]), "1": core1}}
+    got = pair(alone, shared)
+    assert got["by_core"]["1"]["decode_cpu_ratio"] == 11.5 / 9.0
+    assert got["by_core"]["0"]["prefill_cpu_ratio"] == 450.0 / 390.0
+    assert medians([got, got])["by_core"]["1"]["decode_cpu_ratio"]["median"] == 11.5 / 9.0
+    empty = p50s([("2", [(0.01, 0.01)], [])])
+    assert empty["prefill_cpu_p50_ms"] is None and empty["prefill_steps"] == 0
 
 
 def test_medians_over_pairs_keep_their_range() -> None:
@@ -65,9 +85,10 @@ def test_the_probe_writes_what_it_measured_into_a_profile(tmp_path: Path) -> Non
 
     path = tmp_path / "p.json"
     shutil.copy(ROOT / "benchmarks/results/sim-calibration-cpu-v2/profile-pd.json", path)
-    assert contention_kind(["1"]) == contention_kind(["1", "1"]) == "shared_core_scale"
+    assert contention_kind(["1", "1"]) == "shared_core_scale"
     assert contention_kind(["0", "1"]) == "other_core_scale"
-    assert contention_kind(["1", "1", "0"]) is None
+    for placement in (["1"], ["1", "1", "0"], ["0", "1", "2"], ["1", "1", "1"]):
+        assert contention_kind(placement) is None  # not what a profile's scales mean
 
     def result(cores: list[str], decode: float) -> dict:
         ratio = {"median": decode, "low": decode - 0.1, "high": decode + 0.1}
@@ -81,5 +102,22 @@ def test_the_probe_writes_what_it_measured_into_a_profile(tmp_path: Path) -> Non
     assert got.other_core_scale == 1.0  # a ratio below 1 is drift, not a speed-up
     assert got.prefill_other_core_scale == 1.01
     assert "probe --cores 1" in got.source and "probe --cores 0,1" in got.source
-    with pytest.raises(SystemExit, match="mix"):
+    with pytest.raises(SystemExit, match="two engines"):
         write_contention(path, result(["1", "1", "0"], 1.5), "probe --cores 1,1,0")
+    write_contention(path, result(["1", "1"], 1.3), "probe --cores 1 again")
+    got = profile_file.load(path).core_contention
+    assert got.shared_core_scale == 1.3 and got.other_core_scale == 1.0
+    assert "again" in got.source and "probe --cores 1 (" not in got.source  # replaced
+    assert "probe --cores 0,1" in got.source and "not measured" not in got.source
+
+
+def test_a_profile_of_another_engine_is_refused_before_measuring(tmp_path: Path) -> None:
+    from pdserve.benchmarks.core_sharing_probe import check_profile
+
+    profile = ROOT / "benchmarks/results/sim-calibration-cpu-v2/profile-pd.json"
+    kwargs = engine_args(ROOT / CONFIG)
+    with pytest.raises(SystemExit, match="other engine arguments"):
+        check_profile(profile, {**kwargs, "max_model_len": 4096})
+    with pytest.raises(SystemExit, match="version"):
+        (tmp_path / "old.json").write_text('{"version": 0}')
+        check_profile(tmp_path / "old.json", kwargs)
