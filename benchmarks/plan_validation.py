@@ -169,7 +169,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "num_prompts": measured["load"]["num_prompts"],
             "seed": measured["load"]["seed"]}), target)), str(model_dir))
     engine_cpu = {(r["system"], r["round"]): engine_cpu_s(r.get("cpu_s"))
-                  for r in measured.get("results", [])}
+                  for r in measured.get("results", []) if r.get("load") == LOAD}
     rows = []
     for e in chosen(plan, args.candidates, args.max_engines):
         name = slug(e)
@@ -199,7 +199,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             m, s = statistics.median(values), statistics.median(x[i] for x in simulated)
             row[key] = {"measured": m, "low": min(values), "high": max(values),
                         "simulated": s, "error_pct": 100 * (s - m) / m if m else None}
-        pairs = [(m, s) for m, s in cpu if m]
+        pairs = [(m, s) for m, s in cpu if m and s]
         if pairs:
             row["engine_cpu_s"] = {"measured": statistics.median(m for m, _ in pairs),
                                    "simulated": statistics.median(s for _, s in pairs),
@@ -231,7 +231,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def engine_cpu_s(cpu_by_role: dict[str, float] | None) -> float | None:
-    """CPU seconds a run's vLLM engine processes used (`process_cpu` roles), or None."""
+    """CPU seconds a run's vLLM engine core processes used (`process_cpu` roles; a
+    one-worker engine computes in it), or None."""
     if not cpu_by_role:
         return None
     return sum(v for k, v in cpu_by_role.items() if k.startswith("vllm engine core"))
@@ -271,9 +272,10 @@ def markdown(result: dict[str, Any], measured: dict[str, Any]) -> str:
             t, g = r["misses"]["ttft"], r["misses"]["gap"]
             lines.append(f"| {r['candidate']} | {t['measured']:g} | {t['simulated']:g} | "
                          f"{g['measured']:g} | {g['simulated']:g} |")
-    if all("engine_cpu_s" in r for r in result["rows"]):
+    if result["rows"] and all("engine_cpu_s" in r for r in result["rows"]):
         lines += ["", "CPU the engines used (median seconds per run; measured: the vLLM engine "
-                  "processes' user + system time; simulated: the cores their steps held):", "",
+                  "core processes' user + system time; simulated: the cores their steps held):",
+                  "",
                   "| candidate | measured | simulated | measured / simulated |",
                   "|---|---|---|---|"]
         for r in result["rows"]:

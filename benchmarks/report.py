@@ -182,10 +182,17 @@ def versions() -> dict[str, str | None]:
 
 
 def git_revision(repo: Path) -> str | None:
-    """HEAD of the repo, if it has one (a run on uncommitted code records None)."""
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    """HEAD of the repo, if it has one, marked `+dirty` when tracked files differ from it (a
+    run on uncommitted code); None outside a git work tree."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(repo), *args],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if changed else "")
 
 
 def run_metadata(command: str, repo: Path) -> dict[str, Any]:

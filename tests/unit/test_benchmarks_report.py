@@ -111,3 +111,25 @@ def test_burst_share_counts_gaps_below_what_a_client_can_time() -> None:
     assert report.burst_itl_pct(result) == 50.0
     assert report.burst_itl_pct({"itls": []}) is None
     assert report.summarize(result)["burst_itl_pct"] == 50.0
+
+
+def test_the_revision_says_when_tracked_files_differ_from_it(tmp_path) -> None:
+    import subprocess
+
+    from pdserve.benchmarks.report import git_revision
+
+    assert git_revision(tmp_path) is None  # not a work tree
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    clean = git_revision(tmp_path)
+    assert clean and len(clean) == 40
+    (tmp_path / "results.json").write_text("{}")  # untracked output: still clean
+    assert git_revision(tmp_path) == clean
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == clean + "+dirty"
