@@ -173,7 +173,10 @@ def check_profile(profile_path: Path, kwargs: dict[str, Any]) -> None:
     from pdserve.benchmarks.report import machine_info
     from pdserve.simulation import profile_file
 
-    profile = profile_file.load(profile_path)
+    try:
+        profile = profile_file.load(profile_path)
+    except (OSError, ValueError) as exc:  # missing, not JSON, another version, a bad field
+        raise SystemExit(f"--profile: {exc}") from exc
     engine = {k: v for k, v in kwargs.items() if k != "model"}
     if profile.engine_kwargs != engine:
         raise SystemExit(f"{profile_path} profiles other engine arguments "

@@ -54,14 +54,16 @@ def test_engines_on_several_cores_are_also_reported_per_core() -> None:
     results = [("1", [(0.020, 0.011)] * 3, [(1.0, 0.5)]), ("1", [(0.022, 0.012)] * 3, []),
                ("0", [(0.010, 0.010)] * 5, [(0.45, 0.45)])]
     core1 = p50s([r for r in results if r[0] == "1"])
-    assert core1["decode_step_p50_ms"] == 21.0 and core1["decode_cpu_p50_ms"] == 11.5
-    assert core1["prefill_cpu_p50_ms"] == 500.0 and core1["decode_steps"] == 6
+    assert core1["decode_step_p50_ms"] == pytest.approx(21.0)
+    assert core1["decode_cpu_p50_ms"] == pytest.approx(11.5)
+    assert core1["prefill_cpu_p50_ms"] == pytest.approx(500.0) and core1["decode_steps"] == 6
     alone = _p50s(1.0)
     shared = {**p50s(results), "by_core": {"0": p50s(results[2:]), "1": core1}}
     got = pair(alone, shared)
-    assert got["by_core"]["1"]["decode_cpu_ratio"] == 11.5 / 9.0
-    assert got["by_core"]["0"]["prefill_cpu_ratio"] == 450.0 / 390.0
-    assert medians([got, got])["by_core"]["1"]["decode_cpu_ratio"]["median"] == 11.5 / 9.0
+    assert got["by_core"]["1"]["decode_cpu_ratio"] == pytest.approx(11.5 / 9.0)
+    assert got["by_core"]["0"]["prefill_cpu_ratio"] == pytest.approx(450.0 / 390.0)
+    assert medians([got, got])["by_core"]["1"]["decode_cpu_ratio"]["median"] \
+        == pytest.approx(11.5 / 9.0)
     empty = p50s([("2", [(0.01, 0.01)], [])])
     assert empty["prefill_cpu_p50_ms"] is None and empty["prefill_steps"] == 0
 
