@@ -48,8 +48,11 @@ def engine_args(config: Path) -> dict[str, Any]:
 
 
 def computes_a_prompt(record: Any) -> bool:
-    """A step (`real_engine.StepRecord`) with a prompt chunk in its batch: a prefill step."""
-    return any(is_prompt for _, _, is_prompt, _ in record.work.values())
+    """A real step (`real_engine.StepRecord`) of the kind the simulator charges prefill's
+    contention (`step_model.is_prefill_step`)."""
+    from pdserve.simulation.step_model import is_prefill_step
+
+    return is_prefill_step(record.work.values())
 
 
 def run_engine(kwargs: dict[str, Any], core: str, batch: int, seconds: float, ready: Any,

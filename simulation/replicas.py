@@ -15,6 +15,7 @@ from pdserve.routing.kv_events import index_event
 from pdserve.routing.pool_state import PoolState
 from pdserve.routing.scorers import RequestView, RouterSettings, choose_index
 from pdserve.simulation.engine import SimEngine, StepBatch
+from pdserve.simulation.step_model import is_prefill_step
 
 if TYPE_CHECKING:
     from pdserve.simulation.graph import Simulation
@@ -64,10 +65,8 @@ class Replica:
             return
         seconds = (self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
                    + self.sim.per_step_s)
-        # computes a prompt chunk (one token is a pulled or cached prompt's last: a decode's cost)
-        prefill = any(is_prompt and n > 1 for n, _, is_prompt, _ in batch.work.values())
         self.sim.cpu.run_step(self.core, seconds, lambda elapsed: self._done(batch, elapsed),
-                              prefill)
+                              is_prefill_step(batch.work.values()))
 
     def _done(self, batch: StepBatch, elapsed_s: float) -> None:
         self.busy_s += elapsed_s

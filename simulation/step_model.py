@@ -29,6 +29,13 @@ FEATURES = ("base", "per_prefill_token", "per_prefill_pair", "per_decode",
 Work = tuple[int, int, bool, bool]
 
 
+def is_prefill_step(batch: Iterable[Work]) -> bool:
+    """Whether a step computes a prompt chunk: the kind of step `core_contention`'s prefill
+    scales are measured on and applied to. A 1-token chunk (the last prompt token of a request
+    whose KV was pulled or cached) costs what a decode does, so it does not count."""
+    return any(prompt and tokens > 1 for tokens, _, prompt, _ in batch)
+
+
 def features(batch: Iterable[Work]) -> tuple[float, ...]:
     """The model's inputs for one step, in `FEATURES` order."""
     prefill_tokens = prefill_pairs = decodes = decode_context = new = 0.0

@@ -123,3 +123,15 @@ def test_a_profile_of_another_engine_is_refused_before_measuring(tmp_path: Path)
     with pytest.raises(SystemExit, match="version"):
         (tmp_path / "old.json").write_text('{"version": 0}')
         check_profile(tmp_path / "old.json", kwargs)
+
+
+def test_a_one_token_prompt_chunk_is_a_decode_s_cost_for_probe_and_simulator_alike() -> None:
+    """The last prompt token of a pulled or cached request is computed alone: the probe and the
+    simulated host classify it by the one rule (`step_model.is_prefill_step`)."""
+    from pdserve.simulation.step_model import is_prefill_step
+
+    pulled = StepRecord(work={"a": (1, 600, False, False), "p": (1, 511, True, True)},
+                        preempted=frozenset(), seconds=0.01)
+    assert not computes_a_prompt(pulled)
+    assert not is_prefill_step(pulled.work.values())
+    assert is_prefill_step([(2, 510, True, True)])
