@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from pdserve.benchmarks import report, rounds, systems, workloads
+from pdserve.benchmarks import process_cpu, report, rounds, systems, workloads
 from pdserve.benchmarks.workloads import LoadSettings
 
 LOAD = "plan"
@@ -235,7 +235,7 @@ def engine_cpu_s(cpu_by_role: dict[str, float] | None) -> float | None:
     one-worker engine computes in it), or None."""
     if not cpu_by_role:
         return None
-    return sum(v for k, v in cpu_by_role.items() if k.startswith("vllm engine core"))
+    return sum(v for k, v in cpu_by_role.items() if k.startswith(process_cpu.ENGINE_CORE_ROLE))
 
 
 def round_of(raw: Path) -> int:

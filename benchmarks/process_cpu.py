@@ -18,6 +18,8 @@ Snapshot = dict[tuple[int, float], tuple[str, float]]  # (pid, create_time) -> (
 
 #: The role of this process: the harness, in which vLLM's load generator runs.
 HARNESS_ROLE = "harness (load generator)"
+#: The role of a vLLM engine core process (a one-worker engine computes in it).
+ENGINE_CORE_ROLE = "vllm engine core"
 #: Ray's daemons and helper processes, by process name or a command-line marker.
 RAY_SYSTEM_NAMES = frozenset({"raylet", "gcs_server"})
 RAY_SYSTEM_MARKERS = ("ray/dashboard", "ray/_private", "ray/autoscaler", "ray::IDLE",
@@ -30,7 +32,7 @@ def role(name: str, cmdline: list[str]) -> str:
     command = " ".join(cmdline)
     if name.startswith("VLLM::"):
         kind = name.removeprefix("VLLM::").split("_")[0].split(" ")[0]
-        return {"EngineCore": "vllm engine core", "Worker": "vllm worker"}.get(
+        return {"EngineCore": ENGINE_CORE_ROLE, "Worker": "vllm worker"}.get(
             kind, f"vllm {kind}")
     if first.startswith("ray::ServeReplica:"):
         return "replica " + first.removeprefix("ray::ServeReplica:").split(":", 1)[-1]
