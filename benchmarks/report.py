@@ -182,8 +182,9 @@ def versions() -> dict[str, str | None]:
 
 
 def git_revision(repo: Path) -> str | None:
-    """HEAD of the repo, if it has one, marked `+dirty` when tracked files differ from it (a
-    run on uncommitted code); None outside a git work tree."""
+    """HEAD of the repo, if it has one, marked `+dirty` when tracked files other than recorded
+    results (`benchmarks/results/`, which a comparison rewrites as it goes) differ from it: a
+    run on uncommitted code. None outside a git work tree."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(repo), *args],
                               capture_output=True, text=True, check=False)  # fmt: skip
@@ -191,7 +192,8 @@ def git_revision(repo: Path) -> str | None:
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return None
-    changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)benchmarks/results").stdout.strip()
     return head.stdout.strip() + ("+dirty" if changed else "")
 
 

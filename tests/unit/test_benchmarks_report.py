@@ -131,5 +131,13 @@ def test_the_revision_says_when_tracked_files_differ_from_it(tmp_path) -> None:
     assert clean and len(clean) == 40
     (tmp_path / "results.json").write_text("{}")  # untracked output: still clean
     assert git_revision(tmp_path) == clean
+    recorded = tmp_path / "benchmarks" / "results" / "run" / "validation.md"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text("old\n")
+    git("add", "benchmarks")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r")
+    clean = git_revision(tmp_path)
+    recorded.write_text("compared again\n")  # a comparison rewriting a recorded report
+    assert git_revision(tmp_path) == clean
     (tmp_path / "a.py").write_text("x = 2\n")
     assert git_revision(tmp_path) == clean + "+dirty"
