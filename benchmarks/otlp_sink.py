@@ -42,6 +42,12 @@ def _attributes(items: Any) -> dict[str, Any]:
     return {a.key: _value(a.value) for a in items}
 
 
+def whole(spans: list[SpanRecord], root: str) -> bool:
+    """Whether `spans` form one tree hanging from `root`: no span's parent is missing."""
+    ids = {s.span_id for s in spans} | {root}
+    return any(s.parent_id == root for s in spans) and all(s.parent_id in ids for s in spans)
+
+
 class OTLPReceiver:
     """Collects the spans posted to `endpoint` (http/protobuf) while it runs (`keep=False`:
     counts the export requests and their bytes only)."""
@@ -95,13 +101,19 @@ class OTLPReceiver:
         with self.lock:
             return [s for s in self.spans if s.trace_id == trace_id]
 
-    def wait_for(self, trace_id: str, names: set[str], timeout_s: float = 30.0
-                 ) -> list[SpanRecord]:
-        """The trace's spans once every name in `names` arrived (or at the timeout)."""
+    def wait_for(self, trace_id: str, names: set[str], timeout_s: float = 30.0,
+                 root: str | None = None) -> list[SpanRecord]:
+        """The trace's spans once every name in `names` arrived (or at the timeout); with
+        `root` (the span id the trace hangs from: a client's span, "" for a trace the server
+        started), also once the trace is whole: some span hangs from `root` and every other
+        span's parent arrived. Each process exports its spans in batches of its own, so a
+        parent in one process (Ray's proxy span under the client's, a replica's span above
+        an engine's) can arrive after the children a test waits on by name."""
         deadline = time.monotonic() + timeout_s
         while True:
             spans = self.trace(trace_id)
-            if names <= {s.name for s in spans} or time.monotonic() > deadline:
+            if (names <= {s.name for s in spans} and (root is None or whole(spans, root))
+                    or time.monotonic() > deadline):
                 return spans
             time.sleep(0.2)
 

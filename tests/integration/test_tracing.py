@@ -22,7 +22,7 @@ import httpx
 from conftest import metric_sum
 from shapes import PD_MODEL, PIPELINE_LANCEDB
 
-from pdserve.benchmarks.otlp_sink import OTLPReceiver, SpanRecord
+from pdserve.benchmarks.otlp_sink import OTLPReceiver, SpanRecord, whole
 from pdserve.tiny_model import recall_prompt_text
 
 GENERATE = f"pdserve.generate {PD_MODEL}"
@@ -79,10 +79,11 @@ def test_a_pd_request_is_one_trace_from_the_clients_span_to_the_kv_pull(
     assert response.headers["x-trace-id"] == trace_id
     names = {HTTP_SPAN, GENERATE, "pdserve.prefill", "pdserve.prefill.engine", "pdserve.decode",
              "pdserve.decode.engine", "pdserve.kv_transfer", "llm_request"}
-    spans = otlp.wait_for(trace_id, names)
+    spans = otlp.wait_for(trace_id, names, root=client_span)
     assert names <= {s.name for s in spans}, sorted(s.name for s in spans)
-    # the client's span is the trace's parent: Ray's proxy continued it
-    assert any(s.parent_id == client_span for s in spans), "no span under the client's"
+    # the client's span is the trace's parent (Ray's proxy continued it), and every span's
+    # parent is in the trace: one tree, across every process
+    assert whole(spans, client_span), sorted((s.name, s.parent_id) for s in spans)
     http, generate = one(spans, HTTP_SPAN), one(spans, GENERATE)
     assert http.attributes["http.response.status_code"] == 200
     assert HTTP_SPAN in ancestors(generate, spans)
@@ -145,13 +146,13 @@ def test_local_prefill_and_fallback_requests_show_their_paths(
 
 def test_a_pipeline_request_shows_retrieval_then_generation(
         client: httpx.Client, otlp: OTLPReceiver) -> None:
-    header, trace_id, _ = traceparent()
+    header, trace_id, client_span = traceparent()
     response = client.post("/v1/chat/completions", headers={"traceparent": header}, json={
         "model": PIPELINE_LANCEDB, "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "How does the decode pool get its KV?"}]})
     assert response.status_code == 200, response.text
     names = {"pdserve.retrieve", "pdserve.embed", "pdserve.search", GENERATE}
-    spans = otlp.wait_for(trace_id, names)
+    spans = otlp.wait_for(trace_id, names, root=client_span)
     assert names <= {s.name for s in spans}, sorted(s.name for s in spans)
     retrieve = one(spans, "pdserve.retrieve")
     assert "pdserve.retrieve" in ancestors(one(spans, "pdserve.embed"), spans)
