@@ -245,20 +245,11 @@ def rerender(out: Path) -> None:
     rounds.write(out, meta, rows, COLUMNS, BASELINE, markdown(meta, rows))
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.mixed_bench",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default=",".join(SYSTEM_NAMES))
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--more", action="store_true",
-                   help="add --rounds rounds to the report already in --out")
-    p.add_argument("--rerender", action="store_true",
-                   help="only rewrite the report in --out from its raw results")
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, the mix, the engine's step size and the SLO: one definition for this benchmark
+    and `mixed_sim_scan`, which simulates it."""
     p.add_argument("--model", default="pdserve://bench")
     p.add_argument("--num-prompts", type=int, default=80)
-    p.add_argument("--num-warmups", type=int, default=2)
-    p.add_argument("--request-rate", type=float, default=1.0, help="Poisson, requests/s")
     p.add_argument("--long-prompt", type=int, default=1536)
     p.add_argument("--long-prompt-output", type=int, default=16)
     p.add_argument("--short-prompt", type=int, default=64)
@@ -269,6 +260,28 @@ def main(argv: list[str] | None = None) -> None:
                    help="tokens per engine step (vLLM's CPU default for its API server: 2048)")
     p.add_argument("--slo-ttft-ms", type=float, default=3000.0)
     p.add_argument("--slo-itl-ms", type=float, default=100.0)
+
+
+def check_workload(args: argparse.Namespace) -> None:
+    if args.short_prompt >= args.local_prefill_below_tokens or (
+            args.long_prompt < args.local_prefill_below_tokens):
+        raise SystemExit("--local-prefill-below-tokens must lie between --short-prompt and "
+                         "--long-prompt: short prompts prefill on decode, long ones remote")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.mixed_bench",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--systems", default=",".join(SYSTEM_NAMES))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--more", action="store_true",
+                   help="add --rounds rounds to the report already in --out")
+    p.add_argument("--rerender", action="store_true",
+                   help="only rewrite the report in --out from its raw results")
+    add_workload_arguments(p)
+    p.add_argument("--num-warmups", type=int, default=2)
+    p.add_argument("--request-rate", type=float, default=1.0, help="Poisson, requests/s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path,
@@ -278,10 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         rerender(args.out)
         print((args.out / "report.md").read_text())
         return
-    if args.short_prompt >= args.local_prefill_below_tokens or (
-            args.long_prompt < args.local_prefill_below_tokens):
-        raise SystemExit("--local-prefill-below-tokens must lie between --short-prompt and "
-                         "--long-prompt: short prompts prefill on decode, long ones remote")
+    check_workload(args)
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     model_dir = systems.resolve_model_dir(args.model)
     out = args.out

@@ -9,29 +9,35 @@ pull away from colocated's, before measuring it.
 A colocated engine stalls its running decodes for a long prompt's prefill step (one long gap
 each); PD's decode engine never prefills a long prompt. The p99 of all gaps sees those stalls
 only once they are more than 1 % of the gaps, and their share is about the long prompts
-arriving per colocated engine per second times a gap's length: on this box's ~16 ms gaps that
-needs ~0.6 long prompts per second per engine. The scan simulates `mixed_bench`'s `pd` (1
-prefill + 1 decode engine) and `colocated` (2 engines) on its workload (same lengths and
-engine arguments, Poisson arrivals, several seeds) with each system's calibrated profile, and
-reports per rate the medians of ITL p99, the share of gaps over the ITL SLO, goodput and TTFT.
+arriving per colocated engine per second times a common gap: with this box's 16-24 ms gaps,
+some 0.4-0.6 long prompts per second per engine, 1.7-2.5 requests/s of the half-and-half mix
+on two engines. The scan simulates `mixed_bench`'s `pd` (1 prefill + 1 decode engine) and
+`colocated` (2 engines) on its workload (its workload arguments, `add_workload_arguments`;
+Poisson arrivals, several seeds) with each system's calibrated profile, and reports per rate
+the medians of ITL p99, the share of gaps over the ITL SLO, goodput and TTFT.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-from pdserve.benchmarks import mixed_bench
+from pdserve.benchmarks import mixed_bench, report, systems
+from pdserve.deployments.config.app import AppConfig
+from pdserve.simulation.profile_file import Profile
+from pdserve.simulation.traces import TraceRequest
 
-#: The two systems as the simulator's candidates: (mode, replicas).
+#: The two systems: their replicas per pool, as the simulator takes them.
 SYSTEMS: dict[str, dict[str, int]] = {"colocated": {"colocated": 2},
                                       "pd": {"prefill": 1, "decode": 1}}
 
 
-def one_run(profile: Any, app: Any, replicas: dict[str, int], trace: list[Any],
+def one_run(profile: Profile, app: AppConfig, replicas: dict[str, int], trace: list[TraceRequest],
             slo_ttft_ms: float, slo_itl_ms: float, seed: int) -> dict[str, float]:
     """One simulated run: ITL p99, share of gaps over the ITL SLO (%), goodput, TTFT p50/p99."""
     from pdserve.simulation.graph import Simulation
@@ -50,6 +56,7 @@ def one_run(profile: Any, app: Any, replicas: dict[str, int], trace: list[Any],
 
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's median over the seeds' runs."""
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
@@ -63,6 +70,8 @@ def itl_ratio(pd: list[dict[str, float]], colocated: list[dict[str, float]]) -> 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = ["# Mixed workload, simulated: PD vs colocated by rate", "",
              f"- command: `{meta['command']}`",
+             f"- date: {meta['date']}; commit: {meta['git_revision']}",
+             f"- engine (every engine): `{json.dumps(meta['engine'])}`",
              f"- profiles: pd `{meta['pd_profile']}`, colocated `{meta['colocated_profile']}`",
              f"- load: {meta['num_prompts']} requests per run, Poisson, half long prompts "
              f"({meta['long_prompt']} tokens, {meta['long_prompt_output']} out), half long "
@@ -83,33 +92,25 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import shlex
-    import sys
-
-    from pdserve.deployments.config.app import AppConfig
     from pdserve.simulation import profile_file
     from pdserve.simulation.traces import mixed_lengths, poisson
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.mixed_sim_scan",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", required=True, help="comma-separated requests/s")
     p.add_argument("--pd-profile", type=Path, required=True)
     p.add_argument("--colocated-profile", type=Path, required=True)
-    p.add_argument("--model", default="pdserve://bench")
-    p.add_argument("--num-prompts", type=int, default=80)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--long-prompt", type=int, default=1536)
-    p.add_argument("--long-prompt-output", type=int, default=16)
-    p.add_argument("--short-prompt", type=int, default=64)
-    p.add_argument("--long-decode-output", type=int, default=256)
-    p.add_argument("--local-prefill-below-tokens", type=int, default=256)
-    p.add_argument("--slo-ttft-ms", type=float, default=3000.0)
-    p.add_argument("--slo-itl-ms", type=float, default=100.0)
+    mixed_bench.add_workload_arguments(p)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    mixed_bench.check_workload(args)
     rates = [float(r) for r in args.rates.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    docs = {"pd": mixed_bench.pd_config(args.model, args.local_prefill_below_tokens),
-            "colocated": mixed_bench.colocated_config(args.model)}
+    engine = mixed_bench.engine_of(args)
+    docs = {"pd": mixed_bench.pd_config(args.model, args.local_prefill_below_tokens, engine),
+            "colocated": mixed_bench.colocated_config(args.model, engine)}
     apps = {n: AppConfig.model_validate(d["applications"][0]["args"]) for n, d in docs.items()}
     profiles = {"pd": profile_file.load(args.pd_profile),
                 "colocated": profile_file.load(args.colocated_profile)}
@@ -127,10 +128,11 @@ def main(argv: list[str] | None = None) -> None:
                      "itl_p99_ratio": itl_ratio(runs["pd"], runs["colocated"]), "runs": runs})
         print(f"rate {rate:g}: PD / colocated ITL p99 {rows[-1]['itl_p99_ratio']:.2f}×",
               file=sys.stderr, flush=True)
-    meta = {"command": "python -m pdserve.benchmarks.mixed_sim_scan " + shlex.join(
-        argv if argv is not None else sys.argv[1:]), **{k: str(v) if isinstance(v, Path) else v
-                                                         for k, v in vars(args).items()},
-            "seeds": seeds}
+    command = shlex.join(["python", "-m", "pdserve.benchmarks.mixed_sim_scan",
+                          *(argv if argv is not None else sys.argv[1:])])
+    meta = {**report.run_metadata(command, systems.REPO_ROOT), "seeds": seeds, "engine": engine,
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+               if k != "seeds"}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim-scan.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1)
                                             + "\n")

@@ -43,7 +43,8 @@ def _attributes(items: Any) -> dict[str, Any]:
 
 
 def whole(spans: list[SpanRecord], root: str) -> bool:
-    """Whether `spans` form one tree hanging from `root`: no span's parent is missing."""
+    """Whether every span in `spans` reaches `root` through its parents: some hang from it
+    and no span's parent is missing."""
     ids = {s.span_id for s in spans} | {root}
     return any(s.parent_id == root for s in spans) and all(s.parent_id in ids for s in spans)
 
@@ -112,8 +113,8 @@ class OTLPReceiver:
         deadline = time.monotonic() + timeout_s
         while True:
             spans = self.trace(trace_id)
-            if (names <= {s.name for s in spans} and (root is None or whole(spans, root))
-                    or time.monotonic() > deadline):
+            arrived = names <= {s.name for s in spans} and (root is None or whole(spans, root))
+            if arrived or time.monotonic() > deadline:
                 return spans
             time.sleep(0.2)
 

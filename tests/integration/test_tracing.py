@@ -77,8 +77,9 @@ def test_a_pd_request_is_one_trace_from_the_clients_span_to_the_kv_pull(
     response = complete(client, prompt, header)
     moved = pulled_since(moved_before)
     assert response.headers["x-trace-id"] == trace_id
-    names = {HTTP_SPAN, GENERATE, "pdserve.prefill", "pdserve.prefill.engine", "pdserve.decode",
-             "pdserve.decode.engine", "pdserve.kv_transfer", "llm_request"}
+    names = {HTTP_SPAN, GENERATE, "pdserve.prepare", "pdserve.prefill", "pdserve.prefill.engine",
+             "pdserve.decode", "pdserve.decode.engine", "pdserve.kv_transfer", "llm_request",
+             f"pdserve.route {PD_MODEL}-prefill", f"pdserve.route {PD_MODEL}-decode"}
     spans = otlp.wait_for(trace_id, names, root=client_span)
     assert names <= {s.name for s in spans}, sorted(s.name for s in spans)
     # the client's span is the trace's parent (Ray's proxy continued it), and every span's
@@ -154,6 +155,7 @@ def test_a_pipeline_request_shows_retrieval_then_generation(
     names = {"pdserve.retrieve", "pdserve.embed", "pdserve.search", GENERATE}
     spans = otlp.wait_for(trace_id, names, root=client_span)
     assert names <= {s.name for s in spans}, sorted(s.name for s in spans)
+    assert whole(spans, client_span), sorted((s.name, s.parent_id) for s in spans)
     retrieve = one(spans, "pdserve.retrieve")
     assert "pdserve.retrieve" in ancestors(one(spans, "pdserve.embed"), spans)
     assert "pdserve.retrieve" in ancestors(one(spans, "pdserve.search"), spans)
