@@ -273,10 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.mixed_bench",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default=",".join(SYSTEM_NAMES))
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--more", action="store_true",
-                   help="add --rounds rounds to the report already in --out")
+    rounds.add_round_arguments(p, SYSTEM_NAMES)
     p.add_argument("--rerender", action="store_true",
                    help="only rewrite the report in --out from its raw results")
     add_workload_arguments(p)

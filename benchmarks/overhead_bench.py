@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pdserve.benchmarks.overhead_bench",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default=",".join(SYSTEM_NAMES))
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--more", action="store_true",
-                   help="add --rounds rounds to the report already in --out")
+    rounds.add_round_arguments(p, SYSTEM_NAMES)
     p.add_argument("--model", default="pdserve://bench")
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path,

@@ -9,6 +9,7 @@ round. Each load step also records the CPU every process of the system used (`pr
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import traceback
@@ -24,6 +25,14 @@ from pdserve.benchmarks.systems import System
 Loads = dict[str, Callable[[System], list[str]]]
 #: Extra summary fields from vLLM's detailed result (per-request lists).
 Extra = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def add_round_arguments(p: argparse.ArgumentParser, system_names: tuple[str, ...]) -> None:
+    """`--systems`, `--rounds` and `--more`: what every interleaved-rounds benchmark takes."""
+    p.add_argument("--systems", default=",".join(system_names))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--more", action="store_true",
+                   help="add --rounds rounds to the report already in --out")
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--more", action="store_true", help="add rounds to the report in --out")
-    p.add_argument("--systems", default=",".join(SYSTEMS))
+    rounds.add_round_arguments(p, SYSTEMS)
     p.add_argument("--loads", default=",".join(LOADS),
                    type=lambda v: [x for x in v.split(",") if x])
     p.add_argument("--model", default="pdserve://bench")
