@@ -168,7 +168,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         shlex.join(bench_argv(plan, argparse.Namespace(**{
             "num_prompts": measured["load"]["num_prompts"],
             "seed": measured["load"]["seed"]}), target)), str(model_dir))
-    engine_cpu = {(r["system"], r["round"]): engine_cpu_s(r.get("cpu_s"))
+    engine_cpu = {(r["system"], r["round"]): process_cpu.engine_core_cpu_s(r.get("cpu_s"))
                   for r in measured.get("results", []) if r.get("load") == LOAD}
     rows = []
     for e in chosen(plan, args.candidates, args.max_engines):
@@ -228,14 +228,6 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     (args.out / f"{name}.md").write_text(markdown(result, measured))
     print((args.out / f"{name}.md").read_text())
     return result
-
-
-def engine_cpu_s(cpu_by_role: dict[str, float] | None) -> float | None:
-    """CPU seconds a run's vLLM engine core processes used (`process_cpu` roles; a
-    one-worker engine computes in it), or None."""
-    if not cpu_by_role:
-        return None
-    return sum(v for k, v in cpu_by_role.items() if k.startswith(process_cpu.ENGINE_CORE_ROLE))
 
 
 def round_of(raw: Path) -> int:

@@ -82,3 +82,11 @@ def by_role(before: Snapshot, after: Snapshot) -> dict[str, float]:
     for key, (name, cpu) in after.items():
         used[name] += cpu - before.get(key, (name, 0.0))[1]
     return {name: round(cpu, 2) for name, cpu in sorted(used.items(), key=lambda kv: -kv[1])}
+
+
+def engine_core_cpu_s(cpu_by_role: dict[str, float] | None) -> float | None:
+    """CPU seconds a step's vLLM engine core processes used (from `by_role`; a one-worker
+    engine computes in it), or None without per-process accounting."""
+    if not cpu_by_role:
+        return None
+    return sum(v for k, v in cpu_by_role.items() if k.startswith(ENGINE_CORE_ROLE))

@@ -35,8 +35,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdserve.benchmarks import mixed_bench, report, rounds, systems, workloads
+from pdserve.benchmarks import mixed_bench, process_cpu, report, rounds, systems, workloads
 from pdserve.benchmarks.workloads import LoadSettings
+from pdserve.simulation.profile_file import STEP_MODELS
 
 SYSTEMS = ("pd", "colocated")
 LOADS = ("c1", "c1-long", "poisson", "bursty", "mixed")
@@ -79,9 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cpu-model", dest="cpu_model", action="store_false",
                    help="with --compare: leave out the graph's CPU (engines on cores of their "
                    "own), to see what it explains")
-    p.add_argument("--step-model", choices=("scaled", "added"), default="scaled",
+    p.add_argument("--step-model", choices=STEP_MODELS, default="scaled",
                    help="with --compare: calibrate the served engine's steps as the profiled "
-                   "ones times a factor (scaled) or plus a constant (added)")
+                   "ones times a factor (scaled), plus a constant (added), or take them as "
+                   "profiled (profiled)")
     p.add_argument("--lengths-only", dest="prompts", action="store_false",
                    help="with --compare: replay lengths only (simulated prompts share no "
                    "tokens), not the prompts the runs sent")
@@ -93,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+#: Copies of its first request each load sends before it (vLLM's `--num-warmups`): the served
+#: engines compute them too (`engine_work`).
+NUM_WARMUPS = 2
+#: The loads that send one request at a time (the others arrive open-loop).
+MAX_CONCURRENCY = {"c1": 1, "c1-long": 1}
+
 #: Each load draws its prompts with its own seed: vLLM's random dataset with one seed and one
 #: length gives the same prompts, which a later load would find in the prefix cache (the
 #: simulator replays lengths, not contents). With the `bench` model's 512-token vocabulary
@@ -102,14 +110,15 @@ LOAD_SEEDS = {"c1": 1, "poisson": 2, "bursty": 3, "mixed": 4, "c1-long": 5}
 
 def load_argv(load: str, system: systems.System, args: argparse.Namespace,
               dataset: Path) -> list[str]:
-    base = dict(slo_ttft_ms=3000.0, num_warmups=2, seed=args.seed * 10 + LOAD_SEEDS[load])
+    base = dict(slo_ttft_ms=3000.0, num_warmups=NUM_WARMUPS,
+                seed=args.seed * 10 + LOAD_SEEDS[load])
     if load == "c1":
-        s = LoadSettings(num_prompts=24, input_len=512, output_len=32, max_concurrency=1,
-                         **base)
+        s = LoadSettings(num_prompts=24, input_len=512, output_len=32,
+                         max_concurrency=MAX_CONCURRENCY[load], **base)
         extra = workloads.random_args(s)
     elif load == "c1-long":
-        s = LoadSettings(num_prompts=12, input_len=64, output_len=256, max_concurrency=1,
-                         **base)
+        s = LoadSettings(num_prompts=12, input_len=64, output_len=256,
+                         max_concurrency=MAX_CONCURRENCY[load], **base)
         extra = workloads.random_args(s)
     elif load in ("poisson", "bursty"):
         s = LoadSettings(num_prompts=args.num_prompts, input_len=512, output_len=64,
@@ -131,7 +140,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     dataset = out / "mixed_dataset.jsonl"
-    mixed = argparse.Namespace(**vars(args), num_warmups=2, long_prompt=1536,
+    mixed = argparse.Namespace(**vars(args), num_warmups=NUM_WARMUPS, long_prompt=1536,
                                long_prompt_output=16, short_prompt=64, long_decode_output=256)
     mixed.num_prompts = args.mixed_prompts
     mixed_bench.write_dataset(dataset, model_dir, mixed)
@@ -189,6 +198,7 @@ def compare(args: argparse.Namespace) -> None:
     profile = profile_file.load(args.profile)
     measured = json.loads((out / "report.json").read_text())
     table: list[dict[str, Any]] = []
+    work: list[dict[str, Any]] = []  # engine_work's ratios, per system and load
     for system in measured["systems"]:
         model = pick_model(load_app(out / "configs" / f"{system}.yaml"), None)
         raws = {load: sorted((out / "raw").glob(f"{system}__{load}__r*.json"))
@@ -203,7 +213,7 @@ def compare(args: argparse.Namespace) -> None:
         cores = measured["machine"].get("cpu_affinity") or measured["machine"]["cpu_count"]
         overhead = calibration.graph_overhead(
             profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
-            cores, scale_steps=args.step_model == "scaled",
+            cores, steps=args.step_model,
             prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
                      for r in c1_rows] if args.prompts else None)
         # The profile as `pdserve simulate` takes it for this system: measured engine plus the
@@ -228,14 +238,48 @@ def compare(args: argparse.Namespace) -> None:
                 row[key] = {"measured": m, "low": min(real_values), "high": max(real_values),
                             "simulated": s, "error_pct": 100 * (s - m) / m if m else None}
             table.append(row)
+        for load, (directory, report_) in {
+                **{load: (calibration_dir, calibrating) for load in CALIBRATION_LOADS},
+                **{load: (out, measured) for load in VALIDATION_LOADS}}.items():
+            ratios = engine_work(profile, model, overhead, directory, report_, system, load,
+                                 args.prompts)
+            if ratios:
+                work.append({"system": system, "load": load, "ratio": statistics.median(ratios),
+                             "low": min(ratios), "high": max(ratios)})
     result = {"profile": str(args.profile), "calibration": str(args.calibration or out),
               "step_times": profile.step_times.model_dump(),
               "kv_transfer": profile.kv_transfer and profile.kv_transfer.model_dump(),
-              "prompts": args.prompts, "rows": table}
+              "prompts": args.prompts, "rows": table, "engine_work": work}
     (out / f"validation{args.suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"validation{args.suffix}.md").write_text(validation_markdown(result, measured))
     plot_validation(result, out / f"validation{args.suffix}.png")
     print((out / f"validation{args.suffix}.md").read_text())
+
+
+def engine_work(profile: Any, model: Any, overhead: Any, directory: Path,
+                report_: dict[str, Any], system: str, load: str, prompts: bool) -> list[float]:
+    """Per round of `load` in `directory`'s runs (`report_`: their report): the served engines'
+    CPU seconds (process accounting) over those the simulated engines' steps held with steps as
+    profiled (this overhead without its step scale or per-step time: on the host's shared cores
+    unless `--no-cpu-model` left them out), each counting the `NUM_WARMUPS` warm-up requests
+    every load here sends. Above 1, a served step did more work than its profile; a step model
+    calibrated where it did more than under another load misjudges that load."""
+    from pdserve.simulation import calibration
+
+    bare_steps = overhead.model_copy(update={"step_scale": 1.0, "per_step_s": 0.0})
+    sent = sent_prompts(load, report_, directory, model.model) if prompts else None
+    ratios = []
+    for row in report_["results"]:
+        served = process_cpu.engine_core_cpu_s(row.get("cpu_s"))
+        if row["system"] != system or row["load"] != load or not row.get("summary") \
+                or not served:
+            continue
+        raw = directory / "raw" / f"{system}__{load}__r{row['round']}.json"
+        held = calibration.engine_cpu_s(profile, model, raw, bare_steps, sent, NUM_WARMUPS,
+                                        MAX_CONCURRENCY.get(load))
+        if held:
+            ratios.append(served / held)
+    return ratios
 
 
 def sent_prompts(load: str, measured: dict[str, Any], out: Path, model: str) -> list:
@@ -280,6 +324,16 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
             lines.append(f"| {row['system']} | {row['load']} | {key} | {cell['measured']:.1f} "
                          f"({cell['low']:.1f}–{cell['high']:.1f}) | {cell['simulated']:.1f} | "
                          f"{error} |")
+    if result.get("engine_work"):
+        loads = [*CALIBRATION_LOADS, *VALIDATION_LOADS]
+        lines += ["", "Served engines' CPU over the simulated steps' with steps as profiled "
+                  "(process accounting; median (min–max) over rounds; calibration loads first):",
+                  "", "| system | " + " | ".join(loads) + " |", "|---" * (len(loads) + 1) + "|"]
+        cells = {(w["system"], w["load"]): f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})"
+                 for w in result["engine_work"]}
+        for system in dict.fromkeys(w["system"] for w in result["engine_work"]):
+            lines.append(f"| {system} | "
+                         + " | ".join(cells.get((system, load), "—") for load in loads) + " |")
     lines += ["", "Graph overhead used (calibrated per system on its concurrency-1 runs):", ""]
     seen = set()
     for row in result["rows"]:

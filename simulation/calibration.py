@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.profile_file import GraphOverhead, Profile
+from pdserve.simulation.profile_file import STEP_MODELS, GraphOverhead, Profile
 from pdserve.simulation.traces import TraceRequest, read_vllm_result
 
 #: Process roles (`benchmarks/process_cpu.py`) whose CPU follows the traffic (the load
 #: generator too, where it shares the host), and Ray's own upkeep, which runs whether or not
 #: requests do.
 TRAFFIC_ROLES = ("replica ", "serve proxy", "harness")
+#: Simulated time between batches of warm-up requests and before a run's first request
+#: (`engine_cpu_s`): longer than any takes, so each batch starts on idle engines, as vLLM's
+#: benchmark sends the next only when the last has finished.
+WARMUP_GAP_S = 60.0
 UPKEEP_ROLES = ("ray system", "serve controller", "ray::DashboardAgent", "serve run driver",
                 "ray::RuntimeEnvAgent")
 
@@ -34,19 +39,47 @@ def simulated(profile: Profile, model: Any, result_file: Path, overhead: GraphOv
     return summarize(sim.run())
 
 
+def engine_cpu_s(profile: Profile, model: Any, result_file: Path, overhead: GraphOverhead,
+                 prompts: list[TraceRequest] | None = None, warmups: int = 0,
+                 warmups_at_once: int | None = None) -> float:
+    """CPU seconds the simulated engines' steps held over a run's requests and, before them, the
+    `warmups` copies of its first request that vLLM's benchmark sends first, `warmups_at_once`
+    at a time (its `--max-concurrency`; all together without one): what per-process accounting
+    of a served run's engines counts, the warm-ups' prefix-cache entries included (the copies
+    share the first request's tokens only when `prompts` are given)."""
+    trace = read_vllm_result(result_file, prompts=prompts)
+    if not trace:
+        return 0.0
+    at_once = max(1, warmups_at_once or warmups)
+    requests = [replace(trace[0], arrival_s=(i // at_once) * WARMUP_GAP_S)
+                for i in range(warmups)]
+    shift = -(-warmups // at_once) * WARMUP_GAP_S
+    requests += [replace(r, arrival_s=r.arrival_s + shift) for r in trace]
+    sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model, requests)
+    sim.run()
+    return sim.cpu.engine_cpu_s
+
+
 def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    cpu_by_role: list[dict[str, float]] | None = None,
-                   host_cores: int | None = None, scale_steps: bool = True,
+                   host_cores: int | None = None, steps: str = "scaled",
                    prompts: list[list[TraceRequest] | None] | None = None) -> GraphOverhead:
-    """Medians over concurrency-1 runs (vLLM benchmark result files). `scale_steps`: the
-    served engine's steps are the measured TPOT p50 over the simulated bare engine's (at
-    least 1) times the profiled ones, and the rest of the measured TTFT p50 is latency per
-    request (fixed + per prompt token, over runs of different prompt lengths); else steps keep
-    their profiled time plus the TPOT difference per step. With `cpu_by_role` (per run,
+    """Medians over concurrency-1 runs (vLLM benchmark result files). `steps` (`STEP_MODELS`):
+    `scaled`, the served engine's steps are the measured TPOT p50 over the simulated bare
+    engine's (at least 1) times the profiled ones, and the rest of the measured TTFT p50 is
+    latency per request (fixed + per prompt token, over runs of different prompt lengths);
+    `added`, steps keep their profiled time plus the TPOT difference per step; `profiled`,
+    steps keep their profiled time and only the TTFT difference is calibrated (a served
+    engine did 1.2–1.7× its profiled work per step under every load measured, so this
+    underestimates: `benchmarks/results/sim-validation-cpu-v3/validation-profiled.md`). With
+    `cpu_by_role` (per run,
     CPU seconds by process role): the graph's CPU per request and at rest. `prompts`: per run,
     the prompts it sent (see `simulated`)."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
+    if steps not in STEP_MODELS:
+        raise ValueError(f"unknown step model {steps!r}; known: {', '.join(STEP_MODELS)}")
+    scale_steps = steps == "scaled"
     per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
     prompt_tokens: list[float] = []
     for n, path in enumerate(runs):
@@ -61,7 +94,8 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
             per_request.append((measured["p50_ttft_ms"] - scaled["p50_ttft_ms"]) / 1e3)
         else:
             per_request.append((measured["p50_ttft_ms"] - bare["p50_ttft_ms"]) / 1e3)
-            per_step.append((measured["p50_tpot_ms"] - bare["p50_tpot_ms"]) / 1e3)
+            if steps == "added":
+                per_step.append((measured["p50_tpot_ms"] - bare["p50_tpot_ms"]) / 1e3)
         if cpu_by_role:
             roles = cpu_by_role[n]
             traffic.append((measured["completed"], measured["total_output_tokens"],
@@ -77,8 +111,9 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         background_cores=statistics.median(upkeep) if upkeep else 0.0,
         host_cores=host_cores if traffic else None,
         source=f"{len(runs)} concurrency-1 runs of the served graph against the simulated bare "
-        "engine: " + ("TPOT p50 ratio (step scale, median), then TTFT p50 difference"
-                      if scale_steps else "TPOT p50 difference (median), TTFT p50 difference")
+        "engine: " + {"scaled": "TPOT p50 ratio (step scale, median), then TTFT p50 difference",
+                      "added": "TPOT p50 difference (median), TTFT p50 difference",
+                      "profiled": "steps as profiled, TTFT p50 difference"}[steps]
         + " fitted as per request + per prompt token"
         + ("; graph CPU per request, per token and at rest from process accounting"
            if traffic else ""))

@@ -56,6 +56,11 @@ class KVTransfer(_Strict):
     samples: int | None = None
 
 
+#: How a calibration relates the served engine's steps to the profiled ones
+#: (`calibration.graph_overhead`'s `steps`): times a factor, plus a constant, or as profiled.
+STEP_MODELS = ("scaled", "added", "profiled")
+
+
 class GraphOverhead(_Strict):
     """What the served graph adds over the profiled bare engine.
 

@@ -83,12 +83,7 @@ def test_the_report_says_why_requests_missed() -> None:
     assert "| pd 1P+2D | 76.5 | 60.0 | 1.26 |" in plan_validation.markdown(result, {})
 
 
-def test_engine_cpu_is_read_from_the_runs_per_process_roles() -> None:
-    roles = {"vllm engine core": 61.5, "replica bench-decode": 7.2, "ray system": 3.9}
-    assert plan_validation.engine_cpu_s(roles) == 61.5
-    assert plan_validation.engine_cpu_s({"vllm engine core": 1.0,
-                                         "vllm engine core (x)": 2.0}) == 3.0
-    assert plan_validation.engine_cpu_s(None) is None
+def test_a_run_is_matched_to_its_round_by_its_raw_file_name() -> None:
     assert plan_validation.round_of(Path("raw/pd-1-2__plan__r3.json")) == 3
 
 

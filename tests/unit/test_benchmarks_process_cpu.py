@@ -35,6 +35,14 @@ def test_by_role_sums_deltas_per_role_and_counts_new_processes_from_zero() -> No
     assert process_cpu.by_role(before, after) == {"b": 2.25, "a": 1.5}
 
 
+def test_engine_core_cpu_is_read_from_a_steps_roles() -> None:
+    roles = {"vllm engine core": 61.5, "replica bench-decode": 7.2, "ray system": 3.9}
+    assert process_cpu.engine_core_cpu_s(roles) == 61.5
+    assert process_cpu.engine_core_cpu_s({"vllm engine core": 1.0,
+                                          "vllm engine core (x)": 2.0}) == 3.0
+    assert process_cpu.engine_core_cpu_s(None) is None
+
+
 def test_snapshot_sees_a_busy_child_and_the_harness() -> None:
     spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
     child = subprocess.Popen([sys.executable, "-c", spin])

@@ -1,10 +1,16 @@
-"""Splitting the graph's CPU into per-request and per-token parts from concurrency-1 runs."""
+"""The graph's overhead from concurrency-1 runs: its CPU split into per-request and per-token
+parts, and the served engine's extra time per step as each step model places it."""
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
-from pdserve.simulation.calibration import split_cpu
+import pytest
+from sim_profiles import PROFILE, model
+
+from pdserve.simulation.calibration import engine_cpu_s, graph_overhead, simulated, split_cpu
+from pdserve.simulation.profile_file import STEP_MODELS, GraphOverhead
 
 
 def test_runs_of_different_output_lengths_split_request_and_token_cpu() -> None:
@@ -18,3 +24,54 @@ def test_runs_of_different_output_lengths_split_request_and_token_cpu() -> None:
 def test_one_output_length_puts_everything_on_the_request() -> None:
     assert split_cpu([(10, 320, 2.0), (20, 640, 4.4)]) == pytest.approx((0.21, 0.0))
     assert split_cpu([]) == (0.0, 0.0)
+
+
+def _c1_run(path: Path, tpot_ms: float, ttft_ms: float) -> Path:
+    """A concurrency-1 result file of vLLM's serving benchmark: 8 requests of 64 prompt
+    tokens and 32 out, one after another, with these measured medians."""
+    path.write_text(json.dumps({
+        "start_times": [i * 1.0 for i in range(8)], "input_lens": [64] * 8,
+        "output_lens": [32] * 8, "p50_tpot_ms": tpot_ms, "p50_ttft_ms": ttft_ms,
+        "completed": 8, "total_output_tokens": 256, "duration": 8.0}))
+    return path
+
+
+@pytest.mark.parametrize("steps", STEP_MODELS)
+def test_each_step_model_puts_the_served_engines_extra_time_where_it_says(
+        steps: str, tmp_path: Path) -> None:
+    colocated = model("colocated")
+    bare = simulated(PROFILE, colocated, _c1_run(tmp_path / "bare.json", 1, 1), GraphOverhead())
+    # Served: steps 1.5x the profiled ones, and 40 ms more before the first token.
+    run = _c1_run(tmp_path / "c1.json", 1.5 * bare["p50_tpot_ms"], bare["p50_ttft_ms"] + 40)
+    overhead = graph_overhead(PROFILE, colocated, [run], steps=steps)
+    extra_step_s = 0.5 * bare["p50_tpot_ms"] / 1e3
+    expected = {"scaled": (1.5, 0.0), "added": (1.0, extra_step_s), "profiled": (1.0, 0.0)}
+    assert (overhead.step_scale, overhead.per_step_s) == pytest.approx(expected[steps], rel=0.02)
+    if steps != "scaled":  # scaled steps also lengthen the prefill, which leaves less to add
+        assert overhead.per_request_s == pytest.approx(0.040, rel=0.02)
+    assert {"scaled": "TPOT p50 ratio", "added": "TPOT p50 difference",
+            "profiled": "steps as profiled"}[steps] in overhead.source
+
+
+def test_an_unknown_step_model_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown step model 'fitted'"):
+        graph_overhead(PROFILE, model("colocated"), [_c1_run(tmp_path / "c1.json", 9, 90)],
+                       steps="fitted")
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_engine_cpu_counts_the_warmup_copies_of_the_first_request(at_once: int,
+                                                                   tmp_path: Path) -> None:
+    colocated = model("colocated")
+    run = _c1_run(tmp_path / "c1.json", 9, 90)
+    alone = tmp_path / "alone.json"
+    alone.write_text(json.dumps({"start_times": [0.0], "input_lens": [64], "output_lens": [32]}))
+    one = engine_cpu_s(PROFILE, colocated, alone, GraphOverhead())
+    plain = engine_cpu_s(PROFILE, colocated, run, GraphOverhead())
+    warmed = engine_cpu_s(PROFILE, colocated, run, GraphOverhead(), warmups=2,
+                          warmups_at_once=at_once)
+    assert plain == pytest.approx(8 * one, rel=0.01)  # one after another: no batching
+    if at_once == 1:  # one after another, as at concurrency 1
+        assert warmed - plain == pytest.approx(2 * one, rel=0.01)
+    else:  # sent together, they share their steps: more than one alone, less than two
+        assert one * 1.05 < warmed - plain < 2 * one * 0.95
