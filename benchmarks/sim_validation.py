@@ -199,12 +199,12 @@ def compare(args: argparse.Namespace) -> None:
     measured = json.loads((out / "report.json").read_text())
     table: list[dict[str, Any]] = []
     work: list[dict[str, Any]] = []  # engine_work's ratios, per system and load
+    calibration_dir = args.calibration or out
+    calibrating = json.loads((calibration_dir / "report.json").read_text())
     for system in measured["systems"]:
         model = pick_model(load_app(out / "configs" / f"{system}.yaml"), None)
         raws = {load: sorted((out / "raw").glob(f"{system}__{load}__r*.json"))
                 for load in VALIDATION_LOADS}
-        calibration_dir = args.calibration or out
-        calibrating = json.loads((calibration_dir / "report.json").read_text())
         c1_rows = sorted((r for r in calibrating["results"]
                           if r["system"] == system and r["load"] in CALIBRATION_LOADS
                           and r.get("summary")), key=lambda r: (r["round"], r["load"]))
@@ -249,7 +249,9 @@ def compare(args: argparse.Namespace) -> None:
     result = {"profile": str(args.profile), "calibration": str(args.calibration or out),
               "step_times": profile.step_times.model_dump(),
               "kv_transfer": profile.kv_transfer and profile.kv_transfer.model_dump(),
-              "prompts": args.prompts, "rows": table, "engine_work": work}
+              "prompts": args.prompts, "rows": table, "engine_work": work,
+              "window": {"profiled": profile.created, "calibration_runs": calibrating.get("date"),
+                         "validated_runs": measured.get("date")}}
     (out / f"validation{args.suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"validation{args.suffix}.md").write_text(validation_markdown(result, measured))
     plot_validation(result, out / f"validation{args.suffix}.png")
@@ -307,6 +309,10 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
              f"- profile: `{result['profile']}` (step model held-out error "
              f"{_pct(steps.get('heldout_mape'))} MAPE, p90 {_pct(steps.get('heldout_p90_ape'))}; "
              f"host noise {_pct(steps.get('noise_mape'))})",
+             *([f"- when: profiled {w.get('profiled')}, calibration runs from "
+                f"{w.get('calibration_runs')}, validated runs from {w.get('validated_runs')} "
+                "(a shared VM's speed moves within hours: measure all three in one window)"]
+               if (w := result.get("window")) else []),
              "- simulated: each measured run's own requests replayed ("
              + ("arrival times and lengths from its result, prompt tokens from its dataset "
                 "sampled again with its options and seed" if result.get("prompts") else

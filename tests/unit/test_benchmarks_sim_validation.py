@@ -25,3 +25,27 @@ def test_each_load_parses_and_draws_its_own_prompts(tmp_path: Path) -> None:
             assert parsed.request_rate in (args.rate, args.mixed_rate)
     assert len(set(seeds.values())) == len(sv.LOADS)
     assert set(sv.CALIBRATION_LOADS) | set(sv.VALIDATION_LOADS) == set(sv.LOADS)
+
+
+def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_work() -> None:
+    cell = {"measured": 10.0, "low": 9.0, "high": 11.0, "simulated": 11.0, "error_pct": 10.0}
+    overhead = {"per_request_s": 0.02, "per_prompt_token_s": 1e-4, "step_scale": 1.4,
+                "per_step_s": 0.0, "cpu_per_request_s": 0.05, "cpu_per_token_s": 0.002,
+                "background_cores": 0.1, "host_cores": 2}
+    row = {"system": "pd", "load": "poisson", "overhead": overhead,
+           **{k: cell for k in (*sv.COMPARED, "p99_itl_ms", "request_throughput")}}
+    result = {"profile": "p.json", "calibration": "cal", "prompts": True, "rows": [row],
+              "step_times": {"heldout_mape": 10.6, "heldout_p90_ape": 26.8, "noise_mape": 14.6},
+              "engine_work": [{"system": "pd", "load": "c1", "ratio": 1.54, "low": 1.52,
+                               "high": 2.11},
+                              {"system": "pd", "load": "poisson", "ratio": 1.32, "low": 1.3,
+                               "high": 1.48}],
+              "window": {"profiled": "2026-12-06T13:34", "calibration_runs": "2026-12-06T13:35",
+                         "validated_runs": "2026-12-06T13:35"}}
+    measured = {"run_name": "v", "command": "python -m ...", "git_revision": "abc", "rounds": 3}
+    text = sv.validation_markdown(result, measured)
+    assert "- when: profiled 2026-12-06T13:34, calibration runs from 2026-12-06T13:35" in text
+    assert "| pd | 1.54 (1.52–2.11) | — | 1.32 (1.30–1.48) | — | — |" in text
+    assert "| pd | poisson | p50_ttft_ms | 10.0 (9.0–11.0) | 11.0 | +10.0% |" in text
+    older = sv.validation_markdown({**result, "engine_work": [], "window": None}, measured)
+    assert "- when:" not in older and "Served engines' CPU" not in older
