@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pdserve.benchmarks import sim_compare, workloads
 from pdserve.benchmarks import sim_validation as sv
-from pdserve.benchmarks import workloads
 from pdserve.benchmarks.systems import System
 
 
@@ -43,9 +43,9 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
               "window": {"profiled": "2026-12-06T13:34", "calibration_runs": "2026-12-06T13:35",
                          "validated_runs": "2026-12-06T13:35"}}
     measured = {"run_name": "v", "command": "python -m ...", "git_revision": "abc", "rounds": 3}
-    text = sv.validation_markdown(result, measured)
+    text = sim_compare.validation_markdown(result, measured)
     assert "- when: profiled 2026-12-06T13:34, calibration runs from 2026-12-06T13:35" in text
     assert "| pd | 1.54 (1.52–2.11) | — | 1.32 (1.30–1.48) | — | — |" in text
     assert "| pd | poisson | p50_ttft_ms | 10.0 (9.0–11.0) | 11.0 | +10.0% |" in text
-    older = sv.validation_markdown({**result, "engine_work": [], "window": None}, measured)
+    older = sim_compare.validation_markdown({**result, "engine_work": [], "window": None}, measured)
     assert "- when:" not in older and "Served engines' CPU" not in older
