@@ -157,6 +157,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     measured = json.loads((args.out / "report.json").read_text())
     profile_path = args.profile or Path(plan["profile"])
     profile = profile_file.load(profile_path)
+    if args.cpu_window:
+        profile = profile.model_copy(update={"graph_overhead": profile.graph_overhead.model_copy(
+            update={"cpu_window_s": args.cpu_window})})
     app = load_app(Path(plan["config"]))
     model = pick_model(app, plan["model"])
     ttft_ms, itl_ms = plan["slo"]["ttft_ms"], plan["slo"]["itl_ms"]
@@ -215,6 +218,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
               "simulated_at": report.git_revision(systems.REPO_ROOT),
               "profile": str(profile_path),
               "profile_cpu": profile.machine.get("cpu_model"),
+              "cpu_window_s": profile.graph_overhead.cpu_window_s,
               "measured_cpu": (measured.get("machine") or {}).get("cpu_model"),
               "recommended": recommended,
               "best_measured": best and best["candidate"],
@@ -284,6 +288,8 @@ def profile_lines(result: dict[str, Any]) -> list[str]:
         return []
     ran, profiled = result.get("measured_cpu"), result.get("profile_cpu")
     line = f"- profile: `{result['profile']}`, measured on {profiled or 'an unrecorded CPU'}"
+    if result.get("cpu_window_s") is not None:
+        line += f"; graph CPU demand over the last {result['cpu_window_s']:g} s"
     if not (ran and profiled):
         return [line, "- the profile's or the runs' CPU is not recorded: whether the profile "
                 "holds for the runs' machine cannot be checked"]
@@ -313,6 +319,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="simulate with this profile instead of the plan's (one measured on "
                    "the machine the runs were measured on); the comparison after measuring "
                    "uses it too")
+    p.add_argument("--cpu-window", type=float, default=None, metavar="S",
+                   help="with --compare: the graph's CPU demand follows the last S seconds' "
+                   "arrivals and tokens (the profile's `graph_overhead.cpu_window_s`)")
     p.add_argument("--report-name", default="validation",
                    help="the comparison's file names in --out (NAME.json, NAME.md): keep "
                    "comparisons with other profiles side by side")

@@ -51,6 +51,8 @@ def compare(args: argparse.Namespace) -> None:
             cores, steps=args.step_model,
             prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
                      for r in c1_rows] if args.prompts else None)
+        if args.cpu_window:
+            overhead = overhead.model_copy(update={"cpu_window_s": args.cpu_window})
         # The profile as `pdserve simulate` takes it for this system: measured engine plus the
         # served graph's calibrated overhead.
         profile.model_copy(update={"graph_overhead": overhead}).save(
@@ -188,7 +190,8 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
                          f"{o['cpu_per_request_s'] * 1e3:.0f} ms per request + "
                          f"{o['cpu_per_token_s'] * 1e3:.2f} ms per token + "
                          f"{o['background_cores']:.2f} cores at rest on "
-                         f"{o['host_cores'] or '—'} cores")
+                         f"{o['host_cores'] or '—'} cores, demanded over the last "
+                         f"{o.get('cpu_window_s', 2.0):g} s")
     return "\n".join(lines) + "\n"
 
 

@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lengths-only", dest="prompts", action="store_false",
                    help="with --compare: replay lengths only (simulated prompts share no "
                    "tokens), not the prompts the runs sent")
+    p.add_argument("--cpu-window", type=float, default=None, metavar="S",
+                   help="with --compare: the graph's CPU demand follows the last S seconds' "
+                   "arrivals and tokens (the profile's `graph_overhead.cpu_window_s`, 2 s by "
+                   "default)")
     p.add_argument("--suffix", default="", help="with --compare: validation<suffix>.md/json")
     args = p.parse_args(argv)
     # The mixed benchmark's settings, for its configs and dataset.

@@ -11,7 +11,8 @@ pinned (`cpu_binding: nobind`) share all the cores alike. Measured on this 2-cor
 inter-token latency, where sharing all cores alike had predicted almost none.
 
 The graph's processes (proxy, ingress, replicas, Ray) are not pinned: their CPU demand (CPU per
-request and per streamed token times their rates over the last `CPU_WINDOW_S`, plus Ray's upkeep)
+request and per streamed token times their rates over the last `cpu_window_s` (a profile's
+`graph_overhead`; 2 s unless set), plus Ray's upkeep)
 first fills the cores no engine steps on; what is left is taken from the busy cores alike, at
 most `MAX_CPU_SHARE` of each; the demand is re-read when a step starts or ends, not between.
 (Steering it to the least loaded cores first, as a load balancer would, was tried: measured
@@ -47,8 +48,6 @@ from pdserve.kv_transfer.ports import EngineSlot
 from pdserve.simulation.events import EventLoop
 from pdserve.simulation.profile_file import CoreContention, GraphOverhead
 
-#: The window over which the graph's CPU demand is estimated from recent arrivals.
-CPU_WINDOW_S = 2.0
 #: The largest share of an engine's core the graph's processes can take.
 MAX_CPU_SHARE = 0.8
 #: The cores group of engines that are not pinned.
@@ -123,13 +122,14 @@ class HostCPU:
     def demand(self) -> float:
         """Cores the graph's processes want now."""
         now, arrivals, tokens = self.loop.now, self._arrivals, self._tokens
-        while arrivals and arrivals[0] < now - CPU_WINDOW_S:
-            arrivals.popleft()
-        while tokens and tokens[0][0] < now - CPU_WINDOW_S:
-            self._token_count -= tokens.popleft()[1]
         o = self.overhead
+        window = o.cpu_window_s  # the demand spreads its work over this many seconds
+        while arrivals and arrivals[0] < now - window:
+            arrivals.popleft()
+        while tokens and tokens[0][0] < now - window:
+            self._token_count -= tokens.popleft()[1]
         return o.background_cores + (o.cpu_per_request_s * len(arrivals)
-                                     + o.cpu_per_token_s * self._token_count) / CPU_WINDOW_S
+                                     + o.cpu_per_token_s * self._token_count) / window
 
     def graph_shares(self) -> dict[int, float]:
         """The share of each busy cores group the graph's processes take now: their demand

@@ -78,7 +78,11 @@ class GraphOverhead(_Strict):
       demand (plus `background_cores`, Ray's own upkeep) exceeds the cores the engines leave
       idle, it takes from the busy cores alike and their engines' steps stretch; engines
       pinned to one core share it (`host_cpu.HostCPU`; None: each engine and the graph on
-      hardware of its own)."""
+      hardware of its own).
+    - `cpu_window_s`: that demand is the graph's CPU for the arrivals and streamed tokens of
+      the last this many seconds, spread over them: shorter follows bursts closer. Not
+      calibrated: on the Intel box 0.2–0.5 s fitted `sim-validation-cpu-v3` better than 2 s
+      and other validations worse (`benchmarks/results/sim-cpu-window-cpu-v1`)."""
 
     per_request_s: float = Field(0.0, ge=0)
     per_prompt_token_s: float = Field(0.0, ge=0)
@@ -88,6 +92,8 @@ class GraphOverhead(_Strict):
     cpu_per_token_s: float = Field(0.0, ge=0, description="graph CPU per streamed token")
     background_cores: float = Field(0.0, ge=0, description="the graph's CPU when idle (Ray)")
     host_cores: int | None = Field(None, ge=1)
+    cpu_window_s: float = Field(2.0, gt=0, description="the graph's CPU demand follows the "
+                                "arrivals and tokens of this many seconds")
     source: str = "not measured (0)"
 
 

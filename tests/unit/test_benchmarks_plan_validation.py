@@ -107,3 +107,7 @@ def test_compare_takes_another_profile() -> None:
     assert args.report_name == "validation"
     plain = plan_validation.parse_args(["--plan", "p", "--out", "o", "--report-name", "v-amd"])
     assert plain.profile is None and plain.report_name == "v-amd"
+    assert plain.cpu_window is None
+    windowed = plan_validation.parse_args(["--plan", "p", "--out", "o", "--compare",
+                                           "--cpu-window", "0.5"])
+    assert windowed.cpu_window == 0.5

@@ -25,6 +25,8 @@ def test_each_load_parses_and_draws_its_own_prompts(tmp_path: Path) -> None:
             assert parsed.request_rate in (args.rate, args.mixed_rate)
     assert len(set(seeds.values())) == len(sv.LOADS)
     assert set(sv.CALIBRATION_LOADS) | set(sv.VALIDATION_LOADS) == set(sv.LOADS)
+    assert args.cpu_window is None  # the profile's window unless --cpu-window
+    assert sv.parse_args(["--out", str(tmp_path), "--cpu-window", "0.5"]).cpu_window == 0.5
 
 
 def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_work() -> None:
@@ -47,5 +49,8 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
     assert "- when: profiled 2026-12-06T13:34, calibration runs from 2026-12-06T13:35" in text
     assert "| pd | 1.54 (1.52–2.11) | — | 1.32 (1.30–1.48) | — | — |" in text
     assert "| pd | poisson | p50_ttft_ms | 10.0 (9.0–11.0) | 11.0 | +10.0% |" in text
+    assert "on 2 cores, demanded over the last 2 s" in text  # a row without a window: 2 s
+    row["overhead"] = {**overhead, "cpu_window_s": 0.5}
+    assert "demanded over the last 0.5 s" in sim_compare.validation_markdown(result, measured)
     older = sim_compare.validation_markdown({**result, "engine_work": [], "window": None}, measured)
     assert "- when:" not in older and "Served engines' CPU" not in older

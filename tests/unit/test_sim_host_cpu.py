@@ -225,3 +225,22 @@ def test_one_model_of_an_app_is_placed_as_the_app_places_it() -> None:
     loose = Simulation(profile, b, [traces.TraceRequest(0.0, 10, 1)],
                        replicas={"colocated": 2}, app=nobind)
     assert {r.core for r in loose.pools["colocated"].history} == {UNPINNED}
+
+
+@pytest.mark.parametrize("window", [2.0, 0.5])
+def test_the_graph_s_demand_spreads_recent_work_over_the_profile_s_window(window: float) -> None:
+    # four arrivals and 100 streamed tokens at t=0: their CPU, spread over the window, while
+    # they are in it; none once they have left it
+    cpu = host(cpu_per_request_s=0.05, cpu_per_token_s=0.002, cpu_window_s=window)
+    demands: list[float] = []
+    for _ in range(4):
+        cpu.request_arrived()
+    cpu.tokens_streamed(100)
+    cpu.loop.at(window * 0.9, lambda: demands.append(cpu.demand()))
+    cpu.loop.at(window * 1.1, lambda: demands.append(cpu.demand()))
+    cpu.loop.run()
+    assert demands == pytest.approx([(4 * 0.05 + 100 * 0.002) / window, 0.0])
+
+
+def test_a_profile_without_a_cpu_window_keeps_two_seconds() -> None:
+    assert GraphOverhead.model_validate({"per_request_s": 0.01}).cpu_window_s == 2.0
