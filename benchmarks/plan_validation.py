@@ -157,9 +157,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     measured = json.loads((args.out / "report.json").read_text())
     profile_path = args.profile or Path(plan["profile"])
     profile = profile_file.load(profile_path)
-    if args.cpu_window:
-        profile = profile.model_copy(update={"graph_overhead": profile.graph_overhead.model_copy(
-            update={"cpu_window_s": args.cpu_window})})
+    profile = profile.model_copy(update={
+        "graph_overhead": profile.graph_overhead.with_cpu_window(args.cpu_window)})
     app = load_app(Path(plan["config"]))
     model = pick_model(app, plan["model"])
     ttft_ms, itl_ms = plan["slo"]["ttft_ms"], plan["slo"]["itl_ms"]
@@ -320,8 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the machine the runs were measured on); the comparison after measuring "
                    "uses it too")
     p.add_argument("--cpu-window", type=float, default=None, metavar="S",
-                   help="with --compare: the graph's CPU demand follows the last S seconds' "
-                   "arrivals and tokens (the profile's `graph_overhead.cpu_window_s`)")
+                   help="simulate with the graph's CPU demand following the last S seconds' "
+                   "arrivals and tokens (default: the profile's `graph_overhead.cpu_window_s`)")
     p.add_argument("--report-name", default="validation",
                    help="the comparison's file names in --out (NAME.json, NAME.md): keep "
                    "comparisons with other profiles side by side")

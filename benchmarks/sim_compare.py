@@ -23,6 +23,7 @@ from pdserve.benchmarks.sim_validation import (
     VALIDATION_LOADS,
     load_argv,
 )
+from pdserve.simulation.profile_file import GraphOverhead
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -51,8 +52,9 @@ def compare(args: argparse.Namespace) -> None:
             cores, steps=args.step_model,
             prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
                      for r in c1_rows] if args.prompts else None)
-        if args.cpu_window:
-            overhead = overhead.model_copy(update={"cpu_window_s": args.cpu_window})
+        # the profile's window (calibration starts from the default), unless --cpu-window
+        overhead = overhead.with_cpu_window(profile.graph_overhead.cpu_window_s
+                                            if args.cpu_window is None else args.cpu_window)
         # The profile as `pdserve simulate` takes it for this system: measured engine plus the
         # served graph's calibrated overhead.
         profile.model_copy(update={"graph_overhead": overhead}).save(
@@ -134,6 +136,10 @@ def sent_prompts(load: str, measured: dict[str, Any], out: Path, model: str) -> 
     return traces.read_vllm_dataset(shlex.join(argv), str(model_dir))
 
 
+#: the graph's CPU window of an overhead saved before it had one
+DEFAULT_WINDOW = GraphOverhead.model_fields["cpu_window_s"].default
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}%"
 
@@ -190,8 +196,9 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
                          f"{o['cpu_per_request_s'] * 1e3:.0f} ms per request + "
                          f"{o['cpu_per_token_s'] * 1e3:.2f} ms per token + "
                          f"{o['background_cores']:.2f} cores at rest on "
-                         f"{o['host_cores'] or '—'} cores, demanded over the last "
-                         f"{o.get('cpu_window_s', 2.0):g} s")
+                         f"{o['host_cores'] or '—'} cores"
+                         + (f", demanded over the last {o.get('cpu_window_s', DEFAULT_WINDOW):g} s"
+                            if o["host_cores"] else ""))
     return "\n".join(lines) + "\n"
 
 

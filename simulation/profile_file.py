@@ -81,8 +81,9 @@ class GraphOverhead(_Strict):
       hardware of its own).
     - `cpu_window_s`: that demand is the graph's CPU for the arrivals and streamed tokens of
       the last this many seconds, spread over them: shorter follows bursts closer. Not
-      calibrated: on the Intel box 0.2–0.5 s fitted `sim-validation-cpu-v3` better than 2 s
-      and other validations worse (`benchmarks/results/sim-cpu-window-cpu-v1`)."""
+      calibrated: 0.5 s fitted three earlier validations better than 2 s and three worse
+      (`benchmarks/results/sim-cpu-window-cpu-v1`), and a new one, chosen before it ran,
+      worse (`sim-validation-cpu-v5`)."""
 
     per_request_s: float = Field(0.0, ge=0)
     per_prompt_token_s: float = Field(0.0, ge=0)
@@ -94,6 +95,13 @@ class GraphOverhead(_Strict):
     host_cores: int | None = Field(None, ge=1)
     cpu_window_s: float = Field(2.0, gt=0, description="the graph's CPU demand follows the "
                                 "arrivals and tokens of this many seconds")
+
+    def with_cpu_window(self, seconds: float | None) -> GraphOverhead:
+        """This overhead with its demand over `seconds` (None: as it is), checked as loading
+        a profile checks it (`model_copy` alone would take 0 or less)."""
+        if seconds is None:
+            return self
+        return GraphOverhead.model_validate({**self.model_dump(), "cpu_window_s": seconds})
     source: str = "not measured (0)"
 
 

@@ -98,6 +98,10 @@ def test_the_report_warns_when_the_profile_is_of_another_cpu() -> None:
     assert "`prof.json`, measured on AMD EPYC" in same and "another CPU" not in same
     unknown = plan_validation.markdown({**result, "measured_cpu": None}, {})
     assert "cannot be checked" in unknown and "another CPU" not in unknown
+    assert "graph CPU demand" not in same  # a report written before the window was recorded
+    windowed = plan_validation.markdown({**result, "measured_cpu": "AMD EPYC",
+                                         "cpu_window_s": 0.5}, {})
+    assert "measured on AMD EPYC; graph CPU demand over the last 0.5 s" in windowed
 
 
 def test_compare_takes_another_profile() -> None:

@@ -52,5 +52,7 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
     assert "on 2 cores, demanded over the last 2 s" in text  # a row without a window: 2 s
     row["overhead"] = {**overhead, "cpu_window_s": 0.5}
     assert "demanded over the last 0.5 s" in sim_compare.validation_markdown(result, measured)
+    row["overhead"] = {**overhead, "host_cores": None}  # --no-cpu-model: no window applies
+    assert "demanded over" not in sim_compare.validation_markdown(result, measured)
     older = sim_compare.validation_markdown({**result, "engine_work": [], "window": None}, measured)
     assert "- when:" not in older and "Served engines' CPU" not in older

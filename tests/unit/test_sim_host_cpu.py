@@ -243,4 +243,9 @@ def test_the_graph_s_demand_spreads_recent_work_over_the_profile_s_window(window
 
 
 def test_a_profile_without_a_cpu_window_keeps_two_seconds() -> None:
-    assert GraphOverhead.model_validate({"per_request_s": 0.01}).cpu_window_s == 2.0
+    older = GraphOverhead.model_validate({"per_request_s": 0.01})
+    assert older.cpu_window_s == 2.0
+    assert older.with_cpu_window(None) is older
+    assert older.with_cpu_window(0.5).cpu_window_s == 0.5
+    with pytest.raises(ValueError, match="cpu_window_s"):
+        older.with_cpu_window(0.0)
