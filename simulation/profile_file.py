@@ -95,6 +95,7 @@ class GraphOverhead(_Strict):
     host_cores: int | None = Field(None, ge=1)
     cpu_window_s: float = Field(2.0, gt=0, description="the graph's CPU demand follows the "
                                 "arrivals and tokens of this many seconds")
+    source: str = "not measured (0)"
 
     def with_cpu_window(self, seconds: float | None) -> GraphOverhead:
         """This overhead with its demand over `seconds` (None: as it is), checked as loading
@@ -102,7 +103,6 @@ class GraphOverhead(_Strict):
         if seconds is None:
             return self
         return GraphOverhead.model_validate({**self.model_dump(), "cpu_window_s": seconds})
-    source: str = "not measured (0)"
 
 
 class CoreContention(_Strict):
