@@ -6,6 +6,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 
@@ -38,10 +39,12 @@ def declared_too_large(headers: Headers, limit: int) -> bool:
             and int(length) > limit)
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(HTTPException):
     """Raised while a streamed body is read, once it passes `limit` bytes (answered by
-    `too_large`, installed in `errors.py`)."""
+    `too_large`, installed in `errors.py`). An HTTP exception because FastAPI turns any other
+    exception raised while it parses a route's body into a 400 ("There was an error parsing
+    the body"); it passes HTTP exceptions on."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(body_too_large(limit))
+        super().__init__(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, body_too_large(limit))
         self.limit = limit

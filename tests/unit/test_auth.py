@@ -156,6 +156,10 @@ def guarded_app(keys: KeyRing | None, **auth: object) -> FastAPI:
     async def upsert(name: str) -> dict:
         return {"ok": name}
 
+    @app.post("/v1/parsed")
+    async def parsed(body: dict) -> dict:  # FastAPI reads and parses this body itself
+        return {"keys": len(body)}
+
     app.add_middleware(EdgeGuard, auth=AuthConfig(**auth),  # type: ignore[arg-type]
                        limits=LimitsConfig(max_body_bytes=4096), keys=keys, max_concurrent=2)
     return app
@@ -207,6 +211,12 @@ def test_body_limit_with_and_without_content_length(client: TestClient) -> None:
     assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
     assert r.json()["error"]["code"] == "body_too_large"  # one shape, streamed or declared
     assert r.headers["connection"] == "close"
+    # passed while FastAPI parses the route's body (the ingress's routes): still 413, not the
+    # 400 FastAPI makes of other exceptions there
+    r = client.post("/v1/parsed", content=chunks(), headers=auth)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
+    r = client.post("/v1/parsed", json={"a": 1}, headers=auth)
+    assert r.status_code == 200 and r.json() == {"keys": 1}
 
 
 def test_an_open_server_and_the_host_allow_list() -> None:
