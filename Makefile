@@ -28,8 +28,8 @@ tiny-model: install
 
 # RAY_worker_niceness=0: the local cluster `serve run` starts runs Ray's own workers (Serve
 # proxy, controller) at normal priority too; pdserve's deployments set it for themselves.
-# RAY_SERVE_*: Ray Serve's fast paths and pdserve's body ceiling for Ray's proxy too, read from
-# their one definition.
+# RAY_SERVE_*: Ray Serve's fast paths and pdserve's body ceiling for Ray's proxy too, and Ray
+# Serve's HAProxy mode through pdserve's launcher, read from their one definition.
 RAY_START_ENV = from pdserve.deployments.config.ray_serve_env import ray_start_env; \
 	print(" ".join(f"{k}={v}" for k, v in ray_start_env().items()))
 serve: tiny-model

@@ -28,7 +28,12 @@ from pdserve.benchmarks import report, rounds, systems, workloads
 from pdserve.benchmarks.otlp_sink import OTLPReceiver
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
-from pdserve.deployments.config.ray_serve_env import ray_start_env, tracing_env
+from pdserve.deployments.config.ray_serve_env import (
+    HAPROXY_SWITCH_ENV,
+    RAY_HAPROXY_FLAG,
+    ray_start_env,
+    tracing_env,
+)
 from pdserve.deployments.engine.placement import (
     SINGLE_PROCESS_SWITCH,
     omp_threads_bind,
@@ -64,17 +69,23 @@ BASELINE = "vllm"
 #: (`placement.single_process_env`, bound to the core pdserve's one engine gets): what the graph
 #: costs over the same engine.
 SYSTEM_NAMES = ("vllm", "vllm-sleeping", "vllm-single", "rayllm", "rayllm-nobatch", "pdserve",
-                "pdserve-fast", "pdserve-split", "pdserve-haproxy", "pdserve-traced")
-#: Ray Serve's fast paths (and pdserve's body ceiling in Ray's proxy) in the environment of
-#: every Ray process (`pdserve-fast`), as `make serve` sets them. pdserve's deployments set the
-#: fast paths for themselves (app key `ray_serve_fast_path`, on by default), so `pdserve`
-#: differs from it only in Ray's proxy.
+                "pdserve-fast", "pdserve-pyproxy", "pdserve-split", "pdserve-haproxy",
+                "pdserve-traced")
+#: `pdserve-fast`: what `make serve` exports where Ray starts (`ray_start_env`): Ray Serve's
+#: fast paths and pdserve's body ceiling for Ray's proxy, and (since overhead-cpu-v11) Ray
+#: Serve's HAProxy mode through pdserve's launcher (`haproxy_guard.py`): HAProxy listens on the
+#: HTTP port in place of Ray's Python proxy and sends each request straight to an ingress
+#: replica's own HTTP server (direct ingress). pdserve's deployments set the fast paths for
+#: themselves (app key `ray_serve_fast_path`, on by default), so `pdserve` differs from
+#: `pdserve-pyproxy` only in Ray's proxy.
 RAY_START_ENV = ray_start_env()
-#: `pdserve-haproxy`: Ray Serve's HAProxy mode (Ray 2.60, `ray-haproxy` comes with
-#: `ray[serve]`): HAProxy listens on the HTTP port in place of Ray's Python proxy and sends each
-#: request straight to an ingress replica's own HTTP server (direct ingress): one Python hop
-#: fewer per request and per streamed chunk.
-HAPROXY_ENV = {**RAY_START_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # as run in overhead-cpu-v6
+#: `pdserve-pyproxy`: the same with HAProxy mode off (`PDSERVE_HAPROXY=0`): Ray's Python proxy
+#: on the HTTP port, `pdserve-fast` until overhead-cpu-v10
+#: (Ray's switch said explicitly: the harness's shell may have exported `ray_start_env()`)
+PYPROXY_ENV = {**ray_start_env({**os.environ, HAPROXY_SWITCH_ENV: "0"}), RAY_HAPROXY_FLAG: "0"}
+#: `pdserve-haproxy`: Ray's HAProxy mode switched on alone, without pdserve's launcher or its
+#: draining period, as run in overhead-cpu-v6 to -v10
+HAPROXY_ENV = {**PYPROXY_ENV, RAY_HAPROXY_FLAG: "1"}
 #: `pdserve-split`: `pdserve-fast` with vLLM's worker process kept beside each engine core (as
 #: every pdserve engine ran before overhead-cpu-v7): what the one-process engine is worth
 SPLIT_ENV = {**RAY_START_ENV, SINGLE_PROCESS_SWITCH: "0"}
@@ -129,9 +140,11 @@ def build_system(name: str, model: str, model_dir: str, out: Path,
         preload = ":".join(systems.find_preload_libs())  # what the server starts with
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env=single_process_env(core, ld_preload=preload))
-    if name in ("pdserve", "pdserve-fast", "pdserve-split", "pdserve-haproxy", "pdserve-traced"):
-        env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-split": SPLIT_ENV,
-               "pdserve-haproxy": HAPROXY_ENV, "pdserve-traced": traced_env(trace_endpoint)}
+    if name in ("pdserve", "pdserve-fast", "pdserve-pyproxy", "pdserve-split", "pdserve-haproxy",
+                "pdserve-traced"):
+        env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-pyproxy": PYPROXY_ENV,
+               "pdserve-split": SPLIT_ENV, "pdserve-haproxy": HAPROXY_ENV,
+               "pdserve-traced": traced_env(trace_endpoint)}
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
             ENGINE, env[name])

@@ -71,14 +71,28 @@ def test_vllm_sleeping_is_plain_vllm_with_pdserve_engines_wait() -> None:
     assert sleeping.env == {SPIN_ENV: DEFAULT_SPIN_S}
 
 
-def test_pdserve_haproxy_is_pdserve_fast_behind_ray_serves_haproxy() -> None:
-    """The same app and command as `pdserve-fast`; Ray's environment adds only the HAProxy
-    switch (which turns on direct ingress in every Ray process that reads it)."""
-    fast = ob.build_system("pdserve-fast", "pdserve://bench", "/m", Path("/tmp/ob"))
-    haproxy = ob.build_system("pdserve-haproxy", "pdserve://bench", "/m", Path("/tmp/ob"))
-    assert haproxy.command == fast.command
-    assert {k: v for k, v in haproxy.env.items() if k not in fast.env} == {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+def test_pdserve_fast_runs_behind_haproxy_and_pyproxy_behind_rays_python_proxy() -> None:
+    """The same app and command for every pdserve system; Ray's environment differs only in
+    the proxy: `pdserve-fast` is what `make serve` exports (HAProxy mode through pdserve's
+    launcher), `pdserve-pyproxy` the same with it off (said explicitly), `pdserve-haproxy`
+    Ray's switch alone over `pdserve-pyproxy` (as run before pdserve's launcher)."""
+    from pdserve.deployments.config.ray_serve_env import (
+        HAPROXY_BINARY_ENV,
+        RAY_HAPROXY_FLAG,
+        RAY_SERVE_HAPROXY_ENV,
+        ray_start_env,
+    )
+
+    built = {name: ob.build_system(name, "pdserve://bench", "/m", Path("/tmp/ob"))
+             for name in ("pdserve-fast", "pdserve-pyproxy", "pdserve-haproxy")}
+    fast, pyproxy, haproxy = built.values()
+    assert fast.command == pyproxy.command == haproxy.command
+    assert ray_start_env().items() <= fast.env.items() and HAPROXY_BINARY_ENV in fast.env
+    assert pyproxy.env[RAY_HAPROXY_FLAG] == "0" and HAPROXY_BINARY_ENV not in pyproxy.env
+    assert {k: v for k, v in fast.env.items() if pyproxy.env.get(k) != v} == {
+        **RAY_SERVE_HAPROXY_ENV, HAPROXY_BINARY_ENV: fast.env[HAPROXY_BINARY_ENV]}
+    assert {k: v for k, v in haproxy.env.items() if pyproxy.env.get(k) != v} == {
+        RAY_HAPROXY_FLAG: "1"}
 
 
 def test_unknown_system_is_named() -> None:
