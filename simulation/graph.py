@@ -151,8 +151,9 @@ class Simulation:
     # -- set-up -------------------------------------------------------------------------
     def _pool(self, role: str, weights: dict[str, float], config: Any, prefix_only: bool,
               count: int | None) -> None:
-        router = (config.request_router_config or {}).get("request_router_kwargs", {})
-        pool = Pool(role, weights, router, self.block_size, prefix_only, self.rng)
+        routing = config.request_router_config or {}
+        pool = Pool(role, weights, routing.get("request_router_kwargs", {}), self.block_size,
+                    prefix_only, self.rng, routing.get("request_router_class"))
         auto = config.autoscaling_config
         if count is None:
             count = (int(auto.get("initial_replicas") or auto.get("min_replicas", 1)) if auto

@@ -1,7 +1,8 @@
 """A pool of simulated engine replicas: each replica's lifecycle (starting, serving, draining,
 stopped), its steps on the event loop and the signals its host reports to the autoscaler; the
 pool's router view (`routing.pool_state.PoolState`, fed the engines' own KV events) and the
-router's choice (`routing.scorers.choose_index`)."""
+router's choice (`routing.scorers.choose_index`; a pool routed by Ray's default
+`PowerOfTwoChoicesRequestRouter`: `routing.scorers.power_of_two`, on the same view)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pdserve.deployments.autoscaling.signals import ReplicaSLOSignals, RequestSignals
 from pdserve.routing.kv_events import index_event
 from pdserve.routing.pool_state import PoolState
-from pdserve.routing.scorers import RequestView, RouterSettings, choose_index
+from pdserve.routing.scorers import RequestView, RouterSettings, choose_index, power_of_two
 from pdserve.simulation.engine import SimEngine, StepBatch
 from pdserve.simulation.step_model import is_prefill_step
 
@@ -95,12 +96,19 @@ class Replica:
         return len(self.tracked)
 
 
+#: Ray Serve's default request router (`ray.serve._private.request_router`), by class name
+RAY_POWER_OF_TWO = "PowerOfTwoChoicesRequestRouter"
+
+
 class Pool:
     """A pool's replicas and the router's view of them (`PoolState`, as the real router)."""
 
     def __init__(self, name: str, weights: dict[str, float], router_kwargs: dict[str, Any],
-                 block_size: int, prefix_only_when_local: bool, rng: random.Random) -> None:
-        kwargs = dict(router_kwargs)
+                 block_size: int, prefix_only_when_local: bool, rng: random.Random,
+                 router_class: str | None = None) -> None:
+        #: routed as Ray's default router: two random replicas, the shorter queue
+        self.ray_power_of_two = (router_class or "").endswith(":" + RAY_POWER_OF_TWO)
+        kwargs = dict(router_kwargs) if not self.ray_power_of_two else {}
         kwargs.setdefault("weights", dict(weights))
         self.settings = RouterSettings.model_validate(kwargs)
         self.state = PoolState(name, self.settings.max_blocks_per_replica,
@@ -151,6 +159,9 @@ class Pool:
         names = list(self.replicas)
         views = [(r, hits.get(r, 0), *loads.get(r, idle), self.kv_usage.get(r, 0.0), 0.0, False)
                  for r in names]
-        request = RequestView(num_blocks=len(hashes), use_prefix=use_prefix)
-        best = names[choose_index(request, views, self.settings, self.rng)]
+        if self.ray_power_of_two:  # shuffled: Ray's sample is unordered, ties go either way
+            best = power_of_two(self.rng.sample(views, len(views)), self.rng)[0][0]
+        else:
+            request = RequestView(num_blocks=len(hashes), use_prefix=use_prefix)
+            best = names[choose_index(request, views, self.settings, self.rng)]
         return self.replicas[best], hits.get(best, 0)

@@ -215,3 +215,32 @@ def diurnal(mean_rate: float, duration_s: float, period_s: float, lengths: Lengt
         if rng.random() * peak <= rate:
             prompt, output = lengths(rng)
             out.append(TraceRequest(arrival_s=t, prompt_tokens=prompt, output_tokens=output))
+
+
+def multiturn(sessions_per_s: float, sessions: int, turns: int, first_tokens: int,
+              turn_tokens: int, output_tokens: int, think_s: float, vocab: int,
+              seed: int = 0) -> list[TraceRequest]:
+    """Chat sessions (the routing benchmark's `multiturn` shape, open-loop): sessions start as
+    a Poisson process; each turn's prompt is the previous prompt, that turn's answer
+    (`output_tokens` tokens of its own, standing for what the engine generated) and a new user
+    message of `turn_tokens`; turn k+1 arrives `think_s` (exponential, mean) after turn k.
+    Prompts carry their tokens, so the shared prefixes reach the caches and the router."""
+    if sessions_per_s <= 0 or think_s <= 0:
+        raise ValueError("sessions_per_s and think_s must be > 0")
+    rng = random.Random(seed)
+    low, high = 10, max(11, vocab - 10)
+
+    def tokens(n: int) -> list[int]:
+        return [rng.randrange(low, high) for _ in range(n)]
+
+    out, start = [], 0.0
+    for _ in range(sessions):
+        start += rng.expovariate(sessions_per_s)
+        t, prompt = start, tokens(first_tokens + turn_tokens)
+        for turn in range(turns):
+            if turn:
+                t += rng.expovariate(1 / think_s)
+                prompt += tokens(output_tokens) + tokens(turn_tokens)
+            out.append(TraceRequest(arrival_s=t, prompt_tokens=len(prompt),
+                                    output_tokens=output_tokens, prompt_ids=tuple(prompt)))
+    return sorted(out, key=lambda r: r.arrival_s)

@@ -101,3 +101,24 @@ def test_a_dataset_without_times_gets_generated_arrivals_and_bad_options_are_nam
     assert [r.prompt_ids for r in trace[:4]] == [r.prompt_ids for r in trace[4:8]]  # cycled
     with pytest.raises(ValueError, match="--not-an-option"):
         traces.read_vllm_dataset("--dataset-name random --not-an-option 3", _tokenizer())
+
+
+def test_multiturn_sessions_grow_their_own_prompts_in_order() -> None:
+    trace = traces.multiturn(sessions_per_s=2.0, sessions=6, turns=4, first_tokens=100,
+                             turn_tokens=20, output_tokens=8, think_s=3.0, vocab=512, seed=1)
+    assert len(trace) == 24
+    assert [r.arrival_s for r in trace] == sorted(r.arrival_s for r in trace)
+    assert all(10 <= t < 502 for r in trace for t in r.prompt_ids)
+    firsts = [r for r in trace if r.prompt_tokens == 120]
+    assert len(firsts) == 6  # one first turn per session, 100 + 20 tokens
+    for first in firsts:  # each later turn extends its session's previous prompt by 8 + 20
+        turns = [first]
+        for _ in range(3):
+            longer = [r for r in trace if r.prompt_tokens == turns[-1].prompt_tokens + 28
+                      and r.prompt_ids[:turns[-1].prompt_tokens] == turns[-1].prompt_ids]
+            assert len(longer) == 1
+            assert longer[0].arrival_s > turns[-1].arrival_s
+            turns.append(longer[0])
+    assert len({r.prompt_ids[:120] for r in firsts}) == 6  # sessions share nothing
+    with pytest.raises(ValueError, match="think_s"):
+        traces.multiturn(1.0, 1, 2, 10, 5, 4, think_s=0, vocab=512)
