@@ -31,10 +31,11 @@ RAY_SERVE_FAST_PATH_ENV: dict[str, str] = {
 #: Python proxy and sends each request straight to an ingress replica's own HTTP server (direct
 #: ingress): a Python hop fewer per request and per streamed chunk
 #: (`benchmarks/results/overhead-cpu-v10`: TTFT at concurrency 1 1.02x plain vLLM's against
-#: 1.10x behind the Python proxy). Ray 2.60 leaves its HAProxy running when Ray is stopped with
-#: `ray stop --force` (or its processes are killed), holding the HTTP port; Ray runs pdserve's
+#: 1.10x behind the Python proxy). Ray 2.60 leaves its HAProxy running when a Ray that `serve
+#: run` started is stopped with `ray stop --force`, holding the HTTP port; Ray runs pdserve's
 #: launcher instead (`HAPROXY_BINARY_ENV`), which makes the kernel kill HAProxy with the Ray
-#: process that started it (`deployments/api/haproxy_guard.py`). Never in a deployment's
+#: process that started it and keeps HAProxy's stats page, exporter and admin socket local
+#: (`deployments/api/haproxy_guard.py`). Never in a deployment's
 #: `runtime_env`: the controller and every ingress replica must agree on who listens. A
 #: stopping ingress replica keeps serving for a draining period so that a load balancer can
 #: drop it (30 s by default, for cloud balancers; Ray's own HAProxy is reconfigured within a
