@@ -1,6 +1,6 @@
-"""The routing benchmark's multi-turn chats at scales this box cannot hold, simulated: pdserve's
-prefix-aware router against Ray Serve's default power-of-two router, on engines that each have
-hardware of their own (a GPU profile), from 2 replicas up.
+"""Multi-turn chats at scales this box cannot hold, simulated: pdserve's prefix-aware router
+against Ray Serve's default power-of-two router, on engines that each have hardware of their
+own (a GPU profile), from 2 replicas up.
 
     python -m pdserve.benchmarks.routing_sim_scale \
         --profile benchmarks/profiles/h100-llama-3.1-8b.json --replicas 2,4,8,16 \
@@ -8,13 +8,15 @@ hardware of their own (a GPU profile), from 2 replicas up.
 
 Why: measured on this box (`routing_bench`, 2 engines on 2 cores) pow2 already reaches ~90 %
 of the oracle hit rate on `multiturn`: with 2 replicas each holds most of every session's
-prefix after a few turns, so routing by prefix cannot halve TTFT there; with 4 engines on the
-2 cores pow2's hit rate fell to 49 % of the oracle but the engines were CPU-bound. Each router
-sees the same trace (chat sessions of the benchmark's shape, `traces.multiturn`, at a session
-rate that grows with the replicas so the load per engine stays the same) on the simulator's
-engines (vLLM's own scheduler and KV cache manager, prefix caching on), several seeds;
-reported: TTFT p50/p90, E2E p50 and the ratio of pow2's TTFT p50 to pdserve's, per replica
-count (median over seeds of the same-seed ratio).
+prefix after a few turns; with 4 engines on the 2 cores pow2's hit rate fell to 49 % of the
+oracle but the engines were CPU-bound. Each router sees the same trace (`traces.multiturn`,
+open-loop, the session rate growing with the replicas so the load per engine stays the same)
+on the simulator's engines (vLLM's own scheduler and KV cache manager, prefix caching on),
+several seeds. Reported per replica count and router: TTFT p50 (min–max over seeds), p90 and
+mean, E2E p50, how many replicas a session's turns went to (1: every turn where its prefix
+is), and pow2's TTFT p50 and mean over pdserve's (median of same-seed ratios). TTFT is
+two-peaked here (a turn that finds its prefix vs one that computes it all), so its p50 jumps
+from one peak to the other once more than half the turns miss; the mean moves smoothly.
 """
 
 from __future__ import annotations
@@ -52,8 +54,20 @@ def app_config(profile: Profile, replicas: int, router: str) -> AppConfig:
         "engine_kwargs": profile.engine_kwargs, "colocated": pool}]})
 
 
-def one_run(profile: Profile, app: AppConfig, trace: list[TraceRequest], seed: int
-            ) -> dict[str, float]:
+def replicas_per_session(trace: list[TraceRequest], replicas: list[str],
+                         first_tokens: int) -> float:
+    """Mean number of replicas a session's turns went to (a session is known by its first
+    prompt's tokens, which every later turn repeats)."""
+    sessions: dict[tuple[int, ...], set[str]] = {}
+    for request, replica in zip(trace, replicas, strict=True):
+        sessions.setdefault((request.prompt_ids or ())[:first_tokens], set()).add(replica)
+    return statistics.mean(len(r) for r in sessions.values())
+
+
+def one_run(profile: Profile, app: AppConfig, trace: list[TraceRequest], seed: int,
+            first_tokens: int) -> dict[str, float]:
+    """One simulated run of `trace`: TTFT p50/p90/mean, E2E p50, failed requests, and how
+    many replicas a session's turns went to."""
     from pdserve.simulation.graph import Simulation
     from pdserve.simulation.metrics import summarize
     from pdserve.simulation.serve_config import pick_model
@@ -63,23 +77,31 @@ def one_run(profile: Profile, app: AppConfig, trace: list[TraceRequest], seed: i
     summary = summarize(outcomes)
     e2e = sorted((o.token_s[-1] - o.arrival_s) * 1e3 for o in outcomes if o.done)
     return {"p50_ttft_ms": summary["p50_ttft_ms"], "p90_ttft_ms": summary["p90_ttft_ms"],
-            "p50_e2e_ms": statistics.median(e2e), "failed": summary["failed"]}
+            "mean_ttft_ms": summary["mean_ttft_ms"], "p50_e2e_ms": statistics.median(e2e),
+            "failed": summary["failed"],
+            "replicas_per_session": replicas_per_session(
+                trace, [o.replica for o in outcomes], first_tokens)}
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The report: one row per replica count and router."""
     lines = ["# Multi-turn routing at scale, simulated: pdserve vs Ray's power-of-two", "",
              f"- command: `{meta['command']}`",
              f"- date: {meta['date']}; commit: {meta['git_revision']}",
              f"- profile: `{meta['profile']}` (model {meta['model']}); every engine on hardware "
-             "of its own", f"- trace: {meta['trace']}; seeds {meta['seeds']} (medians)", "",
-             "| replicas | router | TTFT p50 ms | TTFT p90 ms | E2E p50 ms | failed | "
-             "pow2 / pdserve TTFT p50 (same seed, median) |",
-             "|---|---|---|---|---|---|---|"]
+             "of its own", f"- trace: {meta['trace']}; seeds {meta['seeds']} (medians, "
+             "TTFT p50 also min–max)", "",
+             "| replicas | router | TTFT p50 ms | TTFT p90 ms | TTFT mean ms | E2E p50 ms | "
+             "replicas per session | failed | pow2 / pdserve TTFT p50 | pow2 / pdserve TTFT "
+             "mean |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        ratio = row.get("pow2_over_pdserve")
-        lines.append(f"| {row['replicas']} | {row['router']} | {row['p50_ttft_ms']:.1f} | "
-                     f"{row['p90_ttft_ms']:.1f} | {row['p50_e2e_ms']:.1f} | {row['failed']} | "
-                     + (f"{ratio:.2f}x |" if ratio is not None else "|"))
+        ratios = (f"{row['pow2_over_pdserve']:.2f}x | {row['pow2_over_pdserve_mean']:.2f}x |"
+                  if "pow2_over_pdserve" in row else "| |")
+        lines.append(
+            f"| {row['replicas']} | {row['router']} | {row['p50_ttft_ms']:.1f} "
+            f"({row['p50_ttft_ms_min']:.1f}–{row['p50_ttft_ms_max']:.1f}) | "
+            f"{row['p90_ttft_ms']:.1f} | {row['mean_ttft_ms']:.1f} | {row['p50_e2e_ms']:.1f} | "
+            f"{row['replicas_per_session']:.2f} | {row['failed']:g} | {ratios}")
     return "\n".join(lines) + "\n"
 
 
@@ -101,26 +123,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     profile = Profile.model_validate_json(args.profile.read_text())
-    vocab = int((profile.hf_config or {}).get("vocab_size", 32000))
+    if not (profile.hf_config or {}).get("vocab_size"):
+        raise SystemExit("the profile names no vocabulary size (hf_config.vocab_size)")
+    vocab = int(profile.hf_config["vocab_size"])
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: list[dict[str, Any]] = []
     for replicas in (int(r) for r in args.replicas.split(",")):
         runs: dict[str, list[dict[str, float]]] = {router: [] for router in ROUTERS}
         for seed in seeds:
-            trace = multiturn(args.session_rate_per_replica * replicas,
-                              args.sessions_per_replica * replicas, args.turns,
-                              args.first_tokens, args.turn_tokens, args.output_tokens,
-                              args.think_s, vocab, seed=seed)
+            trace = multiturn(sessions_per_s=args.session_rate_per_replica * replicas,
+                              sessions=args.sessions_per_replica * replicas, turns=args.turns,
+                              first_tokens=args.first_tokens, turn_tokens=args.turn_tokens,
+                              output_tokens=args.output_tokens, think_s=args.think_s,
+                              vocab=vocab, seed=seed)
             for router in ROUTERS:
                 runs[router].append(one_run(profile, app_config(profile, replicas, router),
-                                            trace, seed))
-        ratio = statistics.median(b["p50_ttft_ms"] / a["p50_ttft_ms"]
-                                  for a, b in zip(runs["pdserve"], runs["pow2"], strict=True))
+                                            trace, seed, args.first_tokens))
+        pairs = list(zip(runs["pdserve"], runs["pow2"], strict=True))
         for router, results in runs.items():
             row = {"replicas": replicas, "router": router,
-                   **{k: statistics.median(r[k] for r in results) for k in results[0]}}
+                   **{k: statistics.median(r[k] for r in results) for k in results[0]},
+                   "p50_ttft_ms_min": min(r["p50_ttft_ms"] for r in results),
+                   "p50_ttft_ms_max": max(r["p50_ttft_ms"] for r in results)}
             if router == "pdserve":
-                row["pow2_over_pdserve"] = ratio
+                row["pow2_over_pdserve"] = statistics.median(
+                    b["p50_ttft_ms"] / a["p50_ttft_ms"] for a, b in pairs)
+                row["pow2_over_pdserve_mean"] = statistics.median(
+                    b["mean_ttft_ms"] / a["mean_ttft_ms"] for a, b in pairs)
             rows.append(row)
             print(json.dumps(row), flush=True)
     command = shlex.join(["python", "-m", "pdserve.benchmarks.routing_sim_scale",

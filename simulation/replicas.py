@@ -7,6 +7,7 @@ router's choice (`routing.scorers.choose_index`; a pool routed by Ray's default
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,21 @@ class Replica:
 
 #: Ray Serve's default request router (`ray.serve._private.request_router`), by class name
 RAY_POWER_OF_TWO = "PowerOfTwoChoicesRequestRouter"
+#: the routers the simulator routes as they do: pdserve's (scored) and Ray's default
+PDSERVE_ROUTERS = ("PrefixAwareRouter", "DecodeRouter")
+
+
+def simulates_power_of_two(router_class: str | None) -> bool:
+    """Whether a pool's `request_router_class` (an import path, `module:Class` or
+    `module.Class`) is Ray's power-of-two router; pdserve's routers (or none named) are
+    scored as pdserve scores; any other router cannot be simulated and is refused by name."""
+    name = re.split(r"[:.]", router_class or "")[-1]
+    if name == RAY_POWER_OF_TWO:
+        return True
+    if name and name not in PDSERVE_ROUTERS:
+        raise ValueError(f"the simulator routes as pdserve's routers or Ray's {RAY_POWER_OF_TWO}"
+                         f", not {router_class!r}")
+    return False
 
 
 class Pool:
@@ -107,7 +123,7 @@ class Pool:
                  block_size: int, prefix_only_when_local: bool, rng: random.Random,
                  router_class: str | None = None) -> None:
         #: routed as Ray's default router: two random replicas, the shorter queue
-        self.ray_power_of_two = (router_class or "").endswith(":" + RAY_POWER_OF_TWO)
+        self.ray_power_of_two = simulates_power_of_two(router_class)
         kwargs = dict(router_kwargs) if not self.ray_power_of_two else {}
         kwargs.setdefault("weights", dict(weights))
         self.settings = RouterSettings.model_validate(kwargs)
@@ -152,14 +168,15 @@ class Pool:
     def choose(self, hashes: tuple[int, ...], plan: str) -> tuple[Replica, int]:
         """The replica the router picks, and its cached-prefix blocks (as `router.choose`,
         without LoRA adapters, sessions or the opt-in `cache_headroom` scorer: every request
-        is plain, and cache fill reads 0)."""
+        is plain, and cache fill reads 0; or as Ray's power-of-two, which reads only the
+        queues)."""
         use_prefix = not self.prefix_only_when_local or plan != "remote"
         hits = self.state.match(hashes) if use_prefix and hashes else {}
         loads, idle = self.state.loads(), (0, 0)
         names = list(self.replicas)
         views = [(r, hits.get(r, 0), *loads.get(r, idle), self.kv_usage.get(r, 0.0), 0.0, False)
                  for r in names]
-        if self.ray_power_of_two:  # shuffled: Ray's sample is unordered, ties go either way
+        if self.ray_power_of_two:  # Ray draws a random ordered pair: ties go either way
             best = power_of_two(self.rng.sample(views, len(views)), self.rng)[0][0]
         else:
             request = RequestView(num_blocks=len(hashes), use_prefix=use_prefix)

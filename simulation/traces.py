@@ -217,14 +217,16 @@ def diurnal(mean_rate: float, duration_s: float, period_s: float, lengths: Lengt
             out.append(TraceRequest(arrival_s=t, prompt_tokens=prompt, output_tokens=output))
 
 
-def multiturn(sessions_per_s: float, sessions: int, turns: int, first_tokens: int,
+def multiturn(*, sessions_per_s: float, sessions: int, turns: int, first_tokens: int,
               turn_tokens: int, output_tokens: int, think_s: float, vocab: int,
               seed: int = 0) -> list[TraceRequest]:
-    """Chat sessions (the routing benchmark's `multiturn` shape, open-loop): sessions start as
+    """Chat sessions (the routing benchmark's `multiturn` kind, open-loop): sessions start as
     a Poisson process; each turn's prompt is the previous prompt, that turn's answer
-    (`output_tokens` tokens of its own, standing for what the engine generated) and a new user
-    message of `turn_tokens`; turn k+1 arrives `think_s` (exponential, mean) after turn k.
-    Prompts carry their tokens, so the shared prefixes reach the caches and the router."""
+    (`output_tokens` tokens of its own: not what the simulated engine generated, so a cache
+    holds a session's prefix up to the previous prompt) and a new user message of
+    `turn_tokens`; turn k+1 arrives `think_s` (exponential, mean) after turn k arrives, so
+    now and then before turn k has finished. Prompts carry their tokens, so the shared
+    prefixes reach the caches and the router."""
     if sessions_per_s <= 0 or think_s <= 0:
         raise ValueError("sessions_per_s and think_s must be > 0")
     rng = random.Random(seed)

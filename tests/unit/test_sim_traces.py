@@ -121,4 +121,5 @@ def test_multiturn_sessions_grow_their_own_prompts_in_order() -> None:
             turns.append(longer[0])
     assert len({r.prompt_ids[:120] for r in firsts}) == 6  # sessions share nothing
     with pytest.raises(ValueError, match="think_s"):
-        traces.multiturn(1.0, 1, 2, 10, 5, 4, think_s=0, vocab=512)
+        traces.multiturn(sessions_per_s=1.0, sessions=1, turns=2, first_tokens=10,
+                         turn_tokens=5, output_tokens=4, think_s=0, vocab=512)
