@@ -44,9 +44,10 @@ WILDCARD_BIND = re.compile(r"(?P<indent>\s*)bind\s+(?:\*|0\.0\.0\.0|::|\[::\])?:
 OPEN_ADMIN_SOCKET = re.compile(r"(?P<head>\s*stats\s+socket\s+\S+\s+mode\s+)666\b")
 
 
-def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Have the kernel send `sig` to this process when its parent exits; exit now if the
-    parent (`parent`, read first thing) is already gone."""
+    parent went while the signal was being set."""
+    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
@@ -125,7 +126,7 @@ def lock_down(config: Path, host: str) -> None:
 
 def main() -> None:
     """`pdserve-haproxy ARGS...`: exec HAProxy with ARGS, to die with the caller."""
-    die_with_parent(os.getppid())
+    die_with_parent()
     from pdserve.deployments.config.ray_serve_env import (
         HAPROXY_BINARY_ENV,
         HAPROXY_SIDE_HOST,

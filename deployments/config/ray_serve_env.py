@@ -94,8 +94,10 @@ def haproxy_guard_path() -> Path:
     """Where `pdserve-haproxy` is installed: beside this Python (a venv's or an image's), else
     where PATH finds it (`pip install --user` puts scripts apart from the interpreter)."""
     beside = Path(sys.executable).parent / HAPROXY_GUARD_SCRIPT
+    if beside.exists():
+        return beside
     found = shutil.which(HAPROXY_GUARD_SCRIPT)
-    return beside if beside.exists() or found is None else Path(found)
+    return Path(found) if found else beside
 
 
 def haproxy_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -213,6 +213,19 @@ def client(serve_app: str) -> Iterator[httpx.Client]:
         yield http
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on `port` now (as servers do, past TIME_WAIT leftovers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def leftover_processes(engines_only: bool = False) -> list[str]:
     """vLLM engine processes (and, unless `engines_only`, Ray's) on this machine, found by
     process, not through Ray."""

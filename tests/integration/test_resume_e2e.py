@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -40,6 +39,7 @@ from conftest import (
     ingress_stats,
     leftover_processes,
     metric_sum,
+    port_is_free,
     replicas_of,
     routing_state,
 )
@@ -493,9 +493,7 @@ def test_ray_stop_force_leaves_no_vllm_or_haproxy_process(app: Path) -> None:
         time.sleep(0.5)
     assert not leftover_processes(engines_only=True), leftover_processes(engines_only=True)
     assert not haproxy_processes(), haproxy_processes()
-    with socket.socket() as s:  # the next start can take the HTTP port (as a server binds)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
+    assert port_is_free(port)  # the next start can take the HTTP port
 
 
 def haproxy_processes() -> list[str]:
