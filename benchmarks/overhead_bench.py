@@ -140,14 +140,14 @@ def build_system(name: str, model: str, model_dir: str, out: Path,
         preload = ":".join(systems.find_preload_libs())  # what the server starts with
         return replace(systems.vllm_system(model_dir, MODEL_ID, ENGINE), name=name,
                        env=single_process_env(core, ld_preload=preload))
-    if name in ("pdserve", "pdserve-fast", "pdserve-pyproxy", "pdserve-split", "pdserve-haproxy",
-                "pdserve-traced"):
-        env = {"pdserve": None, "pdserve-fast": RAY_START_ENV, "pdserve-pyproxy": PYPROXY_ENV,
-               "pdserve-split": SPLIT_ENV, "pdserve-haproxy": HAPROXY_ENV,
-               "pdserve-traced": traced_env(trace_endpoint)}
+    pdserve_envs = {"pdserve": None, "pdserve-fast": RAY_START_ENV,
+                    "pdserve-pyproxy": PYPROXY_ENV, "pdserve-split": SPLIT_ENV,
+                    "pdserve-haproxy": HAPROXY_ENV, "pdserve-traced": None}
+    if name in pdserve_envs:
+        env = traced_env(trace_endpoint) if name == "pdserve-traced" else pdserve_envs[name]
         return systems.serve_run_system(
             name, pdserve_config(model), out / "configs" / "pdserve.yaml", model_dir, MODEL_ID,
-            ENGINE, env[name])
+            ENGINE, env)
     if name in ("rayllm", "rayllm-nobatch"):
         interval = 0 if name == "rayllm-nobatch" else None
         return systems.serve_run_system(name, rayllm_config(model_dir, interval),

@@ -41,12 +41,18 @@ class TraceRequest:
         same for every request naming `prefix_id`), then tokens of this request alone."""
         if self.prompt_ids is not None:
             return list(self.prompt_ids)
-        low, high = 10, max(11, vocab - 10)
+        low, high = token_range(vocab)
         shared = min(self.prefix_tokens, self.prompt_tokens) if self.prefix_id else 0
         prefix_rng = random.Random(f"prefix:{self.prefix_id}")
         own_rng = random.Random(f"request:{index}")
         return ([prefix_rng.randrange(low, high) for _ in range(shared)]
                 + [own_rng.randrange(low, high) for _ in range(self.prompt_tokens - shared)])
+
+
+def token_range(vocab: int) -> tuple[int, int]:
+    """Token ids a generated prompt draws from (`randrange(low, high)`): clear of the lowest
+    ids, where tokenizers usually keep their special tokens, and of the top of the vocabulary."""
+    return 10, max(11, vocab - 10)
 
 
 def read_jsonl(path: Path) -> list[TraceRequest]:
@@ -230,7 +236,7 @@ def multiturn(*, sessions_per_s: float, sessions: int, turns: int, first_tokens:
     if sessions_per_s <= 0 or think_s <= 0:
         raise ValueError("sessions_per_s and think_s must be > 0")
     rng = random.Random(seed)
-    low, high = 10, max(11, vocab - 10)
+    low, high = token_range(vocab)
 
     def tokens(n: int) -> list[int]:
         return [rng.randrange(low, high) for _ in range(n)]
