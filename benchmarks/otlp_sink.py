@@ -29,6 +29,11 @@ class SpanRecord:
     start_ns: int
     end_ns: int
     status: int  # OpenTelemetry's status code: 0 unset, 1 ok, 2 error
+    events: tuple[tuple[str, int], ...] = ()  # (name, time in ns) of each event on the span
+
+    def event_ns(self, name: str) -> int | None:
+        """When the span's first event of that name happened (ns), if it has one."""
+        return next((t for n, t in self.events if n == name), None)
 
 
 def _value(v: Any) -> Any:
@@ -94,7 +99,8 @@ class OTLPReceiver:
                     records.append(SpanRecord(
                         span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
                         span.name, _attributes(span.attributes), resource,
-                        span.start_time_unix_nano, span.end_time_unix_nano, span.status.code))
+                        span.start_time_unix_nano, span.end_time_unix_nano, span.status.code,
+                        tuple((e.name, e.time_unix_nano) for e in span.events)))
         with self.lock:
             self.spans.extend(records)
 

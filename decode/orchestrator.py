@@ -276,7 +276,7 @@ class Orchestrator:
             async with aclosing(outputs) as stream:
                 async for output in stream:
                     if not pulled:
-                        span.add_event("pdserve.first_output")
+                        span.add_event(tracing.FIRST_OUTPUT_EVENT)
                     pulled = True
                     yield output
         except ReplicaLost as lost:

@@ -124,9 +124,12 @@ class GeneratingHost(EngineHost):
                     if first is None:
                         return
                     tokens, last = count_tokens(first, tokens, cumulative), first
+                    span.add_event(tracing.FIRST_OUTPUT_EVENT)
                     yield first
             async with aclosing(outputs):
                 async for output in outputs:
+                    if last is None:
+                        span.add_event(tracing.FIRST_OUTPUT_EVENT)
                     tokens, last = count_tokens(output, tokens, cumulative), output
                     if output.finished:
                         finish_reasons = tuple(str(o.finish_reason) for o in output.outputs)

@@ -34,6 +34,8 @@ __all__ = ["Span", "SpanKind", "active", "carrier", "context_of", "current", "fi
            "otlp_span_processors", "start", "trace_id", "tracer"]
 
 TRACER_NAME = "pdserve"
+#: the event marking, on a span that streams a request's outputs, when its first one came
+FIRST_OUTPUT_EVENT = "pdserve.first_output"
 #: the OTLP protocols the official exporters speak (OpenTelemetry's variable names)
 PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 _PROPAGATOR = TraceContextTextMapPropagator()

@@ -24,6 +24,7 @@ from shapes import PD_MODEL, PIPELINE_LANCEDB
 
 from pdserve.benchmarks.otlp_sink import OTLPReceiver, SpanRecord, whole
 from pdserve.tiny_model import recall_prompt_text
+from pdserve.tracing import FIRST_OUTPUT_EVENT
 
 GENERATE = f"pdserve.generate {PD_MODEL}"
 HTTP_SPAN = "POST /v1/completions"
@@ -103,6 +104,10 @@ def test_a_pd_request_is_one_trace_from_the_clients_span_to_the_kv_pull(
     assert decode.attributes["pdserve.engine.decode_s"] > 0
     assert prefill.attributes["pdserve.engine.queued_s"] >= 0
     assert decode.attributes["pdserve.pool"] == f"{PD_MODEL}/decode"
+    # when the first output left the decode engine's replica and reached the ingress
+    left, reached = (decode.event_ns(FIRST_OUTPUT_EVENT), decode_call.event_ns(FIRST_OUTPUT_EVENT))
+    assert left is not None and reached is not None, (decode.events, decode_call.events)
+    assert decode.start_ns < left <= reached < decode_call.end_ns
     pull = one(spans, "pdserve.kv_transfer")
     assert pull.parent_id == decode.span_id
     assert pull.attributes["pdserve.kv_transfer.outcome"] == "ok"
