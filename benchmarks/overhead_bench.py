@@ -99,10 +99,10 @@ def traced_env(endpoint: str) -> dict[str, str]:
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
 
 
-def pdserve_config(model: str) -> dict[str, Any]:
+def pdserve_config(model: str, engine: dict[str, Any] = ENGINE) -> dict[str, Any]:
     """pdserve, colocated, one engine: the graph's shortest path (ingress → engine)."""
     return systems.serve_config_doc({"models": [{
-        "model_id": MODEL_ID, "model": model, "mode": "colocated", "engine_kwargs": ENGINE,
+        "model_id": MODEL_ID, "model": model, "mode": "colocated", "engine_kwargs": engine,
         "colocated": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
     }]})
 
