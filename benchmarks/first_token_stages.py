@@ -46,6 +46,10 @@ from pdserve.benchmarks.systems import System
 from pdserve.tracing import FIRST_OUTPUT_EVENT
 
 SYSTEM_NAMES = ("vllm", "pdserve")
+#: The report's difference column: the second system's minus the first's
+DIFFERENCE = ("vllm", "pdserve")
+#: Requests each system gets before the measured ones in a round (after its start)
+WARM_UP = 10
 #: vLLM's span of a request, and its first-token latency from arrival (seconds)
 LLM_SPAN, TTFT_ATTRIBUTE = "llm_request", "gen_ai.latency.time_to_first_token"
 #: vLLM's scheduled → first token (seconds): the engine's own prefill, the same in both
@@ -55,10 +59,6 @@ HTTP_SPAN = "POST /v1/completions"
 VLLM_POINTS = ("sent", "arrival", "first token", "received")
 PDSERVE_POINTS = ("sent", "ingress", "arrival", "prepared", "engine call", "engine replica",
                   "first token", "engine output", "ingress output", "received")
-#: The spans a request's points come from, per system (by its points)
-TRACE_SPANS = {VLLM_POINTS: {LLM_SPAN},
-               PDSERVE_POINTS: {LLM_SPAN, HTTP_SPAN, "pdserve.prepare", "pdserve.generate_call",
-                                "pdserve.colocated.engine"}}
 #: The stretches both systems have (pairs of points)
 COMMON_STRETCHES = (("sent", "arrival"), ("arrival", "first token"),
                     ("first token", "received"), ("sent", "received"))
@@ -101,17 +101,35 @@ def stretches(found: dict[str, int], order: tuple[str, ...]) -> dict[str, float]
     return {f"{a} → {b}": (found[b] - found[a]) / 1e6 for a, b in dict.fromkeys(pairs)}
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a system's trace holds: the points a request passes, in order, and the spans they
+    come from (each process exports its spans in batches of its own: all are awaited)."""
+
+    points: tuple[str, ...]
+    spans: frozenset[str]
+
+
+VLLM_SHAPE = Shape(VLLM_POINTS, frozenset({LLM_SPAN}))
+PDSERVE_SHAPE = Shape(PDSERVE_POINTS, frozenset({
+    LLM_SPAN, HTTP_SPAN, "pdserve.prepare", "pdserve.generate_call", "pdserve.colocated.engine"}))
+
+
 @dataclass
 class Round:
+    """One system's round: how many requests were sent and how many counted (traced whole,
+    points in order), and the medians over those."""
+
     system: str
     round: int
     requests: int
-    traced: int
+    counted: int
     stages: dict[str, float]  # the round's median ms per stretch
     engine_prefill_ms: float | None
 
 
 def traceparent() -> tuple[str, str]:
+    """A sampled W3C `traceparent` of a new trace, and its trace id."""
     trace_id = secrets.token_hex(16)
     return f"00-{trace_id}-{secrets.token_hex(8)}-01", trace_id
 
@@ -134,45 +152,59 @@ def send(client: httpx.Client, system: System, prompt: list[int], output_tokens:
     return trace_id, sent, received
 
 
-def prompts(count: int, tokens: int, seed: int) -> list[list[int]]:
-    """Distinct token-id prompts (no prefix-cache hits between them) within `bench`'s vocabulary."""
+def prompts(first: int, count: int, tokens: int, seed: int) -> list[list[int]]:
+    """Prompts `first` to `first + count - 1` of a seed's sequence, within `bench`'s
+    vocabulary. Two prompts of one seed share no first token (131 is prime to 500, so prompt i
+    starts like prompt j only if i = j mod 500): none finds another's blocks in the prefix
+    cache."""
+    if first + count > 500:
+        raise ValueError("a seed has 500 distinct prompts")
     return [[(seed * 7919 + i * 131 + k * 17) % 500 + 3 for k in range(tokens)]
-            for i in range(count)]
+            for i in range(first, first + count)]
 
 
-def measure(system: System, sink: OTLPReceiver, order: tuple[str, ...], n: int,
-            prompt_tokens: int, output_tokens: int, seed: int) -> tuple[list[dict[str, float]],
-                                                                       list[float]]:
-    """Per request its stretches (ms), and vLLM's engine prefill (ms) of each."""
+def in_order(found: dict[str, int], order: tuple[str, ...]) -> bool:
+    """Whether the request passed every point of `order`, each no earlier than the one before
+    (a point missing would make a stretch span two stages; one out of order, a negative one)."""
+    if not set(order) <= set(found):
+        return False
+    times = [found[p] for p in order]
+    return all(a <= b for a, b in zip(times, times[1:], strict=False))
+
+
+def measure(system: System, sink: OTLPReceiver, shape: Shape, n: int, prompt_tokens: int,
+            output_tokens: int, seed: int) -> tuple[list[dict[str, float]], list[float]]:
+    """Per counted request its stretches (ms), and vLLM's engine prefill (ms) of each; after
+    10 warm-up requests whose prompts none of the measured ones repeats."""
     with httpx.Client(timeout=120) as client:
-        for prompt in prompts(10, prompt_tokens, seed + 1000):  # warm-up
+        for prompt in prompts(n, WARM_UP, prompt_tokens, seed):
             send(client, system, prompt, output_tokens)
-        sent = [send(client, system, p, output_tokens) for p in prompts(n, prompt_tokens, seed)]
+        sent = [send(client, system, p, output_tokens)
+                for p in prompts(0, n, prompt_tokens, seed)]
     rows, prefill = [], []
-    awaited = TRACE_SPANS[order]
     for trace_id, started, received in sent:
-        # each process exports its spans in batches of its own: wait for all of them
-        spans = sink.wait_for(trace_id, awaited, timeout_s=30)
+        spans = sink.wait_for(trace_id, set(shape.spans), timeout_s=30)
         found = points(spans, started, received)
-        if found is None or not set(order) <= set(found):
-            continue  # counted as untraced: a stretch missing a point would span two stages
-        rows.append(stretches(found, order))
+        if found is None or not in_order(found, shape.points):
+            continue  # not counted (`Round.counted` says how many were)
+        rows.append(stretches(found, shape.points))
         llm = next(s for s in spans if s.name == LLM_SPAN)
         if PREFILL_ATTRIBUTE in llm.attributes:
             prefill.append(llm.attributes[PREFILL_ATTRIBUTE] * 1e3)
     return rows, prefill
 
 
-def build(name: str, model_dir: str, out: Path, endpoint: str) -> tuple[System, tuple[str, ...]]:
+def build(name: str, model_dir: str, out: Path, endpoint: str) -> tuple[System, Shape]:
+    """The system, tracing every request to `endpoint` (vLLM's spans too), and its trace's shape."""
     engine = {**ENGINE, "otlp_traces_endpoint": endpoint}
     if name == "vllm":
         system = systems.vllm_system(model_dir, MODEL_ID, engine)
         otlp = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}  # the receiver's
-        return replace(system, env={**system.env, **otlp}), VLLM_POINTS
+        return replace(system, env={**system.env, **otlp}), VLLM_SHAPE
     if name == "pdserve":
         return systems.serve_run_system(
             name, pdserve_config("pdserve://bench", engine), out / "configs" / "pdserve.yaml",
-            model_dir, MODEL_ID, engine, traced_env(endpoint)), PDSERVE_POINTS
+            model_dir, MODEL_ID, engine, traced_env(endpoint)), PDSERVE_SHAPE
     raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEM_NAMES)}")
 
 
@@ -190,9 +222,18 @@ def summary(rounds: list[Round]) -> dict[str, dict[str, tuple[float, float, floa
     return table
 
 
+def cell(value: tuple[float, float, float]) -> str:
+    """median (min–max), ms"""
+    return f"{value[0]:.2f} ({value[1]:.2f}–{value[2]:.2f})"
+
+
 def markdown(meta: dict[str, Any], rounds: list[Round]) -> str:
+    """The report: the stretches both systems have side by side (with pdserve's minus plain
+    vLLM's), then each system's own stages."""
     table = summary(rounds)
-    cell = lambda v: f"{v[0]:.2f} ({v[1]:.2f}–{v[2]:.2f})"  # noqa: E731
+    base, other = DIFFERENCE
+    counted = ", ".join(f"{s} {sum(r.counted for r in rounds if r.system == s)}/"
+                        f"{sum(r.requests for r in rounds if r.system == s)}" for s in table)
     lines = [f"# First-token stages: {meta['run_name']}", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}",
              f"- machine: {report.machine_line(meta['machine'])}",
@@ -200,16 +241,17 @@ def markdown(meta: dict[str, Any], rounds: list[Round]) -> str:
              f"- {meta['requests']} requests per system and round ({meta['prompt_tokens']}-token "
              f"prompts, {meta['output_tokens']} out, streamed, one at a time), {meta['rounds']} "
              "rounds; ms, median over rounds of each round's median (min–max)",
+             f"- requests counted (traced whole, points in order): {counted}",
              f"- nice values: {json.dumps(meta.get('priorities', {}))}", "",
              "## The stretches both systems have", "",
-             "| stretch | " + " | ".join(table) + " | difference |",
+             "| stretch | " + " | ".join(table) + f" | {other} − {base} |",
              "|---|" + "---|" * (len(table) + 1)]
     names = [f"{a} → {b}" for a, b in COMMON_STRETCHES] + [
         "engine prefill (vLLM: scheduled → first token)"]
     for name in names:
         values = [table[s].get(name) for s in table]
-        diff = (f"{values[-1][0] - values[0][0]:+.2f}" if len(values) > 1 and all(values)
-                else "")
+        low, high = (table.get(s, {}).get(name) for s in DIFFERENCE)
+        diff = f"{high[0] - low[0]:+.2f}" if low and high else ""
         lines.append(f"| {name} | " + " | ".join(cell(v) if v else "–" for v in values)
                      + f" | {diff} |")
     for system, rows in table.items():
@@ -251,17 +293,17 @@ def main(argv: list[str] | None = None) -> None:
     done: list[Round] = []
     try:
         for n in range(1, args.rounds + 1):
-            for name, (system, order) in built.items():
+            for name, (system, shape) in built.items():
                 with systems.running(system, out / "logs" / f"{name}-{n}.log", preload,
                                      args.ready_timeout) as started:
                     meta["priorities"].setdefault(name, systems.priorities(started.pid))
-                    rows, prefill = measure(system, sink, order, args.requests,
+                    rows, prefill = measure(system, sink, shape, args.requests,
                                             args.prompt_tokens, args.output_tokens, seed=n)
                 keys = list(dict.fromkeys(k for r in rows for k in r))
                 done.append(Round(name, n, args.requests, len(rows), {
                     k: statistics.median(r[k] for r in rows if k in r) for k in keys},
                     statistics.median(prefill) if prefill else None))
-                print(f"round {n} {name}: {len(rows)}/{args.requests} traced, sent → received "
+                print(f"round {n} {name}: {len(rows)}/{args.requests} counted, sent → received "
                       f"{done[-1].stages.get('sent → received', float('nan')):.2f} ms",
                       flush=True)
                 (out / "results.json").write_text(json.dumps(

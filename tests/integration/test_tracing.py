@@ -130,6 +130,22 @@ def test_a_pd_request_is_one_trace_from_the_clients_span_to_the_kv_pull(
     assert "pdserve.decode" in ancestors(routes[f"pdserve.route {PD_MODEL}-decode"], spans)
 
 
+def test_a_streamed_request_marks_its_first_output_leaving_the_engine_and_reaching_the_ingress(
+        client: httpx.Client, otlp: OTLPReceiver) -> None:
+    header, trace_id, _ = traceparent()
+    prompt = f"{secrets.token_hex(4)} " + recall_prompt_text(random.Random(11), 60, 8)
+    response = complete(client, prompt, header, stream=True, max_tokens=8, ignore_eos=True)
+    assert response.text.rstrip().endswith("data: [DONE]"), response.text[-200:]
+    spans = otlp.wait_for(trace_id, {"pdserve.decode", "pdserve.decode.engine"})
+    engine, call = one(spans, "pdserve.decode.engine"), one(spans, "pdserve.decode")
+    assert engine.attributes["pdserve.generated_tokens"] == 8
+    left, reached = engine.event_ns(FIRST_OUTPUT_EVENT), call.event_ns(FIRST_OUTPUT_EVENT)
+    assert left is not None and reached is not None, (engine.events, call.events)
+    # once each, the first of 8 streamed outputs: before the stream (and the engine span) ended
+    assert [n for n, _ in engine.events].count(FIRST_OUTPUT_EVENT) == 1
+    assert engine.start_ns < left <= reached < call.end_ns and left < engine.end_ns
+
+
 def test_local_prefill_and_fallback_requests_show_their_paths(
         client: httpx.Client, otlp: OTLPReceiver) -> None:
     header, trace_id, _ = traceparent()

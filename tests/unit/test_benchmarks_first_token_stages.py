@@ -9,8 +9,10 @@ from pdserve.benchmarks.first_token_stages import (
     PDSERVE_POINTS,
     VLLM_POINTS,
     Round,
+    in_order,
     markdown,
     points,
+    prompts,
     stretches,
 )
 from pdserve.benchmarks.otlp_sink import SpanRecord
@@ -77,6 +79,26 @@ def test_the_report_compares_the_common_stretches() -> None:
     meta = {"run_name": "x", "command": "c", "date": "d", "machine": machine, "git_revision": "g",
             "requests": 60, "prompt_tokens": 16, "output_tokens": 8, "rounds": 1}
     text = markdown(meta, rounds)
+    assert "| stretch | vllm | pdserve | pdserve − vllm |" in text
     assert "| sent → received | 11.00 (11.00–11.00) | 16.00 (16.00–16.00) | +5.00 |" in text
+    assert "vllm 60/60, pdserve 59/60" in text
+    # the difference is pdserve's minus plain vLLM's whichever order they ran in
+    assert "| +5.00 |" in markdown(meta, rounds[::-1])
     assert "| ingress → arrival | 0.60 (0.60–0.60) |" in text
     assert "## vllm, stage by stage" not in text  # its stretches are all common ones
+
+
+def test_a_request_counts_only_with_every_point_in_order() -> None:
+    found = points(pdserve_trace(), 0, round(16.3 * MS))
+    assert found is not None and in_order(found, PDSERVE_POINTS)
+    assert not in_order({**found, "engine output": found["first token"] - 1}, PDSERVE_POINTS)
+    assert not in_order({k: v for k, v in found.items() if k != "prepared"}, PDSERVE_POINTS)
+
+
+def test_warm_up_prompts_share_no_block_with_measured_ones() -> None:
+    measured, warm_up = prompts(0, 60, 512, seed=1), prompts(60, 10, 512, seed=1)
+    firsts = [tuple(p[:32]) for p in measured + warm_up]
+    assert len(set(firsts)) == 70  # no two share their first block, so no prefix-cache hit
+    assert all(3 <= t < 503 for p in measured for t in p)
+    with pytest.raises(ValueError):
+        prompts(495, 10, 16, seed=1)
