@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from pdserve.benchmarks import report, systems
-from pdserve.benchmarks.otlp_sink import OTLPReceiver, SpanRecord
+from pdserve.benchmarks.otlp_sink import EXPORTER_ENV, OTLPReceiver, SpanRecord
 from pdserve.benchmarks.overhead_bench import ENGINE, MODEL_ID, pdserve_config, traced_env
 from pdserve.benchmarks.systems import System
 from pdserve.tracing import FIRST_OUTPUT_EVENT
@@ -199,8 +199,7 @@ def build(name: str, model_dir: str, out: Path, endpoint: str) -> tuple[System, 
     engine = {**ENGINE, "otlp_traces_endpoint": endpoint}
     if name == "vllm":
         system = systems.vllm_system(model_dir, MODEL_ID, engine)
-        otlp = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}  # the receiver's
-        return replace(system, env={**system.env, **otlp}), VLLM_SHAPE
+        return replace(system, env={**system.env, **EXPORTER_ENV}), VLLM_SHAPE
     if name == "pdserve":
         return systems.serve_run_system(
             name, pdserve_config("pdserve://bench", engine), out / "configs" / "pdserve.yaml",

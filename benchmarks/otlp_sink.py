@@ -17,6 +17,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+#: What an OpenTelemetry exporter's environment needs to send to this receiver (OTLP/HTTP,
+#: protobuf; the official exporters default to gRPC)
+EXPORTER_ENV = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+
 
 @dataclass(frozen=True)
 class SpanRecord:

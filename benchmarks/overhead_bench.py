@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pdserve.benchmarks import report, rounds, systems, workloads
-from pdserve.benchmarks.otlp_sink import OTLPReceiver
+from pdserve.benchmarks.otlp_sink import EXPORTER_ENV, OTLPReceiver
 from pdserve.benchmarks.systems import System
 from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.deployments.config.ray_serve_env import (
@@ -95,8 +95,7 @@ TRACE_SAMPLING_RATIO = 1.0
 
 
 def traced_env(endpoint: str) -> dict[str, str]:
-    return {**RAY_START_ENV, **tracing_env(endpoint, TRACE_SAMPLING_RATIO),
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+    return {**RAY_START_ENV, **tracing_env(endpoint, TRACE_SAMPLING_RATIO), **EXPORTER_ENV}
 
 
 def pdserve_config(model: str, engine: dict[str, Any] = ENGINE) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from shapes import (
     app_args,
 )
 
-from pdserve.benchmarks.otlp_sink import OTLPReceiver
+from pdserve.benchmarks.otlp_sink import EXPORTER_ENV, OTLPReceiver
 from pdserve.deployments.config.pools import PoolName
 from pdserve.deployments.config.ray_serve_env import (
     PROXY_CEILING_ENV,
@@ -188,8 +188,7 @@ def serve_app(
     # these), pdserve's OTLP exporter, the receiver as the endpoint. Only Ray's processes get
     # them (they keep the environment Ray started in): the clusters of the own-cluster tests
     # run with tracing off, as a graph does by default.
-    tracing = {**tracing_env(otlp.endpoint, sampling_ratio=1.0),
-               "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+    tracing = {**tracing_env(otlp.endpoint, sampling_ratio=1.0), **EXPORTER_ENV,
                "OTEL_BSP_SCHEDULE_DELAY": "200"}
     with environment(tracing):
         ray.init(num_cpus=3, _metrics_export_port=METRICS_PORT)  # 5 engines x 0.5 CPU fit
