@@ -14,11 +14,12 @@ The caller times `--calls` calls of each kind (the first `WARM_UP` not counted):
 - `serve-stream`: a streaming Serve handle call of two items, as pdserve calls an engine.
 
 `reach` is the callee's clock at its method's start minus the caller's before the call (both
-CLOCK_MONOTONIC, one host), `first` the first item back, `end` the call's end. Each kind runs
-back to back and with `--idle-ms` of idle between calls: a request at concurrency 1 finds the
-box idle, and code that runs after an idle stretch can run slower until its caches are warm
-again. The harness measures that on the bare host too: a pipe round trip between two processes
-and a fixed piece of Python work, back to back and after the same idle. `--beside-pdserve`
+CLOCK_MONOTONIC, one host), `back` the first item's way back (first item − reach, per call),
+`first` when the first item was back, `end` the call's end. Each kind runs back to back and
+with `--idle-ms` of idle between calls: a request at concurrency 1 finds the box idle, and
+code that runs after an idle stretch can run slower until its caches are warm again. The
+harness measures that on the bare host too (before Ray starts): a pipe round trip between two
+processes and a fixed piece of Python work, back to back and after the same idle. `--beside-pdserve`
 repeats the calls with pdserve's colocated `bench` app (`overhead_bench.pdserve_config`)
 running in the same cluster. The report gives the median over rounds of each round's median
 (min–max).
@@ -74,10 +75,10 @@ class Callee:
 
 @dataclass(frozen=True)
 class Call:
-    """One timed call, ms from the caller's start: when the callee's method began (None when it
-    could not be told), when the first item came back, when the call ended."""
+    """One timed call, ms from the caller's start: when the callee's method began, when the
+    first item came back, when the call ended."""
 
-    reach: float | None
+    reach: float
     first: float
     end: float
 
@@ -117,12 +118,11 @@ class Caller:
 
 
 def medians(calls: list[Call]) -> dict[str, float]:
-    """The median of each measure over the calls (`reach` only where every call has one)."""
-    found = {"first": statistics.median(c.first for c in calls),
-             "end": statistics.median(c.end for c in calls)}
-    if all(c.reach is not None for c in calls):
-        found["reach"] = statistics.median(c.reach for c in calls)  # type: ignore[misc]
-    return found
+    """The median of each measure over the calls; `back` (first item − reach) per call."""
+    return {"reach": statistics.median(c.reach for c in calls),
+            "back": statistics.median(c.first - c.reach for c in calls),
+            "first": statistics.median(c.first for c in calls),
+            "end": statistics.median(c.end for c in calls)}
 
 
 def host_timings(work: Callable[[], Any], calls: int, idle_s: float) -> float:
@@ -137,7 +137,7 @@ def host_timings(work: Callable[[], Any], calls: int, idle_s: float) -> float:
 
 
 def python_work() -> int:
-    """A fixed piece of interpreter work (~0.1 ms): loops, a dict, JSON."""
+    """A fixed piece of interpreter work (~0.2 ms here): loops, a dict, JSON."""
     doc = {"tokens": list(range(64)), "model": "bench"}
     return sum(len(json.dumps(doc)) if i % 100 == 0 else i for i in range(2000))
 
@@ -146,19 +146,27 @@ def host_row(calls: int, idle_s: float) -> dict[str, float]:
     """A pipe round trip between this process and a child, and `python_work`, after `idle_s`."""
     child_in, to_child = os.pipe()  # (read end, write end)
     from_child, child_out = os.pipe()
-    child = os.fork()
-    if child == 0:  # echo one byte at a time until the parent closes its end
-        os.close(to_child)
-        os.close(from_child)
-        while os.read(child_in, 1):
-            os.write(child_out, b"x")
-        os._exit(0)
+    try:
+        child = os.fork()
+    except OSError:
+        for fd in (child_in, to_child, from_child, child_out):
+            os.close(fd)
+        raise
+    if child == 0:  # echo one byte at a time until the parent closes its end; never return
+        try:
+            os.close(to_child)
+            os.close(from_child)
+            while os.read(child_in, 1):
+                os.write(child_out, b"x")
+        finally:
+            os._exit(0)
     os.close(child_in)
     os.close(child_out)
 
     def round_trip() -> None:
         os.write(to_child, b"x")
-        os.read(from_child, 1)
+        if not os.read(from_child, 1):
+            raise RuntimeError("the echo child is gone")
 
     try:
         return {"pipe round trip": host_timings(round_trip, calls, idle_s),
@@ -209,11 +217,12 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
              f"- nice values: {json.dumps(meta.get('priorities', {}))}", ""]
     for phase in dict.fromkeys(k[0] for k in table if k[0] != "host"):
         lines += [f"## Calls, {phase} (ms)", "",
-                  "| kind | idle between calls | reach | first | end |", "|---|---|---|---|---|"]
+                  "| kind | idle between calls | reach | back | first | end |",
+                  "|---|---|---|---|---|---|"]
         for (p, kind, idle), values in table.items():
             if p == phase:
-                lines.append(f"| {kind} | {idle:g} ms | {cell(values.get('reach'))} | "
-                             f"{cell(values.get('first'))} | {cell(values.get('end'))} |")
+                lines.append(f"| {kind} | {idle:g} ms | " + " | ".join(
+                    cell(values.get(name)) for name in ("reach", "back", "first", "end")) + " |")
         lines.append("")
     host = {k: v for k, v in table.items() if k[0] == "host"}
     if host:
@@ -232,7 +241,7 @@ def start_ray() -> None:
     preload = systems.find_preload_libs()
     if preload:
         os.environ["LD_PRELOAD"] = ":".join(preload)
-    ray.init(include_dashboard=False)
+    ray.init(address="local", include_dashboard=False)  # never a cluster RAY_ADDRESS names
     serve.start(http_options={"host": "127.0.0.1", "port": 8000}, proxy_location="HeadOnly")
 
 
@@ -249,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.calls <= WARM_UP:
         p.error(f"--calls must be over {WARM_UP}")
+    if args.rounds < 1 or args.idle_ms <= 0:
+        p.error("--rounds must be at least 1 and --idle-ms over 0")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "-m", "pdserve.benchmarks.serve_hop",
@@ -266,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in range(1, args.rounds + 1):
         for idle in idles:
             rows.append(Row("host", "host", idle, n, host_row(args.calls, idle / 1e3)))
-    start_ray()
     try:
+        start_ray()
         caller = serve.run(Caller.bind(Callee.bind()), name="serve-hop", route_prefix=None)
         phases = ["bare"] + (["beside pdserve"] if args.beside_pdserve else [])
         for phase in phases:
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                 from pdserve.deployments.app import build_app
                 config = pdserve_config("pdserve://bench")["applications"][0]["args"]
                 serve.run(build_app(config), name="pdserve", route_prefix="/")
-            meta["priorities"] = systems.priorities(os.getpid())
+            meta.setdefault("priorities", {})[phase] = systems.priorities(os.getpid())
             for n in range(1, args.rounds + 1):
                 for kind in KINDS:
                     for idle in idles:
@@ -285,8 +296,10 @@ def main(argv: list[str] | None = None) -> None:
                               flush=True)
                 save()
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
     save()
     print((out / "report.md").read_text())
 
