@@ -6,10 +6,11 @@ recorded requests and replica polls (`slo`: each model's targets)."""
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pdserve.benchmarks.report import median_range, spread
 
 #: The compared policies: pdserve's application-level SLO policy, Ray Serve's default.
 POLICIES = ("pdserve_slo", "ray_default")
@@ -104,17 +105,16 @@ def report(rows: list[dict[str, Any]], command: str, phases: Sequence[Any],
 
 def median_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """(median, min, max) of each policy's attainment and replica-seconds over its rounds."""
-    def spread(key: str) -> tuple[float, float, float]:
-        values = [r[key] for r in rows if r[key] is not None] or [0.0]  # no request: 0
-        return statistics.median(values), min(values), max(values)
+    def over_rounds(key: str) -> tuple[float, float, float]:
+        return spread([r[key] for r in rows if r[key] is not None] or [0.0])  # no request: 0
 
-    return {"rounds": len(rows), "slo_attainment": spread("slo_attainment"),
-            "replica_seconds": spread("replica_seconds")}
+    return {"rounds": len(rows), "slo_attainment": over_rounds("slo_attainment"),
+            "replica_seconds": over_rounds("replica_seconds")}
 
 
 def _spread(v: tuple[float, float, float], scale: float = 1.0, digits: int = 0) -> str:
     median, low, high = (x * scale for x in v)
-    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+    return median_range((median, low, high), digits)
 
 
 def plot(results: dict[str, Any], path: Path, slo: dict[str, dict[str, float]]) -> None:

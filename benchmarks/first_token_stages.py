@@ -216,14 +216,8 @@ def summary(rounds: list[Round]) -> dict[str, dict[str, tuple[float, float, floa
         extra = {"engine prefill (vLLM: scheduled → first token)":
                  [r.engine_prefill_ms for r in mine if r.engine_prefill_ms is not None]}
         values = {k: [r.stages[k] for r in mine if k in r.stages] for k in stages} | extra
-        table[system] = {k: (statistics.median(v), min(v), max(v))
-                         for k, v in values.items() if v}
+        table[system] = {k: report.spread(v) for k, v in values.items() if v}
     return table
-
-
-def cell(value: tuple[float, float, float]) -> str:
-    """median (min–max), ms"""
-    return f"{value[0]:.2f} ({value[1]:.2f}–{value[2]:.2f})"
 
 
 def markdown(meta: dict[str, Any], rounds: list[Round]) -> str:
@@ -251,13 +245,13 @@ def markdown(meta: dict[str, Any], rounds: list[Round]) -> str:
         values = [table[s].get(name) for s in table]
         low, high = (table.get(s, {}).get(name) for s in DIFFERENCE)
         diff = f"{high[0] - low[0]:+.2f}" if low and high else ""
-        lines.append(f"| {name} | " + " | ".join(cell(v) if v else "–" for v in values)
-                     + f" | {diff} |")
+        lines.append(f"| {name} | " + " | ".join(
+            report.median_range(v) if v else "–" for v in values) + f" | {diff} |")
     for system, rows in table.items():
         own = {k: v for k, v in rows.items() if k not in names}
         if own:
             lines += ["", f"## {system}, stage by stage", "", "| stage | ms |", "|---|---|"]
-            lines += [f"| {k} | {cell(v)} |" for k, v in own.items()]
+            lines += [f"| {k} | {report.median_range(v)} |" for k, v in own.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +96,17 @@ def _ratio(value: float | None, base: float | None, key: str = "") -> float | No
     if key.endswith("_ms") and base < MIN_TIMED_MS:
         return None
     return value / base
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of a non-empty list: how every report states a value over rounds."""
+    return statistics.median(values), min(values), max(values)
+
+
+def median_range(value: tuple[float, float, float], digits: int = 2) -> str:
+    """A `spread` as reports print it: "median (min–max)"."""
+    median, low, high = value
+    return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

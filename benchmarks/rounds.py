@@ -52,7 +52,7 @@ class Cell:
 def _stats(values: list[float]) -> tuple[float | None, float | None, float | None]:
     if not values:
         return None, None, None
-    return statistics.median(values), min(values), max(values)
+    return report.spread(values)
 
 
 def summarize(rows: list[dict[str, Any]], columns: tuple[report.Metric, ...],

@@ -194,15 +194,13 @@ def summary(rows: list[Row]) -> dict[tuple[str, str, float], dict[str, tuple[flo
     for key in dict.fromkeys((r.phase, r.kind, r.idle_ms) for r in rows):
         mine = [r.values for r in rows if (r.phase, r.kind, r.idle_ms) == key]
         names = dict.fromkeys(k for v in mine for k in v)
-        table[key] = {n: (statistics.median(vs), min(vs), max(vs))
-                      for n in names if (vs := [v[n] for v in mine if n in v])}
+        table[key] = {n: report.spread(vs) for n in names
+                      if (vs := [v[n] for v in mine if n in v])}
     return table
 
 
 def cell(value: tuple[float, float, float] | None, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    return f"{value[0]:.{digits}f} ({value[1]:.{digits}f}–{value[2]:.{digits}f})"
+    return "—" if value is None else report.median_range(value, digits)
 
 
 def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
