@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import time
@@ -94,15 +95,21 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int,
 
 
 async def drive(base_url: str, trace: list[Session], concurrency: int, max_tokens: int,
-                progress: tqdm) -> list[dict[str, Any]]:
-    """Sessions run concurrently (at most `concurrency`), each session's turns in order."""
+                progress: tqdm, think_s: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+    """Sessions run concurrently (at most `concurrency`, each a user), each session's turns in
+    order; with `think_s` > 0 a user waits an exponential time of that mean (seeded per
+    session) between an answer and the next turn, as a person reading and typing does, so
+    the next turn does not find the replica that just answered it freed by that answer."""
     limit = asyncio.Semaphore(concurrency)
     records: list[dict[str, Any]] = []
 
     async def run_session(session: Session, http: httpx.AsyncClient) -> None:
+        pauses = think_times(session, think_s, seed)
         async with limit:
             prompt = ""
-            for turn in session.turns:
+            for n, turn in enumerate(session.turns):
+                if n:
+                    await asyncio.sleep(pauses[n - 1])
                 prompt += turn
                 obs, ttft, e2e, answer = await one_request(http, prompt, max_tokens,
                                                            session.session_id)
@@ -116,6 +123,15 @@ async def drive(base_url: str, trace: list[Session], concurrency: int, max_token
         for r in records:
             r["duration"] = time.perf_counter() - started
     return records
+
+
+def think_times(session: Session, think_s: float, seed: int) -> list[float]:
+    """Pauses before turns 2..n of `session`: exponential with mean `think_s`, reproducible
+    from the seed and the session's name (0 when `think_s` is 0)."""
+    if think_s <= 0:
+        return [0.0] * max(0, len(session.turns) - 1)
+    rng = random.Random(f"{seed}:{session.session_id or session.group}")
+    return [rng.expovariate(1 / think_s) for _ in session.turns[1:]]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -197,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--think-s", type=float, default=0.0,
+                   help="mean think time (s, exponential) between a session's answer and its "
+                        "next turn; 0: the next turn follows at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every router this many times, interleaved (round 1: each router "
@@ -234,7 +253,7 @@ def run_router(args: argparse.Namespace, router: str, n: int, traces: dict[str, 
             total = sum(len(s.turns) for s in trace)
             with tqdm(total=total, desc=f"round {n} {router}/{workload}") as bar:
                 records = asyncio.run(drive(system.base_url, trace, args.concurrency,
-                                            args.max_tokens, bar))
+                                            args.max_tokens, bar, args.think_s, args.seed))
             rows.append({**summarize(router, workload, records, hasher), "round": n})
             print(json.dumps(rows[-1]), flush=True)
             (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows},
@@ -242,7 +261,10 @@ def run_router(args: argparse.Namespace, router: str, n: int, traces: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.think_s < 0:
+        parser.error("--think-s must be >= 0")
     args.out.mkdir(parents=True, exist_ok=True)
     settings = trace_settings(args)
     traces = {w: TRACES[w](settings) for w in args.workloads.split(",")}

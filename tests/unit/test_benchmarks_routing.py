@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from pdserve.benchmarks.routing_bench import serve_config, table
+import asyncio
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from tqdm import tqdm
+
+from pdserve.benchmarks.routing_bench import drive, main, serve_config, table, think_times
 from pdserve.benchmarks.routing_workloads import (
     Observed,
+    Session,
     TraceSettings,
     groups_trace,
     multiturn_trace,
@@ -69,3 +79,58 @@ def test_rounds_report_medians_of_same_round_ratios() -> None:
     # not the ratio of medians (100 / 100 = 1x)
     assert "| groups | pdserve | 3 |" in line and "| 100 (50–100) |" in line
     assert "| 2.00x (1.00x–3.00x) |" in line
+
+
+def test_think_times_are_seeded_per_session_with_the_asked_mean() -> None:
+    chat = Session(["a"] * 2001, session_id="chat-1")
+    pauses = think_times(chat, 2.0, seed=7)
+    assert len(pauses) == 2000 and pauses == think_times(chat, 2.0, seed=7)
+    assert 1.8 < sum(pauses) / len(pauses) < 2.2
+    assert pauses != think_times(Session(chat.turns, session_id="chat-2"), 2.0, seed=7)
+    assert pauses != think_times(chat, 2.0, seed=8)
+    assert think_times(chat, 0.0, seed=7) == [0.0] * 2000
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """A streamed completion of one token; records when each session's request came."""
+
+    arrivals: dict[str, list[float]] = {}
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.arrivals.setdefault(self.headers["x-session-id"], []).append(time.monotonic())
+        chunk = {"choices": [{"text": " x", "token_ids": [5], "prompt_token_ids": [1, 2]}]}
+        body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_drive_waits_each_sessions_think_time_between_its_turns() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        trace = [Session(["p", "q", "r"], session_id=f"s{i}") for i in range(2)]
+        with tqdm(total=6, disable=True) as bar:
+            records = asyncio.run(drive(f"http://127.0.0.1:{server.server_address[1]}", trace,
+                                        2, 1, bar, think_s=0.2, seed=3))
+    finally:
+        server.shutdown()
+    assert len(records) == 6
+    # one pause is long enough (0.44 s) that turns sent without waiting would fail this
+    assert max(p for s in trace for p in think_times(s, 0.2, 3)) > 0.3
+    for session in trace:
+        times = _Answers.arrivals[session.session_id]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert all(gap >= pause for gap, pause in zip(gaps, think_times(session, 0.2, 3),
+                                                       strict=True))
+
+
+def test_a_negative_think_time_is_refused(tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--think-s", "-1"])
