@@ -36,6 +36,7 @@ from pdserve.benchmarks.routing_workloads import (
 )
 from pdserve.benchmarks.sse import stream_chunks
 from pdserve.routing.block_hashes import BlockHasher
+from pdserve.routing.scorers import PREFIX_AWARE_WEIGHTS
 
 ROUTERS: dict[str, dict[str, Any]] = {
     "pdserve": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter"},
@@ -44,6 +45,10 @@ ROUTERS: dict[str, dict[str, Any]] = {
                       "request_router_kwargs": {"weights": {
                           "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
                           "cache_headroom": 0.5, "session": 1.0}}},
+    # The same router without `session_spread` (pdserve's default until routing-cpu-v9).
+    "pdserve_nospread": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
+                         "request_router_kwargs": {"weights": {
+                             **PREFIX_AWARE_WEIGHTS, "session_spread": 0.0}}},
     # Ray Serve's default (what a deployment gets when it names no router).
     "pow2": {"request_router_class":
              "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"},

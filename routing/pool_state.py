@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pdserve.routing.kv_events import KVEventSubscriber
+from pdserve.routing.live_sessions import LiveSessions
 from pdserve.routing.prefix_index import PrefixIndex
 from pdserve.routing.types import RoutingStats
 
@@ -50,6 +51,9 @@ class PoolState:
         self._in_flight: dict[str, dict[str, int]] = {}  # replica -> {request key: tokens}
         self._loads: dict[str, tuple[int, int]] = {}  # replica -> (requests, tokens) in flight
         self._sessions: OrderedDict[str, str] = OrderedDict()
+        self._live_sessions = LiveSessions()
+        #: how long a session counts as live after its last turn (its router's setting)
+        self.session_live_s = 300.0
 
     # -- replicas and their event streams -------------------------------------------------
     def sync_replicas(self, replicas: Mapping[str, RoutingStats | None]) -> None:
@@ -202,6 +206,11 @@ class PoolState:
         self._sessions.move_to_end(session_id)
         while len(self._sessions) > limit:
             self._sessions.popitem(last=False)
+        self._live_sessions.touch(session_id, replica, time.monotonic(), limit)
+
+    def live_sessions(self) -> dict[str, int]:
+        """Sessions per replica whose last turn went there at most `session_live_s` ago."""
+        return self._live_sessions.counts(time.monotonic(), self.session_live_s)
 
     def snapshot(self) -> dict[str, Any]:
         """Per-replica index size and stream counters (for stats and tests)."""
@@ -211,6 +220,7 @@ class PoolState:
             in_flight = {r: len(v) for r, v in self._in_flight.items()}
         return {"block_size": self.block_size, "replicas": sorted(self._watched),
                 "blocks": blocks, "streams": streams, "in_flight": in_flight,
+                "live_sessions": self.live_sessions(),
                 "adapters": {r: sorted(a) for r, a in self._adapters.items()}}
 
 

@@ -104,6 +104,7 @@ class ScoredRouter(RequestRouter):
             self._deployment_id.app_name, self._deployment_id.name,
             self.settings.max_blocks_per_replica,
         )
+        self.pool.session_live_s = self.settings.session_live_s
         self.rng = random.Random()
         self.metrics = _RouteMetrics(self._deployment_id.name)
         self.bookings = Bookings(self.pool)
@@ -181,16 +182,23 @@ class ScoredRouter(RequestRouter):
         adapter = info.adapter if info is not None else None
         holders = self.pool.adapter_holders(adapter) if adapter else frozenset()
         idle = (0, 0)
+        session = info.session_id if info is not None else None
+        session_replica = self.pool.session_replica(session)
+        # a session whose replica is not a candidate (gone, drained) starts afresh too
+        new_session = bool(session) and session_replica not in ids
+        live = (self.pool.live_sessions()
+                if new_session and self.settings.weights.get("session_spread") else {})
         views: list[ReplicaView] = [
             (rid, hits.get(rid, 0), *loads.get(rid, idle), usage.get(rid, 0.0),  # type: ignore[misc]
-             fill.get(rid, 0.0), rid in holders)
+             fill.get(rid, 0.0), rid in holders, live.get(rid, 0))
             for rid in ids
         ]
         request = RequestView(
             num_blocks=len(hashes),
             use_prefix=use_prefix,
-            session_replica=self.pool.session_replica(info.session_id) if info else None,
+            session_replica=session_replica,
             adapter=adapter is not None,
+            new_session=new_session,
         )
         best = choose_index(request, views, self.settings, self.rng)
         return candidates[best], candidates[:best] + candidates[best + 1 :], hits

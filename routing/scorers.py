@@ -24,6 +24,7 @@ class RequestView:
     use_prefix: bool = True
     session_replica: Hashable | None = None  # where this session's last turn went
     adapter: bool = False  # it runs with a LoRA adapter
+    new_session: bool = False  # it names a session no candidate replica has served
 
 
 class ReplicaView(NamedTuple):
@@ -37,17 +38,19 @@ class ReplicaView(NamedTuple):
     kv_usage: float = 0.0  # engine's KV-cache usage, 0..1, from its last report
     cache_fill: float = 0.0  # share of its KV blocks holding cached prefixes (index), 0..1
     holds_adapter: bool = False  # its engine holds the request's LoRA adapter loaded
+    live_sessions: int = 0  # sessions whose last turn it served within `session_live_s`
 
 
 #: Default weights of the prefix-aware router (prefill and colocated pools): go where the
 #: prompt's prefix is cached, unless that replica is loaded.
 PREFIX_AWARE_WEIGHTS: dict[str, float] = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
                                           "kv_headroom": 0.5, "cache_headroom": 0.0,
-                                          "session": 1.0, "adapter": 1.0}
+                                          "session": 1.0, "session_spread": 1.0,
+                                          "adapter": 1.0}
 #: Default weights of the decode router: load and KV headroom first.
 DECODE_WEIGHTS: dict[str, float] = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5,
                                     "kv_headroom": 2.0, "cache_headroom": 0.0, "session": 0.0,
-                                    "adapter": 1.0}
+                                    "session_spread": 0.0, "adapter": 1.0}
 
 
 class RouterSettings(BaseModel):
@@ -58,7 +61,7 @@ class RouterSettings(BaseModel):
     weights: dict[str, float] = Field(
         default_factory=lambda: dict(PREFIX_AWARE_WEIGHTS),
         description="Weight per scorer (names: prefix, queue, tokens, kv_headroom, "
-        "cache_headroom, session, adapter).",
+        "cache_headroom, session, session_spread, adapter).",
     )
     queue_scale: float = Field(8.0, gt=0, description="Queue length that scores 0 on `queue`.")
     token_scale: float = Field(
@@ -68,6 +71,10 @@ class RouterSettings(BaseModel):
         8, ge=1, description="Queue-length spread beyond which power-of-two choices decides."
     )
     max_sessions: int = Field(100_000, ge=1, description="Session-affinity entries kept (LRU).")
+    session_live_s: float = Field(
+        300.0, gt=0, description="A session counts as live on its replica (for "
+        "`session_spread`) this long after its last turn."
+    )
     max_blocks_per_replica: int = Field(
         1 << 20, ge=1, description="Index entries kept per replica (bound if events are lost)."
     )
@@ -95,6 +102,9 @@ SCORERS: dict[str, str] = {
     "go where they evict least (opt-in: after a prefix-cache reset an idle engine publishes "
     "its AllBlocksCleared only at its next step, so its fill reads stale until then)",
     "session": "1 on the replica that served this session last",
+    "session_spread": "for a session's first turn: 1 on the replica with the fewest live "
+    "sessions, 0 on the one with the most (chats keep their prefixes where they start, so "
+    "where they start decides whose cache they fill)",
     "adapter": "1 on a replica whose engine holds the request's LoRA adapter loaded (others "
     "would load it first, evicting another when full)",
 }
@@ -110,11 +120,14 @@ def total_scores(
     w_kv, w_session = w.get("kv_headroom", 0.0), w.get("session", 0.0)
     w_cache = w.get("cache_headroom", 0.0)
     w_adapter = w.get("adapter", 0.0) if request.adapter else 0.0
+    w_spread = w.get("session_spread", 0.0) if request.new_session else 0.0
+    most = max((r[7] for r in replicas), default=0) if w_spread else 0
+    per_session = 1.0 / most if most else 0.0
     per_block = 1.0 / request.num_blocks if request.num_blocks else 0.0
     per_request, per_token = 1.0 / settings.queue_scale, 1.0 / settings.token_scale
     session = request.session_replica
     totals = []
-    for replica, hits, queue, tokens, kv_usage, cache_fill, holds in replicas:
+    for replica, hits, queue, tokens, kv_usage, cache_fill, holds, live in replicas:
         prefix = hits * per_block
         load = 1.0 - queue * per_request
         pending = 1.0 - tokens * per_token
@@ -128,6 +141,7 @@ def total_scores(
             + w_cache * (0.0 if free < 0.0 else 1.0 if free > 1.0 else free)
             + (w_session if session is not None and replica == session else 0.0)
             + (w_adapter if holds else 0.0)
+            + w_spread * (most - live) * per_session
         )
     return totals
 

@@ -174,8 +174,8 @@ class Pool:
         hits = self.state.match(hashes) if use_prefix and hashes else {}
         loads, idle = self.state.loads(), (0, 0)
         names = list(self.replicas)
-        views = [(r, hits.get(r, 0), *loads.get(r, idle), self.kv_usage.get(r, 0.0), 0.0, False)
-                 for r in names]
+        views = [(r, hits.get(r, 0), *loads.get(r, idle), self.kv_usage.get(r, 0.0), 0.0, False,
+                  0) for r in names]
         if self.ray_power_of_two:  # Ray draws a random ordered pair: ties go either way
             best = power_of_two(self.rng.sample(views, len(views)), self.rng)[0][0]
         else:

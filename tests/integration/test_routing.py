@@ -167,6 +167,29 @@ def test_forced_eviction_reaches_the_index_through_block_removed(
     assert forgotten_after_s < 10, forgotten_after_s
 
 
+def test_each_new_session_starts_on_a_replica_where_fewest_sessions_live(
+    client: httpx.Client, tokenizer: Any
+) -> None:
+    """At rest every queue reads 0, so without `session_spread` a new chat lands by chance;
+    with it, on the replica serving the fewest live sessions (any of them on a tie)."""
+    state = f"{COLOCATED_MODEL}/colocated"
+    replicas = replicas_of(POOL)
+    assert len(replicas) == 2
+    uneven = 0
+    for i in range(6):
+        assert_no_work_in_flight()
+        before = routing_state()[state]["live_sessions"]
+        ids = Group(tokenizer, seed=300 + i).request(0)
+        complete(client, COLOCATED_MODEL, ids, session=f"spread-{i}")
+        (holder,) = wait_for(lambda ids=ids: prefix_hits(ids), what="session indexed")
+        counts = [before.get(r, 0) for r in replicas]
+        uneven += counts[0] != counts[1]
+        assert before.get(holder, 0) == min(counts), (i, before, holder)
+        after = routing_state()[state]["live_sessions"]
+        assert after.get(holder, 0) == before.get(holder, 0) + 1, (before, after)
+    assert uneven >= 3  # every other start finds the counts apart: chance would miss ~half
+
+
 @pytest.mark.disruptive
 def test_a_restarted_replica_starts_with_no_blocks_in_the_index(
     client: httpx.Client, tokenizer: Any

@@ -122,3 +122,22 @@ def test_scores_are_clamped_to_unit_range() -> None:
     settings = RouterSettings(weights={"queue": 1.0, "tokens": 1.0, "kv_headroom": 1.0})
     assert total_scores(REQUEST, [overloaded], settings) == [0.0]
     assert total_scores(REQUEST, [overloaded], RouterSettings(weights={"prefix": 3.0})) == [3.0]
+
+
+def test_a_new_session_goes_where_fewest_sessions_live_and_a_returning_one_stays() -> None:
+    crowded = ReplicaView("crowded", live_sessions=4)
+    quiet = ReplicaView("quiet", queue=1, pending_tokens=200, live_sessions=2)
+    new = RequestView(num_blocks=10, new_session=True)
+    assert total_scores(new, [crowded, quiet], SETTINGS) == [
+        pytest.approx(1 + 1 + 0.5), pytest.approx(1 - 1 / 8 + 1 - 200 / 4096 + 0.5 + 0.5)]
+    assert choose(new, [crowded, quiet], SETTINGS, random.Random(0))[0] is quiet
+    # Not a new session: the spread does not apply (its prefix and affinity decide).
+    returning = RequestView(num_blocks=10, session_replica="crowded")
+    holder = crowded._replace(hit_blocks=10)
+    assert choose(returning, [holder, quiet], SETTINGS, random.Random(0))[0] is holder
+    # Equal counts, or weight 0: no effect on the totals.
+    even = [crowded, crowded._replace(replica="other")]
+    assert len(set(total_scores(new, even, SETTINGS))) == 1
+    off = RouterSettings(weights={**SETTINGS.weights, "session_spread": 0.0})
+    assert total_scores(new, [crowded], off) == total_scores(new, [quiet._replace(
+        queue=0, pending_tokens=0)], off)
