@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import statistics
 import sys
@@ -36,7 +37,6 @@ from pdserve.benchmarks.routing_workloads import (
 )
 from pdserve.benchmarks.sse import stream_chunks
 from pdserve.routing.block_hashes import BlockHasher
-from pdserve.routing.scorers import PREFIX_AWARE_WEIGHTS
 
 ROUTERS: dict[str, dict[str, Any]] = {
     "pdserve": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter"},
@@ -45,10 +45,12 @@ ROUTERS: dict[str, dict[str, Any]] = {
                       "request_router_kwargs": {"weights": {
                           "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
                           "cache_headroom": 0.5, "session": 1.0}}},
-    # The same router without `session_spread` (pdserve's default until routing-cpu-v9).
+    # The same router without `session_spread` (pdserve's default before it; routing-cpu-v9).
     "pdserve_nospread": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
                          "request_router_kwargs": {"weights": {
-                             **PREFIX_AWARE_WEIGHTS, "session_spread": 0.0}}},
+                             "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
+                             "cache_headroom": 0.0, "session": 1.0, "session_spread": 0.0,
+                             "adapter": 1.0}}},
     # Ray Serve's default (what a deployment gets when it names no router).
     "pow2": {"request_router_class":
              "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"},
@@ -203,6 +205,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seconds(text: str) -> float:
+    """A finite duration >= 0 (argparse type)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--think-s", type=float, default=0.0,
+    p.add_argument("--think-s", type=seconds, default=0.0,
                    help="mean think time (s, exponential) between a session's answer and its "
                         "next turn; 0: the next turn follows at once")
     p.add_argument("--seed", type=int, default=0)
@@ -266,10 +276,7 @@ def run_router(args: argparse.Namespace, router: str, n: int, traces: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.think_s < 0:
-        parser.error("--think-s must be >= 0")
+    args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = trace_settings(args)
     traces = {w: TRACES[w](settings) for w in args.workloads.split(",")}

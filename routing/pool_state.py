@@ -93,6 +93,7 @@ class PoolState:
         if self.subscriber is not None:
             self.subscriber.unwatch(replica)
         with self.lock:
+            self._live_sessions.forget(replica)
             self._in_flight.pop(replica, None)
             self._loads.pop(replica, None)
             self.index.remove_replica(replica)
@@ -206,11 +207,13 @@ class PoolState:
         self._sessions.move_to_end(session_id)
         while len(self._sessions) > limit:
             self._sessions.popitem(last=False)
-        self._live_sessions.touch(session_id, replica, time.monotonic(), limit)
+        with self.lock:
+            self._live_sessions.touch(session_id, replica, time.monotonic(), limit)
 
     def live_sessions(self) -> dict[str, int]:
         """Sessions per replica whose last turn went there at most `session_live_s` ago."""
-        return self._live_sessions.counts(time.monotonic(), self.session_live_s)
+        with self.lock:  # counting expires entries: the router's and stats' threads both do
+            return self._live_sessions.counts(time.monotonic(), self.session_live_s)
 
     def snapshot(self) -> dict[str, Any]:
         """Per-replica index size and stream counters (for stats and tests)."""

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
@@ -131,6 +132,10 @@ def test_drive_waits_each_sessions_think_time_between_its_turns() -> None:
                                                        strict=True))
 
 
-def test_a_negative_think_time_is_refused(tmp_path) -> None:
-    with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), "--think-s", "-1"])
+@pytest.mark.parametrize("value", ["-1", "inf", "nan"])
+def test_a_think_time_that_is_not_a_finite_duration_is_refused(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["--out", str(tmp_path), "--think-s", value])
+    assert refused.value.code == 2 and "--think-s" in capsys.readouterr().err

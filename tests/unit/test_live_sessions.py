@@ -29,3 +29,13 @@ def test_the_oldest_sessions_go_past_the_bound() -> None:
     for i in range(5):
         live.touch(f"s{i}", f"r{i % 2}", now=float(i), limit=3)
     assert live.counts(now=5.0, window_s=60) == {"r0": 2, "r1": 1}  # s2, s4 | s3
+
+
+def test_a_gone_replica_holds_no_live_sessions_and_its_sessions_can_start_again() -> None:
+    live = LiveSessions()
+    live.touch("a", "r1", now=0.0, limit=10)
+    live.touch("b", "r2", now=0.0, limit=10)
+    live.forget("r1")
+    assert live.counts(now=1.0, window_s=60) == {"r2": 1}
+    live.touch("a", "r2", now=2.0, limit=10)
+    assert live.counts(now=2.0, window_s=60) == {"r2": 2}
