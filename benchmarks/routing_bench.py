@@ -45,7 +45,14 @@ ROUTERS: dict[str, dict[str, Any]] = {
                       "request_router_kwargs": {"weights": {
                           "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
                           "cache_headroom": 0.5, "session": 1.0}}},
-    # The same router without `session_spread` (pdserve's default before it; routing-cpu-v9).
+    # The same router with the opt-in `session_spread` (how `routing-cpu-v9` and `-v10` ran
+    # "pdserve", whose default it was for one commit).
+    "pdserve_spread": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
+                       "request_router_kwargs": {"weights": {
+                           "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
+                           "cache_headroom": 0.0, "session": 1.0, "session_spread": 1.0,
+                           "adapter": 1.0}}},
+    # Spelled out without `session_spread` (today's default; `routing-cpu-v9`'s name for it).
     "pdserve_nospread": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
                          "request_router_kwargs": {"weights": {
                              "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,

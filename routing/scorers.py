@@ -45,7 +45,7 @@ class ReplicaView(NamedTuple):
 #: prompt's prefix is cached, unless that replica is loaded.
 PREFIX_AWARE_WEIGHTS: dict[str, float] = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
                                           "kv_headroom": 0.5, "cache_headroom": 0.0,
-                                          "session": 1.0, "session_spread": 1.0,
+                                          "session": 1.0, "session_spread": 0.0,
                                           "adapter": 1.0}
 #: Default weights of the decode router: load and KV headroom first.
 DECODE_WEIGHTS: dict[str, float] = {"prefix": 1.0, "queue": 1.0, "tokens": 0.5,
@@ -102,11 +102,11 @@ SCORERS: dict[str, str] = {
     "go where they evict least (opt-in: after a prefix-cache reset an idle engine publishes "
     "its AllBlocksCleared only at its next step, so its fill reads stale until then)",
     "session": "1 on the replica that served this session last",
-    "session_spread": "for a session's first turn (no candidate served it): 1 - live sessions "
-    "there / the most any candidate serves, times the share of the prompt's blocks every "
-    "candidate holds alike, 0 when its LoRA adapter is loaded on some only (chats keep their "
+    "session_spread": "opt-in: for a session's first turn (no candidate served it), 1 - live "
+    "sessions there / the most any candidate serves; 0 when some candidates hold more of the "
+    "prompt's prefix than others or its LoRA adapter is loaded on some only (chats keep their "
     "prefixes where they start, so where they start decides whose cache they fill; a prefix "
-    "held unevenly is a conversation this ingress does not know, not to be pulled off it)",
+    "held unevenly may be a conversation this ingress does not know, not to be pulled off it)",
     "adapter": "1 on a replica whose engine holds the request's LoRA adapter loaded (others "
     "would load it first, evicting another when full)",
 }
@@ -126,11 +126,11 @@ def total_scores(
     w_spread = w.get("session_spread", 0.0) if request.new_session else 0.0
     most = max((r[7] for r in replicas), default=0) if w_spread else 0
     per_session = 1.0 / most if most else 0.0
-    if per_session and w_prefix:
-        held = [r[1] for r in replicas]
-        per_session *= max(0.0, 1.0 - (max(held) - min(held)) * per_block)
-    if per_session and w_adapter and len({r[6] for r in replicas}) > 1:
-        per_session = 0.0  # where its LoRA adapter is loaded decides, not the count
+    if per_session and (
+        (w_prefix and len({r[1] for r in replicas}) > 1)  # a prefix held unevenly
+        or (w_adapter and len({r[6] for r in replicas}) > 1)  # an adapter loaded on some
+    ):
+        per_session = 0.0  # where the prompt's cache or adapter lives decides, not the count
     per_request, per_token = 1.0 / settings.queue_scale, 1.0 / settings.token_scale
     session = request.session_replica
     totals = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pdserve.routing.scorers import PREFIX_AWARE_WEIGHTS
+
 HTTP_PORT = 8123
 METRICS_PORT = 8124
 #: the body ceiling in Ray's proxy for the test session (`PDSERVE_PROXY_MAX_BODY_BYTES`); the
@@ -110,7 +112,14 @@ def app_args(model_dir: str, store_dir: str) -> dict[str, Any]:
                 "engine_kwargs": {**ENGINE_KWARGS,
                                   "num_gpu_blocks_override": COLOCATED_GPU_BLOCKS},
                 "mode": "colocated",
-                "colocated": {"num_replicas": COLOCATED_REPLICAS},
+                "colocated": {
+                    "num_replicas": COLOCATED_REPLICAS,
+                    # the default router with the opt-in `session_spread`, sessions live
+                    # for the whole test session (so none expires mid-test)
+                    "request_router_config": {"request_router_kwargs": {
+                        "weights": {**PREFIX_AWARE_WEIGHTS, "session_spread": 1.0},
+                        "session_live_s": 24 * 3600}},
+                },
                 "lora_modules": lora_modules(COLOCATED_MODEL),
                 **TOOLS_KWARGS,
             },

@@ -39,3 +39,11 @@ def test_a_gone_replica_holds_no_live_sessions_and_its_sessions_can_start_again(
     assert live.counts(now=1.0, window_s=60) == {"r2": 1}
     live.touch("a", "r2", now=2.0, limit=10)
     assert live.counts(now=2.0, window_s=60) == {"r2": 2}
+
+
+def test_a_forgotten_session_does_not_expire_later_from_a_replica_of_the_same_name() -> None:
+    live = LiveSessions()
+    live.touch("old", "r1", now=0.0, limit=10)
+    live.forget("r1")
+    live.touch("new", "r1", now=50.0, limit=10)  # a restarted replica may keep its name
+    assert live.counts(now=70.0, window_s=60) == {"r1": 1}  # "old" left with the first r1

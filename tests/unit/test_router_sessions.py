@@ -17,8 +17,10 @@ from pdserve.routing.types import RoutingInfo
 
 
 def router_over(replicas: list[str], **settings: Any) -> Any:
+    """The router with `session_spread` on (opt-in), over a pool of `replicas`."""
     router = PrefixAwareRouter.__new__(PrefixAwareRouter)
-    router.settings = RouterSettings(**settings)
+    router.settings = RouterSettings(
+        **{"weights": {**PREFIX_AWARE_WEIGHTS, "session_spread": 1.0}, **settings})
     router.pool = PoolState("app/pool", follow_kv_events=False)
     router.pool.session_live_s = router.settings.session_live_s
     router.rng = random.Random(0)
@@ -61,13 +63,13 @@ def test_without_a_session_id_or_the_weight_the_counts_are_not_read(
     router = router_over(["r1", "r2"])
     monkeypatch.setattr(router.pool, "live_sessions", lambda: pytest.fail("counts read"))
     chosen(router, None)
-    router.settings = RouterSettings(weights={**PREFIX_AWARE_WEIGHTS, "session_spread": 0.0})
+    router.settings = RouterSettings()  # the default: `session_spread` is opt-in
     chosen(router, "new")
 
 
 def test_sessions_stop_counting_after_session_live_s(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [100.0]
-    monkeypatch.setattr(pool_state_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pool_state_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     router = router_over(["r1", "r2"], session_live_s=30)
     router.pool.remember_session("a", "r1", limit=100)
     clock[0] = 129.0

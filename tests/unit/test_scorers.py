@@ -7,6 +7,7 @@ import random
 import pytest
 
 from pdserve.routing.scorers import (
+    PREFIX_AWARE_WEIGHTS,
     ReplicaView,
     RequestView,
     RouterSettings,
@@ -124,19 +125,23 @@ def test_scores_are_clamped_to_unit_range() -> None:
     assert total_scores(REQUEST, [overloaded], RouterSettings(weights={"prefix": 3.0})) == [3.0]
 
 
+#: the default weights with the opt-in `session_spread`
+SPREAD = RouterSettings(weights={**PREFIX_AWARE_WEIGHTS, "session_spread": 1.0})
+
+
 def test_a_new_session_goes_where_fewest_sessions_live() -> None:
     crowded = ReplicaView("crowded", live_sessions=4)
     quiet = ReplicaView("quiet", queue=1, pending_tokens=200, live_sessions=2)
     new = RequestView(num_blocks=10, new_session=True)
-    assert total_scores(new, [crowded, quiet], SETTINGS) == [
+    assert total_scores(new, [crowded, quiet], SPREAD) == [
         pytest.approx(1 + 1 + 0.5), pytest.approx(1 - 1 / 8 + 1 - 200 / 4096 + 0.5 + 0.5)]
-    assert choose(new, [crowded, quiet], SETTINGS, random.Random(0))[0] is quiet
+    assert choose(new, [crowded, quiet], SPREAD, random.Random(0))[0] is quiet
     # Weight 0, or not a new session: the counts change nothing.
-    off = RouterSettings(weights={**SETTINGS.weights, "session_spread": 0.0})
+    off = SETTINGS  # the default: opt-in
     known = RequestView(num_blocks=10)
     assert total_scores(new, [crowded, quiet], off) == total_scores(known, [crowded, quiet],
-                                                                    SETTINGS)
-    assert choose(known, [crowded, quiet], SETTINGS, random.Random(0))[0] is crowded
+                                                                    SPREAD)
+    assert choose(known, [crowded, quiet], SPREAD, random.Random(0))[0] is crowded
 
 
 def test_the_spread_yields_to_a_prefix_or_adapter_held_unevenly() -> None:
@@ -145,15 +150,16 @@ def test_the_spread_yields_to_a_prefix_or_adapter_held_unevenly() -> None:
     quiet = ReplicaView("quiet", live_sessions=0)
     # A shared system prompt held by both: the spread counts in full.
     shared = [crowded._replace(hit_blocks=3), quiet._replace(hit_blocks=3)]
-    on_crowded, on_quiet = total_scores(new, shared, SETTINGS)
+    on_crowded, on_quiet = total_scores(new, shared, SPREAD)
     assert on_quiet - on_crowded == pytest.approx(1.0)
-    # Held by one only (a conversation this ingress does not know): scaled by what is even.
-    uneven = [crowded._replace(hit_blocks=8), quiet._replace(hit_blocks=2)]
-    on_crowded, on_quiet = total_scores(new, uneven, SETTINGS)
-    assert on_quiet - on_crowded == pytest.approx(1.0 * (1 - 6 / 10) - 2.0 * 6 / 10)
-    assert choose(new, uneven, SETTINGS, random.Random(0))[0].replica == "crowded"
+    # Held unevenly, even by little (a conversation this ingress does not know, after a
+    # shared system prompt): the count gives way to the prefix.
+    uneven = [crowded._replace(hit_blocks=9), quiet._replace(hit_blocks=7)]
+    on_crowded, on_quiet = total_scores(new, uneven, SPREAD)
+    assert on_crowded - on_quiet == pytest.approx(2.0 * 2 / 10)
+    assert choose(new, uneven, SPREAD, random.Random(0))[0].replica == "crowded"
     # An adapter loaded on one only: the count gives way.
     lora = RequestView(num_blocks=10, new_session=True, adapter=True)
     holder = crowded._replace(holds_adapter=True)
-    assert total_scores(lora, [holder, quiet], SETTINGS) == [
+    assert total_scores(lora, [holder, quiet], SPREAD) == [
         pytest.approx(1 + 1 + 0.5 + 1), pytest.approx(1 + 1 + 0.5)]
