@@ -38,26 +38,30 @@ from pdserve.benchmarks.routing_workloads import (
 from pdserve.benchmarks.sse import stream_chunks
 from pdserve.routing.block_hashes import BlockHasher
 
+PREFIX_AWARE_ROUTER = "pdserve.routing.router:PrefixAwareRouter"
+#: pdserve's default weights as the recorded runs used them, pinned here (not imported) so a
+#: later change of the defaults does not change what these names reproduce.
+PINNED_WEIGHTS: dict[str, float] = {"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
+                                    "kv_headroom": 0.5, "cache_headroom": 0.0, "session": 1.0,
+                                    "session_spread": 0.0, "adapter": 1.0}
+
+
+def prefix_aware(weights: dict[str, float]) -> dict[str, Any]:
+    """pdserve's prefix-aware router with these weights (a map replaces the defaults whole)."""
+    return {"request_router_class": PREFIX_AWARE_ROUTER,
+            "request_router_kwargs": {"weights": weights}}
+
+
 ROUTERS: dict[str, dict[str, Any]] = {
-    "pdserve": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter"},
+    "pdserve": {"request_router_class": PREFIX_AWARE_ROUTER},
     # The same router with the opt-in cache-fill term (how `routing-cpu-v5` ran "pdserve").
-    "pdserve_cache": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
-                      "request_router_kwargs": {"weights": {
-                          "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
-                          "cache_headroom": 0.5, "session": 1.0}}},
+    "pdserve_cache": prefix_aware({"prefix": 2.0, "queue": 1.0, "tokens": 1.0,
+                                   "kv_headroom": 0.5, "cache_headroom": 0.5, "session": 1.0}),
     # The same router with the opt-in `session_spread` (how `routing-cpu-v9` and `-v10` ran
     # "pdserve", whose default it was for one commit).
-    "pdserve_spread": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
-                       "request_router_kwargs": {"weights": {
-                           "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
-                           "cache_headroom": 0.0, "session": 1.0, "session_spread": 1.0,
-                           "adapter": 1.0}}},
+    "pdserve_spread": prefix_aware({**PINNED_WEIGHTS, "session_spread": 1.0}),
     # Spelled out without `session_spread` (today's default; `routing-cpu-v9`'s name for it).
-    "pdserve_nospread": {"request_router_class": "pdserve.routing.router:PrefixAwareRouter",
-                         "request_router_kwargs": {"weights": {
-                             "prefix": 2.0, "queue": 1.0, "tokens": 1.0, "kv_headroom": 0.5,
-                             "cache_headroom": 0.0, "session": 1.0, "session_spread": 0.0,
-                             "adapter": 1.0}}},
+    "pdserve_nospread": prefix_aware(PINNED_WEIGHTS),
     # Ray Serve's default (what a deployment gets when it names no router).
     "pow2": {"request_router_class":
              "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"},
@@ -176,10 +180,10 @@ def summarize(router: str, workload: str, records: list[dict[str, Any]],
 def _median_span(values: list[float], fmt: str) -> str:
     if not values:
         return "n/a"
-    mid = fmt.format(statistics.median(values))
+    median, low, high = report.spread(values)
     if len(values) == 1:
-        return mid
-    return f"{mid} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+        return fmt.format(median)
+    return f"{fmt.format(median)} ({fmt.format(low)}–{fmt.format(high)})"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
