@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -113,16 +114,25 @@ async def one_request(http: httpx.AsyncClient, prompt: str, max_tokens: int,
 
 
 async def drive(base_url: str, trace: list[Session], concurrency: int, max_tokens: int,
-                progress: tqdm, think_s: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+                progress: tqdm, think_s: float = 0.0, seed: int = 0,
+                rate: float = 0.0) -> list[dict[str, Any]]:
     """Sessions run concurrently (at most `concurrency`, each a user), each session's turns in
     order; with `think_s` > 0 a user waits an exponential time of that mean (seeded per
     session) between an answer and the next turn, as a person reading and typing does, so
-    the next turn does not find the replica that just answered it freed by that answer."""
-    limit = asyncio.Semaphore(concurrency)
+    the next turn does not find the replica that just answered it freed by that answer.
+
+    With `rate` > 0 the load is open: sessions start at Poisson times of that rate (seeded),
+    whatever is still running, and `concurrency` does not cap them. A closed loop hands each
+    finished request's slot to the next one, so every router keeps the same number in flight
+    and only the spread of latencies around the same mean can differ (Little's law); open
+    arrivals let a router's imbalance show as queueing."""
+    limit = asyncio.Semaphore(concurrency if rate <= 0 else len(trace) or 1)
+    starts = session_starts(len(trace), rate, seed)
     records: list[dict[str, Any]] = []
 
-    async def run_session(session: Session, http: httpx.AsyncClient) -> None:
+    async def run_session(session: Session, start: float, http: httpx.AsyncClient) -> None:
         pauses = think_times(session, think_s, seed)
+        await asyncio.sleep(max(0.0, started + start - time.perf_counter()))
         async with limit:
             prompt = ""
             for n, turn in enumerate(session.turns):
@@ -137,7 +147,8 @@ async def drive(base_url: str, trace: list[Session], concurrency: int, max_token
 
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(run_session(s, http) for s in trace))
+        await asyncio.gather(*(run_session(s, t, http) for s, t in zip(trace, starts,
+                                                                        strict=True)))
         for r in records:
             r["duration"] = time.perf_counter() - started
     return records
@@ -150,6 +161,15 @@ def think_times(session: Session, think_s: float, seed: int) -> list[float]:
         return [0.0] * max(0, len(session.turns) - 1)
     rng = random.Random(f"{seed}:{session.session_id or session.group}")
     return [rng.expovariate(1 / think_s) for _ in session.turns[1:]]
+
+
+def session_starts(sessions: int, rate: float, seed: int) -> list[float]:
+    """When each session starts (s from the run's start): all at once for a closed loop
+    (`rate` 0), else a Poisson process of `rate` sessions/s, reproducible from the seed."""
+    if rate <= 0:
+        return [0.0] * sessions
+    rng = random.Random(f"{seed}:arrivals")
+    return list(itertools.accumulate(rng.expovariate(rate) for _ in range(sessions)))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,7 +191,10 @@ def summarize(router: str, workload: str, records: list[dict[str, Any]],
         "hit_rate": cached / prompt_tokens, "oracle_hit_rate": oracle / prompt_tokens,
         "hit_vs_oracle": cached / oracle if oracle else None,
         "ttft_p50_ms": statistics.median(ttfts), "ttft_p99_ms": percentile(ttfts, 99),
+        "ttft_mean_ms": statistics.fmean(ttfts),
         "e2e_p50_ms": statistics.median(r["e2e"] * 1000 for r in records),
+        "e2e_mean_ms": statistics.fmean(r["e2e"] * 1000 for r in records),
+        "ttft_ms": [round(t, 1) for t in ttfts],  # in completion order, for distributions
         "duration_s": duration, "req_per_s": len(records) / duration,
         "output_tok_per_s": sum(len(o.output_ids) for o in observed) / duration,
     }
@@ -190,8 +213,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Per (workload, router): medians over rounds (min–max), and the median of the ratios to
     `pow2` measured in the same round (fresh engines per router and round)."""
     head = ("| workload | router | rounds | hit rate | oracle | hit/oracle | TTFT p50 ms "
-            "| TTFT p99 ms | req/s | TTFT p50 vs pow2 | req/s vs pow2 |")
-    lines = [head, "|" + "---|" * 11]
+            "| TTFT p99 ms | TTFT mean ms | req/s | TTFT p50 vs pow2 | req/s vs pow2 |")
+    lines = [head, "|" + "---|" * 12]
     base = {(r["workload"], r.get("round", 1)): r for r in rows if r["router"] == "pow2"}
     keys = list(dict.fromkeys((r["workload"], r["router"]) for r in rows))
     for workload, router in keys:
@@ -204,13 +227,14 @@ def table(rows: list[dict[str, Any]]) -> str:
                 tputs.append(r["req_per_s"] / b["req_per_s"])
         col = {k: [r[k] for r in mine if r.get(k) is not None] for k in (
             "hit_rate", "oracle_hit_rate", "hit_vs_oracle", "ttft_p50_ms", "ttft_p99_ms",
-            "req_per_s")}
+            "ttft_mean_ms", "req_per_s")}
         lines.append(" | ".join([
             f"| {workload}", router, str(len(mine)),
             _median_span([100 * v for v in col["hit_rate"]], "{:.1f}%"),
             _median_span([100 * v for v in col["oracle_hit_rate"]], "{:.1f}%"),
             _median_span([100 * v for v in col["hit_vs_oracle"]], "{:.1f}%"),
             _median_span(col["ttft_p50_ms"], "{:.0f}"), _median_span(col["ttft_p99_ms"], "{:.0f}"),
+            _median_span(col["ttft_mean_ms"], "{:.0f}"),
             _median_span(col["req_per_s"], "{:.2f}"), _median_span(speedups, "{:.2f}x"),
             _median_span(tputs, "{:.2f}x")]) + " |")
     return "\n".join(lines)
@@ -218,9 +242,18 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def seconds(text: str) -> float:
     """A finite duration >= 0 (argparse type)."""
+    return _finite_at_least_zero(text, "seconds")
+
+
+def per_second(text: str) -> float:
+    """A finite rate >= 0 (argparse type)."""
+    return _finite_at_least_zero(text, "sessions per second")
+
+
+def _finite_at_least_zero(text: str, unit: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of {unit} >= 0")
     return value
 
 
@@ -242,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think-s", type=seconds, default=0.0,
                    help="mean think time (s, exponential) between a session's answer and its "
                         "next turn; 0: the next turn follows at once")
+    p.add_argument("--rate", type=per_second, default=0.0,
+                   help="open load: sessions start at Poisson times of this rate (per s, "
+                        "seeded) and --concurrency no longer caps them; 0: a closed loop of "
+                        "--concurrency users")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every router this many times, interleaved (round 1: each router "
@@ -279,7 +316,8 @@ def run_router(args: argparse.Namespace, router: str, n: int, traces: dict[str, 
             total = sum(len(s.turns) for s in trace)
             with tqdm(total=total, desc=f"round {n} {router}/{workload}") as bar:
                 records = asyncio.run(drive(system.base_url, trace, args.concurrency,
-                                            args.max_tokens, bar, args.think_s, args.seed))
+                                            args.max_tokens, bar, args.think_s, args.seed,
+                                            args.rate))
             rows.append({**summarize(router, workload, records, hasher), "round": n})
             print(json.dumps(rows[-1]), flush=True)
             (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows},

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
-from pdserve.benchmarks.routing_bench import drive, main, serve_config, table, think_times
+from pdserve.benchmarks.routing_bench import (
+    drive,
+    main,
+    serve_config,
+    session_starts,
+    table,
+    think_times,
+)
 from pdserve.benchmarks.routing_workloads import (
     Observed,
     Session,
@@ -96,10 +103,13 @@ class _Answers(BaseHTTPRequestHandler):
     """A streamed completion of one token; records when each session's request came."""
 
     arrivals: dict[str, list[float]] = {}
+    hold_s: dict[str, float] = {}  # a session whose answers take this long
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         self.rfile.read(int(self.headers["Content-Length"]))
-        self.arrivals.setdefault(self.headers["x-session-id"], []).append(time.monotonic())
+        session = self.headers["x-session-id"]
+        self.arrivals.setdefault(session, []).append(time.monotonic())
+        time.sleep(self.hold_s.get(session, 0.0))
         chunk = {"choices": [{"text": " x", "token_ids": [5], "prompt_token_ids": [1, 2]}]}
         body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
         self.send_response(200)
@@ -132,10 +142,40 @@ def test_drive_waits_each_sessions_think_time_between_its_turns() -> None:
                                                        strict=True))
 
 
+@pytest.mark.parametrize("flag", ["--think-s", "--rate"])
 @pytest.mark.parametrize("value", ["-1", "inf", "nan"])
-def test_a_think_time_that_is_not_a_finite_duration_is_refused(
-    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_duration_or_rate_that_is_not_finite_and_positive_is_refused(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as refused:
-        main(["--out", str(tmp_path), "--think-s", value])
-    assert refused.value.code == 2 and "--think-s" in capsys.readouterr().err
+        main(["--out", str(tmp_path), flag, value])
+    assert refused.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_open_load_starts_sessions_at_seeded_poisson_times() -> None:
+    assert session_starts(3, 0.0, seed=1) == [0.0, 0.0, 0.0]  # closed loop: all at once
+    starts = session_starts(4000, 8.0, seed=1)
+    assert starts == session_starts(4000, 8.0, seed=1) != session_starts(4000, 8.0, seed=2)
+    gaps = [b - a for a, b in zip([0.0, *starts], starts, strict=False)]
+    assert all(g > 0 for g in gaps) and 0.95 / 8 < sum(gaps) / len(gaps) < 1.05 / 8
+
+
+def test_open_load_sends_each_session_at_its_time_whatever_is_still_running() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trace = [Session(["p"], session_id=f"open{i}") for i in range(6)]
+    _Answers.hold_s["open0"] = 1.0  # the first answer outlasts every later start
+    starts = session_starts(6, 10.0, seed=4)
+    assert starts[-1] < 1.0
+    try:
+        with tqdm(total=6, disable=True) as bar:
+            began = time.monotonic()
+            records = asyncio.run(drive(f"http://127.0.0.1:{server.server_address[1]}", trace,
+                                        1, 1, bar, seed=4, rate=10.0))
+    finally:
+        server.shutdown()
+    assert len(records) == 6
+    sent = [_Answers.arrivals[s.session_id][0] - began for s in trace]
+    # each came at its own time (not before), while `open0` still held the one slot a
+    # closed loop of concurrency 1 would have
+    assert all(start <= at < start + 0.25 for start, at in zip(starts, sent, strict=True))
