@@ -240,6 +240,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def head_to_head(rows: list[dict[str, Any]], router: str, rival: str) -> str:
+    """`router` against `rival`, per workload: the median (min–max) of same-round ratios, the
+    rival's TTFT over the router's (> 1: the router is faster) and the router's requests/s over
+    the rival's; '' when either did not run."""
+    lines = [f"| workload | rounds | {rival} TTFT p50 / {router}'s | mean / mean | p99 / p99 "
+             f"| {router} req/s / {rival}'s |", "|" + "---|" * 6]
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        theirs = {r.get("round", 1): r for r in rows
+                  if (r["workload"], r["router"]) == (workload, rival)}
+        pairs = [(r, theirs[r.get("round", 1)]) for r in rows
+                 if (r["workload"], r["router"]) == (workload, router)
+                 and r.get("round", 1) in theirs]
+        if not pairs:
+            continue
+        ratios = [_median_span([b[key] / a[key] for a, b in pairs if a.get(key) and b.get(key)],
+                               "{:.2f}x")
+                  for key in ("ttft_p50_ms", "ttft_mean_ms", "ttft_p99_ms")]
+        tput = _median_span([a["req_per_s"] / b["req_per_s"] for a, b in pairs], "{:.2f}x")
+        lines.append(f"| {workload} | {len(pairs)} | " + " | ".join([*ratios, tput]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def seconds(text: str) -> float:
     """A finite duration >= 0 (argparse type)."""
     return _finite_at_least_zero(text, "seconds")
@@ -342,9 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (list(traces).index(r["workload"]), r["router"], r["round"]))
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                       default=str))
+    text = table(rows)
+    versus = head_to_head(rows, "pdserve", "prefix_cache_affinity")
+    if versus:
+        text += f"\n\nAgainst Ray Serve LLM's router, same rounds:\n\n{versus}"
     (args.out / "report.md").write_text(f"# Routing benchmark\n\n- command: `{meta['command']}`\n"
-                                        f"- date: {meta['date']}\n\n{table(rows)}\n")
-    print(table(rows))
+                                        f"- date: {meta['date']}\n\n{text}\n")
+    print(text)
     return 0
 
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from pdserve.benchmarks.routing_bench import (
     drive,
+    head_to_head,
     main,
     serve_config,
     session_starts,
@@ -140,6 +141,19 @@ def test_drive_waits_each_sessions_think_time_between_its_turns() -> None:
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert all(gap >= pause for gap, pause in zip(gaps, think_times(session, 0.2, 3),
                                                        strict=True))
+
+
+def test_head_to_head_gives_same_round_ratios_against_the_rival() -> None:
+    row = {"workload": "unique", "ttft_p99_ms": 400.0, "req_per_s": 2.0}
+    rows = [{**row, "router": "rival", "round": 1, "ttft_p50_ms": 300.0, "ttft_mean_ms": 200.0},
+            {**row, "router": "rival", "round": 2, "ttft_p50_ms": 100.0, "ttft_mean_ms": 200.0},
+            {**row, "router": "mine", "round": 1, "ttft_p50_ms": 100.0, "ttft_mean_ms": 100.0},
+            {**row, "router": "mine", "round": 2, "ttft_p50_ms": 200.0, "ttft_mean_ms": 400.0},
+            {**row, "router": "mine", "round": 3, "ttft_p50_ms": 1.0}]  # no rival that round
+    (line,) = [ln for ln in head_to_head(rows, "mine", "rival").splitlines() if "unique" in ln]
+    assert line == ("| unique | 2 | 1.75x (0.50x–3.00x) | 1.25x (0.50x–2.00x) | 1.00x "
+                    "(1.00x–1.00x) | 1.00x (1.00x–1.00x) |")
+    assert head_to_head(rows, "mine", "absent") == ""
 
 
 @pytest.mark.parametrize("flag", ["--think-s", "--rate"])
