@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="append", default=[], metavar="FIELD=INT",
                    help="override a TraceSettings field, e.g. --trace groups=4 (repeatable)")
     p.add_argument("--no-preload", action="store_true")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: write --out's report.md again from its results.json")
     return p
 
 
@@ -346,8 +348,24 @@ def run_router(args: argparse.Namespace, router: str, n: int, traces: dict[str, 
                                                               indent=2, default=str))
 
 
+def write_report(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """`report.md` from a run's rows: the table against power-of-two, then pdserve against
+    Ray Serve LLM's router where both ran."""
+    text = table(rows)
+    versus = head_to_head(rows, "pdserve", "prefix_cache_affinity")
+    if versus:
+        text += f"\n\nAgainst Ray Serve LLM's router, same rounds:\n\n{versus}"
+    (out / "report.md").write_text(f"# Routing benchmark\n\n- command: `{meta['command']}`\n"
+                                   f"- date: {meta['date']}\n\n{text}\n")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.render:  # no run: the report again from the run's recorded rows
+        recorded = json.loads((args.out / "results.json").read_text())
+        print(write_report(args.out, recorded["meta"], recorded["rows"]))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     settings = trace_settings(args)
     traces = {w: TRACES[w](settings) for w in args.workloads.split(",")}
@@ -364,13 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (list(traces).index(r["workload"]), r["router"], r["round"]))
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                       default=str))
-    text = table(rows)
-    versus = head_to_head(rows, "pdserve", "prefix_cache_affinity")
-    if versus:
-        text += f"\n\nAgainst Ray Serve LLM's router, same rounds:\n\n{versus}"
-    (args.out / "report.md").write_text(f"# Routing benchmark\n\n- command: `{meta['command']}`\n"
-                                        f"- date: {meta['date']}\n\n{text}\n")
-    print(text)
+    print(write_report(args.out, meta, rows))
     return 0
 
 

@@ -156,6 +156,19 @@ def test_head_to_head_gives_same_round_ratios_against_the_rival() -> None:
     assert head_to_head(rows, "mine", "absent") == ""
 
 
+def test_render_writes_the_report_again_from_recorded_rows(tmp_path: Path) -> None:
+    row = {"workload": "unique", "hit_rate": 0.0, "oracle_hit_rate": 0.0, "hit_vs_oracle": None,
+           "ttft_p50_ms": 200.0, "ttft_p99_ms": 400.0, "req_per_s": 2.0, "round": 1}
+    rows = [{**row, "router": "pow2"}, {**row, "router": "prefix_cache_affinity"},
+            {**row, "router": "pdserve", "ttft_p50_ms": 100.0}]
+    meta = {"command": "python -m pdserve.benchmarks.routing_bench --out x", "date": "then"}
+    (tmp_path / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    assert main(["--out", str(tmp_path), "--render"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "`python -m pdserve.benchmarks.routing_bench --out x`" in text and "then" in text
+    assert "| unique | pdserve | 1 |" in text and "| unique | 1 | 2.00x |" in text
+
+
 @pytest.mark.parametrize("flag", ["--think-s", "--rate"])
 @pytest.mark.parametrize("value", ["-1", "inf", "nan"])
 def test_a_duration_or_rate_that_is_not_finite_and_positive_is_refused(
