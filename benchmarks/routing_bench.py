@@ -130,9 +130,9 @@ async def drive(base_url: str, trace: list[Session], concurrency: int, max_token
     starts = session_starts(len(trace), rate, seed)
     records: list[dict[str, Any]] = []
 
-    async def run_session(session: Session, start: float, http: httpx.AsyncClient) -> None:
+    async def run_session(session: Session, at: float, http: httpx.AsyncClient) -> None:
         pauses = think_times(session, think_s, seed)
-        await asyncio.sleep(max(0.0, started + start - time.perf_counter()))
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
         async with limit:
             prompt = ""
             for n, turn in enumerate(session.turns):
@@ -145,10 +145,12 @@ async def drive(base_url: str, trace: list[Session], concurrency: int, max_token
                 prompt += answer
                 progress.update(1)
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=600) as http:
+    # no connection cap: under open load a wait for a pooled connection would count as TTFT
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(run_session(s, t, http) for s, t in zip(trace, starts,
-                                                                        strict=True)))
+        await asyncio.gather(*(run_session(s, started + t, http)
+                               for s, t in zip(trace, starts, strict=True)))
         for r in records:
             r["duration"] = time.perf_counter() - started
     return records
@@ -298,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean think time (s, exponential) between a session's answer and its "
                         "next turn; 0: the next turn follows at once")
     p.add_argument("--rate", type=per_second, default=0.0,
-                   help="open load: sessions start at Poisson times of this rate (per s, "
-                        "seeded) and --concurrency no longer caps them; 0: a closed loop of "
-                        "--concurrency users")
+                   help="open load: sessions start at Poisson times of this rate (sessions "
+                        "per s, seeded; a session's turns still follow one another) and "
+                        "--concurrency no longer caps them; 0: a closed loop of --concurrency "
+                        "users")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every router this many times, interleaved (round 1: each router "
@@ -363,8 +366,11 @@ def write_report(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) ->
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.render:  # no run: the report again from the run's recorded rows
-        recorded = json.loads((args.out / "results.json").read_text())
-        print(write_report(args.out, recorded["meta"], recorded["rows"]))
+        recorded = args.out / "results.json"
+        if not recorded.is_file():
+            build_parser().error(f"--render: no {recorded} to render")
+        run = json.loads(recorded.read_text())
+        print(write_report(args.out, run["meta"], run["rows"]))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     settings = trace_settings(args)
