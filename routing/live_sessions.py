@@ -41,6 +41,10 @@ class LiveSessions:
             self._drop(replica)
         return dict(self._per_replica)
 
+    def replicas(self) -> list[str]:
+        """Replicas with a remembered session (live, or not yet expired by `counts`)."""
+        return list(self._per_replica)
+
     def forget(self, replica: str) -> None:
         """`replica` is gone: its sessions are live nowhere (O(sessions); replicas rarely go)."""
         for session_id in [s for s, (r, _) in self._last.items() if r == replica]:

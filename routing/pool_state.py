@@ -64,7 +64,8 @@ class PoolState:
         restart and starts empty.
         """
         self.synced = True
-        self.members = frozenset(replicas)
+        members = frozenset(replicas)
+        changed, self.members = members != self.members, members
         for replica, stats in replicas.items():
             if stats is None:
                 self._kv_usage[replica] = 0.0
@@ -81,8 +82,18 @@ class PoolState:
                 continue
             self._watched[replica] = endpoint
             subscriber.watch(replica, endpoint, stats.kv_events_replay_endpoint)
-        for replica in [r for r in self._watched if r not in replicas]:
-            self.forget(replica)
+        if changed:  # called per decision: look for leavers only when the set moved
+            for replica in self._known() - members:
+                self.forget(replica)
+
+    def _known(self) -> set[str]:
+        """Every replica something here is kept for: its events, its reports, its work, its
+        live sessions (a replica without a KV-events stream has no `_watched` entry)."""
+        with self.lock:
+            live = set(self._live_sessions.replicas())
+            working = set(self._in_flight)
+        return (set(self._watched) | set(self._kv_usage) | set(self._adapters)
+                | set(self._capacity) | live | working)
 
     def forget(self, replica: str) -> None:
         self.members -= {replica}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pdserve.routing.pool_state import PoolState
+from pdserve.routing.types import RoutingStats
 
 
 def test_in_flight_requests_make_their_prefix_visible_before_the_engine_reports_it() -> None:
@@ -56,3 +57,17 @@ def test_cache_fill_is_indexed_blocks_over_engine_capacity() -> None:
     with pool.lock:
         pool.index.clear("r1")
     assert pool.cache_fill() == {"r1": 0.0, "r2": 0.05}
+
+
+def test_a_replica_without_kv_events_that_left_is_forgotten_whole() -> None:
+    pool = PoolState("app/pool", follow_kv_events=False)  # no replica gets an event stream
+    report = {r: RoutingStats(replica=r, block_size=16, num_gpu_blocks=64, kv_cache_usage=0.5,
+                              adapters=("a",)) for r in ("r1", "r2")}
+    pool.sync_replicas(report)
+    pool.remember_session("chat", "r2", limit=10)
+    pool.begin("r2", "req", 10)
+    assert pool.live_sessions() == {"r2": 1} and pool.adapter_holders("a") == {"r1", "r2"}
+    pool.sync_replicas({"r1": report["r1"]})  # r2 scaled away
+    assert pool.live_sessions() == {} and pool.adapter_holders("a") == {"r1"}
+    assert set(pool.kv_usage_all()) == {"r1"} and "r2" not in pool.loads()
+    assert pool.replica_ids() == ["r1"]
