@@ -70,4 +70,15 @@ def test_a_replica_without_kv_events_that_left_is_forgotten_whole() -> None:
     pool.sync_replicas({"r1": report["r1"]})  # r2 scaled away
     assert pool.live_sessions() == {} and pool.adapter_holders("a") == {"r1"}
     assert set(pool.kv_usage_all()) == {"r1"} and "r2" not in pool.loads()
-    assert pool.replica_ids() == ["r1"]
+    assert pool.in_flight_total() == 0
+    pool.end("r2", "req")  # its request's end, reported after it left, books nothing back
+    assert pool.loads() == {} and pool.in_flight_total() == 0
+
+
+def test_a_replica_known_only_by_its_work_and_sessions_is_forgotten_when_it_left() -> None:
+    pool = PoolState("app/pool", follow_kv_events=False)
+    pool.sync_replicas({"r1": None})
+    pool.begin("r3", "late", 10)  # Ray reported a request routed to r3 after r3 left
+    pool.remember_session("chat", "r3", limit=10)
+    pool.sync_replicas({"r1": None, "r2": None})  # the next change of the replica set
+    assert pool.in_flight_total() == 0 and pool.live_sessions() == {}
