@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -126,7 +127,7 @@ async def drive(base_url: str, trace: list[Session], concurrency: int, max_token
     finished request's slot to the next one, so every router keeps the same number in flight
     and only the spread of latencies around the same mean can differ (Little's law); open
     arrivals let a router's imbalance show as queueing."""
-    limit = asyncio.Semaphore(concurrency if rate <= 0 else len(trace) or 1)
+    limit: Any = asyncio.Semaphore(concurrency) if rate <= 0 else contextlib.nullcontext()
     starts = session_starts(len(trace), rate, seed)
     records: list[dict[str, Any]] = []
 
@@ -217,16 +218,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| workload | router | rounds | hit rate | oracle | hit/oracle | TTFT p50 ms "
             "| TTFT p99 ms | TTFT mean ms | req/s | TTFT p50 vs pow2 | req/s vs pow2 |")
     lines = [head, "|" + "---|" * 12]
-    base = {(r["workload"], r.get("round", 1)): r for r in rows if r["router"] == "pow2"}
     keys = list(dict.fromkeys((r["workload"], r["router"]) for r in rows))
     for workload, router in keys:
         mine = [r for r in rows if (r["workload"], r["router"]) == (workload, router)]
-        speedups, tputs = [], []
-        for r in mine:
-            b = base.get((workload, r.get("round", 1)))
-            if b:
-                speedups.append(b["ttft_p50_ms"] / r["ttft_p50_ms"])
-                tputs.append(r["req_per_s"] / b["req_per_s"])
+        pairs = same_round_pairs(rows, workload, router, "pow2")
+        speedups = [b["ttft_p50_ms"] / a["ttft_p50_ms"] for a, b in pairs]
+        tputs = [a["req_per_s"] / b["req_per_s"] for a, b in pairs]
         col = {k: [r[k] for r in mine if r.get(k) is not None] for k in (
             "hit_rate", "oracle_hit_rate", "hit_vs_oracle", "ttft_p50_ms", "ttft_p99_ms",
             "ttft_mean_ms", "req_per_s")}
@@ -242,6 +239,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def same_round_pairs(rows: list[dict[str, Any]], workload: str, router: str,
+                     rival: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(`router`'s row, `rival`'s row) of `workload` per round both ran (fresh engines per
+    router and round, so ratios are taken within a round)."""
+    theirs = {r.get("round", 1): r for r in rows
+              if (r["workload"], r["router"]) == (workload, rival)}
+    return [(r, theirs[r.get("round", 1)]) for r in rows
+            if (r["workload"], r["router"]) == (workload, router) and r.get("round", 1) in theirs]
+
+
 def head_to_head(rows: list[dict[str, Any]], router: str, rival: str) -> str:
     """`router` against `rival`, per workload: the median (min–max) of same-round ratios, the
     rival's TTFT over the router's (> 1: the router is faster) and the router's requests/s over
@@ -249,11 +256,7 @@ def head_to_head(rows: list[dict[str, Any]], router: str, rival: str) -> str:
     lines = [f"| workload | rounds | {rival} TTFT p50 / {router}'s | mean / mean | p99 / p99 "
              f"| {router} req/s / {rival}'s |", "|" + "---|" * 6]
     for workload in dict.fromkeys(r["workload"] for r in rows):
-        theirs = {r.get("round", 1): r for r in rows
-                  if (r["workload"], r["router"]) == (workload, rival)}
-        pairs = [(r, theirs[r.get("round", 1)]) for r in rows
-                 if (r["workload"], r["router"]) == (workload, router)
-                 and r.get("round", 1) in theirs]
+        pairs = same_round_pairs(rows, workload, router, rival)
         if not pairs:
             continue
         ratios = [_median_span([b[key] / a[key] for a, b in pairs if a.get(key) and b.get(key)],
