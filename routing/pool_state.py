@@ -175,7 +175,9 @@ class PoolState:
             return sum(len(v) for v in self._in_flight.values())
 
     def num_replicas(self) -> int:
-        return len(self._watched)
+        """The replicas the pool's router routes to now, whether or not their KV events are
+        followed (0 before a router reported them: see `synced`)."""
+        return len(self.members)
 
     def replica_ids(self) -> list[str]:
         """The running replicas (whether or not their KV events are followed)."""

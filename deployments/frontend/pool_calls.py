@@ -152,7 +152,10 @@ def make_planner(model: ModelConfig, pools: dict[Role, PoolState], block_size: i
             block_size=block_size,
             decode_hit_blocks=decode.best_hit(info.block_hashes) if info.block_hashes else 0,
             prefill_in_flight=prefill.in_flight_total(),
-            prefill_replicas=max(1, prefill.num_replicas()),
+            # none while the pool's only replica is replaced (PD pools keep at least one):
+            # prefill locally rather than wait out the prefill deadline; one until the pool's
+            # router has reported (it starts with the first prefill call)
+            prefill_replicas=prefill.num_replicas() if prefill.synced else 1,
         )
         return decide(inputs, thresholds, forced_local)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pdserve.routing.plan import PlanInputs, PlanThresholds, decide
+from pdserve.decode.orchestrator import Planner
+from pdserve.deployments.config.models import ModelConfig
+from pdserve.deployments.frontend.pool_calls import make_planner
+from pdserve.routing.plan import Plan, PlanInputs, PlanThresholds, decide
+from pdserve.routing.pool_state import PoolState
+from pdserve.routing.types import RoutingInfo
 
 THRESHOLDS = PlanThresholds(local_prefill_below_tokens=64, max_prefill_queue_per_replica=4)
 
@@ -44,3 +49,21 @@ def test_requests_that_need_a_local_prefill_keep_their_reason() -> None:
 def test_threshold_zero_always_disaggregates_when_the_pool_has_room() -> None:
     always = PlanThresholds(local_prefill_below_tokens=0, max_prefill_queue_per_replica=4)
     assert decide(inputs(prompt=1), always, None).kind == "remote"
+
+
+def pd_planner(prefill: PoolState) -> Planner:
+    model = ModelConfig(model_id="m", model="m", mode="pd",
+                        routing={"local_prefill_below_tokens": 0})
+    return make_planner(model, {"prefill": prefill, "decode": PoolState("app/decode")}, 16)
+
+
+def test_a_prefill_pool_without_a_replica_plans_a_local_prefill() -> None:
+    prefill = PoolState("app/prefill", follow_kv_events=False)
+    planner = pd_planner(prefill)
+    info = RoutingInfo(prompt_tokens=512)
+    # before the pool's router reported (it starts with the first prefill call): remote
+    assert planner(info, None) == Plan("remote", "disaggregated")
+    prefill.sync_replicas({"p1": None})  # a replica without KV events counts
+    assert planner(info, None) == Plan("remote", "disaggregated")
+    prefill.forget("p1")  # died; Ray starts another: do not wait out the prefill deadline
+    assert planner(info, None) == Plan("local", "no_prefill_replica")

@@ -82,3 +82,12 @@ def test_a_replica_known_only_by_its_work_and_sessions_is_forgotten_when_it_left
     pool.remember_session("chat", "r3", limit=10)
     pool.sync_replicas({"r1": None, "r2": None})  # the next change of the replica set
     assert pool.in_flight_total() == 0 and pool.live_sessions() == {}
+
+
+def test_replicas_count_whether_or_not_their_kv_events_are_followed() -> None:
+    pool = PoolState("app/pool", follow_kv_events=False)
+    assert pool.num_replicas() == 0 and not pool.synced
+    pool.sync_replicas({"r1": None, "r2": RoutingStats(replica="r2", block_size=16)})
+    assert pool.num_replicas() == 2 and pool.replica_ids() == ["r1", "r2"]
+    pool.forget("r1")  # its actor died
+    assert pool.num_replicas() == 1
