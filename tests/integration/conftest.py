@@ -251,8 +251,10 @@ def own_cluster_app(name: str, config: dict[str, Any], tmp: Path, model_dir: str
     from pdserve.benchmarks import systems
 
     stop_session_app()
+    # Ray started as `make serve` starts it (Serve's fast paths, HAProxy mode), whether or not
+    # the session app's fixture exported that into this process's environment first
     system = systems.serve_run_system(name, config, tmp / "config.yaml", model_dir, model,
-                                      engine)
+                                      engine, env=ray_start_env())
     # (a short grace: the app is shut down below before `serve run` gets its Ctrl-C, after
     # which it sometimes waited out all 30 s of the default grace doing nothing)
     with systems.running(system, tmp / "serve.log", preload=[], ready_timeout_s=600,
