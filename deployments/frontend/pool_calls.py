@@ -28,12 +28,19 @@ from pdserve.routing.types import RoutingInfo
 
 logger = logging.getLogger(__name__)
 
+#: How long a prefill call whose deadline passed (or whose client left) may still answer before
+#: it is cancelled. An answer already on its way is then taken and its KV released at once: a
+#: cancel that overtakes it loses it (Ray's gRPC call is cancelled with it), and the prefill
+#: engine holds that KV until its lease (`kv_transfer.kv_lease_s`) ends.
+PREFILL_SETTLE_S = 1.0
+
 
 def pool_calls(
     handles: dict[Role, DeploymentHandle],
     states: dict[Role, PoolState] | None = None,
     cold_start_timeout_s: float = 300.0,
     on_cold_start: Callable[[float, bool], None] | None = None,
+    prefill_settle_s: float = PREFILL_SETTLE_S,
 ) -> PoolCalls:
     """Wrap a model's Serve handles as the plain calls the orchestrator expects.
 
@@ -97,12 +104,12 @@ def pool_calls(
         return result_of(handles["prefill"].prefill.remote(request), request)
 
     async def result_of(response: Any, request: PrefillRequest) -> PrefillResult:
+        answer = asyncio.ensure_future(awaited(response))  # a caller's cancel leaves it be
         try:
-            return await response
-        except asyncio.CancelledError:
-            response.cancel()  # deadline passed or client left: stop the prefill engine too
-            task = asyncio.create_task(release_if_finished(response, request.request_id,
-                                                           release_kv))
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:  # deadline passed or client left
+            task = asyncio.create_task(settle(answer, response, request.request_id, release_kv,
+                                              prefill_settle_s))
             settling.add(task)
             task.add_done_callback(settling.discard)
             raise
@@ -112,12 +119,27 @@ def pool_calls(
     return PoolCalls(generate=generate, prefill=prefill, release_kv=release_kv)
 
 
+async def awaited(response: Awaitable[PrefillResult]) -> PrefillResult:
+    return await response
+
+
+async def settle(answer: asyncio.Future[PrefillResult], response: Any, request_id: str,
+                 release_kv: Callable[[str, KVTransferParams], Awaitable[None]],
+                 grace_s: float) -> bool:
+    """A prefill call nobody waits for any more: let it answer for `grace_s`, else cancel it
+    (its engine stops); an answer it gave either way has its KV released."""
+    done, _ = await asyncio.wait({answer}, timeout=grace_s)
+    if not done:
+        response.cancel()
+    return await release_if_finished(answer, request_id, release_kv)
+
+
 async def release_if_finished(response: Awaitable[PrefillResult], request_id: str,
                               release_kv: Callable[[str, KVTransferParams], Awaitable[None]],
                               ) -> bool:
-    """A prefill cancelled (deadline, client gone) may have finished first: its engine then
-    holds the KV for a decoder that will never come. Wait for the cancelled call's outcome
-    and, if it is a result, free that KV now rather than at the end of its lease."""
+    """A prefill nobody waits for (deadline, client gone) may have finished anyway: its engine
+    then holds the KV for a decoder that will never come. Wait for the call's outcome and, if
+    it is a result, free that KV now rather than at the end of its lease."""
     try:
         result = await response
     except BaseException:  # cancelled in time (the engine aborted it) or failed: nothing held
