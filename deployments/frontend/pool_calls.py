@@ -28,10 +28,11 @@ from pdserve.routing.types import RoutingInfo
 
 logger = logging.getLogger(__name__)
 
-#: How long a prefill call whose deadline passed (or whose client left) may still answer before
-#: it is cancelled. An answer already on its way is then taken and its KV released at once: a
-#: cancel that overtakes it loses it (Ray's gRPC call is cancelled with it), and the prefill
-#: engine holds that KV until its lease (`kv_transfer.kv_lease_s`) ends.
+#: How long a prefill call whose deadline passed may still answer before it is cancelled. An
+#: answer already on its way is then taken and its KV released at once: a cancel that overtakes
+#: it loses it (Ray's gRPC call is cancelled with it), and the prefill engine holds that KV until
+#: its lease (`kv_transfer.kv_lease_s`) ends. (When the client leaves, Ray cancels the calls its
+#: request made itself, at once: an answer overtaken then is left to the lease.)
 PREFILL_SETTLE_S = 1.0
 
 
@@ -107,7 +108,7 @@ def pool_calls(
         answer = asyncio.ensure_future(awaited(response))  # a caller's cancel leaves it be
         try:
             return await asyncio.shield(answer)
-        except asyncio.CancelledError:  # deadline passed or client left
+        except asyncio.CancelledError:  # deadline passed (or client left: see PREFILL_SETTLE_S)
             task = asyncio.create_task(settle(answer, response, request.request_id, release_kv,
                                               prefill_settle_s))
             settling.add(task)
@@ -130,7 +131,10 @@ async def settle(answer: asyncio.Future[PrefillResult], response: Any, request_i
     (its engine stops); an answer it gave either way has its KV released."""
     done, _ = await asyncio.wait({answer}, timeout=grace_s)
     if not done:
-        response.cancel()
+        try:
+            response.cancel()
+        except Exception as exc:  # (an assignment that failed as it was cancelled)
+            logger.warning("request %s: cancelling its prefill failed (%s)", request_id, exc)
     return await release_if_finished(answer, request_id, release_kv)
 
 

@@ -72,8 +72,8 @@ PROMPTS = [recall_prompt_text(random.Random(seed), 100, 10) for seed in range(ST
 DRAIN_MAX_TOKENS = 400
 DRAIN_PROMPTS = [recall_prompt_text(random.Random(100 + seed), 200, 10)
                  for seed in range(STREAMS)]
-#: a prefill cancelled by its deadline just as it finished (the cancel loses its answer) holds
-#: its KV until vLLM's lease frees it: waits for engines to be idle outlast it
+#: a prefill whose answer is lost (cancelled past its deadline's grace as it finished, or with
+#: its client) holds its KV until vLLM's lease frees it: waits for engines to be idle outlast it
 KV_LEASE_S = KVTransferSettings().kv_lease_s
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from vllm.sampling_params import SamplingParams
+from vllm.v1.engine.exceptions import EngineDeadError
 
+from pdserve.decode.resume import ReplicaLost
 from pdserve.deployments.frontend.pool_calls import pool_calls, release_if_finished
 from pdserve.prefill.request import PrefillRequest, PrefillResult
 
@@ -53,6 +55,8 @@ class FakeResponse:
 
     async def _answer_later(self) -> PrefillResult:
         await asyncio.sleep(self.after_s)
+        if isinstance(self.result, BaseException):
+            raise self.result
         return self.result
 
     def cancel(self) -> None:
@@ -75,8 +79,8 @@ class FakeHandle:
 
 
 def past_deadline(answer_after_s: float) -> tuple[FakeResponse, list[tuple[str, dict]]]:
-    """A prefill call whose caller stops waiting after 0.05 s (its deadline), the prefill
-    answering `answer_after_s` after it was sent; what was released within a second."""
+    """A prefill call whose caller stops waiting after 0.05 s (its deadline), with a grace of
+    1.5 s, the prefill answering `answer_after_s` after it was sent; what was released."""
     released: list[tuple[str, dict]] = []
     responses: list[FakeResponse] = []
 
@@ -91,12 +95,12 @@ def past_deadline(answer_after_s: float) -> tuple[FakeResponse, list[tuple[str, 
     async def run() -> None:
         handles = {"prefill": FakeHandle(prefill=prefill),
                    "decode": FakeHandle(release_kv=release)}
-        calls = pool_calls(handles, prefill_settle_s=0.3)  # type: ignore[arg-type]
+        calls = pool_calls(handles, prefill_settle_s=1.5)  # type: ignore[arg-type]
         assert calls.prefill is not None
         request = PrefillRequest("r1-prefill", {"prompt_token_ids": [1, 2]}, SamplingParams())
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(calls.prefill(request), 0.05)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.5)
 
     asyncio.run(run())
     return responses[0], released
@@ -108,5 +112,27 @@ def test_a_prefill_answering_just_past_its_deadline_is_taken_and_released_not_ca
 
 
 def test_a_prefill_still_running_past_its_grace_is_cancelled_and_holds_nothing() -> None:
-    response, released = past_deadline(0.6)
+    response, released = past_deadline(2.0)
     assert response.cancelled and released == []
+
+
+
+def test_an_answer_in_time_passes_through_and_an_error_is_mapped_as_the_engines() -> None:
+    async def run(outcome: object) -> object:
+        async def release(request_id: str, params: dict) -> None:
+            raise AssertionError("nothing to release")
+
+        calls = pool_calls({  # type: ignore[dict-item]
+            "prefill": FakeHandle(prefill=lambda request: FakeResponse(0.01, outcome)),  # type: ignore[arg-type]
+            "decode": FakeHandle(release_kv=release)})
+        assert calls.prefill is not None
+        request = PrefillRequest("r1-prefill", {"prompt_token_ids": [1, 2]}, SamplingParams())
+        try:
+            return await calls.prefill(request)
+        except Exception as exc:
+            return exc
+
+    answer = PrefillResult("r1-prefill", READY, prompt_tokens=64)  # type: ignore[arg-type]
+    assert asyncio.run(run(answer)) == answer
+    lost = asyncio.run(run(EngineDeadError()))
+    assert isinstance(lost, ReplicaLost) and lost.reason == "engine_dead", lost
