@@ -56,13 +56,16 @@ def pool_calls(
 
     def generate(request: DecodeRequest) -> AsyncIterator[RequestOutput]:
         # dispatched here, not at the first output: the call carries the caller's trace context
+        # (a pool whose router never reported, e.g. one of Ray's own routers, may be at zero
+        # too: its wait is bounded alike, but only a wait for a pool seen empty is reported)
         cold = state is not None and state.num_replicas() == 0
+        seen_empty = cold and state is not None and state.synced
         started = time.perf_counter()
         return outputs_of(generate_pool.options(stream=True).generate.remote(request), cold,
-                          started)
+                          started, seen_empty)
 
-    async def outputs_of(responses: Any, cold: bool,
-                         started: float) -> AsyncIterator[RequestOutput]:
+    async def outputs_of(responses: Any, cold: bool, started: float,
+                         seen_empty: bool = False) -> AsyncIterator[RequestOutput]:
         restore = PromptRestorer()
         done = False
         try:
@@ -78,7 +81,7 @@ def pool_calls(
                         f"{cold_start_timeout_s:g} s (the pool was scaled to zero, or its replicas "
                         "died with their node); retry later"
                     ) from None
-                if on_cold_start:
+                if on_cold_start and seen_empty:
                     on_cold_start(time.perf_counter() - started, False)
                 yield restore(first)
             async for output in outputs:
