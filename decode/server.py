@@ -92,7 +92,11 @@ class GeneratingHost(EngineHost):
             "pdserve.request_id": request.request_id,
             "pdserve.kv_transfer.pull": request.kv_transfer_params is not None})
         tokens, finish_reasons, error, last = 0, None, None, None
-        cumulative = request.sampling_params.output_kind == RequestOutputKind.CUMULATIVE
+        kind = request.sampling_params.output_kind
+        final_only = kind == RequestOutputKind.FINAL_ONLY
+        # a pulled non-streamed request runs cumulative on the engine (`_generate`)
+        cumulative = kind == RequestOutputKind.CUMULATIVE or (
+            final_only and request.kv_transfer_params is not None)
         try:
             outputs = self._generate(request, span)
             if request.kv_transfer_params is not None:
@@ -125,7 +129,8 @@ class GeneratingHost(EngineHost):
                         return
                     tokens, last = count_tokens(first, tokens, cumulative), first
                     span.add_event(tracing.FIRST_OUTPUT_EVENT)
-                    yield first
+                    if not final_only or first.finished:
+                        yield first
             async with aclosing(outputs):
                 async for output in outputs:
                     if last is None:
@@ -133,6 +138,8 @@ class GeneratingHost(EngineHost):
                     tokens, last = count_tokens(output, tokens, cumulative), output
                     if output.finished:
                         finish_reasons = tuple(str(o.finish_reason) for o in output.outputs)
+                    elif final_only:  # (a pulled one's earlier outputs stay here)
+                        continue
                     yield output
         except EngineDeadError as exc:
             error = exc
@@ -153,6 +160,11 @@ class GeneratingHost(EngineHost):
         params = request.engine_params()
         delivered: list[int] = []  # token ids of the outputs the caller received
         hand_off = partial(self._hand_off, request, delivered) if movable(params) else None
+        if pulling and params.output_kind == RequestOutputKind.FINAL_ONLY:
+            # its one output would come at the end, however long it runs, and the pull
+            # deadline waits for the first: cumulative outputs mark the pull's end (`generate`
+            # passes on only the last, which is the one FINAL_ONLY gives)
+            params.output_kind = RequestOutputKind.CUMULATIVE
         cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
         async for output in self.stream.outputs(
                 request.engine_input, params, request.request_id, signals, pulling, hand_off,

@@ -77,3 +77,43 @@ def test_a_stuck_pull_falls_back_to_a_local_prefill_without_aborting_mid_transfe
     assert engine.started == ["r1", "r1-local"]
     assert host._pull_timeouts.value == 1
     assert deferred_aborts == 1 and cancelled == []  # its abort waits for the transfer
+
+
+class SlowGenerationEngine:
+    """The pull ends at once; each token then takes 0.1 s. Outputs as `output_kind` asks."""
+
+    def __init__(self) -> None:
+        self.kinds: list[RequestOutputKind] = []
+
+    async def generate(self, engine_input, params, request_id, **_):  # noqa: ANN001, ANN003, ANN201
+        self.kinds.append(params.output_kind)
+        tokens: list[int] = []
+        for token in (7, 8, 9):
+            await asyncio.sleep(0.1)
+            tokens.append(token)
+            done = token == 9
+            if params.output_kind == RequestOutputKind.FINAL_ONLY and not done:
+                continue
+            ids = [token] if params.output_kind == RequestOutputKind.DELTA else list(tokens)
+            completion = CompletionOutput(index=0, text="", token_ids=ids,
+                                          cumulative_logprob=None, logprobs=None)
+            yield RequestOutput(request_id, None, [1, 2], None, [completion], finished=done)
+
+
+def test_a_non_streamed_pull_is_not_taken_for_stuck_when_its_generation_outlasts_the_deadline(
+        ) -> None:
+    engine = SlowGenerationEngine()
+    host = replica(engine, timeout_s=0.2)  # type: ignore[arg-type]
+    request = DecodeRequest("r1", {"type": "token", "prompt_token_ids": [1, 2]},
+                            SamplingParams(max_tokens=3,
+                                           output_kind=RequestOutputKind.FINAL_ONLY),
+                            kv_transfer_params={"do_remote_prefill": True,
+                                                "remote_engine_id": "p0"})
+
+    async def go() -> list[RequestOutput]:
+        return [o async for o in host.generate(request)]
+
+    outputs = asyncio.run(go())
+    # one output, the whole answer, as FINAL_ONLY gives it; no local prefill started
+    assert [o.outputs[0].token_ids for o in outputs] == [[7, 8, 9]] and outputs[0].finished
+    assert engine.kinds == [RequestOutputKind.CUMULATIVE] and host._pull_timeouts.value == 0
