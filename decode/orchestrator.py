@@ -13,9 +13,10 @@ so a prefill replica that still caches the prompt computes only the delivered to
 new decode replica pulls the KV. After `max_resumes` losses the request fails with a
 retryable 503. A replica that is drained hands its requests off itself: their KV (prompt and
 delivered tokens) waits on its engine, and the next attempt pulls it on another decode replica
-instead of recomputing it (such migrations do not count against `max_resumes`, nor does a
-replica being drained that turns a request away before its first output: routers learn of a
-drain a stats period late; up to `MAX_DRAIN_REFUSALS` such refusals per request). Every
+instead of recomputing it (a drain's migrations, with their KV or recomputed where none can
+move, do not count against `max_resumes`, nor does a replica being drained that turns a request
+away before its first output: routers learn of a drain a stats period late; up to
+`MAX_DRAIN_REFUSALS` such refusals per request). Every
 engine request id carries a random suffix, so two client requests with the same id never
 share one inside an engine (an abort of one would abort both).
 """
@@ -187,9 +188,10 @@ class Orchestrator:
                 if progress.finished:
                     return
                 attempt += 1
-                refused = lost.reason == "draining" and lost.handoff is None and not answered
+                drained = lost.reason == "draining"  # moved by a drain: not a loss
+                refused = drained and lost.handoff is None and not answered
                 refusals += refused
-                losses += lost.handoff is None and not refused
+                losses += lost.handoff is None and not drained
                 handoff = None
                 if refusals > MAX_DRAIN_REFUSALS:
                     raise RetryableRequestError(

@@ -46,6 +46,8 @@ class FakePools:
         self.handoff_miscount: int | None = None
         #: the first this-many generate calls find their replica being drained (turned away)
         self.refusals = 0
+        #: losses are drains that hand no KV off (a colocated pool: the stream recomputes)
+        self.drains_recompute = False
         self.prefills: list[PrefillRequest] = []
         self.decodes: list[DecodeRequest] = []
         self.released: list[str] = []
@@ -73,7 +75,8 @@ class FakePools:
                     tokens = len(request.engine_input["prompt_token_ids"]) + len(made)
                     raise ReplicaLost("draining", replica=replica, handoff=KVHandoff(
                         {**KV, "remote_engine_id": replica}, tokens + self.handoff_miscount, 1))
-                raise ReplicaLost("replica_died", replica=replica)
+                raise ReplicaLost("draining" if self.drains_recompute else "replica_died",
+                                  replica=replica)
             last += 10
             made.append(last)
             finished = step == params.max_tokens - 1
@@ -453,3 +456,12 @@ def test_refusals_beyond_their_limit_fail_with_a_retryable_error() -> None:
     with pytest.raises(RetryableRequestError, match="being drained"):
         run(orchestrator(pools, [], max_resumes=3), SamplingParams(max_tokens=STEPS))
     assert len(pools.decodes) == MAX_DRAIN_REFUSALS + 1
+
+
+def test_streams_a_drain_moves_by_recomputing_use_none_of_their_resumes() -> None:
+    pools, resumes = FakePools(lose_after=[2, 3]), []
+    pools.drains_recompute = True  # as a drained colocated replica ends its streams
+    pd = orchestrator(pools, [], max_resumes=0, on_resume=resumes.append)
+    assert run(pd, streamed()) == greedy_tokens()
+    assert [(r.reason, r.recomputed_tokens) for r in resumes] == [("draining", 2),
+                                                                   ("draining", 5)]
