@@ -133,8 +133,10 @@ class PoolState:
         with self.lock:
             return self.index.match(block_hashes)  # type: ignore[return-value]
 
-    def best_hit(self, block_hashes: Sequence[int]) -> int:
-        return max(self.match(block_hashes).values(), default=0)
+    def best_hit(self, block_hashes: Sequence[int], excluding: Sequence[str] = ()) -> int:
+        """The longest match on any replica but `excluding` (those a request may not go to)."""
+        return max((blocks for replica, blocks in self.match(block_hashes).items()
+                    if replica not in excluding), default=0)
 
     def kv_usage_all(self) -> dict[str, float]:
         return self._kv_usage

@@ -179,7 +179,10 @@ def make_planner(model: ModelConfig, pools: dict[Role, PoolState], block_size: i
         inputs = PlanInputs(
             prompt_tokens=info.prompt_tokens,
             block_size=block_size,
-            decode_hit_blocks=decode.best_hit(info.block_hashes) if info.block_hashes else 0,
+            # (not on replicas a resumed request avoids: their engine died or stalled, its
+            # cache is of no use to the continuation)
+            decode_hit_blocks=(decode.best_hit(info.block_hashes, info.avoid)
+                               if info.block_hashes else 0),
             prefill_in_flight=prefill.in_flight_total(),
             # none while the pool's only replica is replaced (PD pools keep at least one):
             # prefill locally rather than wait out the prefill deadline; one until the pool's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pdserve.decode.orchestrator import Planner
@@ -67,3 +69,16 @@ def test_a_prefill_pool_without_a_replica_plans_a_local_prefill() -> None:
     assert planner(info, None) == Plan("remote", "disaggregated")
     prefill.forget("p1")  # died; Ray starts another: do not wait out the prefill deadline
     assert planner(info, None) == Plan("local", "no_prefill_replica")
+
+
+
+def test_the_plan_counts_no_cache_on_a_replica_the_request_avoids() -> None:
+    decode = PoolState("app/decode")
+    with decode.lock:
+        decode.index.store("d0", list(range(32)))  # the whole prompt, on a replica that died
+    model = ModelConfig(model_id="m", model="m", mode="pd",
+                        routing={"local_prefill_below_tokens": 64})
+    planner = make_planner(model, {"prefill": PoolState("app/prefill"), "decode": decode}, 16)
+    info = RoutingInfo(block_hashes=tuple(range(32)), prompt_tokens=512)
+    assert planner(info, None) == Plan("local", "short_uncached")
+    assert planner(replace(info, avoid=("d0",)), None) == Plan("remote", "disaggregated")
