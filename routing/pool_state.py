@@ -246,13 +246,20 @@ _REGISTRY: dict[tuple[str, str], PoolState] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def pool_state(app: str, deployment: str, max_blocks_per_replica: int = 1 << 20,
+def pool_state(app: str, deployment: str, max_blocks_per_replica: int | None = None,
                follow_kv_events: bool = True) -> PoolState:
-    """The one `PoolState` of (app, deployment) in this process (its first caller sets it up)."""
+    """The one `PoolState` of (app, deployment) in this process (its first caller sets it up).
+    `max_blocks_per_replica` (the pool's router setting) bounds its indexes whoever made it:
+    the ingress makes each pool's state before Ray starts the pool's router."""
     with _REGISTRY_LOCK:
         state = _REGISTRY.get((app, deployment))
         if state is None:
-            state = PoolState(f"{app}/{deployment}", max_blocks_per_replica, follow_kv_events)
+            state = PoolState(f"{app}/{deployment}", max_blocks_per_replica or 1 << 20,
+                              follow_kv_events)
             _REGISTRY[(app, deployment)] = state
+        elif max_blocks_per_replica is not None:
+            with state.lock:  # (applies from each replica's next stored block)
+                state.index.max_blocks_per_replica = max_blocks_per_replica
+                state.pending.max_blocks_per_replica = max_blocks_per_replica
         return state
 

@@ -91,3 +91,16 @@ def test_replicas_count_whether_or_not_their_kv_events_are_followed() -> None:
     assert pool.num_replicas() == 2 and pool.replica_ids() == ["r1", "r2"]
     pool.forget("r1")  # its actor died
     assert pool.num_replicas() == 1
+
+
+def test_the_routers_block_bound_applies_to_a_pool_state_the_ingress_made_first() -> None:
+    from pdserve.routing.pool_state import pool_state
+
+    made_by_ingress = pool_state("test-app", "bound-pool")  # no bound: the default
+    assert pool_state("test-app", "bound-pool", max_blocks_per_replica=2) is made_by_ingress
+    with made_by_ingress.lock:
+        made_by_ingress.index.store("r1", [1, 2, 3])
+    # the oldest block went: a prompt starting with it matches nothing there any more
+    assert made_by_ingress.cached([1, 2, 3]) == {} and made_by_ingress.cached([2, 3]) == {"r1": 2}
+    made_by_ingress.begin("r1", "req", 48, (4, 5, 6))  # in-flight blocks are bounded alike
+    assert made_by_ingress.match([4, 5, 6]) == {} and made_by_ingress.match([5, 6]) == {"r1": 2}
