@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 #: its lease (`kv_transfer.kv_lease_s`) ends. (When the client leaves, Ray cancels the calls its
 #: request made itself, at once: an answer overtaken then is left to the lease.)
 PREFILL_SETTLE_S = 1.0
+#: How often a call waiting for a pool's first replica looks whether the router has one.
+COLD_START_POLL_S = 0.5
 
 
 def pool_calls(
@@ -48,8 +50,7 @@ def pool_calls(
     A request that finds the generating pool at zero replicas (scaled to zero, or every
     replica lost with its node) waits for Ray to start one (the autoscaler sees it queued at
     the handle) up to `cold_start_timeout_s`, then fails with a retryable 503;
-    `on_cold_start(wait_s, timed_out)` reports the wait.
-    """
+    `on_cold_start(wait_s, timed_out)` reports the wait (`first_output`)."""
     role = "decode" if "decode" in handles else "colocated"
     generate_pool = handles[role]
     state = (states or {}).get(role)
@@ -71,18 +72,16 @@ def pool_calls(
         try:
             outputs = aiter(responses)
             if cold:
-                try:
-                    first = await asyncio.wait_for(anext(outputs), cold_start_timeout_s)
-                except TimeoutError:
+                first, waited_s = await first_output(outputs, started)
+                if first is None:
                     if on_cold_start:
-                        on_cold_start(time.perf_counter() - started, True)
+                        on_cold_start(waited_s, True)
                     raise RetryableRequestError(
                         f"no replica of {generate_pool.deployment_name} became ready within "
                         f"{cold_start_timeout_s:g} s (the pool was scaled to zero, or its replicas "
-                        "died with their node); retry later"
-                    ) from None
+                        "died with their node); retry later")
                 if on_cold_start and seen_empty:
-                    on_cold_start(time.perf_counter() - started, False)
+                    on_cold_start(waited_s, False)
                 yield restore(first)
             async for output in outputs:
                 yield restore(output)
@@ -94,6 +93,29 @@ def pool_calls(
         finally:
             if not done:
                 responses.cancel()
+
+    async def first_output(outputs: AsyncIterator[RequestOutput],
+                           started: float) -> tuple[RequestOutput | None, float]:
+        """The first output of a call sent while the pool had no replica, and the seconds
+        waited for a replica; None if none came within `cold_start_timeout_s`. Only that wait
+        is bounded: once this process's router sees a replica, the call runs as long as it
+        takes (a non-streamed request's one output comes at its end). A pool whose router
+        never reports (one of Ray's own) is bounded up to its first output."""
+        pending = asyncio.ensure_future(anext(outputs))
+        deadline = started + cold_start_timeout_s
+        try:
+            while not pending.done():
+                if state is not None and state.num_replicas() > 0:
+                    waited_s = time.perf_counter() - started
+                    return await pending, waited_s
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return None, time.perf_counter() - started
+                await asyncio.wait({pending}, timeout=min(left, COLD_START_POLL_S))
+            return pending.result(), time.perf_counter() - started
+        finally:
+            if not pending.done():
+                pending.cancel()
 
     if "prefill" not in handles:
         return PoolCalls(generate=generate)

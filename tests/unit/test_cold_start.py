@@ -1,4 +1,5 @@
-"""A generate call to a pool with no replica waits for one, boundedly, and reports that wait;
+"""A generate call to a pool with no replica waits for one, boundedly (the wait, not the
+generation after it), and reports that wait;
 a pool whose router never reported (one of Ray's own routers) is not a reported cold start."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from vllm.exceptions import RetryableRequestError
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
 
@@ -15,9 +17,10 @@ from pdserve.routing.pool_state import PoolState
 
 
 class FakeStream:
-    """A streaming handle call's response: one output, then the end."""
+    """A streaming handle call's response: one output `delay_s` after the call, then the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.outputs = [RequestOutput("r1", "", [1, 2], None, [CompletionOutput(
             0, "", [3], None, None, "length")], finished=True)]
 
@@ -27,6 +30,7 @@ class FakeStream:
     async def __anext__(self) -> RequestOutput:
         if not self.outputs:
             raise StopAsyncIteration
+        await asyncio.sleep(self.delay_s)
         return self.outputs.pop()
 
     def cancel(self) -> None:
@@ -36,6 +40,9 @@ class FakeStream:
 class FakeHandle:
     deployment_name = "m-colocated"
 
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
     def options(self, **_: Any) -> FakeHandle:
         return self
 
@@ -44,7 +51,7 @@ class FakeHandle:
         return self
 
     def remote(self, request: DecodeRequest) -> FakeStream:
-        return FakeStream()
+        return FakeStream(self.delay_s)
 
 
 def reported_waits(state: PoolState) -> list[bool]:
@@ -70,3 +77,43 @@ def test_a_wait_for_a_pool_seen_empty_is_reported() -> None:
 
 def test_a_pool_whose_router_never_reported_is_no_cold_start() -> None:
     assert reported_waits(PoolState("app/m-colocated")) == []
+
+
+
+def cold_call(replica_after_s: float | None) -> tuple[object, list[bool]]:
+    """A non-streamed call to a pool seen empty, bounded at 0.3 s, whose one output comes
+    0.6 s after it was sent; the router sees a replica `replica_after_s` after it (or never)."""
+    state = PoolState("app/m-colocated")
+    state.sync_replicas({})
+    reported: list[bool] = []
+    calls = pool_calls({"colocated": FakeHandle(delay_s=0.6)},  # type: ignore[dict-item]
+                       {"colocated": state}, cold_start_timeout_s=0.3,
+                       on_cold_start=lambda wait_s, timed_out: reported.append(timed_out))
+
+    async def replica_starts() -> None:
+        if replica_after_s is not None:
+            await asyncio.sleep(replica_after_s)
+            state.sync_replicas({"r1": None})
+
+    async def run() -> object:
+        starting = asyncio.create_task(replica_starts())
+        request = DecodeRequest("r1", {"prompt_token_ids": [1, 2]}, SamplingParams())
+        try:
+            return [o async for o in calls.generate(request)]
+        except RetryableRequestError as exc:
+            return exc
+        finally:
+            await starting
+
+    return asyncio.run(run()), reported
+
+
+def test_only_the_wait_for_a_replica_is_bounded_not_the_generation_after_it() -> None:
+    outputs, reported = cold_call(replica_after_s=0.1)
+    assert isinstance(outputs, list) and len(outputs) == 1 and reported == [False]
+
+
+def test_a_pool_that_gets_no_replica_in_time_fails_retryably() -> None:
+    error, reported = cold_call(replica_after_s=None)
+    assert isinstance(error, RetryableRequestError) and "became ready" in str(error)
+    assert reported == [True]
