@@ -10,7 +10,7 @@ Colocated: one call to the single pool.
 A generating replica lost mid-request (`ReplicaLost`) is not the client's problem: the request
 continues on another replica from what the client already has (`resume.py`), planned afresh,
 so a prefill replica that still caches the prompt computes only the delivered tokens and the
-new decode replica pulls the KV. After `max_resumes` losses the request fails with a
+new decode replica pulls the KV. A loss after `max_resumes` resumes fails the request with a
 retryable 503. A replica that is drained hands its requests off itself: their KV (prompt and
 delivered tokens) waits on its engine, and the next attempt pulls it on another decode replica
 instead of recomputing it (a drain's migrations, with their KV or recomputed where none can

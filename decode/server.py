@@ -92,6 +92,7 @@ class GeneratingHost(EngineHost):
             "pdserve.request_id": request.request_id,
             "pdserve.kv_transfer.pull": request.kv_transfer_params is not None})
         tokens, finish_reasons, error, last = 0, None, None, None
+        head: RequestOutput | None = None  # the first output: the only one with the prompt
         kind = request.sampling_params.output_kind
         final_only = kind == RequestOutputKind.FINAL_ONLY
         # a pulled non-streamed request runs cumulative on the engine (`_generate`)
@@ -127,7 +128,7 @@ class GeneratingHost(EngineHost):
                 if outcome == "ok":
                     if first is None:
                         return
-                    tokens, last = count_tokens(first, tokens, cumulative), first
+                    tokens, last, head = count_tokens(first, tokens, cumulative), first, first
                     span.add_event(tracing.FIRST_OUTPUT_EVENT)
                     if not final_only or first.finished:
                         yield first
@@ -136,10 +137,14 @@ class GeneratingHost(EngineHost):
                     if last is None:
                         span.add_event(tracing.FIRST_OUTPUT_EVENT)
                     tokens, last = count_tokens(output, tokens, cumulative), output
+                    head = head or output
                     if output.finished:
                         finish_reasons = tuple(str(o.finish_reason) for o in output.outputs)
                     elif final_only:  # (a pulled one's earlier outputs stay here)
                         continue
+                    if final_only and output is not head:  # it goes first: the prompt too
+                        output.prompt = head.prompt
+                        output.prompt_token_ids = head.prompt_token_ids
                     yield output
         except EngineDeadError as exc:
             error = exc

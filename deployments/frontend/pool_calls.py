@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 #: request made itself, at once: an answer overtaken then is left to the lease.)
 PREFILL_SETTLE_S = 1.0
 #: How often a call waiting for a pool's first replica looks whether the router has one.
-COLD_START_POLL_S = 0.5
+COLD_START_POLL_S = 0.1
 
 
 def pool_calls(

@@ -80,7 +80,8 @@ def test_a_stuck_pull_falls_back_to_a_local_prefill_without_aborting_mid_transfe
 
 
 class SlowGenerationEngine:
-    """The pull ends at once; each token then takes 0.1 s. Outputs as `output_kind` asks."""
+    """The pull ends at once (a first token after 0.05 s); each later token takes 0.4 s.
+    Outputs as `output_kind` asks."""
 
     def __init__(self) -> None:
         self.kinds: list[RequestOutputKind] = []
@@ -89,7 +90,7 @@ class SlowGenerationEngine:
         self.kinds.append(params.output_kind)
         tokens: list[int] = []
         for token in (7, 8, 9):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05 if token == 7 else 0.4)
             tokens.append(token)
             done = token == 9
             if params.output_kind == RequestOutputKind.FINAL_ONLY and not done:
@@ -103,7 +104,7 @@ class SlowGenerationEngine:
 def test_a_non_streamed_pull_is_not_taken_for_stuck_when_its_generation_outlasts_the_deadline(
         ) -> None:
     engine = SlowGenerationEngine()
-    host = replica(engine, timeout_s=0.2)  # type: ignore[arg-type]
+    host = replica(engine, timeout_s=0.5)  # type: ignore[arg-type]
     request = DecodeRequest("r1", {"type": "token", "prompt_token_ids": [1, 2]},
                             SamplingParams(max_tokens=3,
                                            output_kind=RequestOutputKind.FINAL_ONLY),
@@ -114,6 +115,8 @@ def test_a_non_streamed_pull_is_not_taken_for_stuck_when_its_generation_outlasts
         return [o async for o in host.generate(request)]
 
     outputs = asyncio.run(go())
-    # one output, the whole answer, as FINAL_ONLY gives it; no local prefill started
+    # one output, the whole answer with its prompt, as FINAL_ONLY gives it (the replica sends
+    # the prompt with the first message only); no local prefill started
     assert [o.outputs[0].token_ids for o in outputs] == [[7, 8, 9]] and outputs[0].finished
+    assert outputs[0].prompt_token_ids == [1, 2]
     assert engine.kinds == [RequestOutputKind.CUMULATIVE] and host._pull_timeouts.value == 0
