@@ -63,15 +63,16 @@ from pdserve.tiny_model import recall_prompt_text
 
 pytestmark = pytest.mark.own_cluster
 
-MAX_TOKENS = 150  # the tiny model copies a 90-word span confidently for ~200 tokens
+# The tiny model copies a 200-word span (452 prompt tokens) confidently for ~450 tokens: 400
+# greedy tokens came out the same batched, alone and continued mid-way (vLLM offline). Streams
+# must outlast what a test does between seeing them mid-way and disturbing them: six 150-token
+# streams took ~0.6 s on an unloaded box, and five had ended before a drain (once all before a
+# kill) reached their replica.
+MAX_TOKENS = 400
 STREAMS, FULL = 6, 2
 BLOCK = ENGINE["block_size"]
-PROMPTS = [recall_prompt_text(random.Random(seed), 100, 10) for seed in range(STREAMS + FULL)]
-# The drain test's streams: longer (~450 prompt tokens, 400 copied), since six 150-token streams
-# took ~0.6 s on an unloaded box and five had ended before the drain call reached the replica.
-DRAIN_MAX_TOKENS = 400
-DRAIN_PROMPTS = [recall_prompt_text(random.Random(100 + seed), 200, 10)
-                 for seed in range(STREAMS)]
+PROMPTS = [recall_prompt_text(random.Random(100 + seed), 200, 10)
+           for seed in range(STREAMS + FULL)]
 #: a prefill whose answer is lost (cancelled past its deadline's grace as it finished, or with
 #: its client) holds its KV until vLLM's lease frees it: waits for engines to be idle outlast it
 KV_LEASE_S = KVTransferSettings().kv_lease_s
@@ -93,12 +94,6 @@ def reference(app: Path) -> list[list[int]]:
     return undisturbed()
 
 
-@pytest.fixture(scope="module")
-def drain_reference(app: Path) -> list[list[int]]:
-    """The undisturbed greedy tokens of `DRAIN_PROMPTS`."""
-    return undisturbed(DRAIN_PROMPTS, DRAIN_MAX_TOKENS)
-
-
 def remote_plans(stats: dict[str, int]) -> int:
     return sum(v for k, v in stats.items() if k.startswith("plan:remote:"))
 
@@ -107,14 +102,13 @@ def remote_plans(stats: dict[str, int]) -> int:
 class Request:
     prompt: str
     stream: bool
-    max_tokens: int = MAX_TOKENS
     token_ids: list[int] = field(default_factory=list)
     status: int = 0
     error: str = ""
     first_token: threading.Event = field(default_factory=threading.Event)
 
     def run(self, http: httpx.Client) -> None:
-        body = {"model": MODEL, "prompt": self.prompt, "max_tokens": self.max_tokens,
+        body = {"model": MODEL, "prompt": self.prompt, "max_tokens": MAX_TOKENS,
                 "temperature": 0, "return_token_ids": True, "stream": self.stream}
         try:
             if not self.stream:
@@ -141,12 +135,12 @@ class Request:
             self.first_token.set()
 
 
-def undisturbed(prompts: list[str] = PROMPTS, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+def undisturbed() -> list[list[int]]:
     with httpx.Client(base_url=URL, timeout=600) as http, ThreadPoolExecutor(8) as pool:
-        requests = [Request(p, stream=True, max_tokens=max_tokens) for p in prompts]
+        requests = [Request(p, stream=True) for p in PROMPTS]
         list(pool.map(lambda r: r.run(http), requests))
     assert all(r.status == 200 and not r.error for r in requests), [r.error for r in requests]
-    assert all(len(r.token_ids) == max_tokens for r in requests)
+    assert all(len(r.token_ids) == MAX_TOKENS for r in requests)
     return [r.token_ids for r in requests]
 
 
@@ -364,11 +358,11 @@ def undrain(replica: str) -> None:
 
 @pytest.mark.timeout(900)
 def test_a_drained_decode_replica_moves_its_streams_with_their_kv(
-        app: Path, drain_reference: list[list[int]]) -> None:
+        app: Path, reference: list[list[int]]) -> None:
     assert_all_drained()
     victim, target = replicas_of(DECODE)
     try:
-        drain_moves_streams(victim, target, drain_reference)
+        drain_moves_streams(victim, target, reference[:STREAMS])
     finally:  # the next tests need both (a replica left drained turns every stream away)
         for replica in (victim, target):
             undrain(replica)
@@ -384,16 +378,16 @@ def drain_moves_streams(victim: str, target: str, reference: list[list[int]]) ->
         # undrained to take them over. The routers learn of a drain with the next routing
         # stats: until then it would turn streams away. Six streams, and nothing between their
         # first tokens and the drain: streams that end before the drain reaches the victim
-        # are not moved (five of six once, at 150 tokens each; hence 400). The undrain goes
-        # out as soon as the streams are sent; the routers see it with their next routing
-        # stats, within a period, so a stream routed later (decode is routed after its
-        # prefill) may land on the target: the victim's share is checked below, at least half.
+        # are not moved (see `MAX_TOKENS`). The undrain goes out as soon as the streams are
+        # sent; the routers see it with their next routing stats, within a period, so a stream
+        # routed later (decode is routed after its prefill) may land on the target: the
+        # victim's share is checked below, at least half.
         drained_first = drain(target)
         # (the replica that answered: a pinned call delivered to the other one would explain
         # streams found on the drained replica, a flake seen in CI)
         assert drained_first["replica"] == target and drained_first["asked"] == 0, drained_first
         time.sleep(2 * ROUTING_STATS_PERIOD_S + 1)
-        requests = [Request(p, stream=True, max_tokens=DRAIN_MAX_TOKENS) for p in DRAIN_PROMPTS]
+        requests = [Request(p, stream=True) for p in PROMPTS[:STREAMS]]
         try:
             futures = [pool.submit(r.run, http) for r in requests]
         finally:
@@ -405,7 +399,7 @@ def drain_moves_streams(victim: str, target: str, reference: list[list[int]]) ->
         for future in futures:
             future.result()
     assert_exact(requests, reference)
-    assert all(0 < n < DRAIN_MAX_TOKENS for n in at_drain), at_drain  # each was mid-way
+    assert all(0 < n < MAX_TOKENS for n in at_drain), at_drain  # each was mid-way
     assert result["replica"] == victim, (result, victim)
     moved = result["moved_kv"]
     assert moved == result["asked"] >= STREAMS // 2 and result["still_running"] == 0, result
