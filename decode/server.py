@@ -93,11 +93,8 @@ class GeneratingHost(EngineHost):
             "pdserve.kv_transfer.pull": request.kv_transfer_params is not None})
         tokens, finish_reasons, error, last = 0, None, None, None
         head: RequestOutput | None = None  # the first output: the only one with the prompt
-        kind = request.sampling_params.output_kind
-        final_only = kind == RequestOutputKind.FINAL_ONLY
-        # a pulled non-streamed request runs cumulative on the engine (`_generate`)
-        cumulative = kind == RequestOutputKind.CUMULATIVE or (
-            final_only and request.kv_transfer_params is not None)
+        final_only = request.sampling_params.output_kind == RequestOutputKind.FINAL_ONLY
+        cumulative = engine_output_kind(request) == RequestOutputKind.CUMULATIVE
         try:
             outputs = self._generate(request, span)
             if request.kv_transfer_params is not None:
@@ -165,11 +162,7 @@ class GeneratingHost(EngineHost):
         params = request.engine_params()
         delivered: list[int] = []  # token ids of the outputs the caller received
         hand_off = partial(self._hand_off, request, delivered) if movable(params) else None
-        if pulling and params.output_kind == RequestOutputKind.FINAL_ONLY:
-            # its one output would come at the end, however long it runs, and the pull
-            # deadline waits for the first: cumulative outputs mark the pull's end (`generate`
-            # passes on only the last, which is the one FINAL_ONLY gives)
-            params.output_kind = RequestOutputKind.CUMULATIVE
+        params.output_kind = engine_output_kind(request)
         cumulative = params.output_kind == RequestOutputKind.CUMULATIVE
         async for output in self.stream.outputs(
                 request.engine_input, params, request.request_id, signals, pulling, hand_off,
@@ -305,6 +298,17 @@ class GeneratingHost(EngineHost):
             return None
         cached = final.num_cached_tokens or 0
         return KVHandoff(params, len(ids), len(ids) - cached)  # type: ignore[arg-type]
+
+
+def engine_output_kind(request: DecodeRequest) -> RequestOutputKind:
+    """How the engine outputs `request`: as its caller asked, except that a non-streamed one
+    pulling its KV runs cumulative. Its one output would come at the end, however long it runs,
+    and the pull deadline waits for the first: cumulative outputs mark the pull's end
+    (`GeneratingHost.generate` passes on only the last, which is the one FINAL_ONLY gives)."""
+    kind = request.sampling_params.output_kind
+    if kind == RequestOutputKind.FINAL_ONLY and request.kv_transfer_params is not None:
+        return RequestOutputKind.CUMULATIVE
+    return kind
 
 
 def count_tokens(output: RequestOutput, so_far: int, cumulative: bool) -> int:

@@ -130,7 +130,7 @@ def pool_calls(
         return result_of(handles["prefill"].prefill.remote(request), request)
 
     async def result_of(response: Any, request: PrefillRequest) -> PrefillResult:
-        answer = asyncio.ensure_future(awaited(response))  # a caller's cancel leaves it be
+        answer = asyncio.ensure_future(response)  # a task: a caller's cancel leaves it be
         try:
             return await asyncio.shield(answer)
         except asyncio.CancelledError:  # deadline passed (or client left: see PREFILL_SETTLE_S)
@@ -143,10 +143,6 @@ def pool_calls(
             raise engine_error(exc) from None
 
     return PoolCalls(generate=generate, prefill=prefill, release_kv=release_kv)
-
-
-async def awaited(response: Awaitable[PrefillResult]) -> PrefillResult:
-    return await response
 
 
 async def settle(answer: asyncio.Future[PrefillResult], response: Any, request_id: str,
