@@ -6,8 +6,11 @@ the client sends it (`proxy_asgi_receive`) and the ingress replica pulls it the 
 whatever the app decides. An ingress that refuses a chunked body at its own limit still had
 all 48 MB of one buffered in both processes. Here the proxy is told the client left once the
 body passes the ceiling (it stops reading and cancels its request upstream) while the client
-gets the 413; what the client still sends is read and dropped for a bounded time (closing a
-socket with unread data resets it, and clients such as curl then lose the 413's body).
+gets the 413; a body whose `Content-Length` is over it is refused before the proxy reads
+any. Either way what the client still sends is read and dropped for a bounded time (closing a
+socket with unread data resets it, and the client loses the 413 it was sent: httpx uploading
+48 MB with its length did, now and then), unless it asked `Expect: 100-continue` and so sends
+nothing after a refusal.
 
 Ray calls `proxy_middlewares` in each proxy (one per node, and in each direct-ingress
 replica) when `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` names it in the environment Ray
@@ -47,10 +50,11 @@ def disconnect() -> Message:
 
 
 class ProxyBodyLimit:
-    """Refuses a body over `max_body_bytes` with 413: at once from `Content-Length` (unread),
-    else as soon as the streamed body passes it. The wrapped proxy then sees the client leave
-    and what it would still send is dropped. If the proxy had already begun answering (the
-    app refused first), its answer goes on and it is passed no more of the body."""
+    """Refuses a body over `max_body_bytes` with 413: at once from `Content-Length` (the
+    proxy reads none of it), else as soon as the streamed body passes it (the wrapped proxy
+    then sees the client leave). What the client still sends is dropped. If the proxy had
+    already begun answering (the app refused first), its answer goes on and it is passed no
+    more of the body."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, drain_s: float = DRAIN_S,
                  drain_bytes: int = DRAIN_BYTES) -> None:
@@ -63,10 +67,13 @@ class ProxyBodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if declared_too_large(Headers(scope=scope), self.limit):  # nothing read: a client
-            # that asked `Expect: 100-continue` (curl) sends nothing more
+        headers = Headers(scope=scope)
+        if declared_too_large(headers, self.limit):  # refused before a byte reaches the proxy
             logger.info("refused a request body of declared size over %d bytes", self.limit)
-            await too_large(self.limit)(scope, receive, send)
+            if headers.get("expect", "").lower() == "100-continue":
+                await too_large(self.limit)(scope, receive, send)  # (curl) sends no more
+            else:  # a client sending it anyway must not be reset over what it sent
+                await self._refuse(receive, send)
             return
         seen, answering = 0, False
         refusal: asyncio.Task[None] | None = None

@@ -56,10 +56,12 @@ class EagerProxy:
 
 
 def run(app: ProxyBodyLimit, chunks: int, content_length: str | None = None,
-        chunk: int = CHUNK) -> tuple[list[Message], int]:
+        chunk: int = CHUNK, expect_continue: bool = False) -> tuple[list[Message], int]:
     """Sends `chunks` body messages of `chunk` bytes (then the client leaves); returns what
     the client got and how many messages the server pulled from it."""
     headers = [] if content_length is None else [(b"content-length", content_length.encode())]
+    if expect_continue:
+        headers.append((b"expect", b"100-continue"))
     scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": headers}
     pulled, sent = 0, []
 
@@ -100,12 +102,16 @@ def test_a_body_within_the_ceiling_passes_untouched() -> None:
 
 @pytest.mark.parametrize("length", [str(LIMIT + 1), "99999999999999999999"])
 def test_a_declared_length_over_the_ceiling_is_refused_unread(length: str) -> None:
-    inner = EagerProxy()
+    inner = EagerProxy()  # what the client sends anyway is dropped (bounded), never proxied
     sent, pulled = run(ProxyBodyLimit(inner, LIMIT), chunks=100, content_length=length)
     status, body = answer(sent)
-    assert status == 413 and pulled == 0 and inner.read == 0
+    assert status == 413 and pulled == 100 and inner.read == 0 and not inner.saw_disconnect
     assert json.loads(body)["error"]["code"] == "body_too_large"
     assert (b"connection", b"close") in sent[0]["headers"]
+    inner = EagerProxy()  # a client waiting for `100 Continue` sends nothing: nothing read
+    sent, pulled = run(ProxyBodyLimit(inner, LIMIT), chunks=100, content_length=length,
+                       expect_continue=True)
+    assert answer(sent)[0] == 413 and pulled == 0 and inner.read == 0
 
 
 @pytest.mark.parametrize("length", ["abc", " 5", "1e3", "-1", "²"])
@@ -186,16 +192,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_real_client_reads_the_whole_413_over_loopback() -> None:
+@pytest.mark.parametrize("framing", ["chunked", "sized"])
+def test_a_real_client_reads_the_whole_413_over_loopback(framing: str) -> None:
     """uvicorn closes the connection after the 413 (`Connection: close`); closing over unread
-    bytes would reset it and the client would lose the answer. 8 MB sent chunked, 64 KiB
-    ceiling, read from a raw socket (no client library to paper over a reset)."""
+    bytes would reset it and the client would lose the answer. 8 MB sent chunked or with its
+    `Content-Length` (refused before a byte is read), 64 KiB ceiling, read from a raw socket
+    (no client library to paper over a reset)."""
+    size = 128 << 16
     port = free_port()
     app = ProxyBodyLimit(EagerProxy(), 64 << 10)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    framed = (b"Transfer-Encoding: chunked" if framing == "chunked"
+              else b"Content-Length: %d" % size)
     try:
         deadline = time.monotonic() + 20
         while not server.started:
@@ -206,11 +217,14 @@ def test_a_real_client_reads_the_whole_413_over_loopback() -> None:
                 def upload(conn: socket.socket = conn) -> None:
                     try:
                         conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
-                                     b"Transfer-Encoding: chunked\r\n\r\n")
-                        chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
-                        for _ in range(128):
+                                     b"%s\r\n\r\n" % framed)
+                        data = b"x" * (1 << 16)
+                        chunk = b"%x\r\n%s\r\n" % (len(data), data) if framing == "chunked" \
+                            else data
+                        for _ in range(size >> 16):
                             conn.sendall(chunk)
-                        conn.sendall(b"0\r\n\r\n")
+                        if framing == "chunked":
+                            conn.sendall(b"0\r\n\r\n")
                     except OSError:
                         pass  # the server may close once it has answered
 
