@@ -1,59 +1,99 @@
-"""Which replica each request routed by one router is counted on, whatever order Ray reports
-the request's routing and completion in.
+"""Which replica each call routed by one router is counted on, whatever order Ray reports the
+call's routing and completion in.
 
-A request counts as in flight on its replica (in the pool's `PoolState`) from the moment the
-router chooses it, not when Ray has sent it: otherwise requests arriving together all see the
-same idle pool and pile onto one replica. Ray then reports the request through hooks keyed by
-its internal request id, and their order depends on the transport: over Ray's gRPC transport a
-unary call's response comes back with its acceptance, so Ray reports it completed *before* it
-reports it routed (measured on Ray 2.60; pinned by the router's integration tests). A routed
-report for a request no longer booked is therefore a finished request, never a new booking.
+A call counts as in flight on its replica (in the pool's `PoolState`) from the moment the
+router chooses it, not when Ray has sent it: otherwise calls arriving together all see the
+same idle pool and pile onto one replica. Ray then reports the call through two hooks: routed
+(with the call's `PendingRequest`) and completed (with only the replica and Ray's internal
+request id). Their order depends on the transport: over Ray's gRPC transport a unary call's
+response comes back with its acceptance, so Ray reports it completed *before* it reports it
+routed (measured on Ray 2.60; pinned by the router's integration tests). A routed report for a
+call no longer booked is therefore a finished call, never a new booking.
 
-Ray shares one internal id among the calls one replica makes while handling one request; a
-router sees one call per request of a caller (a PD request calls each pool once), so the id is
-a key here.
+Ray's internal request id is no key: it is the id of the request the *caller* is serving, so
+every call made while serving one request shares it — the prompts of one completion request
+run concurrently, a KV release runs beside the decode attempt that replaced its prefill. Calls
+are therefore booked one by one (by their `PendingRequest`), and an end report takes one call
+of that request on that replica. A call sent without routing information (an admin call, a KV
+release) is tracked too, uncounted, so that its end does not end a counted call beside it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pdserve.routing.pool_state import PoolState
 
 
+@dataclass
+class _Booking:
+    call: object  # the call's `PendingRequest` (held so that its id() stays unique)
+    request: str  # Ray's internal request id, shared by the calls of one request
+    replica: str
+    key: str  # this call's key in the pool's in-flight work
+    blocks: tuple[int, ...]
+    counted: bool  # in the pool's loads (False: a call without routing information)
+
+
 class Bookings:
-    """Requests in flight through one router, each booked on one replica of `pool`."""
+    """Calls in flight through one router, each booked on one replica of `pool`."""
 
     def __init__(self, pool: PoolState) -> None:
         self.pool = pool
-        self._booked: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> (replica, blocks)
+        self._calls: dict[int, _Booking] = {}  # id(call) -> booking
+        self._by_request: dict[str, dict[int, _Booking]] = {}  # in booking order
+        self._serial = itertools.count()
 
-    def book(self, key: str, replica: str, uncached_tokens: int,
-             block_hashes: Sequence[int] = ()) -> bool:
-        """Count `key` on `replica` (moving it if it was booked elsewhere); True if it was not
-        booked before (the first choice for this request)."""
-        previous = self._booked.pop(key, None)
-        if previous is not None:
-            self.pool.end(previous[0], key, previous[1])
-        blocks = tuple(block_hashes)
-        self.pool.begin(replica, key, uncached_tokens, blocks)
-        self._booked[key] = (replica, blocks)
+    def book(self, call: object, request: str, replica: str, uncached_tokens: int = 0,
+             block_hashes: Sequence[int] = (), counted: bool = True) -> bool:
+        """Count `call` (of `request`) on `replica`, moving it if it was booked elsewhere; with
+        `counted=False` only remember where it went. True if it was not booked before (the
+        first choice for this call)."""
+        previous = self._pop(id(call))
+        booking = _Booking(call, request, replica, f"{request}#{next(self._serial)}",
+                           tuple(block_hashes), counted)
+        if counted:
+            self.pool.begin(replica, booking.key, uncached_tokens, booking.blocks)
+        self._calls[id(call)] = booking
+        self._by_request.setdefault(request, {})[id(call)] = booking
         return previous is None
 
-    def moved(self, key: str, replica: str) -> bool:
-        """Ray reports `key` sent to `replica`: True if it is booked on another replica (Ray
+    def moved(self, call: object, replica: str) -> bool:
+        """Ray reports `call` sent to `replica`: True if it is booked on another replica (Ray
         fell back to a lower tier of the ranking), so it must be booked again there. False if
         it is booked there, or no longer booked: it already completed."""
-        booked = self._booked.get(key)
-        return booked is not None and booked[0] != replica
+        booked = self._calls.get(id(call))
+        return booked is not None and booked.replica != replica
 
-    def release(self, key: str) -> None:
-        """The request finished, failed or was never sent: it no longer counts anywhere.
-        Idempotent, since Ray may report an end more than once (completion, then a failed
-        routing future)."""
-        booked = self._booked.pop(key, None)
-        if booked is not None:
-            self.pool.end(booked[0], key, booked[1])
+    def release(self, call: object) -> None:
+        """`call` failed before it was sent: it no longer counts anywhere. Idempotent."""
+        self._pop(id(call))
+
+    def completed(self, request: str, replica: str) -> None:
+        """Ray reports that a call of `request` ended on `replica`, naming no call: the first
+        uncounted call of it there (those are short), else the first counted one, else (a call
+        Ray sent elsewhere than booked, reported before it was routed) its first call anywhere.
+        Nothing if it has none (a call this router never chose)."""
+        mine = self._by_request.get(request)
+        if not mine:
+            return
+        here = [key for key, b in mine.items() if b.replica == replica]
+        uncounted = [key for key in here if not mine[key].counted]
+        self._pop((uncounted or here or list(mine))[0])
+
+    def _pop(self, key: int) -> _Booking | None:
+        booking = self._calls.pop(key, None)
+        if booking is None:
+            return None
+        mine = self._by_request[booking.request]
+        del mine[key]
+        if not mine:
+            del self._by_request[booking.request]
+        if booking.counted:
+            self.pool.end(booking.replica, booking.key, booking.blocks)
+        return booking
 
     def __len__(self) -> int:
-        return len(self._booked)
+        return len(self._calls)

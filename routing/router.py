@@ -139,6 +139,8 @@ class ScoredRouter(RequestRouter):
         candidate_replicas = without_avoided(candidate_replicas,
                                              info.avoid if info is not None else ())
         best, others, hits = self.choose(candidate_replicas, info)
+        if info is None and pending_request is not None:
+            self._track(pending_request, best.replica_id.unique_id)
         if info is not None and pending_request is not None:
             rid = best.replica_id.unique_id
             use_prefix = self._uses_prefix(info)
@@ -215,7 +217,28 @@ class ScoredRouter(RequestRouter):
         if target is None or pending_request.metadata.call_method not in ADMIN_METHODS:
             return None
         chosen = [r for r in candidates if r.replica_id.unique_id == target]
+        if chosen:
+            self._track(pending_request, target)
         return [chosen] if chosen else []
+
+    def _fulfill_next_pending_request(
+        self, replica: RunningReplica, request_metadata: Any = None
+    ) -> None:
+        """Hands a chosen replica to the very call it was chosen for. Ray's `RequestRouter`
+        hands it to the pending call with the same internal request id, which every call made
+        while serving one request shares: of a completion request's prompts, all but one
+        never got a replica (their routing tasks spun without pause, the request hung and the
+        caller's event loop starved). Calls are matched by their metadata object (one per
+        call) here; anything else goes to Ray's own matching. Relies on Ray's private router
+        internals (pinned by `tests/unit/test_router_ray_internals.py`)."""
+        for pending in self._pending_requests_to_fulfill:
+            if pending.metadata is request_metadata and not pending.future.done():
+                self._cancel_routing_task_for_pending_request(pending)
+                self._record_queue_wait_time(pending)
+                pending.future.set_result(replica)
+                self._remove_pending_request_from_indices(pending)
+                return
+        super()._fulfill_next_pending_request(replica, request_metadata)
 
     # -- lifecycle (see `routing/bookings.py` for the order Ray reports it in) -----------------
     def _book(
@@ -223,31 +246,44 @@ class ScoredRouter(RequestRouter):
         hits: int | None = None,
     ) -> None:
         """`hits`: the replica's cached-prefix blocks if the caller already looked them up."""
-        key = pending_request.metadata.internal_request_id
         if hits is None:
             hits = self.pool.match(info.block_hashes).get(replica, 0) if info.block_hashes else 0
         uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
-        if self.bookings.book(key, replica, uncached, info.block_hashes):
-            # first choice for this request: release it if it is never sent
-            pending_request.future.add_done_callback(lambda f: self._release_unrouted(key, f))
+        self._booked(pending_request, self.bookings.book(
+            pending_request, pending_request.metadata.internal_request_id, replica, uncached,
+            info.block_hashes))
 
-    def _release_unrouted(self, key: str, future: Any) -> None:
+    def _track(self, pending_request: PendingRequest, replica: str) -> None:
+        """A call without routing information: counted nowhere, but its end must not end a
+        counted call of the same request (`routing/bookings.py`)."""
+        self._booked(pending_request, self.bookings.book(
+            pending_request, pending_request.metadata.internal_request_id, replica,
+            counted=False))
+
+    def _booked(self, pending_request: PendingRequest, first: bool) -> None:
+        if first:  # the first choice for this call: release it if it is never sent
+            pending_request.future.add_done_callback(
+                lambda f: self._release_unrouted(pending_request, f))
+
+    def _release_unrouted(self, pending_request: PendingRequest, future: Any) -> None:
         if future.cancelled() or future.exception() is not None:
-            self.bookings.release(key)
+            self.bookings.release(pending_request)
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
     ) -> None:
         info = routing_info(pending_request)
-        if info is None:
-            return
         rid = replica_id.unique_id
-        if self.bookings.moved(pending_request.metadata.internal_request_id, rid):
-            self._book(pending_request, rid, info)
-        self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
+        if self.bookings.moved(pending_request, rid):
+            if info is None:
+                self._track(pending_request, rid)
+            else:
+                self._book(pending_request, rid, info)
+        if info is not None:
+            self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self.bookings.release(internal_request_id)
+        self.bookings.completed(internal_request_id, replica_id.unique_id)
 
 
 class PrefixAwareRouter(ScoredRouter):

@@ -8,8 +8,8 @@ import random
 
 import httpx
 from client import post
-from conftest import metric_sum, wait_drained
-from shapes import COLOCATED_MODEL, PD_MODEL
+from conftest import metric_sum, routing_state, wait_drained, wait_routers_idle
+from shapes import COLOCATED_MODEL, COLOCATED_REPLICAS, PD_MODEL
 
 from pdserve.tiny_model import recall_prompt_text
 
@@ -50,6 +50,40 @@ def test_32_concurrent_streams_complete_with_correct_output(
     results = asyncio.run(run_all())
     assert all(len(ids) == 24 for ids in results)
     assert results == expected
+
+
+def test_a_completion_of_several_prompts_routes_and_counts_each_prompt(
+    client: httpx.Client, serve_app: str
+) -> None:
+    """A request's prompts are concurrent calls to one pool that share Ray's internal request
+    id: each gets the replica chosen for it and counts in flight on it until it ends. (With
+    Ray's matching by that id all but one prompt never got a replica, and the request hung.)
+    Each prompt's answer is its answer alone."""
+    texts = prompts(4, seed=11)
+    for model, pool in ((COLOCATED_MODEL, "colocated"), (PD_MODEL, "decode")):
+        alone = [post(client, "/v1/completions", {
+            "model": model, "prompt": text, "max_tokens": 300, "temperature": 0.0,
+            "ignore_eos": True, "return_token_ids": True}).token_ids for text in texts]
+        body = {"model": model, "prompt": texts, "max_tokens": 300, "temperature": 0.0,
+                "ignore_eos": True, "stream": True, "return_token_ids": True}
+        ids: dict[int, list[int]] = {i: [] for i in range(len(texts))}
+        counted: dict[str, int] | None = None
+        with httpx.Client(base_url=serve_app, timeout=120) as http, \
+                http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                for choice in json.loads(line[6:])["choices"]:
+                    ids[choice["index"]].extend(choice.get("token_ids") or [])
+                if counted is None and all(len(v) >= 8 for v in ids.values()):
+                    counted = routing_state()[f"{model}/{pool}"]["in_flight"]
+        assert [len(v) for v in ids.values()] == [300] * len(texts)
+        assert list(ids.values()) == alone, model
+        assert counted is not None and sum(counted.values()) == len(texts), (model, counted)
+        if pool == "colocated":  # each counted where it runs: spread over the replicas
+            assert len([n for n in counted.values() if n]) == COLOCATED_REPLICAS, counted
+        assert not wait_routers_idle(), model
 
 
 def decoded_tokens() -> float:
