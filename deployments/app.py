@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pdserve.deployments.pipelines.embedding import EmbeddingServer
 from pdserve.deployments.pipelines.retriever import PipelineRetriever
 from pdserve.deployments.pipelines.stores import check_store_kind
 from pdserve.prefill.server import PrefillServer
+from pdserve.routing.router import hands_choices_by_request_id
 from pdserve.routing.scorers import RouterSettings
 from pdserve.simulation.profile_file import load as load_profile
 
@@ -79,14 +81,36 @@ def router_config(role: Role, pool: PoolConfig, pool_name: str) -> dict[str, Any
               "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
               **(pool.request_router_config or {})}
     config = {key: value for key, value in config.items() if value is not None}
-    if str(config.get("request_router_class", "")).startswith("pdserve.routing."):
+    router_class = config.get("request_router_class", "")
+    if str(router_class).startswith("pdserve.routing."):
         try:
             RouterSettings.model_validate(config.get("request_router_kwargs") or {})
         except ValueError as exc:
             raise ValueError(
                 f"{pool_name}.request_router_config.request_router_kwargs: {exc}"
             ) from exc
+    else:
+        warn_of_id_matching(pool_name, router_class)
     return config
+
+
+def warn_of_id_matching(pool_name: str, router_class: Any) -> None:
+    """A warning if a foreign router of this pool hands its choices out by request id only
+    (`hands_choices_by_request_id`): a completion request with several prompts hangs there.
+    A class that does not import is left to Ray, which names it."""
+    if isinstance(router_class, str):
+        module, _, name = router_class.replace(":", ".").rpartition(".")
+        try:
+            router_class = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return
+    if isinstance(router_class, type) and hands_choices_by_request_id(router_class):
+        logger.warning(
+            "%s.request_router_config: %s hands a chosen replica to the pending call with "
+            "the same Ray request id, which the calls of one request share (Ray 2.60): a "
+            "completion request with several prompts hangs on this pool. pdserve's routers "
+            "and Ray's PowerOfTwoChoicesRequestRouter do not.", pool_name,
+            router_class.__qualname__)
 
 
 #: Per-deployment policy for autoscaled pools of a model with `slo` (the app-level

@@ -70,6 +70,15 @@ class _RouteMetrics:
         self.seconds.observe(seconds)
 
 
+def hands_choices_by_request_id(router_class: type) -> bool:
+    """Whether Ray hands this router's choices out by internal request id alone (Ray 2.60's
+    `RequestRouter` without `FIFOMixin`, e.g. Ray Serve LLM's `PrefixCacheAffinityRouter`):
+    calls made concurrently while serving one request share that id, so on such a router all
+    of a completion request's prompts but one never get a replica and the request hangs."""
+    fulfil = getattr(router_class, "_fulfill_next_pending_request", None)
+    return fulfil is RequestRouter._fulfill_next_pending_request
+
+
 def routing_info(pending_request: PendingRequest | None) -> RoutingInfo | None:
     """The `RoutingInfo` our messages carry (None for admin calls and foreign requests)."""
     if pending_request is None or not pending_request.args:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pydantic import ValidationError
 
@@ -195,6 +197,37 @@ def test_pools_get_pdserve_routers_by_role_unless_configured() -> None:
     config = router_config("colocated", custom, "m-colocated")
     assert config["request_router_class"] == ray_default
     assert config["request_routing_stats_period_s"] == 2.0
+
+
+def test_a_router_that_matches_calls_by_request_id_is_warned_of() -> None:
+    """Ray Serve LLM's router (no `FIFOMixin`) hangs a completion with several prompts: its
+    pool is named at start-up; pdserve's routers and Ray's default are not warned of. (A
+    handler of our own: importing Ray Serve LLM reconfigures logging, dropping pytest's.)"""
+    from pdserve.deployments.app import logger, router_config
+
+    class Records(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    def warned(router_class: str) -> bool:
+        records = Records()
+        logger.addHandler(records)
+        try:
+            pool = PoolConfig(request_router_config={"request_router_class": router_class})
+            router_config("colocated", pool, "m-colocated")
+        finally:
+            logger.removeHandler(records)
+        return any("several prompts hangs" in m and "m-colocated" in m
+                   for m in records.messages)
+
+    assert warned("ray.serve.llm.request_router:PrefixCacheAffinityRouter")
+    assert not warned("ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter")
+    assert not warned("pdserve.routing.router:PrefixAwareRouter")
+    assert not warned("no.such.module:Router")  # left to Ray, which names it
 
 
 def test_bad_router_kwargs_fail_at_start_up_naming_the_pool_and_field() -> None:
