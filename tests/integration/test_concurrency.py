@@ -86,6 +86,21 @@ def test_a_completion_of_several_prompts_routes_and_counts_each_prompt(
         assert not wait_routers_idle(), model
 
 
+def test_beam_search_runs_its_beams_as_concurrent_calls_alike_on_pd_and_colocated(
+        client: httpx.Client) -> None:
+    """vLLM's beam search calls the engine once per beam and step, concurrently, within one
+    request (calls sharing Ray's request id, as above): it completes, the same on both."""
+    body = {"prompt": prompts(1, seed=12)[0], "max_tokens": 8, "use_beam_search": True,
+            "n": 3, "temperature": 0.0}
+    texts = {}
+    for model in (PD_MODEL, COLOCATED_MODEL):
+        reply = client.post("/v1/completions", json={**body, "model": model}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        texts[model] = [c["text"] for c in reply.json()["choices"]]
+    assert len(texts[PD_MODEL]) == 3 and texts[PD_MODEL] == texts[COLOCATED_MODEL], texts
+    assert not wait_routers_idle()
+
+
 def decoded_tokens() -> float:
     return metric_sum(f"{PD_MODEL}-decode", "vllm:generation_tokens_total")
 
