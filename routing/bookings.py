@@ -13,9 +13,12 @@ call no longer booked is therefore a finished call, never a new booking.
 Ray's internal request id is no key: it is the id of the request the *caller* is serving, so
 every call made while serving one request shares it — the prompts of one completion request
 run concurrently, a KV release runs beside the decode attempt that replaced its prefill. Calls
-are therefore booked one by one (by their `PendingRequest`), and an end report takes one call
-of that request on that replica. A call sent without routing information (an admin call, a KV
-release) is tracked too, uncounted, so that its end does not end a counted call beside it.
+are therefore booked one by one (by their `PendingRequest`), and an end report takes a call of
+that request that Ray *sent* to that replica: one whose routing future holds that replica
+(Ray sets it before sending). A call still being routed (its future pending: chosen but not
+yet sent, or retried after a replica turned it away) is never taken by an end, so a sibling's
+end cannot end it. A call sent without routing information (an admin call, a KV release) is
+tracked too, uncounted, so that its end does not end a counted call beside it.
 """
 
 from __future__ import annotations
@@ -23,18 +26,28 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pdserve.routing.pool_state import PoolState
 
 
+def sent_to(call: Any) -> str | None:
+    """The replica Ray sent `call` to: its routing future's result, once set."""
+    future = call.future
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    return future.result().replica_id.unique_id
+
+
 @dataclass
 class _Booking:
-    call: object  # the call's `PendingRequest` (held so that its id() stays unique)
+    call: Any  # the call's `PendingRequest` (held so that its id() stays unique)
     request: str  # Ray's internal request id, shared by the calls of one request
     replica: str
     key: str  # this call's key in the pool's in-flight work
     blocks: tuple[int, ...]
     counted: bool  # in the pool's loads (False: a call without routing information)
+    future: Any  # the routing future the call had when booked (Ray resets it on a retry)
 
 
 class Bookings:
@@ -46,42 +59,43 @@ class Bookings:
         self._by_request: dict[str, dict[int, _Booking]] = {}  # in booking order
         self._serial = itertools.count()
 
-    def book(self, call: object, request: str, replica: str, uncached_tokens: int = 0,
+    def book(self, call: Any, request: str, replica: str, uncached_tokens: int = 0,
              block_hashes: Sequence[int] = (), counted: bool = True) -> bool:
         """Count `call` (of `request`) on `replica`, moving it if it was booked elsewhere; with
-        `counted=False` only remember where it went. True if it was not booked before (the
-        first choice for this call)."""
+        `counted=False` only remember where it went. True if the call's routing future is new
+        here (its first choice, or a retry's): the caller watches it for a failure."""
         previous = self._pop(id(call))
         booking = _Booking(call, request, replica, f"{request}#{next(self._serial)}",
-                           tuple(block_hashes), counted)
+                           tuple(block_hashes), counted, call.future)
         if counted:
             self.pool.begin(replica, booking.key, uncached_tokens, booking.blocks)
         self._calls[id(call)] = booking
         self._by_request.setdefault(request, {})[id(call)] = booking
-        return previous is None
+        return previous is None or previous.future is not call.future
 
-    def moved(self, call: object, replica: str) -> bool:
+    def moved(self, call: Any, replica: str) -> bool:
         """Ray reports `call` sent to `replica`: True if it is booked on another replica (Ray
         fell back to a lower tier of the ranking), so it must be booked again there. False if
         it is booked there, or no longer booked: it already completed."""
         booked = self._calls.get(id(call))
         return booked is not None and booked.replica != replica
 
-    def release(self, call: object) -> None:
-        """`call` failed before it was sent: it no longer counts anywhere. Idempotent."""
-        self._pop(id(call))
+    def release(self, call: Any, future: Any) -> None:
+        """`call`'s routing `future` failed (it was never sent): it no longer counts anywhere,
+        unless Ray has given the call a new future since (a retry, booked again)."""
+        booked = self._calls.get(id(call))
+        if booked is not None and call.future is future:
+            self._pop(id(call))
 
     def completed(self, request: str, replica: str) -> None:
-        """Ray reports that a call of `request` ended on `replica`, naming no call: the first
-        uncounted call of it there (those are short), else the first counted one, else (a call
-        Ray sent elsewhere than booked, reported before it was routed) its first call anywhere.
-        Nothing if it has none (a call this router never chose)."""
-        mine = self._by_request.get(request)
-        if not mine:
-            return
-        here = [key for key, b in mine.items() if b.replica == replica]
-        uncounted = [key for key in here if not mine[key].counted]
-        self._pop((uncounted or here or list(mine))[0])
+        """Ray reports that a call of `request` ended on `replica`, naming no call: one of its
+        calls Ray sent there, an uncounted one first (those are short). Nothing if it has none
+        (a call this router never chose, or one Ray turned away and is routing again)."""
+        sent = [key for key, b in self._by_request.get(request, {}).items()
+                if sent_to(b.call) == replica]
+        if sent:
+            uncounted = [key for key in sent if not self._calls[key].counted]
+            self._pop((uncounted or sent)[0])
 
     def _pop(self, key: int) -> _Booking | None:
         booking = self._calls.pop(key, None)

@@ -238,8 +238,10 @@ class ScoredRouter(RequestRouter):
         while serving one request shares: of a completion request's prompts, all but one
         never got a replica (their routing tasks spun without pause, the request hung and the
         caller's event loop starved). Calls are matched by their metadata object (one per
-        call) here; anything else goes to Ray's own matching. Relies on Ray's private router
-        internals (pinned by `tests/unit/test_router_ray_internals.py`)."""
+        call) here; a choice whose call is gone meanwhile (cancelled) goes to nobody, as in
+        Ray's when nothing matches, rather than to a sibling that chose otherwise. A scan of
+        the calls waiting in this router, where Ray looks up a dict. Relies on Ray's private
+        router internals (pinned by `tests/unit/test_router_ray_internals.py`)."""
         for pending in self._pending_requests_to_fulfill:
             if pending.metadata is request_metadata and not pending.future.done():
                 self._cancel_routing_task_for_pending_request(pending)
@@ -247,7 +249,6 @@ class ScoredRouter(RequestRouter):
                 pending.future.set_result(replica)
                 self._remove_pending_request_from_indices(pending)
                 return
-        super()._fulfill_next_pending_request(replica, request_metadata)
 
     # -- lifecycle (see `routing/bookings.py` for the order Ray reports it in) -----------------
     def _book(
@@ -269,14 +270,14 @@ class ScoredRouter(RequestRouter):
             pending_request, pending_request.metadata.internal_request_id, replica,
             counted=False))
 
-    def _booked(self, pending_request: PendingRequest, first: bool) -> None:
-        if first:  # the first choice for this call: release it if it is never sent
+    def _booked(self, pending_request: PendingRequest, new_future: bool) -> None:
+        if new_future:  # release the call if this routing future fails (never sent)
             pending_request.future.add_done_callback(
                 lambda f: self._release_unrouted(pending_request, f))
 
     def _release_unrouted(self, pending_request: PendingRequest, future: Any) -> None:
         if future.cancelled() or future.exception() is not None:
-            self.bookings.release(pending_request)
+            self.bookings.release(pending_request, future)
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult

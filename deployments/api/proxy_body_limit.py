@@ -9,8 +9,8 @@ body passes the ceiling (it stops reading and cancels its request upstream) whil
 gets the 413; a body whose `Content-Length` is over it is refused before the proxy reads
 any. Either way what the client still sends is read and dropped for a bounded time (closing a
 socket with unread data resets it, and the client loses the 413 it was sent: httpx uploading
-48 MB with its length did, now and then), unless it asked `Expect: 100-continue` and so sends
-nothing after a refusal.
+48 MB with its length did, now and then); a client that asked `Expect: 100-continue` (curl)
+usually sends nothing, and the connection closes within that time.
 
 Ray calls `proxy_middlewares` in each proxy (one per node, and in each direct-ingress
 replica) when `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` names it in the environment Ray
@@ -67,13 +67,11 @@ class ProxyBodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        if declared_too_large(headers, self.limit):  # refused before a byte reaches the proxy
+        if declared_too_large(Headers(scope=scope), self.limit):  # refused before a byte
+            # reaches the proxy; what the client sends anyway is dropped (a client that asked
+            # `Expect: 100-continue` gets no `100 Continue` once the 413 has begun: uvicorn)
             logger.info("refused a request body of declared size over %d bytes", self.limit)
-            if headers.get("expect", "").lower() == "100-continue":
-                await too_large(self.limit)(scope, receive, send)  # (curl) sends no more
-            else:  # a client sending it anyway must not be reset over what it sent
-                await self._refuse(receive, send)
+            await self._refuse(receive, send)
             return
         seen, answering = 0, False
         refusal: asyncio.Task[None] | None = None

@@ -60,6 +60,8 @@ def test_calls_sharing_a_request_id_each_get_their_replica_and_count(
         chosen = await asyncio.wait_for(asyncio.gather(
             *(router._choose_replica_for_request(c) for c in calls)), 10)
         assert all(r in replicas for r in chosen)
+        for c, replica in zip(calls, chosen, strict=True):  # each got the choice made for it
+            assert router.bookings._calls[id(c)].replica == replica.replica_id.unique_id
         loads = router.pool.loads()  # the four with routing information count; spread
         assert {r: n for r, (n, _) in loads.items()} == {"r1": 2, "r2": 2}, loads
         for c, replica in zip(calls, chosen, strict=True):
@@ -68,6 +70,29 @@ def test_calls_sharing_a_request_id_each_get_their_replica_and_count(
         for replica in chosen:
             router.on_request_completed(replica.replica_id, "shared")
         assert router.pool.in_flight_total() == 0 and not router.bookings
+
+    asyncio.run(scenario())
+
+
+def test_an_end_is_booked_to_a_sent_call_not_to_a_sibling_still_being_routed() -> None:
+    """One call of a request has been chosen (and booked) but not yet sent — its queue-length
+    probe is out, or its replica was full — while a sibling is sent and ends: both end booked
+    to nothing. (Found in review: ending the first booked call of the request left the ended
+    one counted for good once the other chose again.)"""
+    async def scenario() -> None:
+        router: Any = PrefixAwareRouter(POOL, DeploymentHandleSource.UNKNOWN)
+        router.initialize_state()
+        replica = Replica("r1")
+        router.update_replicas([replica])
+        waiting, sent = call("shared"), call("shared")
+        await router.choose_replicas([replica], waiting)
+        got = await router._choose_replica_for_request(sent)
+        router.on_request_routed(sent, got.replica_id, None)
+        router.on_request_completed(got.replica_id, "shared")
+        got = await router._choose_replica_for_request(waiting)
+        router.on_request_routed(waiting, got.replica_id, None)
+        router.on_request_completed(got.replica_id, "shared")
+        assert not router.bookings and router.pool.in_flight_total() == 0
 
     asyncio.run(scenario())
 
