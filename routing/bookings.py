@@ -59,12 +59,13 @@ class Bookings:
         self._by_request: dict[str, dict[int, _Booking]] = {}  # in booking order
         self._serial = itertools.count()
 
-    def book(self, call: Any, request: str, replica: str, uncached_tokens: int = 0,
+    def book(self, call: Any, replica: str, uncached_tokens: int = 0,
              block_hashes: Sequence[int] = (), counted: bool = True) -> bool:
-        """Count `call` (of `request`) on `replica`, moving it if it was booked elsewhere; with
+        """Count `call` on `replica`, moving it if it was booked elsewhere; with
         `counted=False` only remember where it went. True if the call's routing future is new
         here (its first choice, or a retry's): the caller watches it for a failure."""
         previous = self._pop(id(call))
+        request = call.metadata.internal_request_id
         booking = _Booking(call, request, replica, f"{request}#{next(self._serial)}",
                            tuple(block_hashes), counted, call.future)
         if counted:
@@ -83,8 +84,7 @@ class Bookings:
     def release(self, call: Any, future: Any) -> None:
         """`call`'s routing `future` failed (it was never sent): it no longer counts anywhere,
         unless Ray has given the call a new future since (a retry, booked again)."""
-        booked = self._calls.get(id(call))
-        if booked is not None and call.future is future:
+        if call.future is future:
             self._pop(id(call))
 
     def completed(self, request: str, replica: str) -> None:

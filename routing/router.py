@@ -149,7 +149,7 @@ class ScoredRouter(RequestRouter):
                                              info.avoid if info is not None else ())
         best, others, hits = self.choose(candidate_replicas, info)
         if info is None and pending_request is not None:
-            self._track(pending_request, best.replica_id.unique_id)
+            self._book(pending_request, best.replica_id.unique_id, None)
         if info is not None and pending_request is not None:
             rid = best.replica_id.unique_id
             use_prefix = self._uses_prefix(info)
@@ -227,7 +227,7 @@ class ScoredRouter(RequestRouter):
             return None
         chosen = [r for r in candidates if r.replica_id.unique_id == target]
         if chosen:
-            self._track(pending_request, target)
+            self._book(pending_request, target, None)
         return [chosen] if chosen else []
 
     def _fulfill_next_pending_request(
@@ -252,25 +252,21 @@ class ScoredRouter(RequestRouter):
 
     # -- lifecycle (see `routing/bookings.py` for the order Ray reports it in) -----------------
     def _book(
-        self, pending_request: PendingRequest, replica: str, info: RoutingInfo,
+        self, pending_request: PendingRequest, replica: str, info: RoutingInfo | None,
         hits: int | None = None,
     ) -> None:
-        """`hits`: the replica's cached-prefix blocks if the caller already looked them up."""
-        if hits is None:
-            hits = self.pool.match(info.block_hashes).get(replica, 0) if info.block_hashes else 0
-        uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
-        self._booked(pending_request, self.bookings.book(
-            pending_request, pending_request.metadata.internal_request_id, replica, uncached,
-            info.block_hashes))
-
-    def _track(self, pending_request: PendingRequest, replica: str) -> None:
-        """A call without routing information: counted nowhere, but its end must not end a
-        counted call of the same request (`routing/bookings.py`)."""
-        self._booked(pending_request, self.bookings.book(
-            pending_request, pending_request.metadata.internal_request_id, replica,
-            counted=False))
-
-    def _booked(self, pending_request: PendingRequest, new_future: bool) -> None:
+        """`hits`: the replica's cached-prefix blocks if the caller already looked them up. A
+        call without routing information (`info` None) is counted nowhere, but tracked: its end
+        must not end a counted call of the same request (`routing/bookings.py`)."""
+        if info is None:
+            new_future = self.bookings.book(pending_request, replica, counted=False)
+        else:
+            if hits is None:
+                hits = (self.pool.match(info.block_hashes).get(replica, 0)
+                        if info.block_hashes else 0)
+            uncached = max(0, info.prompt_tokens - hits * (self.pool.block_size or 0))
+            new_future = self.bookings.book(pending_request, replica, uncached,
+                                            info.block_hashes)
         if new_future:  # release the call if this routing future fails (never sent)
             pending_request.future.add_done_callback(
                 lambda f: self._release_unrouted(pending_request, f))
@@ -285,10 +281,7 @@ class ScoredRouter(RequestRouter):
         info = routing_info(pending_request)
         rid = replica_id.unique_id
         if self.bookings.moved(pending_request, rid):
-            if info is None:
-                self._track(pending_request, rid)
-            else:
-                self._book(pending_request, rid, info)
+            self._book(pending_request, rid, info)
         if info is not None:
             self.pool.remember_session(info.session_id, rid, self.settings.max_sessions)
 

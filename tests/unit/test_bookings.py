@@ -18,7 +18,8 @@ class Call:
     """Stands for a call's `PendingRequest`: known by identity, sent once its routing future
     holds a replica (Ray sets it before sending)."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: str = "req") -> None:
+        self.metadata = SimpleNamespace(internal_request_id=request)  # Ray's, shared
         self.future: Future[SimpleNamespace] = Future()
 
     def send(self, replica: str) -> Call:
@@ -32,7 +33,7 @@ class Call:
 
 def test_routed_then_completed_counts_the_call_until_it_completes() -> None:
     book, call = bookings(), Call()
-    assert book.book(call, "req", "r1", 100, (1, 2))
+    assert book.book(call, "r1", 100, (1, 2))
     call.send("r1")
     assert not book.moved(call, "r1")
     assert book.pool.loads() == {"r1": (1, 100)} and book.pool.match([1, 2]) == {"r1": 2}
@@ -45,7 +46,7 @@ def test_completed_before_routed_stays_released() -> None:
     late routed report must not count the finished call again (it did, and every prefill
     call stayed in flight until the PD plan sent all prompts to the decode engines)."""
     book, call = bookings(), Call()
-    book.book(call, "req", "r1", 100, (1,))
+    book.book(call, "r1", 100, (1,))
     call.send("r1")
     book.completed("req", "r1")
     assert not book.moved(call, "r1")
@@ -54,12 +55,12 @@ def test_completed_before_routed_stays_released() -> None:
 
 def test_a_call_sent_to_a_lower_tier_is_moved_there_and_ends_there() -> None:
     book, call = bookings(), Call()
-    book.book(call, "req", "r1", 100, (7,))
+    book.book(call, "r1", 100, (7,))
     call.send("r2")
     book.completed("req", "r1")  # an end named elsewhere is not this call's
     assert len(book) == 1
     assert book.moved(call, "r2")
-    assert not book.book(call, "req", "r2", 60, (7,))  # same routing future: no second hook
+    assert not book.book(call, "r2", 60, (7,))  # same routing future: no second hook
     assert book.pool.loads() == {"r2": (1, 60)} and book.pool.match([7]) == {"r2": 1}
     book.completed("req", "r2")
     book.completed("req", "r2")  # a report for a call no longer booked changes nothing
@@ -70,8 +71,8 @@ def test_completed_before_routed_from_a_lower_tier_ends_the_call() -> None:
     """Sent to a lower tier and reported completed before routed: the end names a replica the
     call is not booked on; its routing future says it went there."""
     book, call = bookings(), Call()
-    book.book(call, "req", "r1", 50)
-    book.book(Call().send("r2"), "other", "r2", 20)
+    book.book(call, "r1", 50)
+    book.book(Call("other").send("r2"), "r2", 20)
     call.send("r2")
     book.completed("req", "r2")
     assert book.pool.loads().get("r1", (0, 0)) == (0, 0) and book.pool.loads()["r2"] == (1, 20)
@@ -82,8 +83,8 @@ def test_completed_before_routed_from_a_lower_tier_ends_the_call() -> None:
 
 def test_a_shared_prefix_stays_pending_while_any_call_holding_it_runs() -> None:
     book = bookings()
-    book.book(Call().send("r1"), "a", "r1", 64, (1, 2))
-    book.book(Call().send("r1"), "b", "r1", 64, (1, 3))
+    book.book(Call("a").send("r1"), "r1", 64, (1, 2))
+    book.book(Call("b").send("r1"), "r1", 64, (1, 3))
     book.completed("a", "r1")
     assert book.pool.match([1, 2]) == {"r1": 1} and len(book) == 1
 
@@ -95,7 +96,7 @@ def test_calls_sharing_a_request_id_each_count_until_their_own_end() -> None:
     book = bookings()
     calls = [Call() for _ in range(4)]
     for i, call in enumerate(calls):
-        assert book.book(call, "req", f"r{i % 2}", 10 * (i + 1), (i,))
+        assert book.book(call, f"r{i % 2}", 10 * (i + 1), (i,))
     assert book.pool.loads() == {"r0": (2, 40), "r1": (2, 60)}
     for call in calls[1:]:
         call.send(f"r{calls.index(call) % 2}")
@@ -115,12 +116,12 @@ def test_a_sibling_still_being_routed_is_not_ended_by_anothers_end() -> None:
     the other left the ended call booked, and once the other re-chose, booked for good.)"""
     book = bookings()
     waiting, sent = Call(), Call()
-    book.book(waiting, "req", "r1", 64)
-    book.book(sent, "req", "r1", 64)
+    book.book(waiting, "r1", 64)
+    book.book(sent, "r1", 64)
     sent.send("r1")
     book.completed("req", "r1")
     assert id(waiting) in book._calls and id(sent) not in book._calls
-    assert not book.book(waiting, "req", "r1", 64)  # re-chosen: the same routing future
+    assert not book.book(waiting, "r1", 64)  # re-chosen: the same routing future
     waiting.send("r1")
     book.completed("req", "r1")
     assert book.pool.in_flight_total() == 0 and not book
@@ -131,11 +132,11 @@ def test_a_retried_call_is_watched_again_and_a_stale_end_or_failure_is_ignored()
     routes the call again with a new future, which must be watched for failure; the late end
     and the old future's outcome do not end the new attempt."""
     book, call = bookings(), Call()
-    assert book.book(call, "req", "r1", 64)
+    assert book.book(call, "r1", 64)
     call.send("r1")
     old = call.future
     call.retry()
-    assert book.book(call, "req", "r2", 64)  # a new routing future: watch it
+    assert book.book(call, "r2", 64)  # a new routing future: watch it
     book.completed("req", "r1")  # the turned-away attempt's end, late
     book.release(call, old)  # an outcome of the old future
     assert book.pool.loads().get("r2") == (1, 64) and len(book) == 1
@@ -149,8 +150,8 @@ def test_an_uncounted_call_ends_before_a_counted_one_of_the_same_request() -> No
     the same request: its end must not end the decode attempt's count."""
     book = bookings()
     decode, release = Call().send("r1"), Call().send("r1")
-    book.book(decode, "req", "r1", 50)
-    book.book(release, "req", "r1", counted=False)
+    book.book(decode, "r1", 50)
+    book.book(release, "r1", counted=False)
     assert book.pool.loads() == {"r1": (1, 50)} and len(book) == 2
     book.completed("req", "r1")  # the release ends first
     assert book.pool.loads() == {"r1": (1, 50)} and len(book) == 1
