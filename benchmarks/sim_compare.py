@@ -51,7 +51,8 @@ def compare(args: argparse.Namespace) -> None:
             profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
             cores, steps=args.step_model,
             prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
-                     for r in c1_rows] if args.prompts else None)
+                     for r in c1_rows] if args.prompts else None,
+            prompt_cost=args.prompt_cost)
         # the profile's window (calibration starts from the default), unless --cpu-window
         overhead = overhead.with_cpu_window(profile.graph_overhead.cpu_window_s
                                             if args.cpu_window is None else args.cpu_window)
@@ -107,7 +108,8 @@ def engine_work(profile: Any, model: Any, overhead: Any, directory: Path,
     calibrated where it did more than under another load misjudges that load."""
     from pdserve.simulation import calibration
 
-    bare_steps = overhead.model_copy(update={"step_scale": 1.0, "per_step_s": 0.0})
+    bare_steps = overhead.model_copy(update={"step_scale": 1.0, "per_step_s": 0.0,
+                                             "per_prefill_token_s": 0.0})
     sent = sent_prompts(load, report_, directory, model.model) if prompts else None
     ratios = []
     for row in report_["results"]:
@@ -191,7 +193,9 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
             o = row["overhead"]
             lines.append(f"- {row['system']}: {o['per_request_s'] * 1e3:.1f} ms per request + "
                          f"{o['per_prompt_token_s'] * 1e3:.3f} ms per prompt token, "
-                         f"engine steps ×{o['step_scale']:.2f} + {o['per_step_s'] * 1e3:.2f} ms, "
+                         f"engine steps ×{o['step_scale']:.2f} + {o['per_step_s'] * 1e3:.2f} ms "
+                         f"+ {o.get('per_prefill_token_s', 0.0) * 1e3:.3f} ms per prompt token "
+                         "computed, "
                          "graph CPU "
                          f"{o['cpu_per_request_s'] * 1e3:.0f} ms per request + "
                          f"{o['cpu_per_token_s'] * 1e3:.2f} ms per token + "

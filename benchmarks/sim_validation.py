@@ -37,7 +37,7 @@ from typing import Any
 
 from pdserve.benchmarks import mixed_bench, report, rounds, systems, workloads
 from pdserve.benchmarks.workloads import LoadSettings
-from pdserve.simulation.profile_file import STEP_MODELS
+from pdserve.simulation.profile_file import PROMPT_COSTS, STEP_MODELS
 
 SYSTEMS = ("pd", "colocated")
 LOADS = ("c1", "c1-long", "poisson", "bursty", "mixed")
@@ -84,6 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --compare: calibrate the served engine's steps as the profiled "
                    "ones times a factor (scaled), plus a constant (added), or take them as "
                    "profiled (profiled)")
+    p.add_argument("--prompt-cost", choices=PROMPT_COSTS, default="engine",
+                   help="with --compare: calibrate the TTFT the graph adds per prompt token as "
+                   "the served engine's time per prompt token it computes (engine), or as "
+                   "latency before the pools (graph, as before stop 58)")
     p.add_argument("--lengths-only", dest="prompts", action="store_false",
                    help="with --compare: replay lengths only (simulated prompts share no "
                    "tokens), not the prompts the runs sent")

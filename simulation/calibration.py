@@ -14,7 +14,7 @@ from typing import Any
 
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.profile_file import STEP_MODELS, GraphOverhead, Profile
+from pdserve.simulation.profile_file import PROMPT_COSTS, STEP_MODELS, GraphOverhead, Profile
 from pdserve.simulation.traces import TraceRequest, read_vllm_result
 
 #: Process roles (`benchmarks/process_cpu.py`) whose CPU follows the traffic (the load
@@ -63,7 +63,8 @@ def engine_cpu_s(profile: Profile, model: Any, result_file: Path, overhead: Grap
 def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    cpu_by_role: list[dict[str, float]] | None = None,
                    host_cores: int | None = None, steps: str = "scaled",
-                   prompts: list[list[TraceRequest] | None] | None = None) -> GraphOverhead:
+                   prompts: list[list[TraceRequest] | None] | None = None,
+                   prompt_cost: str = "engine") -> GraphOverhead:
     """Medians over concurrency-1 runs (vLLM benchmark result files). `steps` (`STEP_MODELS`):
     `scaled`, the served engine's steps are the measured TPOT p50 over the simulated bare
     engine's (at least 1) times the profiled ones, and the rest of the measured TTFT p50 is
@@ -74,11 +75,18 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     underestimates: `benchmarks/results/sim-validation-cpu-v3/validation-profiled.md`). With
     `cpu_by_role` (per run,
     CPU seconds by process role): the graph's CPU per request and at rest. `prompts`: per run,
-    the prompts it sent (see `simulated`)."""
+    the prompts it sent (see `simulated`). `prompt_cost` (`PROMPT_COSTS`): where the part of
+    that TTFT difference that grows with the prompt goes: `engine`, the served engine's steps
+    take it per prompt token they compute (`per_prefill_token_s`: a traced served prefill
+    took 1.6x its scaled profiled step, and the graph does nothing per prompt token that
+    costs tens of microseconds); `graph`, latency before the pools (`per_prompt_token_s`), as
+    before stop 58."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     if steps not in STEP_MODELS:
         raise ValueError(f"unknown step model {steps!r}; known: {', '.join(STEP_MODELS)}")
+    if prompt_cost not in PROMPT_COSTS:
+        raise ValueError(f"unknown prompt cost {prompt_cost!r}; known: {', '.join(PROMPT_COSTS)}")
     scale_steps = steps == "scaled"
     per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
     prompt_tokens: list[float] = []
@@ -103,8 +111,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
             upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
     per_request_cpu, per_token_cpu = split_cpu(traffic)
     fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
+    in_engine = prompt_cost == "engine"
     return GraphOverhead(
-        per_request_s=fixed, per_prompt_token_s=per_prompt_token,
+        per_request_s=fixed, per_prompt_token_s=0.0 if in_engine else per_prompt_token,
+        per_prefill_token_s=per_prompt_token if in_engine else 0.0,
         step_scale=statistics.median(scale) if scale else 1.0,
         per_step_s=max(0.0, statistics.median(per_step)) if per_step else 0.0,
         cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
@@ -115,6 +125,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                       "added": "TPOT p50 difference (median), TTFT p50 difference",
                       "profiled": "steps as profiled, TTFT p50 difference"}[steps]
         + " fitted as per request + per prompt token"
+        + (" (engine time per prompt token computed)" if in_engine else "")
         + ("; graph CPU per request, per token and at rest from process accounting"
            if traffic else ""))
 

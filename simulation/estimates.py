@@ -107,7 +107,7 @@ def estimate(profile: Profile, workload: Workload, candidate: Candidate, chunk: 
     times, overhead = profile.step_times, profile.graph_overhead
     scale = overhead.step_scale
     prompts = workload.prompts or (max(1, round(workload.prompt)),)
-    alone = {n: prefill_seconds(profile, n, chunk) * scale
+    alone = {n: prefill_seconds(profile, n, chunk) * scale + n * overhead.per_prefill_token_s
              + math.ceil(n / chunk) * overhead.per_step_s for n in set(prompts)}
     context = workload.prompt + workload.output / 2
     per_decode = (times.per_decode + context * times.per_decode_context) * scale

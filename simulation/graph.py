@@ -94,6 +94,7 @@ class Simulation:
         self.step_scale = overhead.step_scale
         self.per_request_s = overhead.per_request_s
         self.per_prompt_token_s = overhead.per_prompt_token_s
+        self.per_prefill_token_s = overhead.per_prefill_token_s
         self.cpu = cpu or HostCPU(self.loop, overhead, app_pools(app, model),
                                   app is None or app.cpu_binding == "auto",
                                   profile.core_contention)

@@ -59,6 +59,10 @@ class KVTransfer(_Strict):
 #: How a calibration relates the served engine's steps to the profiled ones
 #: (`calibration.graph_overhead`'s `steps`): times a factor, plus a constant, or as profiled.
 STEP_MODELS = ("scaled", "added", "profiled")
+#: Where calibration puts the TTFT a served graph adds per prompt token
+#: (`calibration.graph_overhead`'s `prompt_cost`): engine time per prompt token computed, or
+#: latency before the pools.
+PROMPT_COSTS = ("engine", "graph")
 
 
 class GraphOverhead(_Strict):
@@ -72,6 +76,11 @@ class GraphOverhead(_Strict):
       engine shares its host with the graph: measured 1.5–2x on a 2-core box at concurrency 1).
     - `per_step_s`: added to every engine step (what a served engine does per step that the
       profiled one does not: KV events, the KV connector, handing outputs to its replica).
+    - `per_prefill_token_s`: added to an engine step per prompt token it computes (a served
+      engine's prompt costs more than its profiled step: on this 2-core box a traced PD
+      request's prefill engine took 104–110 ms to its first token at concurrency 1 where the
+      scaled profiled step took 67). Engine time, so it queues, time-shares and stretches with
+      the engine's core, where `per_prompt_token_s` does not.
     - `cpu_per_request_s`, `cpu_per_token_s` and `host_cores`: the graph's own processes
       (proxy, ingress, replicas, Ray) use this much CPU per request and per streamed token, on
       a host of this many cores; when that
@@ -89,6 +98,8 @@ class GraphOverhead(_Strict):
     per_prompt_token_s: float = Field(0.0, ge=0)
     step_scale: float = Field(1.0, gt=0)
     per_step_s: float = Field(0.0, ge=0)
+    per_prefill_token_s: float = Field(0.0, ge=0, description="engine time per prompt token "
+                                       "computed, beyond the profiled step")
     cpu_per_request_s: float = Field(0.0, ge=0)
     cpu_per_token_s: float = Field(0.0, ge=0, description="graph CPU per streamed token")
     background_cores: float = Field(0.0, ge=0, description="the graph's CPU when idle (Ray)")

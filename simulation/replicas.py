@@ -17,7 +17,7 @@ from pdserve.routing.kv_events import index_event
 from pdserve.routing.pool_state import PoolState
 from pdserve.routing.scorers import RequestView, RouterSettings, choose_index, power_of_two
 from pdserve.simulation.engine import SimEngine, StepBatch
-from pdserve.simulation.step_model import is_prefill_step
+from pdserve.simulation.step_model import is_prefill_step, prompt_tokens_computed
 
 if TYPE_CHECKING:
     from pdserve.simulation.graph import Simulation
@@ -65,10 +65,11 @@ class Replica:
         if not batch.work:  # nothing schedulable now (e.g. waiting for KV space)
             self.busy = False
             return
-        seconds = (self.sim.step_model.seconds(batch.work.values()) * self.sim.step_scale
-                   + self.sim.per_step_s)
+        work = batch.work.values()
+        seconds = (self.sim.step_model.seconds(work) * self.sim.step_scale + self.sim.per_step_s
+                   + self.sim.per_prefill_token_s * prompt_tokens_computed(work))
         self.sim.cpu.run_step(self.core, seconds, lambda elapsed: self._done(batch, elapsed),
-                              is_prefill_step(batch.work.values()))
+                              is_prefill_step(work))
 
     def _done(self, batch: StepBatch, elapsed_s: float) -> None:
         self.busy_s += elapsed_s

@@ -36,6 +36,12 @@ def is_prefill_step(batch: Iterable[Work]) -> bool:
     return any(prompt and tokens > 1 for tokens, _, prompt, _ in batch)
 
 
+def prompt_tokens_computed(batch: Iterable[Work]) -> int:
+    """Prompt tokens a step computes in chunks of more than one token (`is_prefill_step`'s
+    kind: a 1-token chunk after a pulled or cached prompt costs what a decode does)."""
+    return sum(tokens for tokens, _, prompt, _ in batch if prompt and tokens > 1)
+
+
 def features(batch: Iterable[Work]) -> tuple[float, ...]:
     """The model's inputs for one step, in `FEATURES` order."""
     prefill_tokens = prefill_pairs = decodes = decode_context = new = 0.0

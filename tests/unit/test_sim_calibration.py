@@ -10,7 +10,9 @@ import pytest
 from sim_profiles import PROFILE, model
 
 from pdserve.simulation.calibration import engine_cpu_s, graph_overhead, simulated, split_cpu
+from pdserve.simulation.graph import Simulation
 from pdserve.simulation.profile_file import STEP_MODELS, GraphOverhead
+from pdserve.simulation.traces import TraceRequest
 
 
 def test_runs_of_different_output_lengths_split_request_and_token_cpu() -> None:
@@ -75,3 +77,52 @@ def test_engine_cpu_counts_the_warmup_copies_of_the_first_request(at_once: int,
         assert warmed - plain == pytest.approx(2 * one, rel=0.01)
     else:  # sent together, they share their steps: more than one alone, less than two
         assert one * 1.05 < warmed - plain < 2 * one * 0.95
+
+
+def _c1_prompts(path: Path, prompt: int, tpot_ms: float, ttft_ms: float) -> Path:
+    """`_c1_run` with prompts of `prompt` tokens."""
+    run = json.loads(_c1_run(path, tpot_ms, ttft_ms).read_text())
+    path.write_text(json.dumps({**run, "input_lens": [prompt] * 8}))
+    return path
+
+
+@pytest.mark.parametrize("prompt_cost", ["engine", "graph"])
+def test_ttft_that_grows_with_the_prompt_goes_where_prompt_cost_says(
+        prompt_cost: str, tmp_path: Path) -> None:
+    colocated = model("colocated")
+    runs = []
+    for prompt in (64, 512):  # served: 20 ms per request + 0.1 ms per prompt token more
+        bare = simulated(PROFILE, colocated, _c1_prompts(tmp_path / "b.json", prompt, 1, 1),
+                         GraphOverhead())
+        runs.append(_c1_prompts(tmp_path / f"c1-{prompt}.json", prompt, bare["p50_tpot_ms"],
+                                bare["p50_ttft_ms"] + 20 + 0.1 * prompt))
+    overhead = graph_overhead(PROFILE, colocated, runs, steps="profiled", prompt_cost=prompt_cost)
+    in_engine = prompt_cost == "engine"
+    assert overhead.per_request_s == pytest.approx(0.020, rel=0.02)
+    assert overhead.per_prefill_token_s == pytest.approx(1e-4 if in_engine else 0.0, rel=0.02)
+    assert overhead.per_prompt_token_s == pytest.approx(0.0 if in_engine else 1e-4, rel=0.02)
+    # Either way the calibrated simulation gives back the measured TTFT at concurrency 1.
+    measured = json.loads(runs[1].read_text())["p50_ttft_ms"]
+    assert simulated(PROFILE, colocated, runs[1], overhead)["p50_ttft_ms"] == pytest.approx(
+        measured, rel=0.01)
+    with pytest.raises(ValueError, match="unknown prompt cost 'ingress'"):
+        graph_overhead(PROFILE, colocated, runs, prompt_cost="ingress")
+
+
+def test_prompt_cost_in_the_engine_queues_where_latency_before_the_pools_does_not() -> None:
+    """Two 512-token prompts at once on one engine: the second waits for the first's prefill,
+    so engine time per prompt token delays it twice (its own and the first's), latency before
+    the pools once (it runs beside the other request's)."""
+    one = model("colocated", colocated={"num_replicas": 1})
+    trace = [TraceRequest(arrival_s=0.0, prompt_tokens=512, output_tokens=8) for _ in range(2)]
+    extra = 512 * 1e-4
+
+    def last_ttft(overhead: GraphOverhead) -> float:
+        profile = PROFILE.model_copy(update={"graph_overhead": overhead})
+        return max(o.ttft_s for o in Simulation(profile, one, trace, seed=0).run())
+
+    base = last_ttft(GraphOverhead())
+    assert last_ttft(GraphOverhead(per_prompt_token_s=1e-4)) - base == pytest.approx(extra,
+                                                                                     rel=0.05)
+    assert last_ttft(GraphOverhead(per_prefill_token_s=1e-4)) - base == pytest.approx(
+        2 * extra, rel=0.05)

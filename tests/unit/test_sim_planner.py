@@ -39,6 +39,13 @@ def test_the_decode_batch_is_littles_fixed_point_and_prefill_queues_as_md1() -> 
     wait = est.prefill_util * service / (2 * (1 - est.prefill_util))
     transfer = PROFILE.kv_transfer.alpha_s + 200 * 4096 / PROFILE.kv_transfer.bytes_per_s
     assert est.ttft_s == pytest.approx(0.05 + service + wait + transfer + est.itl_s)
+    # A served prompt's engine time per token computed is prefill service: it queues too.
+    engine_cost = PROFILE.model_copy(update={"graph_overhead": PROFILE.graph_overhead.model_copy(
+        update={"per_prefill_token_s": 1e-4})})
+    slower = estimates.estimate(engine_cost, load, Candidate("pd", 1, 2), chunk=256,
+                                max_num_seqs=16)
+    assert slower.prefill_util == pytest.approx(4.0 * (service + 200 * 1e-4))
+    assert slower.ttft_s - est.ttft_s > 200 * 1e-4
     overloaded = estimates.estimate(PROFILE, Workload(rate=400.0, prompt=200, output=50),
                                   Candidate("pd", 1, 1), chunk=256, max_num_seqs=16)
     assert math.isinf(overloaded.decode_util) and not overloaded.feasible(10, 10)
