@@ -1,4 +1,5 @@
-"""Where a benchmark step's CPU goes: CPU-seconds per process role of the system under test.
+"""Where a benchmark step's CPU goes: CPU-seconds per process role of the system under test
+(and, beside them, the seconds each role waited for a core).
 
 Comparing a Serve graph with a plain engine by latency alone does not say which process pays
 for the difference. A step snapshots the CPU time of every process in the started system's tree
@@ -75,6 +76,40 @@ def snapshot(root_pid: int) -> Snapshot:
     return snap
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds `pid`'s live threads have waited on a run queue, runnable but not running
+    (`/proc/PID/task/TID/schedstat`'s second field; 0.0 where the kernel keeps no schedstat or
+    the process is gone). What a process lost to others on its cores: its CPU time does not
+    show it."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+def wait_snapshot(root_pid: int) -> Snapshot:
+    """Run-queue wait so far (`runqueue_wait_s`) of `root_pid`'s process tree, keyed and
+    named as `snapshot` keys and names CPU time (`by_role` takes either). A thread that ends
+    between two snapshots takes its wait with it: long-lived ones (an engine's) count whole."""
+    snap: Snapshot = {}
+    for proc in process_tree(root_pid):
+        try:
+            with proc.oneshot():
+                key = (proc.pid, proc.create_time())
+                snap[key] = (role(proc.name(), proc.cmdline()), runqueue_wait_s(proc.pid))
+        except psutil.Error:
+            continue
+    return snap
+
+
 def by_role(before: Snapshot, after: Snapshot) -> dict[str, float]:
     """CPU seconds per role between two snapshots (a process started in between counts from
     zero; one that exited in between is missed), largest first."""
@@ -86,7 +121,8 @@ def by_role(before: Snapshot, after: Snapshot) -> dict[str, float]:
 
 def engine_core_cpu_s(cpu_by_role: dict[str, float] | None) -> float | None:
     """CPU seconds a step's vLLM engine core processes used (from `by_role`; a one-worker
-    engine computes in it), or None without per-process accounting."""
+    engine computes in it), or None without per-process accounting. Given a step's `wait_s`
+    instead, their run-queue wait."""
     if not cpu_by_role:
         return None
     return sum(v for k, v in cpu_by_role.items() if k.startswith(ENGINE_CORE_ROLE))

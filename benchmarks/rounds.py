@@ -190,14 +190,16 @@ def run_round(n: int, built: list[System], loads: Loads, out: Path, meta: dict[s
                 for load_name, argv_of in loads.items():
                     step = f"{system.name}__{load_name}__r{n}"
                     before = process_cpu.snapshot(started.pid)
+                    waited = process_cpu.wait_snapshot(started.pid)
                     result = workloads.run_bench(argv_of(system),
                                                  out / "logs" / f"{step}.bench.log")
                     cpu = process_cpu.by_role(before, process_cpu.snapshot(started.pid))
+                    wait = process_cpu.by_role(waited, process_cpu.wait_snapshot(started.pid))
                     (out / "raw").mkdir(parents=True, exist_ok=True)
                     (out / "raw" / f"{step}.json").write_text(json.dumps(result, default=str))
                     summary = step_summary(result, extra)
                     rows.append({"round": n, "system": system.name, "load": load_name,
-                                 "summary": summary, "cpu_s": cpu,
+                                 "summary": summary, "cpu_s": cpu, "wait_s": wait,
                                  "completed": result.get("completed")})
                     print(f"round {n} {system.name}/{load_name}: {result.get('completed')} "
                           f"completed, {result.get('failed')} failed", flush=True)

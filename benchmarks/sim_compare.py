@@ -35,6 +35,7 @@ def compare(args: argparse.Namespace) -> None:
     measured = json.loads((out / "report.json").read_text())
     table: list[dict[str, Any]] = []
     work: list[dict[str, Any]] = []  # engine_work's ratios, per system and load
+    waits: list[dict[str, Any]] = []  # engine_waits', per system and load
     calibration_dir = args.calibration or out
     calibrating = json.loads((calibration_dir / "report.json").read_text())
     for system in measured["systems"]:
@@ -86,10 +87,18 @@ def compare(args: argparse.Namespace) -> None:
             if ratios:
                 work.append({"system": system, "load": load, "ratio": statistics.median(ratios),
                              "low": min(ratios), "high": max(ratios)})
+            pairs = engine_waits(profile, model, overhead, directory, report_, system, load,
+                                 args.prompts)
+            if pairs:
+                real = [m for m, _ in pairs]
+                waits.append({"system": system, "load": load,
+                              "measured": statistics.median(real), "low": min(real),
+                              "high": max(real),
+                              "simulated": statistics.median(s for _, s in pairs)})
     result = {"profile": str(args.profile), "calibration": str(args.calibration or out),
               "step_times": profile.step_times.model_dump(),
               "kv_transfer": profile.kv_transfer and profile.kv_transfer.model_dump(),
-              "prompts": args.prompts, "rows": table, "engine_work": work,
+              "prompts": args.prompts, "rows": table, "engine_work": work, "engine_wait": waits,
               "window": {"profiled": profile.created, "calibration_runs": calibrating.get("date"),
                          "validated_runs": measured.get("date")}}
     (out / f"validation{args.suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -123,6 +132,29 @@ def engine_work(profile: Any, model: Any, overhead: Any, directory: Path,
         if held:
             ratios.append(served / held)
     return ratios
+
+
+def engine_waits(profile: Any, model: Any, overhead: Any, directory: Path,
+                 report_: dict[str, Any], system: str, load: str,
+                 prompts: bool) -> list[tuple[float, float]]:
+    """Per round of `load` in `directory`'s runs that recorded it: (the served engines'
+    run-queue wait, the simulated engines' with this overhead), in seconds over the run and
+    its `NUM_WARMUPS` warm-ups. Where the simulated wait falls short, the engines lost more
+    of their cores to other processes than the simulated host gives away."""
+    from pdserve.simulation import calibration
+
+    sent = sent_prompts(load, report_, directory, model.model) if prompts else None
+    pairs = []
+    for row in report_["results"]:
+        served = process_cpu.engine_core_cpu_s(row.get("wait_s"))
+        if row["system"] != system or row["load"] != load or not row.get("summary") \
+                or served is None:
+            continue
+        raw = directory / "raw" / f"{system}__{load}__r{row['round']}.json"
+        _, simulated = calibration.engine_seconds(profile, model, raw, overhead, sent,
+                                                  NUM_WARMUPS, MAX_CONCURRENCY.get(load))
+        pairs.append((served, simulated))
+    return pairs
 
 
 def sent_prompts(load: str, measured: dict[str, Any], out: Path, model: str) -> list:
@@ -183,6 +215,17 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
         cells = {(w["system"], w["load"]): f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})"
                  for w in result["engine_work"]}
         for system in dict.fromkeys(w["system"] for w in result["engine_work"]):
+            lines.append(f"| {system} | "
+                         + " | ".join(cells.get((system, load), "—") for load in loads) + " |")
+    if result.get("engine_wait"):
+        loads = [*CALIBRATION_LOADS, *VALIDATION_LOADS]
+        lines += ["", "Served engines' run-queue wait (schedstat, seconds over a run; median "
+                  "(min–max) over rounds) / the simulated engines' (steps in progress without a "
+                  "whole core), with the overhead used:", "",
+                  "| system | " + " | ".join(loads) + " |", "|---" * (len(loads) + 1) + "|"]
+        cells = {(w["system"], w["load"]): f"{w['measured']:.2f} ({w['low']:.2f}–"
+                 f"{w['high']:.2f}) / {w['simulated']:.2f}" for w in result["engine_wait"]}
+        for system in dict.fromkeys(w["system"] for w in result["engine_wait"]):
             lines.append(f"| {system} | "
                          + " | ".join(cells.get((system, load), "—") for load in loads) + " |")
     lines += ["", "Graph overhead used (calibrated per system on its concurrency-1 runs):", ""]

@@ -47,9 +47,19 @@ def engine_cpu_s(profile: Profile, model: Any, result_file: Path, overhead: Grap
     at a time (its `--max-concurrency`; all together without one): what per-process accounting
     of a served run's engines counts, the warm-ups' prefix-cache entries included (the copies
     share the first request's tokens only when `prompts` are given)."""
+    return engine_seconds(profile, model, result_file, overhead, prompts, warmups,
+                          warmups_at_once)[0]
+
+
+def engine_seconds(profile: Profile, model: Any, result_file: Path, overhead: GraphOverhead,
+                   prompts: list[TraceRequest] | None = None, warmups: int = 0,
+                   warmups_at_once: int | None = None) -> tuple[float, float]:
+    """(CPU seconds, run-queue wait seconds) of the simulated engines over a run as
+    `engine_cpu_s` replays it: the wait is the time their steps were in progress without a
+    whole core (`HostCPU.engine_wait_s`), what the served engines' schedstat shows."""
     trace = read_vllm_result(result_file, prompts=prompts)
     if not trace:
-        return 0.0
+        return 0.0, 0.0
     at_once = max(1, warmups_at_once or warmups)
     requests = [replace(trace[0], arrival_s=(i // at_once) * WARMUP_GAP_S)
                 for i in range(warmups)]
@@ -57,7 +67,7 @@ def engine_cpu_s(profile: Profile, model: Any, result_file: Path, overhead: Grap
     requests += [replace(r, arrival_s=r.arrival_s + shift) for r in trace]
     sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model, requests)
     sim.run()
-    return sim.cpu.engine_cpu_s
+    return sim.cpu.engine_cpu_s, sim.cpu.engine_wait_s
 
 
 def graph_overhead(profile: Profile, model: Any, runs: list[Path],

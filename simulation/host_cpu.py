@@ -91,6 +91,9 @@ class HostCPU:
         #: CPU seconds the engines' steps have used so far (what per-process accounting of a
         #: real run's engines measures; contention raises it, time-sharing does not).
         self.engine_cpu_s = 0.0
+        #: Seconds the engines' steps were in progress without a whole core (time-shared with
+        #: another engine or the graph): what a real run's engines' run-queue wait measures.
+        self.engine_wait_s = 0.0
         self.cores = overhead.host_cores
         self.pools, self.pinned = pools, pinned
         self._groups: dict[int, _Cores] = {}
@@ -183,6 +186,7 @@ class HostCPU:
             for step in cores.steps.values():
                 step.remaining_s = max(0.0, step.remaining_s - (now - step.since_s) * step.rate)
                 self.engine_cpu_s += (now - step.since_s) * step.share
+                self.engine_wait_s += (now - step.since_s) * (1.0 - step.share)
                 step.since_s = now
 
     def _reshare(self) -> None:

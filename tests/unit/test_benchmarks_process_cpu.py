@@ -70,3 +70,28 @@ def test_overhead_report_gives_cpu_per_request_by_role() -> None:
     table = "\n".join(rounds.cpu_section(rows))
     assert "| c8 | x | 150.0 | replica ingress 150.0, harness (load generator) 37.5 |" in table
 
+
+
+def test_wait_snapshot_sees_two_spinners_on_one_core_wait_for_each_other() -> None:
+    """Two processes spinning on one core each wait about half the time; one alone on its
+    core hardly waits (what `wait_s` in a benchmark row shows of an engine)."""
+    spin = ("import os, time\nos.sched_setaffinity(0, {%d})\nend = time.time() + 1.6\n"
+            "while time.time() < end: pass")
+    shared = [subprocess.Popen([sys.executable, "-c", spin % 0]) for _ in range(2)]
+    alone = subprocess.Popen([sys.executable, "-c", spin % 1])
+    try:
+        time.sleep(0.4)  # started and pinned
+        before = {p.pid: process_cpu.runqueue_wait_s(p.pid) for p in (*shared, alone)}
+        tree = process_cpu.wait_snapshot(os.getpid())
+        time.sleep(0.8)
+        after = {p.pid: process_cpu.runqueue_wait_s(p.pid) for p in (*shared, alone)}
+        waited = process_cpu.by_role(tree, process_cpu.wait_snapshot(os.getpid()))
+    finally:
+        for p in (*shared, alone):
+            p.wait()
+    for p in shared:
+        assert 0.2 < after[p.pid] - before[p.pid] < 0.7  # about 0.4 of the 0.8 s
+    assert after[alone.pid] - before[alone.pid] < 0.2  # its core held only it (and strays)
+    spinners = process_cpu.role(psutil.Process().name(), [sys.executable, "-c", ""])
+    assert waited.get(spinners, 0.0) > 0.4  # the children, named by role, in the tree's sum
+    assert process_cpu.runqueue_wait_s(2**22 + 7) == 0.0  # no such process

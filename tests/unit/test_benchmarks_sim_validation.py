@@ -42,6 +42,8 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
                                "high": 2.11},
                               {"system": "pd", "load": "poisson", "ratio": 1.32, "low": 1.3,
                                "high": 1.48}],
+              "engine_wait": [{"system": "pd", "load": "poisson", "measured": 4.2, "low": 3.9,
+                               "high": 5.0, "simulated": 1.1}],
               "window": {"profiled": "2026-12-06T13:34", "calibration_runs": "2026-12-06T13:35",
                          "validated_runs": "2026-12-06T13:35"}}
     measured = {"run_name": "v", "command": "python -m ...", "git_revision": "abc", "rounds": 3}
@@ -49,10 +51,13 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
     assert "- when: profiled 2026-12-06T13:34, calibration runs from 2026-12-06T13:35" in text
     assert "| pd | 1.54 (1.52–2.11) | — | 1.32 (1.30–1.48) | — | — |" in text
     assert "| pd | poisson | p50_ttft_ms | 10.0 (9.0–11.0) | 11.0 | +10.0% |" in text
+    assert "| pd | — | — | 4.20 (3.90–5.00) / 1.10 | — | — |" in text  # engines' waits
     assert "on 2 cores, demanded over the last 2 s" in text  # a row without a window: 2 s
     row["overhead"] = {**overhead, "cpu_window_s": 0.5}
     assert "demanded over the last 0.5 s" in sim_compare.validation_markdown(result, measured)
     row["overhead"] = {**overhead, "host_cores": None}  # --no-cpu-model: no window applies
     assert "demanded over" not in sim_compare.validation_markdown(result, measured)
-    older = sim_compare.validation_markdown({**result, "engine_work": [], "window": None}, measured)
+    older = sim_compare.validation_markdown({**result, "engine_work": [], "window": None,
+                                             "engine_wait": []}, measured)
     assert "- when:" not in older and "Served engines' CPU" not in older
+    assert "run-queue wait" not in older

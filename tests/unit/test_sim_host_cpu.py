@@ -78,8 +78,10 @@ def test_steps_on_one_core_share_it_and_steps_on_two_do_not() -> None:
     # B starts half way through A: both at half speed until A ends, then B alone
     ended = run_steps(host(), [(0.0, 0, 1.0), (0.5, 0, 1.0)])
     assert ended[0] == pytest.approx(1.5) and ended[1] == pytest.approx(2.0)
-    ended = run_steps(host(), [(0.0, 0, 1.0), (0.5, 1, 1.0)])
+    cpu = host()
+    ended = run_steps(cpu, [(0.0, 0, 1.0), (0.5, 1, 1.0)])
     assert ended[0] == pytest.approx(1.0) and ended[1] == pytest.approx(1.5)
+    assert cpu.engine_wait_s == 0.0  # a core each: nobody waited
 
 
 def test_engines_stepping_at_once_slow_each_other_as_the_profile_measured() -> None:
@@ -97,6 +99,7 @@ def test_engines_stepping_at_once_slow_each_other_as_the_profile_measured() -> N
     ended = run_steps(cpu, [(0.0, 0, 1.0), (0.0, 0, 1.0)])
     assert list(ended.values()) == pytest.approx([2.2, 2.2])
     assert cpu.engine_cpu_s == pytest.approx(2.2)
+    assert cpu.engine_wait_s == pytest.approx(2.2)  # each waited while the other ran
     # a prefill step beside a decode step on the other core: each by its own kind's scale
     cpu, ended = host(contention=contention), {}
     cpu.run_step(0, 1.0, lambda _e: ended.setdefault("prefill", cpu.loop.now), prefill=True)
