@@ -76,14 +76,14 @@ def snapshot(root_pid: int) -> Snapshot:
     return snap
 
 
-def runqueue_wait_s(pid: int) -> float:
-    """Seconds `pid`'s live threads have waited on a run queue, runnable but not running
-    (`/proc/PID/task/TID/schedstat`'s second field; 0.0 where the kernel keeps no schedstat or
-    the process is gone). What a process lost to others on its cores: its CPU time does not
-    show it."""
+def runqueue_wait_s(pid: int, main_thread_only: bool = False) -> float:
+    """Seconds `pid`'s live threads (or its main thread only) have waited on a run queue,
+    runnable but not running (`/proc/PID/task/TID/schedstat`'s second field; 0.0 where the
+    kernel keeps no schedstat or the process is gone). What a process lost to others on its
+    cores: its CPU time does not show it."""
     total = 0
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        tasks = [str(pid)] if main_thread_only else os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0.0
     for tid in tasks:
@@ -97,14 +97,18 @@ def runqueue_wait_s(pid: int) -> float:
 
 def wait_snapshot(root_pid: int) -> Snapshot:
     """Run-queue wait so far (`runqueue_wait_s`) of `root_pid`'s process tree, keyed and
-    named as `snapshot` keys and names CPU time (`by_role` takes either). A thread that ends
-    between two snapshots takes its wait with it: long-lived ones (an engine's) count whole."""
+    named as `snapshot` keys and names CPU time (`by_role` takes either): a vLLM engine core's
+    main thread only (it steps the model: one OMP thread per bound core, here one; its ~50
+    other threads, 39 of them gloo TCP loops waking several times a second, wait briefly but
+    often, which summed would rival the compute thread's wait), every thread of the others. A
+    thread that ends between two snapshots takes its wait with it."""
     snap: Snapshot = {}
     for proc in process_tree(root_pid):
         try:
             with proc.oneshot():
                 key = (proc.pid, proc.create_time())
-                snap[key] = (role(proc.name(), proc.cmdline()), runqueue_wait_s(proc.pid))
+                name = role(proc.name(), proc.cmdline())
+                snap[key] = (name, runqueue_wait_s(proc.pid, name == ENGINE_CORE_ROLE))
         except psutil.Error:
             continue
     return snap

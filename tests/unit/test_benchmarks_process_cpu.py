@@ -95,3 +95,24 @@ def test_wait_snapshot_sees_two_spinners_on_one_core_wait_for_each_other() -> No
     spinners = process_cpu.role(psutil.Process().name(), [sys.executable, "-c", ""])
     assert waited.get(spinners, 0.0) > 0.4  # the children, named by role, in the tree's sum
     assert process_cpu.runqueue_wait_s(2**22 + 7) == 0.0  # no such process
+
+
+def test_main_thread_only_leaves_out_the_other_threads_waits() -> None:
+    """A process whose main thread and a second thread spin on one core: each waits about
+    half the time; the main thread's wait alone is about half the process's."""
+    spin = ("import hashlib, os, threading, time\nos.sched_setaffinity(0, {0})\n"
+            "end = time.time() + 1.6\nblock = bytes(1 << 20)\n"
+            "def go():  # hashing releases the GIL: both threads stay runnable\n"
+            "    while time.time() < end: hashlib.sha256(block).digest()\n"
+            "threading.Thread(target=go).start()\ngo()")
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.4)
+        main0 = process_cpu.runqueue_wait_s(child.pid, main_thread_only=True)
+        all0 = process_cpu.runqueue_wait_s(child.pid)
+        time.sleep(0.8)
+        main = process_cpu.runqueue_wait_s(child.pid, main_thread_only=True) - main0
+        both = process_cpu.runqueue_wait_s(child.pid) - all0
+    finally:
+        child.wait()
+    assert 0.2 < main < 0.7 and 1.5 * main < both < 2.6 * main
