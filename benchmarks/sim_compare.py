@@ -53,7 +53,9 @@ def compare(args: argparse.Namespace) -> None:
             cores, steps=args.step_model,
             prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
                      for r in c1_rows] if args.prompts else None,
-            prompt_cost=args.prompt_cost)
+            prompt_cost=args.prompt_cost,
+            engine_waits=[process_cpu.engine_core_cpu_s(r.get("wait_s")) or 0.0 for r in c1_rows]
+            if args.busy_cores and all(r.get("wait_s") for r in c1_rows) else None)
         # the profile's window (calibration starts from the default), unless --cpu-window
         overhead = overhead.with_cpu_window(profile.graph_overhead.cpu_window_s
                                             if args.cpu_window is None else args.cpu_window)

@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --compare: calibrate the TTFT the graph adds per prompt token as "
                    "the served engine's time per prompt token it computes (engine), or as "
                    "latency before the pools (graph, as before stop 58)")
+    p.add_argument("--busy-cores", action="store_true",
+                   help="with --compare: put part of the graph's CPU on busy engine cores even "
+                   "while idle ones are free, as much as the engines' run-queue wait at "
+                   "concurrency 1 says (runs that recorded it)")
     p.add_argument("--lengths-only", dest="prompts", action="store_false",
                    help="with --compare: replay lengths only (simulated prompts share no "
                    "tokens), not the prompts the runs sent")

@@ -25,6 +25,8 @@ TRAFFIC_ROLES = ("replica ", "serve proxy", "harness")
 #: (`engine_cpu_s`): longer than any takes, so each batch starts on idle engines, as vLLM's
 #: benchmark sends the next only when the last has finished.
 WARMUP_GAP_S = 60.0
+#: The process role of a vLLM engine core (`benchmarks/process_cpu.py`).
+ENGINE_ROLE = "vllm engine core"
 UPKEEP_ROLES = ("ray system", "serve controller", "ray::DashboardAgent", "serve run driver",
                 "ray::RuntimeEnvAgent")
 
@@ -74,7 +76,8 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    cpu_by_role: list[dict[str, float]] | None = None,
                    host_cores: int | None = None, steps: str = "scaled",
                    prompts: list[list[TraceRequest] | None] | None = None,
-                   prompt_cost: str = "engine") -> GraphOverhead:
+                   prompt_cost: str = "engine",
+                   engine_waits: list[float] | None = None) -> GraphOverhead:
     """Medians over concurrency-1 runs (vLLM benchmark result files). `steps` (`STEP_MODELS`):
     `scaled`, the served engine's steps are the measured TPOT p50 over the simulated bare
     engine's (at least 1) times the profiled ones, and the rest of the measured TTFT p50 is
@@ -90,7 +93,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     take it per prompt token they compute (`per_prefill_token_s`: a traced served prefill
     took 1.6x its scaled profiled step, and the graph does nothing per prompt token that
     costs tens of microseconds); `graph`, latency before the pools (`per_prompt_token_s`), as
-    before stop 58."""
+    before stop 58. `engine_waits` (per run, with `cpu_by_role`: the served engines' run-queue
+    wait, seconds): the share of its core an engine lost while stepping alone becomes the
+    graph's `busy_core_share` (over the graph's demand then), and the step scale and engine
+    time per prompt token are taken net of it (the simulated host takes it from the steps)."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     if steps not in STEP_MODELS:
@@ -122,10 +128,15 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     per_request_cpu, per_token_cpu = split_cpu(traffic)
     fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
     in_engine = prompt_cost == "engine"
+    lost, busy_share = 0.0, 0.0
+    if engine_waits and cpu_by_role:
+        lost, busy_share = lost_to_graph(engine_waits, cpu_by_role, traffic, upkeep, runs)
+    net = 1.0 - lost
     return GraphOverhead(
         per_request_s=fixed, per_prompt_token_s=0.0 if in_engine else per_prompt_token,
-        per_prefill_token_s=per_prompt_token if in_engine else 0.0,
-        step_scale=statistics.median(scale) if scale else 1.0,
+        per_prefill_token_s=per_prompt_token * net if in_engine else 0.0,
+        step_scale=(statistics.median(scale) if scale else 1.0) * net,
+        busy_core_share=busy_share,
         per_step_s=max(0.0, statistics.median(per_step)) if per_step else 0.0,
         cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
         background_cores=statistics.median(upkeep) if upkeep else 0.0,
@@ -137,7 +148,32 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         + " fitted as per request + per prompt token"
         + (" (engine time per prompt token computed)" if in_engine else "")
         + ("; graph CPU per request, per token and at rest from process accounting"
-           if traffic else ""))
+           if traffic else "")
+        + (f"; engines lost {100 * lost:.1f} % of their core at concurrency 1 (run-queue "
+           f"wait): {100 * busy_share:.0f} % of the graph's demand on busy cores, steps net of "
+           "it" if busy_share else ""))
+
+
+def lost_to_graph(engine_waits: list[float], cpu_by_role: list[dict[str, float]],
+                  traffic: list[tuple[int, int, float]], upkeep: list[float],
+                  runs: list[Path]) -> tuple[float, float]:
+    """(share of its core a served engine lost while stepping, share of the graph's CPU demand
+    that took it), medians over concurrency-1 runs: an engine that waited w seconds per second
+    of CPU kept 1 / (1 + w) of its core; the graph demanded its traffic's CPU over the run plus
+    Ray's upkeep, in cores."""
+    lost, shares = [], []
+    for n, path in enumerate(runs):
+        engine = sum(v for k, v in cpu_by_role[n].items() if k.startswith(ENGINE_ROLE))
+        duration = json.loads(Path(path).read_text())["duration"]
+        demand = traffic[n][2] / duration + upkeep[n]
+        if engine <= 0 or demand <= 0:
+            continue
+        w = engine_waits[n] / engine
+        lost.append(w / (1 + w))
+        shares.append(min(1.0, lost[-1] / demand))
+    if not lost:
+        return 0.0, 0.0
+    return statistics.median(lost), statistics.median(shares)
 
 
 def split_latency(runs: list[tuple[float, float]]) -> tuple[float, float]:

@@ -136,23 +136,32 @@ class HostCPU:
 
     def graph_shares(self) -> dict[int, float]:
         """The share of each busy cores group the graph's processes take now: their demand
-        fills the cores no engine steps on (the OS wakes a thread on an idle core); what is left
-        is taken from the busy cores alike (a thread woken where no core is idle stays where
-        it woke: nothing steers it to the least loaded core), at most `MAX_CPU_SHARE` of each."""
+        fills the cores no engine steps on (the OS wakes a thread on an idle core), all but
+        `busy_core_share` of it (threads that run where an engine woke them, measured as the
+        engines' run-queue wait at concurrency 1); what is left is taken from the busy cores
+        alike (a thread woken where no core is idle stays where it woke: nothing steers it to
+        the least loaded core), at most `MAX_CPU_SHARE` of each."""
         busy = {g: c for g, c in self._groups.items() if c.steps}
         if not busy:
             return {}
         cores = sum(c.busy for c in busy.values())
-        left = max(0.0, self.demand() - max(0, (self.cores or 0) - cores))
-        return {g: min(MAX_CPU_SHARE, left / cores) for g in busy}
+        demand = self.demand()
+        idle = max(0, (self.cores or 0) - cores)
+        left = demand - min(idle, (1.0 - self.overhead.busy_core_share) * demand)
+        return {g: min(MAX_CPU_SHARE, max(0.0, left) / cores) for g in busy}
+
+    def _short(self) -> bool:
+        """The graph wants more than the cores no engine steps on."""
+        stepping = sum(c.busy for c in self._groups.values())
+        return self.demand() > max(0, (self.cores or 0) - stepping)
 
     def graph_slowdown(self) -> float:
         """How much longer the graph's own work takes than on an idle host: none while the
-        cores no engine steps on hold its demand; otherwise stretched as the busy engines are,
-        by how many step per core and the share of a busy core it takes (1.0 without
+        cores no engine steps on could hold its demand; otherwise stretched as the busy engines
+        are, by how many step per core and the share of a busy core it takes (1.0 without
         `host_cores`)."""
         shares = self.graph_shares()
-        if not self.cores or not any(shares.values()):  # idle cores hold its demand
+        if not self.cores or not any(shares.values()) or not self._short():
             return 1.0
         stepping = sum(len(g.steps) for g in self._groups.values())
         graph_share = sum(shares.values()) / len(shares)

@@ -88,6 +88,11 @@ class GraphOverhead(_Strict):
       idle, it takes from the busy cores alike and their engines' steps stretch; engines
       pinned to one core share it (`host_cpu.HostCPU`; None: each engine and the graph on
       hardware of its own).
+    - `busy_core_share`: the share of that demand taken from the busy cores even while idle
+      ones could hold it (threads that run where an engine's output woke them, or an engine's
+      own I/O threads on its core): calibrated from the served engines' run-queue wait at
+      concurrency 1, where one engine steps at a time and the graph's demand would otherwise
+      never reach it.
     - `cpu_window_s`: that demand is the graph's CPU for the arrivals and streamed tokens of
       the last this many seconds, spread over them: shorter follows bursts closer. Not
       calibrated: 0.5 s fitted three earlier validations better than 2 s and three worse
@@ -103,6 +108,8 @@ class GraphOverhead(_Strict):
     cpu_per_request_s: float = Field(0.0, ge=0)
     cpu_per_token_s: float = Field(0.0, ge=0, description="graph CPU per streamed token")
     background_cores: float = Field(0.0, ge=0, description="the graph's CPU when idle (Ray)")
+    busy_core_share: float = Field(0.0, ge=0, le=1, description="of the graph's CPU demand, "
+                                   "the share taken from busy cores while idle ones are free")
     host_cores: int | None = Field(None, ge=1)
     cpu_window_s: float = Field(2.0, gt=0, description="the graph's CPU demand follows the "
                                 "arrivals and tokens of this many seconds")

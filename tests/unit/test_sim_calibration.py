@@ -126,3 +126,23 @@ def test_prompt_cost_in_the_engine_queues_where_latency_before_the_pools_does_no
                                                                                      rel=0.05)
     assert last_ttft(GraphOverhead(per_prefill_token_s=1e-4)) - base == pytest.approx(
         2 * extra, rel=0.05)
+
+
+def test_an_engines_wait_at_concurrency_1_puts_that_share_of_the_graph_on_busy_cores(
+        tmp_path: Path) -> None:
+    """The engine waited 2 s beside 8 s of CPU: it kept 1/1.25 of its core, lost 0.2 of it to
+    a graph that demanded 0.4 cores (3.2 s of traffic CPU over the 8 s run): half the graph's
+    demand lands on the busy core, and the steps are taken net of what they lost."""
+    colocated = model("colocated")
+    bare = simulated(PROFILE, colocated, _c1_run(tmp_path / "bare.json", 1, 1), GraphOverhead())
+    run = _c1_run(tmp_path / "c1.json", 1.5 * bare["p50_tpot_ms"], bare["p50_ttft_ms"] + 40)
+    roles = [{"vllm engine core": 8.0, "replica ingress": 3.2, "ray system": 0.0}]
+    plain = graph_overhead(PROFILE, colocated, [run], roles, host_cores=2)
+    waited = graph_overhead(PROFILE, colocated, [run], roles, host_cores=2, engine_waits=[2.0])
+    assert plain.busy_core_share == 0.0
+    assert waited.busy_core_share == pytest.approx(0.5)
+    assert waited.step_scale == pytest.approx(0.8 * plain.step_scale)
+    assert "lost 20.0 % of their core" in waited.source
+    # the simulated host then gives back the measured TPOT at concurrency 1
+    assert simulated(PROFILE, colocated, run, waited)["p50_tpot_ms"] == pytest.approx(
+        1.5 * bare["p50_tpot_ms"], rel=0.05)

@@ -177,6 +177,23 @@ def test_the_graph_takes_idle_cores_first_then_busy_cores_alike() -> None:
     assert list(ended.values()) == pytest.approx([1.0 / (1.0 - MAX_CPU_SHARE)] * 2)
 
 
+def test_a_busy_core_share_of_the_graph_lands_on_the_engines_even_beside_an_idle_core() -> None:
+    # one engine stepping, the other core idle, 0.4 cores of graph: with busy_core_share 0.5
+    # the engine's core gives 0.2 of itself (its step takes 1/0.8 s, it waits 0.25 s of it),
+    # and the graph's own work is not stretched (an idle core could hold it all)
+    cpu = host(background_cores=0.4, busy_core_share=0.5)
+    stretch: list[float] = []
+    cpu.loop.at(0.5, lambda: stretch.append(cpu.graph_slowdown()))
+    ended = run_steps(cpu, [(0.0, 0, 1.0)])
+    assert ended[0] == pytest.approx(1.0 / 0.8) and cpu.engine_wait_s == pytest.approx(0.25)
+    assert stretch == [1.0]
+    # both cores busy: all of the demand on them alike, as without the share
+    both = run_steps(host(background_cores=0.4, busy_core_share=0.5),
+                     [(0.0, 0, 1.0), (0.0, 1, 1.0)])
+    assert list(both.values()) == pytest.approx([1.0 / 0.8] * 2)
+    assert run_steps(host(background_cores=0.4), [(0.0, 0, 1.0)])[0] == pytest.approx(1.0)
+
+
 def test_two_decode_engines_pinned_to_one_core_decode_slower_than_on_two() -> None:
     """pd 1P+2D on two cores: the decode engines share core 1 (the engine host's round-robin);
     on four cores each has its own."""
