@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-cost", choices=PROMPT_COSTS, default="engine",
                    help="with --compare: calibrate the TTFT the graph adds per prompt token as "
                    "the served engine's time per prompt token it computes (engine), or as "
-                   "latency before the pools (graph, as before stop 58)")
+                   "latency before the pools (graph, as calibrated until 2026-12-07)")
     p.add_argument("--busy-cores", action="store_true",
                    help="with --compare: put part of the graph's CPU on busy engine cores even "
                    "while idle ones are free, as much as the engines' run-queue wait at "

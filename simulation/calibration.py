@@ -93,10 +93,11 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     take it per prompt token they compute (`per_prefill_token_s`: a traced served prefill
     took 1.6x its scaled profiled step, and the graph does nothing per prompt token that
     costs tens of microseconds); `graph`, latency before the pools (`per_prompt_token_s`), as
-    before stop 58. `engine_waits` (per run, with `cpu_by_role`: the served engines' run-queue
-    wait, seconds): the share of its core an engine lost while stepping alone becomes the
-    graph's `busy_core_share` (over the graph's demand then), and the step scale and engine
-    time per prompt token are taken net of it (the simulated host takes it from the steps)."""
+    calibrated until 2026-12-07. `engine_waits` (per run, with `cpu_by_role`: the served
+    engines' run-queue wait, seconds): the share of its core an engine lost while stepping
+    alone becomes the graph's `busy_core_share` (over the graph's demand then), and the step
+    scale and engine time per prompt token are taken net of it (the simulated host takes it
+    from the steps)."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     if steps not in STEP_MODELS:
