@@ -119,7 +119,8 @@ def by_role(before: Snapshot, after: Snapshot) -> dict[str, float]:
     zero; one that exited in between is missed), largest first."""
     used: dict[str, float] = defaultdict(float)
     for key, (name, cpu) in after.items():
-        used[name] += cpu - before.get(key, (name, 0.0))[1]
+        # a process's total never falls; a wait snapshot's does when a thread ends
+        used[name] += max(0.0, cpu - before.get(key, (name, 0.0))[1])
     return {name: round(cpu, 2) for name, cpu in sorted(used.items(), key=lambda kv: -kv[1])}
 
 

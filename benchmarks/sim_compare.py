@@ -54,8 +54,8 @@ def compare(args: argparse.Namespace) -> None:
             prompts=[sent_prompts(r["load"], calibrating, calibration_dir, model.model)
                      for r in c1_rows] if args.prompts else None,
             prompt_cost=args.prompt_cost,
-            engine_waits=[process_cpu.engine_core_cpu_s(r.get("wait_s")) or 0.0 for r in c1_rows]
-            if args.busy_cores and all(r.get("wait_s") for r in c1_rows) else None)
+            engine_waits=c1_waits(c1_rows, system) if args.busy_cores and args.cpu_model
+            else None)
         # the profile's window (calibration starts from the default), unless --cpu-window
         overhead = overhead.with_cpu_window(profile.graph_overhead.cpu_window_s
                                             if args.cpu_window is None else args.cpu_window)
@@ -107,6 +107,16 @@ def compare(args: argparse.Namespace) -> None:
     (out / f"validation{args.suffix}.md").write_text(validation_markdown(result, measured))
     plot_validation(result, out / f"validation{args.suffix}.png")
     print((out / f"validation{args.suffix}.md").read_text())
+
+
+def c1_waits(rows: list[dict[str, Any]], system: str) -> list[float]:
+    """The served engines' run-queue wait in each concurrency-1 row (`--busy-cores`), or a
+    clear error where a row did not record it."""
+    waits = [process_cpu.engine_core_cpu_s(r.get("wait_s")) for r in rows]
+    if not rows or any(w is None for w in waits):
+        raise SystemExit(f"--busy-cores: {system}'s concurrency-1 runs did not record the "
+                         "engines' run-queue wait (runs from before sim-validation-cpu-v7)")
+    return [w for w in waits if w is not None]
 
 
 def engine_work(profile: Any, model: Any, overhead: Any, directory: Path,

@@ -96,8 +96,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     calibrated until 2026-12-07. `engine_waits` (per run, with `cpu_by_role`: the served
     engines' run-queue wait, seconds): the share of its core an engine lost while stepping
     alone becomes the graph's `busy_core_share` (over the graph's demand then), and the step
-    scale and engine time per prompt token are taken net of it (the simulated host takes it
-    from the steps)."""
+    scale, time per step and engine time per prompt token are taken net of it (the simulated
+    host takes it from the steps). The per-token part is fitted on whole prompts and charged on
+    the tokens an engine computes: prompts a concurrency-1 run repeats from its prefix cache
+    carry a little of it unseen."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     if steps not in STEP_MODELS:
@@ -138,7 +140,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         per_prefill_token_s=per_prompt_token * net if in_engine else 0.0,
         step_scale=(statistics.median(scale) if scale else 1.0) * net,
         busy_core_share=busy_share,
-        per_step_s=max(0.0, statistics.median(per_step)) if per_step else 0.0,
+        per_step_s=max(0.0, statistics.median(per_step)) * net if per_step else 0.0,
         cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
         background_cores=statistics.median(upkeep) if upkeep else 0.0,
         host_cores=host_cores if traffic else None,
@@ -160,8 +162,9 @@ def lost_to_graph(engine_waits: list[float], cpu_by_role: list[dict[str, float]]
                   runs: list[Path]) -> tuple[float, float]:
     """(share of its core a served engine lost while stepping, share of the graph's CPU demand
     that took it), medians over concurrency-1 runs: an engine that waited w seconds per second
-    of CPU kept 1 / (1 + w) of its core; the graph demanded its traffic's CPU over the run plus
-    Ray's upkeep, in cores."""
+    of CPU kept 1 / (1 + w) of its core (the wait is its compute thread's, the CPU its whole
+    process's, within a few % of the thread's); the graph demanded its traffic's CPU over the
+    run plus Ray's upkeep, in cores."""
     lost, shares = [], []
     for n, path in enumerate(runs):
         engine = sum(v for k, v in cpu_by_role[n].items() if k.startswith(ENGINE_ROLE))

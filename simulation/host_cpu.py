@@ -13,8 +13,10 @@ inter-token latency, where sharing all cores alike had predicted almost none.
 The graph's processes (proxy, ingress, replicas, Ray) are not pinned: their CPU demand (CPU per
 request and per streamed token times their rates over the last `cpu_window_s` (a profile's
 `graph_overhead`; 2 s unless set), plus Ray's upkeep)
-first fills the cores no engine steps on; what is left is taken from the busy cores alike, at
-most `MAX_CPU_SHARE` of each; the demand is re-read when a step starts or ends, not between.
+first fills the cores no engine steps on (all but a profile's `busy_core_share` of it, which
+lands on the busy cores even then: calibrated from the engines' run-queue wait, 0 unless
+calibrated); what is left is taken from the busy cores alike, at most `MAX_CPU_SHARE` of each;
+the demand is re-read when a step starts or ends, not between.
 (Steering it to the least loaded cores first, as a load balancer would, was tried: measured
 in `plan-validation-cpu-v2` the misses it predicted were of the wrong kind — TTFT where the
 real ones were gaps, gaps where there were none.)

@@ -74,6 +74,9 @@ class GraphOverhead(_Strict):
       and the engines want more CPU than the host has).
     - `step_scale`: every engine step takes this many times the profiled time (a served
       engine shares its host with the graph: measured 1.5–2x on a 2-core box at concurrency 1).
+      With `busy_core_share` calibrated, it and the other engine times are net of what the
+      engines lost to the graph at concurrency 1 (the simulated host takes that from the steps;
+      the planner's closed-form estimates, which have no host, then run optimistic by as much).
     - `per_step_s`: added to every engine step (what a served engine does per step that the
       profiled one does not: KV events, the KV connector, handing outputs to its replica).
     - `per_prefill_token_s`: added to an engine step per prompt token it computes (a served

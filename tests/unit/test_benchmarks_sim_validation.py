@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pdserve.benchmarks import sim_compare, workloads
 from pdserve.benchmarks import sim_validation as sv
 from pdserve.benchmarks.systems import System
@@ -61,3 +63,11 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
                                              "engine_wait": []}, measured)
     assert "- when:" not in older and "Served engines' CPU" not in older
     assert "run-queue wait" not in older
+
+
+def test_busy_cores_needs_runs_that_recorded_the_engines_wait() -> None:
+    rows = [{"wait_s": {"vllm engine core": 1.5, "replica ingress": 3.0}},
+            {"wait_s": {"vllm engine core": 0.5}}]
+    assert sim_compare.c1_waits(rows, "pd") == [1.5, 0.5]
+    with pytest.raises(SystemExit, match="pd's concurrency-1 runs did not record"):
+        sim_compare.c1_waits([*rows, {"cpu_s": {"vllm engine core": 9.0}}], "pd")
