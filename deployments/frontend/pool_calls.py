@@ -97,22 +97,30 @@ def pool_calls(
     async def first_output(outputs: AsyncIterator[RequestOutput],
                            started: float) -> tuple[RequestOutput | None, float]:
         """The first output of a call sent while the pool had no replica, and the seconds
-        waited for a replica; None if none came within `cold_start_timeout_s`. Only that wait
-        is bounded: once this process's router sees a replica, the call runs as long as it
-        takes (a non-streamed request's one output comes at its end). A pool whose router
-        never reports (one of Ray's own) is bounded up to its first output."""
+        waited until this process's router first saw one; None if the pool had none for
+        `cold_start_timeout_s` in all while the call waited. Only time without a replica counts:
+        while the router sees one the call runs as long as it takes (a non-streamed request's
+        one output comes at its end), and a replica that vanishes again (it died starting, or
+        its node went) leaves the call bounded as before. A pool whose router never reports
+        (one of Ray's own) is bounded up to its first output."""
         pending = asyncio.ensure_future(anext(outputs))
-        deadline = started + cold_start_timeout_s
+        empty_s, seen_s = 0.0, None  # time without a replica; when one was first seen
+        last, had_replica = started, False
         try:
             while not pending.done():
-                if state is not None and state.num_replicas() > 0:
-                    waited_s = time.perf_counter() - started
-                    return await pending, waited_s
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    return None, time.perf_counter() - started
-                await asyncio.wait({pending}, timeout=min(left, COLD_START_POLL_S))
-            return pending.result(), time.perf_counter() - started
+                now = time.perf_counter()
+                if not had_replica:
+                    empty_s += now - last
+                last = now
+                had_replica = state is not None and state.num_replicas() > 0
+                if had_replica and seen_s is None:
+                    seen_s = now - started
+                if not had_replica and empty_s >= cold_start_timeout_s:
+                    return None, now - started
+                await asyncio.wait({pending}, timeout=COLD_START_POLL_S if had_replica else
+                                   min(cold_start_timeout_s - empty_s, COLD_START_POLL_S))
+            return pending.result(), (time.perf_counter() - started if seen_s is None
+                                      else seen_s)
         finally:
             if not pending.done():
                 pending.cancel()

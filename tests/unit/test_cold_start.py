@@ -79,14 +79,15 @@ def test_a_pool_whose_router_never_reported_is_no_cold_start() -> None:
     assert reported_waits(PoolState("app/m-colocated")) == []
 
 
-
-def cold_call(replica_after_s: float | None) -> tuple[object, list[bool]]:
+def cold_call(replica_after_s: float | None, gone_after_s: float | None = None,
+              output_after_s: float = 0.6) -> tuple[object, list[bool]]:
     """A non-streamed call to a pool seen empty, bounded at 0.3 s, whose one output comes
-    0.6 s after it was sent; the router sees a replica `replica_after_s` after it (or never)."""
+    `output_after_s` after it was sent; the router sees a replica `replica_after_s` after it
+    (or never), and none again from `gone_after_s` (or never)."""
     state = PoolState("app/m-colocated")
     state.sync_replicas({})
     reported: list[bool] = []
-    calls = pool_calls({"colocated": FakeHandle(delay_s=0.6)},  # type: ignore[dict-item]
+    calls = pool_calls({"colocated": FakeHandle(delay_s=output_after_s)},  # type: ignore[dict-item]
                        {"colocated": state}, cold_start_timeout_s=0.3,
                        on_cold_start=lambda wait_s, timed_out: reported.append(timed_out))
 
@@ -94,6 +95,9 @@ def cold_call(replica_after_s: float | None) -> tuple[object, list[bool]]:
         if replica_after_s is not None:
             await asyncio.sleep(replica_after_s)
             state.sync_replicas({"r1": None})
+        if gone_after_s is not None:
+            await asyncio.sleep(gone_after_s - (replica_after_s or 0.0))
+            state.sync_replicas({})
 
     async def run() -> object:
         starting = asyncio.create_task(replica_starts())
@@ -110,6 +114,15 @@ def cold_call(replica_after_s: float | None) -> tuple[object, list[bool]]:
 
 def test_only_the_wait_for_a_replica_is_bounded_not_the_generation_after_it() -> None:
     outputs, reported = cold_call(replica_after_s=0.1)
+    assert isinstance(outputs, list) and len(outputs) == 1 and reported == [False]
+
+
+def test_a_replica_that_vanishes_again_leaves_the_wait_bounded() -> None:
+    # seen from 0.1 s to 0.2 s: 0.1 s without one before, 0.2 s more after -> fails at ~0.4 s
+    error, reported = cold_call(replica_after_s=0.1, gone_after_s=0.2, output_after_s=1.5)
+    assert isinstance(error, RetryableRequestError) and reported == [True]
+    # the time it had one does not count: 0.25 s without one in all, then the output
+    outputs, reported = cold_call(replica_after_s=0.1, gone_after_s=0.45, output_after_s=0.5)
     assert isinstance(outputs, list) and len(outputs) == 1 and reported == [False]
 
 
