@@ -17,6 +17,7 @@ from typing import Any
 from pdserve.routing.kv_events import KVEventSubscriber
 from pdserve.routing.live_sessions import LiveSessions
 from pdserve.routing.prefix_index import PrefixIndex
+from pdserve.routing.scorers import DEFAULT_MAX_BLOCKS_PER_REPLICA
 from pdserve.routing.types import RoutingStats
 
 FILL_REFRESH_S = 0.05
@@ -25,7 +26,7 @@ FILL_REFRESH_S = 0.05
 class PoolState:
     """Prefix index + in-flight work of one pool, as seen from this process."""
 
-    def __init__(self, name: str, max_blocks_per_replica: int = 1 << 20,
+    def __init__(self, name: str, max_blocks_per_replica: int = DEFAULT_MAX_BLOCKS_PER_REPLICA,
                  follow_kv_events: bool = True) -> None:
         self.name = name
         #: False where only the replica set matters (an engine replica watching its own pool)
@@ -254,7 +255,8 @@ def pool_state(app: str, deployment: str, max_blocks_per_replica: int | None = N
     with _REGISTRY_LOCK:
         state = _REGISTRY.get((app, deployment))
         if state is None:
-            state = PoolState(f"{app}/{deployment}", max_blocks_per_replica or 1 << 20,
+            state = PoolState(f"{app}/{deployment}",
+                              max_blocks_per_replica or DEFAULT_MAX_BLOCKS_PER_REPLICA,
                               follow_kv_events)
             _REGISTRY[(app, deployment)] = state
         elif max_blocks_per_replica is not None:

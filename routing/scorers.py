@@ -15,6 +15,9 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: Prefix-index entries a pool keeps per replica unless its router says otherwise.
+DEFAULT_MAX_BLOCKS_PER_REPLICA = 1 << 20
+
 
 @dataclass(frozen=True)
 class RequestView:
@@ -76,7 +79,8 @@ class RouterSettings(BaseModel):
         "`session_spread`) this long after its last turn."
     )
     max_blocks_per_replica: int = Field(
-        1 << 20, ge=1, description="Index entries kept per replica (bound if events are lost)."
+        DEFAULT_MAX_BLOCKS_PER_REPLICA, ge=1,
+        description="Index entries kept per replica (bound if events are lost).",
     )
 
     @field_validator("weights")
