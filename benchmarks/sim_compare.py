@@ -11,6 +11,7 @@ import argparse
 import json
 import shlex
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,27 +220,16 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
             lines.append(f"| {row['system']} | {row['load']} | {key} | {cell['measured']:.1f} "
                          f"({cell['low']:.1f}–{cell['high']:.1f}) | {cell['simulated']:.1f} | "
                          f"{error} |")
-    if result.get("engine_work"):
-        loads = [*CALIBRATION_LOADS, *VALIDATION_LOADS]
-        lines += ["", "Served engines' CPU over the simulated steps' with steps as profiled "
-                  "(process accounting; median (min–max) over rounds; calibration loads first):",
-                  "", "| system | " + " | ".join(loads) + " |", "|---" * (len(loads) + 1) + "|"]
-        cells = {(w["system"], w["load"]): f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})"
-                 for w in result["engine_work"]}
-        for system in dict.fromkeys(w["system"] for w in result["engine_work"]):
-            lines.append(f"| {system} | "
-                         + " | ".join(cells.get((system, load), "—") for load in loads) + " |")
-    if result.get("engine_wait"):
-        loads = [*CALIBRATION_LOADS, *VALIDATION_LOADS]
-        lines += ["", "Served engines' run-queue wait (schedstat, seconds over a run; median "
-                  "(min–max) over rounds) / the simulated engines' (steps in progress without a "
-                  "whole core), with the overhead used:", "",
-                  "| system | " + " | ".join(loads) + " |", "|---" * (len(loads) + 1) + "|"]
-        cells = {(w["system"], w["load"]): f"{w['measured']:.2f} ({w['low']:.2f}–"
-                 f"{w['high']:.2f}) / {w['simulated']:.2f}" for w in result["engine_wait"]}
-        for system in dict.fromkeys(w["system"] for w in result["engine_wait"]):
-            lines.append(f"| {system} | "
-                         + " | ".join(cells.get((system, load), "—") for load in loads) + " |")
+    lines += per_load_table(
+        "Served engines' CPU over the simulated steps' with steps as profiled (process "
+        "accounting; median (min–max) over rounds; calibration loads first):",
+        result.get("engine_work") or [],
+        lambda w: f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})")
+    lines += per_load_table(
+        "Served engines' run-queue wait (schedstat, seconds over a run; median (min–max) over "
+        "rounds) / the simulated engines' (steps in progress without a whole core), with the "
+        "overhead used:", result.get("engine_wait") or [],
+        lambda w: f"{w['measured']:.2f} ({w['low']:.2f}–{w['high']:.2f}) / {w['simulated']:.2f}")
     lines += ["", "Graph overhead used (calibrated per system on its concurrency-1 runs):", ""]
     seen = set()
     for row in result["rows"]:
@@ -259,6 +249,22 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
                          + (f", demanded over the last {o.get('cpu_window_s', DEFAULT_WINDOW):g} s"
                             if o["host_cores"] else ""))
     return "\n".join(lines) + "\n"
+
+
+def per_load_table(title: str, entries: list[dict[str, Any]],
+                   cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A system-by-load table of `entries` (each with its `system` and `load`), calibration
+    loads first; nothing without entries."""
+    if not entries:
+        return []
+    loads = [*CALIBRATION_LOADS, *VALIDATION_LOADS]
+    cells = {(e["system"], e["load"]): cell(e) for e in entries}
+    lines = ["", title, "", "| system | " + " | ".join(loads) + " |",
+             "|---" * (len(loads) + 1) + "|"]
+    for system in dict.fromkeys(e["system"] for e in entries):
+        lines.append(f"| {system} | "
+                     + " | ".join(cells.get((system, load), "—") for load in loads) + " |")
+    return lines
 
 
 def plot_validation(result: dict[str, Any], path: Path) -> None:
