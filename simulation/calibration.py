@@ -109,6 +109,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     scale_steps = steps == "scaled"
     per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
     prompt_tokens: list[float] = []
+    demand: list[float] = []  # per run: the graph's cores, its traffic's CPU over the run + upkeep
     for n, path in enumerate(runs):
         measured = json.loads(Path(path).read_text())
         prompt_tokens.append(statistics.median(measured["input_lens"]))
@@ -128,12 +129,13 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
             traffic.append((measured["completed"], measured["total_output_tokens"],
                             sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))))
             upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
+            demand.append(traffic[-1][2] / measured["duration"] + upkeep[-1])
     per_request_cpu, per_token_cpu = split_cpu(traffic)
     fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
     in_engine = prompt_cost == "engine"
     lost, busy_share = 0.0, 0.0
     if engine_waits and cpu_by_role:
-        lost, busy_share = lost_to_graph(engine_waits, cpu_by_role, traffic, upkeep, runs)
+        lost, busy_share = lost_to_graph(engine_waits, cpu_by_role, demand)
     net = 1.0 - lost
     return GraphOverhead(
         per_request_s=fixed, per_prompt_token_s=0.0 if in_engine else per_prompt_token,
@@ -158,23 +160,20 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
 
 
 def lost_to_graph(engine_waits: list[float], cpu_by_role: list[dict[str, float]],
-                  traffic: list[tuple[int, int, float]], upkeep: list[float],
-                  runs: list[Path]) -> tuple[float, float]:
+                  demand: list[float]) -> tuple[float, float]:
     """(share of its core a served engine lost while stepping, share of the graph's CPU demand
     that took it), medians over concurrency-1 runs: an engine that waited w seconds per second
     of CPU kept 1 / (1 + w) of its core (the wait is its compute thread's, the CPU its whole
-    process's, within a few % of the thread's); the graph demanded its traffic's CPU over the
-    run plus Ray's upkeep, in cores."""
+    process's, within a few % of the thread's); `demand`, per run, the cores the graph
+    demanded (its traffic's CPU over the run plus Ray's upkeep)."""
     lost, shares = [], []
-    for n, path in enumerate(runs):
-        engine = sum(v for k, v in cpu_by_role[n].items() if k.startswith(ENGINE_ROLE))
-        duration = json.loads(Path(path).read_text())["duration"]
-        demand = traffic[n][2] / duration + upkeep[n]
-        if engine <= 0 or demand <= 0:
+    for wait, roles, cores in zip(engine_waits, cpu_by_role, demand, strict=True):
+        engine = sum(v for k, v in roles.items() if k.startswith(ENGINE_ROLE))
+        if engine <= 0 or cores <= 0:
             continue
-        w = engine_waits[n] / engine
+        w = wait / engine
         lost.append(w / (1 + w))
-        shares.append(min(1.0, lost[-1] / demand))
+        shares.append(min(1.0, lost[-1] / cores))
     if not lost:
         return 0.0, 0.0
     return statistics.median(lost), statistics.median(shares)
