@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import psutil
 
@@ -59,20 +60,30 @@ def process_tree(root_pid: int) -> list[psutil.Process]:
         return []
 
 
-def snapshot(root_pid: int) -> Snapshot:
-    """CPU seconds so far of `root_pid`'s process tree and of this process (the harness)."""
+def _tree_snapshot(root_pid: int, seconds: Callable[[psutil.Process, str], float]) -> Snapshot:
+    """`seconds(process, role)` of every process in `root_pid`'s tree, keyed and named alike
+    for `by_role` (a process gone meanwhile is left out)."""
     snap: Snapshot = {}
     for proc in process_tree(root_pid):
         try:
             with proc.oneshot():
-                times = proc.cpu_times()
-                key = (proc.pid, proc.create_time())
-                snap[key] = (role(proc.name(), proc.cmdline()), times.user + times.system)
+                name = role(proc.name(), proc.cmdline())
+                snap[(proc.pid, proc.create_time())] = (name, seconds(proc, name))
         except psutil.Error:
             continue
+    return snap
+
+
+def _cpu_s(proc: psutil.Process, _role: str = "") -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def snapshot(root_pid: int) -> Snapshot:
+    """CPU seconds so far of `root_pid`'s process tree and of this process (the harness)."""
+    snap = _tree_snapshot(root_pid, _cpu_s)
     me = psutil.Process(os.getpid())
-    times = me.cpu_times()
-    snap[(me.pid, me.create_time())] = (HARNESS_ROLE, times.user + times.system)
+    snap[(me.pid, me.create_time())] = (HARNESS_ROLE, _cpu_s(me))
     return snap
 
 
@@ -102,16 +113,8 @@ def wait_snapshot(root_pid: int) -> Snapshot:
     other threads, 39 of them gloo TCP loops waking several times a second, wait briefly but
     often, which summed would rival the compute thread's wait), every thread of the others. A
     thread that ends between two snapshots takes its wait with it."""
-    snap: Snapshot = {}
-    for proc in process_tree(root_pid):
-        try:
-            with proc.oneshot():
-                key = (proc.pid, proc.create_time())
-                name = role(proc.name(), proc.cmdline())
-                snap[key] = (name, runqueue_wait_s(proc.pid, name == ENGINE_CORE_ROLE))
-        except psutil.Error:
-            continue
-    return snap
+    return _tree_snapshot(root_pid, lambda proc, name: runqueue_wait_s(
+        proc.pid, main_thread_only=name == ENGINE_CORE_ROLE))
 
 
 def by_role(before: Snapshot, after: Snapshot) -> dict[str, float]:
