@@ -134,12 +134,9 @@ def engine_work(profile: Any, model: Any, overhead: Any, directory: Path,
                                              "per_prefill_token_s": 0.0})
     sent = sent_prompts(load, report_, directory, model.model) if prompts else None
     ratios = []
-    for row in report_["results"]:
-        served = process_cpu.engine_core_cpu_s(row.get("cpu_s"))
-        if row["system"] != system or row["load"] != load or not row.get("summary") \
-                or not served:
+    for served, raw in served_runs(report_, directory, system, load, "cpu_s"):
+        if not served:
             continue
-        raw = directory / "raw" / f"{system}__{load}__r{row['round']}.json"
         held = calibration.engine_cpu_s(profile, model, raw, bare_steps, sent, NUM_WARMUPS,
                                         MAX_CONCURRENCY.get(load))
         if held:
@@ -158,16 +155,24 @@ def engine_waits(profile: Any, model: Any, overhead: Any, directory: Path,
 
     sent = sent_prompts(load, report_, directory, model.model) if prompts else None
     pairs = []
-    for row in report_["results"]:
-        served = process_cpu.engine_core_cpu_s(row.get("wait_s"))
-        if row["system"] != system or row["load"] != load or not row.get("summary") \
-                or served is None:
-            continue
-        raw = directory / "raw" / f"{system}__{load}__r{row['round']}.json"
+    for served, raw in served_runs(report_, directory, system, load, "wait_s"):
         _, simulated = calibration.engine_seconds(profile, model, raw, overhead, sent,
                                                   NUM_WARMUPS, MAX_CONCURRENCY.get(load))
         pairs.append((served, simulated))
     return pairs
+
+
+def served_runs(report_: dict[str, Any], directory: Path, system: str, load: str,
+                key: str) -> list[tuple[float, Path]]:
+    """(the served engines' seconds under `key` — `cpu_s` or `wait_s` —, the run's vLLM result
+    file) for each completed round of `system` under `load` that recorded `key`."""
+    runs = []
+    for row in report_["results"]:
+        served = process_cpu.engine_core_cpu_s(row.get(key))
+        if row["system"] == system and row["load"] == load and row.get("summary") \
+                and served is not None:
+            runs.append((served, directory / "raw" / f"{system}__{load}__r{row['round']}.json"))
+    return runs
 
 
 def sent_prompts(load: str, measured: dict[str, Any], out: Path, model: str) -> list:
