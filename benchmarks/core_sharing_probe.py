@@ -62,12 +62,13 @@ def run_engine(kwargs: dict[str, Any], core: str, batch: int, seconds: float, re
     until `seconds` later; puts its decode and prefill steps' (elapsed, CPU) times."""
     import random
 
-    from pdserve.simulation.profiler import bind_engine_threads
+    from pdserve.simulation.profiler import bind_engine_threads, check_engine_threads
 
     bind_engine_threads(core)
     from pdserve.simulation.real_engine import RealEngine
 
     engine = RealEngine(kwargs)
+    check_engine_threads(core)
     vocab = engine.vllm_config.model_config.get_vocab_size()
     rng = random.Random(seed)
     ready.wait(timeout=CHILD_TIMEOUT_S)

@@ -28,11 +28,36 @@ from pdserve.simulation.profile_file import (
 
 def bind_engine_threads(cores: str) -> None:
     """The environment a one-worker pdserve engine gets (`deployments/engine/placement.py`),
-    set before vLLM starts in this process."""
+    set before vLLM starts in this process.
+
+    OpenMP reads its thread count and places once, when torch loads it: set any later, they
+    are ignored and the engine computes on one thread per core of the host, unbound (every
+    profile before this check timed such a two-thread engine, not a served one). So this
+    refuses to run once torch is imported; `check_engine_threads` confirms afterwards."""
+    import sys
+
     from pdserve.deployments.engine.placement import single_process_env
 
+    if "torch" in sys.modules:
+        raise RuntimeError("bind_engine_threads must run before torch is imported: OpenMP "
+                           "has read its thread settings already")
     os.environ.update(single_process_env(cores))
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
+
+
+def check_engine_threads(cores: str) -> None:
+    """Fail loudly unless this process computes as a served engine bound to `cores` does: one
+    OpenMP thread per core, on those cores only."""
+    import torch
+
+    from pdserve.deployments.engine.placement import cpu_list
+
+    wanted = cpu_list(cores)
+    threads, allowed = torch.get_num_threads(), sorted(os.sched_getaffinity(0))
+    if threads != len(wanted) or allowed != wanted:
+        raise RuntimeError(f"the profiled engine computes on {threads} threads on cores "
+                           f"{allowed}, not as a served engine bound to {wanted}: its OpenMP "
+                           "settings were read before bind_engine_threads set them")
 
 
 def engine_kwargs_of(model: Any) -> dict[str, Any]:
@@ -130,12 +155,12 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
             kv_transfer: bool = True, transfer_lengths: tuple[int, ...] = (256, 1024, 1792),
             transfer_reps: int = 3, graph_runs: list[Path] | None = None,
             command: str = "") -> Profile:
+    bind_engine_threads(cores)  # first: the imports below load torch
     from tqdm import tqdm
 
     from pdserve.benchmarks.report import machine_info
     from pdserve.simulation.real_engine import RealEngine
 
-    bind_engine_threads(cores)
     kwargs = engine_kwargs_of(model)
     fingerprint = json.dumps({**kwargs, "cores": cores}, sort_keys=True)
     steps_path = out.with_name(out.name + ".steps.jsonl")
@@ -143,6 +168,7 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
     started = time.perf_counter()
     engine = RealEngine(kwargs)
     startup_s = time.perf_counter() - started
+    check_engine_threads(cores)
     config = engine.vllm_config
     block_size = config.cache_config.block_size
     points = sweep.design(config.model_config.max_model_len,
