@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# v7's procedure after the profiler fix (stop 59): the engine profiled as served (one OpenMP
+# thread bound to its core; every earlier profile timed a two-thread unbound engine) (~3.5 min),
+# the five loads interleaved per round, 3 rounds (~35 min), then compared with the calibration
+# as in v7 and with the prompt cost as graph latency (`validation-graph.md`).
+set -euo pipefail
+B=benchmarks/results
+OUT=$B/sim-validation-cpu-v8
+.venv/bin/pdserve profile --config $B/sim-validation-cpu-v2/configs/pd.yaml \
+  --out $OUT/profile.json
+.venv/bin/python -m pdserve.benchmarks.sim_validation --rounds 3 --out $OUT
+.venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+  --out $OUT
+.venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+  --out $OUT --prompt-cost graph --suffix=-graph
