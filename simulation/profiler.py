@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import random
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +35,6 @@ def bind_engine_threads(cores: str) -> None:
     are ignored and the engine computes on one thread per core of the host, unbound (every
     profile before this check timed such a two-thread engine, not a served one). So this
     refuses to run once torch is imported; `check_engine_threads` confirms afterwards."""
-    import sys
-
     from pdserve.deployments.engine.placement import single_process_env
 
     if "torch" in sys.modules:
@@ -56,8 +55,8 @@ def check_engine_threads(cores: str) -> None:
     threads, allowed = torch.get_num_threads(), sorted(os.sched_getaffinity(0))
     if threads != len(wanted) or allowed != wanted:
         raise RuntimeError(f"the profiled engine computes on {threads} threads on cores "
-                           f"{allowed}, not as a served engine bound to {wanted}: its OpenMP "
-                           "settings were read before bind_engine_threads set them")
+                           f"{allowed}, not as a served engine bound to {wanted} (e.g. OpenMP "
+                           "read its settings before bind_engine_threads set them)")
 
 
 def engine_kwargs_of(model: Any) -> dict[str, Any]:
@@ -162,7 +161,10 @@ def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bo
     from pdserve.simulation.real_engine import RealEngine
 
     kwargs = engine_kwargs_of(model)
-    fingerprint = json.dumps({**kwargs, "cores": cores}, sort_keys=True)
+    # "threads": steps logged before the engine was bound as served (two OpenMP threads over
+    # the host's cores) must not be resumed into a profile of one bound thread
+    fingerprint = json.dumps({**kwargs, "cores": cores, "threads": "one per core, bound"},
+                             sort_keys=True)
     steps_path = out.with_name(out.name + ".steps.jsonl")
     done = load_done(steps_path, fingerprint)
     started = time.perf_counter()

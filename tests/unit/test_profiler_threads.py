@@ -13,9 +13,9 @@ import pytest
 from pdserve.simulation.profiler import bind_engine_threads
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
+def _run(code: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OMP_", "KMP_", "GOMP_", "VLLM_"))}
+           if not k.startswith(("OMP_", "KMP_", "GOMP_", "VLLM_", "LD_PRELOAD"))}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
 
@@ -30,7 +30,7 @@ def test_bound_before_torch_computes_on_one_thread_on_its_core() -> None:
                 f"check_engine_threads('{core}')\n"
                 "print(torch.get_num_threads(), sorted(os.sched_getaffinity(0)))")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[-2] == f"1 [{core}]"
+    assert done.stdout.splitlines()[-1] == f"1 [{core}]"
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to tell bound")
@@ -51,3 +51,13 @@ def test_binding_refuses_once_torch_is_loaded() -> None:
 
     with pytest.raises(RuntimeError, match="before torch is imported"):
         bind_engine_threads("0")
+
+
+def test_the_profiler_module_loads_no_torch() -> None:
+    """`pdserve profile` imports the profiler, then binds: an import of torch on the way would
+    make every binding come too late (what happened)."""
+    done = _run("import sys\nimport pdserve.cli, pdserve.simulation.profiler, "
+                "pdserve.simulation.serve_config, pdserve.benchmarks.core_sharing_probe\n"
+                "print('torch' in sys.modules)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "False"
