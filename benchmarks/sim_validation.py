@@ -37,7 +37,7 @@ from typing import Any
 
 from pdserve.benchmarks import mixed_bench, report, rounds, systems, workloads
 from pdserve.benchmarks.workloads import LoadSettings
-from pdserve.simulation.profile_file import PROMPT_COSTS, STEP_MODELS
+from pdserve.simulation.profile_file import DEFAULT_STEP_MODEL, PROMPT_COSTS, STEP_MODELS
 
 SYSTEMS = ("pd", "colocated")
 LOADS = ("c1", "c1-long", "poisson", "bursty", "mixed")
@@ -80,10 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cpu-model", dest="cpu_model", action="store_false",
                    help="with --compare: leave out the graph's CPU (engines on cores of their "
                    "own), to see what it explains")
-    p.add_argument("--step-model", choices=STEP_MODELS, default="scaled",
+    p.add_argument("--step-model", choices=STEP_MODELS, default=DEFAULT_STEP_MODEL,
                    help="with --compare: calibrate the served engine's steps as the profiled "
-                   "ones times a factor (scaled), plus a constant (added), or take them as "
-                   "profiled (profiled)")
+                   "ones times a factor (scaled), plus a constant (added, the default), or take "
+                   "them as profiled (profiled)")
     p.add_argument("--prompt-cost", choices=PROMPT_COSTS, default="engine",
                    help="with --compare: calibrate the TTFT the graph adds per prompt token as "
                    "the served engine's time per prompt token it computes (engine), or as "

@@ -14,7 +14,13 @@ from typing import Any
 
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.metrics import summarize
-from pdserve.simulation.profile_file import PROMPT_COSTS, STEP_MODELS, GraphOverhead, Profile
+from pdserve.simulation.profile_file import (
+    DEFAULT_STEP_MODEL,
+    PROMPT_COSTS,
+    STEP_MODELS,
+    GraphOverhead,
+    Profile,
+)
 from pdserve.simulation.traces import TraceRequest, read_vllm_result
 
 #: Process roles (`benchmarks/process_cpu.py`) whose CPU follows the traffic (the load
@@ -74,7 +80,7 @@ def engine_seconds(profile: Profile, model: Any, result_file: Path, overhead: Gr
 
 def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    cpu_by_role: list[dict[str, float]] | None = None,
-                   host_cores: int | None = None, steps: str = "scaled",
+                   host_cores: int | None = None, steps: str = DEFAULT_STEP_MODEL,
                    prompts: list[list[TraceRequest] | None] | None = None,
                    prompt_cost: str = "engine",
                    engine_waits: list[float] | None = None) -> GraphOverhead:
@@ -82,22 +88,27 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     `scaled`, the served engine's steps are the measured TPOT p50 over the simulated bare
     engine's (at least 1) times the profiled ones, and the rest of the measured TTFT p50 is
     latency per request (fixed + per prompt token, over runs of different prompt lengths);
-    `added`, steps keep their profiled time plus the TPOT difference per step; `profiled`,
-    steps keep their profiled time and only the TTFT difference is calibrated (a served
-    engine did 1.2–1.7× its profiled work per step under every load measured, so this
-    underestimates: `benchmarks/results/sim-validation-cpu-v3/validation-profiled.md`). With
+    `added` (the default), steps keep their profiled time plus the TPOT difference per step,
+    and the rest of the TTFT difference is latency per request; `profiled`,
+    steps keep their profiled time and only the TTFT difference is calibrated (with profiles
+    of a mis-bound two-thread engine, before 2026-12-07 evening, a served engine did 1.2–1.7×
+    its profiled work per step: `benchmarks/results/sim-validation-cpu-v3/
+    validation-profiled.md`; with a faithful profile 1.08–1.18× at concurrency 1). With
     `cpu_by_role` (per run,
     CPU seconds by process role): the graph's CPU per request and at rest. `prompts`: per run,
     the prompts it sent (see `simulated`). `prompt_cost` (`PROMPT_COSTS`): where the part of
     that TTFT difference that grows with the prompt goes: `engine`, the served engine's steps
     take it per prompt token they compute (`per_prefill_token_s`: a traced served prefill
-    took 1.6x its scaled profiled step, and the graph does nothing per prompt token that
-    costs tens of microseconds); `graph`, latency before the pools (`per_prompt_token_s`), as
+    took 1.6x its scaled step as profiled on two threads by mistake, and the graph does
+    nothing per prompt token that costs tens of microseconds; with the engine profiled as
+    served it calibrates to about 0); `graph`, latency before the pools (`per_prompt_token_s`), as
     calibrated until 2026-12-07. `engine_waits` (per run, with `cpu_by_role`: the served
     engines' run-queue wait, seconds): the share of its core an engine lost while stepping
-    alone becomes the graph's `busy_core_share` (over the graph's demand then), and the step
-    scale, time per step and engine time per prompt token are taken net of it (the simulated
-    host takes it from the steps). The per-token part is fitted on whole prompts and charged on
+    alone becomes the graph's `busy_core_share` (over the graph's demand then), and the engine
+    times are taken net of it: the simulated host stretches each step by 1 / (1 − that share)
+    at concurrency 1, so the served TPOT comes back (a scaled step scale times the kept share,
+    an added time per step of served TPOT × kept share − bare TPOT, profiled steps times the
+    kept share). The per-token part is fitted on whole prompts and charged on
     the tokens an engine computes: prompts a concurrency-1 run repeats from its prefix cache
     carry a little of it unseen."""
     if not runs:
@@ -106,43 +117,48 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         raise ValueError(f"unknown step model {steps!r}; known: {', '.join(STEP_MODELS)}")
     if prompt_cost not in PROMPT_COSTS:
         raise ValueError(f"unknown prompt cost {prompt_cost!r}; known: {', '.join(PROMPT_COSTS)}")
-    scale_steps = steps == "scaled"
-    per_request, per_step, scale, traffic, upkeep = [], [], [], [], []
-    prompt_tokens: list[float] = []
+    measured_runs = [json.loads(Path(path).read_text()) for path in runs]
+    traffic, upkeep = [], []
     demand: list[float] = []  # per run: the graph's cores, its traffic's CPU over the run + upkeep
-    for n, path in enumerate(runs):
-        measured = json.loads(Path(path).read_text())
-        prompt_tokens.append(statistics.median(measured["input_lens"]))
-        sent = prompts[n] if prompts else None
-        bare = simulated(profile, model, path, GraphOverhead(), sent)
-        if scale_steps:
-            factor = max(1.0, measured["p50_tpot_ms"] / bare["p50_tpot_ms"])
-            scaled = simulated(profile, model, path, GraphOverhead(step_scale=factor), sent)
-            scale.append(factor)
-            per_request.append((measured["p50_ttft_ms"] - scaled["p50_ttft_ms"]) / 1e3)
-        else:
-            per_request.append((measured["p50_ttft_ms"] - bare["p50_ttft_ms"]) / 1e3)
-            if steps == "added":
-                per_step.append((measured["p50_tpot_ms"] - bare["p50_tpot_ms"]) / 1e3)
-        if cpu_by_role:
-            roles = cpu_by_role[n]
-            traffic.append((measured["completed"], measured["total_output_tokens"],
-                            sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))))
-            upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
-            demand.append(traffic[-1][2] / measured["duration"] + upkeep[-1])
-    per_request_cpu, per_token_cpu = split_cpu(traffic)
-    fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
-    in_engine = prompt_cost == "engine"
+    for measured, roles in zip(measured_runs, cpu_by_role or [], strict=False):
+        traffic.append((measured["completed"], measured["total_output_tokens"],
+                        sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))))
+        upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
+        demand.append(traffic[-1][2] / measured["duration"] + upkeep[-1])
     lost, busy_share = 0.0, 0.0
     if engine_waits and cpu_by_role:
         lost, busy_share = lost_to_graph(engine_waits, cpu_by_role, demand)
+    # The simulated host stretches every step by 1 / net at concurrency 1 (it gives the lost
+    # share of the core to the graph): engine times are calibrated net of it, and the TTFT left
+    # to explain is taken against the steps as the host will then run them.
     net = 1.0 - lost
+    per_request, scale, added = [], [], []
+    prompt_tokens: list[float] = []
+    for n, (path, measured) in enumerate(zip(runs, measured_runs, strict=True)):
+        prompt_tokens.append(statistics.median(measured["input_lens"]))
+        sent = prompts[n] if prompts else None
+        bare = simulated(profile, model, path, GraphOverhead(), sent)
+        served_tpot_s, bare_tpot_s = measured["p50_tpot_ms"] / 1e3, bare["p50_tpot_ms"] / 1e3
+        if steps == "scaled":
+            scale.append(max(1.0, served_tpot_s / bare_tpot_s))
+            at_c1 = GraphOverhead(step_scale=scale[-1])
+        elif steps == "added":
+            added.append(max(0.0, served_tpot_s * net - bare_tpot_s))
+            at_c1 = GraphOverhead(step_scale=1.0 / net, per_step_s=added[-1] / net)
+        else:  # profiled: steps net of the lost share, which the host gives back
+            at_c1 = GraphOverhead()
+        served = bare if at_c1 == GraphOverhead() else simulated(profile, model, path, at_c1, sent)
+        per_request.append((measured["p50_ttft_ms"] - served["p50_ttft_ms"]) / 1e3)
+    per_request_cpu, per_token_cpu = split_cpu(traffic)
+    fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
+    in_engine = prompt_cost == "engine"
     return GraphOverhead(
         per_request_s=fixed, per_prompt_token_s=0.0 if in_engine else per_prompt_token,
         per_prefill_token_s=per_prompt_token * net if in_engine else 0.0,
-        step_scale=(statistics.median(scale) if scale else 1.0) * net,
+        step_scale={"scaled": statistics.median(scale) * net if scale else 1.0,
+                    "added": 1.0, "profiled": net}[steps],
         busy_core_share=busy_share,
-        per_step_s=max(0.0, statistics.median(per_step)) * net if per_step else 0.0,
+        per_step_s=statistics.median(added) if added else 0.0,
         cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
         background_cores=statistics.median(upkeep) if upkeep else 0.0,
         host_cores=host_cores if traffic else None,

@@ -59,6 +59,10 @@ class KVTransfer(_Strict):
 #: How a calibration relates the served engine's steps to the profiled ones
 #: (`calibration.graph_overhead`'s `steps`): times a factor, plus a constant, or as profiled.
 STEP_MODELS = ("scaled", "added", "profiled")
+#: The default: a constant per step. Once the profile timed the engine as served (one thread on
+#: its core), the served steps' extra time was its serving loop's, per step rather than per
+#: unit of work; a factor also stretched every prompt step (v8: 17 vs 14 of 24 within 15 %).
+DEFAULT_STEP_MODEL = "added"
 #: Where calibration puts the TTFT a served graph adds per prompt token
 #: (`calibration.graph_overhead`'s `prompt_cost`): engine time per prompt token computed, or
 #: latency before the pools.
@@ -72,18 +76,22 @@ class GraphOverhead(_Strict):
       reaches a pool (HTTP, proxy, ingress, tokenization, hashing, routing, the stream's first
       hop): added to every request's arrival (stretched as engine steps are while the graph
       and the engines want more CPU than the host has).
-    - `step_scale`: every engine step takes this many times the profiled time (a served
-      engine shares its host with the graph: measured 1.5–2x on a 2-core box at concurrency 1).
-      With `busy_core_share` calibrated, it and the other engine times are net of what the
-      engines lost to the graph at concurrency 1 (the simulated host takes that from the steps;
-      the planner's closed-form estimates, which have no host, then run optimistic by as much).
+    - `step_scale`: every engine step takes this many times the profiled time (measured
+      1.4–2x at concurrency 1 on a 2-core box while profiles timed a two-thread engine by
+      mistake; 1.08–1.18x once they timed it as served, where the difference is per step, not
+      per unit of work: `per_step_s`, which calibration now fits by default).
+      With `busy_core_share` calibrated, the engine times are net of what the engines lost to
+      the graph at concurrency 1 (the simulated host takes that from the steps; the planner's
+      closed-form estimates, which have no host, then run optimistic by as much).
     - `per_step_s`: added to every engine step (what a served engine does per step that the
-      profiled one does not: KV events, the KV connector, handing outputs to its replica).
+      profiled one does not: KV events, the KV connector, handing outputs to its replica:
+      0.5–1.1 ms on this box, `sim-validation-cpu-v8`).
     - `per_prefill_token_s`: added to an engine step per prompt token it computes (a served
-      engine's prompt costs more than its profiled step: on this 2-core box a traced PD
-      request's prefill engine took 104–110 ms to its first token at concurrency 1 where the
-      scaled profiled step took 67). Engine time, so it queues, time-shares and stretches with
-      the engine's core, where `per_prompt_token_s` does not.
+      engine's prompt cost more than its profiled step while profiles timed a two-thread
+      engine by mistake: a traced PD request's prefill engine took 104–110 ms to its first
+      token at concurrency 1 where the scaled profiled step took 67; with the engine profiled
+      as served it calibrates to about 0). Engine time, so it queues, time-shares and
+      stretches with the engine's core, where `per_prompt_token_s` does not.
     - `cpu_per_request_s`, `cpu_per_token_s` and `host_cores`: the graph's own processes
       (proxy, ingress, replicas, Ray) use this much CPU per request and per streamed token, on
       a host of this many cores; when that
