@@ -9,4 +9,4 @@ OUT=benchmarks/results/sim-calibration-cpu-v2
   --out $OUT/profile.json
 .venv/bin/python -m pdserve.benchmarks.sim_validation --loads c1,c1-long --rounds 3 --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT
+  --out $OUT --step-model scaled

@@ -11,16 +11,16 @@ for S in 2 0.5 0.2; do
   # Intel box, profile, calibration and validation in one window (v3 quiet, v4 noisy)
   for V in sim-validation-cpu-v3 sim-validation-cpu-v4; do
     $PY -m pdserve.benchmarks.sim_validation --compare --profile $B/$V/profile.json \
-      --cpu-window $S --suffix=-window-$S --out $B/$V
+      --cpu-window $S --suffix=-window-$S --out $B/$V --step-model scaled
   done
   # AMD box (v1); Intel box with a calibration measured right after the loads and a profile
   # of 9.5 hours before (v2, its `-fresh` comparison)
   $PY -m pdserve.benchmarks.sim_validation --compare \
     --profile $B/sim-validation-cpu-v1/profile.json --calibration $B/sim-calibration-cpu-v1 \
-    --cpu-window $S --suffix=-window-$S --out $B/sim-validation-cpu-v1
+    --cpu-window $S --suffix=-window-$S --out $B/sim-validation-cpu-v1 --step-model scaled
   $PY -m pdserve.benchmarks.sim_validation --compare \
     --profile $B/sim-calibration-cpu-v2/profile.json --calibration $B/sim-calibration-cpu-v3 \
-    --cpu-window $S --suffix=-fresh-window-$S --out $B/sim-validation-cpu-v2
+    --cpu-window $S --suffix=-fresh-window-$S --out $B/sim-validation-cpu-v2 --step-model scaled
   # the planner's candidates (Intel box)
   $PY -m pdserve.benchmarks.plan_validation --plan $B/plan-cpu-v2 --compare \
     --profile $B/sim-calibration-cpu-v2/profile-pd.json --cpu-window $S \

@@ -10,9 +10,9 @@ OUT=$B/sim-validation-cpu-v2
   --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare \
   --profile $B/sim-calibration-cpu-v2/profile.json --calibration $B/sim-calibration-cpu-v2 \
-  --out $OUT
+  --out $OUT --step-model scaled
 .venv/bin/python -m pdserve.benchmarks.sim_validation --loads c1,c1-long --rounds 3 \
   --out $B/sim-calibration-cpu-v3
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare \
   --profile $B/sim-calibration-cpu-v2/profile.json --calibration $B/sim-calibration-cpu-v3 \
-  --suffix=-fresh --out $OUT
+  --suffix=-fresh --out $OUT --step-model scaled

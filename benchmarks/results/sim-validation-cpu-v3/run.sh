@@ -14,8 +14,8 @@ OUT=$B/sim-validation-cpu-v3
   --out $OUT/profile.json
 .venv/bin/python -m pdserve.benchmarks.sim_validation --rounds 3 --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT
+  --out $OUT --step-model scaled
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
   --step-model profiled --suffix=-profiled --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --calibration $B/sim-calibration-cpu-v3 --suffix=-v3-profile --out $B/sim-validation-cpu-v2
+  --calibration $B/sim-calibration-cpu-v3 --suffix=-v3-profile --out $B/sim-validation-cpu-v2 --step-model scaled

@@ -11,6 +11,6 @@ OUT=$B/sim-validation-cpu-v5
   --out $OUT/profile.json
 .venv/bin/python -m pdserve.benchmarks.sim_validation --rounds 3 --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT
+  --out $OUT --step-model scaled
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --cpu-window 0.5 --suffix=-window-0.5 --out $OUT
+  --cpu-window 0.5 --suffix=-window-0.5 --out $OUT --step-model scaled

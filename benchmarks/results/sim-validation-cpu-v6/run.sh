@@ -10,4 +10,4 @@ OUT=$B/sim-validation-cpu-v6
   --out $OUT/profile.json
 .venv/bin/python -m pdserve.benchmarks.sim_validation --rounds 3 --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT
+  --out $OUT --step-model scaled

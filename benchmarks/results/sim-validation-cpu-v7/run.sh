@@ -10,6 +10,6 @@ OUT=$B/sim-validation-cpu-v7
   --out $OUT/profile.json
 .venv/bin/python -m pdserve.benchmarks.sim_validation --rounds 3 --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT
+  --out $OUT --step-model scaled
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT --prompt-cost graph --suffix=-graph
+  --out $OUT --prompt-cost graph --suffix=-graph --step-model scaled

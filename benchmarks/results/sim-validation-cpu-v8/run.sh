@@ -10,6 +10,12 @@ OUT=$B/sim-validation-cpu-v8
   --out $OUT/profile.json
 .venv/bin/python -m pdserve.benchmarks.sim_validation --rounds 3 --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT
+  --out $OUT --step-model scaled
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
-  --out $OUT --prompt-cost graph --suffix=-graph
+  --out $OUT --prompt-cost graph --suffix=-graph --step-model scaled
+# after the run (stop 59): a constant per step (`added`, then made the default), and v7's
+# busy-core share on the step scale
+.venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+  --out $OUT --step-model added --suffix=-added
+.venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+  --out $OUT --busy-cores --step-model scaled --suffix=-busy-cores
