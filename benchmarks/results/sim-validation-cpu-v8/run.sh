@@ -19,3 +19,9 @@ OUT=$B/sim-validation-cpu-v8
   --out $OUT --step-model added --suffix=-added
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
   --out $OUT --busy-cores --step-model scaled --suffix=-busy-cores
+# tried, not kept (bursty TTFT p90 right, Poisson p90s wrong): the graph's CPU demanded over a
+# longer window of arrivals and tokens
+for w in 4 8; do
+  .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+    --out $OUT --cpu-window $w --suffix=-added-window$w
+done

@@ -12,3 +12,6 @@ OUT=$B/sim-validation-cpu-v9
   --out $OUT
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
   --out $OUT --step-model scaled --suffix=-scaled
+# after the run: what the graph's CPU on the engines' host explains (without it: 2 of 24)
+.venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+  --out $OUT --no-cpu-model --suffix=-no-cpu
