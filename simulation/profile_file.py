@@ -61,7 +61,8 @@ class KVTransfer(_Strict):
 STEP_MODELS = ("scaled", "added", "profiled")
 #: The default: a constant per step. Once the profile timed the engine as served (one thread on
 #: its core), the served steps' extra time was its serving loop's, per step rather than per
-#: unit of work; a factor also stretched every prompt step (v8: 17 vs 14 of 24 within 15 %).
+#: unit of work; a factor also stretched every prompt step (within 15 %: v8 20 vs 18 of 24;
+#: v9, held out, 17 vs 16).
 DEFAULT_STEP_MODEL = "added"
 #: Where calibration puts the TTFT a served graph adds per prompt token
 #: (`calibration.graph_overhead`'s `prompt_cost`): engine time per prompt token computed, or
