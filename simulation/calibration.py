@@ -93,7 +93,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     steps keep their profiled time and only the TTFT difference is calibrated (with profiles
     of a mis-bound two-thread engine, before 2026-12-07 evening, a served engine did 1.2–1.7×
     its profiled work per step: `benchmarks/results/sim-validation-cpu-v3/
-    validation-profiled.md`; with a faithful profile 1.08–1.18× at concurrency 1). With
+    validation-profiled.md`; with a faithful profile 1.06–1.18× at concurrency 1). With
     `cpu_by_role` (per run,
     CPU seconds by process role): the graph's CPU per request and at rest. `prompts`: per run,
     the prompts it sent (see `simulated`). `prompt_cost` (`PROMPT_COSTS`): where the part of

@@ -79,14 +79,14 @@ class GraphOverhead(_Strict):
       and the engines want more CPU than the host has).
     - `step_scale`: every engine step takes this many times the profiled time (measured
       1.4–2x at concurrency 1 on a 2-core box while profiles timed a two-thread engine by
-      mistake; 1.08–1.18x once they timed it as served, where the difference is per step, not
+      mistake; 1.06–1.18x once they timed it as served, where the difference is per step, not
       per unit of work: `per_step_s`, which calibration now fits by default).
       With `busy_core_share` calibrated, the engine times are net of what the engines lost to
       the graph at concurrency 1 (the simulated host takes that from the steps; the planner's
       closed-form estimates, which have no host, then run optimistic by as much).
     - `per_step_s`: added to every engine step (what a served engine does per step that the
       profiled one does not: KV events, the KV connector, handing outputs to its replica:
-      0.5–1.1 ms on this box, `sim-validation-cpu-v8`).
+      0.4–1.1 ms on this box, `sim-validation-cpu-v8`, `-v9`).
     - `per_prefill_token_s`: added to an engine step per prompt token it computes (a served
       engine's prompt cost more than its profiled step while profiles timed a two-thread
       engine by mistake: a traced PD request's prefill engine took 104–110 ms to its first
