@@ -215,8 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--config", type=Path, default=None, help="serve config YAML")
     prof.add_argument("--model", default=None, help="model id (default: the config's only one)")
     prof.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
-    prof.add_argument("--cores", default="0",
-                      help="cores the engine's threads are bound to, vLLM's syntax (default: 0)")
+    prof.add_argument("--cores", default=None,
+                      help="cores the engine's threads are bound to, vLLM's syntax (default: the "
+                      "first core this process may run on)")
     prof.add_argument("--repeats", type=int, default=2, help="runs of each sweep point")
     prof.add_argument("--quick", action="store_true", help="a coarser sweep (tests, a look)")
     prof.add_argument("--refit", action="store_true",

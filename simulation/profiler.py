@@ -150,10 +150,18 @@ def refit(out: Path) -> Profile:
     return result
 
 
-def profile(model: Any, out: Path, cores: str = "0", repeats: int = 2, quick: bool = False,
+def first_allowed_core() -> str:
+    """The default core to profile on: the lowest this process may run on (not always 0 under
+    a cpuset or `taskset`, where binding to 0 would be refused)."""
+    return str(min(os.sched_getaffinity(0)))
+
+
+def profile(model: Any, out: Path, cores: str | None = None, repeats: int = 2,
+            quick: bool = False,
             kv_transfer: bool = True, transfer_lengths: tuple[int, ...] = (256, 1024, 1792),
             transfer_reps: int = 3, graph_runs: list[Path] | None = None,
             command: str = "") -> Profile:
+    cores = cores or first_allowed_core()
     bind_engine_threads(cores)  # first: the imports below load torch
     from tqdm import tqdm
 

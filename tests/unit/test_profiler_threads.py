@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pdserve.simulation.profiler import bind_engine_threads
+from pdserve.simulation.profiler import bind_engine_threads, first_allowed_core
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -61,3 +61,14 @@ def test_the_profiler_module_loads_no_torch() -> None:
                 "print('torch' in sys.modules)")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "False"
+
+
+def test_the_default_core_is_one_this_process_may_run_on() -> None:
+    allowed = os.sched_getaffinity(0)
+    assert int(first_allowed_core()) == min(allowed)
+    last = max(allowed)
+    done = _run("from pdserve.simulation.profiler import first_allowed_core\n"
+                f"import os; os.sched_setaffinity(0, {{{last}}})\n"
+                "print(first_allowed_core())")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == str(last)
