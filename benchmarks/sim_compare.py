@@ -19,6 +19,7 @@ from pdserve.benchmarks import process_cpu, systems
 from pdserve.benchmarks.sim_validation import (
     CALIBRATION_LOADS,
     COMPARED,
+    CONCURRENCY_1_LOADS,
     MAX_CONCURRENCY,
     NUM_WARMUPS,
     VALIDATION_LOADS,
@@ -44,10 +45,14 @@ def compare(args: argparse.Namespace) -> None:
         raws = {load: sorted((out / "raw").glob(f"{system}__{load}__r*.json"))
                 for load in VALIDATION_LOADS}
         c1_rows = sorted((r for r in calibrating["results"]
-                          if r["system"] == system and r["load"] in CALIBRATION_LOADS
+                          if r["system"] == system and r["load"] in CONCURRENCY_1_LOADS
                           and r.get("summary")), key=lambda r: (r["round"], r["load"]))
         runs = [calibration_dir / "raw" / f"{system}__{r['load']}__r{r['round']}.json"
                 for r in c1_rows]
+        load_runs = [(calibration_dir / "raw" / f"{system}__{r['load']}__r{r['round']}.json",
+                      r["cpu_s"]) for r in calibrating["results"]
+                     if r["system"] == system and r.get("summary") and r.get("cpu_s")
+                     and r["load"] in set(CALIBRATION_LOADS) - set(CONCURRENCY_1_LOADS)]
         cores = measured["machine"].get("cpu_affinity") or measured["machine"]["cpu_count"]
         overhead = calibration.graph_overhead(
             profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
@@ -56,7 +61,8 @@ def compare(args: argparse.Namespace) -> None:
                      for r in c1_rows] if args.prompts else None,
             prompt_cost=args.prompt_cost,
             engine_waits=c1_waits(c1_rows, system) if args.busy_cores and args.cpu_model
-            else None)
+            else None,
+            load_runs=load_runs if args.cpu_model else None)
         # the profile's window (calibration starts from the default), unless --cpu-window
         overhead = overhead.with_cpu_window(profile.graph_overhead.cpu_window_s
                                             if args.cpu_window is None else args.cpu_window)
@@ -248,7 +254,9 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
                          "computed, "
                          "graph CPU "
                          f"{o['cpu_per_request_s'] * 1e3:.0f} ms per request + "
-                         f"{o['cpu_per_token_s'] * 1e3:.2f} ms per token + "
+                         + (f"{o['cpu_per_step_s'] * 1e3:.2f} ms per engine step + "
+                            if o.get("cpu_per_step_s") else "")
+                         + f"{o['cpu_per_token_s'] * 1e3:.2f} ms per token + "
                          f"{o['background_cores']:.2f} cores at rest on "
                          f"{o['host_cores'] or '—'} cores"
                          + (f", demanded over the last {o.get('cpu_window_s', DEFAULT_WINDOW):g} s"

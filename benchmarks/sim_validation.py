@@ -10,7 +10,10 @@ systems interleaved per round:
 - `c1`: concurrency 1, 512-token prompts, 32 out, and `c1-long`: concurrency 1, 64-token
   prompts, 256 out: calibrate the graph's overhead over the bare engine for the simulator
   (served step time, latency per request, the graph's CPU per request and per token); not
-  validation points. `--loads c1,c1-long` runs only these (a calibration run of its own).
+  validation points. `c4`: 4 at a time (closed loop), 512-token prompts, 64 out: its steps
+  carry several tokens each, which tells the graph's CPU per engine step from its CPU per
+  token (CPU only; runs without it calibrate as before). `--loads c1,c1-long,c4` runs only
+  these (a calibration run of its own).
 - `poisson`: open-loop Poisson arrivals, 512-token prompts, 64 out.
 - `bursty`: the same lengths and mean rate, gamma inter-arrivals of shape 0.25 (vLLM's
   `--burstiness`: coefficient of variation 2).
@@ -40,9 +43,11 @@ from pdserve.benchmarks.workloads import LoadSettings
 from pdserve.simulation.profile_file import DEFAULT_STEP_MODEL, PROMPT_COSTS, STEP_MODELS
 
 SYSTEMS = ("pd", "colocated")
-LOADS = ("c1", "c1-long", "poisson", "bursty", "mixed")
-#: Loads the simulator is calibrated on (never compared).
-CALIBRATION_LOADS = ("c1", "c1-long")
+LOADS = ("c1", "c1-long", "c4", "poisson", "bursty", "mixed")
+#: Loads the simulator is calibrated on (never compared): latency at concurrency 1, the
+#: graph's CPU on all of them.
+CONCURRENCY_1_LOADS = ("c1", "c1-long")
+CALIBRATION_LOADS = (*CONCURRENCY_1_LOADS, "c4")
 VALIDATION_LOADS = ("poisson", "bursty", "mixed")
 COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("p50_ttft_ms", "TTFT p50 ms", False),
@@ -111,13 +116,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 #: engines compute them too (`engine_work`).
 NUM_WARMUPS = 2
 #: The loads that send one request at a time (the others arrive open-loop).
-MAX_CONCURRENCY = {"c1": 1, "c1-long": 1}
+MAX_CONCURRENCY = {"c1": 1, "c1-long": 1, "c4": 4}
 
 #: Each load draws its prompts with its own seed: vLLM's random dataset with one seed and one
 #: length gives the same prompts, which a later load would find in the prefix cache (the
 #: simulator replays lengths, not contents). With the `bench` model's 512-token vocabulary
 #: about one prompt in ten still repeats one drawn before (a random offset into the vocabulary).
-LOAD_SEEDS = {"c1": 1, "poisson": 2, "bursty": 3, "mixed": 4, "c1-long": 5}
+LOAD_SEEDS = {"c1": 1, "poisson": 2, "bursty": 3, "mixed": 4, "c1-long": 5, "c4": 6}
 
 
 def load_argv(load: str, system: systems.System, args: argparse.Namespace,
@@ -126,6 +131,10 @@ def load_argv(load: str, system: systems.System, args: argparse.Namespace,
                 seed=args.seed * 10 + LOAD_SEEDS[load])
     if load == "c1":
         s = LoadSettings(num_prompts=24, input_len=512, output_len=32,
+                         max_concurrency=MAX_CONCURRENCY[load], **base)
+        extra = workloads.random_args(s)
+    elif load == "c4":
+        s = LoadSettings(num_prompts=32, input_len=512, output_len=64,
                          max_concurrency=MAX_CONCURRENCY[load], **base)
         extra = workloads.random_args(s)
     elif load == "c1-long":

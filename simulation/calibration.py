@@ -1,8 +1,11 @@
 """What the served graph adds over the profiled bare engine, from runs of the served graph:
 the difference a concurrency-1 run shows (latency per request, time per engine step), and
-what the graph's own processes spent in CPU (per request, and at rest).
+what the graph's own processes spent in CPU (per request, per engine step, per token, and at
+rest).
 
-Measured at concurrency 1 only, so a validation at load predicts rather than fits."""
+Latencies are calibrated at concurrency 1 only; the CPU split may also take a closed-loop run
+of a few requests at once (its steps carry several tokens each, which separates per step from
+per token), so a validation at open-loop load predicts rather than fits."""
 
 from __future__ import annotations
 
@@ -35,6 +38,39 @@ WARMUP_GAP_S = 60.0
 ENGINE_ROLE = "vllm engine core"
 UPKEEP_ROLES = ("ray system", "serve controller", "ray::DashboardAgent", "serve run driver",
                 "ray::RuntimeEnvAgent")
+#: Tokens a client receives less than this share of the run's median gap apart came from one
+#: engine step (`steps_seen`): a step's tokens reach the client within a millisecond or two of
+#: each other, steps of the `bench` model are 8-25 ms apart.
+SAME_STEP_GAP_SHARE = 0.3
+#: A run whose steps carried at least this many tokens each on average separates CPU per step
+#: from CPU per token (at concurrency 1 both count the same).
+MIN_TOKENS_PER_STEP = 1.5
+
+
+def steps_seen(measured: dict[str, Any]) -> int:
+    """Engine steps whose outputs a run's client saw, from vLLM's detailed result: its tokens'
+    arrival times (start + TTFT + the gaps), grouped where they arrive closer together than
+    `SAME_STEP_GAP_SHARE` of the median gap. At concurrency 1 every token is a step of its
+    own; with several requests in flight a step carries one token of each."""
+    import numpy as np
+
+    times: list[float] = []
+    for start, ttft, gaps in zip(measured["start_times"], measured["ttfts"], measured["itls"],
+                                 strict=True):
+        if not ttft:  # failed: nothing arrived
+            continue
+        at = start + ttft
+        times.append(at)
+        for gap in gaps:
+            at += gap
+            times.append(at)
+    if not times:
+        return 0
+    gaps_all = [g for gaps in measured["itls"] for g in gaps]
+    if not gaps_all:
+        return len(times)
+    threshold = SAME_STEP_GAP_SHARE * float(np.median(gaps_all))
+    return 1 + int((np.diff(np.sort(times)) > threshold).sum())
 
 
 def simulated(profile: Profile, model: Any, result_file: Path, overhead: GraphOverhead,
@@ -83,7 +119,9 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                    host_cores: int | None = None, steps: str = DEFAULT_STEP_MODEL,
                    prompts: list[list[TraceRequest] | None] | None = None,
                    prompt_cost: str = "engine",
-                   engine_waits: list[float] | None = None) -> GraphOverhead:
+                   engine_waits: list[float] | None = None,
+                   load_runs: list[tuple[Path, dict[str, float]]] | None = None
+                   ) -> GraphOverhead:
     """Medians over concurrency-1 runs (vLLM benchmark result files). `steps` (`STEP_MODELS`):
     `scaled`, the served engine's steps are the measured TPOT p50 over the simulated bare
     engine's (at least 1) times the profiled ones, and the rest of the measured TTFT p50 is
@@ -110,7 +148,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     an added time per step of served TPOT × kept share − bare TPOT, profiled steps times the
     kept share). The per-token part is fitted on whole prompts and charged on
     the tokens an engine computes: prompts a concurrency-1 run repeats from its prefix cache
-    carry a little of it unseen."""
+    carry a little of it unseen. `load_runs` (result file, CPU seconds by role): runs of a few
+    requests at once that join the CPU split only (`split_cpu`: with them, CPU per engine step
+    is told from CPU per token; without, a concurrency-1 run cannot tell them apart and the
+    split is per request and per token, as calibrated until 2026-12-07)."""
     if not runs:
         raise ValueError("no concurrency-1 runs to calibrate with")
     if steps not in STEP_MODELS:
@@ -121,10 +162,11 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     traffic, upkeep = [], []
     demand: list[float] = []  # per run: the graph's cores, its traffic's CPU over the run + upkeep
     for measured, roles in zip(measured_runs, cpu_by_role or [], strict=False):
-        traffic.append((measured["completed"], measured["total_output_tokens"],
-                        sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))))
+        traffic.append(_traffic(measured, roles))
         upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
-        demand.append(traffic[-1][2] / measured["duration"] + upkeep[-1])
+        demand.append(traffic[-1][3] / measured["duration"] + upkeep[-1])
+    loaded = [_traffic(json.loads(Path(path).read_text()), roles)
+              for path, roles in load_runs or []]
     lost, busy_share = 0.0, 0.0
     if engine_waits and cpu_by_role:
         lost, busy_share = lost_to_graph(engine_waits, cpu_by_role, demand)
@@ -149,7 +191,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
             at_c1 = GraphOverhead()
         served = bare if at_c1 == GraphOverhead() else simulated(profile, model, path, at_c1, sent)
         per_request.append((measured["p50_ttft_ms"] - served["p50_ttft_ms"]) / 1e3)
-    per_request_cpu, per_token_cpu = split_cpu(traffic)
+    per_request_cpu, per_step_cpu, per_token_cpu = split_cpu(traffic + loaded)
     fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
     in_engine = prompt_cost == "engine"
     return GraphOverhead(
@@ -159,7 +201,8 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                     "added": 1.0, "profiled": net}[steps],
         busy_core_share=busy_share,
         per_step_s=statistics.median(added) if added else 0.0,
-        cpu_per_request_s=per_request_cpu, cpu_per_token_s=per_token_cpu,
+        cpu_per_request_s=per_request_cpu, cpu_per_step_s=per_step_cpu,
+        cpu_per_token_s=per_token_cpu,
         background_cores=statistics.median(upkeep) if upkeep else 0.0,
         host_cores=host_cores if traffic else None,
         source=f"{len(runs)} concurrency-1 runs of the served graph against the simulated bare "
@@ -168,8 +211,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                       "profiled": "steps as profiled, TTFT p50 difference"}[steps]
         + " fitted as per request + per prompt token"
         + (" (engine time per prompt token computed)" if in_engine else "")
-        + ("; graph CPU per request, per token and at rest from process accounting"
-           if traffic else "")
+        + (("; graph CPU per request, per step and per token" if loaded
+            else "; graph CPU per request, per token") + " and at rest from process accounting"
+           + (f" ({len(loaded)} run(s) with several requests at once among them)"
+              if loaded else "") if traffic else "")
         + (f"; engines lost {100 * lost:.1f} % of their core at concurrency 1 (run-queue "
            f"wait): {100 * busy_share:.0f} % of the graph's demand on busy cores, steps net of "
            "it" if busy_share else ""))
@@ -212,18 +257,28 @@ def split_latency(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return float(fixed), float(per_token)
 
 
-def split_cpu(runs: list[tuple[int, int, float]]) -> tuple[float, float]:
-    """(CPU per request, CPU per streamed token) from runs of (requests, tokens, CPU seconds):
-    non-negative least squares when the runs differ in tokens per request, else all of it per
-    request."""
+def _traffic(measured: dict[str, Any], roles: dict[str, float]) -> tuple[int, int, int, float]:
+    """(requests, engine steps seen, tokens, CPU seconds of the traffic's roles) of a run."""
+    return (measured["completed"], steps_seen(measured), measured["total_output_tokens"],
+            sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES)))
+
+
+def split_cpu(runs: list[tuple[int, int, int, float]]) -> tuple[float, float, float]:
+    """(CPU per request, per engine step, per streamed token) from runs of (requests, steps,
+    tokens, CPU seconds), non-negative least squares: per step and per token apart only when
+    some run's steps carried several tokens each (`MIN_TOKENS_PER_STEP`); else per request and
+    per token when the runs differ in tokens per request; else all of it per request."""
     if not runs:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     import numpy as np
     from scipy.optimize import nnls
 
-    x = np.array([[r, t] for r, t, _ in runs], dtype=float)
-    y = np.array([c for _, _, c in runs], dtype=float)
-    if len({round(t / max(r, 1)) for r, t, _ in runs}) < 2:
-        return float(statistics.median(y / np.maximum(x[:, 0], 1))), 0.0
-    (per_request, per_token), _ = nnls(x, y)
-    return float(per_request), float(per_token)
+    x = np.array([[r, s, t] for r, s, t, _ in runs], dtype=float)
+    y = np.array([c for *_, c in runs], dtype=float)
+    if max(t / max(s, 1) for _, s, t, _ in runs) >= MIN_TOKENS_PER_STEP:
+        (per_request, per_step, per_token), _ = nnls(x, y)
+        return float(per_request), float(per_step), float(per_token)
+    if len({round(t / max(r, 1)) for r, _, t, _ in runs}) < 2:
+        return float(statistics.median(y / np.maximum(x[:, 0], 1))), 0.0, 0.0
+    (per_request, per_token), _ = nnls(x[:, [0, 2]], y)
+    return float(per_request), 0.0, float(per_token)

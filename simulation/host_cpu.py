@@ -11,7 +11,8 @@ pinned (`cpu_binding: nobind`) share all the cores alike. Measured on this 2-cor
 inter-token latency, where sharing all cores alike had predicted almost none.
 
 The graph's processes (proxy, ingress, replicas, Ray) are not pinned: their CPU demand (CPU per
-request and per streamed token times their rates over the last `cpu_window_s` (a profile's
+request, per engine step with outputs and per streamed token times their rates over the last
+`cpu_window_s` (a profile's
 `graph_overhead`; 2 s unless set), plus Ray's upkeep)
 first fills the cores no engine steps on (all but a profile's `busy_core_share` of it, which
 lands on the busy cores even then: calibrated from the engines' run-queue wait, 0 unless
@@ -120,6 +121,7 @@ class HostCPU:
             self._arrivals.append(self.loop.now)
 
     def tokens_streamed(self, n: int) -> None:
+        """An engine step handed `n` tokens to its replica (one step, one message)."""
         if self.cores and n:
             self._tokens.append((self.loop.now, n))
             self._token_count += n
@@ -134,6 +136,7 @@ class HostCPU:
         while tokens and tokens[0][0] < now - window:
             self._token_count -= tokens.popleft()[1]
         return o.background_cores + (o.cpu_per_request_s * len(arrivals)
+                                     + o.cpu_per_step_s * len(tokens)
                                      + o.cpu_per_token_s * self._token_count) / window
 
     def graph_shares(self) -> dict[int, float]:

@@ -93,9 +93,10 @@ class GraphOverhead(_Strict):
       token at concurrency 1 where the scaled profiled step took 67; with the engine profiled
       as served it calibrates to about 0). Engine time, so it queues, time-shares and
       stretches with the engine's core, where `per_prompt_token_s` does not.
-    - `cpu_per_request_s`, `cpu_per_token_s` and `host_cores`: the graph's own processes
-      (proxy, ingress, replicas, Ray) use this much CPU per request and per streamed token, on
-      a host of this many cores; when that
+    - `cpu_per_request_s`, `cpu_per_step_s`, `cpu_per_token_s` and `host_cores`: the graph's
+      own processes (proxy, ingress, replicas, Ray) use this much CPU per request, per engine
+      step that hands outputs to its replica (one message however many requests it carries),
+      and per streamed token, on a host of this many cores; when that
       demand (plus `background_cores`, Ray's own upkeep) exceeds the cores the engines leave
       idle, it takes from the busy cores alike and their engines' steps stretch; engines
       pinned to one core share it (`host_cpu.HostCPU`; None: each engine and the graph on
@@ -118,6 +119,8 @@ class GraphOverhead(_Strict):
     per_prefill_token_s: float = Field(0.0, ge=0, description="engine time per prompt token "
                                        "computed, beyond the profiled step")
     cpu_per_request_s: float = Field(0.0, ge=0)
+    cpu_per_step_s: float = Field(0.0, ge=0, description="graph CPU per engine step with "
+                                  "outputs (its replica takes them in one message)")
     cpu_per_token_s: float = Field(0.0, ge=0, description="graph CPU per streamed token")
     background_cores: float = Field(0.0, ge=0, description="the graph's CPU when idle (Ray)")
     busy_core_share: float = Field(0.0, ge=0, le=1, description="of the graph's CPU demand, "

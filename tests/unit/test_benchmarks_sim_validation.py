@@ -21,8 +21,8 @@ def test_each_load_parses_and_draws_its_own_prompts(tmp_path: Path) -> None:
     for load in sv.LOADS:
         parsed = workloads.parse_bench_args(sv.load_argv(load, system, args, tmp_path / "d"))
         seeds[load] = parsed.seed
-        if load.startswith("c1"):
-            assert parsed.max_concurrency == 1
+        if load in sv.MAX_CONCURRENCY:  # closed loop: c1, c1-long one at a time, c4 four
+            assert parsed.max_concurrency == sv.MAX_CONCURRENCY[load]
         else:
             assert parsed.request_rate in (args.rate, args.mixed_rate)
     assert len(set(seeds.values())) == len(sv.LOADS)
@@ -51,9 +51,13 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
     measured = {"run_name": "v", "command": "python -m ...", "git_revision": "abc", "rounds": 3}
     text = sim_compare.validation_markdown(result, measured)
     assert "- when: profiled 2026-12-06T13:34, calibration runs from 2026-12-06T13:35" in text
-    assert "| pd | 1.54 (1.52–2.11) | — | 1.32 (1.30–1.48) | — | — |" in text
+    assert "| pd | 1.54 (1.52–2.11) | — | — | 1.32 (1.30–1.48) | — | — |" in text
     assert "| pd | poisson | p50_ttft_ms | 10.0 (9.0–11.0) | 11.0 | +10.0% |" in text
-    assert "| pd | — | — | 4.20 (3.90–5.00) / 1.10 | — | — |" in text  # engines' waits
+    assert "| pd | — | — | — | 4.20 (3.90–5.00) / 1.10 | — | — |" in text  # engines' waits
+    assert "50 ms per request + 2.00 ms per token" in text  # no CPU per step calibrated
+    row["overhead"] = {**overhead, "cpu_per_step_s": 0.0012}
+    assert "50 ms per request + 1.20 ms per engine step + 2.00 ms per token" in (
+        sim_compare.validation_markdown(result, measured))
     assert "on 2 cores, demanded over the last 2 s" in text  # a row without a window: 2 s
     row["overhead"] = {**overhead, "cpu_window_s": 0.5}
     assert "demanded over the last 0.5 s" in sim_compare.validation_markdown(result, measured)

@@ -9,23 +9,49 @@ from pathlib import Path
 import pytest
 from sim_profiles import PROFILE, model
 
-from pdserve.simulation.calibration import engine_cpu_s, graph_overhead, simulated, split_cpu
+from pdserve.simulation.calibration import (
+    engine_cpu_s,
+    graph_overhead,
+    simulated,
+    split_cpu,
+    steps_seen,
+)
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.profile_file import STEP_MODELS, GraphOverhead
 from pdserve.simulation.traces import TraceRequest
 
 
 def test_runs_of_different_output_lengths_split_request_and_token_cpu() -> None:
-    # 0.05 s per request + 0.002 s per token: 24 requests of 32 tokens, 12 of 256.
-    runs = [(24, 24 * 32, 24 * 0.05 + 24 * 32 * 0.002),
-            (12, 12 * 256, 12 * 0.05 + 12 * 256 * 0.002)]
-    per_request, per_token = split_cpu(runs)
-    assert per_request == pytest.approx(0.05) and per_token == pytest.approx(0.002)
+    # 0.05 s per request + 0.002 s per token: 24 requests of 32 tokens, 12 of 256, one token
+    # per step (concurrency 1: per step and per token cannot be told apart)
+    runs = [(24, 24 * 32, 24 * 32, 24 * 0.05 + 24 * 32 * 0.002),
+            (12, 12 * 256, 12 * 256, 12 * 0.05 + 12 * 256 * 0.002)]
+    assert split_cpu(runs) == pytest.approx((0.05, 0.0, 0.002))
 
 
 def test_one_output_length_puts_everything_on_the_request() -> None:
-    assert split_cpu([(10, 320, 2.0), (20, 640, 4.4)]) == pytest.approx((0.21, 0.0))
-    assert split_cpu([]) == (0.0, 0.0)
+    assert split_cpu([(10, 320, 320, 2.0), (20, 640, 640, 4.4)]) == pytest.approx((0.21, 0, 0))
+    assert split_cpu([]) == (0.0, 0.0, 0.0)
+
+
+def test_a_run_of_several_tokens_per_step_splits_step_from_token_cpu() -> None:
+    # 0.02 s per request + 0.001 per step + 0.0012 per token; the concurrency-4 run's steps
+    # carry 3.2 tokens each
+    def run(requests: int, steps: int, tokens: int) -> tuple[int, int, int, float]:
+        return requests, steps, tokens, 0.02 * requests + 0.001 * steps + 0.0012 * tokens
+
+    runs = [run(24, 768, 768), run(12, 3072, 3072), run(32, 640, 2048)]
+    assert split_cpu(runs) == pytest.approx((0.02, 0.001, 0.0012))
+    # without it the same concurrency-1 runs put it all on the token, as before
+    assert split_cpu(runs[:2])[1:] == pytest.approx((0.0, 0.0022))
+
+
+def test_steps_seen_groups_tokens_that_arrive_together() -> None:
+    # two requests decoding side by side (each step's two tokens 0.5 ms apart, steps 10 ms
+    # apart), then one alone: 4 + 2 steps; a failed request adds nothing
+    measured = {"start_times": [0.0, 0.0005, 1.0, 2.0], "ttfts": [0.1, 0.1, 0.1, 0.0],
+                "itls": [[0.01] * 3, [0.01] * 3, [0.01], []]}
+    assert steps_seen(measured) == 6
 
 
 def _c1_run(path: Path, tpot_ms: float, ttft_ms: float) -> Path:
@@ -34,6 +60,7 @@ def _c1_run(path: Path, tpot_ms: float, ttft_ms: float) -> Path:
     path.write_text(json.dumps({
         "start_times": [i * 1.0 for i in range(8)], "input_lens": [64] * 8,
         "output_lens": [32] * 8, "p50_tpot_ms": tpot_ms, "p50_ttft_ms": ttft_ms,
+        "ttfts": [ttft_ms / 1e3] * 8, "itls": [[tpot_ms / 1e3] * 31] * 8,
         "completed": 8, "total_output_tokens": 256, "duration": 8.0}))
     return path
 

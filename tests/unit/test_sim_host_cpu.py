@@ -262,6 +262,14 @@ def test_the_graph_s_demand_spreads_recent_work_over_the_profile_s_window(window
     assert demands == pytest.approx([(4 * 0.05 + 100 * 0.002) / window, 0.0])
 
 
+def test_the_graph_s_demand_counts_each_step_with_outputs_once() -> None:
+    # two steps of 8 tokens each and one of 1: three messages, 17 tokens
+    cpu = host(cpu_per_step_s=0.004, cpu_per_token_s=0.001, cpu_window_s=1.0)
+    for n in (8, 8, 1, 0):
+        cpu.tokens_streamed(n)
+    assert cpu.demand() == pytest.approx(3 * 0.004 + 17 * 0.001)
+
+
 def test_a_profile_without_a_cpu_window_keeps_two_seconds() -> None:
     older = GraphOverhead.model_validate({"per_request_s": 0.01})
     assert older.cpu_window_s == 2.0
