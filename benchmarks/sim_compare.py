@@ -62,7 +62,7 @@ def compare(args: argparse.Namespace) -> None:
             prompt_cost=args.prompt_cost,
             engine_waits=c1_waits(c1_rows, system) if args.busy_cores and args.cpu_model
             else None,
-            load_runs=load_runs if args.cpu_model else None)
+            load_runs=load_runs if args.cpu_model and args.load_cpu else None)
         # the profile's window (calibration starts from the default), unless --cpu-window
         overhead = overhead.with_cpu_window(profile.graph_overhead.cpu_window_s
                                             if args.cpu_window is None else args.cpu_window)

@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --compare: put part of the graph's CPU on busy engine cores even "
                    "while idle ones are free, as much as the engines' run-queue wait at "
                    "concurrency 1 says (runs that recorded it)")
+    p.add_argument("--concurrency-1-cpu", dest="load_cpu", action="store_false",
+                   help="with --compare: split the graph's CPU on the concurrency-1 loads only "
+                   "(per request and per token, as calibrated until 2026-12-07), not c4's")
     p.add_argument("--lengths-only", dest="prompts", action="store_false",
                    help="with --compare: replay lengths only (simulated prompts share no "
                    "tokens), not the prompts the runs sent")

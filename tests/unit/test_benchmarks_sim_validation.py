@@ -28,6 +28,8 @@ def test_each_load_parses_and_draws_its_own_prompts(tmp_path: Path) -> None:
     assert len(set(seeds.values())) == len(sv.LOADS)
     assert set(sv.CALIBRATION_LOADS) | set(sv.VALIDATION_LOADS) == set(sv.LOADS)
     assert args.cpu_window is None  # the profile's window unless --cpu-window
+    assert args.load_cpu  # c4 joins the CPU split unless --concurrency-1-cpu
+    assert not sv.parse_args(["--out", str(tmp_path), "--concurrency-1-cpu"]).load_cpu
     assert sv.parse_args(["--out", str(tmp_path), "--cpu-window", "0.5"]).cpu_window == 0.5
 
 
