@@ -190,3 +190,44 @@ def test_an_engines_wait_at_concurrency_1_puts_that_share_of_the_graph_on_busy_c
     assert served["p50_ttft_ms"] == pytest.approx(bare["p50_ttft_ms"] + 40, rel=0.06)
     assert served["p50_tpot_ms"] == pytest.approx(
         (1.0 if steps == "profiled" else 1.5) * bare["p50_tpot_ms"], rel=0.05)
+
+
+def _closed_loop_run(path: Path, requests: int, at_once: int, tokens: int) -> Path:
+    """A result file of `requests` of `tokens` out, `at_once` started together (their tokens
+    arriving together, 10 ms apart), each group once the last has finished."""
+    path.write_text(json.dumps({
+        "start_times": [(i // at_once) * (0.2 + 0.01 * tokens) for i in range(requests)],
+        "ttfts": [0.1] * requests, "itls": [[0.01] * (tokens - 1)] * requests,
+        "input_lens": [64] * requests, "output_lens": [tokens] * requests,
+        "p50_ttft_ms": 100.0, "p50_tpot_ms": 10.0,
+        "completed": requests, "total_output_tokens": requests * tokens, "duration": 9.0}))
+    return path
+
+
+def test_a_loaded_run_splits_the_graph_s_cpu_without_changing_its_latencies(
+        tmp_path: Path) -> None:
+    """c1 (8 × 32 tokens, one at a time) and c1-long (4 × 256) alone cannot tell CPU per step
+    from per token; c4 (8 × 32, four at a time: 64 steps of 4 tokens) can: 0.02 s per request
+    + 0.001 per step + 0.0012 per token. Its latencies take no part (only c1 runs calibrate
+    them)."""
+    colocated = model("colocated")
+    bare = simulated(PROFILE, colocated, _c1_run(tmp_path / "bare.json", 1, 1), GraphOverhead())
+    c1 = _c1_run(tmp_path / "c1.json", 1.5 * bare["p50_tpot_ms"], bare["p50_ttft_ms"] + 40)
+    long = _closed_loop_run(tmp_path / "long.json", 4, 1, 256)
+    c4 = _closed_loop_run(tmp_path / "c4.json", 8, 4, 32)
+
+    def roles(requests: int, steps: int, tokens: int) -> dict[str, float]:
+        return {"replica ingress": 0.02 * requests + 0.001 * steps + 0.0012 * tokens,
+                "ray system": 0.9}
+
+    at_c1 = [roles(8, 256, 256), roles(4, 1024, 1024)]
+    alone = graph_overhead(PROFILE, colocated, [c1, long], at_c1, host_cores=2)
+    loaded = graph_overhead(PROFILE, colocated, [c1, long], at_c1, host_cores=2,
+                            load_runs=[(c4, roles(8, 64, 256))])
+    assert (loaded.cpu_per_request_s, loaded.cpu_per_step_s, loaded.cpu_per_token_s) == (
+        pytest.approx((0.02, 0.001, 0.0012)))
+    assert alone.cpu_per_step_s == 0.0  # per step and per token counted alike: on the token
+    assert alone.cpu_per_token_s == pytest.approx(0.0022)
+    assert "per request, per step and per token" in loaded.source
+    assert (loaded.per_request_s, loaded.per_step_s, loaded.background_cores) == pytest.approx(
+        (alone.per_request_s, alone.per_step_s, alone.background_cores))
