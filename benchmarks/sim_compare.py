@@ -38,6 +38,7 @@ def compare(args: argparse.Namespace) -> None:
     table: list[dict[str, Any]] = []
     work: list[dict[str, Any]] = []  # engine_work's ratios, per system and load
     waits: list[dict[str, Any]] = []  # engine_waits', per system and load
+    graph: list[dict[str, Any]] = []  # graph_cpu's ratios, per system and load
     calibration_dir = args.calibration or out
     calibrating = json.loads((calibration_dir / "report.json").read_text())
     for system in measured["systems"]:
@@ -96,6 +97,10 @@ def compare(args: argparse.Namespace) -> None:
             if ratios:
                 work.append({"system": system, "load": load, "ratio": statistics.median(ratios),
                              "low": min(ratios), "high": max(ratios)})
+            ratios = graph_cpu(overhead, directory, report_, system, load)
+            if ratios:
+                graph.append({"system": system, "load": load, "ratio": statistics.median(ratios),
+                              "low": min(ratios), "high": max(ratios)})
             pairs = engine_waits(profile, model, overhead, directory, report_, system, load,
                                  args.prompts)
             if pairs:
@@ -108,6 +113,7 @@ def compare(args: argparse.Namespace) -> None:
               "step_times": profile.step_times.model_dump(),
               "kv_transfer": profile.kv_transfer and profile.kv_transfer.model_dump(),
               "prompts": args.prompts, "rows": table, "engine_work": work, "engine_wait": waits,
+              "graph_cpu": graph,
               "window": {"profiled": profile.created, "calibration_runs": calibrating.get("date"),
                          "validated_runs": measured.get("date")}}
     (out / f"validation{args.suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -124,6 +130,28 @@ def c1_waits(rows: list[dict[str, Any]], system: str) -> list[float]:
         raise SystemExit(f"--busy-cores: {system}'s concurrency-1 runs did not record the "
                          "engines' run-queue wait (runs from before sim-validation-cpu-v7)")
     return [w for w in waits if w is not None]
+
+
+def graph_cpu(overhead: GraphOverhead, directory: Path, report_: dict[str, Any], system: str,
+              load: str) -> list[float]:
+    """Per round of `load` in `directory`'s runs: the CPU seconds the graph's traffic roles
+    used (process accounting) over what the calibrated overhead charges for that run's
+    requests, engine steps seen and tokens (`calibration.steps_seen`): how well the demand the
+    simulated host carries matches the real graph's, load by load (Ray's upkeep apart)."""
+    from pdserve.simulation.calibration import traffic_of
+
+    ratios = []
+    for row in report_["results"]:
+        if (row["system"], row["load"]) != (system, load) or not row.get("summary") \
+                or not row.get("cpu_s"):
+            continue
+        raw = directory / "raw" / f"{system}__{load}__r{row['round']}.json"
+        requests, steps, tokens, used = traffic_of(json.loads(raw.read_text()), row["cpu_s"])
+        charged = (overhead.cpu_per_request_s * requests + overhead.cpu_per_step_s * steps
+                   + overhead.cpu_per_token_s * tokens)
+        if charged > 0:
+            ratios.append(used / charged)
+    return ratios
 
 
 def engine_work(profile: Any, model: Any, overhead: Any, directory: Path,
@@ -235,6 +263,12 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
         "Served engines' CPU over the simulated steps' with steps as profiled (process "
         "accounting; median (min–max) over rounds; calibration loads first):",
         result.get("engine_work") or [],
+        lambda w: f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})")
+    lines += per_load_table(
+        "The graph's CPU (its replicas, proxy and the load generator; process accounting) "
+        "over what the calibrated overhead charges for the run's requests, engine steps seen "
+        "and tokens (median (min–max) over rounds; calibration loads first):",
+        result.get("graph_cpu") or [],
         lambda w: f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})")
     lines += per_load_table(
         "Served engines' run-queue wait (schedstat, seconds over a run; median (min–max) over "

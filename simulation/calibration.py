@@ -162,10 +162,10 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
     traffic, upkeep = [], []
     demand: list[float] = []  # per run: the graph's cores, its traffic's CPU over the run + upkeep
     for measured, roles in zip(measured_runs, cpu_by_role or [], strict=False):
-        traffic.append(_traffic(measured, roles))
+        traffic.append(traffic_of(measured, roles))
         upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
         demand.append(traffic[-1][3] / measured["duration"] + upkeep[-1])
-    loaded = [_traffic(json.loads(Path(path).read_text()), roles)
+    loaded = [traffic_of(json.loads(Path(path).read_text()), roles)
               for path, roles in load_runs or []]
     lost, busy_share = 0.0, 0.0
     if engine_waits and cpu_by_role:
@@ -257,8 +257,9 @@ def split_latency(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return float(fixed), float(per_token)
 
 
-def _traffic(measured: dict[str, Any], roles: dict[str, float]) -> tuple[int, int, int, float]:
-    """(requests, engine steps seen, tokens, CPU seconds of the traffic's roles) of a run."""
+def traffic_of(measured: dict[str, Any], roles: dict[str, float]) -> tuple[int, int, int, float]:
+    """(requests, engine steps seen, tokens, CPU seconds of the traffic's roles) of a run (its
+    vLLM result; its CPU seconds by process role)."""
     return (measured["completed"], steps_seen(measured), measured["total_output_tokens"],
             sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES)))
 

@@ -4,6 +4,7 @@ measured prompt found in the prefix cache would be a hit the simulation cannot h
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from pdserve.benchmarks import sim_compare, workloads
 from pdserve.benchmarks import sim_validation as sv
 from pdserve.benchmarks.systems import System
+from pdserve.simulation.profile_file import GraphOverhead
 
 
 def test_each_load_parses_and_draws_its_own_prompts(tmp_path: Path) -> None:
@@ -48,6 +50,8 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
                                "high": 1.48}],
               "engine_wait": [{"system": "pd", "load": "poisson", "measured": 4.2, "low": 3.9,
                                "high": 5.0, "simulated": 1.1}],
+              "graph_cpu": [{"system": "pd", "load": "c4", "ratio": 0.95, "low": 0.94,
+                             "high": 1.11}],
               "window": {"profiled": "2026-12-06T13:34", "calibration_runs": "2026-12-06T13:35",
                          "validated_runs": "2026-12-06T13:35"}}
     measured = {"run_name": "v", "command": "python -m ...", "git_revision": "abc", "rounds": 3}
@@ -57,6 +61,7 @@ def test_the_validation_table_says_when_each_input_was_measured_and_the_engines_
     assert "| pd | poisson | p50_ttft_ms | 10.0 (9.0–11.0) | 11.0 | +10.0% |" in text
     assert "| pd | — | — | — | 4.20 (3.90–5.00) / 1.10 | — | — |" in text  # engines' waits
     assert "50 ms per request + 2.00 ms per token" in text  # no CPU per step calibrated
+    assert "| pd | — | — | 0.95 (0.94–1.11) | — | — | — |" in text  # the graph's CPU
     row["overhead"] = {**overhead, "cpu_per_step_s": 0.0012}
     assert "50 ms per request + 1.20 ms per engine step + 2.00 ms per token" in (
         sim_compare.validation_markdown(result, measured))
@@ -77,3 +82,19 @@ def test_busy_cores_needs_runs_that_recorded_the_engines_wait() -> None:
     assert sim_compare.c1_waits(rows, "pd") == [1.5, 0.5]
     with pytest.raises(SystemExit, match="pd's concurrency-1 runs did not record"):
         sim_compare.c1_waits([*rows, {"cpu_s": {"vllm engine core": 9.0}}], "pd")
+
+
+def test_the_graph_s_cpu_is_compared_with_what_the_calibration_charges(tmp_path: Path) -> None:
+    # two requests side by side, 4 tokens each: 4 steps seen, 8 tokens; the overhead charges
+    # 2 × 0.05 + 4 × 0.01 + 8 × 0.005 = 0.18 s, the graph's roles used 0.27 s (Ray's upkeep
+    # and the engines apart)
+    (tmp_path / "raw").mkdir()
+    raw = {"start_times": [0.0, 0.0005], "ttfts": [0.1, 0.1], "itls": [[0.01] * 3] * 2,
+           "completed": 2, "total_output_tokens": 8}
+    (tmp_path / "raw" / "pd__c4__r1.json").write_text(json.dumps(raw))
+    report_ = {"results": [{"system": "pd", "load": "c4", "round": 1, "summary": {"completed": 2},
+                            "cpu_s": {"replica ingress": 0.2, "harness (load generator)": 0.07,
+                                      "ray system": 5.0, "vllm engine core": 9.0}}]}
+    overhead = GraphOverhead(cpu_per_request_s=0.05, cpu_per_step_s=0.01, cpu_per_token_s=0.005)
+    assert sim_compare.graph_cpu(overhead, tmp_path, report_, "pd", "c4") == pytest.approx([1.5])
+    assert sim_compare.graph_cpu(overhead, tmp_path, report_, "pd", "poisson") == []

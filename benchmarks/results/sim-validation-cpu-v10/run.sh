@@ -23,3 +23,6 @@ cp $OUT/profile.json $OUT/profile-no-contention.json
   --profile $OUT/profile-no-contention.json --out $OUT --suffix=-no-contention
 .venv/bin/python -m pdserve.benchmarks.sim_validation --compare \
   --profile $OUT/profile-no-contention.json --out $OUT --concurrency-1-cpu --suffix=-as-v9
+# after the run (stop 60), tried, not kept: v7's busy-core share with the new CPU split
+.venv/bin/python -m pdserve.benchmarks.sim_validation --compare --profile $OUT/profile.json \
+  --out $OUT --busy-cores --suffix=-busy-cores
