@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# plan-cpu-v2's plan again (stop 60) on sim-validation-cpu-v10's calibrated PD profile: the
+# engine profiled as served (one thread bound to its core), the graph's CPU per request, per
+# engine step and per token, this box's engine-on-engine contention. Same load, SLO and budget.
+set -euo pipefail
+C=benchmarks/results/sim-validation-cpu-v10
+.venv/bin/pdserve plan --profile $C/profile-pd.json --config $C/configs/pd.yaml \
+  --rate 2 --num-requests 300 --prompt-tokens 512 --output-tokens 64 \
+  --slo-ttft-ms 1000 --slo-itl-ms 50 --attainment 90 --budget 4 --search-rate \
+  --out benchmarks/results/plan-cpu-v3

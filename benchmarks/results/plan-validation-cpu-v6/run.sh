@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# plan-cpu-v3's candidates up to 3 engines (the plan made on sim-validation-cpu-v10's faithful
+# profile, graph CPU per step, contention), measured on this box with requests no earlier
+# validation sent (seed 2), 3 rounds (~50 min), and compared with the plan's simulation of the
+# same requests.
+set -euo pipefail
+.venv/bin/python -m pdserve.benchmarks.plan_validation --plan benchmarks/results/plan-cpu-v3 \
+  --rounds 3 --num-prompts 120 --seed 2 --out benchmarks/results/plan-validation-cpu-v6
