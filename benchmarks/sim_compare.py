@@ -20,6 +20,7 @@ from pdserve.benchmarks.sim_validation import (
     CALIBRATION_LOADS,
     COMPARED,
     CONCURRENCY_1_LOADS,
+    CPU_ONLY_LOADS,
     MAX_CONCURRENCY,
     NUM_WARMUPS,
     VALIDATION_LOADS,
@@ -45,15 +46,8 @@ def compare(args: argparse.Namespace) -> None:
         model = pick_model(load_app(out / "configs" / f"{system}.yaml"), None)
         raws = {load: sorted((out / "raw").glob(f"{system}__{load}__r*.json"))
                 for load in VALIDATION_LOADS}
-        c1_rows = sorted((r for r in calibrating["results"]
-                          if r["system"] == system and r["load"] in CONCURRENCY_1_LOADS
-                          and r.get("summary")), key=lambda r: (r["round"], r["load"]))
-        runs = [calibration_dir / "raw" / f"{system}__{r['load']}__r{r['round']}.json"
-                for r in c1_rows]
-        load_runs = [(calibration_dir / "raw" / f"{system}__{r['load']}__r{r['round']}.json",
-                      r["cpu_s"]) for r in calibrating["results"]
-                     if r["system"] == system and r.get("summary") and r.get("cpu_s")
-                     and r["load"] in set(CALIBRATION_LOADS) - set(CONCURRENCY_1_LOADS)]
+        c1_rows, load_runs = calibration_rows(calibrating, calibration_dir, system)
+        runs = [raw_path(calibration_dir, r) for r in c1_rows]
         cores = measured["machine"].get("cpu_affinity") or measured["machine"]["cpu_count"]
         overhead = calibration.graph_overhead(
             profile, model, runs, [r["cpu_s"] for r in c1_rows] if args.cpu_model else None,
@@ -97,7 +91,8 @@ def compare(args: argparse.Namespace) -> None:
             if ratios:
                 work.append({"system": system, "load": load, "ratio": statistics.median(ratios),
                              "low": min(ratios), "high": max(ratios)})
-            ratios = graph_cpu(overhead, directory, report_, system, load)
+            ratios = graph_cpu(profile, model, overhead, directory, report_, system, load,
+                               args.prompts)
             if ratios:
                 graph.append({"system": system, "load": load, "ratio": statistics.median(ratios),
                               "low": min(ratios), "high": max(ratios)})
@@ -132,25 +127,46 @@ def c1_waits(rows: list[dict[str, Any]], system: str) -> list[float]:
     return [w for w in waits if w is not None]
 
 
-def graph_cpu(overhead: GraphOverhead, directory: Path, report_: dict[str, Any], system: str,
-              load: str) -> list[float]:
+def raw_path(directory: Path, row: dict[str, Any]) -> Path:
+    """The vLLM result file of a report row (one load step of one round)."""
+    return directory / "raw" / f"{row['system']}__{row['load']}__r{row['round']}.json"
+
+
+def calibration_rows(report_: dict[str, Any], directory: Path, system: str
+                     ) -> tuple[list[dict[str, Any]], list[tuple[Path, dict[str, float]]]]:
+    """`system`'s completed concurrency-1 rows of a report (they calibrate latency and the
+    graph's CPU), ordered by round and load; and its CPU-only runs (`CPU_ONLY_LOADS`: result
+    file, CPU by role), which join the CPU split only."""
+    mine = [r for r in report_["results"] if r["system"] == system and r.get("summary")]
+    c1_rows = sorted((r for r in mine if r["load"] in CONCURRENCY_1_LOADS),
+                     key=lambda r: (r["round"], r["load"]))
+    load_runs = [(raw_path(directory, r), r["cpu_s"]) for r in mine
+                 if r["load"] in CPU_ONLY_LOADS and r.get("cpu_s")]
+    return c1_rows, load_runs
+
+
+def graph_cpu(profile: Any, model: Any, overhead: GraphOverhead, directory: Path,
+              report_: dict[str, Any], system: str, load: str, prompts: bool) -> list[float]:
     """Per round of `load` in `directory`'s runs: the CPU seconds the graph's traffic roles
-    used (process accounting) over what the calibrated overhead charges for that run's
-    requests, engine steps seen and tokens (`calibration.steps_seen`): how well the demand the
-    simulated host carries matches the real graph's, load by load (Ray's upkeep apart)."""
-    from pdserve.simulation.calibration import traffic_of
+    used (process accounting) over what the simulated host charged for that run's replay with
+    this overhead (its requests, and the steps that handed outputs and their tokens): how well
+    the demand the simulated host carries matches the real graph's, load by load (Ray's upkeep
+    apart)."""
+    from pdserve.simulation import calibration
 
     ratios = []
     for row in report_["results"]:
         if (row["system"], row["load"]) != (system, load) or not row.get("summary") \
                 or not row.get("cpu_s"):
             continue
-        raw = directory / "raw" / f"{system}__{load}__r{row['round']}.json"
-        requests, steps, tokens, used = traffic_of(json.loads(raw.read_text()), row["cpu_s"])
-        charged = (overhead.cpu_per_request_s * requests + overhead.cpu_per_step_s * steps
-                   + overhead.cpu_per_token_s * tokens)
+        measured = json.loads(raw_path(directory, row).read_text())
+        sent = sent_prompts(load, report_, directory, model.model) if prompts else None
+        replay = calibration.simulated(profile, model, raw_path(directory, row), overhead, sent)
+        run = calibration.traffic_of(measured, row["cpu_s"], replay)
+        charged = (overhead.cpu_per_request_s * run.requests + overhead.cpu_per_step_s
+                   * run.steps + overhead.cpu_per_token_s * run.handed)
         if charged > 0:
-            ratios.append(used / charged)
+            ratios.append(run.cpu_s / charged)
     return ratios
 
 
@@ -246,7 +262,7 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
              + ("arrival times and lengths from its result, prompt tokens from its dataset "
                 "sampled again with its options and seed" if result.get("prompts") else
                 "arrival times and lengths only: simulated prompts share no tokens")
-             + "); graph overhead calibrated on the system's concurrency-1 runs in "
+             + "); graph overhead calibrated on the system's calibration runs in "
              f"`{result['calibration']}`", "",
              "Measured: median (min–max) over rounds; simulated: median over the same rounds' "
              "traces; error: simulated median vs measured median.", "",
@@ -275,7 +291,8 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
         "rounds) / the simulated engines' (steps in progress without a whole core), with the "
         "overhead used:", result.get("engine_wait") or [],
         lambda w: f"{w['measured']:.2f} ({w['low']:.2f}–{w['high']:.2f}) / {w['simulated']:.2f}")
-    lines += ["", "Graph overhead used (calibrated per system on its concurrency-1 runs):", ""]
+    lines += ["", "Graph overhead used (calibrated per system on its calibration runs: latency "
+              "at concurrency 1, the graph's CPU on all of them):", ""]
     seen = set()
     for row in result["rows"]:
         if row["system"] not in seen:

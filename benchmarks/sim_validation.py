@@ -47,7 +47,8 @@ LOADS = ("c1", "c1-long", "c4", "poisson", "bursty", "mixed")
 #: Loads the simulator is calibrated on (never compared): latency at concurrency 1, the
 #: graph's CPU on all of them.
 CONCURRENCY_1_LOADS = ("c1", "c1-long")
-CALIBRATION_LOADS = (*CONCURRENCY_1_LOADS, "c4")
+CPU_ONLY_LOADS = ("c4",)
+CALIBRATION_LOADS = (*CONCURRENCY_1_LOADS, *CPU_ONLY_LOADS)
 VALIDATION_LOADS = ("poisson", "bursty", "mixed")
 COLUMNS: tuple[report.Metric, ...] = (
     report.Metric("p50_ttft_ms", "TTFT p50 ms", False),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,49 +39,32 @@ WARMUP_GAP_S = 60.0
 ENGINE_ROLE = "vllm engine core"
 UPKEEP_ROLES = ("ray system", "serve controller", "ray::DashboardAgent", "serve run driver",
                 "ray::RuntimeEnvAgent")
-#: Tokens a client receives less than this share of the run's median gap apart came from one
-#: engine step (`steps_seen`): a step's tokens reach the client within a millisecond or two of
-#: each other, steps of the `bench` model are 8-25 ms apart.
-SAME_STEP_GAP_SHARE = 0.3
 #: A run whose steps carried at least this many tokens each on average separates CPU per step
 #: from CPU per token (at concurrency 1 both count the same).
 MIN_TOKENS_PER_STEP = 1.5
 
 
-def steps_seen(measured: dict[str, Any]) -> int:
-    """Engine steps whose outputs a run's client saw, from vLLM's detailed result: its tokens'
-    arrival times (start + TTFT + the gaps), grouped where they arrive closer together than
-    `SAME_STEP_GAP_SHARE` of the median gap. At concurrency 1 every token is a step of its
-    own; with several requests in flight a step carries one token of each."""
-    import numpy as np
+@dataclass(frozen=True)
+class TrafficRun:
+    """A served run's traffic and the CPU the graph's traffic roles spent on it."""
 
-    times: list[float] = []
-    for start, ttft, gaps in zip(measured["start_times"], measured["ttfts"], measured["itls"],
-                                 strict=True):
-        if not ttft:  # failed: nothing arrived
-            continue
-        at = start + ttft
-        times.append(at)
-        for gap in gaps:
-            at += gap
-            times.append(at)
-    if not times:
-        return 0
-    gaps_all = [g for gaps in measured["itls"] for g in gaps]
-    if not gaps_all:
-        return len(times)
-    threshold = SAME_STEP_GAP_SHARE * float(np.median(gaps_all))
-    return 1 + int((np.diff(np.sort(times)) > threshold).sum())
+    requests: int
+    tokens: int  # the client received
+    steps: int  # engine steps that handed outputs to a replica, in the run's simulated replay
+    handed: int  # the tokens those steps handed (PD's prefill engines' first tokens too)
+    cpu_s: float
 
 
 def simulated(profile: Profile, model: Any, result_file: Path, overhead: GraphOverhead,
               prompts: list[TraceRequest] | None = None) -> dict[str, Any]:
     """The run's own requests through the simulated graph with this overhead: their arrival
     times and lengths from the result file, their tokens from `prompts` (the dataset the run
-    sent, in order) when given."""
+    sent, in order) when given. Summarized as `metrics.summarize` does, plus the engine steps
+    that handed outputs to a replica and their tokens (`HostCPU.steps_handed`)."""
     trace = read_vllm_result(result_file, prompts=prompts)
     sim = Simulation(profile.model_copy(update={"graph_overhead": overhead}), model, trace)
-    return summarize(sim.run())
+    return {**summarize(sim.run()), "steps_handed": sim.cpu.steps_handed,
+            "tokens_handed": sim.cpu.tokens_handed}
 
 
 def engine_cpu_s(profile: Profile, model: Any, result_file: Path, overhead: GraphOverhead,
@@ -158,15 +142,19 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         raise ValueError(f"unknown step model {steps!r}; known: {', '.join(STEP_MODELS)}")
     if prompt_cost not in PROMPT_COSTS:
         raise ValueError(f"unknown prompt cost {prompt_cost!r}; known: {', '.join(PROMPT_COSTS)}")
+    if load_runs and not cpu_by_role:
+        raise ValueError("load_runs split the graph's CPU with the concurrency-1 runs': "
+                         "give cpu_by_role too")
     measured_runs = [json.loads(Path(path).read_text()) for path in runs]
-    traffic, upkeep = [], []
+    upkeep: list[float] = []
     demand: list[float] = []  # per run: the graph's cores, its traffic's CPU over the run + upkeep
     for measured, roles in zip(measured_runs, cpu_by_role or [], strict=False):
-        traffic.append(traffic_of(measured, roles))
         upkeep.append(sum(roles.get(k, 0.0) for k in UPKEEP_ROLES) / measured["duration"])
-        demand.append(traffic[-1][3] / measured["duration"] + upkeep[-1])
-    loaded = [traffic_of(json.loads(Path(path).read_text()), roles)
+        demand.append(traffic_cpu_s(roles) / measured["duration"] + upkeep[-1])
+    loaded = [traffic_of(json.loads(Path(path).read_text()), roles,
+                         simulated(profile, model, Path(path), GraphOverhead()))
               for path, roles in load_runs or []]
+    traffic: list[TrafficRun] = []
     lost, busy_share = 0.0, 0.0
     if engine_waits and cpu_by_role:
         lost, busy_share = lost_to_graph(engine_waits, cpu_by_role, demand)
@@ -180,6 +168,8 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
         prompt_tokens.append(statistics.median(measured["input_lens"]))
         sent = prompts[n] if prompts else None
         bare = simulated(profile, model, path, GraphOverhead(), sent)
+        if cpu_by_role:
+            traffic.append(traffic_of(measured, cpu_by_role[n], bare))
         served_tpot_s, bare_tpot_s = measured["p50_tpot_ms"] / 1e3, bare["p50_tpot_ms"] / 1e3
         if steps == "scaled":
             scale.append(max(1.0, served_tpot_s / bare_tpot_s))
@@ -191,7 +181,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
             at_c1 = GraphOverhead()
         served = bare if at_c1 == GraphOverhead() else simulated(profile, model, path, at_c1, sent)
         per_request.append((measured["p50_ttft_ms"] - served["p50_ttft_ms"]) / 1e3)
-    per_request_cpu, per_step_cpu, per_token_cpu = split_cpu(traffic + loaded)
+    per_request_cpu, per_step_cpu, per_token_cpu = split_cpu(traffic, loaded)
     fixed, per_prompt_token = split_latency(list(zip(prompt_tokens, per_request, strict=True)))
     in_engine = prompt_cost == "engine"
     return GraphOverhead(
@@ -211,10 +201,7 @@ def graph_overhead(profile: Profile, model: Any, runs: list[Path],
                       "profiled": "steps as profiled, TTFT p50 difference"}[steps]
         + " fitted as per request + per prompt token"
         + (" (engine time per prompt token computed)" if in_engine else "")
-        + (("; graph CPU per request, per step and per token" if loaded
-            else "; graph CPU per request, per token") + " and at rest from process accounting"
-           + (f" ({len(loaded)} run(s) with several requests at once among them)"
-              if loaded else "") if traffic else "")
+        + cpu_source(traffic, loaded, per_step_cpu)
         + (f"; engines lost {100 * lost:.1f} % of their core at concurrency 1 (run-queue "
            f"wait): {100 * busy_share:.0f} % of the graph's demand on busy cores, steps net of "
            "it" if busy_share else ""))
@@ -257,29 +244,53 @@ def split_latency(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return float(fixed), float(per_token)
 
 
-def traffic_of(measured: dict[str, Any], roles: dict[str, float]) -> tuple[int, int, int, float]:
-    """(requests, engine steps seen, tokens, CPU seconds of the traffic's roles) of a run (its
-    vLLM result; its CPU seconds by process role)."""
-    return (measured["completed"], steps_seen(measured), measured["total_output_tokens"],
-            sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES)))
+def traffic_cpu_s(roles: dict[str, float]) -> float:
+    """CPU seconds of a run's traffic roles (`TRAFFIC_ROLES`), from its CPU by process role."""
+    return sum(v for k, v in roles.items() if k.startswith(TRAFFIC_ROLES))
 
 
-def split_cpu(runs: list[tuple[int, int, int, float]]) -> tuple[float, float, float]:
-    """(CPU per request, per engine step, per streamed token) from runs of (requests, steps,
-    tokens, CPU seconds), non-negative least squares: per step and per token apart only when
-    some run's steps carried several tokens each (`MIN_TOKENS_PER_STEP`); else per request and
-    per token when the runs differ in tokens per request; else all of it per request."""
-    if not runs:
+def traffic_of(measured: dict[str, Any], roles: dict[str, float],
+               replay: dict[str, Any]) -> TrafficRun:
+    """A run's traffic: its vLLM result, its CPU seconds by process role and its simulated
+    replay (`simulated`: the steps that handed outputs and their tokens, counted as the
+    simulated host charges them; a client cannot count them: two engines' steps and a
+    replica's coalesced messages mix in what it receives)."""
+    return TrafficRun(measured["completed"], measured["total_output_tokens"],
+                      replay["steps_handed"], replay["tokens_handed"], traffic_cpu_s(roles))
+
+
+def split_cpu(runs: Sequence[TrafficRun], loaded: Sequence[TrafficRun] = ()
+              ) -> tuple[float, float, float]:
+    """(CPU per request, per engine step, per token), non-negative least squares over `runs`
+    (concurrency 1) and `loaded` (several requests at once). Per step apart from per token (on
+    the steps and tokens the simulated host charges) only when the loaded runs' steps carried
+    `MIN_TOKENS_PER_STEP` tokens or more each on average: at concurrency 1 both count the same.
+    Else per request and per token received (as calibrated until 2026-12-07) when the runs
+    differ in tokens per request, else all of it per request."""
+    everything = [*runs, *loaded]
+    if not everything:
         return 0.0, 0.0, 0.0
     import numpy as np
     from scipy.optimize import nnls
 
-    x = np.array([[r, s, t] for r, s, t, _ in runs], dtype=float)
-    y = np.array([c for *_, c in runs], dtype=float)
-    if max(t / max(s, 1) for _, s, t, _ in runs) >= MIN_TOKENS_PER_STEP:
+    y = np.array([r.cpu_s for r in everything], dtype=float)
+    if loaded and sum(r.handed for r in loaded) >= MIN_TOKENS_PER_STEP * sum(
+            r.steps for r in loaded):
+        x = np.array([[r.requests, r.steps, r.handed] for r in everything], dtype=float)
         (per_request, per_step, per_token), _ = nnls(x, y)
         return float(per_request), float(per_step), float(per_token)
-    if len({round(t / max(r, 1)) for r, _, t, _ in runs}) < 2:
+    x = np.array([[r.requests, r.tokens] for r in everything], dtype=float)
+    if len({round(r.tokens / max(r.requests, 1)) for r in everything}) < 2:
         return float(statistics.median(y / np.maximum(x[:, 0], 1))), 0.0, 0.0
-    (per_request, per_token), _ = nnls(x[:, [0, 2]], y)
+    (per_request, per_token), _ = nnls(x, y)
     return float(per_request), 0.0, float(per_token)
+
+
+def cpu_source(runs: Sequence[TrafficRun], loaded: Sequence[TrafficRun], per_step: float) -> str:
+    """How the graph's CPU was calibrated, for `GraphOverhead.source`."""
+    if not runs:
+        return ""
+    split = "per request, per engine step and per token" if per_step else \
+        "per request and per token"
+    with_load = f", with {len(loaded)} run(s) of several requests at once" if loaded else ""
+    return f"; graph CPU {split}{with_load}, and at rest, from process accounting"

@@ -260,7 +260,7 @@ class Simulation:
 
     def on_step(self, replica: Replica, batch: StepBatch) -> None:
         now = self.loop.now
-        self.cpu.tokens_streamed(len(batch.sampled))
+        self.cpu.step_handed(len(batch.sampled))
         for request_id in batch.sampled:
             if not request_id.endswith(":p"):
                 self.outcomes[self._requests[request_id][0]].token_s.append(now)

@@ -102,8 +102,12 @@ class HostCPU:
         self._groups: dict[int, _Cores] = {}
         self._ids = count()
         self._arrivals: deque[float] = deque()
-        self._tokens: deque[tuple[float, int]] = deque()
-        self._token_count = 0
+        self._steps: deque[tuple[float, int]] = deque()  # (when, tokens) of recent steps
+        self._token_count = 0  # tokens of the steps in `_steps`
+        #: Engine steps that handed outputs to a replica, and their tokens, so far (counted with
+        #: or without `host_cores`: what the calibration splits the graph's CPU over).
+        self.steps_handed = 0
+        self.tokens_handed = 0
 
     # -- where an engine runs ---------------------------------------------------------------
     def core_of(self, model_id: str, role: str, rank: int) -> int:
@@ -120,23 +124,28 @@ class HostCPU:
         if self.cores:
             self._arrivals.append(self.loop.now)
 
-    def tokens_streamed(self, n: int) -> None:
-        """An engine step handed `n` tokens to its replica (one step, one message)."""
-        if self.cores and n:
-            self._tokens.append((self.loop.now, n))
+    def step_handed(self, n: int) -> None:
+        """An engine step handed `n` tokens to its replica (one step, one message; none when
+        `n` is 0: a prompt chunk that finished nothing)."""
+        if not n:
+            return
+        self.steps_handed += 1
+        self.tokens_handed += n
+        if self.cores:
+            self._steps.append((self.loop.now, n))
             self._token_count += n
 
     def demand(self) -> float:
         """Cores the graph's processes want now."""
-        now, arrivals, tokens = self.loop.now, self._arrivals, self._tokens
+        now, arrivals, steps = self.loop.now, self._arrivals, self._steps
         o = self.overhead
         window = o.cpu_window_s  # the demand spreads its work over this many seconds
         while arrivals and arrivals[0] < now - window:
             arrivals.popleft()
-        while tokens and tokens[0][0] < now - window:
-            self._token_count -= tokens.popleft()[1]
+        while steps and steps[0][0] < now - window:
+            self._token_count -= steps.popleft()[1]
         return o.background_cores + (o.cpu_per_request_s * len(arrivals)
-                                     + o.cpu_per_step_s * len(tokens)
+                                     + o.cpu_per_step_s * len(steps)
                                      + o.cpu_per_token_s * self._token_count) / window
 
     def graph_shares(self) -> dict[int, float]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sim_profiles import PROFILE, model
 
 from pdserve.benchmarks import sim_compare, workloads
 from pdserve.benchmarks import sim_validation as sv
@@ -84,17 +85,37 @@ def test_busy_cores_needs_runs_that_recorded_the_engines_wait() -> None:
         sim_compare.c1_waits([*rows, {"cpu_s": {"vllm engine core": 9.0}}], "pd")
 
 
-def test_the_graph_s_cpu_is_compared_with_what_the_calibration_charges(tmp_path: Path) -> None:
-    # two requests side by side, 4 tokens each: 4 steps seen, 8 tokens; the overhead charges
-    # 2 × 0.05 + 4 × 0.01 + 8 × 0.005 = 0.18 s, the graph's roles used 0.27 s (Ray's upkeep
-    # and the engines apart)
+def test_the_graph_s_cpu_is_compared_with_what_the_simulated_host_charged(
+        tmp_path: Path) -> None:
+    # one request of 4 tokens, alone: its replay hands 4 steps of a token each; the overhead
+    # charges 0.05 + 4 × 0.01 + 4 × 0.005 = 0.11 s, the graph's traffic roles used 0.165 s
+    # (Ray's upkeep and the engines apart)
     (tmp_path / "raw").mkdir()
-    raw = {"start_times": [0.0, 0.0005], "ttfts": [0.1, 0.1], "itls": [[0.01] * 3] * 2,
-           "completed": 2, "total_output_tokens": 8}
-    (tmp_path / "raw" / "pd__c4__r1.json").write_text(json.dumps(raw))
-    report_ = {"results": [{"system": "pd", "load": "c4", "round": 1, "summary": {"completed": 2},
-                            "cpu_s": {"replica ingress": 0.2, "harness (load generator)": 0.07,
+    raw = {"start_times": [0.0], "input_lens": [64], "output_lens": [4], "ttfts": [0.1],
+           "itls": [[0.01] * 3], "completed": 1, "total_output_tokens": 4}
+    (tmp_path / "raw" / "colocated__c4__r1.json").write_text(json.dumps(raw))
+    report_ = {"results": [{"system": "colocated", "load": "c4", "round": 1,
+                            "summary": {"completed": 1},
+                            "cpu_s": {"replica ingress": 0.1, "harness (load generator)": 0.065,
                                       "ray system": 5.0, "vllm engine core": 9.0}}]}
     overhead = GraphOverhead(cpu_per_request_s=0.05, cpu_per_step_s=0.01, cpu_per_token_s=0.005)
-    assert sim_compare.graph_cpu(overhead, tmp_path, report_, "pd", "c4") == pytest.approx([1.5])
-    assert sim_compare.graph_cpu(overhead, tmp_path, report_, "pd", "poisson") == []
+    colocated = model("colocated", colocated={"num_replicas": 1})
+    ratios = sim_compare.graph_cpu(PROFILE, colocated, overhead, tmp_path, report_, "colocated",
+                                   "c4", prompts=False)
+    assert ratios == pytest.approx([1.5])
+    assert sim_compare.graph_cpu(PROFILE, colocated, overhead, tmp_path, report_, "colocated",
+                                 "poisson", prompts=False) == []
+
+
+def test_c4_calibrates_the_graph_s_cpu_only(tmp_path: Path) -> None:
+    def row(load: str, n: int, cpu: bool = True) -> dict:
+        return {"system": "pd", "load": load, "round": n, "summary": {"completed": 1},
+                **({"cpu_s": {"replica ingress": 1.0}} if cpu else {})}
+
+    report_ = {"results": [row("c4", 2), row("c1", 2), row("poisson", 1), row("c1-long", 1),
+                           row("c1", 1), row("c4", 1, cpu=False),
+                           {**row("c1", 3), "summary": None}]}
+    c1_rows, load_runs = sim_compare.calibration_rows(report_, tmp_path, "pd")
+    assert [(r["load"], r["round"]) for r in c1_rows] == [("c1", 1), ("c1-long", 1), ("c1", 2)]
+    assert load_runs == [(tmp_path / "raw" / "pd__c4__r2.json", {"replica ingress": 1.0})]
+    assert sim_compare.calibration_rows(report_, tmp_path, "colocated") == ([], [])

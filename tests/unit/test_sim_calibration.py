@@ -10,48 +10,50 @@ import pytest
 from sim_profiles import PROFILE, model
 
 from pdserve.simulation.calibration import (
+    TrafficRun,
     engine_cpu_s,
     graph_overhead,
     simulated,
     split_cpu,
-    steps_seen,
 )
 from pdserve.simulation.graph import Simulation
 from pdserve.simulation.profile_file import STEP_MODELS, GraphOverhead
 from pdserve.simulation.traces import TraceRequest
 
 
+def _run(requests: int, tokens: int, steps: int | None = None, handed: int | None = None,
+         per: tuple[float, float, float] = (0.05, 0.0, 0.002)) -> TrafficRun:
+    """A run's traffic whose CPU is `per` (request, step, token) on its counts: at
+    concurrency 1 (the default) every token is a step of its own."""
+    steps = tokens if steps is None else steps
+    handed = tokens if handed is None else handed
+    return TrafficRun(requests, tokens, steps, handed,
+                      per[0] * requests + per[1] * steps + per[2] * handed)
+
+
 def test_runs_of_different_output_lengths_split_request_and_token_cpu() -> None:
-    # 0.05 s per request + 0.002 s per token: 24 requests of 32 tokens, 12 of 256, one token
-    # per step (concurrency 1: per step and per token cannot be told apart)
-    runs = [(24, 24 * 32, 24 * 32, 24 * 0.05 + 24 * 32 * 0.002),
-            (12, 12 * 256, 12 * 256, 12 * 0.05 + 12 * 256 * 0.002)]
-    assert split_cpu(runs) == pytest.approx((0.05, 0.0, 0.002))
+    # 0.05 s per request + 0.002 s per token: 24 requests of 32 tokens, 12 of 256
+    assert split_cpu([_run(24, 24 * 32), _run(12, 12 * 256)]) == pytest.approx((0.05, 0, 0.002))
 
 
 def test_one_output_length_puts_everything_on_the_request() -> None:
-    assert split_cpu([(10, 320, 320, 2.0), (20, 640, 640, 4.4)]) == pytest.approx((0.21, 0, 0))
+    runs = [TrafficRun(10, 320, 320, 320, 2.0), TrafficRun(20, 640, 640, 640, 4.4)]
+    assert split_cpu(runs) == pytest.approx((0.21, 0, 0))
     assert split_cpu([]) == (0.0, 0.0, 0.0)
 
 
 def test_a_run_of_several_tokens_per_step_splits_step_from_token_cpu() -> None:
     # 0.02 s per request + 0.001 per step + 0.0012 per token; the concurrency-4 run's steps
-    # carry 3.2 tokens each
-    def run(requests: int, steps: int, tokens: int) -> tuple[int, int, int, float]:
-        return requests, steps, tokens, 0.02 * requests + 0.001 * steps + 0.0012 * tokens
-
-    runs = [run(24, 768, 768), run(12, 3072, 3072), run(32, 640, 2048)]
-    assert split_cpu(runs) == pytest.approx((0.02, 0.001, 0.0012))
+    # carry 3.2 tokens each (and, as PD's replay counts them, its prefill engine's tokens)
+    per = (0.02, 0.001, 0.0012)
+    runs = [_run(24, 768, per=per), _run(12, 3072, per=per)]
+    loaded = [_run(32, 2048, steps=672, handed=2080, per=per)]
+    assert split_cpu(runs, loaded) == pytest.approx(per)
     # without it the same concurrency-1 runs put it all on the token, as before
-    assert split_cpu(runs[:2])[1:] == pytest.approx((0.0, 0.0022))
-
-
-def test_steps_seen_groups_tokens_that_arrive_together() -> None:
-    # two requests decoding side by side (each step's two tokens 0.5 ms apart, steps 10 ms
-    # apart), then one alone: 4 + 2 steps; a failed request adds nothing
-    measured = {"start_times": [0.0, 0.0005, 1.0, 2.0], "ttfts": [0.1, 0.1, 0.1, 0.0],
-                "itls": [[0.01] * 3, [0.01] * 3, [0.01], []]}
-    assert steps_seen(measured) == 6
+    assert split_cpu(runs)[1:] == pytest.approx((0.0, 0.0022))
+    # a loaded run whose steps carried about one token each cannot tell them apart either
+    one_each = [_run(32, 2048, steps=1900, per=per)]
+    assert split_cpu(runs, one_each)[1] == 0.0
 
 
 def _c1_run(path: Path, tpot_ms: float, ttft_ms: float) -> Path:
@@ -207,8 +209,9 @@ def _closed_loop_run(path: Path, requests: int, at_once: int, tokens: int) -> Pa
 def test_a_loaded_run_splits_the_graph_s_cpu_without_changing_its_latencies(
         tmp_path: Path) -> None:
     """c1 (8 × 32 tokens, one at a time) and c1-long (4 × 256) alone cannot tell CPU per step
-    from per token; c4 (8 × 32, four at a time: 64 steps of 4 tokens) can: 0.02 s per request
-    + 0.001 per step + 0.0012 per token. Its latencies take no part (only c1 runs calibrate
+    from per token; c4 (8 × 32, four at a time) can: 0.02 s per request + 0.001 per step +
+    0.0012 per token, on the steps and tokens each run's simulated replay hands its replicas
+    (what the simulated host charges). Its latencies take no part (only c1 runs calibrate
     them)."""
     colocated = model("colocated")
     bare = simulated(PROFILE, colocated, _c1_run(tmp_path / "bare.json", 1, 1), GraphOverhead())
@@ -216,18 +219,36 @@ def test_a_loaded_run_splits_the_graph_s_cpu_without_changing_its_latencies(
     long = _closed_loop_run(tmp_path / "long.json", 4, 1, 256)
     c4 = _closed_loop_run(tmp_path / "c4.json", 8, 4, 32)
 
-    def roles(requests: int, steps: int, tokens: int) -> dict[str, float]:
-        return {"replica ingress": 0.02 * requests + 0.001 * steps + 0.0012 * tokens,
-                "ray system": 0.9}
+    def roles(path: Path) -> dict[str, float]:
+        replay = simulated(PROFILE, colocated, path, GraphOverhead())
+        requests = json.loads(path.read_text())["completed"]
+        return {"replica ingress": 0.02 * requests + 0.001 * replay["steps_handed"]
+                + 0.0012 * replay["tokens_handed"], "ray system": 0.9}
 
-    at_c1 = [roles(8, 256, 256), roles(4, 1024, 1024)]
+    c4_replay = simulated(PROFILE, colocated, c4, GraphOverhead())
+    assert c4_replay["tokens_handed"] >= 1.5 * c4_replay["steps_handed"]  # several per step
+    at_c1 = [roles(c1), roles(long)]
     alone = graph_overhead(PROFILE, colocated, [c1, long], at_c1, host_cores=2)
     loaded = graph_overhead(PROFILE, colocated, [c1, long], at_c1, host_cores=2,
-                            load_runs=[(c4, roles(8, 64, 256))])
+                            load_runs=[(c4, roles(c4))])
     assert (loaded.cpu_per_request_s, loaded.cpu_per_step_s, loaded.cpu_per_token_s) == (
         pytest.approx((0.02, 0.001, 0.0012)))
     assert alone.cpu_per_step_s == 0.0  # per step and per token counted alike: on the token
-    assert alone.cpu_per_token_s == pytest.approx(0.0022)
-    assert "per request, per step and per token" in loaded.source
+    assert alone.cpu_per_token_s == pytest.approx(0.0022, rel=0.02)
+    assert "per request, per engine step and per token, with 1 run(s)" in loaded.source
     assert (loaded.per_request_s, loaded.per_step_s, loaded.background_cores) == pytest.approx(
         (alone.per_request_s, alone.per_step_s, alone.background_cores))
+    with pytest.raises(ValueError, match="give cpu_by_role too"):
+        graph_overhead(PROFILE, colocated, [c1], load_runs=[(c4, roles(c4))])
+
+
+def test_the_replay_counts_what_the_host_charges_pd_s_prefill_step_too() -> None:
+    """A PD request prefilled remotely hands its prefill engine's first token to the prefill
+    replica (one step, one token) before its decode engine's: the graph's CPU per step is
+    split over the same count the simulated host charges."""
+    pd = model("pd")
+    sim = Simulation(PROFILE, pd, [TraceRequest(arrival_s=0.0, prompt_tokens=512,
+                                                output_tokens=4)])
+    (outcome,) = sim.run()
+    assert outcome.plan == "remote"
+    assert (sim.cpu.steps_handed, sim.cpu.tokens_handed) == (5, 5)

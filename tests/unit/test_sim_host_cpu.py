@@ -255,7 +255,7 @@ def test_the_graph_s_demand_spreads_recent_work_over_the_profile_s_window(window
     demands: list[float] = []
     for _ in range(4):
         cpu.request_arrived()
-    cpu.tokens_streamed(100)
+    cpu.step_handed(100)
     cpu.loop.at(window * 0.9, lambda: demands.append(cpu.demand()))
     cpu.loop.at(window * 1.1, lambda: demands.append(cpu.demand()))
     cpu.loop.run()
@@ -266,8 +266,13 @@ def test_the_graph_s_demand_counts_each_step_with_outputs_once() -> None:
     # two steps of 8 tokens each and one of 1: three messages, 17 tokens
     cpu = host(cpu_per_step_s=0.004, cpu_per_token_s=0.001, cpu_window_s=1.0)
     for n in (8, 8, 1, 0):
-        cpu.tokens_streamed(n)
+        cpu.step_handed(n)
     assert cpu.demand() == pytest.approx(3 * 0.004 + 17 * 0.001)
+    assert (cpu.steps_handed, cpu.tokens_handed) == (3, 17)
+    # counted without a host too (what the calibration splits the graph's CPU over)
+    bare = host(cores=None)
+    bare.step_handed(4)
+    assert (bare.steps_handed, bare.tokens_handed, bare.demand()) == (1, 4, 0.0)
 
 
 def test_a_profile_without_a_cpu_window_keeps_two_seconds() -> None:
