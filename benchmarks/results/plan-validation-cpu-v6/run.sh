@@ -6,3 +6,10 @@
 set -euo pipefail
 .venv/bin/python -m pdserve.benchmarks.plan_validation --plan benchmarks/results/plan-cpu-v3 \
   --rounds 3 --num-prompts 120 --seed 2 --out benchmarks/results/plan-validation-cpu-v6
+# validation.md: compared with the plan's profile as planned (plan-cpu-v3/profile-pd.json, the
+# same file as sim-validation-cpu-v10/profile-pd.json was then). Again with v10's profile
+# recalibrated on steps counted in the simulated replay (37c70a4):
+.venv/bin/python -m pdserve.benchmarks.plan_validation --plan benchmarks/results/plan-cpu-v3 \
+  --out benchmarks/results/plan-validation-cpu-v6 --compare \
+  --profile benchmarks/results/sim-validation-cpu-v10/profile-pd.json \
+  --report-name validation-replay-steps
