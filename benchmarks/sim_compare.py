@@ -282,8 +282,9 @@ def validation_markdown(result: dict[str, Any], measured: dict[str, Any]) -> str
         lambda w: f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})")
     lines += per_load_table(
         "The graph's CPU (its replicas, proxy and the load generator; process accounting) "
-        "over what the calibrated overhead charges for the run's requests, engine steps seen "
-        "and tokens (median (min–max) over rounds; calibration loads first):",
+        "over what the simulated host charged in the run's replay for its requests, the engine "
+        "steps that handed outputs and their tokens (median (min–max) over rounds; calibration "
+        "loads first):",
         result.get("graph_cpu") or [],
         lambda w: f"{w['ratio']:.2f} ({w['low']:.2f}–{w['high']:.2f})")
     lines += per_load_table(
