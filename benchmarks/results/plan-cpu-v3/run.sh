@@ -11,3 +11,4 @@ C=benchmarks/results/sim-validation-cpu-v10
 # The calibrated profile as it was when this plan was made (graph CPU split over steps counted
 # from the client's token arrivals, commit 95d877d) is kept here as profile-pd.json: v10's own
 # profile-pd.json was recalibrated afterwards (steps counted in the simulated replay, 37c70a4).
+# To plan exactly as then, give --profile benchmarks/results/plan-cpu-v3/profile-pd.json above.
