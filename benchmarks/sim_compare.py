@@ -65,13 +65,14 @@ def compare(args: argparse.Namespace) -> None:
         # served graph's calibrated overhead.
         profile.model_copy(update={"graph_overhead": overhead}).save(
             out / f"profile-{system}{args.suffix}.json")
+        replays: dict[Path, dict[str, Any]] = {}  # result file -> its replay with `overhead`
         for load in VALIDATION_LOADS:
             prompts = sent_prompts(load, measured, out, model.model) if args.prompts else None
             runs = []
             for raw in raws[load]:
                 real = json.loads(raw.read_text())
-                runs.append((real, calibration.simulated(profile, model, raw, overhead,
-                                                         prompts)))
+                replays[raw] = calibration.simulated(profile, model, raw, overhead, prompts)
+                runs.append((real, replays[raw]))
             if not runs:
                 continue
             row: dict[str, Any] = {"system": system, "load": load, "rounds": len(runs),
@@ -92,7 +93,7 @@ def compare(args: argparse.Namespace) -> None:
                 work.append({"system": system, "load": load, "ratio": statistics.median(ratios),
                              "low": min(ratios), "high": max(ratios)})
             ratios = graph_cpu(profile, model, overhead, directory, report_, system, load,
-                               args.prompts)
+                               args.prompts, replays)
             if ratios:
                 graph.append({"system": system, "load": load, "ratio": statistics.median(ratios),
                               "low": min(ratios), "high": max(ratios)})
@@ -146,23 +147,25 @@ def calibration_rows(report_: dict[str, Any], directory: Path, system: str
 
 
 def graph_cpu(profile: Any, model: Any, overhead: GraphOverhead, directory: Path,
-              report_: dict[str, Any], system: str, load: str, prompts: bool) -> list[float]:
+              report_: dict[str, Any], system: str, load: str, prompts: bool,
+              replays: dict[Path, dict[str, Any]] | None = None) -> list[float]:
     """Per round of `load` in `directory`'s runs: the CPU seconds the graph's traffic roles
     used (process accounting) over what the simulated host charged for that run's replay with
     this overhead (its requests, and the steps that handed outputs and their tokens): how well
     the demand the simulated host carries matches the real graph's, load by load (Ray's upkeep
-    apart)."""
+    apart). `replays`: runs already replayed with this overhead, by result file (not again)."""
     from pdserve.simulation import calibration
 
+    rows = [row for row in report_["results"] if (row["system"], row["load"]) == (system, load)
+            and row.get("summary") and row.get("cpu_s")]
+    known = replays or {}
+    sent = sent_prompts(load, report_, directory, model.model) \
+        if prompts and any(raw_path(directory, r) not in known for r in rows) else None
     ratios = []
-    for row in report_["results"]:
-        if (row["system"], row["load"]) != (system, load) or not row.get("summary") \
-                or not row.get("cpu_s"):
-            continue
-        measured = json.loads(raw_path(directory, row).read_text())
-        sent = sent_prompts(load, report_, directory, model.model) if prompts else None
-        replay = calibration.simulated(profile, model, raw_path(directory, row), overhead, sent)
-        run = calibration.traffic_of(measured, row["cpu_s"], replay)
+    for row in rows:
+        raw = raw_path(directory, row)
+        replay = known.get(raw) or calibration.simulated(profile, model, raw, overhead, sent)
+        run = calibration.traffic_of(json.loads(raw.read_text()), row["cpu_s"], replay)
         charged = (overhead.cpu_per_request_s * run.requests + overhead.cpu_per_step_s
                    * run.steps + overhead.cpu_per_token_s * run.handed)
         if charged > 0:
@@ -221,7 +224,7 @@ def served_runs(report_: dict[str, Any], directory: Path, system: str, load: str
         served = process_cpu.engine_core_cpu_s(row.get(key))
         if row["system"] == system and row["load"] == load and row.get("summary") \
                 and served is not None:
-            runs.append((served, directory / "raw" / f"{system}__{load}__r{row['round']}.json"))
+            runs.append((served, raw_path(directory, row)))
     return runs
 
 
